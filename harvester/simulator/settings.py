@@ -1,0 +1,68 @@
+"""The simulator's knobs: one frozen value that every part of the simulator reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+FAULT_KINDS = ("500", "502", "503", "429", "reset", "truncate", "stall")
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """Corpus shape, Figshare's documented limits, credentials and misbehaviour knobs.
+
+    Defaults are the strictest documented reading of the real service (NOTES.md):
+    a 9,000-item window per query, page_size at most 1,000, 10 files in a full record,
+    10 records per OAI-PMH page, resumption tokens that live 60 minutes.
+    """
+
+    # corpus
+    items: int = 1_000
+    seed: int = 1
+    institutions: int = 3
+    busy_day_share: float = 0.05  # share of items published on a few very busy days
+    private_items: int = 20  # drafts owned by the token's account, never public
+
+    # Figshare's paging limits
+    window: int = 9_000
+    max_page_size: int = 1_000
+    max_page: int = 5_000
+    max_offset: int = 5_000
+    full_record_files_cap: int = 10
+    cursor: bool = True  # X-Cursor on list/search
+    search_duplicate_rate: float = 0.0  # search repeats a record within and across pages
+
+    # OAI-PMH
+    oai_page_size: int = 10
+    oai_token_ttl: float = 3_600.0
+
+    # credentials the simulator accepts
+    user_token: str = "sim-user-token"  # Authorization: token <user_token> (plain account)
+    admin_token: str = "sim-admin-token"  # institution admin of the first institution
+    stats_user: str = "sim-stats"
+    stats_password: str = "sim-stats-secret"
+
+    # politeness and misbehaviour, applied per host (api and stats separately)
+    rate_limit: tuple[int, float] | None = None  # (requests, per seconds) -> 429 + Retry-After
+    abuse_after: int | None = None  # this many rate violations -> 403 HTML for good
+    latency_ms: float = 0.0  # mean added latency
+    latency_jitter_ms: float = 0.0  # uniform +- jitter around the mean
+    fault_rate: float = 0.0  # share of requests that fail, deterministic from the seed
+    fault_kinds: tuple[str, ...] = ("500", "502", "503", "429", "reset", "truncate", "stall")
+    fault_retry_after: float = 1.0  # Retry-After sent with an injected 429
+    stall_seconds: float = 30.0  # how long a stalled response hangs before its body
+
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.items <= 1_000_000:
+            raise ValueError(f"items must be within 1..1,000,000, got {self.items}")
+        unknown = set(self.fault_kinds) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; valid: {list(FAULT_KINDS)}")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError(f"fault_rate must be within 0..1, got {self.fault_rate}")
+
+    def with_(self, **changes: Any) -> SimSettings:
+        return replace(self, **changes)
