@@ -1,0 +1,357 @@
+"""Command line: argument parsing, logs and progress, exit codes; the one asyncio.run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from harvester import __version__, config
+from harvester.errors import Abort, ConfigError, HarvesterError, LockedError, RequestError
+
+log = logging.getLogger("harvester")
+
+# Exit codes (documented in the README).
+OK = 0
+INTERNAL = 1
+USAGE = 2  # bad config or command line
+PARTIAL = 3  # published, but errors exceeded max_errors or a source was truncated
+LOCKED = 4  # another run of the same harvest holds the lock
+ABORTED = 5  # blocked by the server, credentials refused, host unreachable: nothing published
+INTERRUPTED = 130  # SIGINT/SIGTERM: stopped cleanly, resumable
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line and exit 2, as for every user mistake
+        raise ConfigError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(prog="harvester", description="Bulk harvester for the Figshare APIs.")
+    p.add_argument("--version", action="version", version=f"harvester {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+
+    def with_config(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("config", help="path to the harvest's YAML config")
+        sp.add_argument("--api-url", help="REST API base URL (overrides config and FIGSHARE_API_URL)")
+        sp.add_argument("--stats-url", help="stats base URL (overrides config and FIGSHARE_STATS_URL)")
+        sp.add_argument("--output", help="output directory (overrides output.dir)")
+        _log_flags(sp)
+        return sp
+
+    with_config("run", "run a harvest and publish a snapshot")
+    with_config("plan", "list ids only and show what the full run would cost")
+    sp = sub.add_parser("validate", help="check a config without touching the network")
+    sp.add_argument("config")
+    sp = sub.add_parser("demo", help="harvest the built-in simulator with configs/demo.yaml")
+    sp.add_argument("--output", default="output", help="output directory (default: output)")
+    sp.add_argument("--items", type=int, default=2_000, help="simulated repository size")
+    _log_flags(sp)
+    sp = sub.add_parser("simulate", help="serve a Figshare-compatible simulator on loopback")
+    sp.add_argument("--items", type=int, default=10_000)
+    sp.add_argument("--seed", type=int, default=1)
+    sp.add_argument("--api-port", type=int, default=0, help="0 picks a free port")
+    sp.add_argument("--stats-port", type=int, default=0, help="0 picks a free port")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--latency-ms", type=float, default=0.0)
+    sp.add_argument("--fault-rate", type=float, default=0.0)
+    sp.add_argument("--rate-limit", help="server-side limit as N/SECONDS, e.g. 10/1")
+    sp.add_argument("--no-cursor", action="store_true", help="do not offer X-Cursor paging")
+    return p
+
+
+def _log_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
+    sp.add_argument("--quiet", action="store_true", help="warnings and errors only")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE
+    _setup_logging(getattr(args, "json_logs", False), getattr(args, "quiet", False))
+    try:
+        if args.command == "validate":
+            cfg = config.load(args.config)
+            print(f"{args.config}: ok ({len(cfg.sources)} sources, harvest {cfg.name!r})")
+            return OK
+        if args.command == "simulate":
+            return _simulate(args)
+        return _run_async(_COMMANDS[args.command](args))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return USAGE
+    except LockedError as exc:
+        log.error("%s", exc)
+        return LOCKED
+    except Abort as exc:
+        log.error("aborted: %s (what was harvested is kept; rerun to resume)", exc)
+        return ABORTED
+    except RequestError as exc:
+        log.error("%s", exc)
+        return ABORTED
+    except HarvesterError as exc:
+        log.error("%s", exc)
+        return ABORTED
+    except KeyboardInterrupt:
+        log.error("interrupted; run the same command again to resume")
+        return INTERRUPTED
+    except Exception as exc:  # a bug, not a user mistake: say so in one line
+        if os.environ.get("HARVESTER_DEBUG"):
+            raise
+        log.error("internal error: %s: %s (rerun with HARVESTER_DEBUG=1 for the traceback)",
+                  type(exc).__name__, exc)
+        return INTERNAL
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    """asyncio.run with SIGINT/SIGTERM turned into a clean, resumable stop."""
+
+    async def guarded() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            log.error("interrupted; the journal is flushed: run the same command again to resume")
+            return INTERRUPTED
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(guarded())
+
+
+def _load(args: argparse.Namespace) -> config.Config:
+    return config.load(
+        args.config, api_url=args.api_url, stats_url=args.stats_url, output_dir=args.output
+    )
+
+
+async def _cmd_run(args: argparse.Namespace) -> int:
+    return await run_harvest(_load(args))
+
+
+async def run_harvest(cfg: config.Config, *, quiet_summary: bool = False) -> int:
+    from harvester.pipeline import Harvest, Progress
+
+    progress = Progress()
+    harvest = Harvest(cfg, progress=progress)
+    log.info("harvest %s: %d sources -> %s", cfg.name, len(cfg.sources), cfg.output.dir)
+    reporter = asyncio.create_task(_report_progress(progress))
+    try:
+        result = await harvest.run()
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+        _end_status_line()
+    if not quiet_summary:
+        _print_summary(result.manifest, result.snapshot, time.monotonic() - progress.started)
+    if result.truncated:
+        log.error("some source could not be enumerated completely; see the manifest's partitions")
+        return PARTIAL
+    if result.errors > cfg.max_errors:
+        log.error("%d ids failed (max_errors: %d); see errors.ndjson", result.errors, cfg.max_errors)
+        return PARTIAL
+    return OK
+
+
+async def _cmd_plan(args: argparse.Namespace) -> int:
+    from harvester.client import Client
+    from harvester.pipeline import client_settings
+    from harvester.sources import SourceReport, enumerate_source
+    from harvester.state import Journal
+
+    cfg = _load(args)
+    reports: list[SourceReport] = []
+    with tempfile.TemporaryDirectory(prefix="harvester-plan-") as tmp:
+        journal = Journal(Path(tmp) / "plan.sqlite")
+        journal.open()
+        try:
+            async with Client(client_settings(cfg)) as client:
+                for idx, source in enumerate(cfg.sources):
+                    report = SourceReport(source.name, source.kind)
+                    reports.append(report)
+                    async for batch in enumerate_source(client, cfg.api.url, source, report):
+                        await journal.call(journal.add_ids, idx, batch)
+            per_source = await journal.call(journal.ids_per_source, len(cfg.sources))
+            total = sum((await journal.call(journal.counts)).values())
+        finally:
+            journal.close()
+    listing = sum(r.requests for r in reports)
+    details = total
+    stats = total * len(cfg.stats.counters)
+    rate = cfg.http.rate.requests / cfg.http.rate.per
+    seconds = (details + stats) / rate if not cfg.http.per_host else max(details, stats) / rate
+    print(f"plan for harvest {cfg.name!r}")
+    for r, n in zip(reports, per_source, strict=True):
+        flag = "  (TRUNCATED: cannot be enumerated completely)" if r.truncated else ""
+        print(f"  source {r.name:<20} {n:>10,} ids  {r.requests:>7,} list requests"
+              f"  {len(r.partitions)} partitions{flag}")
+    print(f"  distinct ids         {total:>10,}")
+    print("requests the run would make")
+    print(f"  record details       {details:>10,}  (+1 per record listing 10 or more files)")
+    print(f"  stats totals         {stats:>10,}  ({', '.join(cfg.stats.counters) or 'none'})")
+    print(f"  listing (done now)   {listing:>10,}")
+    scope = "per host" if cfg.http.per_host else "shared by the API and stats hosts"
+    print(f"time at {cfg.http.rate.requests} request(s) per {cfg.http.rate.per:g} s ({scope}): "
+          f"about {_duration(seconds)}")
+    return PARTIAL if any(r.truncated for r in reports) else OK
+
+
+async def _cmd_demo(args: argparse.Namespace) -> int:
+    from harvester.simulator import Simulator
+    from harvester.simulator.settings import SimSettings
+
+    demo_config = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    if not demo_config.exists():
+        raise ConfigError(f"{demo_config}: the demo config is missing from this checkout")
+    async with Simulator(SimSettings(items=args.items, seed=42)) as sim:
+        log.info("simulator: api %s, stats %s (%d articles)", sim.api_url, sim.stats_url,
+                 args.items)
+        cfg = config.load(demo_config, api_url=sim.api_url, stats_url=sim.stats_url,
+                          output_dir=args.output)
+        code = await run_harvest(cfg)
+    return code
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from harvester.simulator import serve_forever
+    from harvester.simulator.settings import SimSettings
+
+    rate_limit = None
+    if args.rate_limit:
+        try:
+            n, per = args.rate_limit.split("/")
+            rate_limit = (int(n), float(per))
+        except ValueError:
+            raise ConfigError(f"--rate-limit: {args.rate_limit!r} is not N/SECONDS") from None
+    try:
+        settings = SimSettings(items=args.items, seed=args.seed, latency_ms=args.latency_ms,
+                               fault_rate=args.fault_rate, rate_limit=rate_limit,
+                               cursor=not args.no_cursor)
+    except ValueError as exc:
+        raise ConfigError(f"simulate: {exc}") from None
+    serve_forever(settings, host=args.host, api_port=args.api_port, stats_port=args.stats_port)
+    return OK
+
+
+_COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "demo": _cmd_demo}
+
+
+# ------------------------------------------------------------------ logs, progress, summary
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps({
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }).decode()
+
+
+def _setup_logging(json_logs: bool, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if json_logs:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+        fmt.converter = time.gmtime
+        handler.setFormatter(fmt)
+    root = logging.getLogger("harvester")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+
+
+_status_shown = False
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+
+async def _report_progress(progress: Any) -> None:
+    """A live status line on a terminal; a plain log line every 30 s otherwise (cron)."""
+    global _status_shown
+    interval = 0.5 if _tty() else 30.0
+    while True:
+        await asyncio.sleep(interval)
+        p = progress
+        elapsed = max(time.monotonic() - p.started, 1e-6)
+        finished = p.done + p.failed + p.gone
+        rate = finished / elapsed
+        eta = (p.total - finished) / rate if rate > 0 and p.total else 0
+        if p.phase == "listing":
+            line = f"listing: {p.listed:,} ids"
+        elif p.phase == "writing":
+            line = f"writing snapshot: {p.written:,}/{p.done:,} records"
+        else:
+            line = (f"{p.phase}: {finished:,}/{p.total:,} items, {rate:.1f}/s, "
+                    f"ETA {_duration(eta)}, {p.failed:,} errors, {p.gone:,} gone")
+        if _tty():
+            sys.stderr.write("\r\033[K" + line)
+            sys.stderr.flush()
+            _status_shown = True
+        else:
+            log.info("%s", line, extra={"fields": {"progress": vars(p)}})
+
+
+def _end_status_line() -> None:
+    global _status_shown
+    if _status_shown:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+        _status_shown = False
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _print_summary(manifest: dict[str, Any], snapshot: Path | None, elapsed: float) -> None:
+    ids = manifest.get("ids", {})
+    http = manifest.get("http", {})
+    print(f"snapshot  {snapshot}")
+    print(f"status    {manifest.get('status')}  ({_duration(elapsed)})")
+    print(f"ids       {ids.get('total', 0):,} distinct: {ids.get('fetched', 0):,} fetched, "
+          f"{ids.get('failed', 0):,} failed, {ids.get('gone', 0):,} gone")
+    for s in manifest.get("sources", []):
+        print(f"  source  {s['name']:<20} {s['ids']:>9,} ids  {s['requests']:>6,} list requests")
+    requests = http.get("requests", {})
+    if requests:
+        print("requests " + ", ".join(f"{k}: {v:,}" for k, v in requests.items()))
+    retries = http.get("retries", {})
+    if retries:
+        print("retries  " + ", ".join(f"{k}: {v:,}" for k, v in retries.items()))
+    files = manifest.get("files", {})
+    tables = [f"{name.removesuffix('.parquet')} {f['rows']:,}" for name, f in files.items()
+              if name.endswith(".parquet") and f.get("rows")]
+    if tables:
+        print("tables   " + ", ".join(tables))

@@ -1,0 +1,457 @@
+"""YAML harvest configuration -> frozen, typed Config; every error names the file and the key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import yaml
+
+from harvester.errors import ConfigError
+
+DEFAULT_API_URL = "https://api.figshare.com/v2"
+DEFAULT_STATS_URL = "https://stats.figshare.com"
+COUNTERS = ("views", "downloads", "shares")
+FORMATS = ("ndjson", "parquet")
+ORDERS = ("published_date", "created_date", "modified_date", "views", "shares", "downloads", "cites")
+
+T = TypeVar("T")
+
+
+class Secret(str):
+    """A credential: behaves as a string, never shows itself in repr, logs or manifests."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+@dataclass(frozen=True)
+class Rate:
+    requests: int = 1
+    per: float = 1.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0
+    read: float = 60.0
+    total: float = 120.0
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = 6
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+
+
+@dataclass(frozen=True)
+class Http:
+    rate: Rate = field(default_factory=Rate)
+    per_host: bool = False  # False: the API and stats hosts share one budget (Figshare's advice)
+    concurrency: int = 4
+    timeout: Timeouts = field(default_factory=Timeouts)
+    retry: Retry = field(default_factory=Retry)
+
+
+@dataclass(frozen=True)
+class Api:
+    url: str = DEFAULT_API_URL
+    token: Secret | None = None
+
+
+@dataclass(frozen=True)
+class Stats:
+    url: str = DEFAULT_STATS_URL
+    counters: tuple[str, ...] = COUNTERS
+    institution: str | None = None  # string id such as "lboro": institution-scoped numbers
+    user: Secret | None = None
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    dir: str = "output"
+    formats: tuple[str, ...] = FORMATS
+
+
+@dataclass(frozen=True)
+class Source:
+    """One entry of `sources:`; `params` holds the kind's validated parameters."""
+
+    kind: str
+    name: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    sources: tuple[Source, ...]
+    contact: str = ""
+    api: Api = field(default_factory=Api)
+    stats: Stats = field(default_factory=Stats)
+    http: Http = field(default_factory=Http)
+    output: Output = field(default_factory=Output)
+    max_errors: int = 0
+    path: str = "<config>"
+
+    def fingerprint(self) -> str:
+        """sha256 of the config with every secret left out: same harvest, same fingerprint."""
+        return hashlib.sha256(orjson.dumps(public_view(self), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def public_view(value: Any) -> Any:
+    """The config as plain data, secrets replaced by a marker (for manifests and logs)."""
+    if isinstance(value, Secret):
+        return "***"
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: public_view(getattr(value, f.name)) for f in fields(value) if f.name != "path"}
+    if isinstance(value, Mapping):
+        return {str(k): public_view(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [public_view(v) for v in value]
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+# ---------------------------------------------------------------- the sources' parameter grammar
+
+_INT = "int"
+_STR = "str"
+_DATE = "date"
+_INT_LIST = "int list"
+
+# filters accepted by GET /articles and POST /articles/search (NOTES §4.1, §4.2)
+_FILTERS: dict[str, str] = {
+    "institution": _INT,
+    "group": _INT,
+    "item_type": _INT,
+    "published_since": _DATE,
+    "modified_since": _DATE,
+    "doi": _STR,
+    "handle": _STR,
+    "resource_doi": _STR,
+    "order": _STR,
+    "order_direction": _STR,
+}
+
+SOURCE_KINDS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    # kind: (parameters and their types, required parameters)
+    "search": ({"search_for": _STR, "project_id": _INT, **_FILTERS}, ()),
+    "articles": (dict(_FILTERS), ()),
+    "group": ({**_FILTERS}, ("group",)),
+    "institution": ({**_FILTERS}, ("institution",)),
+    "ids": ({"ids": _INT_LIST}, ("ids",)),
+}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None, **overrides: str | None) -> Config:
+    """Read and validate a YAML config file. `overrides`: api_url, stats_url, output_dir."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc}") from None
+    return parse(text, str(p), os.environ if env is None else env, **overrides)
+
+
+def parse(
+    text: str,
+    where: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    *,
+    api_url: str | None = None,
+    stats_url: str | None = None,
+    output_dir: str | None = None,
+) -> Config:
+    env = os.environ if env is None else env
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: malformed YAML{at}: {problem}") from None
+    v = _Validator(where, env)
+    top = v.mapping(raw, "")
+    v.known(
+        top,
+        "",
+        ("name", "contact", "api", "stats", "http", "sources", "output", "max_errors"),
+    )
+    name = v.string(top.get("name"), "name", required=True)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        raise ConfigError(
+            f"{where}: name: {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)"
+        )
+
+    api_raw = v.mapping(top.get("api", {}), "api")
+    v.known(api_raw, "api", ("url", "token"))
+    api = Api(
+        url=_url(api_url or env.get("FIGSHARE_API_URL") or v.string(api_raw.get("url"), "api.url")
+                 or DEFAULT_API_URL, where, "api.url"),
+        token=v.secret(api_raw.get("token"), "api.token"),
+    )
+
+    st_raw = v.mapping(top.get("stats", {}), "stats")
+    v.known(st_raw, "stats", ("url", "counters", "institution", "user", "password"))
+    counters = tuple(v.choices(st_raw.get("counters", list(COUNTERS)), "stats.counters", COUNTERS))
+    stats = Stats(
+        url=_url(stats_url or env.get("FIGSHARE_STATS_URL") or v.string(st_raw.get("url"), "stats.url")
+                 or DEFAULT_STATS_URL, where, "stats.url"),
+        counters=counters,
+        institution=v.string(st_raw.get("institution"), "stats.institution") or None,
+        user=v.secret(st_raw.get("user"), "stats.user"),
+        password=v.secret(st_raw.get("password"), "stats.password"),
+    )
+    if (stats.user is None) != (stats.password is None):
+        raise ConfigError(f"{where}: stats: give both user and password, or neither")
+
+    http = _http(v, top.get("http", {}))
+
+    out_raw = v.mapping(top.get("output", {}), "output")
+    v.known(out_raw, "output", ("dir", "formats"))
+    output = Output(
+        dir=output_dir or v.string(out_raw.get("dir"), "output.dir") or "output",
+        formats=tuple(v.choices(out_raw.get("formats", list(FORMATS)), "output.formats", FORMATS)),
+    )
+    if not output.formats:
+        raise ConfigError(f"{where}: output.formats: name at least one of {list(FORMATS)}")
+
+    sources = _sources(v, top.get("sources"))
+    max_errors = v.integer(top.get("max_errors", 0), "max_errors", minimum=0)
+    return Config(
+        name=name,
+        sources=sources,
+        contact=v.string(top.get("contact"), "contact") or "",
+        api=api,
+        stats=stats,
+        http=http,
+        output=output,
+        max_errors=max_errors,
+        path=where,
+    )
+
+
+def _http(v: _Validator, raw: Any) -> Http:
+    h = v.mapping(raw, "http")
+    v.known(h, "http", ("rate", "per_host", "concurrency", "timeout", "retry"))
+    r = v.mapping(h.get("rate", {}), "http.rate")
+    v.known(r, "http.rate", ("requests", "per"))
+    rate = Rate(
+        requests=v.integer(r.get("requests", 1), "http.rate.requests", minimum=1),
+        per=v.number(r.get("per", 1.0), "http.rate.per", positive=True),
+    )
+    t = v.mapping(h.get("timeout", {}), "http.timeout")
+    v.known(t, "http.timeout", ("connect", "read", "total"))
+    timeouts = Timeouts(
+        connect=v.number(t.get("connect", 10.0), "http.timeout.connect", positive=True),
+        read=v.number(t.get("read", 60.0), "http.timeout.read", positive=True),
+        total=v.number(t.get("total", 120.0), "http.timeout.total", positive=True),
+    )
+    rt = v.mapping(h.get("retry", {}), "http.retry")
+    v.known(rt, "http.retry", ("attempts", "backoff_base", "backoff_max"))
+    retry = Retry(
+        attempts=v.integer(rt.get("attempts", 6), "http.retry.attempts", minimum=1),
+        backoff_base=v.number(rt.get("backoff_base", 1.0), "http.retry.backoff_base", positive=True),
+        backoff_max=v.number(rt.get("backoff_max", 60.0), "http.retry.backoff_max", positive=True),
+    )
+    return Http(
+        rate=rate,
+        per_host=v.boolean(h.get("per_host", False), "http.per_host"),
+        concurrency=v.integer(h.get("concurrency", 4), "http.concurrency", minimum=1, maximum=256),
+        timeout=timeouts,
+        retry=retry,
+    )
+
+
+def _sources(v: _Validator, raw: Any) -> tuple[Source, ...]:
+    if raw is None:
+        raise ConfigError(f"{v.where}: sources: required (a list of sources, e.g. '- kind: group')")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{v.where}: sources: expected a non-empty list of sources")
+    out: list[Source] = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        key = f"sources[{i}]"
+        m = v.mapping(item, key)
+        kind = m.get("kind")
+        if kind not in SOURCE_KINDS:
+            raise ConfigError(
+                f"{v.where}: {key}.kind: {kind!r} is not a source kind; valid: {sorted(SOURCE_KINDS)}"
+            )
+        spec, required = SOURCE_KINDS[kind]
+        v.known(m, key, ("kind", "name", *spec))
+        params: dict[str, Any] = {}
+        for pname, ptype in spec.items():
+            if pname in m:
+                params[pname] = v.typed(m[pname], f"{key}.{pname}", ptype)
+        for pname in required:
+            if pname not in params:
+                raise ConfigError(f"{v.where}: {key}.{pname}: required for kind {kind!r}")
+        if "order" in params and params["order"] not in ORDERS:
+            raise ConfigError(
+                f"{v.where}: {key}.order: {params['order']!r} is not an order; valid: {list(ORDERS)}"
+            )
+        if params.get("order_direction", "asc") not in ("asc", "desc"):
+            raise ConfigError(f"{v.where}: {key}.order_direction: must be 'asc' or 'desc'")
+        name = v.string(m.get("name"), f"{key}.name") or f"{kind}-{i + 1}"
+        if name in names:
+            raise ConfigError(f"{v.where}: {key}.name: {name!r} is used by another source")
+        names.add(name)
+        out.append(Source(kind=kind, name=name, params=params))
+    if len(out) > 62:
+        raise ConfigError(f"{v.where}: sources: at most 62 sources per harvest, got {len(out)}")
+    return tuple(out)
+
+
+def _url(value: str, where: str, key: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ConfigError(f"{where}: {key}: {value!r} is not an http(s) URL")
+    return value.rstrip("/")
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Validator:
+    """Small typed accessors that raise ConfigError naming the file and the dotted key."""
+
+    def __init__(self, where: str, env: Mapping[str, str]) -> None:
+        self.where = where
+        self.env = env
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {key or 'top level'}: {problem}")
+
+    def interpolate(self, value: Any, key: str) -> Any:
+        if not isinstance(value, str):
+            return value
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in self.env:
+                raise self.fail(key, f"environment variable {name} is not set")
+            return self.env[name]
+
+        return _ENV.sub(sub, value)
+
+    def mapping(self, value: Any, key: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping, got {_kind(value)}")
+        return value
+
+    def known(self, m: Mapping[str, Any], key: str, valid: tuple[str, ...]) -> None:
+        for k in m:
+            if k not in valid:
+                where = f"{key}.{k}" if key else str(k)
+                raise self.fail(where, f"unknown key; valid keys here: {', '.join(valid)}")
+
+    def string(self, value: Any, key: str, *, required: bool = False) -> str:
+        if value is None:
+            if required:
+                raise self.fail(key, "required")
+            return ""
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.fail(key, f"expected a string, got {_kind(value)}")
+        return str(self.interpolate(str(value), key))
+
+    def secret(self, value: Any, key: str) -> Secret | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(key, "expected a string such as '${FIGSHARE_TOKEN}'")
+        if not _ENV.search(value):
+            raise self.fail(key, "credentials must come from the environment: write '${VAR}'")
+        resolved = self.interpolate(value, key)
+        return Secret(resolved) if resolved else None
+
+    def integer(self, value: Any, key: str, *, minimum: int | None = None,
+                maximum: int | None = None) -> int:
+        value = self.interpolate(value, key)
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"expected an integer, got {_kind(value)}")
+        if minimum is not None and value < minimum:
+            raise self.fail(key, f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise self.fail(key, f"must be at most {maximum}, got {value}")
+        return value
+
+    def number(self, value: Any, key: str, *, positive: bool = False) -> float:
+        value = self.interpolate(value, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, f"expected a number, got {_kind(value)}")
+        if positive and not value > 0:
+            raise self.fail(key, f"must be greater than 0, got {value}")
+        return float(value)
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {_kind(value)}")
+        return value
+
+    def choices(self, value: Any, key: str, valid: tuple[str, ...]) -> list[str]:
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list drawn from {list(valid)}, got {_kind(value)}")
+        out: list[str] = []
+        for item in value:
+            if item not in valid:
+                raise self.fail(key, f"{item!r} is not one of {list(valid)}")
+            if item not in out:
+                out.append(item)
+        return out
+
+    def date(self, value: Any, key: str) -> str:
+        if isinstance(value, dt.datetime):
+            stamp = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+            return stamp.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if isinstance(value, dt.date):
+            return value.isoformat()
+        text = self.string(value, key)
+        for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%SZ"):
+            try:
+                dt.datetime.strptime(text, fmt)
+                return text
+            except ValueError:
+                pass
+        raise self.fail(key, f"{text!r} is not a date (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)")
+
+    def typed(self, value: Any, key: str, kind: str) -> Any:
+        readers: dict[str, Callable[[Any, str], Any]] = {
+            _INT: lambda x, k: self.integer(x, k, minimum=0),
+            _STR: self.string,
+            _DATE: self.date,
+            _INT_LIST: self.int_list,
+        }
+        return readers[kind](value, key)
+
+    def int_list(self, value: Any, key: str) -> tuple[int, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, "expected a non-empty list of integer ids")
+        return tuple(self.integer(x, f"{key}[{i}]", minimum=1) for i, x in enumerate(value))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: f"the string {value!r}", bool: f"{value}"}.get(
+        type(value), f"{type(value).__name__} {value!r}"
+    )

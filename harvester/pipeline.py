@@ -1,0 +1,390 @@
+"""One harvest: sources -> journal -> bounded concurrent fetches -> snapshot, resumable throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from harvester import __version__
+from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
+from harvester.config import Config, public_view
+from harvester.errors import Abort, BadResponse, GiveUp, NotFound, RequestError
+from harvester.figshare import article_path, files_may_be_truncated, files_path, stats_total_path
+from harvester.records import RowContext, article_rows, stats_rows
+from harvester.sinks import SnapshotWriter
+from harvester.sources import SourceReport, enumerate_source
+from harvester.state import DONE, FAILED, GONE, PENDING, Journal, Outcome, RunLock
+
+log = logging.getLogger("harvester")
+
+COMMIT_EVERY = 200  # outcomes per journal transaction
+PENDING_CHUNK = 1_000  # ids read from the journal at a time
+
+
+@dataclass
+class Progress:
+    """Live counters the CLI renders; the pipeline only ever increments them."""
+
+    phase: str = "starting"
+    listed: int = 0  # ids seen while enumerating, duplicates included
+    total: int = 0  # distinct ids to fetch in this run
+    done: int = 0
+    failed: int = 0
+    gone: int = 0
+    written: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class RunResult:
+    snapshot: Path | None
+    manifest: dict[str, Any]
+    errors: int  # ids that failed (gone ones excluded)
+    truncated: bool
+
+
+def user_agent(cfg: Config) -> str:
+    contact = f"; {cfg.contact}" if cfg.contact else ""
+    return f"figshare-harvester/{__version__} (bulk metadata harvester{contact})"
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def client_settings(cfg: Config) -> ClientSettings:
+    """The transport's settings: rate, concurrency, retries, and credentials per origin."""
+    credentials: dict[str, str] = {}
+    if cfg.api.token:
+        credentials[origin(cfg.api.url)] = f"token {cfg.api.token}"
+    if cfg.stats.user and cfg.stats.password:
+        pair = f"{cfg.stats.user}:{cfg.stats.password}".encode()
+        credentials[origin(cfg.stats.url)] = "Basic " + base64.b64encode(pair).decode()
+    rate = RateLimit(cfg.http.rate.requests, cfg.http.rate.per)
+    return ClientSettings(
+        user_agent=user_agent(cfg),
+        concurrency=cfg.http.concurrency,
+        default_rate=rate,
+        shared_origins=() if cfg.http.per_host else (origin(cfg.api.url), origin(cfg.stats.url)),
+        connect_timeout=cfg.http.timeout.connect,
+        read_timeout=cfg.http.timeout.read,
+        total_timeout=cfg.http.timeout.total,
+        retry=RetryPolicy(
+            attempts=cfg.http.retry.attempts,
+            backoff_base=cfg.http.retry.backoff_base,
+            backoff_max=cfg.http.retry.backoff_max,
+        ),
+        credentials=credentials,
+    )
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def stamp(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Harvest:
+    """Runs one configured harvest end to end. `run()` is safe to repeat after a crash."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        progress: Progress | None = None,
+        client_factory: Callable[[ClientSettings], Client] = Client,
+    ) -> None:
+        self.cfg = cfg
+        self.progress = progress or Progress()
+        self.root = Path(cfg.output.dir)
+        self.state_dir = self.root / cfg.name / ".state"
+        self.client_factory = client_factory
+        self.reports: list[SourceReport] = []
+
+    async def run(self) -> RunResult:
+        with RunLock(self.state_dir / "lock"):
+            journal, meta = await self._open_journal()
+            try:
+                async with self.client_factory(client_settings(self.cfg)) as client:
+                    await self._enumerate(client, journal)
+                    await self._fan_out(client, journal)
+                    metrics = client.metrics()
+                result = await self._publish(journal, meta, metrics)
+            except BaseException:
+                journal.close()  # kept: the next run with the same config resumes from here
+                raise
+            journal.discard()
+            return result
+
+    # -- phases ----------------------------------------------------------------------------
+
+    async def _open_journal(self) -> tuple[Journal, dict[str, str]]:
+        """The interrupted run's journal if the config is unchanged, else a fresh one."""
+        path = self.state_dir / "journal.sqlite"
+        journal = Journal(path)
+        journal.open()
+        meta = await journal.call(journal.get_meta)
+        fingerprint = self.cfg.fingerprint()
+        if meta and meta.get("fingerprint") != fingerprint:
+            log.warning("the config changed since the interrupted run; starting over")
+            journal.discard()
+            journal = Journal(path)
+            journal.open()
+            meta = {}
+        if meta:
+            meta["runs"] = str(int(meta.get("runs", "1")) + 1)
+            retried = await journal.call(journal.retry_failed)
+            log.info("resuming snapshot %s (run %s; %d failed ids get another try)",
+                     meta["snapshot_id"], meta["runs"], retried)
+        else:
+            now = utc_now()
+            meta = {
+                "snapshot_id": now.strftime("%Y%m%dT%H%M%SZ"),
+                "started_at": stamp(now),
+                "fingerprint": fingerprint,
+                "runs": "1",
+            }
+        await journal.call(journal.set_meta, meta)
+        return journal, meta
+
+    async def _enumerate(self, client: Client, journal: Journal) -> None:
+        self.progress.phase = "listing"
+        for idx, source in enumerate(self.cfg.sources):
+            done = await journal.call(journal.source_done, idx)
+            report = SourceReport(source.name, source.kind)
+            self.reports.append(report)
+            if done is not None:
+                report.listed = done["listed"]
+                report.requests = done["requests"]
+                report.truncated = done["truncated"]
+                self.progress.listed += report.listed
+                continue
+            await journal.call(journal.start_source, idx, source.name)
+            async for batch in enumerate_source(client, self.cfg.api.url, source, report):
+                await journal.call(journal.add_ids, idx, batch)
+                self.progress.listed += len(batch)
+            info = report.as_dict()
+            await journal.call(journal.finish_source, idx, info)
+            log.info("source %s: %d ids listed in %d requests%s", source.name, report.listed,
+                     report.requests, " (TRUNCATED)" if report.truncated else "")
+
+    async def _fan_out(self, client: Client, journal: Journal) -> None:
+        counts = await journal.call(journal.counts)
+        p = self.progress
+        p.phase = "fetching"
+        p.total = sum(counts.values())
+        p.done, p.failed, p.gone = counts.get(DONE, 0), counts.get(FAILED, 0), counts.get(GONE, 0)
+        if counts.get(PENDING, 0) == 0:
+            return
+        workers = self.cfg.http.concurrency
+        todo: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue(maxsize=workers * 2)
+        results: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=COMMIT_EVERY * 2)
+        committer = asyncio.create_task(self._commit(journal, results))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._produce(journal, todo, workers))
+                for _ in range(workers):
+                    tg.create_task(self._work(client, todo, results))
+        except BaseExceptionGroup as group:
+            # surface the first meaningful error (an Abort, usually), not the group
+            raise _first(group) from None
+        finally:
+            await asyncio.shield(results.put(None))
+            await asyncio.shield(committer)
+
+    async def _produce(self, journal: Journal, todo: asyncio.Queue[Any], workers: int) -> None:
+        after = -1
+        while True:
+            chunk = await journal.call(journal.pending, after, PENDING_CHUNK)
+            if not chunk:
+                break
+            for item in chunk:
+                await todo.put(item)
+            after = chunk[-1][0]
+        for _ in range(workers):
+            await todo.put(None)
+
+    async def _work(self, client: Client, todo: asyncio.Queue[Any],
+                    results: asyncio.Queue[Outcome | None]) -> None:
+        while (item := await todo.get()) is not None:
+            aid, sources = item
+            outcome = await self._fetch(client, aid, sources)
+            p = self.progress
+            if outcome.state == DONE:
+                p.done += 1
+            elif outcome.state == GONE:
+                p.gone += 1
+            else:
+                p.failed += 1
+            await results.put(outcome)
+
+    async def _commit(self, journal: Journal, results: asyncio.Queue[Outcome | None]) -> None:
+        """Store outcomes in small transactions; commits whenever it catches up, so a kill
+        loses at most what is in flight. Keeps draining after a failure so no worker blocks."""
+        batch: list[Outcome] = []
+        failure: BaseException | None = None
+        while True:
+            outcome = await results.get()
+            if outcome is not None:
+                batch.append(outcome)
+            if batch and (outcome is None or len(batch) >= COMMIT_EVERY or results.empty()):
+                if failure is None:
+                    try:
+                        await journal.call(journal.store, batch)
+                    except Exception as exc:
+                        failure = exc
+                batch = []
+            if outcome is None:
+                if failure is not None:
+                    raise failure
+                return
+
+    async def _fetch(self, client: Client, aid: int, sources: int) -> Outcome:
+        api, cfg = self.cfg.api.url, self.cfg
+        url = api + article_path(aid)
+        try:
+            reply = await client.get(url)
+            record = reply.data
+            if not isinstance(record, dict) or record.get("id") != aid:
+                raise BadResponse(
+                    f"GET {url} -> 200 but the body is not the record of article {aid}",
+                    url=url, status=reply.status, reason="bad-record",
+                )
+            files = None
+            if files_may_be_truncated(record):
+                url = api + files_path(aid)
+                files = await self._all_files(client, url)
+            stats: dict[str, int] = {}
+            for counter in cfg.stats.counters:
+                url = cfg.stats.url + stats_total_path(counter, "article", aid,
+                                                       cfg.stats.institution)
+                body = (await client.get(url)).data
+                total = body.get("totals") if isinstance(body, dict) else None
+                if isinstance(total, bool) or not isinstance(total, int):
+                    raise BadResponse(f"GET {url} -> 200 without an integer 'totals'",
+                                      url=url, status=200, reason="bad-stats")
+                stats[counter] = total
+            return Outcome(aid, DONE, body=reply.body, files=files, stats=stats,
+                           fetched_at=stamp(utc_now()))
+        except Abort:
+            raise
+        except NotFound as exc:
+            return Outcome(aid, GONE, error=self._error(aid, sources, exc, "not-found"))
+        except GiveUp as exc:
+            return Outcome(aid, FAILED, error=self._error(aid, sources, exc, exc.reason))
+        except RequestError as exc:
+            return Outcome(aid, FAILED, error=self._error(aid, sources, exc, exc.reason))
+
+    async def _all_files(self, client: Client, url: str) -> bytes:
+        files: list[Any] = []
+        page = 1
+        while True:
+            reply = await client.get(url, params={"page": page, "page_size": 1000})
+            if not isinstance(reply.data, list):
+                raise BadResponse(f"GET {url} -> expected a list of files", url=url,
+                                  status=reply.status, reason="bad-files")
+            files.extend(reply.data)
+            if len(reply.data) < 1000:
+                return orjson.dumps(files)
+            page += 1
+
+    def _error(self, aid: int, sources: int, exc: RequestError, reason: str) -> dict[str, Any]:
+        return {
+            "article_id": aid,
+            "sources": self._source_names(sources),
+            "url": exc.url,
+            "status": exc.status,
+            "reason": reason,
+            "message": str(exc),
+            "at": stamp(utc_now()),
+        }
+
+    def _source_names(self, mask: int) -> list[str]:
+        return [s.name for i, s in enumerate(self.cfg.sources) if mask & (1 << i)]
+
+    async def _publish(self, journal: Journal, meta: dict[str, str],
+                       metrics: dict[str, Any]) -> RunResult:
+        self.progress.phase = "writing"
+        counts = await journal.call(journal.counts)
+        per_source = await journal.call(journal.ids_per_source, len(self.cfg.sources))
+        failed, gone = counts.get(FAILED, 0), counts.get(GONE, 0)
+        truncated = any(r.truncated for r in self.reports)
+        manifest: dict[str, Any] = {
+            "name": self.cfg.name,
+            "snapshot_id": meta["snapshot_id"],
+            "status": "complete" if not failed and not truncated else "partial",
+            "kind": "full",
+            "started_at": meta["started_at"],
+            "harvester_version": __version__,
+            "config_sha256": meta["fingerprint"],
+            "config": public_view(self.cfg),
+            "runs": int(meta["runs"]),
+            "sources": [
+                {**r.as_dict(), "ids": per_source[i]} for i, r in enumerate(self.reports)
+            ],
+            "ids": {
+                "total": sum(counts.values()),
+                "fetched": counts.get(DONE, 0),
+                "failed": failed,
+                "gone": gone,
+            },
+            "errors": failed,
+            "http": metrics,
+        }
+        writer = SnapshotWriter(
+            self.root, self.cfg.name, snapshot_id=meta["snapshot_id"],
+            formats=frozenset(self.cfg.output.formats),
+        )
+        path = await journal.call(self._write, journal, writer, manifest)
+        return RunResult(path, manifest, failed, truncated)
+
+    def _write(self, journal: Journal, writer: SnapshotWriter, manifest: dict[str, Any]) -> Path:
+        """Runs on the journal thread: records in id order -> the snapshot's files."""
+        snapshot_id = manifest["snapshot_id"]
+        names_cache: dict[int, tuple[str, ...]] = {}
+        writer.open()
+        try:
+            for rec in journal.records():
+                record = orjson.loads(rec.body)
+                complete = record if rec.files is None else {**record,
+                                                             "files": orjson.loads(rec.files)}
+                fetched = dt.datetime.strptime(rec.fetched_at, "%Y-%m-%dT%H:%M:%SZ").replace(
+                    tzinfo=dt.UTC)
+                names = names_cache.get(rec.sources)
+                if names is None:
+                    names = names_cache[rec.sources] = tuple(self._source_names(rec.sources))
+                ctx = RowContext(snapshot_id=snapshot_id, fetched_at=fetched, sources=names)
+                writer.add_article(record, article_rows(complete, ctx))
+                if rec.stats:
+                    writer.add_stats(stats_rows(rec.article_id, rec.stats, ctx,
+                                                scope=self.cfg.stats.institution or "public"))
+                self.progress.written += 1
+            for error in journal.errors():
+                writer.add_error(error)
+            manifest["finished_at"] = stamp(utc_now())
+            return writer.publish(manifest)
+        except BaseException:
+            writer.abort()
+            raise
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]

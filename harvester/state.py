@@ -1,0 +1,277 @@
+"""The run journal (SQLite): ids per source, fetched records, errors; memory stays flat, runs resume.
+
+One journal per harvest name, at OUTPUT/NAME/.state/journal.sqlite. Enumeration inserts ids (dedup
+by primary key, provenance as a bitmask of source indexes); the fan-out reads pending ids in id
+order, in chunks, and stores each result; the snapshot is written from the journal in id order, so
+its content does not depend on concurrency or on how often the run was interrupted. All access
+goes through one worker thread: SQLite never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from harvester.errors import LockedError, OutputError
+
+T = TypeVar("T")
+
+PENDING, DONE, FAILED, GONE = 0, 1, 2, 3
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sources (
+    idx INTEGER PRIMARY KEY, name TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0,
+    info TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS ids (
+    article_id INTEGER PRIMARY KEY, sources INTEGER NOT NULL, state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS records (
+    article_id INTEGER PRIMARY KEY, body BLOB NOT NULL, files BLOB, stats BLOB,
+    fetched_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS errors (article_id INTEGER PRIMARY KEY, error BLOB NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the fan-out learned about one id."""
+
+    article_id: int
+    state: int  # DONE, FAILED or GONE
+    body: bytes = b""  # the full record exactly as served
+    files: bytes | None = None  # the complete /files list when the record's list was capped
+    stats: dict[str, int] | None = None
+    fetched_at: str = ""
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    article_id: int
+    sources: int
+    body: bytes
+    files: bytes | None
+    stats: dict[str, int] | None
+    fetched_at: str
+
+
+class Journal:
+    """The run's durable state. Sync methods run on the journal's own thread via `call`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._db: sqlite3.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._pool.submit(self._connect).result()
+        except (OSError, sqlite3.Error) as exc:
+            raise OutputError(f"{self.path}: cannot open the run journal: {exc}") from None
+
+    def _connect(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, fast
+        try:
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise OutputError(f"{self.path}: not a harvester journal ({exc})") from None
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._pool.submit(self._db.close).result()
+            self._db = None
+        self._pool.shutdown(wait=True)
+
+    def discard(self) -> None:
+        """Close and delete the journal (after a published snapshot, or a config change)."""
+        self.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run on the journal thread from synchronous code (CLI, tests)."""
+        return self._pool.submit(fn, *args).result()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "journal not open"
+        return self._db
+
+    # -- meta ------------------------------------------------------------------------------
+
+    def get_meta(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+
+    def set_meta(self, values: dict[str, str]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO meta(key, value) VALUES(?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                list(values.items()),
+            )
+
+    # -- enumeration -----------------------------------------------------------------------
+
+    def source_done(self, idx: int) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT done, info FROM sources WHERE idx=?", (idx,)).fetchone()
+        return orjson.loads(row[1]) if row and row[0] else None
+
+    def start_source(self, idx: int, name: str) -> None:
+        self.db.execute(
+            "INSERT INTO sources(idx, name) VALUES(?, ?) ON CONFLICT(idx) DO NOTHING", (idx, name)
+        )
+
+    def add_ids(self, idx: int, ids: Iterable[int]) -> None:
+        bit = 1 << idx
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO ids(article_id, sources) VALUES(?, ?) "
+                "ON CONFLICT(article_id) DO UPDATE SET sources = sources | excluded.sources",
+                [(int(i), bit) for i in ids],
+            )
+
+    def finish_source(self, idx: int, info: dict[str, Any]) -> None:
+        self.db.execute(
+            "UPDATE sources SET done=1, info=? WHERE idx=?", (orjson.dumps(info).decode(), idx)
+        )
+
+    def ids_per_source(self, count: int) -> list[int]:
+        return [
+            self.db.execute("SELECT count(*) FROM ids WHERE sources & ?", (1 << i,)).fetchone()[0]
+            for i in range(count)
+        ]
+
+    # -- fan-out ---------------------------------------------------------------------------
+
+    def counts(self) -> dict[int, int]:
+        return dict(self.db.execute("SELECT state, count(*) FROM ids GROUP BY state").fetchall())
+
+    def pending(self, after: int, limit: int) -> list[tuple[int, int]]:
+        return self.db.execute(
+            "SELECT article_id, sources FROM ids WHERE state=? AND article_id>? "
+            "ORDER BY article_id LIMIT ?",
+            (PENDING, after, limit),
+        ).fetchall()
+
+    def retry_failed(self) -> int:
+        """On resume, ids that failed get another chance."""
+        with self.db:
+            self.db.execute("DELETE FROM errors WHERE article_id IN "
+                            "(SELECT article_id FROM ids WHERE state=?)", (FAILED,))
+            return self.db.execute("UPDATE ids SET state=? WHERE state=?", (PENDING, FAILED)).rowcount
+
+    def store(self, outcomes: list[Outcome]) -> None:
+        with self.db:
+            for o in outcomes:
+                if o.state == DONE:
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO records VALUES(?, ?, ?, ?, ?)",
+                        (
+                            o.article_id,
+                            zlib.compress(o.body, 1),
+                            zlib.compress(o.files, 1) if o.files is not None else None,
+                            orjson.dumps(o.stats) if o.stats is not None else None,
+                            o.fetched_at,
+                        ),
+                    )
+                    self.db.execute("DELETE FROM errors WHERE article_id=?", (o.article_id,))
+                else:
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO errors VALUES(?, ?)",
+                        (o.article_id, orjson.dumps(o.error or {})),
+                    )
+                self.db.execute(
+                    "UPDATE ids SET state=?, attempts=attempts+1 WHERE article_id=?",
+                    (o.state, o.article_id),
+                )
+
+    # -- snapshot --------------------------------------------------------------------------
+
+    def records(self, batch: int = 500) -> Iterator[StoredRecord]:
+        """Fetched records in id order, read in batches (call on the journal thread)."""
+        after = -1
+        while True:
+            rows = self.db.execute(
+                "SELECT r.article_id, i.sources, r.body, r.files, r.stats, r.fetched_at "
+                "FROM records r JOIN ids i USING(article_id) "
+                "WHERE i.state=? AND r.article_id>? ORDER BY r.article_id LIMIT ?",
+                (DONE, after, batch),
+            ).fetchall()
+            if not rows:
+                return
+            for aid, sources, body, files, stats, fetched_at in rows:
+                yield StoredRecord(
+                    aid,
+                    sources,
+                    zlib.decompress(body),
+                    zlib.decompress(files) if files is not None else None,
+                    orjson.loads(stats) if stats is not None else None,
+                    fetched_at,
+                )
+            after = rows[-1][0]
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [
+            orjson.loads(e)
+            for (e,) in self.db.execute("SELECT error FROM errors ORDER BY article_id").fetchall()
+        ]
+
+
+class RunLock:
+    """One run per harvest name: an flock the kernel releases when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot create the run lock: {exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LockedError(
+                f"{self.path}: another run of this harvest is in progress (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
