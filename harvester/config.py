@@ -151,7 +151,9 @@ SOURCE_KINDS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "group": ({**_FILTERS}, ("group",)),
     "institution": ({**_FILTERS}, ("institution",)),
     "ids": ({"ids": _INT_LIST}, ("ids",)),
+    "account": ({}, ()),  # the token owner's items, drafts included (GET /account/articles)
 }
+ACCOUNT_KINDS = frozenset({"account"})  # ids whose full record comes from /account/articles/{id}
 
 
 # ---------------------------------------------------------------- loading
@@ -233,6 +235,9 @@ def parse(
         raise ConfigError(f"{where}: output.formats: name at least one of {list(FORMATS)}")
 
     sources = _sources(v, top.get("sources"))
+    for i, source in enumerate(sources):
+        if source.kind in ACCOUNT_KINDS and api.token is None:
+            raise ConfigError(f"{where}: sources[{i}]: kind {source.kind!r} needs api.token")
     max_errors = v.integer(top.get("max_errors", 0), "max_errors", minimum=0)
     return Config(
         name=name,

@@ -100,6 +100,9 @@ def files_may_be_truncated(record: Mapping[str, Any]) -> bool:
 
 def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
     """The list/search query a configured source enumerates (ids and explicit lists excluded)."""
+    if kind == "account":
+        # documented with paging only: no filters, no order, no X-Cursor
+        return ListQuery("GET", "/account/articles", {}, cursor=False, auth=True)
     filters = {k: v for k, v in params.items() if v is not None}
     # Ascending publish order keeps pages stable while new items are published mid-harvest.
     filters.setdefault("order", "published_date")

@@ -17,7 +17,7 @@ import orjson
 
 from harvester import __version__
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
-from harvester.config import Config, public_view
+from harvester.config import ACCOUNT_KINDS, Config, public_view
 from harvester.errors import Abort, BadResponse, GiveUp, NotFound, RequestError
 from harvester.figshare import article_path, files_may_be_truncated, files_path, stats_total_path
 from harvester.records import RowContext, article_rows, stats_rows
@@ -113,6 +113,8 @@ class Harvest:
         self.state_dir = self.root / cfg.name / ".state"
         self.client_factory = client_factory
         self.reports: list[SourceReport] = []
+        # ids listed by these sources may be private: fetch them from /account/articles/{id}
+        self.account_mask = sum(1 << i for i, s in enumerate(cfg.sources) if s.kind in ACCOUNT_KINDS)
 
     async def run(self) -> RunResult:
         with RunLock(self.state_dir / "lock"):
@@ -254,7 +256,8 @@ class Harvest:
 
     async def _fetch(self, client: Client, aid: int, sources: int) -> Outcome:
         api, cfg = self.cfg.api.url, self.cfg
-        url = api + article_path(aid)
+        account = bool(sources & self.account_mask)
+        url = api + article_path(aid, account=account)
         try:
             reply = await client.get(url)
             record = reply.data
@@ -265,7 +268,7 @@ class Harvest:
                 )
             files = None
             if files_may_be_truncated(record):
-                url = api + files_path(aid)
+                url = api + files_path(aid, account=account)
                 files = await self._all_files(client, url)
             stats: dict[str, int] = {}
             for counter in cfg.stats.counters:
