@@ -1,0 +1,523 @@
+"""The snapshot directory: NDJSON + Parquet writers, manifest, atomic publish, LATEST.
+
+    OUTPUT/NAME/.staging/<id>/        everything is written here first
+    OUTPUT/NAME/snapshot=<id>/        the staging dir renamed, once manifest.json is in it
+    OUTPUT/NAME/LATEST                "snapshot=<id>", replaced atomically after the rename
+
+A run killed at any point leaves only its staging directory behind: a `snapshot=` directory
+always holds its manifest. Format (NDJSON lines, Parquet row groups) is kept apart from the
+destination: the few filesystem operations live in small `_fs_*` functions below, the place
+where an object-store destination slots in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from harvester.errors import OutputError
+from harvester.records import SCHEMA_VERSION, SCHEMAS
+
+FORMATS = frozenset({"ndjson", "parquet"})
+ERROR_KEYS = ("id", "source", "url", "status", "reason", "message", "attempts", "at")
+ID_FORMAT = "%Y%m%dT%H%M%SZ"
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+STAGING = ".staging"
+PREFIX = "snapshot="
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NDJSON_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+_BUFFER = 1 << 20
+_OWN_METHOD = {"articles": "add_article", "stats": "add_stats"}
+
+
+def _why(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _fail(action: str, path: Path | str, e: OSError) -> OutputError:
+    return OutputError(f"cannot {action} {path}: {_why(e)}")
+
+
+# --- destination: every filesystem operation a snapshot needs -------------------------------
+
+
+def _fs_mkdirs(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _fail("create directory", path, e) from e
+    if not path.is_dir():
+        raise OutputError(f"cannot create directory {path}: a file is in the way")
+
+
+def _fs_mkdir_new(path: Path) -> None:
+    try:
+        path.mkdir()
+    except FileExistsError as e:
+        raise OutputError(f"cannot create directory {path}: it already exists") from e
+    except OSError as e:
+        raise _fail("create directory", path, e) from e
+
+
+def _fs_open(path: Path) -> IO[bytes]:
+    try:
+        return open(path, "xb", buffering=_BUFFER)
+    except OSError as e:
+        raise _fail("create", path, e) from e
+
+
+def _fs_fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise _fail("sync directory", path, e) from e
+
+
+def _fs_write_atomic(path: Path, data: bytes) -> None:
+    """Write a small file so readers see the old content or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _fail("write", path, e) from e
+    _fs_fsync_dir(path.parent)
+
+
+def _fs_rename_dir(src: Path, dst: Path) -> None:
+    if dst.exists():  # rename(2) would silently replace an empty directory
+        raise OutputError(f"cannot publish {dst}: it already exists")
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        raise _fail(f"rename {src} to", dst, e) from e
+    _fs_fsync_dir(dst.parent)
+    _fs_fsync_dir(src.parent)
+
+
+def _fs_describe(path: Path) -> dict[str, Any]:
+    """rows, sha256 and bytes of one finished file; fsynced on the way."""
+    digest, size, lines = hashlib.sha256(), 0, 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_BUFFER):
+                digest.update(chunk)
+                size += len(chunk)
+                lines += chunk.count(b"\n")
+            os.fsync(f.fileno())
+        rows = pq.read_metadata(path).num_rows if path.suffix == ".parquet" else lines
+    except OSError as e:
+        raise _fail("read back", path, e) from e
+    return {"rows": rows, "sha256": digest.hexdigest(), "bytes": size}
+
+
+def _fs_list_files(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_file())
+    except OSError as e:
+        raise _fail("list", path, e) from e
+
+
+def _fs_lock(path: Path) -> int:
+    """Hold an exclusive lock on `path` (released by close, or by the process dying)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise _fail("create", path, e) from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        raise OutputError(f"cannot write {path.with_suffix('')}: another writer is using it") from e
+    return fd
+
+
+def _fs_unlock(fd: int, path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _fs_remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --- credentials never reach errors.ndjson ---------------------------------------------------
+
+_SECRET_PARAMS = frozenset({
+    "access_token", "token", "api_key", "apikey", "key", "password", "secret", "client_secret",
+    "refresh_token", "code", "private_link", "signature", "x-amz-signature",
+    "x-amz-credential", "x-amz-security-token",
+})
+_SECRET_TEXT = re.compile(
+    r"(?i)\b((?:access_token|token|password|secret|private_link|api_key)=)[^&\s\"']+"
+    r"|\b((?:token|basic|bearer)\s+)[A-Za-z0-9._~+/=-]{8,}"
+)
+
+
+def sanitize_url(url: str) -> str:
+    """The URL without userinfo and with credential-like query values replaced."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _redact(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = parts.query
+    if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
+        query = urlencode([(k, "REDACTED" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact(text: str) -> str:
+    return _SECRET_TEXT.sub(lambda m: (m.group(1) or m.group(2)) + "REDACTED", text)
+
+
+# --- the writer ------------------------------------------------------------------------------
+
+
+def new_snapshot_id(base: Path, now: datetime | None = None) -> str:
+    """UTC time as YYYYMMDDTHHMMSSZ, bumped a second at a time past any id already used."""
+    t = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    while True:
+        sid = t.strftime(ID_FORMAT)
+        if not (base / f"{PREFIX}{sid}").exists() and not (base / STAGING / sid).exists():
+            return sid
+        t += timedelta(seconds=1)
+
+
+class SnapshotWriter:
+    """Writes one snapshot: open -> add_* -> publish (or abort). Also a context manager.
+
+    Rows are buffered per table and written as one Parquet row group per `row_group_size`
+    rows, so memory is bounded by the row group size, not by the number of records. Leaving
+    the `with` block without `publish` (or with an exception) aborts: nothing is published.
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        name: str,
+        *,
+        snapshot_id: str | None = None,
+        formats: frozenset[str] = FORMATS,
+        row_group_size: int = 5_000,
+    ) -> None:
+        if not name or not _SAFE_ID.match(name):
+            raise ValueError(f"harvest name must be a plain directory name, got {name!r}")
+        if snapshot_id is not None and not _SAFE_ID.match(snapshot_id):
+            raise ValueError(f"snapshot_id must be a plain directory name, got {snapshot_id!r}")
+        if not formats or not set(formats) <= FORMATS:
+            raise ValueError(f"formats must be a non-empty subset of {sorted(FORMATS)}")
+        if row_group_size < 1:
+            raise ValueError(f"row_group_size must be at least 1, got {row_group_size}")
+        self.root = Path(root)
+        self.name = name
+        self.base = self.root / name
+        self.snapshot_id = snapshot_id or new_snapshot_id(self.base)
+        self.formats = frozenset(formats)
+        self.row_group_size = row_group_size
+        self.staging = self.base / STAGING / self.snapshot_id
+        self.path = self.base / f"{PREFIX}{self.snapshot_id}"
+        self._state = "new"
+        self._lock_path = self.base / STAGING / f"{self.snapshot_id}.lock"
+        self._lock: int | None = None  # held from open() to publish/abort
+        self._lines: dict[str, IO[bytes]] = {}
+        self._parquet: dict[str, pq.ParquetWriter] = {}
+        self._buffers: dict[str, list[dict[str, Any]]] = {t: [] for t in SCHEMAS}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def open(self) -> SnapshotWriter:
+        if self._state != "new":
+            raise RuntimeError(f"snapshot writer is {self._state}, cannot open it again")
+        if self.path.exists():
+            raise OutputError(f"cannot write snapshot {self.path}: it already exists")
+        _fs_mkdirs(self.staging.parent)
+        self._lock = _fs_lock(self._lock_path)
+        try:
+            # Nobody else holds the lock, so a staging dir with this id is what a killed run
+            # left (a resumed run keeps its snapshot id): start it afresh.
+            _fs_remove_tree(self.staging)
+            _fs_mkdir_new(self.staging)
+            self._state = "open"
+            names = ["errors.ndjson"]  # the error log is kept whatever the data formats
+            if "ndjson" in self.formats:
+                names[:0] = ["articles.ndjson", "stats.ndjson"]
+            for n in names:
+                self._lines[n] = _fs_open(self.staging / n)
+            if "parquet" in self.formats:
+                for table, schema in SCHEMAS.items():
+                    path = self.staging / f"{table}.parquet"
+                    try:
+                        self._parquet[table] = pq.ParquetWriter(path, schema, compression="zstd")
+                    except OSError as e:
+                        raise _fail("create", path, e) from e
+        except BaseException:
+            self.abort()
+            raise
+        return self
+
+    def __enter__(self) -> SnapshotWriter:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state != "published":
+            self.abort()
+
+    def publish(self, manifest: Mapping[str, Any]) -> Path:
+        """Finish every file, write manifest.json last, rename into place, point LATEST at it.
+
+        The caller's manifest is kept; `files`, `snapshot_id` and `schema_version` are set here.
+        """
+        self._require_open()
+        self._state = "publishing"
+        self._close_writers()
+        files = {p.name: _fs_describe(p) for p in _fs_list_files(self.staging)}
+        doc = {
+            **manifest,
+            "snapshot_id": self.snapshot_id,
+            "schema_version": SCHEMA_VERSION,
+            "files": files,
+        }
+        opts = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | _NDJSON_OPTS
+        body = orjson.dumps(doc, option=opts, default=str)
+        _fs_write_atomic(self.staging / MANIFEST, body + b"\n")
+        _fs_rename_dir(self.staging, self.path)
+        _fs_write_atomic(self.base / LATEST, f"{self.path.name}\n".encode())
+        self._state = "published"
+        self._release()
+        return self.path
+
+    def abort(self) -> None:
+        """Close everything and remove the staging directory; never publishes. Idempotent."""
+        if self._state in ("published", "aborted"):
+            return
+        self._state = "aborted"
+        # The files are being thrown away: a close that fails changes nothing.
+        for f in self._lines.values():
+            with contextlib.suppress(OSError):
+                f.close()
+        for w in self._parquet.values():
+            with contextlib.suppress(OSError):
+                w.close()
+        self._lines.clear()
+        self._parquet.clear()
+        self._buffers = {t: [] for t in SCHEMAS}
+        if self._lock is not None:  # never remove a staging dir another writer holds
+            _fs_remove_tree(self.staging)
+            self._release()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def add_article(self, record: Mapping[str, Any], rows: Mapping[str, list[dict]]) -> None:
+        """One full record: a line in articles.ndjson (exactly as given) and its table rows."""
+        self._require_open()
+        unknown = set(rows) - set(SCHEMAS)
+        if unknown:
+            raise ValueError(f"unknown tables {sorted(unknown)}; valid: {sorted(SCHEMAS)}")
+        self._line("articles.ndjson", orjson.dumps(record))
+        for table, table_rows in rows.items():
+            self._buffer(table, table_rows)
+
+    def add_stats(self, rows: Iterable[dict[str, Any]]) -> None:
+        """`stats` rows (from records.stats_rows): stats.ndjson lines and the stats table."""
+        self._require_open()
+        rows = list(rows)
+        for row in rows:
+            self._line("stats.ndjson", orjson.dumps(row, option=_NDJSON_OPTS))
+        self._buffer("stats", rows)
+
+    def add_rows(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Rows of a table fed outside add_article/add_stats: collections, projects, versions..."""
+        self._require_open()
+        if table not in SCHEMAS:
+            raise ValueError(f"unknown table {table!r}; valid: {sorted(SCHEMAS)}")
+        if table in _OWN_METHOD:
+            raise ValueError(f"rows of {table!r} are added with {_OWN_METHOD[table]}()")
+        self._buffer(table, list(rows))
+
+    def add_error(self, error: Mapping[str, Any]) -> None:
+        """One errors.ndjson line: id, source, url, status, reason, message, attempts, at."""
+        self._require_open()
+        line = {k: error.get(k) for k in ERROR_KEYS}
+        if isinstance(line["url"], str):
+            line["url"] = sanitize_url(line["url"])
+        if isinstance(line["message"], str):
+            line["message"] = _redact(line["message"])
+        if line["at"] is None:
+            line["at"] = datetime.now(UTC)
+        self._line("errors.ndjson", orjson.dumps(line, option=_NDJSON_OPTS, default=str))
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            _fs_unlock(self._lock, self._lock_path)
+            self._lock = None
+
+    def _require_open(self) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"snapshot writer is {self._state}, not open")
+
+    def _line(self, name: str, data: bytes) -> None:
+        f = self._lines.get(name)
+        if f is None:
+            return  # this format was not asked for
+        try:
+            f.write(data + b"\n")
+        except OSError as e:
+            self._failed()
+            raise _fail("write", self.staging / name, e) from e
+
+    def _buffer(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if table not in self._parquet:
+            return
+        buf = self._buffers[table]
+        buf.extend(rows)
+        while len(buf) >= self.row_group_size:
+            self._write_group(table, buf[: self.row_group_size])
+            del buf[: self.row_group_size]
+
+    def _failed(self) -> None:
+        # A row group that could not be written leaves the snapshot incomplete: only abort().
+        self._state = "failed"
+
+    def _write_group(self, table: str, rows: list[dict[str, Any]]) -> None:
+        try:
+            self._convert_and_write(table, rows)
+        except (ValueError, OutputError):
+            self._failed()
+            raise
+
+    def _convert_and_write(self, table: str, rows: list[dict[str, Any]]) -> None:
+        schema = SCHEMAS[table]
+        try:
+            arrow = pa.Table.from_pylist(rows, schema=schema)
+        except (pa.ArrowException, TypeError, ValueError, ArithmeticError) as e:
+            raise ValueError(f"rows for table {table!r} do not fit its schema: {_why(e)}") from e
+        # from_pylist does not enforce nullability; Parquet's REQUIRED columns must not see nulls.
+        for i, field in enumerate(schema):
+            if not field.nullable and arrow.column(i).null_count:
+                raise ValueError(f"rows for table {table!r} have nulls in column {field.name!r}")
+        if not pc.all(pc.equal(arrow.column("snapshot_id"), self.snapshot_id)).as_py():
+            raise ValueError(f"rows for table {table!r} belong to another snapshot than "
+                             f"{self.snapshot_id!r} (build RowContext from writer.snapshot_id)")
+        path = self.staging / f"{table}.parquet"
+        try:
+            self._parquet[table].write_table(arrow, row_group_size=self.row_group_size)
+        except OSError as e:
+            raise _fail("write", path, e) from e
+
+    def _close_writers(self) -> None:
+        for table, buf in self._buffers.items():
+            if buf and table in self._parquet:
+                self._write_group(table, buf)
+        self._buffers = {t: [] for t in SCHEMAS}
+        for name, f in list(self._lines.items()):
+            try:
+                f.close()
+            except OSError as e:
+                raise _fail("write", self.staging / name, e) from e
+        self._lines.clear()
+        for table, w in list(self._parquet.items()):
+            try:
+                w.close()
+            except OSError as e:
+                raise _fail("write", self.staging / f"{table}.parquet", e) from e
+        self._parquet.clear()
+
+
+# --- readers ---------------------------------------------------------------------------------
+
+
+def list_snapshots(root: Path | str, name: str) -> list[Path]:
+    """Published snapshots (directories holding a manifest.json), oldest first."""
+    base = Path(root) / name
+    if not base.exists():
+        return []
+    try:
+        entries = list(base.iterdir())
+    except OSError as e:
+        raise _fail("list", base, e) from e
+    found = [
+        p for p in entries
+        if p.name.startswith(PREFIX) and p.is_dir() and (p / MANIFEST).is_file()
+    ]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_snapshot(root: Path | str, name: str) -> Path | None:
+    """The snapshot LATEST names if it is complete, else the newest complete one, else None."""
+    base = Path(root) / name
+    try:
+        pointed = (base / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        pointed = ""
+    if pointed.startswith(PREFIX) and _SAFE_ID.match(pointed[len(PREFIX):]):
+        candidate = base / pointed
+        if (candidate / MANIFEST).is_file():
+            return candidate
+    snapshots = list_snapshots(root, name)
+    return snapshots[-1] if snapshots else None
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """A snapshot's manifest; `path` is the snapshot directory or the manifest file itself."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MANIFEST
+    try:
+        data = orjson.loads(p.read_bytes())
+    except OSError as e:
+        raise _fail("read manifest", p, e) from e
+    except orjson.JSONDecodeError as e:
+        raise OutputError(f"malformed manifest {p}: {_why(e)}") from e
+    if not isinstance(data, dict):
+        raise OutputError(f"malformed manifest {p}: expected a JSON object")
+    return data
+
+
+def clean_staging(root: Path | str, name: str) -> list[Path]:
+    """Remove what killed runs left in OUTPUT/NAME/.staging; call it while holding the lock."""
+    staging = Path(root) / name / STAGING
+    if not staging.is_dir():
+        return []
+    removed = sorted(staging.iterdir())
+    for p in removed:
+        if p.is_dir():
+            _fs_remove_tree(p)
+        else:
+            p.unlink(missing_ok=True)
+    return removed
