@@ -1,0 +1,587 @@
+"""Transport: the one aiohttp session, per-origin sliding windows, retries, circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import random
+import time
+from collections import Counter, deque
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any, Literal, TypeVar
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from harvester.errors import (
+    Abort,
+    AuthError,
+    BadResponse,
+    Blocked,
+    ConfigError,
+    GiveUp,
+    NotFound,
+    RequestError,
+    RetryableError,
+    WindowExhausted,
+)
+
+SENSITIVE_PARAMS = frozenset({"access_token", "token", "private_link"})
+# Starts are spaced `per * 2.5%` more than the window (at most 0.25 s), so that jitter between
+# our clock and the server's cannot show N+1 arrivals in one window; the rate stays >= 0.975.
+MARGIN_FRACTION = 0.025
+MARGIN_MAX = 0.25
+MAX_REDIRECTS = 10
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CROSS_ORIGIN_STRIP = ("Authorization", "Proxy-Authorization", "Cookie")
+
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[str, V]):
+    """A read-only, hashable mapping (so the settings that hold one stay hashable)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, items: Mapping[str, V] | Iterable[tuple[str, V]] = ()) -> None:
+        self._d: dict[str, V] = dict(items)
+
+    def __getitem__(self, key: str) -> V:
+        return self._d[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._d.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._d!r})"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `requests` request starts in any window of `per` seconds."""
+
+    requests: int
+    per: float
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or not self.per > 0:
+            raise ConfigError(f"rate limit needs requests >= 1 and per > 0, got {self!r}")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Which failures are retried, how often, and how long to wait between attempts."""
+
+    attempts: int = 6
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    retry_after_max: float = 900.0  # a longer Retry-After -> give up rather than sleep for hours
+    statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigError(f"retry attempts must be >= 1, got {self.attempts}")
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything the transport needs; origins are normalised to scheme://host:port."""
+
+    user_agent: str
+    concurrency: int = 4
+    default_rate: RateLimit = RateLimit(1, 1.0)
+    rates: Mapping[str, RateLimit] = field(default_factory=FrozenMap)
+    connect_timeout: float = 10
+    read_timeout: float = 60
+    total_timeout: float = 120
+    retry: RetryPolicy = RetryPolicy()
+    # origin -> full Authorization header value ("token X", "Basic Y"); never shown in repr
+    credentials: Mapping[str, str] = field(default_factory=FrozenMap, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
+        if not self.user_agent.strip():
+            raise ConfigError("user_agent must not be empty")
+        for name in ("rates", "credentials"):
+            given: Mapping[str, Any] = getattr(self, name)
+            try:
+                norm = FrozenMap((origin_of(k), v) for k, v in given.items())
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+            object.__setattr__(self, name, norm)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One successful exchange. `url` is the final, sanitized URL; `data` the parsed JSON."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes = field(repr=False)
+    url: str
+    data: Any = None
+
+    def json(self) -> Any:
+        """The body as JSON (already parsed when the request expected JSON)."""
+        return self.data if self.data is not None else orjson.loads(self.body)
+
+
+# ---- pure functions: policy arithmetic and URL hygiene -------------------------------------------
+
+
+def origin_of(url: str | URL) -> str:
+    """`scheme://host:port` of an absolute URL (default ports made explicit)."""
+    u = URL(url)
+    if not u.scheme or not u.host:
+        raise ValueError(f"not an absolute URL: {sanitize_url(u)!r}")
+    return f"{u.scheme.lower()}://{u.host.lower()}:{u.port}"
+
+
+def sanitize_url(url: str | URL) -> str:
+    """The URL without userinfo, fragment or credential-bearing query parameters."""
+    u = URL(url)
+    if u.user is not None or u.password is not None:
+        u = u.with_user(None)
+    if u.query_string:
+        keep = [(k, v) for k, v in u.query.items() if k.lower() not in SENSITIVE_PARAMS]
+        u = u.with_query(keep or None)
+    return str(u.with_fragment(None))
+
+
+def safety_margin(rate: RateLimit) -> float:
+    """Extra spacing added to every window (see MARGIN_FRACTION)."""
+    return min(MARGIN_FRACTION * rate.per, MARGIN_MAX)
+
+
+def start_delay(starts: Sequence[float], now: float, rate: RateLimit) -> float:
+    """Seconds until one more start keeps every `per`-second window at <= `requests` starts."""
+    if len(starts) < rate.requests:
+        return 0.0
+    return max(0.0, starts[-rate.requests] + rate.per + safety_margin(rate) - now)
+
+
+def backoff_delay(attempt: int, policy: RetryPolicy, rand: Callable[[], float]) -> float:
+    """Full-jitter wait before retry number `attempt` (1 = the first retry), capped."""
+    cap = min(policy.backoff_max, policy.backoff_base * 2.0 ** min(attempt - 1, 64))
+    return rand() * cap
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After value: delta-seconds or an HTTP-date (`now` is epoch)."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        when = _http_date(text)
+        return None if when is None else max(0.0, when - now)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _http_date(text: str) -> float | None:
+    try:
+        dt = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def _one_line(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return " ".join(text.split())
+
+
+def _secrets_of(header_value: str) -> list[str]:
+    """The header value and its bare credential (the part after "token " / "Basic ")."""
+    parts = header_value.split()
+    return [header_value, parts[-1]] if len(parts) > 1 else [header_value]
+
+
+# ---- per-origin state ----------------------------------------------------------------------------
+
+
+class SlidingWindow:
+    """The last `requests` start times to one origin, plus a Retry-After hold (monotonic times)."""
+
+    def __init__(self, rate: RateLimit) -> None:
+        self.rate = rate
+        self.starts: deque[float] = deque(maxlen=rate.requests)
+        self.not_before = -math.inf
+
+    def delay(self, now: float) -> float:
+        return max(start_delay(self.starts, now, self.rate), self.not_before - now, 0.0)
+
+    def record(self, now: float) -> None:
+        self.starts.append(now)
+
+    def hold(self, until: float) -> None:
+        self.not_before = max(self.not_before, until)
+
+
+class _Origin:
+    def __init__(self, name: str, rate: RateLimit) -> None:
+        self.name = name
+        self.window = SlidingWindow(rate)
+        self.lock = asyncio.Lock()  # FIFO: waiters for one origin start in arrival order
+        self.blocked: str | None = None  # message of the 403 that opened the circuit
+
+
+class _Send:
+    """One send on its way through `Client._slot`; `locked` while it holds the origin's lock."""
+
+    __slots__ = ("locked", "origin")
+
+    def __init__(self, origin: _Origin) -> None:
+        self.origin = origin
+        self.locked = False
+
+
+@dataclass
+class _Call:
+    """What error messages need to know about the request being made."""
+
+    method: str
+    url: URL
+    secrets: list[str]
+
+    @property
+    def safe_url(self) -> str:
+        return sanitize_url(self.url)
+
+    def fail(self, cls: type[RequestError], reason: str, detail: str = "", *,
+             status: int | None = None, phrase: str = "", body: str = "",
+             **kw: Any) -> RequestError:
+        """`reason` is the label callers and metrics see; `phrase` the HTTP reason phrase."""
+        head = f"{status} {phrase or reason}" if status is not None else reason
+        msg = _one_line(f"{self.method} {self.safe_url} -> {head}: {detail}", self.secrets)
+        return cls(msg, url=self.safe_url, status=status, reason=reason,
+                   body=_one_line(body, self.secrets), **kw)
+
+
+# ---- the client ----------------------------------------------------------------------------------
+
+
+class Client:
+    """The run's HTTP transport. Use as `async with Client(settings) as client:`."""
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self._clock, self._sleep, self._rand = clock, sleep, rand
+        self._session: aiohttp.ClientSession | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._origins: dict[str, _Origin] = {}
+        self._secrets = [s for v in settings.credentials.values() for s in _secrets_of(str(v))]
+        self._started: Counter[str] = Counter()
+        self._statuses: Counter[str] = Counter()
+        self._retries: Counter[str] = Counter()
+        self._bytes = 0
+        self._held = 0.0
+        self._circuits: list[str] = []
+
+    async def __aenter__(self) -> Client:
+        s = self.settings
+        self._sem = asyncio.Semaphore(s.concurrency)
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_create_end.append(self._on_connection_ready)
+        trace.on_connection_reuseconn.append(self._on_connection_ready)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),  # the semaphore is the one concurrency cap
+            timeout=aiohttp.ClientTimeout(
+                total=s.total_timeout, sock_connect=s.connect_timeout, sock_read=s.read_timeout
+            ),
+            headers={"User-Agent": s.user_agent},
+            cookie_jar=aiohttp.DummyCookieJar(),  # cookies are credentials too; we need none
+            trust_env=False,
+            trace_configs=[trace],
+        )
+        # aiohttp silently resends an idempotent request once after a disconnect, straight away;
+        # our own retry waits its turn in the window instead. (Were this private flag ever gone,
+        # the hook would still count such a resend, though it could not delay it.)
+        if hasattr(self._session, "_retry_connection"):
+            self._session._retry_connection = False
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session (idempotent)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def get(self, url: str, *, params: Mapping[str, Any] | None = None,
+                  headers: Mapping[str, str] | None = None,
+                  expect: Literal["json", "bytes"] = "json") -> Reply:
+        return await self._request("GET", url, params, headers, None, expect)
+
+    async def post(self, url: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
+                   headers: Mapping[str, str] | None = None,
+                   expect: Literal["json", "bytes"] = "json") -> Reply:
+        hdrs = CIMultiDict(headers or {})
+        body = None
+        if json is not None:
+            body = orjson.dumps(json)
+            hdrs.setdefault("Content-Type", "application/json")
+        return await self._request("POST", url, params, hdrs, body, expect)
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters for the manifest (JSON-ready: string keys only)."""
+        return {
+            "requests": dict(self._started),
+            "responses": dict(self._statuses),
+            "retries": dict(self._retries),
+            "bytes": self._bytes,
+            "retry_after_wait_s": round(self._held, 3),
+            "circuits_opened": list(self._circuits),
+        }
+
+    # -- internals --
+
+    async def _request(self, method: str, url: str, params: Mapping[str, Any] | None,
+                       headers: Mapping[str, str] | None, body: bytes | None,
+                       expect: str) -> Reply:
+        if expect not in ("json", "bytes"):
+            raise ValueError(f"expect must be 'json' or 'bytes', not {expect!r}")
+        if self._session is None:
+            raise RuntimeError("Client used outside 'async with'")
+        try:
+            target = URL(url)
+            if params:
+                target = target.extend_query(dict(params))
+        except ValueError as exc:
+            raise RequestError(f"{method} <unparseable url> -> bad-url: {exc}",
+                               reason="bad-url") from None
+        secrets = [*self._secrets, *(v for k, v in target.query.items()
+                                     if k.lower() in SENSITIVE_PARAMS and v)]
+        for k, v in (headers or {}).items():
+            if k.lower() in ("authorization", "proxy-authorization", "cookie"):
+                secrets += _secrets_of(v)
+        call = _Call(method, target, secrets)
+        if not target.absolute or target.scheme not in ("http", "https"):
+            raise call.fail(RequestError, "bad-url", "not an absolute http(s) URL")
+        policy = self.settings.retry
+        last: RetryableError | None = None
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                return await self._exchange(call, headers, body, expect)
+            except RetryableError as exc:
+                last = exc
+                if exc.retry_after is not None and exc.retry_after > policy.retry_after_max:
+                    raise GiveUp(f"{exc} (Retry-After {exc.retry_after:.0f}s > "
+                                 f"{policy.retry_after_max:.0f}s: not retried)", url=exc.url,
+                                 status=exc.status, reason=exc.reason, body=exc.body) from None
+                if attempt == policy.attempts:
+                    break
+                self._retries[exc.reason] += 1
+                # A Retry-After is enforced by the origin's hold, which the next slot waits for.
+                await self._sleep(backoff_delay(attempt, policy, self._rand))
+        assert last is not None
+        cls = BadResponse if last.reason == "bad-json" else GiveUp
+        raise cls(f"{last} (gave up after {policy.attempts} attempts)", url=last.url,
+                  status=last.status, reason=last.reason, body=last.body) from None
+
+    async def _exchange(self, first: _Call, headers: Mapping[str, str] | None,
+                        body: bytes | None, expect: str) -> Reply:
+        """One attempt: send, following redirects by hand so credentials never change origin."""
+        call = _Call(first.method, first.url, first.secrets)
+        start_origin = origin_of(first.url)
+        given = CIMultiDict(headers or {})
+        for _ in range(MAX_REDIRECTS + 1):
+            origin = self._origin(call.url)
+            hdrs = given.copy()
+            if origin.name != start_origin:
+                for name in _CROSS_ORIGIN_STRIP:
+                    hdrs.popall(name, None)
+            cred = self.settings.credentials.get(origin.name)
+            if cred is not None and "Authorization" not in hdrs:
+                hdrs["Authorization"] = str(cred)
+            status, reason, rheaders, raw = await self._send(call, origin, hdrs, body)
+            location = rheaders.get("Location")
+            if status in _REDIRECTS and location:
+                if status == 303 or (status in (301, 302) and call.method == "POST"):
+                    call.method, body = "GET", None
+                    given.popall("Content-Type", None)
+                try:
+                    call.url = call.url.join(URL(location))
+                except ValueError:
+                    raise call.fail(RequestError, "bad-redirect", f"Location {location!r}",
+                                    status=status, phrase=reason) from None
+                continue
+            return self._classify(call, origin, status, reason, rheaders, raw, expect)
+        raise call.fail(RequestError, "redirects", f"more than {MAX_REDIRECTS} redirects")
+
+    async def _send(self, call: _Call, origin: _Origin, hdrs: CIMultiDict[str],
+                    body: bytes | None) -> tuple[int, str, CIMultiDictProxy[str], bytes]:
+        session = self._session
+        if session is None:
+            raise call.fail(Abort, "closed", "the client was closed")
+        try:
+            async with self._slot(call, origin) as send, session.request(
+                call.method, call.url, headers=hdrs, data=body, allow_redirects=False,
+                trace_request_ctx=send,
+            ) as resp:
+                if send.locked:  # the trace hook did not run: count the start late, never lose it
+                    self._record(send)
+                raw = await resp.read()
+                status, reason = resp.status, resp.reason or ""
+                rheaders = CIMultiDictProxy(CIMultiDict(resp.headers))
+        except TimeoutError as exc:
+            raise call.fail(RetryableError, "timeout", type(exc).__name__) from None
+        except aiohttp.ClientPayloadError as exc:
+            raise call.fail(RetryableError, "truncated", str(exc)) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise call.fail(RetryableError, "connect", type(exc).__name__) from None
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise call.fail(RetryableError, "reset", f"{type(exc).__name__}: {exc}") from None
+        except aiohttp.ClientError as exc:
+            raise call.fail(RequestError, "client-error", f"{type(exc).__name__}: {exc}") from None
+        self._statuses[str(status)] += 1
+        self._bytes += len(raw)
+        return status, reason, rheaders, raw
+
+    @asynccontextmanager
+    async def _slot(self, call: _Call, origin: _Origin) -> AsyncIterator[_Send]:
+        """Wait for the origin's window, then hold a concurrency slot for the exchange.
+
+        The origin stays locked until `_on_connection_ready` records the start: the connection
+        is up and the request is about to be written, so connection set-up time cannot shift
+        our start relative to the server's arrival clock.
+        """
+        assert self._sem is not None
+        send = _Send(origin)
+        await origin.lock.acquire()
+        send.locked, acquired = True, False
+        try:
+            while True:
+                await self._await_window(call, origin)
+                # Only now compete for a concurrency slot, so an origin waiting on its rate
+                # never holds slots that another origin could use.
+                await self._sem.acquire()
+                acquired = True
+                if origin.blocked is None and origin.window.delay(self._clock()) <= 0:
+                    break
+                self._sem.release()
+                acquired = False
+            yield send
+        finally:
+            if send.locked:
+                origin.lock.release()
+            if acquired:
+                self._sem.release()
+
+    async def _await_window(self, call: _Call, origin: _Origin) -> None:
+        """Sleep until the window has room and any Retry-After hold has passed."""
+        window, limit = origin.window, self.settings.retry.retry_after_max
+        while True:
+            if origin.blocked is not None:
+                raise call.fail(Blocked, "circuit-open", f"not sent: {origin.name} blocked us "
+                                f"earlier ({origin.blocked})", status=403)
+            now = self._clock()
+            wait = window.delay(now)
+            if wait <= 0:
+                return
+            held = window.not_before - now
+            if held > limit:
+                raise call.fail(GiveUp, "retry-after", f"origin held by Retry-After for "
+                                f"{held:.0f}s (> {limit:.0f}s)")
+            if held >= wait:
+                self._held += wait
+            await self._sleep(wait)
+
+    async def _on_connection_ready(self, session: aiohttp.ClientSession, ctx: Any,
+                                   params: object) -> None:
+        """aiohttp trace hook, run right before each write: the send's start."""
+        if isinstance(ctx.trace_request_ctx, _Send):
+            self._record(ctx.trace_request_ctx)
+
+    def _record(self, send: _Send) -> None:
+        send.origin.window.record(self._clock())
+        self._started[send.origin.name] += 1
+        if send.locked:
+            send.locked = False
+            send.origin.lock.release()
+
+    def _classify(self, call: _Call, origin: _Origin, status: int, reason: str,
+                  headers: CIMultiDictProxy[str], raw: bytes, expect: str) -> Reply:
+        text = raw[:400].decode("utf-8", "replace")
+        snippet = _one_line(text, call.secrets)[:200]
+
+        def fail(cls: type[RequestError], label: str = "", **kw: Any) -> RequestError:
+            return call.fail(cls, label or reason or str(status), snippet, status=status,
+                             phrase=reason, body=snippet, **kw)
+
+        if status < 400:
+            data = None
+            if expect == "json" and 200 <= status < 300 and status != 204:
+                try:
+                    data = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    raise call.fail(RetryableError, "bad-json", f"invalid JSON: {snippet}",
+                                    status=status, phrase=reason, body=snippet) from None
+            return Reply(status, headers, raw, call.safe_url, data)
+        if status in self.settings.retry.statuses:
+            wait = parse_retry_after(headers.get("Retry-After"), self._server_now(headers))
+            if wait is not None:
+                # The whole origin waits, not only this request.
+                origin.window.hold(self._clock() + wait)
+            raise fail(RetryableError, str(status), retry_after=wait)
+        if status == 404:
+            raise fail(NotFound)
+        if status == 422 or (status == 400 and b"max page reached" in raw.lower()):
+            raise fail(WindowExhausted)
+        if status == 401:
+            raise fail(AuthError)
+        if status == 403:
+            ctype = headers.get("Content-Type", "").lower()
+            if "text/html" in ctype or raw.lstrip().startswith(b"<"):
+                if origin.blocked is None:
+                    origin.blocked = f"{status} {reason}"
+                    self._circuits.append(origin.name)
+                raise fail(Blocked)
+            raise fail(AuthError)
+        raise fail(RequestError)
+
+    @staticmethod
+    def _server_now(headers: Mapping[str, str]) -> float:
+        """The server's Date if it sent one (an HTTP-date Retry-After is on its clock)."""
+        date = _http_date(headers.get("Date", ""))
+        return time.time() if date is None else date
+
+    def _origin(self, url: URL) -> _Origin:
+        name = origin_of(url)
+        state = self._origins.get(name)
+        if state is None:
+            rate = self.settings.rates.get(name, self.settings.default_rate)
+            state = self._origins[name] = _Origin(name, rate)
+        return state

@@ -1,0 +1,522 @@
+"""Transport tests: real aiohttp.web servers on loopback; limiter and backoff in controlled time."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+from aiohttp import web
+
+from harvester.client import (
+    Client,
+    ClientSettings,
+    RateLimit,
+    RetryPolicy,
+    backoff_delay,
+    origin_of,
+    parse_retry_after,
+    safety_margin,
+    sanitize_url,
+    start_delay,
+)
+from harvester.errors import (
+    AuthError,
+    BadResponse,
+    Blocked,
+    GiveUp,
+    NotFound,
+    RequestError,
+    WindowExhausted,
+)
+
+UA = "harvester-tests/1 (mailto:test@example.org)"
+FAST = RetryPolicy(attempts=4, backoff_base=0.01, backoff_max=0.02)
+FREE = RateLimit(1000, 1.0)
+
+Handler = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Seen:
+    t: float  # time.monotonic() at arrival
+    method: str
+    path_qs: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Server:
+    url: str
+    seen: list[Seen] = field(default_factory=list)
+
+    @property
+    def origin(self) -> str:
+        return origin_of(self.url)
+
+    def auth_seen(self) -> set[str | None]:
+        return {s.headers.get("Authorization") for s in self.seen}
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    """Start inline servers: `await serve(handler)`; handler(request, n) gets the arrival index."""
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler) -> Server:
+        server = Server("")
+
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            server.seen.append(Seen(time.monotonic(), request.method, request.path_qs,
+                                    dict(request.headers), await request.read()))
+            return await handler(request, len(server.seen))
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", endpoint)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        return server
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+def ok(body: object = None) -> web.Response:
+    return web.json_response({"ok": True} if body is None else body)
+
+
+class FakeTime:
+    """A clock that only moves when someone sleeps; sleepers wake no earlier than asked."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        target = self.now + seconds
+        await asyncio.sleep(0)
+        self.now = max(self.now, target)
+
+
+def settings(**kw: object) -> ClientSettings:
+    base: dict[str, object] = {"user_agent": UA, "default_rate": FREE, "retry": FAST}
+    return ClientSettings(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def peak_in_window(times: list[float], per: float) -> int:
+    """Most arrivals within any closed window of `per` seconds."""
+    times = sorted(times)
+    j, best = 0, 0
+    for i, t in enumerate(times):
+        while t - times[j] > per:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+# ---- pure policy arithmetic ------------------------------------------------------------------
+
+
+def test_backoff_is_full_jitter_exponential_and_capped() -> None:
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=10.0)
+    assert [backoff_delay(n, policy, lambda: 1.0) for n in (1, 2, 3, 4, 5, 60, 5000)] == [
+        1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0
+    ]
+    assert backoff_delay(3, policy, lambda: 0.0) == 0.0
+    assert backoff_delay(3, policy, lambda: 0.25) == 1.0
+
+
+def test_parse_retry_after_seconds_and_http_date() -> None:
+    now = 1_700_000_000.0
+    assert parse_retry_after("120", now) == 120.0
+    assert parse_retry_after(" 1.5 ", now) == 1.5
+    assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now) == 30.0
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0
+    for junk in (None, "", "-5", "soon", "nan", "inf"):
+        assert parse_retry_after(junk, now) is None
+
+
+def test_sliding_window_arithmetic_in_controlled_time() -> None:
+    rate = RateLimit(5, 1.0)
+    starts: list[float] = []
+    now = 0.0
+    for _ in range(200):
+        now += start_delay(starts, now, rate)
+        starts.append(now)
+    assert peak_in_window(starts, rate.per) == 5  # closed windows: never 6
+    achieved = (len(starts) - rate.requests) / (starts[-1] - starts[0])
+    assert achieved >= 0.97 * rate.requests / rate.per
+    assert start_delay(starts[:4], 0.0, rate) == 0.0  # a window not yet full never waits
+    assert safety_margin(RateLimit(1, 1.0)) == pytest.approx(0.025)
+    assert safety_margin(RateLimit(60, 3600.0)) == 0.25
+
+
+def test_sanitize_and_origin() -> None:
+    url = "https://u:p@api.figshare.com/v2/x?page=2&access_token=S1&TOKEN=S2&private_link=S3#f"
+    assert sanitize_url(url) == "https://api.figshare.com/v2/x?page=2"
+    assert origin_of("https://stats.figshare.com/total") == "https://stats.figshare.com:443"
+    assert origin_of("HTTP://LocalHost:8080/a") == "http://localhost:8080"
+    s = ClientSettings(user_agent=UA, credentials={"https://stats.figshare.com": "Basic QQ=="})
+    assert dict(s.credentials) == {"https://stats.figshare.com:443": "Basic QQ=="}
+    assert "QQ==" not in repr(s)
+    hash(s)  # frozen settings stay hashable
+
+
+# ---- the limiter through the client -----------------------------------------------------------
+
+
+async def test_limiter_schedule_with_fake_clock(serve: Callable[..., Awaitable[Server]]) -> None:
+    fake = FakeTime()
+
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return ok()
+
+    server = await serve(handler)
+    rate = RateLimit(5, 1.0)
+    async with Client(settings(default_rate=rate, concurrency=8),
+                      clock=fake.clock, sleep=fake.sleep) as client:
+        await asyncio.gather(*(client.get(f"{server.url}/a/{i}") for i in range(23)))
+    # Bursts of 5 at 0, step, 2*step, ...: one waiter (the head of the origin's queue) sleeps
+    # exactly until the oldest start of the full window is `per` + margin old.
+    step = rate.per + safety_margin(rate)
+    assert fake.sleeps == pytest.approx([step] * 4)
+    assert fake.now == pytest.approx(1000.0 + 4 * step)
+    assert len(server.seen) == 23
+
+
+async def test_rate_window_on_server_clock_with_retries(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return web.Response(status=503) if n % 7 == 0 else ok()
+
+    server = await serve(handler)
+    rate = RateLimit(10, 0.5)
+    async with Client(settings(default_rate=rate, concurrency=8)) as client:
+        await asyncio.gather(*(client.get(f"{server.url}/a/{i}") for i in range(60)))
+        metrics = client.metrics()
+    arrivals = [s.t for s in server.seen]
+    assert len(arrivals) > 60  # retries happened and were counted by the window too
+    assert metrics["retries"]["503"] == len(arrivals) - 60
+    assert peak_in_window(arrivals, rate.per) <= rate.requests
+    achieved = (len(arrivals) - rate.requests) / (max(arrivals) - min(arrivals))
+    assert achieved >= 0.9 * rate.requests / rate.per
+
+
+async def test_429_retry_after_holds_every_task(serve: Callable[..., Awaitable[Server]]) -> None:
+    sent_429: list[float] = []
+
+    async def handler(request: web.Request, n: int) -> web.Response:
+        if n == 1:
+            sent_429.append(time.monotonic())
+            return web.Response(status=429, headers={"Retry-After": "1"})
+        return ok()
+
+    server = await serve(handler)
+    other = await serve(lambda request, n: asyncio.sleep(0, ok()))
+    # Starts 50 ms apart, so the 429 is back before the second request may start.
+    async with Client(settings(default_rate=RateLimit(1, 0.05), concurrency=4)) as client:
+        held = asyncio.gather(*(client.get(f"{server.url}/a/{i}") for i in range(4)))
+        await asyncio.sleep(0.2)
+        await client.get(f"{other.url}/free")  # another origin is not held
+        replies = await held
+        metrics = client.metrics()
+    assert all(r.data == {"ok": True} for r in replies)
+    assert len(server.seen) == 5
+    assert all(s.t >= sent_429[0] + 1.0 for s in server.seen[1:])
+    assert other.seen[0].t < sent_429[0] + 0.5
+    assert metrics["retries"] == {"429": 1}
+    assert metrics["retry_after_wait_s"] >= 0.9
+
+
+async def test_http_date_retry_after(serve: Callable[..., Awaitable[Server]]) -> None:
+    until: list[float] = []
+
+    async def handler(request: web.Request, n: int) -> web.Response:
+        if n == 1:
+            until.append(int(time.time()) + 2.0)
+            date = email.utils.formatdate(until[0], usegmt=True)
+            return web.Response(status=429, headers={"Retry-After": date})
+        until.append(time.time())
+        return ok()
+
+    server = await serve(handler)
+    async with Client(settings()) as client:
+        await client.get(f"{server.url}/x")
+    assert len(server.seen) == 2
+    assert until[1] >= until[0]
+
+
+async def test_retry_after_beyond_max_gives_up_without_sending_more(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    fake = FakeTime()
+
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return web.Response(status=429, headers={"Retry-After": "3600"})
+
+    server = await serve(handler)
+    policy = RetryPolicy(retry_after_max=900.0)
+    async with Client(settings(retry=policy), clock=fake.clock, sleep=fake.sleep) as client:
+        with pytest.raises(GiveUp, match="Retry-After 3600s"):
+            await client.get(f"{server.url}/a")
+        with pytest.raises(GiveUp, match="held by Retry-After"):
+            await client.get(f"{server.url}/b")
+    assert len(server.seen) == 1
+    assert fake.sleeps == []
+
+
+# ---- retries and give-up ----------------------------------------------------------------------
+
+
+async def test_503_retried_with_backoff_then_success_and_metrics(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    fake = FakeTime()
+
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return web.Response(status=503, text="busy") if n < 3 else ok({"id": 7})
+
+    server = await serve(handler)
+    policy = RetryPolicy(attempts=6, backoff_base=1.0, backoff_max=60.0)
+    async with Client(settings(retry=policy), clock=fake.clock, sleep=fake.sleep,
+                      rand=lambda: 0.5) as client:
+        reply = await client.get(f"{server.url}/articles/7")
+        metrics = client.metrics()
+    assert reply.status == 200 and reply.data == {"id": 7} and reply.json() == {"id": 7}
+    assert reply.headers["content-type"].startswith("application/json")
+    assert fake.sleeps == [0.5, 1.0]  # full jitter (rand=0.5) of 1 s, then 2 s
+    assert len(server.seen) == 3
+    assert metrics["requests"] == {server.origin: 3}
+    assert metrics["responses"] == {"503": 2, "200": 1}
+    assert metrics["retries"] == {"503": 2}
+    assert metrics["bytes"] == 2 * len(b"busy") + len(reply.body)
+    assert metrics["circuits_opened"] == []
+    orjson.dumps(metrics)  # manifest-ready
+
+
+async def test_reset_and_truncated_body_are_retried(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        assert request.transport is not None
+        if n <= 2:  # connection reset before any response (twice: aiohttp's own resend is off)
+            request.transport.abort()
+            return web.Response()
+        if n == 3:
+            resp = web.StreamResponse(headers={"Content-Type": "application/json",
+                                               "Content-Length": "1000"})
+            await resp.prepare(request)
+            await resp.write(b'{"id": 1, "tit')
+            request.transport.close()
+            return resp
+        return ok({"id": 1})
+
+    server = await serve(handler)
+    async with Client(settings()) as client:
+        reply = await client.get(f"{server.url}/articles/1")
+        metrics = client.metrics()
+    assert reply.data == {"id": 1}
+    assert metrics["retries"] == {"reset": 2, "truncated": 1}
+    assert len(server.seen) == 4
+    assert metrics["requests"] == {server.origin: 4}  # every send took (and counted) a slot
+
+
+async def test_give_up_after_attempts_carries_last_reason(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return web.Response(status=502, text="bad gateway\nupstream")
+
+    server = await serve(handler)
+    async with Client(settings(retry=RetryPolicy(attempts=3, backoff_base=0.01))) as client:
+        with pytest.raises(GiveUp) as info:
+            await client.get(f"{server.url}/articles/1")
+    err = info.value
+    assert (err.status, err.reason) == (502, "502")
+    assert str(err) == (f"GET {server.url}/articles/1 -> 502 Bad Gateway: bad gateway upstream "
+                        "(gave up after 3 attempts)")
+    assert len(server.seen) == 3
+
+
+async def test_invalid_json_retried_then_bad_response(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return web.Response(text="<html>maintenance</html>", content_type="application/json")
+
+    server = await serve(handler)
+    async with Client(settings(retry=RetryPolicy(attempts=2, backoff_base=0.01))) as client:
+        with pytest.raises(BadResponse, match="invalid JSON"):
+            await client.get(f"{server.url}/articles/1")
+        raw = await client.get(f"{server.url}/file", expect="bytes")
+        assert client.metrics()["retries"] == {"bad-json": 1}
+    assert raw.body == b"<html>maintenance</html>" and raw.data is None
+    assert len(server.seen) == 3
+
+
+async def test_connection_refused_is_retried_then_give_up() -> None:
+    async with Client(settings(retry=RetryPolicy(attempts=2, backoff_base=0.01))) as client:
+        with pytest.raises(GiveUp) as info:
+            await client.get("http://127.0.0.1:1/nothing")
+    assert info.value.reason == "connect"
+
+
+# ---- statuses that are never retried ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "ctype", "exc"),
+    [
+        (404, '{"message": "Entity not found: article", "code": "EntityNotFound"}',
+         "application/json", NotFound),
+        (400, '{"message": "Max page reached. Please narrow down your search"}',
+         "application/json", WindowExhausted),
+        (422, '{"message": "Invalid offset"}', "application/json", WindowExhausted),
+        (401, '{"message": "Invalid token"}', "application/json", AuthError),
+        (403, '{"code": "Forbidden", "message": "Unauthorized request"}',
+         "application/json", AuthError),
+        (400, '{"message": "Invalid value received for order"}', "application/json",
+         RequestError),
+        (410, "gone", "text/plain", RequestError),
+    ],
+)
+async def test_client_errors_are_not_retried(
+    serve: Callable[..., Awaitable[Server]], status: int, body: str, ctype: str,
+    exc: type[RequestError],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return web.Response(status=status, text=body, content_type=ctype)
+
+    server = await serve(handler)
+    async with Client(settings()) as client:
+        with pytest.raises(exc) as info:
+            await client.get(f"{server.url}/v2/articles", params={"page": 10})
+    assert type(info.value) is exc
+    assert info.value.status == status
+    assert str(info.value).startswith(f"GET {server.url}/v2/articles?page=10 -> {status} ")
+    assert len(server.seen) == 1
+
+
+async def test_403_html_opens_the_circuit(serve: Callable[..., Awaitable[Server]]) -> None:
+    async def handler(request: web.Request, n: int) -> web.Response:
+        if request.path.startswith("/blocked"):
+            return web.Response(status=403, text="<html><body>Access denied</body></html>",
+                                content_type="text/html")
+        return ok()
+
+    server = await serve(handler)
+    other = await serve(handler)
+    async with Client(settings()) as client:
+        with pytest.raises(Blocked):
+            await client.get(f"{server.url}/blocked")
+        for path in ("/fine", "/blocked"):
+            with pytest.raises(Blocked, match="circuit-open"):
+                await client.get(f"{server.url}{path}")
+        assert (await client.get(f"{other.url}/fine")).status == 200  # other origins unaffected
+        assert client.metrics()["circuits_opened"] == [server.origin]
+    assert len(server.seen) == 1
+
+
+# ---- credentials, redirects, secrecy -----------------------------------------------------------
+
+
+async def test_credentials_only_reach_their_origin_even_across_redirects(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    elsewhere = await serve(lambda request, n: asyncio.sleep(0, ok()))
+
+    async def home_handler(request: web.Request, n: int) -> web.Response:
+        if request.path == "/away":
+            raise web.HTTPFound(f"{elsewhere.url}/landed")
+        if request.path == "/here":
+            raise web.HTTPSeeOther("/final")
+        return ok({"path": request.path})
+
+    home = await serve(home_handler)
+    token = "token SECRETTOKEN123"
+    async with Client(settings(credentials={home.url: token})) as client:
+        assert (await client.get(f"{home.url}/plain")).status == 200
+        assert (await client.get(f"{elsewhere.url}/direct")).status == 200
+        away = await client.get(f"{home.url}/away")
+        here = await client.post(f"{home.url}/here", json={"q": 1})
+        await client.get(f"{home.url}/away", headers={"Authorization": "token CALLER"})
+    assert away.url == f"{elsewhere.url}/landed"
+    assert here.data == {"path": "/final"} and here.url == f"{home.url}/final"
+    assert home.auth_seen() == {token, "token CALLER"}
+    assert elsewhere.auth_seen() == {None}
+    assert [s.method for s in home.seen[-3:-1]] == ["POST", "GET"]  # 303 turns POST into GET
+
+
+async def test_errors_never_show_credentials(serve: Callable[..., Awaitable[Server]]) -> None:
+    async def handler(request: web.Request, n: int) -> web.Response:
+        echo = f"{request.path_qs} auth={request.headers.get('Authorization')}"
+        status = 401 if request.path == "/private" else 404
+        return web.Response(status=status, text=echo)
+
+    server = await serve(handler)
+    async with Client(settings(credentials={server.url: "token TOKVALUE42"})) as client:
+        with pytest.raises(NotFound) as missing:
+            await client.get(f"{server.url}/missing?access_token=QSECRET99&page=1",
+                             params={"private_link": "LINKSECRET7"})
+        with pytest.raises(AuthError) as denied:
+            await client.get(f"{server.url}/private")
+    for err in (missing.value, denied.value):
+        for secret in ("QSECRET99", "LINKSECRET7", "TOKVALUE42"):
+            assert secret not in str(err) and secret not in err.url and secret not in err.body
+        assert "\n" not in str(err)
+    assert missing.value.url == f"{server.url}/missing?page=1"
+    assert any("QSECRET99" in s.path_qs for s in server.seen)  # it was sent, only never shown
+
+
+async def test_user_agent_and_json_post(serve: Callable[..., Awaitable[Server]]) -> None:
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return ok({"echo": orjson.loads(await request.read())})
+
+    server = await serve(handler)
+    async with Client(settings()) as client:
+        reply = await client.post(f"{server.url}/v2/articles/search",
+                                  json={"search_for": "café", "page_size": 1000})
+    assert reply.data == {"echo": {"search_for": "café", "page_size": 1000}}
+    seen = server.seen[0]
+    assert seen.headers["User-Agent"] == UA
+    assert seen.headers["Content-Type"] == "application/json"
+
+
+async def test_cancellation_releases_slot_and_closes_cleanly(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    release = asyncio.Event()
+
+    async def handler(request: web.Request, n: int) -> web.Response:
+        if request.path == "/slow":
+            await release.wait()
+        return ok()
+
+    server = await serve(handler)
+    client = Client(settings(concurrency=1))
+    async with client:
+        task = asyncio.create_task(client.get(f"{server.url}/slow"))
+        while not server.seen:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The one concurrency slot came back.
+        assert (await asyncio.wait_for(client.get(f"{server.url}/fast"), 2)).status == 200
+    release.set()
+    with pytest.raises(RuntimeError):
+        await client.get(f"{server.url}/fast")
