@@ -117,6 +117,9 @@ class ClientSettings:
     retry: RetryPolicy = RetryPolicy()
     # origin -> full Authorization header value ("token X", "Basic Y"); never shown in repr
     credentials: Mapping[str, str] = field(default_factory=FrozenMap, repr=False)
+    # origins that draw on ONE rate budget (the first one's rate): Figshare asks for 1 request
+    # per second overall, so by default the API and stats hosts share it
+    shared_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -130,6 +133,11 @@ class ClientSettings:
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
             object.__setattr__(self, name, norm)
+        try:
+            shared = tuple(dict.fromkeys(origin_of(o) for o in self.shared_origins))
+        except ValueError as exc:
+            raise ConfigError(f"shared_origins: {exc}") from None
+        object.__setattr__(self, "shared_origins", shared)
 
 
 @dataclass(frozen=True)
@@ -242,10 +250,12 @@ class SlidingWindow:
 
 
 class _Origin:
-    def __init__(self, name: str, rate: RateLimit) -> None:
+    def __init__(self, name: str, rate: RateLimit, share: _Origin | None = None) -> None:
         self.name = name
-        self.window = SlidingWindow(rate)
-        self.lock = asyncio.Lock()  # FIFO: waiters for one origin start in arrival order
+        # origins sharing a budget share the window and its lock; the circuit stays per origin
+        self.window = share.window if share else SlidingWindow(rate)
+        # FIFO: waiters for one budget start in arrival order
+        self.lock = share.lock if share else asyncio.Lock()
         self.blocked: str | None = None  # message of the 403 that opened the circuit
 
 
@@ -582,6 +592,12 @@ class Client:
         name = origin_of(url)
         state = self._origins.get(name)
         if state is None:
-            rate = self.settings.rates.get(name, self.settings.default_rate)
-            state = self._origins[name] = _Origin(name, rate)
+            shared = self.settings.shared_origins
+            share = None
+            if name in shared:
+                share = next((self._origins[o] for o in shared if o in self._origins), None)
+                rate = self.settings.rates.get(shared[0], self.settings.default_rate)
+            else:
+                rate = self.settings.rates.get(name, self.settings.default_rate)
+            state = self._origins[name] = _Origin(name, rate, share)
         return state

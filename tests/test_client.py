@@ -216,6 +216,24 @@ async def test_rate_window_on_server_clock_with_retries(
     assert achieved >= 0.9 * rate.requests / rate.per
 
 
+async def test_shared_origins_draw_on_one_budget(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return ok()
+
+    api, stats = await serve(handler), await serve(handler)
+    rate = RateLimit(6, 0.4)
+    shared = settings(default_rate=rate, concurrency=6, shared_origins=(api.url, stats.url))
+    async with Client(shared) as client:
+        await asyncio.gather(*(client.get(f"{(api, stats)[i % 2].url}/x/{i}") for i in range(30)))
+    arrivals = [s.t for s in api.seen + stats.seen]
+    assert len(api.seen) == len(stats.seen) == 15
+    assert peak_in_window(arrivals, rate.per) <= rate.requests  # both hosts together
+    achieved = (len(arrivals) - rate.requests) / (max(arrivals) - min(arrivals))
+    assert achieved >= 0.9 * rate.requests / rate.per
+
+
 async def test_429_retry_after_holds_every_task(serve: Callable[..., Awaitable[Server]]) -> None:
     sent_429: list[float] = []
 
