@@ -1477,7 +1477,7 @@ class Corpus:
         if handle is not None:
             sets.append(set(self._match_handle(handle)))
         if resource_doi is not None:
-            sets.append(set(self._match_resource_doi(resource_doi)))
+            sets.append(set(self.match_resource_doi(resource_doi)))
         if not sets:
             # a byte scan, then the predicates do the rest
             if grp_i is not None:
@@ -1591,7 +1591,7 @@ class Corpus:
         k = self._index(int(m.group(1))) if m else -1
         return {k} if k >= 0 and self._handle(self._attrs(k), 1) else set()
 
-    def _match_resource_doi(self, rdoi: str) -> set[int]:
+    def match_resource_doi(self, rdoi: str) -> set[int]:
         m = re.fullmatch(r"10\.1371/journal\.pone\.(\d{7})", rdoi.strip())
         if not m:
             return set()
@@ -1601,6 +1601,11 @@ class Corpus:
             if k >= 0 and (r := self._resource(self._attrs(k))) and r[1] == rdoi.strip():
                 out.add(k)
         return out
+
+    def match_project(self, title: str) -> set[int]:
+        """Public items of the project with exactly this title (case-insensitive)."""
+        wanted = " ".join(title.split()).lower()
+        return {k for p in self._projects if p["title"].lower() == wanted for k in p["members"]}
 
     def match_institution(self, string_id: str) -> set[int]:
         i = self._inst_by_string.get(string_id.strip().lower())
