@@ -230,6 +230,13 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
         cfg = config.load(demo_config, api_url=sim.api_url, stats_url=sim.stats_url,
                           output_dir=args.output)
         code = await run_harvest(cfg)
+    snap = Path(args.output) / cfg.name / "LATEST"
+    if code == OK and snap.exists():
+        where = snap.parent / snap.read_text().strip()
+        print("\nread it back, for example:")
+        print(f"  python -c \"import duckdb; duckdb.sql(\\\"SELECT article_id, title, "
+              f"published_date FROM '{where}/articles.parquet' LIMIT 5\\\").show()\"")
+        print("tables and columns: docs/TABLES.md")
     return code
 
 
@@ -355,3 +362,5 @@ def _print_summary(manifest: dict[str, Any], snapshot: Path | None, elapsed: flo
               if name.endswith(".parquet") and f.get("rows")]
     if tables:
         print("tables   " + ", ".join(tables))
+    if manifest.get("errors") or ids.get("gone"):
+        print(f"errors   see {snapshot}/errors.ndjson")

@@ -17,11 +17,10 @@ import orjson
 
 from harvester import __version__
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
-from harvester.config import ACCOUNT_KINDS, Config, public_view
-from harvester.errors import Abort, BadResponse, GiveUp, NotFound, RequestError
-from harvester.figshare import article_path, files_may_be_truncated, files_path, stats_total_path
+from harvester.config import Config, public_view
+from harvester.fetch import ItemFetcher, extra_rows, source_names, stamp, utc_now
 from harvester.records import RowContext, article_rows, stats_rows
-from harvester.sinks import SnapshotWriter
+from harvester.sinks import SnapshotWriter, read_manifest
 from harvester.sources import SourceReport, enumerate_source
 from harvester.state import DONE, FAILED, GONE, PENDING, Journal, Outcome, RunLock
 
@@ -89,14 +88,6 @@ def client_settings(cfg: Config) -> ClientSettings:
     )
 
 
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def stamp(t: dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class Harvest:
     """Runs one configured harvest end to end. `run()` is safe to repeat after a crash."""
 
@@ -113,8 +104,6 @@ class Harvest:
         self.state_dir = self.root / cfg.name / ".state"
         self.client_factory = client_factory
         self.reports: list[SourceReport] = []
-        # ids listed by these sources may be private: fetch them from /account/articles/{id}
-        self.account_mask = sum(1 << i for i, s in enumerate(cfg.sources) if s.kind in ACCOUNT_KINDS)
 
     async def run(self) -> RunResult:
         with RunLock(self.state_dir / "lock"):
@@ -198,8 +187,9 @@ class Harvest:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._produce(journal, todo, workers))
+                fetcher = ItemFetcher(self.cfg, client)
                 for _ in range(workers):
-                    tg.create_task(self._work(client, todo, results))
+                    tg.create_task(self._work(fetcher, todo, results))
         except BaseExceptionGroup as group:
             # surface the first meaningful error (an Abort, usually), not the group
             raise _first(group) from None
@@ -219,11 +209,11 @@ class Harvest:
         for _ in range(workers):
             await todo.put(None)
 
-    async def _work(self, client: Client, todo: asyncio.Queue[Any],
+    async def _work(self, fetcher: ItemFetcher, todo: asyncio.Queue[Any],
                     results: asyncio.Queue[Outcome | None]) -> None:
         while (item := await todo.get()) is not None:
             aid, sources = item
-            outcome = await self._fetch(client, aid, sources)
+            outcome = await fetcher.fetch(aid, sources)
             p = self.progress
             if outcome.state == DONE:
                 p.done += 1
@@ -253,70 +243,6 @@ class Harvest:
                 if failure is not None:
                     raise failure
                 return
-
-    async def _fetch(self, client: Client, aid: int, sources: int) -> Outcome:
-        api, cfg = self.cfg.api.url, self.cfg
-        account = bool(sources & self.account_mask)
-        url = api + article_path(aid, account=account)
-        try:
-            reply = await client.get(url)
-            record = reply.data
-            if not isinstance(record, dict) or record.get("id") != aid:
-                raise BadResponse(
-                    f"GET {url} -> 200 but the body is not the record of article {aid}",
-                    url=url, status=reply.status, reason="bad-record",
-                )
-            files = None
-            if files_may_be_truncated(record):
-                url = api + files_path(aid, account=account)
-                files = await self._all_files(client, url)
-            stats: dict[str, int] = {}
-            for counter in cfg.stats.counters:
-                url = cfg.stats.url + stats_total_path(counter, "article", aid,
-                                                       cfg.stats.institution)
-                body = (await client.get(url)).data
-                total = body.get("totals") if isinstance(body, dict) else None
-                if isinstance(total, bool) or not isinstance(total, int):
-                    raise BadResponse(f"GET {url} -> 200 without an integer 'totals'",
-                                      url=url, status=200, reason="bad-stats")
-                stats[counter] = total
-            return Outcome(aid, DONE, body=reply.body, files=files, stats=stats,
-                           fetched_at=stamp(utc_now()))
-        except Abort:
-            raise
-        except NotFound as exc:
-            return Outcome(aid, GONE, error=self._error(aid, sources, exc, "not-found"))
-        except GiveUp as exc:
-            return Outcome(aid, FAILED, error=self._error(aid, sources, exc, exc.reason))
-        except RequestError as exc:
-            return Outcome(aid, FAILED, error=self._error(aid, sources, exc, exc.reason))
-
-    async def _all_files(self, client: Client, url: str) -> bytes:
-        files: list[Any] = []
-        page = 1
-        while True:
-            reply = await client.get(url, params={"page": page, "page_size": 1000})
-            if not isinstance(reply.data, list):
-                raise BadResponse(f"GET {url} -> expected a list of files", url=url,
-                                  status=reply.status, reason="bad-files")
-            files.extend(reply.data)
-            if len(reply.data) < 1000:
-                return orjson.dumps(files)
-            page += 1
-
-    def _error(self, aid: int, sources: int, exc: RequestError, reason: str) -> dict[str, Any]:
-        return {
-            "article_id": aid,
-            "sources": self._source_names(sources),
-            "url": exc.url,
-            "status": exc.status,
-            "reason": reason,
-            "message": str(exc),
-            "at": stamp(utc_now()),
-        }
-
-    def _source_names(self, mask: int) -> list[str]:
-        return [s.name for i, s in enumerate(self.cfg.sources) if mask & (1 << i)]
 
     async def _publish(self, journal: Journal, meta: dict[str, str],
                        metrics: dict[str, Any]) -> RunResult:
@@ -352,7 +278,7 @@ class Harvest:
             formats=frozenset(self.cfg.output.formats),
         )
         path = await journal.call(self._write, journal, writer, manifest)
-        return RunResult(path, manifest, failed, truncated)
+        return RunResult(path, read_manifest(path), failed, truncated)
 
     def _write(self, journal: Journal, writer: SnapshotWriter, manifest: dict[str, Any]) -> Path:
         """Runs on the journal thread: records in id order -> the snapshot's files."""
@@ -368,9 +294,13 @@ class Harvest:
                     tzinfo=dt.UTC)
                 names = names_cache.get(rec.sources)
                 if names is None:
-                    names = names_cache[rec.sources] = tuple(self._source_names(rec.sources))
+                    names = names_cache[rec.sources] = tuple(
+                        source_names(self.cfg.sources, rec.sources))
                 ctx = RowContext(snapshot_id=snapshot_id, fetched_at=fetched, sources=names)
-                writer.add_article(record, article_rows(complete, ctx))
+                rows = article_rows(complete, ctx)
+                for table, extra in extra_rows(rec.extra, ctx).items():
+                    rows.setdefault(table, []).extend(extra)
+                writer.add_article(record, rows)
                 if rec.stats:
                     writer.add_stats(stats_rows(rec.article_id, rec.stats, ctx,
                                                 scope=self.cfg.stats.institution or "public"))

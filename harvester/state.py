@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS ids (
     attempts INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS records (
     article_id INTEGER PRIMARY KEY, body BLOB NOT NULL, files BLOB, stats BLOB,
-    fetched_at TEXT NOT NULL);
+    fetched_at TEXT NOT NULL, extra BLOB);
 CREATE TABLE IF NOT EXISTS errors (article_id INTEGER PRIMARY KEY, error BLOB NOT NULL);
 """
 
@@ -54,6 +54,7 @@ class Outcome:
     stats: dict[str, int] | None = None
     fetched_at: str = ""
     error: dict[str, Any] | None = None
+    extra: dict[str, Any] | None = None  # optional per-item payloads (versions, timelines, ...)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class StoredRecord:
     files: bytes | None
     stats: dict[str, int] | None
     fetched_at: str
+    extra: dict[str, Any] | None = None
 
 
 class Journal:
@@ -186,13 +188,14 @@ class Journal:
             for o in outcomes:
                 if o.state == DONE:
                     self.db.execute(
-                        "INSERT OR REPLACE INTO records VALUES(?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO records VALUES(?, ?, ?, ?, ?, ?)",
                         (
                             o.article_id,
                             zlib.compress(o.body, 1),
                             zlib.compress(o.files, 1) if o.files is not None else None,
                             orjson.dumps(o.stats) if o.stats is not None else None,
                             o.fetched_at,
+                            zlib.compress(orjson.dumps(o.extra), 1) if o.extra else None,
                         ),
                     )
                     self.db.execute("DELETE FROM errors WHERE article_id=?", (o.article_id,))
@@ -213,14 +216,14 @@ class Journal:
         after = -1
         while True:
             rows = self.db.execute(
-                "SELECT r.article_id, i.sources, r.body, r.files, r.stats, r.fetched_at "
+                "SELECT r.article_id, i.sources, r.body, r.files, r.stats, r.fetched_at, r.extra "
                 "FROM records r JOIN ids i USING(article_id) "
                 "WHERE i.state=? AND r.article_id>? ORDER BY r.article_id LIMIT ?",
                 (DONE, after, batch),
             ).fetchall()
             if not rows:
                 return
-            for aid, sources, body, files, stats, fetched_at in rows:
+            for aid, sources, body, files, stats, fetched_at, extra in rows:
                 yield StoredRecord(
                     aid,
                     sources,
@@ -228,6 +231,7 @@ class Journal:
                     zlib.decompress(files) if files is not None else None,
                     orjson.loads(stats) if stats is not None else None,
                     fetched_at,
+                    orjson.loads(zlib.decompress(extra)) if extra is not None else None,
                 )
             after = rows[-1][0]
 

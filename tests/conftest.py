@@ -1,0 +1,45 @@
+"""Shared fixtures: a simulator on loopback and configs pointed at it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harvester import config
+from harvester.simulator import Simulator
+from harvester.simulator.settings import SimSettings
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(SimSettings(items=400, seed=11)) as s:
+        yield s
+
+
+def write_config(
+    tmp_path: Path,
+    sim: Any,
+    sources: list[dict[str, Any]],
+    *,
+    env: dict[str, str] | None = None,
+    **top: Any,
+) -> config.Config:
+    """A config file under tmp_path pointed at `sim`, fast by default (no politeness wait)."""
+    body: dict[str, Any] = {
+        "name": top.pop("name", "t"),
+        "sources": sources,
+        "http": top.pop("http", {"rate": {"requests": 10_000, "per": 1}, "concurrency": 8,
+                                 "retry": {"attempts": 4, "backoff_base": 0.01,
+                                           "backoff_max": 0.05}}),
+        "output": {"dir": str(tmp_path / "out")},
+        **top,
+    }
+    body.setdefault("api", {})["url"] = sim.api_url
+    body.setdefault("stats", {})["url"] = sim.stats_url
+    path = tmp_path / "harvest.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return config.load(path, env=env or {})

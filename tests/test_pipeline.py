@@ -1,0 +1,184 @@
+"""End-to-end harvests against the simulator over loopback, read back with pyarrow and DuckDB."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import duckdb
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from harvester.errors import Blocked
+from harvester.pipeline import Harvest
+from harvester.records import SCHEMAS
+from harvester.simulator import Simulator
+from harvester.sinks import list_snapshots
+from tests.conftest import write_config
+
+
+def biggest_group(sim: Simulator) -> tuple[int, list[int]]:
+    counts = collections.Counter(sim.corpus.group_of(i) for i in sim.corpus.ids)
+    group = max(counts, key=lambda g: (counts[g], g))
+    return group, sorted(i for i in sim.corpus.ids if sim.corpus.group_of(i) == group)
+
+
+def article_ids(snapshot: Path) -> list[int]:
+    return pq.read_table(snapshot / "articles.parquet").column("article_id").to_pylist()
+
+
+async def served(sim: Simulator, path: str) -> Any:
+    async with aiohttp.ClientSession() as http, http.get(sim.api_url + path) as resp:
+        return orjson.loads(await resp.read())
+
+
+async def test_group_harvest_every_id_once_lossless_ndjson_typed_parquet(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    group, expected = biggest_group(sim)
+    cfg = write_config(tmp_path, sim, [{"kind": "group", "group": group}])
+    result = await Harvest(cfg).run()
+    snap = result.snapshot
+    assert snap is not None and snap.name.startswith("snapshot=")
+    assert (snap.parent / "LATEST").read_text().strip() == snap.name
+
+    ids = article_ids(snap)
+    assert ids == expected  # every id of the query, once, in id order
+
+    lines = (snap / "articles.ndjson").read_bytes().splitlines()
+    assert len(lines) == len(expected)
+    for line in lines[:25]:
+        record = orjson.loads(line)
+        assert record == await served(sim, f"/articles/{record['id']}")
+
+    for table, schema in SCHEMAS.items():
+        got = pq.read_schema(snap / f"{table}.parquet")
+        assert got.remove_metadata().equals(schema.remove_metadata()), table
+
+    con = duckdb.connect()
+    n, distinct = con.execute(
+        f"SELECT count(*), count(DISTINCT article_id) FROM read_parquet('{snap}/articles.parquet')"
+    ).fetchone()
+    assert n == distinct == len(expected)
+    stats = con.execute(
+        f"SELECT counter, count(*) FROM read_parquet('{snap}/stats.parquet') GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert stats == [("downloads", n), ("shares", n), ("views", n)]
+
+    manifest = orjson.loads((snap / "manifest.json").read_bytes())
+    assert manifest["status"] == "complete"
+    assert manifest["sources"][0]["ids"] == len(expected)
+    assert manifest["ids"] == {"total": n, "fetched": n, "failed": 0, "gone": 0}
+    assert manifest["files"]["articles.parquet"]["rows"] == n
+
+
+async def test_stats_totals_match_the_stats_host(sim: Simulator, tmp_path: Path) -> None:
+    ids = sorted(sim.corpus.ids)[:5]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}])
+    snap = (await Harvest(cfg).run()).snapshot
+    assert snap is not None
+    rows = pq.read_table(snap / "stats.parquet").to_pylist()
+    async with aiohttp.ClientSession() as http:
+        for row in rows:
+            url = f"{sim.stats_url}/total/{row['counter']}/article/{row['article_id']}"
+            async with http.get(url) as resp:
+                assert row["total"] == (await resp.json())["totals"]
+
+
+async def test_sources_are_deduplicated_and_keep_provenance(sim: Simulator, tmp_path: Path) -> None:
+    group, members = biggest_group(sim)
+    outsider = next(i for i in sim.corpus.ids if sim.corpus.group_of(i) != group)
+    cfg = write_config(tmp_path, sim, [
+        {"kind": "group", "group": group, "name": "g"},
+        {"kind": "ids", "ids": [members[0], outsider], "name": "picked"},
+    ])
+    snap = (await Harvest(cfg).run()).snapshot
+    assert snap is not None
+    table = pq.read_table(snap / "articles.parquet", columns=["article_id", "sources"]).to_pylist()
+    prov = {r["article_id"]: r["sources"] for r in table}
+    assert len(prov) == len(members) + 1
+    assert prov[members[0]] == ["g", "picked"]
+    assert prov[outsider] == ["picked"]
+    assert prov[members[-1]] == ["g"]
+
+
+async def test_gone_and_failed_ids_land_in_errors(sim: Simulator, tmp_path: Path) -> None:
+    ok = sorted(sim.corpus.ids)[:3]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": [*ok, 999]}])
+    result = await Harvest(cfg).run()
+    assert result.snapshot is not None and result.errors == 0
+    errors = [orjson.loads(x) for x in (result.snapshot / "errors.ndjson").read_bytes().splitlines()]
+    assert [(e["id"], e["reason"], e["status"]) for e in errors] == [(999, "not-found", 404)]
+    assert errors[0]["source"] == ["ids-1"]
+    assert article_ids(result.snapshot) == ok
+    assert result.manifest["ids"]["gone"] == 1
+
+    sim.update(fault_rate=1.0, fault_kinds=("503",))
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ok}], name="failing",
+                       http={"retry": {"attempts": 2, "backoff_base": 0.01, "backoff_max": 0.01}})
+    result = await Harvest(cfg).run()
+    assert result.errors == 3
+    assert result.manifest["status"] == "partial"
+    errors = [orjson.loads(x) for x in (result.snapshot / "errors.ndjson").read_bytes().splitlines()]
+    assert sorted(e["id"] for e in errors) == ok
+    assert all(e["attempts"] == 2 for e in errors)
+    assert all(e["status"] == 503 for e in errors)
+
+
+def combined_peak(sim: Simulator, seconds: float) -> int:
+    times = sorted(e.t for e in sim.log.entries)
+    peak, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= seconds:
+            lo += 1
+        peak = max(peak, hi - lo + 1)
+    return peak
+
+
+@pytest.mark.parametrize("faults", [0.0, 0.15])
+async def test_rate_guarantee_holds_with_and_without_faults(
+    sim: Simulator, tmp_path: Path, faults: float
+) -> None:
+    sim.update(fault_rate=faults, fault_kinds=("500", "503", "reset", "truncate", "stall"),
+               stall_seconds=0.3)
+    ids = sorted(sim.corpus.ids)[:25]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}], http={
+        "rate": {"requests": 20, "per": 0.5},
+        "concurrency": 6,
+        "timeout": {"read": 0.15},
+        "retry": {"attempts": 8, "backoff_base": 0.01, "backoff_max": 0.05},
+    })
+    result = await Harvest(cfg).run()
+    assert result.errors == 0
+    assert article_ids(result.snapshot) == ids
+    assert combined_peak(sim, 0.5) <= 20  # api and stats share one budget by default
+    if faults:
+        assert sum(1 for e in sim.log.entries if e.fault) > 0
+
+
+async def test_retry_after_is_honoured(sim: Simulator, tmp_path: Path) -> None:
+    sim.update(fault_rate=0.2, fault_kinds=("429",), fault_retry_after=1.0)
+    ids = sorted(sim.corpus.ids)[:6]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}])
+    result = await Harvest(cfg).run()
+    assert result.errors == 0
+    assert sum(1 for e in sim.log.entries if e.status == 429) > 0
+    assert sim.log.retry_after_violations("api") == 0
+    assert sim.log.retry_after_violations("stats") == 0
+
+
+async def test_blocked_client_stops_and_keeps_the_journal(sim: Simulator, tmp_path: Path) -> None:
+    sim.update(rate_limit=(2, 1.0), abuse_after=1)
+    ids = sorted(sim.corpus.ids)[:20]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}])
+    with pytest.raises(Blocked):
+        await Harvest(cfg).run()
+    sent = sim.log.count()
+    root = tmp_path / "out" / "t"
+    assert (root / ".state" / "journal.sqlite").exists()
+    assert list_snapshots(tmp_path / "out", "t") == []
+    assert not (root / "LATEST").exists()
+    assert sent < 10  # the circuit opened: no hammering after the block
