@@ -347,6 +347,8 @@ async def test_files_cap_and_complete_list(api: Api) -> None:
     assert (await api.call("GET", f"/v2/articles/{many}/files/1"))[0] == 404
     embargoed = next(i for i in c.ids if c.article(i)["is_embargoed"])
     assert "files" not in await api.ok("GET", f"/v2/articles/{embargoed}")
+    api.settings(full_record_files_cap=3)  # knobs are read per request
+    assert len((await api.ok("GET", f"/v2/articles/{many}"))["files"]) == 3
 
 
 async def test_versions(api: Api) -> None:
@@ -410,8 +412,12 @@ async def test_account_auth(api: Api) -> None:
     assert (await api.call("GET", f"/v2/account/articles/{other}", headers=USER))[0] == 404
     inst = await api.ok("GET", "/v2/account/institution", headers=USER)
     assert inst["id"] == c.institutions[0].id and inst["domain"]
+    api.settings(user_token="rotated")
+    assert (await api.call("GET", "/v2/account/articles", headers=USER))[0] == 401
+    rotated = {"Authorization": "token rotated"}
+    assert (await api.call("GET", "/v2/account/articles", headers=rotated))[0] == 200
     for path in ("articles", "groups", "reviews"):
-        status, body, _ = await api.call("GET", f"/v2/account/institution/{path}", headers=USER)
+        status, body, _ = await api.call("GET", f"/v2/account/institution/{path}", headers=rotated)
         assert status == 403 and body["code"] == "Forbidden"
         status, _, _ = await api.call("GET", f"/v2/account/institution/{path}")
         assert status == 401

@@ -871,13 +871,18 @@ class Corpus:
         out["project_id"] = self._project_of.get(k)
         return out
 
-    def article(self, article_id: int, version: int | None = None) -> dict[str, Any]:
-        """Full ArticleComplete of a public item (a version of it when given); KeyError if none."""
+    def article(
+        self, article_id: int, version: int | None = None, files_cap: int | None = None
+    ) -> dict[str, Any]:
+        """Full ArticleComplete of a public item (a version of it when given); KeyError if none.
+
+        `files` holds at most `files_cap` entries (default: settings.full_record_files_cap).
+        """
         a = self._attrs(self._need(article_id))
         v = a.nver if version is None else version
         if not 1 <= v <= a.nver:
             raise KeyError((article_id, version))
-        return self._cached(a, v, private=False)
+        return self._cached(a, v, private=False, files_cap=files_cap)
 
     def files(self, article_id: int) -> list[dict[str, Any]]:
         """The complete public file list ([] under file embargo or confidentiality)."""
@@ -886,7 +891,9 @@ class Corpus:
             return []
         return self._files(a, a.nver, private=False)
 
-    def _cached(self, a: _Attrs, v: int, private: bool) -> dict[str, Any]:
+    def _cached(
+        self, a: _Attrs, v: int, private: bool, files_cap: int | None = None
+    ) -> dict[str, Any]:
         key = (a.id, v, private)
         rec = self._records.get(key)
         if rec is None:
@@ -897,7 +904,11 @@ class Corpus:
         else:
             self._records.move_to_end(key)
         # callers get their own copy: the cached record must never change under them
-        return orjson.loads(orjson.dumps(rec))
+        out: dict[str, Any] = orjson.loads(orjson.dumps(rec))
+        if "files" in out:
+            cap = self.settings.full_record_files_cap if files_cap is None else files_cap
+            out["files"] = out["files"][:cap]
+        return out
 
     def _files(self, a: _Attrs, v: int, private: bool) -> list[dict[str, Any]]:
         nfiles = self._nfiles(a)
@@ -1006,7 +1017,7 @@ class Corpus:
         figshare_url = light["url_public_html"]
         rec: dict[str, Any] = {}
         if access == "open" or private:
-            rec["files"] = files[: self.settings.full_record_files_cap]
+            rec["files"] = files  # capped on the way out: the cap is a run-time knob
         if not legacy:
             rec["folder_structure"] = (
                 {str(f["id"]): "raw" for f in files[:3]} if len(files) > 10 else {}
@@ -1093,11 +1104,12 @@ class Corpus:
             return self._private_owner[a.id]
         return self._owner.get(a.k, 2_000_000 + (a.h >> 33) % 500_000)
 
-    def account_for_token(self, token: str) -> Account | None:
-        """The account a token belongs to (tokens come from the settings)."""
-        if token and token == self.settings.admin_token:
+    def account_for_token(self, token: str, settings: SimSettings | None = None) -> Account | None:
+        """The account a token belongs to (tokens come from the current settings)."""
+        settings = settings or self.settings
+        if token and token == settings.admin_token:
             return self.admin
-        if token and token == self.settings.user_token:
+        if token and token == settings.user_token:
             return self.user
         return None
 
@@ -1118,12 +1130,14 @@ class Corpus:
             return self._attrs(k)
         return None
 
-    def private_article(self, account: Account, article_id: int) -> dict[str, Any]:
+    def private_article(
+        self, account: Account, article_id: int, files_cap: int | None = None
+    ) -> dict[str, Any]:
         """ArticleCompletePrivate of an item the account owns; KeyError otherwise."""
         a = self._owned(account, article_id)
         if a is None:
             raise KeyError(article_id)
-        return self._cached(a, a.nver if a.public else 1, private=True)
+        return self._cached(a, a.nver if a.public else 1, private=True, files_cap=files_cap)
 
     def private_files(self, account: Account, article_id: int) -> list[dict[str, Any]]:
         """PrivateFile list of an item the account owns; KeyError otherwise."""
@@ -1162,16 +1176,16 @@ class Corpus:
             return self._light(self._private[article_id], private=True)
         return self.light(article_id)
 
-    def institution_article(self, article_id: int) -> dict[str, Any]:
+    def institution_article(self, article_id: int, files_cap: int | None = None) -> dict[str, Any]:
         """Full record of any item of the first institution, as the admin sees it."""
         if article_id in self._private:
             a = self._private[article_id]
-            return self._cached(a, 1, private=True)
+            return self._cached(a, 1, private=True, files_cap=files_cap)
         k = self._need(article_id)
         a = self._attrs(k)
         if a.inst != 0:
             raise KeyError(article_id)
-        return self._cached(a, a.nver, private=True)
+        return self._cached(a, a.nver, private=True, files_cap=files_cap)
 
     # ---- reviews ----------------------------------------------------------------------------
 
@@ -1217,9 +1231,9 @@ class Corpus:
             })  # fmt: skip
         return out
 
-    def review_item(self, review: dict[str, Any]) -> dict[str, Any]:
+    def review_item(self, review: dict[str, Any], files_cap: int | None = None) -> dict[str, Any]:
         """The full record a review is about (as the admin sees it)."""
-        return self.institution_article(review["article_id"])
+        return self.institution_article(review["article_id"], files_cap)
 
     # ---- collections and projects ---------------------------------------------------------
 
@@ -1534,6 +1548,44 @@ class Corpus:
                     out.update(k for k in _positions(lbuf, la) if fbuf[k] != NONE)
         return out
 
+    def match_phrase(self, field: str, words: Sequence[str]) -> set[int]:
+        """Items whose `field` (or any field for "all") holds the lowercase words in sequence."""
+        if field == "all":
+            out: set[int] = set()
+            for f in ("title", "description", "tag", "category", "author"):
+                out |= self.match_phrase(f, words)
+            return out
+        words = list(words)
+        if len(words) == 1:
+            return self.match_token(field, words[0])
+        if field in ("tag", "category"):
+            # vocabulary entries holding the phrase, then one byte scan each
+            texts = TAGS if field == "tag" else [c["title"] for c in self.categories]
+            hits = [i for i, t in enumerate(texts) if _contains(tokens(t), words)]
+            return self._slots(self._tags if field == "tag" else self._cats, hits)
+        if field == "author":
+            out = set()
+            for f, first in enumerate(FIRST_NAMES):
+                for la, last in enumerate(LAST_NAMES):
+                    if _contains(tokens(f"{first} {last}"), words):
+                        out |= self._author_positions(f, la)
+            return out
+        cands = self.match_token(field, words[0])
+        for w in words[1:]:
+            cands &= self.match_token(field, w)
+        render = self._title_at if field == "title" else self._description_at
+        return {k for k in cands if _contains(tokens(render(k)), words)}
+
+    def _title_at(self, k: int) -> str:
+        template, used = _TITLE_TEMPLATES[self._tmpl[k]]
+        words = [TITLE_WORDS[s[k]] for s in self._tw[:used]]
+        words[0] = words[0][:1].upper() + words[0][1:]
+        return template.format(*words, "", "", "")
+
+    def _description_at(self, k: int) -> str:
+        w0, w1 = TITLE_WORDS[self._dw[0][k]], TITLE_WORDS[self._dw[1][k]]
+        return _DESC_TEMPLATES[self._dtmpl[k]].format(w0[:1].upper() + w0[1:], w1)
+
     def match_tag(self, tag: str) -> set[int]:
         """Items with exactly this tag (case-insensitive)."""
         t = self._tag_by_text.get(" ".join(tag.split()).lower())
@@ -1630,12 +1682,13 @@ class Corpus:
         b = len(perm) if hi is None else bisect.bisect_left(perm, hi, key=pub.__getitem__)
         return set(perm[a:b])
 
-    def item_texts(self, k: int) -> dict[str, list[str]]:
-        """Searchable texts of the item at index k (for phrase checks)."""
-        return self._texts(self._attrs(k))
-
     def index_to_id(self, k: int) -> int:
         return self._ids[k]
+
+
+def _contains(toks: Sequence[str], words: Sequence[str]) -> bool:
+    n = len(words)
+    return any(list(toks[i : i + n]) == list(words) for i in range(len(toks) - n + 1))
 
 
 def _uuid(h: int) -> str:

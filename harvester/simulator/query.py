@@ -151,25 +151,7 @@ def _words(text: str) -> list[str]:
 def _phrase(corpus: Corpus, field: str, text: str) -> set[int]:
     """Items whose `field` texts contain the words of text in sequence (one word: any match)."""
     words = _words(text)
-    if not words:
-        return set()
-    hits = corpus.match_token(field, words[0])
-    for w in words[1:]:
-        hits &= corpus.match_token(field, w)
-    if len(words) == 1:
-        return hits
-    fields = ("title", "description", "tag", "category", "author") if field == "all" else (field,)
-    return {k for k in hits if _has_sequence(corpus.item_texts(k), fields, words)}
-
-
-def _has_sequence(texts: dict[str, list[str]], fields: tuple[str, ...], words: list[str]) -> bool:
-    n = len(words)
-    for f in fields:
-        for text in texts[f]:
-            toks = _words(re.sub(r"<[^>]+>", " ", text))
-            if any(toks[i : i + n] == words for i in range(len(toks) - n + 1)):
-                return True
-    return False
+    return corpus.match_phrase(field, words) if words else set()
 
 
 def _field(corpus: Corpus, name: str, parts: list[tuple[str, str]]) -> set[int]:

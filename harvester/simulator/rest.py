@@ -392,8 +392,8 @@ def _public_article_id(request: web.Request) -> int:
 
 @_route
 async def article_detail(request: web.Request) -> web.StreamResponse:
-    _, corpus = _sim(request)
-    record = corpus.article(_public_article_id(request))
+    settings, corpus = _sim(request)
+    record = corpus.article(_public_article_id(request), None, settings.full_record_files_cap)
     return _single(request, record, record["modified_date"])
 
 
@@ -433,12 +433,12 @@ async def article_versions(request: web.Request) -> web.StreamResponse:
 
 @_route
 async def article_version(request: web.Request) -> web.StreamResponse:
-    _, corpus = _sim(request)
+    settings, corpus = _sim(request)
     article_id = _public_article_id(request)
     version = _path_int(request, "version_id")
     if not 1 <= version <= corpus.versions_of(article_id):
         raise _not_found("ArticleVersion")
-    record = corpus.article(article_id, version)
+    record = corpus.article(article_id, version, settings.full_record_files_cap)
     return _single(request, record, record["modified_date"])
 
 
@@ -611,7 +611,7 @@ def _account(request: web.Request, *, admin: bool = False) -> Account:
         token = request.query.get("access_token", "")
     elif scheme.lower() != "token":
         token = ""
-    account = corpus.account_for_token(token.strip())
+    account = corpus.account_for_token(token.strip(), request.app[SIMULATOR].settings)
     if account is None:
         raise ApiError(401, "Missing or invalid OAuth token", "OAuthInvalidToken")
     if admin and not account.is_admin:
@@ -632,9 +632,11 @@ async def account_articles(request: web.Request) -> web.StreamResponse:
 @_route
 async def account_article(request: web.Request) -> web.StreamResponse:
     account = _account(request)
-    _, corpus = _sim(request)
+    settings, corpus = _sim(request)
     try:
-        record = corpus.private_article(account, _path_int(request, "article_id"))
+        record = corpus.private_article(
+            account, _path_int(request, "article_id"), settings.full_record_files_cap
+        )
     except KeyError:
         raise _not_found("article") from None
     return _single(request, record, record["modified_date"])
@@ -724,13 +726,13 @@ async def institution_reviews(request: web.Request) -> web.StreamResponse:
 @_route
 async def institution_review(request: web.Request) -> web.StreamResponse:
     _account(request, admin=True)
-    _, corpus = _sim(request)
+    settings, corpus = _sim(request)
     rid = _path_int(request, "curation_id")
     review = next((r for r in corpus.reviews if r["id"] == rid), None)
     if review is None:
         raise _not_found("curation")
-    return _single(request, {**review, "item": corpus.review_item(review)},
-                   review["modified_date"])  # fmt: skip
+    item = corpus.review_item(review, settings.full_record_files_cap)
+    return _single(request, {**review, "item": item}, review["modified_date"])
 
 
 def add_routes(app: web.Application) -> None:
