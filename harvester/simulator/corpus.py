@@ -364,7 +364,7 @@ class Corpus:
         groups: list[Group] = []
         self._inst_groups: list[list[int]] = []
         for i, inst in enumerate(insts):
-            idxs = []
+            idxs: list[int] = []
             base = 11_962 + i * 731
             for j in range(per):
                 parent = groups[idxs[0]].id if j >= 2 and j % 3 == 2 else 0
@@ -972,7 +972,7 @@ class Corpus:
         tags = [TAGS[t] for t in a.tags]
         if not latest and len(tags) > 1:
             tags = tags[:-1]
-        funding_list = []
+        funding_list: list[dict[str, Any]] = []
         for i in range(rng.choice([0, 0, 0, 1, 1, 2])):
             name, url = _FUNDERS[rng.randrange(len(_FUNDERS))]
             funding_list.append({
@@ -981,8 +981,9 @@ class Corpus:
                 "funder_name": name, "is_user_defined": rng.choice([0, 1]),
                 "url": f"{url}/award/{rng.randrange(10**6)}" if rng.random() < 0.5 else "",
             })  # fmt: skip
+        funding: str | None
         if funding_list and rng.random() < 0.7:
-            funding = "; ".join(f["title"] for f in funding_list)
+            funding = "; ".join(str(f["title"]) for f in funding_list)
         else:
             funding = None if rng.random() < 0.8 else ""
         custom: list[dict[str, Any]] = []
@@ -1155,7 +1156,7 @@ class Corpus:
     def institution_items(self) -> list[tuple[int, int, int, int, int, int, bool]]:
         """The first institution's items incl. non-public ones, as
         (id, published or 0, modified, item_type, group id, created, public)."""
-        out = []
+        out: list[tuple[int, int, int, int, int, int, bool]] = []
         if not self.institutions:
             return out
         for k in _positions(self._inst, 0):
@@ -1564,12 +1565,12 @@ class Corpus:
             hits = [i for i, t in enumerate(texts) if _contains(tokens(t), words)]
             return self._slots(self._tags if field == "tag" else self._cats, hits)
         if field == "author":
-            out = set()
-            for f, first in enumerate(FIRST_NAMES):
+            found: set[int] = set()
+            for fi, first in enumerate(FIRST_NAMES):
                 for la, last in enumerate(LAST_NAMES):
                     if _contains(tokens(f"{first} {last}"), words):
-                        out |= self._author_positions(f, la)
-            return out
+                        found |= self._author_positions(fi, la)
+            return found
         cands = self.match_token(field, words[0])
         for w in words[1:]:
             cands &= self.match_token(field, w)

@@ -264,10 +264,16 @@ def _listing(
     *,
     cursor: bool = True,
     window: bool = True,
+    cache: bool | None = None,
 ) -> web.Response:
-    """One page of a query's results, with X-Cursor handed out and honoured where supported."""
+    """One page of a query's results, with X-Cursor handed out and honoured where supported.
+
+    Results are cached (default: for the cursor-capable public lists, the costly ones) so
+    that paging through a query does not recompute it for every page.
+    """
     settings, corpus = _sim(request)
     state = request.app[_STATE]
+    cache = cursor if cache is None else cache
     cursor = cursor and bool(settings.cursor)
     token = request.headers.get("X-Cursor", "").strip() if cursor else ""
     if token:
@@ -278,7 +284,8 @@ def _listing(
         page = paging(params, settings, window=window)
         key, compute = query_for()
         start, size = page.offset, page.limit
-    served = state.result((*key, id(corpus), corpus.generation), compute)
+    cache_key = (*key, id(corpus), corpus.generation)
+    served = state.result(cache_key, compute) if cache else compute()
     chunk = served[start : start + size]
     body = [present(i) for i in chunk]
     headers = {}
@@ -676,21 +683,25 @@ async def institution_articles(request: web.Request) -> web.StreamResponse:
         published, modified = _since(params, "published_since"), _since(params, "modified_since")
         item_type, group = _int(params, "item_type"), _int(params, "group")
         _int(params, "status")  # validated; the meaning of its codes is not documented
-        rows = [
-            r
-            for r in corpus.institution_items()
-            if (published is None or (r[6] and r[1] >= published))
-            and (modified is None or r[2] >= modified)
-            and (item_type is None or r[3] == item_type)
-            and (group is None or r[4] == group)
-        ]
         col = 1 if order == "published_date" else 2
-        rows.sort(key=lambda r: (r[col], r[0]), reverse=direction == "desc")
+
+        def compute() -> list[int]:
+            rows = [
+                r
+                for r in corpus.institution_items()
+                if (published is None or (r[6] and r[1] >= published))
+                and (modified is None or r[2] >= modified)
+                and (item_type is None or r[3] == item_type)
+                and (group is None or r[4] == group)
+            ]
+            rows.sort(key=lambda r: (r[col], r[0]), reverse=direction == "desc")
+            return [r[0] for r in rows]
+
         key = ("institution_articles", order, direction, published, modified, item_type, group)
-        return key, lambda: [r[0] for r in rows]
+        return key, compute
 
     return _listing(request, params, "institution_articles", query_for,
-                    corpus.institution_light, cursor=False)  # fmt: skip
+                    corpus.institution_light, cursor=False, cache=True)  # fmt: skip
 
 
 @_route
