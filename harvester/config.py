@@ -80,6 +80,20 @@ class Stats:
 class Output:
     dir: str = "output"
     formats: tuple[str, ...] = FORMATS
+    keep: int = 0  # complete snapshots to keep (0: all); the one LATEST names is never deleted
+
+
+STATS_REFRESH = ("all", "recent", "none")
+
+
+@dataclass(frozen=True)
+class Incremental:
+    """Nightly runs fetch only what changed since the last good run; stats for known items."""
+
+    overlap_hours: float = 24.0  # re-ask this much before the high-water mark: nothing lost
+    stats: str = "all"  # refresh totals of unchanged known items: all, recent or none
+    recent_days: int = 90  # with stats: recent, items published within this many days
+    full_every_days: float = 7.0  # a full run (which detects deletions) at least this often
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,7 @@ class Config:
     stats: Stats = field(default_factory=Stats)
     http: Http = field(default_factory=Http)
     output: Output = field(default_factory=Output)
+    incremental: Incremental | None = None  # None: every run is a full run
     max_errors: int = 0
     path: str = "<config>"
 
@@ -193,7 +208,8 @@ def parse(
     v.known(
         top,
         "",
-        ("name", "contact", "api", "stats", "http", "sources", "output", "max_errors"),
+        ("name", "contact", "api", "stats", "http", "sources", "output", "incremental",
+         "max_errors"),
     )
     name = v.string(top.get("name"), "name", required=True)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
@@ -226,10 +242,11 @@ def parse(
     http = _http(v, top.get("http", {}))
 
     out_raw = v.mapping(top.get("output", {}), "output")
-    v.known(out_raw, "output", ("dir", "formats"))
+    v.known(out_raw, "output", ("dir", "formats", "keep"))
     output = Output(
         dir=output_dir or v.string(out_raw.get("dir"), "output.dir") or "output",
         formats=tuple(v.choices(out_raw.get("formats", list(FORMATS)), "output.formats", FORMATS)),
+        keep=v.integer(out_raw.get("keep", 0), "output.keep", minimum=0),
     )
     if not output.formats:
         raise ConfigError(f"{where}: output.formats: name at least one of {list(FORMATS)}")
@@ -238,6 +255,7 @@ def parse(
     for i, source in enumerate(sources):
         if source.kind in ACCOUNT_KINDS and api.token is None:
             raise ConfigError(f"{where}: sources[{i}]: kind {source.kind!r} needs api.token")
+    incremental = _incremental(v, top["incremental"]) if "incremental" in top else None
     max_errors = v.integer(top.get("max_errors", 0), "max_errors", minimum=0)
     return Config(
         name=name,
@@ -247,6 +265,7 @@ def parse(
         stats=stats,
         http=http,
         output=output,
+        incremental=incremental,
         max_errors=max_errors,
         path=where,
     )
@@ -281,6 +300,24 @@ def _http(v: _Validator, raw: Any) -> Http:
         concurrency=v.integer(h.get("concurrency", 4), "http.concurrency", minimum=1, maximum=256),
         timeout=timeouts,
         retry=retry,
+    )
+
+
+def _incremental(v: _Validator, raw: Any) -> Incremental:
+    m = v.mapping(raw, "incremental")
+    v.known(m, "incremental", ("overlap_hours", "stats", "recent_days", "full_every_days"))
+    stats = v.string(m.get("stats", "all"), "incremental.stats")
+    if stats not in STATS_REFRESH:
+        raise v.fail("incremental.stats", f"{stats!r} is not one of {list(STATS_REFRESH)}")
+    overlap = v.number(m.get("overlap_hours", 24), "incremental.overlap_hours")
+    if overlap < 0:
+        raise v.fail("incremental.overlap_hours", f"must not be negative, got {overlap:g}")
+    return Incremental(
+        overlap_hours=overlap,
+        stats=stats,
+        recent_days=v.integer(m.get("recent_days", 90), "incremental.recent_days", minimum=1),
+        full_every_days=v.number(m.get("full_every_days", 7), "incremental.full_every_days",
+                                 positive=True),
     )
 
 

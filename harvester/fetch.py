@@ -13,7 +13,7 @@ from harvester.config import ACCOUNT_KINDS, Config, Source
 from harvester.errors import Abort, BadResponse, GiveUp, NotFound, RequestError
 from harvester.figshare import article_path, files_may_be_truncated, files_path, stats_total_path
 from harvester.records import RowContext
-from harvester.state import DONE, FAILED, GONE, Outcome
+from harvester.state import DONE, FAILED, FULL, GONE, STATS_ONLY, Outcome
 
 FILES_PAGE = 1_000
 
@@ -46,8 +46,11 @@ class ItemFetcher:
             1 << i for i, s in enumerate(cfg.sources) if s.kind in ACCOUNT_KINDS
         )
 
-    async def fetch(self, aid: int, sources: int) -> Outcome:
+    async def fetch(self, aid: int, sources: int, mode: int = FULL) -> Outcome:
         try:
+            if mode == STATS_ONLY:  # incremental runs: an unchanged known item's new totals
+                return Outcome(aid, DONE, stats=await self._totals(aid),
+                               fetched_at=stamp(utc_now()))
             return await self._fetch(aid, sources)
         except Abort:
             raise
@@ -74,8 +77,10 @@ class ItemFetcher:
         if files_may_be_truncated(record):
             files = await self._all_files(api + files_path(aid, account=account))
         stats = await self._totals(aid)
+        published = record.get("published_date")
         return Outcome(aid, DONE, body=reply.body, files=files, stats=stats,
-                       fetched_at=stamp(utc_now()))
+                       fetched_at=stamp(utc_now()),
+                       published=published if isinstance(published, str) else None)
 
     async def _totals(self, aid: int) -> dict[str, int]:
         stats: dict[str, int] = {}

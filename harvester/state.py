@@ -10,6 +10,7 @@ goes through one worker thread: SQLite never blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -27,6 +28,7 @@ from harvester.errors import LockedError, OutputError
 T = TypeVar("T")
 
 PENDING, DONE, FAILED, GONE = 0, 1, 2, 3
+FULL, STATS_ONLY = 0, 1  # what to fetch for an id: the record and its stats, or stats alone
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,10 +37,10 @@ CREATE TABLE IF NOT EXISTS sources (
     info TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS ids (
     article_id INTEGER PRIMARY KEY, sources INTEGER NOT NULL, state INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0);
+    attempts INTEGER NOT NULL DEFAULT 0, mode INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS records (
     article_id INTEGER PRIMARY KEY, body BLOB NOT NULL, files BLOB, stats BLOB,
-    fetched_at TEXT NOT NULL, extra BLOB);
+    fetched_at TEXT NOT NULL, extra BLOB, published TEXT);
 CREATE TABLE IF NOT EXISTS errors (article_id INTEGER PRIMARY KEY, error BLOB NOT NULL);
 """
 
@@ -55,6 +57,7 @@ class Outcome:
     fetched_at: str = ""
     error: dict[str, Any] | None = None
     extra: dict[str, Any] | None = None  # optional per-item payloads (versions, timelines, ...)
+    published: str | None = None  # the record's published_date, for "recent" stats refreshes
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class Journal:
         return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
 
     def set_meta(self, values: dict[str, str]) -> None:
-        with self.db:
+        with _tx(self.db):
             self.db.executemany(
                 "INSERT INTO meta(key, value) VALUES(?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
@@ -146,12 +149,24 @@ class Journal:
 
     def add_ids(self, idx: int, ids: Iterable[int]) -> None:
         bit = 1 << idx
-        with self.db:
+        with _tx(self.db):
+            # a listed id always gets its full record, even if it was queued for stats only
             self.db.executemany(
                 "INSERT INTO ids(article_id, sources) VALUES(?, ?) "
-                "ON CONFLICT(article_id) DO UPDATE SET sources = sources | excluded.sources",
+                "ON CONFLICT(article_id) DO UPDATE SET sources = sources | excluded.sources, "
+                "mode = 0",
                 [(int(i), bit) for i in ids],
             )
+
+    def add_known_for_stats(self, catalog: Path, published_after: str | None) -> int:
+        """Queue the catalog's known ids for a stats-only refresh (listed ids keep FULL)."""
+        with self._attached(catalog), _tx(self.db):
+            return self.db.execute(
+                "INSERT INTO ids(article_id, sources, mode) "
+                "SELECT article_id, sources, 1 FROM cat.known "
+                "WHERE ? IS NULL OR published >= ? ON CONFLICT(article_id) DO NOTHING",
+                (published_after, published_after),
+            ).rowcount
 
     def finish_source(self, idx: int, info: dict[str, Any]) -> None:
         self.db.execute(
@@ -169,26 +184,26 @@ class Journal:
     def counts(self) -> dict[int, int]:
         return dict(self.db.execute("SELECT state, count(*) FROM ids GROUP BY state").fetchall())
 
-    def pending(self, after: int, limit: int) -> list[tuple[int, int]]:
+    def pending(self, after: int, limit: int) -> list[tuple[int, int, int]]:
         return self.db.execute(
-            "SELECT article_id, sources FROM ids WHERE state=? AND article_id>? "
+            "SELECT article_id, sources, mode FROM ids WHERE state=? AND article_id>? "
             "ORDER BY article_id LIMIT ?",
             (PENDING, after, limit),
         ).fetchall()
 
     def retry_failed(self) -> int:
         """On resume, ids that failed get another chance."""
-        with self.db:
+        with _tx(self.db):
             self.db.execute("DELETE FROM errors WHERE article_id IN "
                             "(SELECT article_id FROM ids WHERE state=?)", (FAILED,))
             return self.db.execute("UPDATE ids SET state=? WHERE state=?", (PENDING, FAILED)).rowcount
 
     def store(self, outcomes: list[Outcome]) -> None:
-        with self.db:
+        with _tx(self.db):
             for o in outcomes:
                 if o.state == DONE:
                     self.db.execute(
-                        "INSERT OR REPLACE INTO records VALUES(?, ?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO records VALUES(?, ?, ?, ?, ?, ?, ?)",
                         (
                             o.article_id,
                             zlib.compress(o.body, 1),
@@ -196,6 +211,7 @@ class Journal:
                             orjson.dumps(o.stats) if o.stats is not None else None,
                             o.fetched_at,
                             zlib.compress(orjson.dumps(o.extra), 1) if o.extra else None,
+                            o.published,
                         ),
                     )
                     self.db.execute("DELETE FROM errors WHERE article_id=?", (o.article_id,))
@@ -235,11 +251,125 @@ class Journal:
                 )
             after = rows[-1][0]
 
+    def update_catalog(self, catalog: Path, snapshot_id: str, full: bool) -> None:
+        """After a publish: the catalog knows what this run fetched and forgets what is gone.
+
+        A full run replaces the known set (items it did not list are gone or out of scope);
+        an incremental run adds and refreshes what it fetched and drops items that 404ed.
+        """
+        with self._attached(catalog), _tx(self.db):
+            if full:
+                self.db.execute("DELETE FROM cat.known")
+            self.db.execute(
+                "INSERT INTO cat.known(article_id, sources, published, last_snapshot) "
+                "SELECT i.article_id, i.sources, r.published, ? FROM ids i "
+                "JOIN records r USING(article_id) WHERE i.state=? AND i.mode=? "
+                "ON CONFLICT(article_id) DO UPDATE SET sources=excluded.sources, "
+                "published=excluded.published, last_snapshot=excluded.last_snapshot",
+                (snapshot_id, DONE, FULL),
+            )
+            self.db.execute(
+                "DELETE FROM cat.known WHERE article_id IN (SELECT article_id FROM ids "
+                "WHERE state=?)", (GONE,)
+            )
+
+    def _attached(self, catalog: Path) -> _Attached:
+        return _Attached(self.db, catalog)
+
     def errors(self) -> list[dict[str, Any]]:
         return [
             orjson.loads(e)
             for (e,) in self.db.execute("SELECT error FROM errors ORDER BY article_id").fetchall()
         ]
+
+
+@contextlib.contextmanager
+def _tx(db: sqlite3.Connection) -> Iterator[None]:
+    """One explicit transaction (the connections run in autocommit mode otherwise)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+class _Attached:
+    """The catalog attached to the journal's connection as `cat` for cross-database SQL."""
+
+    def __init__(self, db: sqlite3.Connection, catalog: Path) -> None:
+        self.db, self.catalog = db, catalog
+
+    def __enter__(self) -> None:
+        Catalog(self.catalog).close()  # make sure it exists with its schema
+        self.db.execute("ATTACH DATABASE ? AS cat", (str(self.catalog),))
+
+    def __exit__(self, *exc: object) -> None:
+        self.db.execute("DETACH DATABASE cat")
+
+
+_CATALOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS known (
+    article_id INTEGER PRIMARY KEY, sources INTEGER NOT NULL, published TEXT,
+    last_snapshot TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS marks (
+    source TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, hwm TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    snapshot_id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL,
+    started_at TEXT NOT NULL, finished_at TEXT NOT NULL);
+"""
+
+
+class Catalog:
+    """What a harvest knows between runs: known ids, per-source high-water marks, past runs.
+
+    Lives at OUTPUT/NAME/.state/catalog.sqlite and survives every run (the journal does not).
+    Small reads and writes at the start and end of a run; opened briefly, never held.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, isolation_level=None)
+            self.db.executescript(_CATALOG_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise OutputError(f"{path}: cannot open the harvest catalog: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def marks(self) -> dict[str, tuple[str, str]]:
+        """source name -> (its parameters' fingerprint, high-water mark as UTC timestamp)."""
+        rows = self.db.execute("SELECT source, fingerprint, hwm FROM marks").fetchall()
+        return {name: (fp, hwm) for name, fp, hwm in rows}
+
+    def set_marks(self, marks: dict[str, tuple[str, str]]) -> None:
+        with _tx(self.db):
+            self.db.executemany(
+                "INSERT INTO marks VALUES(?, ?, ?) ON CONFLICT(source) DO UPDATE SET "
+                "fingerprint=excluded.fingerprint, hwm=excluded.hwm",
+                [(name, fp, hwm) for name, (fp, hwm) in marks.items()],
+            )
+
+    def last_run(self, kind: str | None = None) -> dict[str, str] | None:
+        sql = "SELECT snapshot_id, kind, status, started_at, finished_at FROM runs"
+        args: tuple[str, ...] = ()
+        if kind:
+            sql += " WHERE kind=?"
+            args = (kind,)
+        row = self.db.execute(sql + " ORDER BY started_at DESC LIMIT 1", args).fetchone()
+        keys = ("snapshot_id", "kind", "status", "started_at", "finished_at")
+        return dict(zip(keys, row, strict=True)) if row else None
+
+    def add_run(self, snapshot_id: str, kind: str, status: str, started_at: str,
+                finished_at: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO runs VALUES(?, ?, ?, ?, ?)",
+                        (snapshot_id, kind, status, started_at, finished_at))
+
+    def known_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM known").fetchone()[0])
 
 
 class RunLock:
