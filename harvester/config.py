@@ -20,6 +20,7 @@ DEFAULT_API_URL = "https://api.figshare.com/v2"
 DEFAULT_STATS_URL = "https://stats.figshare.com"
 COUNTERS = ("views", "downloads", "shares")
 FORMATS = ("ndjson", "parquet")
+S3_SCHEME = "s3://"
 ORDERS = ("published_date", "created_date", "modified_date", "views", "shares", "downloads", "cites")
 
 T = TypeVar("T")
@@ -78,9 +79,15 @@ class Stats:
 
 @dataclass(frozen=True)
 class Output:
-    dir: str = "output"
+    dir: str = "output"  # a local directory or s3://bucket/prefix
     formats: tuple[str, ...] = FORMATS
     keep: int = 0  # complete snapshots to keep (0: all); the one LATEST names is never deleted
+    state_dir: str | None = None  # local home of the run journal and lock; see Config.state_path
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    duckdb: str  # the DuckDB file every published snapshot is loaded into
 
 
 STATS_REFRESH = ("all", "recent", "none")
@@ -116,11 +123,23 @@ class Config:
     output: Output = field(default_factory=Output)
     incremental: Incremental | None = None  # None: every run is a full run
     max_errors: int = 0
+    warehouse: Warehouse | None = None  # None: snapshots are not loaded anywhere after a run
     path: str = "<config>"
 
     def fingerprint(self) -> str:
         """sha256 of the config with every secret left out: same harvest, same fingerprint."""
-        return hashlib.sha256(orjson.dumps(public_view(self), option=orjson.OPT_SORT_KEYS)).hexdigest()
+        view = public_view(self)
+        del view["warehouse"]  # where snapshots are loaded afterwards is not part of the harvest
+        return hashlib.sha256(orjson.dumps(view, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def state_path(self) -> Path:
+        """Local home of the run journal and lock: output.state_dir if given, else
+        OUTPUT/NAME/.state, or .harvester-state/NAME in the working directory for s3:// output."""
+        if self.output.state_dir:
+            return Path(self.output.state_dir)
+        if self.output.dir.startswith(S3_SCHEME):
+            return Path(".harvester-state") / self.name
+        return Path(self.output.dir) / self.name / ".state"
 
 
 def public_view(value: Any) -> Any:
@@ -168,6 +187,8 @@ SOURCE_KINDS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "ids": ({"ids": _INT_LIST}, ("ids",)),
     "account": ({}, ()),  # the token owner's items, drafts included (GET /account/articles)
 }
+# list sources that accept modified_since, so an incremental run can ask for changes only
+INCREMENTAL_KINDS = frozenset({"search", "articles", "group", "institution"})
 ACCOUNT_KINDS = frozenset({"account"})  # ids whose full record comes from /account/articles/{id}
 
 
@@ -209,7 +230,7 @@ def parse(
         top,
         "",
         ("name", "contact", "api", "stats", "http", "sources", "output", "incremental",
-         "max_errors"),
+         "max_errors", "warehouse"),
     )
     name = v.string(top.get("name"), "name", required=True)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
@@ -242,14 +263,20 @@ def parse(
     http = _http(v, top.get("http", {}))
 
     out_raw = v.mapping(top.get("output", {}), "output")
-    v.known(out_raw, "output", ("dir", "formats", "keep"))
+    v.known(out_raw, "output", ("dir", "formats", "keep", "state_dir"))
     output = Output(
         dir=output_dir or v.string(out_raw.get("dir"), "output.dir") or "output",
         formats=tuple(v.choices(out_raw.get("formats", list(FORMATS)), "output.formats", FORMATS)),
         keep=v.integer(out_raw.get("keep", 0), "output.keep", minimum=0),
+        state_dir=v.string(out_raw.get("state_dir"), "output.state_dir") or None,
     )
     if not output.formats:
         raise ConfigError(f"{where}: output.formats: name at least one of {list(FORMATS)}")
+    _output_dir(output.dir, where)
+    if output.state_dir and "://" in output.state_dir:
+        raise ConfigError(f"{where}: output.state_dir: must be a local directory, "
+                          f"got {output.state_dir!r}")
+    warehouse = _warehouse(v, top["warehouse"], output) if "warehouse" in top else None
 
     sources = _sources(v, top.get("sources"))
     for i, source in enumerate(sources):
@@ -267,6 +294,7 @@ def parse(
         output=output,
         incremental=incremental,
         max_errors=max_errors,
+        warehouse=warehouse,
         path=where,
     )
 
@@ -359,6 +387,28 @@ def _sources(v: _Validator, raw: Any) -> tuple[Source, ...]:
     if len(out) > 62:
         raise ConfigError(f"{v.where}: sources: at most 62 sources per harvest, got {len(out)}")
     return tuple(out)
+
+
+def _output_dir(value: str, where: str) -> None:
+    """A local path or s3://bucket[/prefix]; another scheme would silently become a folder."""
+    if value.startswith(S3_SCHEME):
+        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?", value):
+            raise ConfigError(f"{where}: output.dir: {value!r} is not s3://bucket[/prefix]")
+    elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
+        raise ConfigError(f"{where}: output.dir: {value!r}: only a local directory or an "
+                          f"s3://bucket/prefix URL")
+
+
+def _warehouse(v: _Validator, raw: Any, output: Output) -> Warehouse:
+    wh = v.mapping(raw, "warehouse")
+    v.known(wh, "warehouse", ("duckdb",))
+    path = v.string(wh.get("duckdb"), "warehouse.duckdb", required=True)
+    if not path:
+        raise v.fail("warehouse.duckdb", "give the DuckDB file to load snapshots into")
+    if "parquet" not in output.formats:
+        raise v.fail("warehouse", "the warehouse loads the Parquet tables: add parquet to "
+                     "output.formats")
+    return Warehouse(duckdb=path)
 
 
 def _url(value: str, where: str, key: str) -> str:
