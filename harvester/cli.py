@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from harvester import __version__, config
-from harvester.errors import Abort, ConfigError, HarvesterError, LockedError, RequestError
+from harvester.errors import Abort, ConfigError, HarvesterError, LockedError
 
 log = logging.getLogger("harvester")
 
@@ -51,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         _log_flags(sp)
         return sp
 
-    with_config("run", "run a harvest and publish a snapshot")
+    sp = with_config("run", "run a harvest and publish a snapshot")
+    sp.add_argument("--full", action="store_true",
+                    help="a full run even when the config asks for incremental ones")
+    sp.add_argument("--report", metavar="FILE",
+                    help="write a machine-readable JSON run report here (also on failure)")
     with_config("plan", "list ids only and show what the full run would cost")
     sp = sub.add_parser("validate", help="check a config without touching the network")
     sp.add_argument("config")
@@ -77,6 +81,9 @@ def _log_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--quiet", action="store_true", help="warnings and errors only")
 
 
+_REPORT: dict[str, Any] = {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -84,6 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE
     _setup_logging(getattr(args, "json_logs", False), getattr(args, "quiet", False))
+    started = time.time()
+    _REPORT.clear()
+    code = _dispatch(args)
+    report = getattr(args, "report", None)
+    if report:
+        _write_report(Path(report), args, code, started)
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "validate":
             cfg = config.load(args.config)
@@ -93,19 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _simulate(args)
         return _run_async(_COMMANDS[args.command](args))
     except ConfigError as exc:
-        log.error("%s", exc)
+        _fail(exc)
         return USAGE
     except LockedError as exc:
-        log.error("%s", exc)
+        _fail(exc)
         return LOCKED
     except Abort as exc:
-        log.error("aborted: %s (what was harvested is kept; rerun to resume)", exc)
-        return ABORTED
-    except RequestError as exc:
-        log.error("%s", exc)
+        _fail(exc, "aborted: {} (what was fetched is kept; the next run resumes)")
         return ABORTED
     except HarvesterError as exc:
-        log.error("%s", exc)
+        _fail(exc)
         return ABORTED
     except KeyboardInterrupt:
         log.error("interrupted; run the same command again to resume")
@@ -113,9 +127,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a user mistake: say so in one line
         if os.environ.get("HARVESTER_DEBUG"):
             raise
-        log.error("internal error: %s: %s (rerun with HARVESTER_DEBUG=1 for the traceback)",
-                  type(exc).__name__, exc)
+        _fail(exc, f"internal error: {type(exc).__name__}: {{}} "
+                   "(rerun with HARVESTER_DEBUG=1 for the traceback)")
         return INTERNAL
+
+
+def _fail(exc: BaseException, template: str = "{}") -> None:
+    message = template.format(exc)
+    log.error("%s", message)
+    _REPORT["error"] = message
+
+
+_MEANING = {OK: "ok", INTERNAL: "internal-error", USAGE: "usage-error", PARTIAL: "partial",
+            LOCKED: "locked", ABORTED: "aborted", INTERRUPTED: "interrupted"}
+
+
+def _report_view(manifest: dict[str, Any]) -> dict[str, Any]:
+    keys = ("name", "snapshot_id", "status", "kind", "covers", "started_at", "finished_at",
+            "ids", "errors", "sources", "runs")
+    out = {k: manifest[k] for k in keys if k in manifest}
+    http = manifest.get("http", {})
+    out["requests"] = http.get("requests", {})
+    out["retries"] = http.get("retries", {})
+    return out
+
+
+def _write_report(path: Path, args: argparse.Namespace, code: int, started: float) -> None:
+    """The machine-readable run report: written for every outcome, atomically."""
+    report = {
+        "exit_code": code,
+        "outcome": _MEANING.get(code, "unknown"),
+        "command": args.command,
+        "config": getattr(args, "config", None),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "duration_s": round(time.time() - started, 3),
+        **_REPORT,
+    }
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        tmp.replace(path)
+    except OSError as exc:
+        log.error("--report %s: cannot write the run report: %s", path, exc)
 
 
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:
@@ -146,14 +199,14 @@ def _load(args: argparse.Namespace) -> config.Config:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
-    return await run_harvest(_load(args))
+    return await run_harvest(_load(args), full=args.full)
 
 
-async def run_harvest(cfg: config.Config, *, quiet_summary: bool = False) -> int:
+async def run_harvest(cfg: config.Config, *, full: bool = False) -> int:
     from harvester.pipeline import Harvest, Progress
 
     progress = Progress()
-    harvest = Harvest(cfg, progress=progress)
+    harvest = Harvest(cfg, progress=progress, full=full)
     log.info("harvest %s: %d sources -> %s", cfg.name, len(cfg.sources), cfg.output.dir)
     reporter = asyncio.create_task(_report_progress(progress))
     try:
@@ -163,8 +216,8 @@ async def run_harvest(cfg: config.Config, *, quiet_summary: bool = False) -> int
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
         _end_status_line()
-    if not quiet_summary:
-        _print_summary(result.manifest, result.snapshot, time.monotonic() - progress.started)
+    _print_summary(result.manifest, result.snapshot, time.monotonic() - progress.started)
+    _REPORT.update(snapshot=str(result.snapshot), manifest=_report_view(result.manifest))
     if result.truncated:
         log.error("some source could not be enumerated completely; see the manifest's partitions")
         return PARTIAL

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import hashlib
 import logging
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,12 +19,22 @@ import orjson
 
 from harvester import __version__
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
-from harvester.config import Config, public_view
+from harvester.config import INCREMENTAL_KINDS, Config, Source, public_view
 from harvester.fetch import ItemFetcher, extra_rows, source_names, stamp, utc_now
 from harvester.records import RowContext, article_rows, stats_rows
-from harvester.sinks import SnapshotWriter, read_manifest
+from harvester.sinks import SnapshotWriter, latest_snapshot, list_snapshots, read_manifest
 from harvester.sources import SourceReport, enumerate_source
-from harvester.state import DONE, FAILED, GONE, PENDING, Journal, Outcome, RunLock
+from harvester.state import (
+    DONE,
+    FAILED,
+    GONE,
+    PENDING,
+    Catalog,
+    Journal,
+    Outcome,
+    RunLock,
+    crash_point,
+)
 
 log = logging.getLogger("harvester")
 
@@ -97,12 +109,15 @@ class Harvest:
         *,
         progress: Progress | None = None,
         client_factory: Callable[[ClientSettings], Client] = Client,
+        full: bool = False,
     ) -> None:
         self.cfg = cfg
         self.progress = progress or Progress()
         self.root = Path(cfg.output.dir)
         self.state_dir = self.root / cfg.name / ".state"
+        self.catalog_path = self.state_dir / "catalog.sqlite"
         self.client_factory = client_factory
+        self.force_full = full
         self.reports: list[SourceReport] = []
 
     async def run(self) -> RunResult:
@@ -110,7 +125,7 @@ class Harvest:
             journal, meta = await self._open_journal()
             try:
                 async with self.client_factory(client_settings(self.cfg)) as client:
-                    await self._enumerate(client, journal)
+                    await self._enumerate(client, journal, meta)
                     await self._fan_out(client, journal)
                     metrics = client.metrics()
                 result = await self._publish(journal, meta, metrics)
@@ -129,8 +144,13 @@ class Harvest:
         journal.open()
         meta = await journal.call(journal.get_meta)
         fingerprint = self.cfg.fingerprint()
+        stale = ""
         if meta and meta.get("fingerprint") != fingerprint:
-            log.warning("the config changed since the interrupted run; starting over")
+            stale = "the config changed since the interrupted run"
+        elif meta and self.force_full and meta.get("kind") != "full":
+            stale = "--full asked for while an incremental run was interrupted"
+        if stale:
+            log.warning("%s; starting over", stale)
             journal.discard()
             journal = Journal(path)
             journal.open()
@@ -142,18 +162,59 @@ class Harvest:
                      meta["snapshot_id"], meta["runs"], retried)
         else:
             now = utc_now()
+            kind, since = self._choose_kind(now)
             meta = {
                 "snapshot_id": now.strftime("%Y%m%dT%H%M%SZ"),
                 "started_at": stamp(now),
                 "fingerprint": fingerprint,
                 "runs": "1",
+                "kind": kind,
+                "since": orjson.dumps(since).decode(),
             }
         await journal.call(journal.set_meta, meta)
         return journal, meta
 
-    async def _enumerate(self, client: Client, journal: Journal) -> None:
+    def _choose_kind(self, now: dt.datetime) -> tuple[str, dict[str, str]]:
+        """Full or incremental, and per list source the modified_since bound to ask with."""
+        inc = self.cfg.incremental
+        if inc is None or self.force_full:
+            return "full", {}
+        catalog = Catalog(self.catalog_path)
+        try:
+            last_full = catalog.last_run("full")
+            marks = catalog.marks()
+        finally:
+            catalog.close()
+        if last_full is None:
+            log.info("no earlier full run: this one is full")
+            return "full", {}
+        age = now - _parse_stamp(last_full["started_at"])
+        if age > dt.timedelta(days=inc.full_every_days):
+            log.info("last full run is %.1f days old (full_every_days: %g): this one is full",
+                     age.total_seconds() / 86400, inc.full_every_days)
+            return "full", {}
+        since: dict[str, str] = {}
+        overlap = dt.timedelta(hours=inc.overlap_hours)
+        for source in self.cfg.sources:
+            mark = marks.get(source.name)
+            if source.kind in INCREMENTAL_KINDS and mark and mark[0] == _source_fp(source):
+                since[source.name] = stamp(_parse_stamp(mark[1]) - overlap)
+        return "incremental", since
+
+    def _narrowed(self, source: Source, meta: dict[str, str]) -> Source:
+        """In an incremental run, a list source asks only for what changed since its mark."""
+        bound = orjson.loads(meta.get("since", "{}")).get(source.name)
+        if bound is None:
+            return source
+        own = source.params.get("modified_since")
+        if own and own > bound:
+            return source
+        return replace(source, params={**source.params, "modified_since": bound})
+
+    async def _enumerate(self, client: Client, journal: Journal, meta: dict[str, str]) -> None:
         self.progress.phase = "listing"
-        for idx, source in enumerate(self.cfg.sources):
+        for idx, configured in enumerate(self.cfg.sources):
+            source = self._narrowed(configured, meta)
             done = await journal.call(journal.source_done, idx)
             report = SourceReport(source.name, source.kind)
             self.reports.append(report)
@@ -167,10 +228,21 @@ class Harvest:
             async for batch in enumerate_source(client, self.cfg.api.url, source, report):
                 await journal.call(journal.add_ids, idx, batch)
                 self.progress.listed += len(batch)
+                crash_point("listing")
             info = report.as_dict()
             await journal.call(journal.finish_source, idx, info)
             log.info("source %s: %d ids listed in %d requests%s", source.name, report.listed,
                      report.requests, " (TRUNCATED)" if report.truncated else "")
+        inc = self.cfg.incremental
+        if meta.get("kind") == "incremental" and inc and inc.stats != "none" \
+                and "stats_queued" not in meta:
+            after = None
+            if inc.stats == "recent":
+                after = stamp(utc_now() - dt.timedelta(days=inc.recent_days))
+            queued = await journal.call(journal.add_known_for_stats, self.catalog_path, after)
+            meta["stats_queued"] = str(queued)
+            await journal.call(journal.set_meta, meta)
+            log.info("%d known items queued for a stats refresh (%s)", queued, inc.stats)
 
     async def _fan_out(self, client: Client, journal: Journal) -> None:
         counts = await journal.call(journal.counts)
@@ -181,8 +253,9 @@ class Harvest:
         if counts.get(PENDING, 0) == 0:
             return
         workers = self.cfg.http.concurrency
-        todo: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue(maxsize=workers * 2)
-        results: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=COMMIT_EVERY * 2)
+        todo: asyncio.Queue[tuple[int, int, int] | None] = asyncio.Queue(maxsize=workers * 2)
+        # small on purpose: what a kill can lose is what sits here uncommitted
+        results: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=workers * 2)
         committer = asyncio.create_task(self._commit(journal, results))
         try:
             async with asyncio.TaskGroup() as tg:
@@ -212,8 +285,8 @@ class Harvest:
     async def _work(self, fetcher: ItemFetcher, todo: asyncio.Queue[Any],
                     results: asyncio.Queue[Outcome | None]) -> None:
         while (item := await todo.get()) is not None:
-            aid, sources = item
-            outcome = await fetcher.fetch(aid, sources)
+            aid, sources, mode = item
+            outcome = await fetcher.fetch(aid, sources, mode)
             p = self.progress
             if outcome.state == DONE:
                 p.done += 1
@@ -238,6 +311,8 @@ class Harvest:
                         await journal.call(journal.store, batch)
                     except Exception as exc:
                         failure = exc
+                    for _ in batch:
+                        crash_point("fetch")
                 batch = []
             if outcome is None:
                 if failure is not None:
@@ -251,11 +326,19 @@ class Harvest:
         per_source = await journal.call(journal.ids_per_source, len(self.cfg.sources))
         failed, gone = counts.get(FAILED, 0), counts.get(GONE, 0)
         truncated = any(r.truncated for r in self.reports)
+        kind = meta.get("kind", "full")
+        since = orjson.loads(meta.get("since", "{}"))
         manifest: dict[str, Any] = {
             "name": self.cfg.name,
             "snapshot_id": meta["snapshot_id"],
             "status": "complete" if not failed and not truncated else "partial",
-            "kind": "full",
+            "kind": kind,
+            # what the snapshot covers: a full run lists everything its sources select; an
+            # incremental one what changed since each source's bound, plus refreshed stats
+            "covers": {
+                "modified_since": since,
+                "stats_refreshed": int(meta.get("stats_queued", 0)),
+            },
             "started_at": meta["started_at"],
             "harvester_version": __version__,
             "config_sha256": meta["fingerprint"],
@@ -278,7 +361,42 @@ class Harvest:
             formats=frozenset(self.cfg.output.formats),
         )
         path = await journal.call(self._write, journal, writer, manifest)
-        return RunResult(path, read_manifest(path), failed, truncated)
+        published = read_manifest(path)
+        await journal.call(journal.update_catalog, self.catalog_path, meta["snapshot_id"],
+                           kind == "full")
+        self._remember(meta, published, advance=not failed and not truncated)
+        self._prune()
+        return RunResult(path, published, failed, truncated)
+
+    def _remember(self, meta: dict[str, str], manifest: dict[str, Any], *, advance: bool) -> None:
+        """Record the run; move the high-water marks only when nothing was lost, so a run
+        with failed ids is asked again (from the old marks) next night."""
+        catalog = Catalog(self.catalog_path)
+        try:
+            catalog.add_run(meta["snapshot_id"], manifest["kind"], manifest["status"],
+                            meta["started_at"], manifest.get("finished_at", meta["started_at"]))
+            if advance:
+                catalog.set_marks({
+                    s.name: (_source_fp(s), meta["started_at"])
+                    for s in self.cfg.sources if s.kind in INCREMENTAL_KINDS
+                })
+        finally:
+            catalog.close()
+
+    def _prune(self) -> None:
+        """Keep the newest `output.keep` complete snapshots; never the one LATEST names."""
+        keep = self.cfg.output.keep
+        if not keep:
+            return
+        snapshots = list_snapshots(self.root, self.cfg.name)
+        latest = latest_snapshot(self.root, self.cfg.name)
+        for old in snapshots[:-keep]:
+            if latest is not None and old.resolve() == latest.resolve():
+                continue
+            log.info("retention: removing %s (output.keep: %d)", old.name, keep)
+            # the manifest goes first: a half-removed folder must not look complete
+            (old / "manifest.json").unlink(missing_ok=True)
+            shutil.rmtree(old, ignore_errors=True)
 
     def _write(self, journal: Journal, writer: SnapshotWriter, manifest: dict[str, Any]) -> Path:
         """Runs on the journal thread: records in id order -> the snapshot's files."""
@@ -287,9 +405,6 @@ class Harvest:
         writer.open()
         try:
             for rec in journal.records():
-                record = orjson.loads(rec.body)
-                complete = record if rec.files is None else {**record,
-                                                             "files": orjson.loads(rec.files)}
                 fetched = dt.datetime.strptime(rec.fetched_at, "%Y-%m-%dT%H:%M:%SZ").replace(
                     tzinfo=dt.UTC)
                 names = names_cache.get(rec.sources)
@@ -297,21 +412,39 @@ class Harvest:
                     names = names_cache[rec.sources] = tuple(
                         source_names(self.cfg.sources, rec.sources))
                 ctx = RowContext(snapshot_id=snapshot_id, fetched_at=fetched, sources=names)
+                if rec.stats:
+                    writer.add_stats(stats_rows(rec.article_id, rec.stats, ctx,
+                                                scope=self.cfg.stats.institution or "public"))
+                if not rec.body:  # a stats-only refresh of an unchanged item
+                    continue
+                record = orjson.loads(rec.body)
+                complete = record if rec.files is None else {**record,
+                                                             "files": orjson.loads(rec.files)}
                 rows = article_rows(complete, ctx)
                 for table, extra in extra_rows(rec.extra, ctx).items():
                     rows.setdefault(table, []).extend(extra)
                 writer.add_article(record, rows)
-                if rec.stats:
-                    writer.add_stats(stats_rows(rec.article_id, rec.stats, ctx,
-                                                scope=self.cfg.stats.institution or "public"))
                 self.progress.written += 1
+                crash_point("write")
             for error in journal.errors():
                 writer.add_error(error)
             manifest["finished_at"] = stamp(utc_now())
+            crash_point("publish")
             return writer.publish(manifest)
         except BaseException:
             writer.abort()
             raise
+
+
+def _parse_stamp(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+def _source_fp(source: Source) -> str:
+    """A source's identity for its high-water mark: change its parameters, lose its mark."""
+    return hashlib.sha256(orjson.dumps(
+        {"kind": source.kind, "params": public_view(source.params)}, option=orjson.OPT_SORT_KEYS
+    )).hexdigest()[:16]
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:

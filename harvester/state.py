@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import signal
 import sqlite3
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -293,6 +294,23 @@ def _tx(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+_crash_counts: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Crash-test hook: with HARVESTER_CRASH_AT=name[:n] the process SIGKILLs itself the n-th
+    time it passes `name` (listing, fetch, write, publish), as a power cut would."""
+    spec = os.environ.get("HARVESTER_CRASH_AT")
+    if not spec:
+        return
+    target, _, nth = spec.partition(":")
+    if target != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Attached:
