@@ -114,7 +114,7 @@ class Harvest:
         self.cfg = cfg
         self.progress = progress or Progress()
         self.root = Path(cfg.output.dir)
-        self.state_dir = self.root / cfg.name / ".state"
+        self.state_dir = cfg.state_path()
         self.catalog_path = self.state_dir / "catalog.sqlite"
         self.client_factory = client_factory
         self.force_full = full
