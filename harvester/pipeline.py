@@ -22,7 +22,14 @@ from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.config import INCREMENTAL_KINDS, Config, Source, public_view
 from harvester.fetch import ItemFetcher, extra_rows, source_names, stamp, utc_now
 from harvester.records import RowContext, article_rows, stats_rows
-from harvester.sinks import SnapshotWriter, latest_snapshot, list_snapshots, read_manifest
+from harvester.sinks import (
+    SnapshotWriter,
+    is_remote,
+    latest_snapshot,
+    list_snapshots,
+    new_snapshot_id,
+    read_manifest,
+)
 from harvester.sources import SourceReport, enumerate_source
 from harvester.state import (
     DONE,
@@ -58,7 +65,7 @@ class Progress:
 
 @dataclass
 class RunResult:
-    snapshot: Path | None
+    snapshot: Path | str | None  # a directory, or the s3:// URL of the published snapshot
     manifest: dict[str, Any]
     errors: int  # ids that failed (gone ones excluded)
     truncated: bool
@@ -113,7 +120,7 @@ class Harvest:
     ) -> None:
         self.cfg = cfg
         self.progress = progress or Progress()
-        self.root = Path(cfg.output.dir)
+        self.root = cfg.output.dir  # a directory or s3://bucket/prefix
         self.state_dir = cfg.state_path()
         self.catalog_path = self.state_dir / "catalog.sqlite"
         self.client_factory = client_factory
@@ -164,7 +171,9 @@ class Harvest:
             now = utc_now()
             kind, since = self._choose_kind(now)
             meta = {
-                "snapshot_id": now.strftime("%Y%m%dT%H%M%SZ"),
+                # unique even when two runs start within the same second
+                "snapshot_id": now.strftime("%Y%m%dT%H%M%SZ") if is_remote(self.root)
+                else new_snapshot_id(Path(self.root) / self.cfg.name, now),
                 "started_at": stamp(now),
                 "fingerprint": fingerprint,
                 "runs": "1",
@@ -359,6 +368,8 @@ class Harvest:
         writer = SnapshotWriter(
             self.root, self.cfg.name, snapshot_id=meta["snapshot_id"],
             formats=frozenset(self.cfg.output.formats),
+            # object storage: stage on local disk beside the journal, then upload
+            staging_dir=self.state_dir / "staging" if is_remote(self.root) else None,
         )
         path = await journal.call(self._write, journal, writer, manifest)
         published = read_manifest(path)
@@ -386,7 +397,7 @@ class Harvest:
     def _prune(self) -> None:
         """Keep the newest `output.keep` complete snapshots; never the one LATEST names."""
         keep = self.cfg.output.keep
-        if not keep:
+        if not keep or is_remote(self.root):  # object stores: use a bucket lifecycle rule
             return
         snapshots = list_snapshots(self.root, self.cfg.name)
         latest = latest_snapshot(self.root, self.cfg.name)
@@ -398,7 +409,8 @@ class Harvest:
             (old / "manifest.json").unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
 
-    def _write(self, journal: Journal, writer: SnapshotWriter, manifest: dict[str, Any]) -> Path:
+    def _write(self, journal: Journal, writer: SnapshotWriter,
+               manifest: dict[str, Any]) -> Path | str:
         """Runs on the journal thread: records in id order -> the snapshot's files."""
         snapshot_id = manifest["snapshot_id"]
         names_cache: dict[int, tuple[str, ...]] = {}

@@ -40,6 +40,7 @@ def write_config(
     }
     body.setdefault("api", {})["url"] = sim.api_url
     body.setdefault("stats", {})["url"] = sim.stats_url
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "harvest.yaml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return config.load(path, env=env or {})

@@ -1,0 +1,232 @@
+"""Nightly operation: incremental runs, crash-safe resume, one run at a time, retention."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from harvester import cli
+from harvester.client import Client
+from harvester.errors import GiveUp
+from harvester.pipeline import Harvest
+from harvester.records import SCHEMAS
+from harvester.simulator import Simulator, SimulatorThread
+from harvester.simulator.settings import SimSettings
+from harvester.sinks import list_snapshots
+from tests.conftest import write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def biggest_group(corpus: Any) -> int:
+    counts = collections.Counter(corpus.group_of(i) for i in corpus.ids)
+    counts.pop(0, None)
+    return max(counts, key=lambda g: (counts[g], g))
+
+
+def table_ids(snapshot: Path, table: str = "articles") -> list[int]:
+    return pq.read_table(snapshot / f"{table}.parquet").column("article_id").to_pylist()
+
+
+async def test_incremental_run_fetches_exactly_the_changed_records(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    group = biggest_group(sim.corpus)
+    members = sorted(i for i in sim.corpus.ids if sim.corpus.group_of(i) == group)
+    cfg = write_config(tmp_path, sim, [{"kind": "group", "group": group}],
+                       incremental={"overlap_hours": 1, "stats": "all"})
+    first = await Harvest(cfg).run()
+    assert first.manifest["kind"] == "full"
+    assert table_ids(first.snapshot) == members
+
+    changed = members[3:6]
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    for aid in changed:
+        sim.corpus.modify(aid, now)
+    sim.log.clear()
+    second = await Harvest(cfg).run()
+    m = second.manifest
+    assert m["kind"] == "incremental"
+    assert table_ids(second.snapshot) == changed  # exactly the changed records
+    assert m["covers"]["stats_refreshed"] == len(members) - len(changed)
+    assert sorted(set(table_ids(second.snapshot, "stats"))) == members  # stats for every item
+    bound = m["covers"]["modified_since"][cfg.sources[0].name]
+    assert bound < first.manifest["started_at"]  # the overlap reaches back before the mark
+    detail_requests = sim.log.count(host="api", route="/v2/articles/{article_id}")
+    assert detail_requests == len(changed)
+
+    forced = await Harvest(cfg, full=True).run()
+    assert forced.manifest["kind"] == "full"
+    assert table_ids(forced.snapshot) == members
+
+
+class FailOne(Client):
+    """The real client, except that one URL keeps failing as if retries ran out."""
+
+    fail_suffix = ""
+
+    async def get(self, url: str, **kw: Any) -> Any:
+        if self.fail_suffix and url.endswith(self.fail_suffix):
+            raise GiveUp(f"GET {url} -> 503 (test)", url=url, status=503, reason="503")
+        return await super().get(url, **kw)
+
+
+async def test_a_run_with_failures_does_not_advance_the_marks(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    group = biggest_group(sim.corpus)
+    members = sorted(i for i in sim.corpus.ids if sim.corpus.group_of(i) == group)
+    cfg = write_config(tmp_path, sim, [{"kind": "group", "group": group}],
+                       incremental={"overlap_hours": 0, "stats": "none"}, max_errors=100)
+    first = await Harvest(cfg).run()
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    sim.corpus.modify(members[0], now)
+
+    FailOne.fail_suffix = f"/articles/{members[0]}"
+    try:
+        failing = await Harvest(cfg, client_factory=FailOne).run()
+    finally:
+        FailOne.fail_suffix = ""
+    assert failing.errors == 1 and failing.manifest["kind"] == "incremental"
+    mark = failing.manifest["covers"]["modified_since"]
+
+    again = await Harvest(cfg).run()  # asks from the same mark, so the item is not lost
+    assert again.manifest["covers"]["modified_since"] == mark
+    assert table_ids(again.snapshot) == [members[0]]
+    assert first.manifest["kind"] == "full"
+
+
+def test_retention_keeps_the_newest_and_never_latest(tmp_path: Path) -> None:
+    with SimulatorThread(SimSettings(items=60, seed=3)) as sim:
+        ids = sorted(sim.corpus.ids)[:3]
+        cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}],
+                           output={"dir": str(tmp_path / "out"), "keep": 2})
+        for _ in range(4):
+            assert cli.main(["run", cfg.path, "--quiet"]) == 0
+            time.sleep(1.05)  # snapshot ids are per second
+    kept = list_snapshots(tmp_path / "out", "t")
+    assert len(kept) == 2
+    latest = (tmp_path / "out" / "t" / "LATEST").read_text().strip()
+    assert kept[-1].name == latest
+
+
+# ---------------------------------------------------------------- subprocess runs
+
+
+@pytest.fixture
+def threaded_sim() -> Iterator[SimulatorThread]:
+    with SimulatorThread(SimSettings(items=400, seed=5)) as s:
+        yield s
+
+
+class Ran:
+    def __init__(self, returncode: int, stderr: bytes) -> None:
+        self.returncode, self.stderr = returncode, stderr
+
+
+def start_cli(config_path: str, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "harvester", "run", config_path, "--quiet", *extra],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def run_cli(config_path: str, *extra: str, env: dict[str, str] | None = None) -> Ran:
+    proc = subprocess.run(
+        [sys.executable, "-m", "harvester", "run", config_path, "--quiet", *extra],
+        cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, timeout=120,
+        check=False,
+    )
+    return Ran(proc.returncode, proc.stderr)
+
+
+def comparable(snapshot: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every table's rows without the columns that differ between two runs by design."""
+    out = {}
+    for table in SCHEMAS:
+        t = pq.read_table(snapshot / f"{table}.parquet")
+        keep = [c for c in t.column_names if c not in ("snapshot_id", "fetched_at")]
+        out[table] = t.select(keep).to_pylist()
+    return out
+
+
+@pytest.mark.parametrize("point", ["listing:1", "fetch:40", "write:30", "publish"])
+def test_killed_run_resumes_to_the_same_snapshot(
+    threaded_sim: SimulatorThread, tmp_path: Path, point: str
+) -> None:
+    sim = threaded_sim
+    group = biggest_group(sim.corpus)
+    sources = [{"kind": "group", "group": group}, {"kind": "ids", "ids": sorted(sim.corpus.ids)[:5]}]
+    http = {"rate": {"requests": 10_000, "per": 1}, "concurrency": 4}
+
+    clean = write_config(tmp_path / "clean", sim, sources, http=http)
+    assert run_cli(clean.path).returncode == 0
+    reference = list_snapshots(tmp_path / "clean" / "out", "t")[-1]
+
+    cfg = write_config(tmp_path / "crash", sim, sources, http=http)
+    sim.log.clear()
+    killed = run_cli(cfg.path, env={"HARVESTER_CRASH_AT": point})
+    assert killed.returncode == -signal.SIGKILL
+    out = tmp_path / "crash" / "out"
+    assert list_snapshots(out, "t") == []
+    assert not (out / "t" / "LATEST").exists()
+    assert not list((out / "t").glob("snapshot=*"))  # nothing that looks complete
+
+    resumed = run_cli(cfg.path)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    snap = list_snapshots(out, "t")[-1]
+    assert comparable(snap) == comparable(reference)
+
+    fetched = collections.Counter(
+        e.path for e in sim.log.entries
+        if e.route == "/v2/articles/{article_id}" and e.status == 200
+    )
+    refetched = sum(n - 1 for n in fetched.values())
+    assert refetched <= 4 * 3  # bounded by concurrency (workers + queued results)
+
+
+def test_two_runs_of_one_harvest_one_waits_out_with_the_lock_code(
+    threaded_sim: SimulatorThread, tmp_path: Path
+) -> None:
+    sim = threaded_sim
+    ids = sorted(sim.corpus.ids)[:30]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}],
+                       http={"rate": {"requests": 20, "per": 1}, "concurrency": 2})
+    first = start_cli(cfg.path)
+    lock = tmp_path / "out" / "t" / ".state" / "lock"
+    deadline = time.monotonic() + 20
+    while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = run_cli(cfg.path, "--report", str(tmp_path / "report.json"))
+    assert second.returncode == cli.LOCKED
+    assert b"another run of this harvest is in progress" in second.stderr
+    report = orjson.loads((tmp_path / "report.json").read_bytes())
+    assert report["exit_code"] == cli.LOCKED and report["outcome"] == "locked"
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == cli.INTERRUPTED, err.decode()
+    assert b"run the same command again to resume" in err
+    resumed = run_cli(cfg.path, "--report", str(tmp_path / "report.json"))
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    report = orjson.loads((tmp_path / "report.json").read_bytes())
+    assert report["outcome"] == "ok" and report["manifest"]["ids"]["fetched"] == 30
+    assert report["manifest"]["runs"] == 2
+
+
+def test_config_written_to_disk_for_cli(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "sources": [{"kind": "ids", "ids": [1]}]}))
+    assert cli.main(["validate", str(path)]) == 0
