@@ -1,4 +1,4 @@
-"""A Figshare-compatible server on loopback: the API and stats hosts as two aiohttp apps.
+"""A Figshare-compatible server on loopback: the API, stats and download hosts as aiohttp apps.
 
 Fidelity limits of the harness (the route modules list their own):
 - Plain HTTP on loopback; the real service is HTTPS only, behind a CDN.
@@ -26,6 +26,7 @@ from aiohttp import web
 
 from harvester.simulator.appkeys import SIMULATOR
 from harvester.simulator.behaviour import RequestLog, middlewares
+from harvester.simulator.files import DownloadFaults
 from harvester.simulator.settings import SimSettings
 
 __all__ = ["Simulator", "SimulatorThread", "serve_forever"]
@@ -50,9 +51,11 @@ def _sibling(name: str) -> ModuleType | None:
 
 
 class Simulator:
-    """The API host (REST and OAI-PMH under /v2) and the stats host, each on its own port.
+    """The API host (REST and OAI-PMH under /v2), the stats host and the download host
+    (ndownloader: file bytes), each on its own port.
 
-    Routes may be added to `api_app` / `stats_app` before `start()`.
+    Routes may be added to `api_app` / `stats_app` / `download_app` before `start()`.
+    `downloads` holds the download host's per-file faults and what it served.
     """
 
     def __init__(
@@ -62,16 +65,19 @@ class Simulator:
         host: str = "127.0.0.1",
         api_port: int = 0,
         stats_port: int = 0,
+        download_port: int = 0,
     ) -> None:
         self.settings = settings if settings is not None else SimSettings()
         self.log = RequestLog()
         self.corpus: Any = None
+        self.downloads = DownloadFaults()
         self._host = host
-        self._ports = {"api": api_port, "stats": stats_port}
+        self._ports = {"api": api_port, "stats": stats_port, "download": download_port}
         self._urls: dict[str, str] = {}
         self._runners: list[web.AppRunner] = []
         self.api_app = self._make_app("api", ("rest", "oai"))
         self.stats_app = self._make_app("stats", ("stats",))
+        self.download_app = self._make_app("download", ("files",))
 
     def _make_app(self, host: str, route_modules: tuple[str, ...]) -> web.Application:
         app = web.Application(middlewares=middlewares(host))
@@ -90,6 +96,11 @@ class Simulator:
     def stats_url(self) -> str:
         return self._url("stats")
 
+    @property
+    def download_url(self) -> str:
+        """Stands for https://ndownloader.figshare.com (config: files.url)."""
+        return self._url("download")
+
     def _url(self, host: str) -> str:
         if host not in self._urls:
             raise RuntimeError("the simulator is not running: call start() first")
@@ -102,7 +113,9 @@ class Simulator:
         if corpus is not None:
             self.corpus = corpus.Corpus(self.settings)
         try:
-            for host, app in (("api", self.api_app), ("stats", self.stats_app)):
+            apps = (("api", self.api_app), ("stats", self.stats_app),
+                    ("download", self.download_app))
+            for host, app in apps:
                 runner = web.AppRunner(
                     app,
                     access_log=None,
@@ -163,8 +176,10 @@ class SimulatorThread:
         host: str = "127.0.0.1",
         api_port: int = 0,
         stats_port: int = 0,
+        download_port: int = 0,
     ) -> None:
-        self.simulator = Simulator(settings, host=host, api_port=api_port, stats_port=stats_port)
+        self.simulator = Simulator(settings, host=host, api_port=api_port, stats_port=stats_port,
+                                   download_port=download_port)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -173,6 +188,8 @@ class SimulatorThread:
 
     api_url = property(lambda self: self.simulator.api_url)
     stats_url = property(lambda self: self.simulator.stats_url)
+    download_url = property(lambda self: self.simulator.download_url)
+    downloads = property(lambda self: self.simulator.downloads)
     log = property(lambda self: self.simulator.log)
     corpus = property(lambda self: self.simulator.corpus)
     settings = property(lambda self: self.simulator.settings)
@@ -241,7 +258,8 @@ def serve_forever(
     api_port: int = 0,
     stats_port: int = 0,
 ) -> None:
-    """Serve until SIGINT or SIGTERM; the first line on stdout is `api=<url> stats=<url>`."""
+    """Serve until SIGINT or SIGTERM; the first line on stdout is `api=<url> stats=<url>`,
+    the second `download=<url>` (the stand-in for ndownloader.figshare.com)."""
     asyncio.run(_serve_until_signalled(settings, host, api_port, stats_port))
 
 
@@ -256,6 +274,7 @@ async def _serve_until_signalled(
     try:
         async with Simulator(settings, host=host, api_port=api_port, stats_port=stats_port) as sim:
             print(f"api={sim.api_url} stats={sim.stats_url}", flush=True)
+            print(f"download={sim.download_url}", flush=True)
             await stopping.wait()
     finally:
         for sig in signals:

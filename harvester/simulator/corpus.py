@@ -12,6 +12,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from itertools import accumulate
 from typing import Any, NamedTuple
 
@@ -189,6 +190,38 @@ _FILE_STEMS = [
 ]  # fmt: skip
 
 
+# Every file's bytes are served by the download host (simulator/files.py), and its md5 is that of
+# those bytes, so sizes stay small: 100 B to 1 MB (real files reach 20 GB; fidelity limit).
+FILE_SIZE_EXP = (2.0, 6.0)
+_FILE_BLOCK = 4_096
+
+
+def file_content(seed: int, file_id: int, size: int, start: int = 0, end: int | None = None) -> bytes:
+    """Bytes [start, end) of a file's `size` bytes: a 4 KiB block drawn from (seed, id), repeated."""
+    end = size if end is None else min(end, size)
+    if start >= end:
+        return b""
+    block = hashlib.shake_128(f"file:{seed}:{file_id}".encode()).digest(_FILE_BLOCK)
+    first = start // _FILE_BLOCK
+    data = block * ((end + _FILE_BLOCK - 1) // _FILE_BLOCK - first)
+    offset = start - first * _FILE_BLOCK
+    return data[offset : offset + end - start]
+
+
+@lru_cache(maxsize=65_536)
+def file_md5(seed: int, file_id: int, size: int) -> str:
+    """md5 hex of the bytes the download host serves for this file."""
+    return hashlib.md5(file_content(seed, file_id, size)).hexdigest()
+
+
+class Download(NamedTuple):
+    """What the download host needs to know about one file id."""
+
+    file: dict[str, Any]  # the PublicFile dict (latest version)
+    owner: int | None  # account id owning the draft it belongs to; None for a public item
+    open: bool  # False under file embargo or confidentiality: the bytes are not served
+
+
 class Institution(NamedTuple):
     """An institution: numeric id, the string id of its portal (stats host, search), its name."""
 
@@ -339,6 +372,7 @@ class Corpus:
         self._mod_over: dict[int, int] = {}  # index -> modified epoch
         self._edits: dict[int, int] = {}  # index -> number of modify() calls
         self._withdrawn: set[int] = set()  # indices
+        self._file_names: dict[int, str] = {}  # file id -> name set by rename_file()
         self._records: OrderedDict[tuple[int, int, bool], dict[str, Any]] = OrderedDict()
         self._record_cap = 4_000
         self._orders: dict[tuple[str, int], array[int]] = {}
@@ -688,6 +722,30 @@ class Corpus:
         self._withdrawn.add(k)
         self._changed(k)
 
+    def rename_file(self, article_id: int, file_id: int, name: str) -> None:
+        """Serve the public item's file under `name` from now on (hostile-name tests)."""
+        k = self._need(article_id)
+        if not any(f["id"] == file_id for f in self._files(self._attrs(k), self._nver[k], False)):
+            raise KeyError((article_id, file_id))
+        self._file_names[file_id] = name
+        self._changed(k)
+
+    def download(self, file_id: int) -> Download:
+        """The file a download URL names (ndownloader.figshare.com/files/<id>); KeyError if none.
+
+        File ids are `article id * 31 + 1 + position`, so the item is found without an index.
+        """
+        article_id, j = divmod(file_id - 1, 31)
+        if article_id in self._private:
+            a, owner = self._private[article_id], self._private_owner[article_id]
+            files, is_open = self._files(a, 1, private=False), True
+        else:
+            a, owner = self._attrs(self._need(article_id)), None
+            files, is_open = self._files(a, a.nver, private=False), self._access(a) == "open"
+        if j >= len(files) or files[j]["id"] != file_id or files[j]["is_link_only"]:
+            raise KeyError(file_id)
+        return Download(files[j], owner, is_open)
+
     def _changed(self, k: int) -> None:
         self.generation += 1
         for key in [key for key in self._records if key[0] == self._ids[k]]:
@@ -930,16 +988,19 @@ class Corpus:
                     "download_url": f"{host}/{fid}", "supplied_md5": "", "computed_md5": "",
                 }  # fmt: skip
             else:
-                md5 = hashlib.md5(f"{self.seed}:{fid}".encode()).hexdigest()
+                size = int(10 ** rng.uniform(*FILE_SIZE_EXP))
+                md5 = file_md5(self.seed, fid, size)
                 f = {
                     "id": fid, "name": name,
-                    "size": int(10 ** rng.uniform(2, 10.3)), "is_link_only": False,
+                    "size": size, "is_link_only": False,
                     "download_url": f"https://ndownloader.figshare.com/files/{fid}",
                     "supplied_md5": md5 if rng.random() < 0.6 else "",
                     "computed_md5": md5 if rng.random() < 0.97 else "",
                 }  # fmt: skip
             if not legacy:
                 f["mimetype"] = "" if f["is_link_only"] or rng.random() < 0.05 else mime
+            if fid in self._file_names:
+                f["name"] = self._file_names[fid]
             if private:
                 f.update(
                     status="available", viewer_type="", preview_state="preview not available",
