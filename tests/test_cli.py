@@ -1,0 +1,283 @@
+"""The command line: exit codes, one-line errors for bad input of every kind, plan, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from aiohttp import web
+
+from harvester import cli
+from harvester.simulator import SimulatorThread
+from harvester.simulator.settings import SimSettings
+from harvester.sinks import list_snapshots
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_HTTP = {"rate": {"requests": 10_000, "per": 1}, "concurrency": 4,
+             "retry": {"attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02}}
+
+
+class ThreadedApp:
+    """An inline aiohttp.web app served on loopback from its own thread (cli.main is sync)."""
+
+    def __init__(self, routes: Callable[[web.Application], None]) -> None:
+        self.app = web.Application()
+        routes(self.app)
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        runner = web.AppRunner(self.app, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        port = runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._runner = runner
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+        self._loop.close()
+
+    def __enter__(self) -> ThreadedApp:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def sim() -> Iterator[SimulatorThread]:
+    with SimulatorThread(SimSettings(items=200, seed=9)) as s:
+        yield s
+
+
+def config_file(tmp_path: Path, api_url: str, stats_url: str, sources: list[dict[str, Any]],
+                **top: Any) -> str:
+    api = {"url": api_url, **top.pop("api", {})}
+    stats = {"url": stats_url, **top.pop("stats", {})}
+    body = {"name": "t", "api": api, "stats": stats, "http": FAST_HTTP,
+            "output": {"dir": str(tmp_path / "out")}, "sources": sources, **top}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return str(path)
+
+
+def one_error_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if " ERROR " in x or x.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ------------------------------------------------------------------ usage and config errors
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["run"], "the following arguments are required: config"),
+        (["simulate", "--items", "0"], "items must be within"),
+        (["simulate", "--rate-limit", "fast"], "--rate-limit: 'fast' is not N/SECONDS"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(argv: list[str], expected: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == cli.USAGE
+    assert expected in one_error_line(capsys.readouterr().err)
+
+
+def test_bad_config_file_exit_2_naming_file_and_key(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nsources:\n  - kind: group\n    group: eleven\n")
+    assert cli.main(["validate", str(path)]) == cli.USAGE
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{path}: sources[0].group: expected an integer" in line
+    path.write_text("name: x\nsources: [\n")
+    assert cli.main(["run", str(path)]) == cli.USAGE
+    assert "malformed YAML" in one_error_line(capsys.readouterr().err)
+    assert cli.main(["run", str(tmp_path / "missing.yaml")]) == cli.USAGE
+    assert "no such config file" in one_error_line(capsys.readouterr().err)
+
+
+def test_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = config_file(tmp_path, "http://127.0.0.1:9/v2", "http://127.0.0.1:9",
+                       [{"kind": "group", "group": 1}])
+    assert cli.main(["validate", path]) == cli.OK
+    assert "ok (1 sources" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ network and server trouble
+
+
+def test_unreachable_host_aborts_with_one_line(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = config_file(tmp_path, "http://127.0.0.1:9/v2", "http://127.0.0.1:9",
+                       [{"kind": "group", "group": 1}])
+    assert cli.main(["run", path]) == cli.ABORTED
+    line = one_error_line(capsys.readouterr().err)
+    assert "127.0.0.1:9" in line and "connect" in line
+    assert list_snapshots(tmp_path / "out", "t") == []
+
+
+def test_refused_token_aborts_and_the_token_is_never_shown(
+    sim: SimulatorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FIGSHARE_TOKEN", "not-a-valid-token-5ec2e7")
+    path = config_file(tmp_path, sim.api_url, sim.stats_url, [{"kind": "account"}],
+                       api={"token": "${FIGSHARE_TOKEN}"})
+    assert cli.main(["run", path, "--report", str(tmp_path / "r.json")]) == cli.ABORTED
+    err = capsys.readouterr().err
+    assert "401" in one_error_line(err)
+    report = (tmp_path / "r.json").read_text()
+    assert "not-a-valid-token-5ec2e7" not in err + report
+    assert orjson.loads(report)["outcome"] == "aborted"
+
+
+def test_token_reaches_only_the_api_host_and_no_output(
+    sim: SimulatorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = sim.settings.user_token
+    monkeypatch.setenv("FIGSHARE_TOKEN", token)
+    path = config_file(tmp_path, sim.api_url, sim.stats_url, [{"kind": "account"}],
+                       api={"token": "${FIGSHARE_TOKEN}"})
+    assert cli.main(["run", path, "--json-logs"]) == cli.OK
+    assert sim.log.credentials_seen("api") == {f"token {token}"}
+    assert sim.log.credentials_seen("stats") == set()
+    captured = capsys.readouterr()
+    assert token not in captured.out + captured.err
+    for f in (tmp_path / "out").rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".ndjson", ".parquet", "") and "state" not in str(f):
+            assert token.encode() not in f.read_bytes(), f
+    snapshot = list_snapshots(tmp_path / "out", "t")[-1]
+    lines = (snapshot / "articles.ndjson").read_bytes().splitlines()
+    assert lines and any(orjson.loads(x)["published_date"] is None for x in lines)  # drafts
+    for line in captured.err.splitlines():
+        orjson.loads(line)  # --json-logs: every log line is a JSON object
+
+
+def test_non_json_and_id_less_bodies_are_errors_not_crashes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def routes(app: web.Application) -> None:
+        async def article(request: web.Request) -> web.Response:
+            aid = int(request.match_info["id"])
+            if aid == 1:
+                return web.Response(text="<html>oops</html>", content_type="text/html")
+            if aid == 2:
+                return web.json_response({"title": "no id here"})
+            return web.json_response({"id": aid, "title": "fine", "files": []})
+
+        async def total(request: web.Request) -> web.Response:
+            return web.json_response({"totals": 7})
+
+        app.router.add_get("/v2/articles/{id}", article)
+        app.router.add_get("/total/{counter}/article/{id}", total)
+
+    with ThreadedApp(routes) as server:
+        path = config_file(tmp_path, server.url + "/v2", server.url,
+                           [{"kind": "ids", "ids": [1, 2, 3]}], max_errors=0)
+        code = cli.main(["run", path])
+    assert code == cli.PARTIAL
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    snapshot = list_snapshots(tmp_path / "out", "t")[-1]
+    errors = {e["id"]: e for e in map(orjson.loads,
+                                       (snapshot / "errors.ndjson").read_bytes().splitlines())}
+    assert errors[1]["reason"] == "bad-json"
+    assert errors[2]["reason"] == "bad-record"
+    assert orjson.loads((snapshot / "articles.ndjson").read_bytes())["id"] == 3
+
+
+def test_non_json_list_page_aborts_the_run(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    def routes(app: web.Application) -> None:
+        async def listing(request: web.Request) -> web.Response:
+            return web.json_response({"not": "a list"})
+
+        app.router.add_get("/v2/articles", listing)
+
+    with ThreadedApp(routes) as server:
+        path = config_file(tmp_path, server.url + "/v2", server.url,
+                           [{"kind": "group", "group": 5}])
+        assert cli.main(["run", path]) == cli.ABORTED
+    assert "expected a JSON list of items" in one_error_line(capsys.readouterr().err)
+
+
+# ------------------------------------------------------------------ plan, simulate, demo
+
+
+def test_plan_lists_ids_and_prices_the_run(sim: SimulatorThread, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    group = max({sim.corpus.group_of(i) for i in sim.corpus.ids} - {0},
+                key=lambda g: sum(1 for i in sim.corpus.ids if sim.corpus.group_of(i) == g))
+    n = sum(1 for i in sim.corpus.ids if sim.corpus.group_of(i) == group)
+    path = config_file(tmp_path, sim.api_url, sim.stats_url, [{"kind": "group", "group": group}],
+                       http={**FAST_HTTP, "rate": {"requests": 1, "per": 1}})
+    sim.log.clear()
+    assert cli.main(["plan", path]) == cli.OK
+    out = capsys.readouterr().out
+    assert f"{n:>10,} ids" in out
+    assert f"record details       {n:>10,}" in out
+    assert f"stats totals         {3 * n:>10,}" in out
+    assert "shared by the API and stats hosts" in out
+    assert sim.log.count(host="stats") == 0  # plan only lists
+    assert not (tmp_path / "out" / "t").exists() or not list_snapshots(tmp_path / "out", "t")
+
+
+def test_plan_price_for_twenty_thousand_items() -> None:
+    # the issue's own arithmetic: 20,000 items with two counters at 1 request/s
+    seconds = (20_000 + 2 * 20_000) / 1.0
+    assert cli._duration(seconds) == "16.7 hours"
+
+
+def test_simulate_prints_its_urls_first_and_stops_on_sigint() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harvester", "simulate", "--items", "100000"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first = proc.stdout.readline() if proc.stdout else ""
+        assert first.startswith("api=http://127.0.0.1:") and " stats=http://127.0.0.1:" in first
+        api = first.split()[0].removeprefix("api=")
+        import urllib.request
+
+        with urllib.request.urlopen(f"{api}/articles?page_size=3") as resp:
+            assert len(orjson.loads(resp.read())) == 3
+    finally:
+        proc.send_signal(2)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_demo_runs_from_a_fresh_output_dir(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "harvester", "demo", "--output", str(tmp_path), "--items", "300"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "status    complete" in proc.stdout
+    assert "tables   articles" in proc.stdout
+    snapshot = list_snapshots(tmp_path, "demo")[-1]
+    assert (snapshot / "manifest.json").exists()
