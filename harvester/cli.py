@@ -13,12 +13,15 @@ import tempfile
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from harvester import __version__, config
 from harvester.errors import Abort, ConfigError, HarvesterError, LockedError
+
+if TYPE_CHECKING:
+    from harvester.warehouse import LoadReport
 
 log = logging.getLogger("harvester")
 
@@ -26,7 +29,8 @@ log = logging.getLogger("harvester")
 OK = 0
 INTERNAL = 1
 USAGE = 2  # bad config or command line
-PARTIAL = 3  # published, but errors exceeded max_errors or a source was truncated
+PARTIAL = 3  # published, but errors exceeded max_errors, a source was truncated, or the
+#             warehouse load after the run failed
 LOCKED = 4  # another run of the same harvest holds the lock
 ABORTED = 5  # blocked by the server, credentials refused, host unreachable: nothing published
 INTERRUPTED = 130  # SIGINT/SIGTERM: stopped cleanly, resumable
@@ -59,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     with_config("plan", "list ids only and show what the full run would cost")
     sp = sub.add_parser("validate", help="check a config without touching the network")
     sp.add_argument("config")
+    sp = sub.add_parser("load", help="load a harvest's snapshots into a DuckDB warehouse",
+                        description="Load every complete snapshot of OUTPUT/NAME not loaded yet "
+                        "into a DuckDB file (created or migrated); loading again changes nothing.")
+    sp.add_argument("harvest", metavar="OUTPUT/NAME",
+                    help="the harvest's folder: a directory or s3://bucket/prefix/NAME")
+    sp.add_argument("--duckdb", required=True, metavar="FILE", help="the warehouse file")
+    _log_flags(sp)
     sp = sub.add_parser("demo", help="harvest the built-in simulator with configs/demo.yaml")
     sp.add_argument("--output", default="output", help="output directory (default: output)")
     sp.add_argument("--items", type=int, default=2_000, help="simulated repository size")
@@ -108,6 +119,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return OK
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "load":
+            return _cmd_load(args)
         return _run_async(_COMMANDS[args.command](args))
     except ConfigError as exc:
         _fail(exc)
@@ -218,13 +231,53 @@ async def run_harvest(cfg: config.Config, *, full: bool = False) -> int:
         _end_status_line()
     _print_summary(result.manifest, result.snapshot, time.monotonic() - progress.started)
     _REPORT.update(snapshot=str(result.snapshot), manifest=_report_view(result.manifest))
+    loaded = OK if cfg.warehouse is None else await asyncio.to_thread(_load_after_run, cfg)
     if result.truncated:
         log.error("some source could not be enumerated completely; see the manifest's partitions")
         return PARTIAL
     if result.errors > cfg.max_errors:
         log.error("%d ids failed (max_errors: %d); see errors.ndjson", result.errors, cfg.max_errors)
         return PARTIAL
+    return loaded
+
+
+def _load_after_run(cfg: config.Config) -> int:
+    """The configured warehouse catches up; a failure leaves the snapshot published."""
+    from harvester import warehouse
+
+    assert cfg.warehouse is not None
+    try:
+        report = warehouse.load(cfg.output.dir, cfg.name, cfg.warehouse.duckdb)
+    except HarvesterError as exc:
+        _fail(exc, "snapshot published, but the warehouse load failed: {} "
+                   "(the next run, or 'harvester load', catches up)")
+        return PARTIAL
+    _print_load(report, cfg.warehouse.duckdb)
     return OK
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    from harvester import warehouse
+    from harvester.sinks import open_store, split_harvest
+
+    try:
+        root, name = split_harvest(args.harvest)
+    except ValueError as exc:
+        raise ConfigError(f"load: {exc}") from None
+    if not open_store(root).exists(name):
+        raise ConfigError(f"load: {args.harvest}: no such harvest folder")
+    _print_load(warehouse.load(root, name, args.duckdb), args.duckdb)
+    return OK
+
+
+def _print_load(report: LoadReport, duckdb_file: str) -> None:
+    if not report.loaded:
+        print(f"warehouse {duckdb_file}: up to date ({report.already} snapshots loaded before)")
+    for s in report.loaded:
+        changes = ", ".join(f"{n:,} {c}" for c, n in s.changes.items() if n)
+        print(f"loaded    {s.snapshot_id} ({s.kind}, {s.status}) into {duckdb_file}: "
+              f"{s.articles:,} articles; {changes or 'no changes'}")
+    print(f"current   {report.current:,} articles, {report.withdrawn:,} withdrawn")
 
 
 async def _cmd_plan(args: argparse.Namespace) -> int:
@@ -395,7 +448,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def _print_summary(manifest: dict[str, Any], snapshot: Path | None, elapsed: float) -> None:
+def _print_summary(manifest: dict[str, Any], snapshot: Path | str | None,
+                   elapsed: float) -> None:
     ids = manifest.get("ids", {})
     http = manifest.get("http", {})
     print(f"snapshot  {snapshot}")

@@ -6,8 +6,12 @@
 
 A run killed at any point leaves only its staging directory behind: a `snapshot=` directory
 always holds its manifest. Format (NDJSON lines, Parquet row groups) is kept apart from the
-destination: the few filesystem operations live in small `_fs_*` functions below, the place
-where an object-store destination slots in.
+destination: the few filesystem operations live in small `_fs_*` functions below.
+
+OUTPUT may also be `s3://bucket/prefix` (`S3Store`, pyarrow's S3 filesystem). Staging then stays
+on local disk (`staging_dir`), and publishing uploads the data files, then manifest.json, then
+LATEST: an interrupted upload leaves a `snapshot=<id>/` prefix without a manifest, which every
+reader here ignores. `open_store` gives readers one interface over both destinations.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from harvester.errors import OutputError
@@ -40,6 +45,7 @@ MANIFEST = "manifest.json"
 LATEST = "LATEST"
 STAGING = ".staging"
 PREFIX = "snapshot="
+S3_SCHEME = "s3://"
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _NDJSON_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
@@ -218,6 +224,10 @@ class SnapshotWriter:
     Rows are buffered per table and written as one Parquet row group per `row_group_size`
     rows, so memory is bounded by the row group size, not by the number of records. Leaving
     the `with` block without `publish` (or with an exception) aborts: nothing is published.
+
+    `root` is a local directory or `s3://bucket/prefix`. Work in progress goes to
+    `staging_dir` (default: ROOT/NAME/.staging, so publishing is a rename); an s3:// root needs
+    a local `staging_dir`, and publishing uploads it (see `S3Store.publish`).
     """
 
     def __init__(
@@ -228,6 +238,7 @@ class SnapshotWriter:
         snapshot_id: str | None = None,
         formats: frozenset[str] = FORMATS,
         row_group_size: int = 5_000,
+        staging_dir: Path | str | None = None,
     ) -> None:
         if not name or not _SAFE_ID.match(name):
             raise ValueError(f"harvest name must be a plain directory name, got {name!r}")
@@ -237,27 +248,53 @@ class SnapshotWriter:
             raise ValueError(f"formats must be a non-empty subset of {sorted(FORMATS)}")
         if row_group_size < 1:
             raise ValueError(f"row_group_size must be at least 1, got {row_group_size}")
-        self.root = Path(root)
+        self.store = S3Store(str(root)) if is_remote(root) else None
+        if self.store is not None and staging_dir is None:
+            raise ValueError(f"an s3:// output needs a local staging_dir, got none for {root}")
+        self.root: Path | str = str(root) if self.store else Path(root)
         self.name = name
-        self.base = self.root / name
-        self.snapshot_id = snapshot_id or new_snapshot_id(self.base)
+        if self.store is None:
+            self.base = Path(root) / name
+            staging_root = Path(staging_dir) if staging_dir is not None else self.base / STAGING
+        else:  # nothing of a remote snapshot is local but its staging directory
+            staging_root = self.base = Path(str(staging_dir))
+        self.snapshot_id = snapshot_id or self._new_id(staging_root)
         self.formats = frozenset(formats)
         self.row_group_size = row_group_size
-        self.staging = self.base / STAGING / self.snapshot_id
-        self.path = self.base / f"{PREFIX}{self.snapshot_id}"
+        self.staging = staging_root / self.snapshot_id
+        folder = f"{PREFIX}{self.snapshot_id}"
+        # Where the snapshot is published: a local directory, or its s3:// URL.
+        self.path: Path | str = (self.base / folder if self.store is None
+                                 else self.store.url(name, folder))
         self._state = "new"
-        self._lock_path = self.base / STAGING / f"{self.snapshot_id}.lock"
+        self._lock_path = staging_root / f"{self.snapshot_id}.lock"
         self._lock: int | None = None  # held from open() to publish/abort
         self._lines: dict[str, IO[bytes]] = {}
         self._parquet: dict[str, pq.ParquetWriter] = {}
         self._buffers: dict[str, list[dict[str, Any]]] = {t: [] for t in SCHEMAS}
+
+    def _new_id(self, staging_root: Path) -> str:
+        if self.store is None:
+            return new_snapshot_id(self.base)
+        t = datetime.now(UTC).replace(microsecond=0)
+        while True:
+            sid = t.strftime(ID_FORMAT)
+            if not self.store.taken(self.name, f"{PREFIX}{sid}") and not (
+                    staging_root / sid).exists():
+                return sid
+            t += timedelta(seconds=1)
+
+    def _published(self) -> bool:
+        if self.store is not None:
+            return self.store.is_complete(self.name, f"{PREFIX}{self.snapshot_id}")
+        return Path(self.path).exists()
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def open(self) -> SnapshotWriter:
         if self._state != "new":
             raise RuntimeError(f"snapshot writer is {self._state}, cannot open it again")
-        if self.path.exists():
+        if self._published():
             raise OutputError(f"cannot write snapshot {self.path}: it already exists")
         _fs_mkdirs(self.staging.parent)
         self._lock = _fs_lock(self._lock_path)
@@ -296,10 +333,11 @@ class SnapshotWriter:
         if self._state != "published":
             self.abort()
 
-    def publish(self, manifest: Mapping[str, Any]) -> Path:
+    def publish(self, manifest: Mapping[str, Any]) -> Path | str:
         """Finish every file, write manifest.json last, rename into place, point LATEST at it.
 
         The caller's manifest is kept; `files`, `snapshot_id` and `schema_version` are set here.
+        Returns `self.path`: the snapshot directory, or its s3:// URL (uploaded, manifest last).
         """
         self._require_open()
         self._state = "publishing"
@@ -314,8 +352,13 @@ class SnapshotWriter:
         opts = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | _NDJSON_OPTS
         body = orjson.dumps(doc, option=opts, default=str)
         _fs_write_atomic(self.staging / MANIFEST, body + b"\n")
-        _fs_rename_dir(self.staging, self.path)
-        _fs_write_atomic(self.base / LATEST, f"{self.path.name}\n".encode())
+        if self.store is not None:
+            self.store.publish(self.staging, self.name, self.snapshot_id)
+            _fs_remove_tree(self.staging)  # uploaded: the local copy has done its job
+        else:
+            path = Path(self.path)
+            _fs_rename_dir(self.staging, path)
+            _fs_write_atomic(self.base / LATEST, f"{path.name}\n".encode())
         self._state = "published"
         self._release()
         return self.path
@@ -463,7 +506,10 @@ class SnapshotWriter:
 
 
 def list_snapshots(root: Path | str, name: str) -> list[Path]:
-    """Published snapshots (directories holding a manifest.json), oldest first."""
+    """Published snapshots (directories holding a manifest.json), oldest first.
+
+    Local output only; `open_store(root).snapshots(name)` reads s3:// output too."""
+    _local_only(root)
     base = Path(root) / name
     if not base.exists():
         return []
@@ -479,7 +525,10 @@ def list_snapshots(root: Path | str, name: str) -> list[Path]:
 
 
 def latest_snapshot(root: Path | str, name: str) -> Path | None:
-    """The snapshot LATEST names if it is complete, else the newest complete one, else None."""
+    """The snapshot LATEST names if it is complete, else the newest complete one, else None.
+
+    Local output only; `open_store(root).latest(name)` reads s3:// output too."""
+    _local_only(root)
     base = Path(root) / name
     try:
         pointed = (base / LATEST).read_text(encoding="utf-8").strip()
@@ -494,19 +543,26 @@ def latest_snapshot(root: Path | str, name: str) -> Path | None:
 
 
 def read_manifest(path: Path | str) -> dict[str, Any]:
-    """A snapshot's manifest; `path` is the snapshot directory or the manifest file itself."""
+    """A snapshot's manifest; `path` is the snapshot directory (or its s3:// URL) or the
+    manifest file itself."""
+    if is_remote(path):
+        url = str(path).rstrip("/")
+        url = url if url.endswith(f"/{MANIFEST}") else f"{url}/{MANIFEST}"
+        root, _, file = url.rpartition("/")
+        return parse_manifest(S3Store(root).read_bytes(file), url)
     p = Path(path)
     if p.is_dir():
         p = p / MANIFEST
     try:
-        data = orjson.loads(p.read_bytes())
+        data = p.read_bytes()
     except OSError as e:
         raise _fail("read manifest", p, e) from e
-    except orjson.JSONDecodeError as e:
-        raise OutputError(f"malformed manifest {p}: {_why(e)}") from e
-    if not isinstance(data, dict):
-        raise OutputError(f"malformed manifest {p}: expected a JSON object")
-    return data
+    return parse_manifest(data, str(p))
+
+
+def _local_only(root: Path | str) -> None:
+    if is_remote(root):  # Path() would quietly turn s3://b into a local s3:/b
+        raise ValueError(f"{root} is object storage: read it with open_store(root)")
 
 
 def clean_staging(root: Path | str, name: str) -> list[Path]:
@@ -521,3 +577,220 @@ def clean_staging(root: Path | str, name: str) -> list[Path]:
         else:
             p.unlink(missing_ok=True)
     return removed
+
+
+# --- object storage, and one reading interface over both destinations -----------------------
+
+
+def is_remote(root: Path | str) -> bool:
+    """True for an `s3://bucket/prefix` output location."""
+    return str(root).startswith(S3_SCHEME)
+
+
+def split_harvest(path: Path | str) -> tuple[str, str]:
+    """`OUTPUT/NAME` (a directory or an s3:// URL) -> (OUTPUT, NAME)."""
+    text = str(path).rstrip("/")
+    body = text[len(S3_SCHEME):] if is_remote(text) else text
+    root, _, name = body.rpartition("/")
+    if not name or not _SAFE_ID.match(name) or (is_remote(text) and not root):
+        raise ValueError(f"{path!s}: expected OUTPUT/NAME, the folder of one harvest")
+    if is_remote(text):
+        return S3_SCHEME + root, name
+    return root or ".", name
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem configured from the standard AWS environment only.
+
+    Credentials come from the AWS SDK's own chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
+    AWS_PROFILE, instance roles); AWS_REGION or AWS_DEFAULT_REGION names the region, and
+    AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL points at another S3 API (MinIO, moto).
+    """
+    kw: dict[str, Any] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        kw["endpoint_override"] = endpoint
+        kw["scheme"] = urlsplit(endpoint).scheme or "https"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kw["region"] = region
+    try:
+        # Delayed open: a small object is one PutObject, so manifest.json and LATEST each
+        # appear whole or not at all.
+        return pafs.S3FileSystem(allow_delayed_open=True, **kw)
+    except (OSError, ValueError) as e:
+        raise OutputError(f"cannot set up S3 access: {_why(e)}") from e
+
+
+def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
+    """manifest.json's bytes -> its object; `where` names it in errors."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise OutputError(f"malformed manifest {where}: {_why(e)}") from e
+    if not isinstance(doc, dict):
+        raise OutputError(f"malformed manifest {where}: expected a JSON object")
+    return doc
+
+
+def _hash_copy(src: IO[bytes] | Any, dst: IO[bytes] | None) -> str:
+    digest = hashlib.sha256()
+    while chunk := src.read(_BUFFER):
+        digest.update(chunk)
+        if dst is not None:
+            dst.write(chunk)
+    return digest.hexdigest()
+
+
+class LocalStore:
+    """Published snapshots in a local directory (the writer publishes them by rename)."""
+
+    remote = False
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def url(self, *parts: str) -> str:
+        return str(self.root.joinpath(*parts))
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_dir()
+
+    def snapshots(self, name: str) -> list[str]:
+        """Folder names (`snapshot=<id>`) of the complete snapshots, oldest first."""
+        return [p.name for p in list_snapshots(self.root, name)]
+
+    def latest(self, name: str) -> str | None:
+        p = latest_snapshot(self.root, name)
+        return p.name if p else None
+
+    def read_bytes(self, *parts: str) -> bytes:
+        path = self.root.joinpath(*parts)
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise _fail("read", path, e) from e
+
+    def fetch(self, name: str, folder: str, file: str, workdir: Path) -> tuple[Path, str]:
+        """The file itself (no copy) and its sha256."""
+        path = self.root / name / folder / file
+        try:
+            with open(path, "rb") as f:
+                return path, _hash_copy(f, None)
+        except OSError as e:
+            raise _fail("read", path, e) from e
+
+
+class S3Store:
+    """Published snapshots under `s3://bucket/prefix`, through pyarrow's S3 filesystem."""
+
+    remote = True
+
+    def __init__(self, root: str) -> None:
+        if not is_remote(root) or not root[len(S3_SCHEME):].strip("/"):
+            raise ValueError(f"expected s3://bucket[/prefix], got {root!r}")
+        self.base = root[len(S3_SCHEME):].strip("/")
+        self.fs = s3_filesystem()
+
+    def _path(self, *parts: str) -> str:
+        return "/".join((self.base, *parts))
+
+    def url(self, *parts: str) -> str:
+        return S3_SCHEME + self._path(*parts)
+
+    def exists(self, name: str) -> bool:
+        return self._info(self._path(name)).type != pafs.FileType.NotFound
+
+    def snapshots(self, name: str) -> list[str]:
+        """Folder names (`snapshot=<id>`) holding a manifest.json, oldest first."""
+        base = self._path(name)
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True,
+                                                            allow_not_found=True))
+        except OSError as e:
+            raise _fail("list", self.url(name), e) from e
+        found = set()
+        for info in infos:
+            folder, _, file = info.path[len(base) + 1:].partition("/")
+            if (file == MANIFEST and info.type == pafs.FileType.File
+                    and folder.startswith(PREFIX) and _SAFE_ID.match(folder[len(PREFIX):])):
+                found.add(folder)
+        return sorted(found)
+
+    def latest(self, name: str) -> str | None:
+        try:
+            pointed = self.read_bytes(name, LATEST).decode("utf-8").strip()
+        except (OutputError, UnicodeDecodeError):
+            pointed = ""
+        if (pointed.startswith(PREFIX) and _SAFE_ID.match(pointed[len(PREFIX):])
+                and self.is_complete(name, pointed)):
+            return pointed
+        found = self.snapshots(name)
+        return found[-1] if found else None
+
+    def is_complete(self, name: str, folder: str) -> bool:
+        return self._info(self._path(name, folder, MANIFEST)).type == pafs.FileType.File
+
+    def taken(self, name: str, folder: str) -> bool:
+        """Any object under this snapshot's prefix (complete or not)."""
+        return self._info(self._path(name, folder)).type != pafs.FileType.NotFound
+
+    def read_bytes(self, *parts: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self._path(*parts)) as f:
+                return bytes(f.read())
+        except (OSError, FileNotFoundError) as e:
+            raise _fail("read", self.url(*parts), e) from e
+
+    def fetch(self, name: str, folder: str, file: str, workdir: Path) -> tuple[Path, str]:
+        """Download one file into `workdir`; its local path and sha256."""
+        dest = workdir / file
+        try:
+            with self.fs.open_input_stream(self._path(name, folder, file)) as src, \
+                    open(dest, "wb") as dst:
+                return dest, _hash_copy(src, dst)
+        except OSError as e:
+            raise _fail("download", self.url(name, folder, file), e) from e
+
+    def publish(self, staging: Path, name: str, snapshot_id: str) -> str:
+        """Upload a finished staging directory: data files, then manifest.json, then LATEST."""
+        folder = f"{PREFIX}{snapshot_id}"
+        if self.is_complete(name, folder):
+            raise OutputError(f"cannot publish {self.url(name, folder)}: it already exists")
+        # A retry of an interrupted upload (a resumed run keeps its snapshot id, config and
+        # so its file names) overwrites what the first try left. Nothing is deleted: pyarrow
+        # would leave directory-marker objects behind.
+        for p in _fs_list_files(staging):
+            if p.name != MANIFEST:
+                self._upload(p, name, folder, p.name)
+        self._upload(staging / MANIFEST, name, folder, MANIFEST)
+        self._put(f"{folder}\n".encode(), name, LATEST)
+        return self.url(name, folder)
+
+    def _upload(self, local: Path, *parts: str) -> None:
+        try:
+            with open(local, "rb") as src, self.fs.open_output_stream(self._path(*parts)) as dst:
+                _hash_copy(src, dst)
+        except OSError as e:
+            raise _fail("upload", self.url(*parts), e) from e
+
+    def _put(self, data: bytes, *parts: str) -> None:
+        try:
+            with self.fs.open_output_stream(self._path(*parts)) as dst:
+                dst.write(data)
+        except OSError as e:
+            raise _fail("write", self.url(*parts), e) from e
+
+    def _info(self, path: str) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(path)
+        except OSError as e:
+            raise _fail("look up", S3_SCHEME + path, e) from e
+
+
+Store = LocalStore | S3Store
+
+
+def open_store(root: Path | str) -> Store:
+    """The reader for an output location: a local directory or `s3://bucket/prefix`."""
+    return S3Store(str(root)) if is_remote(root) else LocalStore(root)

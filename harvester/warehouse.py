@@ -1,0 +1,430 @@
+"""Published snapshots -> a DuckDB warehouse: `*_current`, `stats_history` and `changes`.
+
+    <table>_current    one per snapshot table: the rows of the newest loaded snapshot holding
+                       the entity; article-keyed ones carry `withdrawn` and `withdrawn_at`
+    stats_history      one total per (article, counter, scope, snapshot date); the later wins
+    changes            per snapshot: articles added, changed (content_hash), withdrawn, tombstone
+    loaded_snapshots   what was loaded, with the manifest's sha256: loading again changes nothing
+    _meta              schema and warehouse versions, and the one harvest this file holds
+
+Column types are derived from `records.SCHEMAS` by DuckDB itself; a newer schema version adds
+columns with ALTER TABLE. Each snapshot is loaded in one transaction, in id order, by DuckDB
+reading the Parquet files (downloaded first from s3://) after their sha256 matched the manifest.
+docs/TABLES.md documents every table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from harvester.errors import LockedError, OutputError
+from harvester.records import ARTICLE_TABLES, SCHEMA_VERSION, SCHEMAS
+from harvester.sinks import ID_FORMAT, MANIFEST, PREFIX, Store, open_store, parse_manifest
+
+log = logging.getLogger("harvester")
+
+WAREHOUSE_VERSION = 1  # layout of the tables below that are not `*_current`
+
+# Collections and projects, and their member lists: (owner table, key).
+_OWNED = {"collections": ("collections", "collection_id"),
+          "collection_articles": ("collections", "collection_id"),
+          "projects": ("projects", "project_id"),
+          "project_articles": ("projects", "project_id")}
+# Shaped from the full record itself: an article present in `articles` has its rows in these
+# replaced even where it now has none. The other article tables (versions, stats, ...) come
+# from requests of their own, so a snapshot replaces the articles it holds rows for.
+FROM_RECORD = frozenset(ARTICLE_TABLES) - {"versions"}
+
+
+def table_key(table: str) -> tuple[str, ...]:
+    """The columns naming the entity whose rows a snapshot replaces in `<table>_current`."""
+    names = SCHEMAS[table].names
+    if table in _OWNED:
+        return (_OWNED[table][1],)
+    if "article_id" in names:
+        return ("article_id",)
+    if "item_id" in names:  # stats series of articles, groups, collections, ...
+        return tuple(c for c in ("item", "item_id") if c in names)
+    return ()  # no entity: the newest snapshot with rows replaces the table whole
+
+
+KEYS: dict[str, tuple[str, ...]] = {t: table_key(t) for t in SCHEMAS}
+CHANGES = ("added", "changed", "withdrawn", "tombstone")
+
+# Tables with no Arrow counterpart: (name, type, nullable).
+FIXED: dict[str, list[tuple[str, str, bool]]] = {
+    "loaded_snapshots": [
+        ("snapshot_id", "VARCHAR", False),
+        ("name", "VARCHAR", False),
+        ("kind", "VARCHAR", False),
+        ("status", "VARCHAR", False),
+        ("schema_version", "INTEGER", False),
+        ("manifest_sha256", "VARCHAR", False),
+        ("articles", "BIGINT", False),
+        ("source", "VARCHAR", False),
+        ("loaded_at", "TIMESTAMP WITH TIME ZONE", False),
+    ],
+    "stats_history": [
+        ("article_id", "BIGINT", False),
+        ("counter", "VARCHAR", False),
+        ("scope", "VARCHAR", False),
+        ("snapshot_date", "DATE", False),
+        ("snapshot_id", "VARCHAR", False),
+        ("total", "BIGINT", True),
+    ],
+    "changes": [
+        ("snapshot_id", "VARCHAR", False),
+        ("article_id", "BIGINT", False),
+        ("change", "VARCHAR", False),
+        ("previous_hash", "VARCHAR", True),
+        ("content_hash", "VARCHAR", True),
+    ],
+}
+WITHDRAWN_COLUMNS = [("withdrawn", "BOOLEAN", False), ("withdrawn_at", "VARCHAR", True)]
+
+
+@dataclass
+class Loaded:
+    """One snapshot loaded now."""
+
+    snapshot_id: str
+    kind: str
+    status: str
+    articles: int
+    changes: dict[str, int]
+
+
+@dataclass
+class LoadReport:
+    loaded: list[Loaded] = field(default_factory=list)
+    already: int = 0  # complete snapshots loaded by an earlier run
+    current: int = 0  # rows of articles_current
+    withdrawn: int = 0  # of which marked withdrawn
+
+
+def load(output: Path | str, name: str, duckdb_file: Path | str) -> LoadReport:
+    """Load every complete snapshot of OUTPUT/NAME not loaded yet into the DuckDB file."""
+    store = open_store(output)
+    with Warehouse(duckdb_file) as wh:
+        return wh.load_harvest(store, name)
+
+
+def _read(path: Path) -> str:
+    """DuckDB's scan of one Parquet file (no hive columns from the snapshot=<id> folder)."""
+    quoted = "'" + str(path).replace("'", "''") + "'"
+    return f"read_parquet({quoted}, hive_partitioning = false)"
+
+
+def _duck_error(e: duckdb.Error) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+class Warehouse:
+    """One DuckDB connection; tables created or migrated on open."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.con = duckdb.connect(str(self.path))
+        except duckdb.IOException as e:
+            if "lock" in str(e).lower():
+                raise LockedError(f"{self.path}: another process is using this DuckDB file") from e
+            raise OutputError(f"cannot open {self.path}: {_duck_error(e)}") from e
+        except (duckdb.Error, OSError) as e:
+            raise OutputError(f"cannot open {self.path}: {_why(e)}") from e
+        try:
+            self._migrate()
+        except BaseException:
+            self.con.close()
+            raise
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+    # -- tables -----------------------------------------------------------------------------
+
+    def current_columns(self, table: str) -> list[tuple[str, str, bool]]:
+        """(name, DuckDB type, nullable) of `<table>_current`, derived from the Arrow schema."""
+        schema = SCHEMAS[table]
+        self.con.register("_arrow_schema", schema.empty_table())
+        try:
+            described = self.con.execute("DESCRIBE SELECT * FROM _arrow_schema").fetchall()
+        finally:
+            self.con.unregister("_arrow_schema")
+        cols = [(n, t, schema.field(n).nullable) for n, t, *_ in described]
+        return cols + WITHDRAWN_COLUMNS if KEYS[table] == ("article_id",) else cols
+
+    def _migrate(self) -> None:
+        con = self.con
+        con.execute("CREATE TABLE IF NOT EXISTS _meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())
+        for key, ours in (("schema_version", SCHEMA_VERSION),
+                          ("warehouse_version", WAREHOUSE_VERSION)):
+            if int(meta.get(key, 0)) > ours:
+                raise OutputError(f"{self.path}: written by a newer harvester ({key} "
+                                  f"{meta[key]}, this one knows {ours}); upgrade the harvester")
+        wanted = {name: cols for name, cols in FIXED.items()}
+        wanted |= {f"{t}_current": self.current_columns(t) for t in SCHEMAS}
+        try:
+            con.begin()
+            for table, cols in wanted.items():
+                self._create_or_migrate(table, cols)
+            con.executemany("INSERT OR REPLACE INTO _meta VALUES (?, ?)", [
+                ("schema_version", str(SCHEMA_VERSION)),
+                ("warehouse_version", str(WAREHOUSE_VERSION)),
+            ])
+            con.commit()
+        except duckdb.Error as e:
+            con.rollback()
+            raise OutputError(f"{self.path}: cannot create the tables: {_duck_error(e)}") from e
+
+    def _create_or_migrate(self, table: str, cols: list[tuple[str, str, bool]]) -> None:
+        have = dict(self.con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'main' AND table_name = ?", [table]).fetchall())
+        if not have:
+            body = ", ".join(
+                f'"{n}" {t}' + ("" if null else " NOT NULL")
+                + (" DEFAULT false" if n == "withdrawn" else "")
+                for n, t, null in cols)
+            self.con.execute(f'CREATE TABLE "{table}" ({body})')
+            return
+        for n, t, _ in cols:
+            if n not in have:
+                # A column a newer schema version added: rows loaded before it are null.
+                default = " DEFAULT false" if n == "withdrawn" else ""
+                self.con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{n}" {t}{default}')
+            elif have[n] != t:
+                raise OutputError(f"{self.path}: column {table}.{n} is {have[n]} here but {t} "
+                                  f"in schema version {SCHEMA_VERSION}; load into a new file")
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def load_harvest(self, store: Store, name: str) -> LoadReport:
+        """Load the complete snapshots of `name` not loaded yet, oldest first."""
+        self._claim(name)
+        done = dict(self.con.execute(
+            "SELECT snapshot_id, manifest_sha256 FROM loaded_snapshots").fetchall())
+        newest = max(done, default=None)
+        report = LoadReport()
+        for folder in store.snapshots(name):
+            sid = folder[len(PREFIX):]
+            raw = store.read_bytes(name, folder, MANIFEST)
+            sha = hashlib.sha256(raw).hexdigest()
+            if sid in done:
+                if done[sid] != sha:
+                    log.warning("%s changed since it was loaded (manifest sha256 differs); "
+                                "a published snapshot should never change: not reloaded",
+                                store.url(name, folder, MANIFEST))
+                report.already += 1
+                continue
+            if newest is not None and sid < newest:
+                raise OutputError(
+                    f"{store.url(name, folder)} is older than snapshot {newest}, already loaded "
+                    f"into {self.path}; load the harvest into a new file to include it")
+            manifest = parse_manifest(raw, store.url(name, folder, MANIFEST))
+            with tempfile.TemporaryDirectory(prefix="harvester-load-") as tmp:
+                report.loaded.append(
+                    self._load_snapshot(store, name, folder, manifest, sha, Path(tmp)))
+            newest = sid
+        report.current, report.withdrawn = self.con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE withdrawn) FROM articles_current"
+        ).fetchone() or (0, 0)
+        return report
+
+    def _claim(self, name: str) -> None:
+        # *_current tables key items by id alone: two harvests in one file would withdraw
+        # each other's items.
+        row = self.con.execute("SELECT value FROM _meta WHERE key = 'harvest'").fetchone()
+        if row is None:
+            self.con.execute("INSERT INTO _meta VALUES ('harvest', ?)", [name])
+        elif row[0] != name:
+            raise OutputError(f"{self.path} holds harvest {row[0]!r}; load {name!r} into "
+                              f"another DuckDB file")
+
+    def _load_snapshot(self, store: Store, name: str, folder: str, manifest: dict[str, Any],
+                       sha: str, workdir: Path) -> Loaded:
+        sid = folder[len(PREFIX):]
+        where = store.url(name, folder)
+        if manifest.get("snapshot_id") != sid:
+            raise OutputError(f"{where}: the manifest names snapshot "
+                              f"{manifest.get('snapshot_id')!r}; not loaded")
+        version = manifest.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise OutputError(f"{where}: table schema version {version!r} is not one this "
+                              f"harvester knows (<= {SCHEMA_VERSION}); upgrade the harvester")
+        listed = manifest.get("files")
+        if not isinstance(listed, dict) or "articles.parquet" not in listed:
+            raise OutputError(f"{where}: no articles.parquet (written without the parquet "
+                              f"format); the warehouse loads the Parquet tables")
+        files = self._fetch_verified(store, name, folder, listed, workdir)
+        kind, status = str(manifest.get("kind", "unknown")), str(manifest.get("status", "unknown"))
+        # Only a complete full harvest says "everything that exists": absence means withdrawn.
+        full = kind == "full" and status == "complete"
+        tombstones = _not_found(files.get("errors.ndjson"), where)
+        day = _snapshot_date(sid, manifest, where)
+        con = self.con
+        try:
+            con.begin()
+            self._apply(sid, files, tombstones, full, day)
+            articles = con.execute("SELECT count(*) FROM _present").fetchone()
+            con.execute("INSERT INTO loaded_snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                sid, name, kind, status, version, sha, articles[0] if articles else 0, where,
+                datetime.now(UTC)])
+            counts = dict(con.execute(
+                "SELECT change, count(*) FROM changes WHERE snapshot_id = ? GROUP BY change",
+                [sid]).fetchall())
+            con.commit()
+        except duckdb.Error as e:
+            con.rollback()
+            raise OutputError(f"{where}: cannot load into {self.path}: {_duck_error(e)}") from e
+        except BaseException:
+            con.rollback()
+            raise
+        finally:
+            for temp in ("_present", "_tomb", "_gone", "_stats"):
+                con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
+        loaded = Loaded(sid, kind, status, articles[0] if articles else 0,
+                        {c: counts.get(c, 0) for c in CHANGES})
+        log.info("loaded snapshot %s (%s, %s): %d articles; %s", sid, kind, status,
+                 loaded.articles, ", ".join(f"{n} {c}" for c, n in loaded.changes.items()))
+        return loaded
+
+    def _replace(self, table: str, file: Path, files: dict[str, Path], sid: str) -> None:
+        """The snapshot's rows replace those of the entities it holds in `<table>_current`."""
+        key = KEYS[table]
+        if table in FROM_RECORD:
+            held = "SELECT article_id FROM _present"
+        elif table in _OWNED:
+            owner = files.get(f"{_OWNED[table][0]}.parquet")
+            if owner is None:
+                return
+            held = f"SELECT DISTINCT {key[0]} FROM {_read(owner)}"
+        elif key:
+            held = f"SELECT DISTINCT {', '.join(key)} FROM {_read(file)}"
+        else:
+            held = f"SELECT 1 FROM {_read(file)} LIMIT 1"
+        match = " AND ".join(f'c."{k}" = h."{k}"' for k in key) or "true"
+        self.con.execute(f"DELETE FROM {table}_current c USING ({held}) h WHERE {match}")
+        self.con.execute(f"INSERT INTO {table}_current BY NAME SELECT * FROM {_read(file)}")
+        if key == ("article_id",):
+            self.con.execute(f"UPDATE {table}_current SET withdrawn = true, withdrawn_at = ? "
+                             "WHERE article_id IN (SELECT article_id FROM _gone)", [sid])
+
+    def _fetch_verified(self, store: Store, name: str, folder: str, listed: dict[str, Any],
+                        workdir: Path) -> dict[str, Path]:
+        """Local paths of the files the load reads, each checked against the manifest."""
+        wanted = [f"{t}.parquet" for t in SCHEMAS] + ["errors.ndjson"]
+        files: dict[str, Path] = {}
+        for file in wanted:
+            entry = listed.get(file)
+            if not isinstance(entry, dict):
+                continue  # a table an older schema version did not have
+            path, digest = store.fetch(name, folder, file, workdir)
+            if digest != entry.get("sha256"):
+                raise OutputError(f"{store.url(name, folder, file)}: sha256 {digest[:16]}... "
+                                  f"does not match the manifest's "
+                                  f"{str(entry.get('sha256'))[:16]}...; snapshot not loaded")
+            files[file] = path
+        return files
+
+    def _apply(self, sid: str, files: dict[str, Path], tombstones: Iterable[int], full: bool,
+               day: date) -> None:
+        """The snapshot's effect on every table; runs inside the caller's transaction."""
+        con = self.con
+        con.execute("CREATE OR REPLACE TEMP TABLE _present AS SELECT article_id, content_hash "
+                    f"FROM {_read(files['articles.parquet'])}")
+        con.register("_tomb_ids", pa.table({"article_id": pa.array(sorted(set(tombstones)),
+                                                                   pa.int64())}))
+        try:
+            con.execute("CREATE OR REPLACE TEMP TABLE _tomb AS SELECT article_id FROM _tomb_ids")
+        finally:
+            con.unregister("_tomb_ids")
+        # What changed, against the current rows before this snapshot is applied.
+        con.execute("""
+            INSERT INTO changes
+            SELECT ?, n.article_id,
+                   CASE WHEN c.article_id IS NULL OR c.withdrawn THEN 'added' ELSE 'changed' END,
+                   c.content_hash, n.content_hash
+            FROM _present n LEFT JOIN articles_current c USING (article_id)
+            WHERE c.article_id IS NULL OR c.withdrawn OR c.content_hash <> n.content_hash
+            ORDER BY n.article_id""", [sid])
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE _gone AS
+            SELECT c.article_id, c.content_hash,
+                   CASE WHEN t.article_id IS NULL THEN 'withdrawn' ELSE 'tombstone' END AS change
+            FROM articles_current c LEFT JOIN _tomb t USING (article_id)
+            WHERE NOT c.withdrawn
+              AND NOT EXISTS (SELECT 1 FROM _present n WHERE n.article_id = c.article_id)
+              AND (t.article_id IS NOT NULL OR ?)""", [full])
+        con.execute("INSERT INTO changes SELECT ?, article_id, change, content_hash, NULL "
+                    "FROM _gone ORDER BY article_id", [sid])
+        for table in SCHEMAS:
+            file = files.get(f"{table}.parquet")
+            if file is not None:
+                self._replace(table, file, files, sid)
+        stats = files.get("stats.parquet")
+        con.execute("CREATE OR REPLACE TEMP TABLE _stats AS SELECT article_id, counter, scope, "
+                    "total FROM " + (_read(stats) if stats else "stats_current WHERE false"))
+        # Two snapshots on one day: the later one's totals stand for that day.
+        con.execute("""
+            DELETE FROM stats_history h USING _stats s
+            WHERE h.snapshot_date = ? AND h.article_id = s.article_id
+              AND h.counter = s.counter AND h.scope = s.scope""", [day])
+        con.execute("INSERT INTO stats_history SELECT article_id, counter, scope, ?, ?, total "
+                    "FROM _stats ORDER BY article_id, counter, scope", [day, sid])
+
+
+def _not_found(path: Path | None, where: str) -> set[int]:
+    """Ids errors.ndjson lists with reason "not-found": the items now answer 404."""
+    ids: set[int] = set()
+    if path is None:
+        return ids
+    for n, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            error = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            raise OutputError(f"{where}/errors.ndjson line {n}: {e}") from e
+        if not isinstance(error, dict) or error.get("reason") != "not-found":
+            continue
+        aid = error.get("id", error.get("article_id"))
+        if isinstance(aid, int) and not isinstance(aid, bool):
+            ids.add(aid)
+    return ids
+
+
+def _snapshot_date(sid: str, manifest: dict[str, Any], where: str) -> date:
+    """The UTC day a snapshot stands for: its id's date (the run's start)."""
+    for text, fmt in ((sid, ID_FORMAT), (str(manifest.get("started_at")), "%Y-%m-%dT%H:%M:%SZ")):
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC).date()
+        except ValueError:
+            continue
+    raise OutputError(f"{where}: cannot tell the snapshot's date from its id or started_at")
+
+
+def _why(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return text.splitlines()[0] if text else type(e).__name__
