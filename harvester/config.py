@@ -273,6 +273,9 @@ def parse(
     if not output.formats:
         raise ConfigError(f"{where}: output.formats: name at least one of {list(FORMATS)}")
     _output_dir(output.dir, where)
+    if output.keep and output.dir.startswith(S3_SCHEME):
+        raise ConfigError(f"{where}: output.keep: not supported for s3:// output yet; "
+                          f"leave it 0 (retention on object storage is not implemented)")
     if output.state_dir and "://" in output.state_dir:
         raise ConfigError(f"{where}: output.state_dir: must be a local directory, "
                           f"got {output.state_dir!r}")
