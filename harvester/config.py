@@ -183,13 +183,26 @@ SOURCE_KINDS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "search": ({"search_for": _STR, "project_id": _INT, **_FILTERS}, ()),
     "articles": (dict(_FILTERS), ()),
     "group": ({**_FILTERS}, ("group",)),
-    "institution": ({**_FILTERS}, ("institution",)),
+    "institution": ({**_FILTERS, "reconcile": _STR}, ("institution",)),
     "ids": ({"ids": _INT_LIST}, ("ids",)),
     "account": ({}, ()),  # the token owner's items, drafts included (GET /account/articles)
+    # one author (name or ORCID), an institution's items for its admins (drafts too), its review
+    # queue, a collection or a project and their articles, a file of ids or DOIs, OAI-PMH ids
+    "author": ({"name": _STR, "orcid": _STR, **_FILTERS}, ()),
+    "institution_articles": ({k: _FILTERS[k] for k in (
+        "published_since", "modified_since", "item_type", "group", "resource_doi", "order",
+        "order_direction")} | {"status": _INT}, ()),
+    "reviews": ({"status": _STR, "group_id": _INT}, ()),
+    "collection": ({"collection": _INT}, ("collection",)),
+    "project": ({"project": _INT}, ("project",)),
+    "ids_file": ({"path": _STR}, ("path",)),
+    "oai": ({"set": _STR, "from": _DATE, "until": _DATE}, ()),
 }
 # list sources that accept modified_since, so an incremental run can ask for changes only
-INCREMENTAL_KINDS = frozenset({"search", "articles", "group", "institution"})
-ACCOUNT_KINDS = frozenset({"account"})  # ids whose full record comes from /account/articles/{id}
+INCREMENTAL_KINDS = frozenset({"search", "articles", "group", "institution", "author",
+                               "institution_articles"})
+# ids whose full record comes from /account/articles/{id}
+ACCOUNT_KINDS = frozenset({"account", "institution_articles", "reviews"})
 
 
 # ---------------------------------------------------------------- loading
@@ -382,6 +395,7 @@ def _sources(v: _Validator, raw: Any) -> tuple[Source, ...]:
             )
         if params.get("order_direction", "asc") not in ("asc", "desc"):
             raise ConfigError(f"{v.where}: {key}.order_direction: must be 'asc' or 'desc'")
+        _check_source(v, key, kind, params)
         name = v.string(m.get("name"), f"{key}.name") or f"{kind}-{i + 1}"
         if name in names:
             raise ConfigError(f"{v.where}: {key}.name: {name!r} is used by another source")
@@ -390,6 +404,34 @@ def _sources(v: _Validator, raw: Any) -> tuple[Source, ...]:
     if len(out) > 62:
         raise ConfigError(f"{v.where}: sources: at most 62 sources per harvest, got {len(out)}")
     return tuple(out)
+
+
+def _check_source(v: _Validator, key: str, kind: str, params: dict[str, Any]) -> None:
+    """Rules of the newer kinds that their parameter types alone do not say."""
+    def fail(pname: str, problem: str) -> ConfigError:
+        return ConfigError(f"{v.where}: {key}.{pname}: {problem}")
+
+    if params.get("reconcile", "none") not in ("oai", "none"):
+        raise fail("reconcile", "must be 'oai' (check against the OAI-PMH portal set) or 'none'")
+    if kind == "author" and ("name" in params) == ("orcid" in params):
+        raise fail("name", "give exactly one of name (the full name) or orcid")
+    if kind == "institution_articles" and params.get("order", "modified_date") not in (
+            "published_date", "modified_date"):
+        raise fail("order", "must be published_date or modified_date for this endpoint")
+    if kind == "reviews" and params.get("status", "pending") not in (
+            "pending", "approved", "rejected", "closed"):
+        raise fail("status", "must be one of pending, approved, rejected, closed")
+    if kind == "oai" and "set" in params and not re.fullmatch(
+            r"(portal|item_type|category)_\d+|month_year_\d{1,2}_\d{4}", params["set"]):
+        raise fail("set", f"{params['set']!r} is not an OAI-PMH set such as portal_319, "
+                   "item_type_3, category_42 or month_year_10_2016")
+    if kind == "ids_file":
+        path = Path(params["path"]).expanduser()
+        if not path.is_absolute() and Path(v.where).is_file():
+            path = Path(v.where).resolve().parent / path  # relative to the config file
+        if not path.is_file():
+            raise fail("path", f"{str(path)!r} is not a readable file")
+        params["path"] = str(path.resolve())
 
 
 def _output_dir(value: str, where: str) -> None:

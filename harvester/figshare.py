@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 PAGE_SIZE = 1_000  # the documented maximum page_size: fewest requests per id
 WINDOW = 9_000  # items one query can page through with page/offset (NOTES §3.2, strictest workable)
 FILES_CAP = 10  # a full record lists at most this many files (SPEC26); page /files beyond it
 MAX_PAGES = 100_000  # loop guard: 100 million items per query is beyond any repository
+
+# item_type codes (NOTES §4.1, SPEC26); an overfull time slice is split by these first
+ITEM_TYPES = (1, 2, 3, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+              26, 27, 28, 29)
+REVIEW_STATUSES = ("pending", "approved", "rejected", "closed")  # GET /account/institution/reviews
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A date field a query can be ordered by and bounded below with (NOTES §3.4)."""
+
+    order: str  # the `order` value, e.g. "published_date"
+    param: str  # the lower-bound filter, e.g. "published_since" (date or date-time, SPEC26)
+    key: str  # where a listed item carries the date
+
+
+PUBLISHED = Bound("published_date", "published_since", "published_date")
+MODIFIED = Bound("modified_date", "modified_since", "modified_date")
+
+# filter -> (the listed item's key holding its value, the complete list of values or None when
+# the values can only be learned from the items seen)
+SPLITS: dict[str, tuple[str, tuple[Any, ...] | None]] = {
+    "item_type": ("defined_type", ITEM_TYPES),
+    "group": ("group_id", None),
+    "status": ("status", REVIEW_STATUSES),
+}
 
 
 @dataclass(frozen=True)
@@ -21,18 +47,35 @@ class ListQuery:
     filters: Mapping[str, Any] = field(default_factory=dict)
     cursor: bool = True  # the endpoint documents X-Cursor (SPEC26)
     auth: bool = False  # needs the API token
+    bound: Bound | None = None  # a date it can be ordered by and bounded below with
+    splits: tuple[str, ...] = ()  # filters (keys of SPLITS) that cut an overfull slice, in order
+    paging: str = "page"  # "page" (page/page_size) or "offset" (offset/limit)
+    id_key: str = "id"  # where a listed item carries the article id
+    fallback: ListQuery | None = None  # enumerates the same ids when this one cannot be split
 
     def describe(self) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(self.filters.items()))
         return f"{self.method} {self.path}" + (f" [{shown}]" if shown else "")
 
     def narrowed(self, **filters: Any) -> ListQuery:
-        return ListQuery(self.method, self.path, {**self.filters, **filters}, self.cursor, self.auth)
+        return replace(self, filters={**self.filters, **filters})
+
+    def ascending(self, since: str | None) -> ListQuery:
+        """The same query in ascending order of its bound date, from `since` on."""
+        assert self.bound is not None
+        filters = {**self.filters, "order": self.bound.order, "order_direction": "asc"}
+        if since is not None:
+            filters[self.bound.param] = since
+        return replace(self, filters=filters)
+
+    def is_ascending(self) -> bool:
+        return (self.bound is not None and self.filters.get("order") == self.bound.order
+                and self.filters.get("order_direction") == "asc")
 
 
 @dataclass
 class Pager:
-    """Paging state machine: page/page_size inside the window, then X-Cursor past it.
+    """Paging state machine: page/page_size (or offset/limit) inside the window, then X-Cursor.
 
     The page window is the documented, well-trodden path, so it is used first; the cursor
     (documented but with an unverified handshake) only carries a query past 9,000 items.
@@ -43,6 +86,7 @@ class Pager:
     page_size: int = PAGE_SIZE
     window: int = WINDOW
     use_cursor: bool = True
+    style: str = "page"  # "page": page/page_size; "offset": offset/limit
     page: int = 1
     cursor: str | None = None
     seen_cursors: set[str] = field(default_factory=set)
@@ -56,6 +100,8 @@ class Pager:
             return None
         if self.cursor is not None:
             return {"limit": self.page_size}, {"X-Cursor": self.cursor}
+        if self.style == "offset":
+            return {"offset": (self.page - 1) * self.page_size, "limit": self.page_size}, {}
         return {"page": self.page, "page_size": self.page_size}, {}
 
     def advance(self, count: int, cursor: str | None) -> None:
@@ -99,16 +145,48 @@ def files_may_be_truncated(record: Mapping[str, Any]) -> bool:
 
 
 def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
-    """The list/search query a configured source enumerates (ids and explicit lists excluded)."""
+    """The list/search query a configured source enumerates (ids, files and OAI excluded)."""
+    filters = {k: v for k, v in params.items() if v is not None}
     if kind == "account":
         # documented with paging only: no filters, no order, no X-Cursor
         return ListQuery("GET", "/account/articles", {}, cursor=False, auth=True)
-    filters = {k: v for k, v in params.items() if v is not None}
-    # Ascending publish order keeps pages stable while new items are published mid-harvest.
+    if kind == "reviews":
+        # limit/offset only; no date to bound by, but the status filter splits it
+        return ListQuery("GET", "/account/institution/reviews", filters, cursor=False, auth=True,
+                         splits=("status",), paging="offset", id_key="article_id")
+    if kind == "collection":
+        return ListQuery("GET", f"/collections/{params['collection']}/articles", {}, cursor=False)
+    if kind == "project":
+        pid = params["project"]
+        # the project listing has no filters; a search by project_id can be partitioned
+        search = ListQuery("POST", "/articles/search", {"project_id": pid}, bound=PUBLISHED,
+                           splits=("item_type", "group"))
+        return ListQuery("GET", f"/projects/{pid}/articles", {}, cursor=False, fallback=search)
+    filters.pop("reconcile", None)
+    if kind == "author":
+        filters["search_for"] = author_terms(filters.pop("name", None), filters.pop("orcid", None))
+    # Ascending order keeps pages stable while new items are published mid-harvest.
+    if kind == "institution_articles":
+        # Drafts have no publish date, so the admin listing is walked by modification date.
+        filters.setdefault("order", "modified_date")
+        filters.setdefault("order_direction", "asc")
+        return ListQuery("GET", "/account/institution/articles", filters, cursor=False, auth=True,
+                         bound=MODIFIED, splits=("item_type", "group"))
     filters.setdefault("order", "published_date")
     filters.setdefault("order_direction", "asc")
-    if kind == "search":
-        return ListQuery("POST", "/articles/search", filters)
+    bound = MODIFIED if filters["order"] == "modified_date" else PUBLISHED
+    if kind in ("search", "author"):
+        return ListQuery("POST", "/articles/search", filters, bound=bound,
+                         splits=("item_type", "group"))
     if kind in ("articles", "group", "institution"):
-        return ListQuery("GET", "/articles", filters)
+        return ListQuery("GET", "/articles", filters, bound=bound, splits=("item_type", "group"))
     raise ValueError(f"source kind {kind!r} has no list query")
+
+
+def author_terms(name: str | None, orcid: str | None) -> str:
+    """search_for terms for one author's records: `:author: "Name"` or `:orcid: <id>`."""
+    if orcid:
+        return f":orcid: {orcid}"
+    if not name:
+        raise ValueError("an author needs a name or an orcid")
+    return f':author: "{name}"'

@@ -2,36 +2,36 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import asyncio
+import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 from harvester.config import Source
-from harvester.errors import BadResponse, WindowExhausted
-from harvester.figshare import ListQuery, Pager, list_query
+from harvester.errors import AuthError, BadResponse, ConfigError, NotFound
+from harvester.figshare import PAGE_SIZE, list_query
+from harvester.oaipmh import OaiLister, portal_set
+from harvester.partition import Exhauster, IdSet, Partition, Transport
+from harvester.reconcile import compare
 
-# A single publish day with more than a window of items is split by item type (NOTES §4.1 map).
-ITEM_TYPES = (1, 2, 3, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
-              26, 27, 28, 29)
+log = logging.getLogger("harvester")
 
-
-class Transport(Protocol):
-    async def get(self, url: str, *, params: Any = None, headers: Any = None) -> Any: ...
-    async def post(self, url: str, *, json: Any = None, params: Any = None,
-                   headers: Any = None) -> Any: ...
+ADMIN_KINDS = frozenset({"institution_articles", "reviews"})
+DOI_LOOKUPS_AT_ONCE = 16  # DOI -> id lookups in flight (the client's limits still apply)
+SAMPLE = 1_000  # unresolved lines listed in the manifest (the count is exact)
+_DOI = re.compile(r"10\.\d{4,9}/\S+")
 
 
 @dataclass
-class Partition:
-    query: str
-    ids: int = 0
-    requests: int = 0
-    truncated: bool = False
+class SideRecord:
+    """A record a source yields besides ids: a collection, a project or a review."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "ids": self.ids, "requests": self.requests,
-                "truncated": self.truncated}
+    kind: str  # "collection", "project" or "review"
+    key: int
+    body: dict[str, Any]
 
 
 @dataclass
@@ -41,161 +41,203 @@ class SourceReport:
     name: str
     kind: str
     listed: int = 0  # ids listed, duplicates included
-    requests: int = 0
+    distinct: int = 0  # distinct ids this source produced
+    requests: int = 0  # list/search (or OAI-PMH) requests spent enumerating
     partitions: list[Partition] = field(default_factory=list)
     truncated: bool = False  # some partition could not be narrowed under the window
+    unresolved: list[str] = field(default_factory=list)  # ids_file lines without an article
+    unresolved_count: int = 0
+    reconcile: dict[str, Any] | None = None
+    side: list[SideRecord] = field(default_factory=list, repr=False)  # not in the manifest
+
+    @property
+    def minimum_requests(self) -> int:
+        """The fewest list requests any enumeration could use: one per 1,000, plus the last."""
+        return self.distinct // PAGE_SIZE + 1
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name, "kind": self.kind, "listed": self.listed,
-            "requests": self.requests, "truncated": self.truncated,
+            "distinct": self.distinct, "requests": self.requests,
+            "minimum_requests": self.minimum_requests, "truncated": self.truncated,
             "partitions": [p.as_dict() for p in self.partitions],
         }
+        if self.unresolved_count:
+            out["unresolved"] = self.unresolved_count
+            out["unresolved_lines"] = self.unresolved
+        if self.reconcile is not None:
+            out["reconcile"] = self.reconcile
+        return out
+
+    def absorb(self, walker: Exhauster | OaiLister) -> None:
+        self.listed += walker.listed
+        self.distinct += len(walker.seen)
+        self.requests += walker.requests
+        self.partitions.extend(walker.partitions)
+        self.truncated = self.truncated or bool(getattr(walker, "truncated", False))
 
 
 async def enumerate_source(
     client: Transport, api_url: str, source: Source, report: SourceReport
 ) -> AsyncIterator[list[int]]:
     """Yield batches of ids for one source, filling `report` as it goes."""
-    if source.kind == "ids":
-        ids = list(source.params["ids"])
+    try:
+        async for batch in _enumerate(client, api_url, source, report):
+            yield batch
+    except AuthError as exc:
+        need = ("an institution administrator's token" if source.kind in ADMIN_KINDS
+                else "a valid api.token")
+        raise AuthError(f"source {source.name!r} (kind {source.kind}) needs {need}: {exc}",
+                        url=exc.url, status=exc.status, reason=exc.reason) from None
+
+
+async def _enumerate(
+    client: Transport, api_url: str, source: Source, report: SourceReport
+) -> AsyncIterator[list[int]]:
+    kind, params = source.kind, source.params
+    if kind == "ids":
+        ids = list(params["ids"])
         report.listed = len(ids)
+        report.distinct = len(set(ids))
         yield ids
         return
-    query = list_query(source.kind, source.params)
-    async for batch in _exhaust(client, api_url, query, report):
+    if kind == "ids_file":
+        async for batch in _ids_file(client, api_url, Path(params["path"]), report):
+            yield batch
+        return
+    if kind == "oai":
+        lister = OaiLister(client, api_url + "/oai", set_spec=params.get("set"),
+                           from_=params.get("from"), until=params.get("until"))
+        async for batch in lister.ids():
+            yield batch
+        report.absorb(lister)
+        return
+    if kind in ("collection", "project"):
+        async for batch in _container(client, api_url, source, report):
+            yield batch
+        return
+    walker = Exhauster(client, api_url)
+    if kind == "reviews":
+        walker.on_items = lambda items: report.side.extend(
+            SideRecord("review", int(r["id"]), dict(r)) for r in items if isinstance(r.get("id"), int))
+    async for batch in walker.ids(list_query(kind, params)):
         yield batch
+    report.absorb(walker)
+    if params.get("reconcile") == "oai":
+        async for batch in _reconcile_oai(client, api_url, source, walker.seen, report):
+            yield batch
 
 
-async def _exhaust(
-    client: Transport, api_url: str, query: ListQuery, report: SourceReport
+async def _container(
+    client: Transport, api_url: str, source: Source, report: SourceReport
 ) -> AsyncIterator[list[int]]:
-    """Every id of a query: page, then cursor; when the window still fills, move a date bound.
-
-    Ascending publish order means the last item of a filled window tells where the rest
-    begins: the next window restarts one day before it (bounds overlap; ids are deduplicated
-    downstream), so neither inclusive nor exclusive bound semantics lose the boundary day.
-    """
-    part = Partition(query.describe())
-    report.partitions.append(part)
-    last: str | None = None
-    async for items in _walk(client, api_url, query, part):
-        last = items[-1].get("published_date") or last
-        yield _ids(items, query)
-    report.listed += part.ids
-    report.requests += part.requests
-    if not part.truncated:
-        return
-    part.truncated = False  # it is being continued, not lost
-    first_day = _day(last)
-    if first_day is None:
-        report.truncated = part.truncated = True
-        return
-    day_from = first_day
-    while True:
-        narrowed = _search_window(query, after=day_from - dt.timedelta(days=1))
-        sub = Partition(narrowed.describe())
-        report.partitions.append(sub)
-        last = None
-        async for items in _walk(client, api_url, narrowed, sub):
-            last = items[-1].get("published_date") or last
-            yield _ids(items, narrowed)
-        report.listed += sub.ids
-        report.requests += sub.requests
-        if not sub.truncated:
-            return
-        sub.truncated = False
-        day = _day(last)
-        if day is None:
-            report.truncated = sub.truncated = True
-            return
-        if day <= day_from:
-            # one day holds more than a window: take that day apart by item type, then go on
-            async for batch in _split_day(client, api_url, query, day_from, report):
-                yield batch
-            day = day_from + dt.timedelta(days=1)
-        day_from = day
-
-
-async def _split_day(
-    client: Transport, api_url: str, query: ListQuery, day: dt.date, report: SourceReport
-) -> AsyncIterator[list[int]]:
-    types = [query.filters["item_type"]] if "item_type" in query.filters else list(ITEM_TYPES)
-    for item_type in types:
-        narrowed = _search_window(
-            query.narrowed(item_type=item_type),
-            after=day - dt.timedelta(days=1),
-            before=day + dt.timedelta(days=1),
-        )
-        part = Partition(narrowed.describe())
-        report.partitions.append(part)
-        async for items in _walk(client, api_url, narrowed, part):
-            yield _ids(items, narrowed)
-        report.listed += part.ids
-        report.requests += part.requests
-        if part.truncated:
-            report.truncated = True  # said loudly in the manifest and the summary
-
-
-async def _walk(
-    client: Transport, api_url: str, query: ListQuery, part: Partition
-) -> AsyncIterator[list[dict[str, Any]]]:
-    pager = Pager(use_cursor=query.cursor)
-    url = api_url + query.path
-    while (req := pager.request()) is not None:
-        params, headers = req
-        try:
-            if query.method == "GET":
-                reply = await client.get(url, params={**query.filters, **params}, headers=headers)
-            else:
-                reply = await client.post(url, json={**query.filters, **params}, headers=headers)
-        except WindowExhausted:
-            part.requests += 1
-            pager.refused()
-            break
-        part.requests += 1
-        items = reply.data
-        if not isinstance(items, list):
-            raise BadResponse(
-                f"{query.method} {url} -> expected a JSON list of items, got {type(items).__name__}",
-                url=url, status=reply.status,
-            )
-        pager.advance(len(items), reply.headers.get("X-Cursor"))
-        part.ids += len(items)
-        if items:
-            yield items
-    part.truncated = pager.truncated
-
-
-def _ids(items: list[Any], query: ListQuery) -> list[int]:
-    out = []
-    for item in items:
-        aid = item.get("id") if isinstance(item, Mapping) else None
-        if isinstance(aid, bool) or not isinstance(aid, int):
-            raise BadResponse(f"{query.describe()}: an item without an integer id: {str(item)[:120]}")
-        out.append(aid)
-    return out
-
-
-def _search_window(query: ListQuery, *, after: dt.date, before: dt.date | None = None) -> ListQuery:
-    """The same filters as a search with publish-date bounds inside search_for."""
-    filters = {k: v for k, v in query.filters.items() if k not in ("order", "order_direction")}
-    terms = [f":published_after: {after.isoformat()}"]
-    if before is not None:
-        terms.append(f":published_before: {before.isoformat()}")
-    user = filters.pop("search_for", None)
-    if user:
-        terms.insert(0, f"({user})")
-    filters["search_for"] = " AND ".join(terms)
-    filters["order"] = "published_date"
-    filters["order_direction"] = "asc"
-    return ListQuery("POST", "/articles/search", filters, query.cursor, query.auth)
-
-
-def _day(stamp: str | None) -> dt.date | None:
-    if not stamp:
-        return None
+    """A collection's or a project's own record, then the articles in it."""
+    kind = source.kind
+    key = int(source.params[kind])
+    url = f"{api_url}/{kind}s/{key}"
     try:
-        return dt.date.fromisoformat(stamp[:10])
-    except ValueError:
-        return None
+        record = (await client.get(url)).data
+    except NotFound:
+        raise NotFound(f"source {source.name!r}: {kind} {key} does not exist or is not public "
+                       f"(GET {url} -> 404)", url=url, status=404) from None
+    if not isinstance(record, dict) or record.get("id") != key:
+        raise BadResponse(f"GET {url} -> 200 but the body is not the record of {kind} {key}",
+                          url=url, status=200)
+    walker = Exhauster(client, api_url)
+    members: list[int] = []
+    async for batch in walker.ids(list_query(kind, source.params)):
+        members.extend(batch)
+        yield batch
+    report.absorb(walker)
+    report.requests += 1  # the record itself
+    report.side.append(SideRecord(kind, key, {"record": record, "articles": list(dict.fromkeys(members))}))
+
+
+async def _reconcile_oai(
+    client: Transport, api_url: str, source: Source, rest: IdSet, report: SourceReport
+) -> AsyncIterator[list[int]]:
+    """List the institution's portal set over OAI-PMH; add and report what REST did not list."""
+    spec = portal_set(int(source.params["institution"]))
+    since = source.params.get("published_since")
+    lister = OaiLister(client, api_url + "/oai", set_spec=spec,
+                       from_=str(since) if since is not None else None)
+    async for batch in lister.ids():
+        extra = [i for i in batch if i not in rest]
+        if extra:
+            yield extra
+    report.reconcile = compare(rest, lister.seen, names=("rest", "oai"), detail={
+        "set": spec, "requests": lister.requests, "restarts": lister.restarts,
+        "partitions": [p.as_dict() for p in lister.partitions],
+    })
+    added = report.reconcile["only_oai"]
+    report.distinct += added
+    if not report.reconcile["complete"]:
+        log.warning("source %s: REST and OAI-PMH disagree: %d ids only in REST, %d only in "
+                    "OAI-PMH (added to the harvest); see the manifest's reconcile entry",
+                    source.name, report.reconcile["only_rest"], added)
+
+
+async def _ids_file(
+    client: Transport, api_url: str, path: Path, report: SourceReport
+) -> AsyncIterator[list[int]]:
+    """Article ids and DOIs from a file, one a line; DOIs resolved by GET /articles?doi=."""
+    text = await asyncio.to_thread(_read, path)
+    ids: list[int] = []
+    dois: list[str] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.isdigit():
+            ids.append(int(line))
+            continue
+        doi = _doi(line)
+        if doi is None:
+            raise ConfigError(f"{path}:{n}: {line[:80]!r} is neither an article id nor a DOI")
+        dois.append(doi)
+    report.listed += len(ids)
+    seen = IdSet()
+    for i in ids:
+        seen.add(i)
+    if ids:
+        yield ids
+    for start in range(0, len(dois), DOI_LOOKUPS_AT_ONCE):
+        chunk = dois[start : start + DOI_LOOKUPS_AT_ONCE]
+        found = await asyncio.gather(*(_resolve(client, api_url, d) for d in chunk))
+        report.requests += len(chunk)
+        batch: list[int] = []
+        for doi, hits in zip(chunk, found, strict=True):
+            if not hits:
+                report.unresolved_count += 1
+                if len(report.unresolved) < SAMPLE:
+                    report.unresolved.append(doi)
+            batch.extend(hits)
+        for i in batch:
+            seen.add(i)
+        report.listed += len(batch)
+        if batch:
+            yield batch
+    report.distinct = len(seen)
+    if report.unresolved_count:
+        log.warning("%s: %d DOIs resolve to no public article (listed in the manifest)",
+                    path, report.unresolved_count)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the ids file: {exc}") from None
+
+
+def _doi(line: str) -> str | None:
+    m = _DOI.search(line)
+    return m.group(0).rstrip(".,;") if m else None
+
+
+async def _resolve(client: Transport, api_url: str, doi: str) -> list[int]:
+    reply = await client.get(api_url + "/articles", params={"doi": doi, "page_size": 10})
+    items = reply.data if isinstance(reply.data, list) else []
+    return [i["id"] for i in items
+            if isinstance(i, Mapping) and isinstance(i.get("id"), int)
+            and not isinstance(i.get("id"), bool)]

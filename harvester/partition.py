@@ -1,0 +1,410 @@
+"""One list query -> every id it selects, past the 9,000-item window (NOTES §3.2-3.4).
+
+A query is paged inside its window and carried on with X-Cursor where the server offers one.
+When the window still fills (no cursor, or a refused one: a 400/422 is a cap, never the end),
+the query is walked again in ascending order of a date (published, or modified for the admin
+listing) with a moving lower bound: every item dated up to the *floor* has been listed, and the
+next window asks for everything after it. Each window restarts one second before the last date
+seen, so the boundary second is listed twice and ids are deduplicated: neither inclusive nor
+exclusive bound semantics lose an item. Every continuation must overlap the window before it;
+if it does not, the server reads the bound differently than asked (whole days, or exclusive
+days) and the bound is re-sent in a more conservative form. When more than a window of items
+share one slice of time (one second, or one day on a server that reads dates only), that slice
+is split by item type, then by group, each piece enumerated the same way. What still cannot be
+narrowed under the window is reported as truncated, never dropped in silence.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from harvester.errors import BadResponse, WindowExhausted
+from harvester.figshare import PAGE_SIZE, SPLITS, WINDOW, ListQuery, Pager
+
+DAY = 86_400
+# How a lower bound is written, from the most precise to the most conservative; a server that
+# answers a form unexpectedly moves the enumeration one step down this ladder.
+FORMS = ("second", "day", "day before")
+
+
+class Transport(Protocol):
+    async def get(self, url: str, *, params: Any = None, headers: Any = None) -> Any: ...
+    async def post(self, url: str, *, json: Any = None, params: Any = None,
+                   headers: Any = None) -> Any: ...
+
+
+@dataclass
+class Partition:
+    """One query (or window of a query) as it was sent, and what it produced."""
+
+    query: str
+    ids: int = 0  # entries listed, duplicates included
+    new: int = 0  # ids the source had not listed before
+    requests: int = 0
+    truncated: bool = False
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"query": self.query, "ids": self.ids, "new": self.new, "requests": self.requests,
+               "truncated": self.truncated}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+class IdSet:
+    """Article ids as a growable bitmap: membership for millions of ids in a few MB."""
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+        self._big: set[int] = set()  # ids too large for the bitmap (none on Figshare today)
+        self.count = 0
+
+    def add(self, aid: int) -> bool:
+        """Add an id; True if it was not there yet."""
+        if aid < 0 or aid >= 1 << 34:
+            if aid in self._big:
+                return False
+            self._big.add(aid)
+            self.count += 1
+            return True
+        byte, bit = aid >> 3, 1 << (aid & 7)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits) // 2)))
+        if self._bits[byte] & bit:
+            return False
+        self._bits[byte] |= bit
+        self.count += 1
+        return True
+
+    def __contains__(self, aid: object) -> bool:
+        if not isinstance(aid, int):
+            return False
+        if aid < 0 or aid >= 1 << 34:
+            return aid in self._big
+        byte = aid >> 3
+        return byte < len(self._bits) and bool(self._bits[byte] & (1 << (aid & 7)))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[int]:
+        """Ascending ids."""
+        for m in re.finditer(rb"[^\x00]", self._bits):
+            byte = m.start()
+            value = self._bits[byte]
+            for bit in range(8):
+                if value & (1 << bit):
+                    yield (byte << 3) | bit
+        yield from sorted(self._big)
+
+
+def parse_stamp(value: Any) -> int | None:
+    """Epoch seconds of an ISO date or date-time (no zone: UTC); None when absent or unreadable."""
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp())
+
+
+def iso_second(stamp: int) -> str:
+    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_day(stamp: int) -> str:
+    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%d")
+
+
+@dataclass
+class _Window:
+    """What one walk of a query showed: its date range and the values of its split keys."""
+
+    low: int | None = None  # earliest date seen
+    top: int | None = None  # latest date seen (within the slice)
+    beyond: bool = False  # an item past the slice's upper end was seen: the slice is done
+    gap: bool = False  # the first page did not overlap the window before: the bound misread
+    ignored: bool = False  # items from before the bound's day: the server ignores the bound
+    retry: bool = False  # the first page showed how the bound reads: ask again, more narrowly
+    values: dict[str, set[Any]] = field(default_factory=dict)
+    unsplittable: int = 0  # items without a value for the next split key
+
+
+class Exhauster:
+    """Enumerates list queries for one source; keeps its partitions and its distinct ids."""
+
+    def __init__(self, client: Transport, api_url: str, *, page_size: int = PAGE_SIZE,
+                 window: int = WINDOW) -> None:
+        self.client = client
+        self.api_url = api_url
+        self.page_size = page_size
+        self.window = window
+        self.partitions: list[Partition] = []
+        self.seen = IdSet()
+        self.listed = 0
+        self.truncated = False
+        self.cursor = True  # cleared once the server refuses a cursor: do not offer it again
+        self.form = 0  # index into FORMS
+        self.inclusive = False  # seen: a date-time bound lists items dated exactly at it
+        self.on_items: Callable[[list[Mapping[str, Any]]], None] | None = None  # sees each page
+
+    @property
+    def requests(self) -> int:
+        return sum(p.requests for p in self.partitions)
+
+    # -- the three ways through a query ----------------------------------------------------
+
+    async def ids(self, query: ListQuery) -> AsyncIterator[list[int]]:
+        """Every id of `query` (batches; an id may repeat, the journal deduplicates)."""
+        part = self._partition(query.describe())
+        seen = _Window()
+        async for batch in self._walk(query, part, seen, None, None, None):
+            yield batch
+        if not part.truncated:
+            return
+        part.truncated = False
+        if query.bound is not None:
+            part.note = "window full: continued by a moving date bound"
+            # an ascending walk already covers everything up to its last second; any other
+            # order says nothing about what is left, so start again from the beginning
+            resume = seen.top if query.is_ascending() else None
+            floor = resume - 1 if resume is not None else None
+            async for batch in self._range(query, floor, None, resume):
+                yield batch
+        elif query.splits:
+            part.note = "window full: split"
+            async for batch in self._split(query, None, None, seen):
+                yield batch
+        elif query.fallback is not None:
+            part.note = "window full: listed by the fallback query instead"
+            async for batch in self.ids(query.fallback):
+                yield batch
+        else:
+            part.truncated = self.truncated = True
+            part.note = "window full and the endpoint offers no way to narrow it"
+
+    async def _range(self, query: ListQuery, floor: int | None, hi: int | None,
+                     overlap: int | None) -> AsyncIterator[list[int]]:
+        """Items of `query` dated after `floor` and up to `hi` (None: open), by a moving bound.
+
+        `overlap`: the last date of the window this one continues; the server must list it
+        again, or it read the bound differently than it was meant.
+        """
+        previous: str | None = None
+        last = _Window()  # the window the next request continues
+        while True:
+            since = self._since(query, floor)
+            if since is None or since != previous:
+                bounded = query.ascending(since)
+                suffix = f" up to {iso_second(hi)}" if hi is not None else ""
+                part = self._partition(bounded.describe() + suffix)
+                seen = _Window()
+                async for batch in self._walk(bounded, part, seen, floor, hi, overlap):
+                    yield batch
+                if seen.ignored:
+                    part.truncated = self.truncated = True
+                    part.note = "the server does not honour the date bound: cannot continue"
+                    return
+                if seen.retry:
+                    continue
+                if seen.gap:
+                    if self.form + 1 < len(FORMS):
+                        self.form += 1
+                        part.note = ("no overlap with the window before: the bound is now "
+                                     f"sent as a {FORMS[self.form]}")
+                        continue
+                    part.truncated = self.truncated = True
+                    part.note = "the server does not honour the date bound: cannot continue"
+                    return
+                if seen.beyond or not part.truncated:
+                    return
+                part.truncated = False
+                if seen.top is None:
+                    part.truncated = self.truncated = True
+                    part.note = "window full of items without a date"
+                    return
+                previous, overlap, last = since, seen.top, seen
+                if floor is None or seen.top - 1 > floor:
+                    floor = seen.top - 1
+                    continue
+                part.note = "more than a window in one slice of time: split"
+            # else: the server reads the bound as a day, so the same request would list the
+            # same window again; take the rest of that day apart instead
+            assert floor is not None
+            end = floor + 1 if self.form == 0 else _end_of_day(floor + 1)
+            if hi is not None:
+                end = min(end, hi)
+            async for batch in self._split(query, floor, end, last):
+                yield batch
+            if hi is not None and end >= hi:
+                return
+            floor, overlap = end, None
+
+    async def _split(self, query: ListQuery, floor: int | None, hi: int | None,
+                     seen: _Window) -> AsyncIterator[list[int]]:
+        """The slice (floor, hi] of `query` cut by its next split filter, piece by piece."""
+        key = next((k for k in query.splits if k not in query.filters), None)
+        where = query.describe() + (f" ({iso_second(floor)}, {iso_second(hi)}]"
+                                    if floor is not None and hi is not None else "")
+        if key is None:
+            self._partition(where, truncated=True,
+                            note="more than a window of items and nothing left to split by")
+            self.truncated = True
+            return
+        item_key, known = SPLITS[key]
+        observed = seen.values.get(item_key, set())
+        values = list(known or ()) + sorted(v for v in observed if v not in (known or ()))
+        if known is None:
+            # The values come from the items seen: pieces with other values (or none, which no
+            # filter selects) may exist beyond the window, so completeness cannot be proven.
+            self._partition(where, truncated=True, note=(
+                f"split by the {len(values)} {key} values seen in the window "
+                f"({seen.unsplittable} items without one): items beyond it may be missing"))
+            self.truncated = True
+        for value in values:
+            piece = query.narrowed(**{key: value})
+            if query.bound is None:
+                async for batch in self.ids(piece):
+                    yield batch
+            else:
+                async for batch in self._range(piece, floor, hi, None):
+                    yield batch
+
+    # -- one walk: pages, then cursor -------------------------------------------------------
+
+    async def _walk(self, query: ListQuery, part: Partition, seen: _Window, floor: int | None,
+                    hi: int | None, overlap: int | None) -> AsyncIterator[list[int]]:
+        """One query through its pages (and cursor), items past `hi` cut off. With `overlap`,
+        the first page must reach back to that date, or the walk stops there (`seen.gap`)."""
+        pager = Pager(page_size=self.page_size, window=self.window,
+                      use_cursor=query.cursor and self.cursor, style=query.paging)
+        url = self.api_url + query.path
+        split_keys = [SPLITS[k][0] for k in query.splits if k not in query.filters]
+        date_key = query.bound.key if query.bound is not None else None
+        # the bound this walk sends, when it is one the enumeration chose (not the user's)
+        sent = parse_stamp(query.filters.get(query.bound.param)) \
+            if query.bound is not None and floor is not None else None
+        inclusive = self.inclusive
+        while (req := pager.request()) is not None:
+            params, headers = req
+            try:
+                if query.method == "GET":
+                    reply = await self.client.get(url, params={**query.filters, **params},
+                                                  headers=headers)
+                else:
+                    reply = await self.client.post(url, json={**query.filters, **params},
+                                                   headers=headers)
+            except WindowExhausted:
+                part.requests += 1
+                if pager.cursor is not None:
+                    self.cursor = False
+                pager.refused()
+                break
+            part.requests += 1
+            items = reply.data
+            if not isinstance(items, list):
+                raise BadResponse(
+                    f"{query.method} {url} -> expected a JSON list of items, "
+                    f"got {type(items).__name__}", url=url, status=reply.status)
+            pager.advance(len(items), reply.headers.get("X-Cursor"))
+            kept = []
+            for item in items:
+                if not isinstance(item, Mapping):
+                    raise BadResponse(f"{query.describe()}: a listed item is not an object: "
+                                      f"{str(item)[:120]}", url=url)
+                if date_key is not None:
+                    stamp = parse_stamp(item.get(date_key))
+                    if stamp is not None:
+                        if hi is not None and stamp > hi:
+                            seen.beyond = True
+                            continue
+                        if sent is not None and stamp == sent and self.form == 0:
+                            self.inclusive = True  # then floor + 1 s is bound enough
+                        if sent is not None and stamp < sent:
+                            if stamp < sent - sent % DAY:
+                                seen.ignored = True
+                                break
+                            if self.form == 0:
+                                self.form = 1  # a date-time bound was read as a whole day
+                        seen.low = stamp if seen.low is None else min(seen.low, stamp)
+                        seen.top = stamp if seen.top is None else max(seen.top, stamp)
+                for k in split_keys:
+                    value = item.get(k)
+                    if value in (None, 0, ""):
+                        seen.unsplittable += 1
+                    else:
+                        seen.values.setdefault(k, set()).add(value)
+                kept.append(item)
+            if self.on_items is not None and kept:
+                self.on_items(kept)
+            batch = self._take(kept, query, part)
+            if batch:
+                yield batch
+            if seen.beyond or seen.ignored:
+                return  # ascending order: everything after this is past the slice
+            if pager.requests == 1 and overlap is not None and (
+                    seen.low is None or seen.low > overlap):
+                seen.gap = True
+                return
+            if pager.requests == 1 and sent is not None and self.inclusive and not inclusive:
+                seen.retry = True  # the bound is inclusive: floor + 1 s lists less again
+                return
+        part.truncated = pager.truncated
+
+    def _take(self, items: list[Mapping[str, Any]], query: ListQuery, part: Partition) -> list[int]:
+        out = []
+        for item in items:
+            aid = item.get(query.id_key)
+            if isinstance(aid, bool) or not isinstance(aid, int):
+                raise BadResponse(f"{query.describe()}: an item without an integer "
+                                  f"{query.id_key}: {str(item)[:120]}")
+            out.append(aid)
+            if self.seen.add(aid):
+                part.new += 1
+        part.ids += len(out)
+        self.listed += len(out)
+        return out
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _partition(self, query: str, *, truncated: bool = False, note: str = "") -> Partition:
+        part = Partition(query, truncated=truncated, note=note)
+        self.partitions.append(part)
+        return part
+
+    def _since(self, query: ListQuery, floor: int | None) -> str | None:
+        """The lower bound that selects at least every item dated after `floor`.
+
+        Never earlier than the query's own bound: a window must not reach outside the query.
+        """
+        if floor is None:
+            return None
+        assert query.bound is not None
+        form = FORMS[self.form]
+        if form == "second":
+            at = floor + 1 if self.inclusive else floor
+            since = iso_second(at)
+        else:
+            day = _start_of_day(floor + 1) - (DAY if form == "day before" else 0)
+            since, at = iso_day(day), day
+        own = query.filters.get(query.bound.param)
+        own_at = parse_stamp(own) if own is not None else None
+        if own_at is not None and at <= own_at:
+            return str(own)
+        return since
+
+
+def _start_of_day(stamp: int) -> int:
+    return stamp - stamp % DAY
+
+
+def _end_of_day(stamp: int) -> int:
+    return _start_of_day(stamp) + DAY - 1
