@@ -119,7 +119,7 @@ async def _enumerate(
     walker = Exhauster(client, api_url)
     if kind == "reviews":
         walker.on_items = lambda items: report.side.extend(
-            SideRecord("review", int(r["id"]), dict(r)) for r in items if isinstance(r.get("id"), int))
+            SideRecord("review", r["id"], dict(r)) for r in items if isinstance(r.get("id"), int))
     async for batch in walker.ids(list_query(kind, params)):
         yield batch
     report.absorb(walker)
@@ -150,7 +150,8 @@ async def _container(
         yield batch
     report.absorb(walker)
     report.requests += 1  # the record itself
-    report.side.append(SideRecord(kind, key, {"record": record, "articles": list(dict.fromkeys(members))}))
+    report.side.append(SideRecord(kind, key, {"record": record,
+                                              "articles": list(dict.fromkeys(members))}))
 
 
 async def _reconcile_oai(

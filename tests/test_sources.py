@@ -15,11 +15,14 @@ import orjson
 import pytest
 from aiohttp import web
 
+from harvester import config
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.config import Source
-from harvester.errors import AuthError
+from harvester.errors import AuthError, ConfigError, NotFound
 from harvester.figshare import ListQuery, list_query
 from harvester.partition import Exhauster, IdSet, parse_stamp
+from harvester.simulator import Simulator, SimulatorThread
+from harvester.simulator.settings import SimSettings
 from harvester.sources import SourceReport, enumerate_source
 
 BASE = int(dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp())
@@ -68,7 +71,8 @@ class ListServer:
         page, size = int(q.get("page", 1)), int(q.get("page_size", 10))
         if page * size > self.window:
             body = ({"message": "Max page reached. Please narrow down your search"}
-                    if self.refuse == 400 else {"message": "Invalid offset", "code": "InvalidParams"})
+                    if self.refuse == 400
+                    else {"message": "Invalid offset", "code": "InvalidParams"})
             return web.json_response(body, status=self.refuse)
         served = self.select(q)
         if self.duplicates:  # like Figshare's search: some records come twice in a row
@@ -207,7 +211,7 @@ async def test_one_item_type_over_the_window_is_split_by_group_and_says_so(serve
 async def test_a_server_that_ignores_the_bound_is_reported_truncated(serve: Any) -> None:
     items = corpus(SPREAD)
     server = ListServer(items, since="ignore")
-    got, walker = await exhaust(await serve(server), GET_ALL)
+    _, walker = await exhaust(await serve(server), GET_ALL)
     assert walker.truncated  # loudly incomplete, not silently short
     assert len(walker.seen) < len(items)
     assert "does not honour the date bound" in walker.partitions[-1].note
@@ -218,3 +222,171 @@ def test_id_set_is_a_compact_bitmap() -> None:
     assert s.add(45_000_000) and not s.add(45_000_000)
     assert s.add(7) and s.add(1 << 40) and 7 in s and 8 not in s and (1 << 40) in s
     assert list(s) == [7, 45_000_000, 1 << 40] and len(s) == 3
+
+
+# ---- every source kind against the simulator ------------------------------------------------
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(SimSettings(items=2_000, seed=21)) as s:
+        yield s
+
+
+async def run_source(sim: Simulator, kind: str, token: str | None = None,
+                     **params: Any) -> tuple[list[int], SourceReport]:
+    creds = {origin(sim.api_url): f"token {token}"} if token else {}
+    report = SourceReport(kind, kind)
+    async with fast_client(**creds) as client:
+        got = [i async for b in enumerate_source(client, sim.api_url, Source(kind, kind, params),
+                                                 report) for i in b]
+    return got, report
+
+
+def origin(url: str) -> str:
+    return url.split("/v2")[0]
+
+
+def ids_of(sim: Simulator, indices: set[int]) -> list[int]:
+    return sorted(sim.corpus.index_to_id(k) for k in indices)
+
+
+async def test_author_by_name_and_by_orcid(sim: Simulator) -> None:
+    c = sim.corpus
+    author = next(a for i in c.ids for a in c.article(i)["authors"] if a["orcid_id"])
+    got, report = await run_source(sim, "author", name=author["full_name"])
+    assert sorted(set(got)) == ids_of(sim, c.match_author(author["full_name"])) and got
+    got, _ = await run_source(sim, "author", orcid=author["orcid_id"])
+    assert sorted(set(got)) == ids_of(sim, c.match_orcid(author["orcid_id"])) and got
+    search = [e for e in sim.log.entries if e.route == "/v2/articles/search"]
+    assert len(search) == 2 and report.partitions[0].query.startswith("POST /articles/search")
+    assert f'search_for=:author: "{author["full_name"]}"' in report.partitions[0].query
+
+
+async def test_account_items_with_the_users_token(sim: Simulator) -> None:
+    got, _ = await run_source(sim, "account", token=sim.settings.user_token)
+    assert sorted(got) == sorted(sim.corpus.account_article_ids(sim.corpus.user))
+
+
+async def test_institution_articles_for_an_admin_include_drafts(sim: Simulator) -> None:
+    got, report = await run_source(sim, "institution_articles", token=sim.settings.admin_token)
+    rows = sim.corpus.institution_items()
+    assert sorted(got) == sorted(r[0] for r in rows)
+    assert any(not r[6] for r in rows)  # non-public items are among them
+    assert "order=modified_date" in report.partitions[0].query
+
+
+@pytest.mark.parametrize("kind", ["institution_articles", "reviews"])
+async def test_admin_sources_refuse_a_users_token_in_one_clear_line(
+    sim: Simulator, kind: str
+) -> None:
+    with pytest.raises(AuthError) as info:
+        await run_source(sim, kind, token=sim.settings.user_token)
+    message = str(info.value)
+    assert "\n" not in message and "403" in message
+    assert f"kind {kind}" in message and "institution administrator's token" in message
+    assert sim.settings.user_token not in message
+    with pytest.raises(AuthError, match="401"):
+        await run_source(sim, kind, token="wrong-token")
+
+
+async def test_reviews_list_their_articles_and_keep_the_review_records(sim: Simulator) -> None:
+    got, report = await run_source(sim, "reviews", token=sim.settings.admin_token)
+    reviews = sim.corpus.reviews
+    assert sorted(got) == sorted(r["article_id"] for r in reviews)
+    side = [s for s in report.side if s.kind == "review"]
+    assert sorted(s.key for s in side) == sorted(r["id"] for r in reviews)
+    assert side[0].body == next(r for r in reviews if r["id"] == side[0].key)
+    pending, _ = await run_source(sim, "reviews", token=sim.settings.admin_token,
+                                  status="pending")
+    assert sorted(pending) == sorted(r["article_id"] for r in reviews if r["status"] == "pending")
+    assert "offset=" in sim.log.entries[-1].query  # the endpoint pages by limit/offset
+
+
+@pytest.mark.parametrize("kind", ["collection", "project"])
+async def test_collections_and_projects_yield_their_record_and_articles(
+    sim: Simulator, kind: str
+) -> None:
+    c = sim.corpus
+    key = (c.collection_ids if kind == "collection" else c.project_ids)[1]
+    members = c.collection_articles(key) if kind == "collection" else c.project_articles(key)
+    got, report = await run_source(sim, kind, **{kind: key})
+    assert sorted(got) == sorted(members)
+    (side,) = report.side
+    assert side.kind == kind and side.key == key
+    assert side.body["record"]["id"] == key and sorted(side.body["articles"]) == sorted(members)
+    assert report.requests == 2  # the record and one page of articles
+
+
+async def test_an_unknown_collection_is_a_clear_error(sim: Simulator) -> None:
+    with pytest.raises(NotFound, match="collection 1 does not exist or is not public"):
+        await run_source(sim, "collection", collection=1)
+
+
+async def test_ids_file_with_ids_and_dois(sim: Simulator, tmp_path: Path) -> None:
+    c = sim.corpus
+    a, b, d = c.ids[5], c.ids[50], c.ids[500]
+    doi_b = c.article(b)["doi"]  # version-specific, e.g. 10.6084/m9.figshare.<id>.v1
+    path = tmp_path / "ids.txt"
+    path.write_text(f"# my list\n{a}\n\n{doi_b}\nhttps://doi.org/{c.article(d)['doi']}  # d\n"
+                    "10.9999/not.on.figshare\n")
+    got, report = await run_source(sim, "ids_file", path=str(path))
+    assert sorted(got) == sorted([a, b, d])
+    assert report.unresolved == ["10.9999/not.on.figshare"] and report.unresolved_count == 1
+    assert report.as_dict()["unresolved"] == 1
+    assert sim.log.count(route="/v2/articles") == 3  # one lookup per DOI
+    path.write_text(f"{a}\nnot an id\n")
+    with pytest.raises(ConfigError, match=r"ids.txt:2: 'not an id' is neither"):
+        await run_source(sim, "ids_file", path=str(path))
+
+
+async def test_oai_source_by_set_and_dates(sim: Simulator) -> None:
+    c = sim.corpus
+    got, report = await run_source(sim, "oai", set="item_type_3", **{"from": "2019-01-01"})
+    since = dt.datetime(2019, 1, 1, tzinfo=dt.UTC)
+    assert sorted(got) == sorted(i for i in c.ids
+                                 if c.item_type_of(i) == 3 and c.published(i) >= since)
+    assert report.partitions[0].query.startswith("OAI-PMH ListIdentifiers")
+
+
+async def test_a_descending_query_over_the_window_restarts_ascending() -> None:
+    async with Simulator(SimSettings(items=12_000, seed=4, cursor=False)) as big:
+        got, report = await run_source(big, "articles", order_direction="desc")
+        assert sorted(set(got)) == sorted(big.corpus.ids) and not report.truncated
+        assert "order_direction=desc" in report.partitions[0].query
+        assert "order_direction=asc" in report.partitions[1].query
+
+
+def test_plan_with_a_users_token_on_an_admin_source_exits_5_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harvester import cli
+    from tests.test_cli import config_file, one_error_line
+
+    with SimulatorThread(SimSettings(items=300, seed=2)) as s:
+        monkeypatch.setenv("FIGSHARE_TOKEN", s.settings.user_token)
+        path = config_file(tmp_path, s.api_url, s.stats_url, [{"kind": "institution_articles"}],
+                           api={"token": "${FIGSHARE_TOKEN}"})
+        assert cli.main(["plan", path]) == cli.ABORTED
+    line = one_error_line(capsys.readouterr().err)
+    assert "403" in line and "institution administrator's token" in line
+    assert s.settings.user_token not in line
+
+
+def test_admin_and_account_kinds_need_a_token_at_validation() -> None:
+    for kind in ("institution_articles", "reviews", "account"):
+        with pytest.raises(ConfigError, match=f"kind '{kind}' needs api.token"):
+            config.parse(f"name: t\nsources:\n  - kind: {kind}\n", "c.yaml", {})
+
+
+@pytest.mark.parametrize(("source", "problem"), [
+    ("{kind: author}", "give exactly one of name"),
+    ("{kind: author, name: A B, orcid: 0000-0001}", "give exactly one of name"),
+    ("{kind: institution, institution: 1, reconcile: rest}", "must be 'oai'"),
+    ("{kind: oai, set: portal}", "is not an OAI-PMH set"),
+    ("{kind: collection}", "collection: required"),
+    ("{kind: ids_file, path: /nonexistent/ids.txt}", "is not a readable file"),
+])
+def test_new_kinds_are_validated(source: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        config.parse(f"name: t\nsources:\n  - {source}\n", "c.yaml", {})
