@@ -21,7 +21,7 @@ from harvester import __version__
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.config import INCREMENTAL_KINDS, Config, Source, public_view
 from harvester.fetch import ItemFetcher, extra_rows, source_names, stamp, utc_now
-from harvester.records import RowContext, article_rows, stats_rows
+from harvester.records import RowContext, article_rows, side_rows, stats_rows
 from harvester.sinks import (
     SnapshotWriter,
     is_remote,
@@ -228,9 +228,7 @@ class Harvest:
             report = SourceReport(source.name, source.kind)
             self.reports.append(report)
             if done is not None:
-                report.listed = done["listed"]
-                report.requests = done["requests"]
-                report.truncated = done["truncated"]
+                report.restore(done)  # partitions, reconcile: the manifest keeps them
                 self.progress.listed += report.listed
                 continue
             await journal.call(journal.start_source, idx, source.name)
@@ -238,6 +236,10 @@ class Harvest:
                 await journal.call(journal.add_ids, idx, batch)
                 self.progress.listed += len(batch)
                 crash_point("listing")
+            if report.side:  # collections, projects, reviews: written with the snapshot
+                await journal.call(journal.add_side, idx,
+                                   [(s.kind, s.key, s.body) for s in report.side],
+                                   stamp(utc_now()))
             info = report.as_dict()
             await journal.call(journal.finish_source, idx, info)
             log.info("source %s: %d ids listed in %d requests%s", source.name, report.listed,
@@ -438,6 +440,10 @@ class Harvest:
                 writer.add_article(record, rows)
                 self.progress.written += 1
                 crash_point("write")
+            for kind, _, body, at in journal.side():
+                side_ctx = RowContext(snapshot_id=snapshot_id, fetched_at=_parse_stamp(at))
+                for table, rows in side_rows(kind, body, side_ctx).items():
+                    writer.add_rows(table, rows)
             for error in journal.errors():
                 writer.add_error(error)
             manifest["finished_at"] = stamp(utc_now())

@@ -212,6 +212,23 @@ _COLUMNS: dict[str, list[_Col]] = {
         ("project_id", _I64, False, "GET /projects/{id}/articles", "project"),
         ("article_id", _I64, False, "GET /projects/{id}/articles: id", "member article"),
     ],
+    "reviews": [
+        _SNAP,
+        ("review_id", _I64, False, "id", "curation (review) id"),
+        ("article_id", _I64, False, "article_id", "the article under review"),
+        ("version", _I32, True, "version", "the article version reviewed"),
+        ("group_id", _I64, True, "group_id", "group of the article (0 -> null)"),
+        ("account_id", _I64, True, "account_id", "account that submitted the article"),
+        ("assigned_to", _I64, True, "assigned_to", "reviewer's account (null: unassigned)"),
+        ("status", _STR, True, "status", "pending, approved, rejected or closed"),
+        ("comments_count", _I32, True, "comments_count", "comments on the review"),
+        ("request_number", _I64, True, "request_number", "the institution's request number"),
+        ("created_date", _TS, True, "created_date", "review requested"),
+        ("modified_date", _TS, True, "modified_date", "last change of the review"),
+        ("review_date", _TS, True, "review_date", "decision time (null while pending)"),
+        ("resolution_comment", _STR, True, "resolution_comment", "the reviewer's comment"),
+        _HASH, _FETCHED, _RAW,
+    ],
 }
 
 
@@ -640,3 +657,40 @@ def project_rows(
         "projects": [row],
         "project_articles": _members("project_id", pid, article_ids, ctx),
     }
+
+
+def review_rows(review: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
+    """The `reviews` row of one Curation from GET /account/institution/reviews."""
+    g = review.get
+    rid = _entity_id(review, "review")
+    return [{
+        "snapshot_id": ctx.snapshot_id,
+        "review_id": rid,
+        "article_id": _id(g("article_id")) or 0,
+        "version": _int(g("version"), 32),
+        "group_id": _id(g("group_id")),
+        "account_id": _id(g("account_id")),
+        "assigned_to": _id(g("assigned_to")),
+        "status": _str(g("status")),
+        "comments_count": _int(g("comments_count"), 32),
+        "request_number": _int(g("request_number")),
+        "created_date": parse_timestamp(g("created_date")),
+        "modified_date": parse_timestamp(g("modified_date")),
+        "review_date": parse_timestamp(g("review_date")),
+        "resolution_comment": _str(g("resolution_comment")),
+        "content_hash": content_hash(review),
+        "fetched_at": ctx.fetched_at,
+        "raw": orjson.dumps(review).decode(),
+    }]
+
+
+def side_rows(kind: str, body: Mapping[str, Any],
+              ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
+    """Rows of a record a source yields besides ids (see sources.SideRecord)."""
+    if kind == "collection":
+        return collection_rows(body["record"], ctx, article_ids=body.get("articles", ()))
+    if kind == "project":
+        return project_rows(body["record"], ctx, article_ids=body.get("articles", ()))
+    if kind == "review":
+        return {"reviews": review_rows(body, ctx)}
+    raise ValueError(f"unknown side record kind {kind!r}")

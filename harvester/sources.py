@@ -69,6 +69,17 @@ class SourceReport:
             out["reconcile"] = self.reconcile
         return out
 
+    def restore(self, info: Mapping[str, Any]) -> None:
+        """Take back what a finished source reported (a resumed run's manifest shows it too)."""
+        self.listed = info.get("listed", 0)
+        self.distinct = info.get("distinct", 0)
+        self.requests = info.get("requests", 0)
+        self.truncated = info.get("truncated", False)
+        self.partitions = [Partition(**p) for p in info.get("partitions", ())]
+        self.unresolved_count = info.get("unresolved", 0)
+        self.unresolved = list(info.get("unresolved_lines", ()))
+        self.reconcile = info.get("reconcile")
+
     def absorb(self, walker: Exhauster | OaiLister) -> None:
         self.listed += walker.listed
         self.distinct += len(walker.seen)

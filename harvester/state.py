@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS records (
     article_id INTEGER PRIMARY KEY, body BLOB NOT NULL, files BLOB, stats BLOB,
     fetched_at TEXT NOT NULL, extra BLOB, published TEXT);
 CREATE TABLE IF NOT EXISTS errors (article_id INTEGER PRIMARY KEY, error BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS side (
+    kind TEXT NOT NULL, key INTEGER NOT NULL, source INTEGER NOT NULL, body BLOB NOT NULL,
+    fetched_at TEXT NOT NULL, PRIMARY KEY (kind, key));
 """
 
 
@@ -282,6 +285,23 @@ class Journal:
             orjson.loads(e)
             for (e,) in self.db.execute("SELECT error FROM errors ORDER BY article_id").fetchall()
         ]
+
+    # -- source-level records: collections, projects, reviews -------------------------------
+
+    def add_side(self, idx: int, records: Iterable[tuple[str, int, Any]], fetched_at: str) -> None:
+        """Records a source yields besides ids, as (kind, key, JSON body); re-listing replaces."""
+        with _tx(self.db):
+            self.db.executemany(
+                "INSERT OR REPLACE INTO side VALUES(?, ?, ?, ?, ?)",
+                [(kind, key, idx, zlib.compress(orjson.dumps(body), 1), fetched_at)
+                 for kind, key, body in records],
+            )
+
+    def side(self) -> Iterator[tuple[str, int, Any, str]]:
+        """(kind, key, body, fetched_at) in kind and key order (call on the journal thread)."""
+        for kind, key, body, fetched_at in self.db.execute(
+                "SELECT kind, key, body, fetched_at FROM side ORDER BY kind, key").fetchall():
+            yield kind, key, orjson.loads(zlib.decompress(body)), fetched_at
 
 
 @contextlib.contextmanager

@@ -337,6 +337,13 @@ EXPECTED = {
                             ("article_id", I64, False)],
     "project_articles": [("snapshot_id", S, False), ("project_id", I64, False),
                          ("article_id", I64, False)],
+    "reviews": [("snapshot_id", S, False), ("review_id", I64, False), ("article_id", I64, False),
+                ("version", I32, True), ("group_id", I64, True), ("account_id", I64, True),
+                ("assigned_to", I64, True), ("status", S, True), ("comments_count", I32, True),
+                ("request_number", I64, True), ("created_date", TS, True),
+                ("modified_date", TS, True), ("review_date", TS, True),
+                ("resolution_comment", S, True), ("content_hash", S, False),
+                ("fetched_at", TS, False), ("raw", S, False)],
 }
 
 

@@ -390,3 +390,41 @@ def test_admin_and_account_kinds_need_a_token_at_validation() -> None:
 def test_new_kinds_are_validated(source: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         config.parse(f"name: t\nsources:\n  - {source}\n", "c.yaml", {})
+
+
+async def test_collection_project_and_review_records_reach_the_snapshot(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from harvester.pipeline import Harvest
+    from tests.conftest import write_config
+
+    c = sim.corpus
+    cid, pid = c.collection_ids[0], c.project_ids[0]
+    cfg = write_config(tmp_path, sim, [
+        {"kind": "collection", "collection": cid},
+        {"kind": "project", "project": pid},
+        {"kind": "reviews", "status": "approved"},
+    ], env={"FIGSHARE_TOKEN": sim.settings.admin_token}, api={"token": "${FIGSHARE_TOKEN}"},
+        stats={"counters": []})
+    result = await Harvest(cfg).run()
+    snap = result.snapshot
+    assert snap is not None and result.manifest["status"] == "complete"
+    (coll,) = pq.read_table(snap / "collections.parquet").to_pylist()
+    assert coll["collection_id"] == cid and coll["title"] == c.collection(cid)["title"]
+    members = pq.read_table(snap / "collection_articles.parquet").column("article_id").to_pylist()
+    assert sorted(members) == sorted(c.collection_articles(cid))
+    (proj,) = pq.read_table(snap / "projects.parquet").to_pylist()
+    assert proj["project_id"] == pid
+    reviews = pq.read_table(snap / "reviews.parquet").to_pylist()
+    approved = [r for r in c.reviews if r["status"] == "approved"]
+    assert sorted(r["review_id"] for r in reviews) == sorted(r["id"] for r in approved)
+    assert all(r["status"] == "approved" and r["review_date"] is not None for r in reviews)
+    articles = set(pq.read_table(snap / "articles.parquet").column("article_id").to_pylist())
+    assert articles == set(c.collection_articles(cid)) | set(c.project_articles(pid)) | {
+        r["article_id"] for r in approved}
+    # the manifest says what each source took
+    by_name = {s["name"]: s for s in result.manifest["sources"]}
+    assert by_name["reviews-3"]["partitions"][0]["query"].startswith(
+        "GET /account/institution/reviews")
