@@ -188,7 +188,7 @@ SOURCE_KINDS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "account": ({}, ()),  # the token owner's items, drafts included (GET /account/articles)
     # one author (name or ORCID), an institution's items for its admins (drafts too), its review
     # queue, a collection or a project and their articles, a file of ids or DOIs, OAI-PMH ids
-    "author": ({"name": _STR, "orcid": _STR, **_FILTERS}, ()),
+    "author": ({"full_name": _STR, "orcid": _STR, **_FILTERS}, ()),
     "institution_articles": ({k: _FILTERS[k] for k in (
         "published_since", "modified_since", "item_type", "group", "resource_doi", "order",
         "order_direction")} | {"status": _INT}, ()),
@@ -413,8 +413,8 @@ def _check_source(v: _Validator, key: str, kind: str, params: dict[str, Any]) ->
 
     if params.get("reconcile", "none") not in ("oai", "none"):
         raise fail("reconcile", "must be 'oai' (check against the OAI-PMH portal set) or 'none'")
-    if kind == "author" and ("name" in params) == ("orcid" in params):
-        raise fail("name", "give exactly one of name (the full name) or orcid")
+    if kind == "author" and ("full_name" in params) == ("orcid" in params):
+        raise fail("full_name", "give exactly one of full_name or orcid")
     if kind == "institution_articles" and params.get("order", "modified_date") not in (
             "published_date", "modified_date"):
         raise fail("order", "must be published_date or modified_date for this endpoint")

@@ -164,7 +164,8 @@ def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
         return ListQuery("GET", f"/projects/{pid}/articles", {}, cursor=False, fallback=search)
     filters.pop("reconcile", None)
     if kind == "author":
-        filters["search_for"] = author_terms(filters.pop("name", None), filters.pop("orcid", None))
+        filters["search_for"] = author_terms(filters.pop("full_name", None),
+                                              filters.pop("orcid", None))
     # Ascending order keeps pages stable while new items are published mid-harvest.
     if kind == "institution_articles":
         # Drafts have no publish date, so the admin listing is walked by modification date.
@@ -183,10 +184,10 @@ def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
     raise ValueError(f"source kind {kind!r} has no list query")
 
 
-def author_terms(name: str | None, orcid: str | None) -> str:
-    """search_for terms for one author's records: `:author: "Name"` or `:orcid: <id>`."""
+def author_terms(full_name: str | None, orcid: str | None) -> str:
+    """search_for terms for one author's records: `:author: "Full Name"` or `:orcid: <id>`."""
     if orcid:
         return f":orcid: {orcid}"
-    if not name:
-        raise ValueError("an author needs a name or an orcid")
-    return f':author: "{name}"'
+    if not full_name:
+        raise ValueError("an author needs a full_name or an orcid")
+    return f':author: "{full_name}"'

@@ -254,7 +254,7 @@ def ids_of(sim: Simulator, indices: set[int]) -> list[int]:
 async def test_author_by_name_and_by_orcid(sim: Simulator) -> None:
     c = sim.corpus
     author = next(a for i in c.ids for a in c.article(i)["authors"] if a["orcid_id"])
-    got, report = await run_source(sim, "author", name=author["full_name"])
+    got, report = await run_source(sim, "author", full_name=author["full_name"])
     assert sorted(set(got)) == ids_of(sim, c.match_author(author["full_name"])) and got
     got, _ = await run_source(sim, "author", orcid=author["orcid_id"])
     assert sorted(set(got)) == ids_of(sim, c.match_orcid(author["orcid_id"])) and got
@@ -380,8 +380,8 @@ def test_admin_and_account_kinds_need_a_token_at_validation() -> None:
 
 
 @pytest.mark.parametrize(("source", "problem"), [
-    ("{kind: author}", "give exactly one of name"),
-    ("{kind: author, name: A B, orcid: 0000-0001}", "give exactly one of name"),
+    ("{kind: author}", "give exactly one of full_name"),
+    ("{kind: author, full_name: A B, orcid: 0000-0001}", "give exactly one of full_name"),
     ("{kind: institution, institution: 1, reconcile: rest}", "must be 'oai'"),
     ("{kind: oai, set: portal}", "is not an OAI-PMH set"),
     ("{kind: collection}", "collection: required"),
