@@ -17,7 +17,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, Literal, TypeVar
@@ -50,6 +50,7 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CROSS_ORIGIN_STRIP = ("Authorization", "Proxy-Authorization", "Cookie")
 
 V = TypeVar("V")
+T = TypeVar("T")
 
 
 class FrozenMap(Mapping[str, V]):
@@ -155,6 +156,36 @@ class Reply:
         return self.data if self.data is not None else orjson.loads(self.body)
 
 
+class Stream:
+    """A 2xx response whose body is read chunk by chunk: `async for chunk in stream`.
+
+    A connection lost mid-body raises RetryableError ("truncated", "reset" or "timeout");
+    the caller decides how to go on (a download resumes with a Range request).
+    """
+
+    def __init__(self, status: int, headers: Mapping[str, str], url: str,
+                 content: aiohttp.StreamReader, call: _Call, client: Client,
+                 chunk_size: int) -> None:
+        self.status = status
+        self.headers = headers
+        self.url = url  # final, sanitized
+        self._content, self._call, self._client = content, call, client
+        self._chunk_size = chunk_size
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._content.read(self._chunk_size)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _transport_error(self._call, exc) from None
+        if not chunk:
+            raise StopAsyncIteration
+        self._client._bytes += len(chunk)
+        return chunk
+
+
 # ---- pure functions: policy arithmetic and URL hygiene -------------------------------------------
 
 
@@ -226,6 +257,19 @@ def _secrets_of(header_value: str) -> list[str]:
     """The header value and its bare credential (the part after "token " / "Basic ")."""
     parts = header_value.split()
     return [header_value, parts[-1]] if len(parts) > 1 else [header_value]
+
+
+def _transport_error(call: _Call, exc: BaseException) -> RequestError:
+    """What a failed exchange means for the caller: retry, or not."""
+    if isinstance(exc, TimeoutError):
+        return call.fail(RetryableError, "timeout", type(exc).__name__)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return call.fail(RetryableError, "truncated", str(exc))
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return call.fail(RetryableError, "connect", type(exc).__name__)
+    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+        return call.fail(RetryableError, "reset", f"{type(exc).__name__}: {exc}")
+    return call.fail(RequestError, "client-error", f"{type(exc).__name__}: {exc}")
 
 
 # ---- per-origin state ----------------------------------------------------------------------------
@@ -355,6 +399,22 @@ class Client:
                   expect: Literal["json", "bytes"] = "json") -> Reply:
         return await self._request("GET", url, params, headers, None, expect)
 
+    @asynccontextmanager
+    async def stream(self, url: str, *, headers: Mapping[str, str] | None = None,
+                     chunk_size: int = 1 << 16) -> AsyncIterator[Stream]:
+        """GET `url` and read its 2xx body in chunks, for bodies too large to hold in memory.
+
+        Up to the response head everything is as for get(): the origin's rate window, the
+        concurrency slot (held until the block ends), redirects followed by hand with
+        credentials kept to their origin, retries of retryable statuses and connection
+        failures. No total timeout applies to the body; the read timeout does.
+        """
+        call = self._call("GET", url, None, headers)
+        async with AsyncExitStack() as stack:
+            stream = await self._retrying(
+                lambda: stack.enter_async_context(self._open_stream(call, headers, chunk_size)))
+            yield stream
+
     async def post(self, url: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
                    headers: Mapping[str, str] | None = None,
                    expect: Literal["json", "bytes"] = "json") -> Reply:
@@ -383,6 +443,11 @@ class Client:
                        expect: str) -> Reply:
         if expect not in ("json", "bytes"):
             raise ValueError(f"expect must be 'json' or 'bytes', not {expect!r}")
+        call = self._call(method, url, params, headers)
+        return await self._retrying(lambda: self._exchange(call, headers, body, expect))
+
+    def _call(self, method: str, url: str, params: Mapping[str, Any] | None,
+              headers: Mapping[str, str] | None) -> _Call:
         if self._session is None:
             raise RuntimeError("Client used outside 'async with'")
         try:
@@ -400,11 +465,15 @@ class Client:
         call = _Call(method, target, secrets)
         if not target.absolute or target.scheme not in ("http", "https"):
             raise call.fail(RequestError, "bad-url", "not an absolute http(s) URL")
+        return call
+
+    async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
+        """Run one attempt after another while they fail with RetryableError, per the policy."""
         policy = self.settings.retry
         last: RetryableError | None = None
         for attempt in range(1, policy.attempts + 1):
             try:
-                return await self._exchange(call, headers, body, expect)
+                return await attempt_once()
             except RetryableError as exc:
                 last = exc
                 if exc.retry_after is not None and exc.retry_after > policy.retry_after_max:
@@ -451,6 +520,62 @@ class Client:
             return self._classify(call, origin, status, reason, rheaders, raw, expect)
         raise call.fail(RequestError, "redirects", f"more than {MAX_REDIRECTS} redirects")
 
+    @asynccontextmanager
+    async def _open_stream(self, first: _Call, headers: Mapping[str, str] | None,
+                           chunk_size: int) -> AsyncIterator[Stream]:
+        """One attempt of stream(): like _exchange, but a 2xx body stays on the wire."""
+        call = _Call(first.method, first.url, first.secrets)
+        start_origin = origin_of(first.url)
+        given = CIMultiDict(headers or {})
+        s = self.settings
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout,
+                                        sock_read=s.read_timeout)
+        for _ in range(MAX_REDIRECTS + 1):
+            session = self._session
+            if session is None:
+                raise call.fail(Abort, "closed", "the client was closed")
+            origin = self._origin(call.url)
+            hdrs = given.copy()
+            if origin.name != start_origin:
+                for name in _CROSS_ORIGIN_STRIP:
+                    hdrs.popall(name, None)
+            cred = self.settings.credentials.get(origin.name)
+            if cred is not None and "Authorization" not in hdrs:
+                hdrs["Authorization"] = str(cred)
+            async with AsyncExitStack() as stack:
+                try:
+                    send = await stack.enter_async_context(self._slot(call, origin))
+                    resp = await stack.enter_async_context(session.request(
+                        call.method, call.url, headers=hdrs, allow_redirects=False,
+                        trace_request_ctx=send, timeout=timeout,
+                    ))
+                    if send.locked:
+                        self._record(send)
+                    status, reason = resp.status, resp.reason or ""
+                    rheaders = CIMultiDictProxy(CIMultiDict(resp.headers))
+                    self._statuses[str(status)] += 1
+                    streaming = 200 <= status < 300
+                    raw = b"" if streaming else await resp.read()
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    raise _transport_error(call, exc) from None
+                self._bytes += len(raw)
+                if streaming:
+                    yield Stream(status, rheaders, call.safe_url, resp.content, call, self,
+                                 chunk_size)
+                    return
+            location = rheaders.get("Location")
+            if status in _REDIRECTS and location:
+                try:
+                    call.url = call.url.join(URL(location))
+                except ValueError:
+                    raise call.fail(RequestError, "bad-redirect", f"Location {location!r}",
+                                    status=status, phrase=reason) from None
+                continue
+            self._classify(call, origin, status, reason, rheaders, raw, "bytes")  # raises >= 400
+            raise call.fail(BadResponse, "unexpected-status", "no body to stream",
+                            status=status, phrase=reason)
+        raise call.fail(RequestError, "redirects", f"more than {MAX_REDIRECTS} redirects")
+
     async def _send(self, call: _Call, origin: _Origin, hdrs: CIMultiDict[str],
                     body: bytes | None) -> tuple[int, str, CIMultiDictProxy[str], bytes]:
         session = self._session
@@ -466,16 +591,8 @@ class Client:
                 raw = await resp.read()
                 status, reason = resp.status, resp.reason or ""
                 rheaders = CIMultiDictProxy(CIMultiDict(resp.headers))
-        except TimeoutError as exc:
-            raise call.fail(RetryableError, "timeout", type(exc).__name__) from None
-        except aiohttp.ClientPayloadError as exc:
-            raise call.fail(RetryableError, "truncated", str(exc)) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise call.fail(RetryableError, "connect", type(exc).__name__) from None
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise call.fail(RetryableError, "reset", f"{type(exc).__name__}: {exc}") from None
-        except aiohttp.ClientError as exc:
-            raise call.fail(RequestError, "client-error", f"{type(exc).__name__}: {exc}") from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _transport_error(call, exc) from None
         self._statuses[str(status)] += 1
         self._bytes += len(raw)
         return status, reason, rheaders, raw

@@ -18,7 +18,12 @@ from harvester.errors import ConfigError
 
 DEFAULT_API_URL = "https://api.figshare.com/v2"
 DEFAULT_STATS_URL = "https://stats.figshare.com"
+DEFAULT_DOWNLOAD_URL = "https://ndownloader.figshare.com"
 COUNTERS = ("views", "downloads", "shares")
+STATS_ITEMS = ("article", "author", "collection", "group", "project")
+GRANULARITIES = ("day", "month", "year", "total")
+STATS_METHODS = ("per-item", "tops")
+VERSION_MODES = ("latest", "all")
 FORMATS = ("ndjson", "parquet")
 S3_SCHEME = "s3://"
 ORDERS = ("published_date", "created_date", "modified_date", "views", "shares", "downloads", "cites")
@@ -69,12 +74,56 @@ class Api:
 
 
 @dataclass(frozen=True)
+class Series:
+    """stats.timeline or stats.breakdown: granularity, date range, which items and counters."""
+
+    granularity: str
+    start: str  # YYYY-MM-DD
+    end: str | None = None  # None: the day the run starts (UTC)
+    items: tuple[str, ...] = ("article",)
+    counters: tuple[str, ...] = COUNTERS
+
+
+@dataclass(frozen=True)
+class Entities:
+    """Ids whose timelines/breakdowns are fetched once each (not per article).
+
+    group None: the groups of the harvested articles; the other kinds must be listed.
+    """
+
+    group: tuple[int, ...] | None = None
+    collection: tuple[int, ...] = ()
+    project: tuple[int, ...] = ()
+    author: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Stats:
     url: str = DEFAULT_STATS_URL
     counters: tuple[str, ...] = COUNTERS
     institution: str | None = None  # string id such as "lboro": institution-scoped numbers
     user: Secret | None = None
     password: Secret | None = None
+    method: str = "per-item"  # or "tops": totals from one ranking per counter (institution scope)
+    top_count: int = 10_000  # `count` asked of /top; a full ranking falls back to per-item calls
+    timeline: Series | None = None
+    breakdown: Series | None = None
+    entities: Entities = field(default_factory=Entities)
+
+
+@dataclass(frozen=True)
+class Files:
+    """Opt-in file downloads into a persistent tree beside the snapshots."""
+
+    download: bool = False
+    dir: str | None = None  # None: OUTPUT/NAME/files (see Config.files_path)
+    url: str = DEFAULT_DOWNLOAD_URL  # where ndownloader.figshare.com is (a mirror, the simulator)
+    extensions: tuple[str, ...] = ()  # lower case, no dot; () = every extension
+    max_size: int | None = None  # bytes; larger files are recorded, not fetched
+    max_total_bytes: int | None = None  # bytes one run may download; the rest are skipped
+    link_only: bool = False  # fetch files hosted elsewhere (no md5 to check) too
+    private_token: bool = False  # send the API token for a draft's files (account sources)
+    share_rate: bool = False  # the download host draws on the API host's rate budget
 
 
 @dataclass(frozen=True)
@@ -124,6 +173,8 @@ class Config:
     incremental: Incremental | None = None  # None: every run is a full run
     max_errors: int = 0
     warehouse: Warehouse | None = None  # None: snapshots are not loaded anywhere after a run
+    files: Files = field(default_factory=Files)
+    versions: str = "latest"  # "all": every version's full record too (article_versions)
     path: str = "<config>"
 
     def fingerprint(self) -> str:
@@ -140,6 +191,13 @@ class Config:
         if self.output.dir.startswith(S3_SCHEME):
             return Path(".harvester-state") / self.name
         return Path(self.output.dir) / self.name / ".state"
+
+    def files_path(self) -> Path:
+        """Root of the downloaded files: files.dir, else OUTPUT/NAME/files (kept across
+        snapshots: files are large and stable, each snapshot's `downloads` table lists them)."""
+        if self.files.dir:
+            return Path(self.files.dir)
+        return Path(self.output.dir) / self.name / "files"
 
 
 def public_view(value: Any) -> Any:
@@ -243,7 +301,7 @@ def parse(
         top,
         "",
         ("name", "contact", "api", "stats", "http", "sources", "output", "incremental",
-         "max_errors", "warehouse"),
+         "max_errors", "warehouse", "files", "versions"),
     )
     name = v.string(top.get("name"), "name", required=True)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
@@ -260,7 +318,8 @@ def parse(
     )
 
     st_raw = v.mapping(top.get("stats", {}), "stats")
-    v.known(st_raw, "stats", ("url", "counters", "institution", "user", "password"))
+    v.known(st_raw, "stats", ("url", "counters", "institution", "user", "password", "method",
+                              "top_count", "timeline", "breakdown", "entities"))
     counters = tuple(v.choices(st_raw.get("counters", list(COUNTERS)), "stats.counters", COUNTERS))
     stats = Stats(
         url=_url(stats_url or env.get("FIGSHARE_STATS_URL") or v.string(st_raw.get("url"), "stats.url")
@@ -269,9 +328,17 @@ def parse(
         institution=v.string(st_raw.get("institution"), "stats.institution") or None,
         user=v.secret(st_raw.get("user"), "stats.user"),
         password=v.secret(st_raw.get("password"), "stats.password"),
+        method=v.one_of(st_raw.get("method", "per-item"), "stats.method", STATS_METHODS),
+        top_count=v.integer(st_raw.get("top_count", 10_000), "stats.top_count", minimum=1,
+                            maximum=1_000_000),
+        timeline=_series(v, st_raw["timeline"], "stats.timeline") if "timeline" in st_raw else None,
+        breakdown=(_series(v, st_raw["breakdown"], "stats.breakdown")
+                   if "breakdown" in st_raw else None),
+        entities=_entities(v, st_raw.get("entities")),
     )
     if (stats.user is None) != (stats.password is None):
         raise ConfigError(f"{where}: stats: give both user and password, or neither")
+    _check_stats(v, stats)
 
     http = _http(v, top.get("http", {}))
 
@@ -299,6 +366,7 @@ def parse(
         if source.kind in ACCOUNT_KINDS and api.token is None:
             raise ConfigError(f"{where}: sources[{i}]: kind {source.kind!r} needs api.token")
     incremental = _incremental(v, top["incremental"]) if "incremental" in top else None
+    files = _files(v, top.get("files"), env, output, api)
     max_errors = v.integer(top.get("max_errors", 0), "max_errors", minimum=0)
     return Config(
         name=name,
@@ -311,8 +379,102 @@ def parse(
         incremental=incremental,
         max_errors=max_errors,
         warehouse=warehouse,
+        files=files,
+        versions=v.one_of(top.get("versions", "latest"), "versions", VERSION_MODES),
         path=where,
     )
+
+
+def _series(v: _Validator, raw: Any, key: str) -> Series:
+    m = v.mapping(raw, key)
+    v.known(m, key, ("granularity", "start", "end", "items", "counters"))
+    if "granularity" not in m:
+        raise v.fail(f"{key}.granularity", f"required: one of {list(GRANULARITIES)}")
+    if "start" not in m:
+        raise v.fail(f"{key}.start", "required: the first day (YYYY-MM-DD)")
+    start = v.day(m["start"], f"{key}.start")
+    end = v.day(m["end"], f"{key}.end") if m.get("end") is not None else None
+    if end is not None and end < start:
+        raise v.fail(f"{key}.end", f"{end} is before start {start}")
+    items = tuple(v.choices(m.get("items", ["article"]), f"{key}.items", STATS_ITEMS))
+    if not items:
+        raise v.fail(f"{key}.items", f"name at least one of {list(STATS_ITEMS)}")
+    return Series(
+        granularity=v.one_of(m["granularity"], f"{key}.granularity", GRANULARITIES),
+        start=start,
+        end=end,
+        items=items,
+        counters=tuple(v.choices(m.get("counters", list(COUNTERS)), f"{key}.counters", COUNTERS)),
+    )
+
+
+def _entities(v: _Validator, raw: Any) -> Entities:
+    m = v.mapping(raw, "stats.entities")
+    kinds = tuple(k for k in STATS_ITEMS if k != "article")
+    v.known(m, "stats.entities", kinds)
+    ids: dict[str, tuple[int, ...]] = {}
+    for kind in kinds:
+        if kind in m:
+            value = m[kind]
+            key = f"stats.entities.{kind}"
+            if not isinstance(value, list):
+                raise v.fail(key, "expected a list of integer ids")
+            ids[kind] = tuple(v.integer(x, f"{key}[{i}]", minimum=1) for i, x in enumerate(value))
+    return Entities(**ids)
+
+
+def _check_stats(v: _Validator, stats: Stats) -> None:
+    """Cross-key rules: what the institution scope needs, and entity ids that are used."""
+    basic = stats.user is not None
+    if stats.method == "tops" and not (stats.institution and basic):
+        raise v.fail("stats.method", "'tops' ranks an institution's items: it needs "
+                     "stats.institution and stats.user/password (HTTP Basic)")
+    asked = set()
+    for key, series in (("stats.timeline", stats.timeline), ("stats.breakdown", stats.breakdown)):
+        if series is None:
+            continue
+        if stats.institution and not basic:
+            raise v.fail(key, f"the institution scope ({stats.institution}) needs stats.user "
+                         "and stats.password (HTTP Basic; leave stats.institution out for "
+                         "public numbers)")
+        asked.update(series.items)
+        for kind in series.items:
+            if kind in ("collection", "project", "author") and not getattr(stats.entities, kind):
+                raise v.fail(f"{key}.items", f"{kind!r} needs ids in stats.entities.{kind}")
+    for kind in ("group", "collection", "project", "author"):
+        if getattr(stats.entities, kind) and kind not in asked:
+            raise v.fail(f"stats.entities.{kind}", f"{kind!r} is in neither "
+                         "stats.timeline.items nor stats.breakdown.items")
+
+
+def _files(v: _Validator, raw: Any, env: Mapping[str, str], output: Output, api: Api) -> Files:
+    m = v.mapping(raw, "files")
+    v.known(m, "files", ("download", "dir", "url", "extensions", "max_size", "max_total_bytes",
+                         "link_only", "private_token", "share_rate"))
+    exts = m.get("extensions", [])
+    if not isinstance(exts, list) or not all(isinstance(e, str) and e.strip(". ") for e in exts):
+        raise v.fail("files.extensions", "expected a list of extensions such as [csv, zip]")
+    url = env.get("FIGSHARE_DOWNLOAD_URL") or v.string(m.get("url"), "files.url")
+    files = Files(
+        download=v.boolean(m.get("download", False), "files.download"),
+        dir=v.string(m.get("dir"), "files.dir") or None,
+        url=_url(url or DEFAULT_DOWNLOAD_URL, v.where, "files.url"),
+        extensions=tuple(dict.fromkeys(e.strip(". ").lower() for e in exts)),
+        max_size=(v.integer(m["max_size"], "files.max_size", minimum=1)
+                  if m.get("max_size") is not None else None),
+        max_total_bytes=(v.integer(m["max_total_bytes"], "files.max_total_bytes", minimum=1)
+                         if m.get("max_total_bytes") is not None else None),
+        link_only=v.boolean(m.get("link_only", False), "files.link_only"),
+        private_token=v.boolean(m.get("private_token", False), "files.private_token"),
+        share_rate=v.boolean(m.get("share_rate", False), "files.share_rate"),
+    )
+    if files.private_token and api.token is None:
+        raise v.fail("files.private_token", "needs api.token")
+    if files.dir and "://" in files.dir:
+        raise v.fail("files.dir", f"must be a local directory, got {files.dir!r}")
+    if files.download and not files.dir and output.dir.startswith(S3_SCHEME):
+        raise v.fail("files.dir", "required (a local directory) when output.dir is s3://")
+    return files
 
 
 def _http(v: _Validator, raw: Any) -> Http:
@@ -539,6 +701,23 @@ class _Validator:
         if positive and not value > 0:
             raise self.fail(key, f"must be greater than 0, got {value}")
         return float(value)
+
+    def one_of(self, value: Any, key: str, valid: tuple[str, ...]) -> str:
+        if value not in valid:
+            raise self.fail(key, f"{value!r} is not one of {list(valid)}")
+        return str(value)
+
+    def day(self, value: Any, key: str) -> str:
+        """A calendar date, YYYY-MM-DD."""
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value.isoformat()
+        text = self.string(value, key)
+        try:
+            if len(text) != 10:
+                raise ValueError(text)
+            return dt.date.fromisoformat(text).isoformat()
+        except ValueError:
+            raise self.fail(key, f"{text!r} is not a date (YYYY-MM-DD)") from None
 
     def boolean(self, value: Any, key: str) -> bool:
         if not isinstance(value, bool):

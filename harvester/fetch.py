@@ -1,8 +1,16 @@
-"""Per-item requests: the full record, its complete file list and its stats; what one item costs."""
+"""Per-item requests: the full record, its files, versions, stats and downloads; what one item costs.
+
+Optional per-item payloads (timelines, breakdowns, older versions, download results) travel in
+`Outcome.extra`, are stored compressed in the journal with the record and become table rows
+through `extra_rows` when the snapshot is written, so resume and snapshot determinism hold for
+them too. Stats of groups, collections, projects and authors are not per article: `after_fan_out`
+fetches them once per entity when every article is in, and `run_rows` hands their rows over.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,10 +18,19 @@ import orjson
 
 from harvester.client import Client
 from harvester.config import ACCOUNT_KINDS, Config, Source
+from harvester.downloads import Downloader
 from harvester.errors import Abort, BadResponse, GiveUp, NotFound, RequestError
-from harvester.figshare import article_path, files_may_be_truncated, files_path, stats_total_path
-from harvester.records import RowContext
-from harvester.state import DONE, FAILED, FULL, GONE, STATS_ONLY, Outcome
+from harvester.figshare import article_path, files_may_be_truncated, files_path
+from harvester.records import (
+    RowContext,
+    article_version_rows,
+    breakdown_rows,
+    download_rows,
+    timeline_rows,
+    version_rows,
+)
+from harvester.state import DONE, FAILED, FULL, GONE, STATS_ONLY, Journal, Outcome
+from harvester.statsdepth import StatsFetcher, parse_date, periods
 
 FILES_PAGE = 1_000
 
@@ -36,21 +53,32 @@ class ItemFetcher:
 
     Never raises for a single item's trouble (404, retries exhausted, a malformed body): that
     becomes an Outcome for errors.ndjson. Raises only Abort: the host or credentials are gone.
+    One fetcher serves a whole run; `requests` counts what it sent, by kind, for the manifest.
     """
 
-    def __init__(self, cfg: Config, client: Client) -> None:
+    def __init__(self, cfg: Config, client: Client, *, today: dt.date | None = None) -> None:
         self.cfg = cfg
         self.client = client
         # ids listed by these sources may be private: fetch them from /account/articles/{id}
         self.account_mask = sum(
             1 << i for i, s in enumerate(cfg.sources) if s.kind in ACCOUNT_KINDS
         )
+        self.requests: Counter[str] = Counter()
+        self.items = 0  # ids fetched in this run (resumed runs count only their own)
+        self.stats = StatsFetcher(cfg, client, self.requests, today)
+        self.downloader = Downloader(cfg, client, self.requests) if cfg.files.download else None
+        self._entities: list[dict[str, Any]] = []
+        self._entities_at = utc_now()
+        self._group_counts: dict[str, int] = {}
 
     async def fetch(self, aid: int, sources: int, mode: int = FULL) -> Outcome:
+        self.items += 1
         try:
-            if mode == STATS_ONLY:  # incremental runs: an unchanged known item's new totals
-                return Outcome(aid, DONE, stats=await self._totals(aid),
-                               fetched_at=stamp(utc_now()))
+            if mode == STATS_ONLY:  # incremental runs: an unchanged known item's new numbers
+                series = await self.stats.item_series("article", aid)
+                return Outcome(aid, DONE, stats=await self.stats.totals(aid),
+                               fetched_at=stamp(utc_now()),
+                               extra={"article_id": aid, **series} if series else None)
             return await self._fetch(aid, sources)
         except Abort:
             raise
@@ -66,6 +94,7 @@ class ItemFetcher:
         api = self.cfg.api.url
         account = bool(sources & self.account_mask)
         url = api + article_path(aid, account=account)
+        self.requests["record"] += 1
         reply = await self.client.get(url)
         record = reply.data
         if not isinstance(record, dict) or record.get("id") != aid:
@@ -76,29 +105,29 @@ class ItemFetcher:
         files = None
         if files_may_be_truncated(record):
             files = await self._all_files(api + files_path(aid, account=account))
-        stats = await self._totals(aid)
+        stats = await self.stats.totals(aid)
+        extra: dict[str, Any] = await self.stats.item_series("article", aid)
+        if self.cfg.versions == "all":
+            extra["versions"] = await self._versions(aid, record)
+        if self.downloader is not None:
+            listed = orjson.loads(files) if files is not None else record.get("files")
+            if isinstance(listed, list):
+                # not for everyone's eyes: a draft, or files under embargo or confidential
+                private = account and (record.get("is_public") is not True
+                                       or record.get("is_embargoed") is True
+                                       or record.get("is_confidential") is True)
+                extra["downloads"] = await self.downloader.item(aid, listed, private=private)
         published = record.get("published_date")
         return Outcome(aid, DONE, body=reply.body, files=files, stats=stats,
                        fetched_at=stamp(utc_now()),
-                       published=published if isinstance(published, str) else None)
-
-    async def _totals(self, aid: int) -> dict[str, int]:
-        stats: dict[str, int] = {}
-        for counter in self.cfg.stats.counters:
-            url = self.cfg.stats.url + stats_total_path(counter, "article", aid,
-                                                        self.cfg.stats.institution)
-            body = (await self.client.get(url)).data
-            total = body.get("totals") if isinstance(body, dict) else None
-            if isinstance(total, bool) or not isinstance(total, int):
-                raise BadResponse(f"GET {url} -> 200 without an integer 'totals'",
-                                  url=url, status=200, reason="bad-stats")
-            stats[counter] = total
-        return stats
+                       published=published if isinstance(published, str) else None,
+                       extra={"article_id": aid, **extra} if extra else None)
 
     async def _all_files(self, url: str) -> bytes:
         files: list[Any] = []
         page = 1
         while True:
+            self.requests["files"] += 1
             reply = await self.client.get(url, params={"page": page, "page_size": FILES_PAGE})
             if not isinstance(reply.data, list):
                 raise BadResponse(f"GET {url} -> expected a list of files", url=url,
@@ -107,6 +136,76 @@ class ItemFetcher:
             if len(reply.data) < FILES_PAGE:
                 return orjson.dumps(files)
             page += 1
+
+    async def _versions(self, aid: int, record: dict[str, Any]) -> dict[str, Any]:
+        """GET /articles/{id}/versions, then the full record of every version but this one.
+
+        A draft has no public versions (404): none are recorded.
+        """
+        base = f"{self.cfg.api.url}/articles/{aid}/versions"
+        self.requests["versions"] += 1
+        try:
+            listed = (await self.client.get(base)).data
+        except NotFound:
+            return {"list": [], "records": []}
+        if not isinstance(listed, list):
+            raise BadResponse(f"GET {base} -> expected a list of versions", url=base, status=200,
+                              reason="bad-versions")
+        numbers = sorted({v["version"] for v in listed if isinstance(v, dict)
+                          and isinstance(v.get("version"), int)})
+        older = []
+        for n in numbers:
+            if n == record.get("version"):
+                continue  # the record in hand is this version
+            url = f"{base}/{n}"
+            self.requests["version_record"] += 1
+            body = (await self.client.get(url)).data
+            if not isinstance(body, dict) or body.get("id") != aid:
+                raise BadResponse(f"GET {url} -> 200 but the body is not version {n} of {aid}",
+                                  url=url, status=200, reason="bad-record")
+            older.append(body)
+        return {"list": listed, "records": older}
+
+    # -- after every article is in ------------------------------------------------------------
+
+    async def after_fan_out(self, journal: Journal) -> None:
+        """Stats of groups, collections, projects and authors, once per entity (held until
+        the snapshot is written: a handful of entities, each a few series)."""
+        wanted = self.stats.entity_ids(())
+        if not wanted:
+            return
+        groups: list[int] = []
+        if "group" in wanted and self.cfg.stats.entities.group is None:
+            groups = await journal.call(_harvested_groups, journal)
+        self._entities_at = utc_now()
+        self._entities = await self.stats.entities(groups)
+        if "group" in wanted:
+            self._group_counts = await self.stats.group_counts(
+                self.stats.entity_ids(groups)["group"])
+
+    def run_rows(self, snapshot_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Rows fetched once per run (entity timelines and breakdowns), for the writer."""
+        ctx = RowContext(snapshot_id=snapshot_id, fetched_at=self._entities_at)
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for payload in self._entities:
+            for table, table_rows in series_rows(payload, ctx).items():
+                rows.setdefault(table, []).extend(table_rows)
+        return rows
+
+    def report(self) -> dict[str, Any]:
+        """The manifest's `fetch` entry: requests by kind and per item, downloads, counts."""
+        total = sum(self.requests.values())
+        out: dict[str, Any] = {
+            "items": self.items,
+            "requests": dict(sorted(self.requests.items())),
+            "requests_per_item": round(total / self.items, 3) if self.items else None,
+        }
+        if self.downloader is not None:
+            out["downloads"] = {"files_dir": str(self.downloader.root),
+                                **dict(sorted(self.downloader.summary.items()))}
+        if self._group_counts:
+            out["group_articles"] = self._group_counts  # POST /count/articles
+        return out
 
     def _error(self, aid: int, sources: int, exc: RequestError, reason: str,
                attempts: int = 1) -> dict[str, Any]:
@@ -123,6 +222,38 @@ class ItemFetcher:
         }
 
 
+def _harvested_groups(journal: Journal) -> list[int]:
+    """Group ids of the articles in the journal (runs on the journal thread)."""
+    groups: set[int] = set()
+    for rec in journal.records():
+        if rec.body:
+            g = orjson.loads(rec.body).get("group_id")
+            if isinstance(g, int) and not isinstance(g, bool) and g > 0:
+                groups.add(g)
+    return sorted(groups)
+
+
+def series_rows(payload: dict[str, Any], ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
+    """`stats_timeline` or `stats_breakdown` rows of one series payload (see StatsFetcher)."""
+    if payload["kind"] == "breakdown":
+        return {"stats_breakdown": breakdown_rows(payload, ctx)}
+    span = periods(parse_date(payload["start"]), parse_date(payload["end"]),
+                   payload["granularity"])
+    return {"stats_timeline": timeline_rows(payload, span, ctx)}
+
+
 def extra_rows(extra: dict[str, Any] | None, ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
-    """Table rows for the optional per-item payloads kept in Outcome.extra (none yet)."""
-    return {}
+    """Table rows for the optional per-item payloads kept in Outcome.extra."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    if not extra:
+        return rows
+    aid = int(extra["article_id"])
+    for key in ("timeline", "breakdown"):
+        if key in extra:
+            rows.update(series_rows(extra[key], ctx))
+    if "versions" in extra:
+        rows["versions"] = version_rows(aid, extra["versions"]["list"], ctx)
+        rows["article_versions"] = article_version_rows(extra["versions"]["records"], ctx)
+    if "downloads" in extra:
+        rows["downloads"] = download_rows(aid, extra["downloads"], ctx)
+    return rows

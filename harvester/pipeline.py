@@ -90,11 +90,15 @@ def client_settings(cfg: Config) -> ClientSettings:
         pair = f"{cfg.stats.user}:{cfg.stats.password}".encode()
         credentials[origin(cfg.stats.url)] = "Basic " + base64.b64encode(pair).decode()
     rate = RateLimit(cfg.http.rate.requests, cfg.http.rate.per)
+    shared = (origin(cfg.api.url),) if cfg.http.per_host else (origin(cfg.api.url),
+                                                                origin(cfg.stats.url))
+    if cfg.files.download and cfg.files.share_rate:  # else the download host has its own budget
+        shared += (origin(cfg.files.url),)
     return ClientSettings(
         user_agent=user_agent(cfg),
         concurrency=cfg.http.concurrency,
         default_rate=rate,
-        shared_origins=() if cfg.http.per_host else (origin(cfg.api.url), origin(cfg.stats.url)),
+        shared_origins=shared if len(shared) > 1 else (),
         connect_timeout=cfg.http.timeout.connect,
         read_timeout=cfg.http.timeout.read,
         total_timeout=cfg.http.timeout.total,
@@ -132,8 +136,10 @@ class Harvest:
             journal, meta = await self._open_journal()
             try:
                 async with self.client_factory(client_settings(self.cfg)) as client:
+                    self.fetcher = ItemFetcher(self.cfg, client)
                     await self._enumerate(client, journal, meta)
                     await self._fan_out(client, journal)
+                    await self.fetcher.after_fan_out(journal)  # group/collection/... stats
                     metrics = client.metrics()
                 result = await self._publish(journal, meta, metrics)
             except BaseException:
@@ -271,9 +277,8 @@ class Harvest:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._produce(journal, todo, workers))
-                fetcher = ItemFetcher(self.cfg, client)
                 for _ in range(workers):
-                    tg.create_task(self._work(fetcher, todo, results))
+                    tg.create_task(self._work(self.fetcher, todo, results))
         except BaseExceptionGroup as group:
             # surface the first meaningful error (an Abort, usually), not the group
             raise _first(group) from None
@@ -366,6 +371,7 @@ class Harvest:
             },
             "errors": failed,
             "http": metrics,
+            "fetch": self.fetcher.report(),  # requests per item, downloads
         }
         writer = SnapshotWriter(
             self.root, self.cfg.name, snapshot_id=meta["snapshot_id"],
@@ -430,6 +436,8 @@ class Harvest:
                     writer.add_stats(stats_rows(rec.article_id, rec.stats, ctx,
                                                 scope=self.cfg.stats.institution or "public"))
                 if not rec.body:  # a stats-only refresh of an unchanged item
+                    for table, extra in extra_rows(rec.extra, ctx).items():
+                        writer.add_rows(table, extra)  # its timelines, breakdowns
                     continue
                 record = orjson.loads(rec.body)
                 complete = record if rec.files is None else {**record,
@@ -440,6 +448,8 @@ class Harvest:
                 writer.add_article(record, rows)
                 self.progress.written += 1
                 crash_point("write")
+            for table, rows in self.fetcher.run_rows(snapshot_id).items():
+                writer.add_rows(table, rows)
             for kind, _, body, at in journal.side():
                 side_ctx = RowContext(snapshot_id=snapshot_id, fetched_at=_parse_stamp(at))
                 for table, rows in side_rows(kind, body, side_ctx).items():

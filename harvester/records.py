@@ -32,6 +32,7 @@ _I32 = pa.int32()
 _I64 = pa.int64()
 _BOOL = pa.bool_()
 _TS = pa.timestamp("us", tz="UTC")
+_DAY = pa.date32()
 _STRS = pa.list_(pa.field("element", pa.string(), nullable=False))  # Parquet's name
 
 _I32_RANGE = (-(2**31), 2**31 - 1)
@@ -48,6 +49,23 @@ _POS_DOC = "0-based position in the record's list"
 _FETCHED: _Col = ("fetched_at", _TS, False, "harvester", "when the harvester fetched the record")
 _HASH: _Col = ("content_hash", _STR, False, "harvester", "sha256 of the record's canonical JSON")
 _RAW: _Col = ("raw", _STR, False, "harvester", "the full record as compact JSON text")
+
+# stats_timeline and stats_breakdown: what was asked of the stats host, and for which period
+_SERIES_KEY: list[_Col] = [
+    ("item", _STR, False, "stats host", "article, group, collection, project or author"),
+    ("item_id", _I64, False, "stats host", "the item's id (an article id for article)"),
+    ("counter", _STR, False, "stats host", "views, downloads or shares"),
+    ("scope", _STR, False, "stats host", "\"public\" or the institution string id"),
+    ("granularity", _STR, False, "stats host", "day, month, year or total"),
+    ("period", _STR, False, "stats host", "2024-03-05, 2024-03, 2024 or \"total\""),
+    ("period_start", _DAY, False, "harvester",
+     "first day of the period inside the range (total: range_start)"),
+]
+_SERIES_TAIL: list[_Col] = [
+    ("range_start", _DAY, False, "harvester", "first day asked for (start_date)"),
+    ("range_end", _DAY, False, "harvester", "last day asked for (end_date)"),
+    ("fetched_at", _TS, False, "harvester", "when the series was fetched"),
+]
 
 _COLUMNS: dict[str, list[_Col]] = {
     "articles": [
@@ -168,6 +186,40 @@ _COLUMNS: dict[str, list[_Col]] = {
         ("total", _I64, True, "stats host: totals", "all-time total; null if not a number"),
         ("fetched_at", _TS, False, "harvester", "when the totals were fetched"),
     ],
+    "stats_timeline": [
+        _SNAP, *_SERIES_KEY,
+        ("count", _I64, False, "stats host: timeline",
+         "events in the period; 0 for a period the host did not list"),
+        *_SERIES_TAIL,
+    ],
+    "stats_breakdown": [
+        _SNAP, *_SERIES_KEY,
+        ("country", _STR, False, "stats host: breakdown", "country name as served"),
+        ("city", _STR, True, "stats host: breakdown",
+         "city (top 10 per country); null on the row holding the country's total"),
+        ("count", _I64, False, "stats host: breakdown", "events in that place and period"),
+        *_SERIES_TAIL,
+    ],
+    "downloads": [
+        _SNAP, _ART,
+        ("file_id", _I64, False, "files[].id", "Figshare file id"),
+        ("name", _STR, True, "files[].name", "file name as served (untrusted)"),
+        ("path", _STR, True, "harvester",
+         "stored at FILES/<path>: <article id>/<file id>/<safe name>; null if not stored"),
+        ("size", _I64, True, "files[].size", "declared size in bytes"),
+        ("bytes", _I64, True, "harvester", "bytes stored; null if not stored"),
+        ("md5", _STR, True, "harvester", "md5 of the stored bytes; null if not stored"),
+        ("md5_expected", _STR, True, "files[].computed_md5 / supplied_md5",
+         "the md5 the bytes were checked against; null if the record gives none"),
+        ("md5_source", _STR, True, "harvester", "computed_md5, supplied_md5 or null"),
+        ("status", _STR, False, "harvester",
+         "downloaded, present (already stored, verified), filtered, link-only, budget, failed"),
+        ("reason", _STR, True, "harvester", "why it was filtered, skipped or failed"),
+        ("attempts", _I32, False, "harvester", "download requests made for it in this run"),
+        ("is_link_only", _BOOL, True, "files[].is_link_only", "hosted elsewhere"),
+        ("download_url", _STR, True, "files[].download_url", "download URL as served"),
+        ("checked_at", _TS, False, "harvester", "when the harvester handled the file"),
+    ],
     "collections": [
         _SNAP,
         ("collection_id", _I64, False, "id", "Figshare collection id"),
@@ -230,6 +282,10 @@ _COLUMNS: dict[str, list[_Col]] = {
         _HASH, _FETCHED, _RAW,
     ],
 }
+
+
+# every version of an article but the latest (which is the `articles` row): same columns
+_COLUMNS["article_versions"] = list(_COLUMNS["articles"])
 
 
 def _schema(table: str, cols: list[_Col]) -> pa.Schema:
@@ -579,6 +635,103 @@ def stats_rows(
         "total": _int(total),
         "fetched_at": ctx.fetched_at,
     } for counter, total in totals.items()]
+
+
+def article_version_rows(
+    records: Iterable[Mapping[str, Any]], ctx: RowContext
+) -> list[dict[str, Any]]:
+    """`article_versions` rows: older full records (GET /articles/{id}/versions/{v})."""
+    return [row for record in records for row in _articles(record, ctx)]
+
+
+def _period_start(key: str, first: date) -> date:
+    """The first day of a period key inside the range (keys the host may add are parsed)."""
+    ts = None if key == "total" else parse_timestamp(key)
+    return max(first, ts.date()) if ts is not None else first
+
+
+def _series_key(payload: Mapping[str, Any], counter: str, period: str, first: date,
+                ctx: RowContext) -> dict[str, Any]:
+    return {
+        "snapshot_id": ctx.snapshot_id,
+        "item": str(payload["item"]),
+        "item_id": int(payload["item_id"]),
+        "counter": counter,
+        "scope": str(payload["scope"]),
+        "granularity": str(payload["granularity"]),
+        "period": period,
+        "period_start": _period_start(period, first),
+    }
+
+
+def timeline_rows(
+    payload: Mapping[str, Any], periods: Sequence[tuple[str, date]], ctx: RowContext
+) -> list[dict[str, Any]]:
+    """`stats_timeline` rows: every period of the range (`periods`, zeros included), counter by
+    counter, plus any other period the host answered.
+
+    `payload`: item, item_id, scope, granularity, start, end (ISO dates) and
+    counters {counter: {period: n}} (statsdepth.StatsFetcher builds it).
+    """
+    first, last = date.fromisoformat(payload["start"]), date.fromisoformat(payload["end"])
+    tail = {"range_start": first, "range_end": last, "fetched_at": ctx.fetched_at}
+    rows = []
+    for counter, counts in payload["counters"].items():
+        keys = [k for k, _ in periods]
+        keys += sorted(set(counts) - set(keys))
+        for key in keys:
+            rows.append({**_series_key(payload, counter, key, first, ctx),
+                         "count": _int(counts.get(key, 0)) or 0, **tail})
+    return rows
+
+
+def breakdown_rows(payload: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
+    """`stats_breakdown` rows: per counter, period and country one row with city null (the
+    country's total) and one per listed city.
+
+    `payload` as for timeline_rows, with counters {counter: {period: {country: {city: n}}}}.
+    """
+    first, last = date.fromisoformat(payload["start"]), date.fromisoformat(payload["end"])
+    tail = {"range_start": first, "range_end": last, "fetched_at": ctx.fetched_at}
+    rows = []
+    for counter, by_period in payload["counters"].items():
+        for period in sorted(by_period):
+            key = _series_key(payload, counter, period, first, ctx)
+            for country in sorted(by_period[period]):
+                cities = by_period[period][country]
+                total = cities.get("total")
+                if total is None:  # not served: the listed cities are all there is
+                    total = sum(n for c, n in cities.items() if c != "total")
+                rows.append({**key, "country": country, "city": None,
+                             "count": _int(total) or 0, **tail})
+                rows.extend({**key, "country": country, "city": city,
+                             "count": _int(n) or 0, **tail}
+                            for city, n in sorted(cities.items()) if city != "total")
+    return rows
+
+
+def download_rows(
+    article_id: int, results: Iterable[Mapping[str, Any]], ctx: RowContext
+) -> list[dict[str, Any]]:
+    """`downloads` rows from the downloader's per-file results (see harvester.downloads)."""
+    return [{
+        "snapshot_id": ctx.snapshot_id,
+        "article_id": article_id,
+        "file_id": int(r["file_id"]),
+        "name": _str(r.get("name")),
+        "path": _str(r.get("path")),
+        "size": _int(r.get("size")),
+        "bytes": _int(r.get("bytes")),
+        "md5": _str(r.get("md5")),
+        "md5_expected": _str(r.get("md5_expected")),
+        "md5_source": _str(r.get("md5_source")),
+        "status": str(r["status"]),
+        "reason": _str(r.get("reason")),
+        "attempts": _int(r.get("attempts"), 32) or 0,
+        "is_link_only": _bool(r.get("is_link_only")),
+        "download_url": _str(r.get("download_url")),
+        "checked_at": parse_timestamp(r.get("checked_at")) or ctx.fetched_at,
+    } for r in results]
 
 
 def _members(column: str, owner: int, ids: Iterable[Any], ctx: RowContext) -> list[dict[str, Any]]:

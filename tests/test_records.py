@@ -345,6 +345,22 @@ EXPECTED = {
                 ("resolution_comment", S, True), ("content_hash", S, False),
                 ("fetched_at", TS, False), ("raw", S, False)],
 }
+D = "date32[day]"
+SERIES_KEY = [("snapshot_id", S, False), ("item", S, False), ("item_id", I64, False),
+              ("counter", S, False), ("scope", S, False), ("granularity", S, False),
+              ("period", S, False), ("period_start", D, False)]
+SERIES_TAIL = [("range_start", D, False), ("range_end", D, False), ("fetched_at", TS, False)]
+EXPECTED.update({
+    "stats_timeline": [*SERIES_KEY, ("count", I64, False), *SERIES_TAIL],
+    "stats_breakdown": [*SERIES_KEY, ("country", S, False), ("city", S, True),
+                        ("count", I64, False), *SERIES_TAIL],
+    "downloads": [*KEY[:2], ("file_id", I64, False), ("name", S, True), ("path", S, True),
+                  ("size", I64, True), ("bytes", I64, True), ("md5", S, True),
+                  ("md5_expected", S, True), ("md5_source", S, True), ("status", S, False),
+                  ("reason", S, True), ("attempts", I32, False), ("is_link_only", B, True),
+                  ("download_url", S, True), ("checked_at", TS, False)],
+    "article_versions": EXPECTED["articles"],
+})
 
 
 def by(rows, **match):

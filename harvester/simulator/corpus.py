@@ -219,8 +219,9 @@ class Download(NamedTuple):
     """What the download host needs to know about one file id."""
 
     file: dict[str, Any]  # the PublicFile dict (latest version)
-    owner: int | None  # account id owning the draft it belongs to; None for a public item
-    open: bool  # False under file embargo or confidentiality: the bytes are not served
+    owner: int | None  # account id owning the item, if the simulator knows one
+    public: bool  # False for a draft's file
+    open: bool  # False under file embargo or confidentiality (only the owner gets the bytes)
 
 
 class Institution(NamedTuple):
@@ -741,11 +742,12 @@ class Corpus:
             a, owner = self._private[article_id], self._private_owner[article_id]
             files, is_open = self._files(a, 1, private=False), True
         else:
-            a, owner = self._attrs(self._need(article_id)), None
+            k = self._need(article_id)
+            a, owner = self._attrs(k), self._owner.get(k)
             files, is_open = self._files(a, a.nver, private=False), self._access(a) == "open"
         if j >= len(files) or files[j]["id"] != file_id or files[j]["is_link_only"]:
             raise KeyError(file_id)
-        return Download(files[j], owner, is_open)
+        return Download(files[j], owner, a.public, is_open)
 
     def _changed(self, k: int) -> None:
         self.generation += 1

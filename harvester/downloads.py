@@ -1,0 +1,434 @@
+"""File downloads: filters, safe paths, streamed `.part` files, md5 checks, resume with Range.
+
+Files live in one persistent tree, FILES/<article id>/<file id>/<safe name> (FILES is
+`Config.files_path()`, by default OUTPUT/NAME/files beside the snapshots): files are large and
+stable, so each nightly snapshot lists them in its `downloads` table instead of copying them. A
+file already stored with the right md5 is not fetched again. Bytes go to `<name>.part` first and
+are renamed into place only once their size and md5 match the record, so the tree never holds a
+half-written or unverified file under its final name. File names from the server are untrusted:
+only a sanitized last path component is used, inside a directory named by the file id, and the
+final path is checked to lie inside FILES.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+from yarl import URL
+
+from harvester.client import Client, origin_of, sanitize_url
+from harvester.config import DEFAULT_DOWNLOAD_URL, Config
+from harvester.errors import Abort, AuthError, NotFound, RequestError, RetryableError
+
+MD5_ATTEMPTS = 3  # whole-file attempts when the bytes do not match the record's md5
+_DISCARD = frozenset({"size-mismatch", "max_size", "max_total_bytes"})
+NAME_MAX_BYTES = 200
+EXT_MAX_BYTES = 16
+SIDECAR = ".harvester.json"  # per file-id directory: what was verified (names never start with .)
+WRITE_BATCH = 1 << 20  # bytes buffered before one write+hash on a worker thread
+
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)),
+             *(f"LPT{i}" for i in range(10))}
+_UNPORTABLE = re.compile(r'[<>:"|?*]')
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+# ---------------------------------------------------------------- names and paths (pure)
+
+
+def safe_name(name: Any, file_id: int) -> str:
+    """A file name that is one plain path component on any OS, never empty, `.` or `..`.
+
+    Keeps the last component of a `/` or `\\` path, drops control and format characters
+    (NUL, bidi overrides), replaces characters Windows forbids, never starts with a dot,
+    avoids reserved device names, and keeps at most NAME_MAX_BYTES of UTF-8 (extension kept).
+    """
+    text = unicodedata.normalize("NFC", name) if isinstance(name, str) else ""
+    text = text.replace("\\", "/").rsplit("/", 1)[-1]
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf", "Cs"))
+    text = _UNPORTABLE.sub("_", text).strip()
+    if text.startswith("."):
+        text = "_" + text.lstrip(".")
+    text = text.rstrip(" .")
+    if not text.strip("_"):
+        return f"file-{file_id}"
+    if text.split(".", 1)[0].upper() in _RESERVED:
+        text = "_" + text
+    data = text.encode()
+    if len(data) > NAME_MAX_BYTES:
+        stem, dot, ext = text.rpartition(".")
+        tail = f".{ext}".encode() if dot and stem and len(ext.encode()) < EXT_MAX_BYTES else b""
+        head = data[: NAME_MAX_BYTES - len(tail)].decode(errors="ignore").rstrip(" .")
+        text = (head or f"file-{file_id}") + tail.decode()
+    return text
+
+
+def file_path(root: Path, article_id: int, file_id: int, name: Any) -> Path:
+    """FILES/<article id>/<file id>/<safe name>; ValueError if it would leave the root."""
+    path = root / str(int(article_id)) / str(int(file_id)) / safe_name(name, file_id)
+    base = root.resolve()
+    if not path.resolve().is_relative_to(base):  # e.g. a directory replaced by a symlink
+        raise ValueError(f"{path} resolves outside {base}")
+    return path
+
+
+def extension(name: Any) -> str:
+    """Lower-case extension without the dot ("" if none)."""
+    if not isinstance(name, str) or "." not in name:
+        return ""
+    return name.rsplit(".", 1)[1].strip().lower()
+
+
+def expected_md5(f: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(md5, which field) to check the bytes against: computed_md5, else supplied_md5."""
+    for key in ("computed_md5", "supplied_md5"):
+        value = f.get(key)
+        if isinstance(value, str) and _MD5.fullmatch(value.strip().lower()):
+            return value.strip().lower(), key
+    return None, None
+
+
+# ---------------------------------------------------------------- the budget
+
+
+class Budget:
+    """Bytes one run may still download (files.max_total_bytes); None: no limit."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.limit is not None and self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give_back(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
+class _Failed(Exception):
+    """One file could not be stored; `reason` goes to the downloads table."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- the downloader
+
+
+class Downloader:
+    """Downloads the files of one article at a time (workers run several articles at once)."""
+
+    def __init__(self, cfg: Config, client: Client, requests: Counter[str],
+                 budget: Budget | None = None) -> None:
+        self.cfg = cfg
+        self.files = cfg.files
+        self.client = client
+        self.root = cfg.files_path()
+        self.requests = requests
+        self.budget = budget or Budget(cfg.files.max_total_bytes)
+        self.summary: Counter[str] = Counter()  # status -> files, plus "bytes" downloaded
+        self._figshare = origin_of(DEFAULT_DOWNLOAD_URL)
+
+    async def item(self, article_id: int, files: list[Any], *, private: bool = False
+                   ) -> list[dict[str, Any]]:
+        """One result per file dict (see records.download_rows); never raises for one file."""
+        out = []
+        for f in files:
+            if isinstance(f, Mapping) and _as_id(f.get("id")) is not None:
+                result = await self._one(article_id, f, private)
+                self.summary[result["status"]] += 1
+                out.append(result)
+        return out
+
+    def url_for(self, download_url: str) -> str:
+        """Figshare's download host moved to files.url (a mirror, the simulator); others kept."""
+        url = URL(download_url)
+        if self.files.url == DEFAULT_DOWNLOAD_URL or not url.absolute \
+                or origin_of(url) != self._figshare:
+            return download_url
+        base = URL(self.files.url)
+        return str(base.with_path(base.path.rstrip("/") + url.path).with_query(url.query))
+
+    async def _one(self, article_id: int, f: Mapping[str, Any], private: bool) -> dict[str, Any]:
+        fid = _as_id(f.get("id"))
+        assert fid is not None
+        md5, source = expected_md5(f)
+        size = f.get("size") if isinstance(f.get("size"), int) else None
+        link_only = f.get("is_link_only") is True
+        raw_url = f.get("download_url") if isinstance(f.get("download_url"), str) else ""
+        result: dict[str, Any] = {
+            "file_id": fid, "name": f.get("name"), "size": size, "is_link_only": link_only,
+            "download_url": sanitize_url(raw_url) if raw_url else None,
+            "md5_expected": md5, "md5_source": source, "attempts": 0,
+        }
+
+        def done(status: str, reason: str | None = None, **more: Any) -> dict[str, Any]:
+            result.update(status=status, reason=reason, checked_at=_now(), **more)
+            return result
+
+        skip = self._skip(f, size, link_only)
+        if skip is not None:
+            return done(*skip)
+        if not raw_url:
+            return done("failed", "no-download-url")
+        try:
+            path = file_path(self.root, article_id, fid, f.get("name"))
+        except (ValueError, OSError):
+            return done("failed", "unsafe-path")
+        rel = path.relative_to(self.root).as_posix()
+        try:
+            present = await asyncio.to_thread(_verified_copy, path, size, md5)
+        except OSError as exc:
+            return done("failed", f"disk: {exc.strerror or exc}")
+        if present is not None:
+            return done("present", path=rel, bytes=present[1], md5=present[0])
+        if size and not self.budget.take(size):
+            return done("budget", "max_total_bytes")
+        headers = {}
+        if private and self.files.private_token and self.cfg.api.token:
+            headers["Authorization"] = f"token {self.cfg.api.token}"
+        try:
+            got_md5, nbytes = await self._download(self.url_for(raw_url), path, size, md5,
+                                                   headers, result)
+        except _Failed as exc:
+            if size:
+                self.budget.give_back(size)
+            return done("failed", exc.reason)
+        self.summary["bytes"] += nbytes
+        return done("downloaded", path=rel, bytes=nbytes, md5=got_md5)
+
+    def _skip(self, f: Mapping[str, Any], size: int | None, link_only: bool
+              ) -> tuple[str, str] | None:
+        if link_only and not self.files.link_only:
+            return "link-only", "files.link_only is false"
+        exts = self.files.extensions
+        if exts and extension(f.get("name")) not in exts:
+            return "filtered", "extension"
+        if self.files.max_size is not None and size is not None and size > self.files.max_size:
+            return "filtered", "max_size"
+        return None
+
+    async def _download(self, url: str, path: Path, size: int | None, md5: str | None,
+                        headers: dict[str, str], result: dict[str, Any]) -> tuple[str, int]:
+        """Fetch into <name>.part (resuming what is there), check, rename into place."""
+        part = path.with_name(path.name + ".part")
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        reason = "md5-mismatch"
+        for _ in range(MD5_ATTEMPTS):
+            try:
+                got, nbytes = await self._fetch_part(url, part, size, headers, result)
+            except _Failed as exc:
+                if exc.reason in _DISCARD:  # what arrived is no prefix of the right file
+                    await asyncio.to_thread(part.unlink, missing_ok=True)
+                raise
+            if size and not result["is_link_only"] and nbytes != size:
+                reason = "size-mismatch"
+            elif md5 is not None and got != md5:
+                reason = "md5-mismatch"
+            else:
+                await asyncio.to_thread(_publish, part, path, got)
+                return got, nbytes
+            # the bytes are wrong: start over from nothing
+            await asyncio.to_thread(part.unlink, missing_ok=True)
+        raise _Failed(reason)
+
+    async def _fetch_part(self, url: str, part: Path, size: int | None,
+                          headers: dict[str, str], result: dict[str, Any]) -> tuple[str, int]:
+        """The whole file in `part`: continue a partial one with Range, restart if refused."""
+        resumes = 0
+        while True:
+            have = await asyncio.to_thread(_size_of, part)
+            if size and have > size:
+                await asyncio.to_thread(part.unlink, missing_ok=True)
+                have = 0
+            if size and have == size:
+                return await asyncio.to_thread(_hash_file, part), have  # finished earlier
+            hdrs = dict(headers)
+            if have:
+                hdrs["Range"] = f"bytes={have}-"
+            result["attempts"] += 1
+            self.requests["download"] += 1
+            try:
+                async with self.client.stream(url, headers=hdrs) as stream:
+                    start = _resume_offset(stream.status, stream.headers, have)
+                    if start is not None:
+                        return await self._write(stream, part, start, size, result)
+                # a range we did not ask for: drop the partial file, ask for everything
+                await asyncio.to_thread(part.unlink, missing_ok=True)
+                resumes += 1
+                if resumes >= self.cfg.http.retry.attempts:
+                    raise _Failed("bad-range")
+                continue
+            except RetryableError:
+                resumes += 1  # cut off mid-body: go on from what arrived
+                if resumes >= self.cfg.http.retry.attempts:
+                    raise _Failed("interrupted") from None
+            except Abort as exc:
+                if isinstance(exc, AuthError):
+                    raise _Failed(f"forbidden ({exc.status})") from None
+                raise  # blocked: stop the run, like any other host that blocks us
+            except NotFound:
+                raise _Failed("not-found") from None
+            except RequestError as exc:
+                if exc.status == 416 and have:  # the partial file is no prefix it knows
+                    await asyncio.to_thread(part.unlink, missing_ok=True)
+                    continue
+                raise _Failed(exc.reason) from None
+
+    async def _write(self, stream: Any, part: Path, start: int, size: int | None,
+                     result: dict[str, Any]) -> tuple[str, int]:
+        limit = size if size else self.files.max_size
+        sink = await asyncio.to_thread(_Sink, part, start)
+        buf = bytearray()
+        try:
+            async for chunk in stream:
+                if limit is not None and sink.written + len(buf) + len(chunk) > limit:
+                    raise _Failed("size-mismatch" if size else "max_size")
+                if not size and not self.budget.take(len(chunk)):
+                    raise _Failed("max_total_bytes")
+                buf += chunk
+                if len(buf) >= WRITE_BATCH:
+                    await asyncio.to_thread(sink.write, bytes(buf))
+                    buf.clear()
+        finally:
+            # what arrived before a cut is a good prefix: keep it for the Range request
+            await asyncio.to_thread(sink.finish, bytes(buf))
+        return sink.md5.hexdigest(), sink.written
+
+
+def _resume_offset(status: int, headers: Mapping[str, str], have: int) -> int | None:
+    """Where the body goes in the .part file: `have` when the server honoured our Range, 0
+    for a whole body (restart), None for a partial body that does not start at `have`."""
+    if status != 206:
+        return 0
+    m = re.match(r"bytes (\d+)-", headers.get("Content-Range", ""))
+    return have if m and int(m.group(1)) == have else None
+
+
+class _Sink:
+    """The .part file being written and the md5 of everything in it (blocking: threads)."""
+
+    def __init__(self, part: Path, start: int) -> None:
+        self.md5 = hashlib.md5()
+        if start:
+            with open(part, "rb") as f:
+                while chunk := f.read(WRITE_BATCH):
+                    self.md5.update(chunk)
+            self.f = open(part, "r+b")  # noqa: SIM115 - closed by close()
+            self.f.truncate(start)
+            self.f.seek(start)
+        else:
+            self.f = open(part, "wb")  # noqa: SIM115 - closed by close()
+        self.written = start
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data)
+        self.md5.update(data)
+        self.written += len(data)
+
+    def finish(self, rest: bytes) -> None:
+        if rest:
+            self.write(rest)
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+
+# ---------------------------------------------------------------- blocking helpers (threads)
+
+
+def _as_id(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _hash_file(path: Path) -> str:
+    md5 = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(WRITE_BATCH):
+            md5.update(chunk)
+    return md5.hexdigest()
+
+
+def _read_sidecar(directory: Path) -> dict[str, Any]:
+    try:
+        data = orjson.loads((directory / SIDECAR).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_sidecar(path: Path, md5: str) -> None:
+    st = path.stat()
+    side = {"name": path.name, "md5": md5, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    tmp = path.parent / f"{SIDECAR}.tmp"
+    tmp.write_bytes(orjson.dumps(side))
+    os.replace(tmp, path.parent / SIDECAR)
+
+
+def _verified_copy(path: Path, size: int | None, md5: str | None) -> tuple[str, int] | None:
+    """(md5, bytes) of the stored file if it is the right one, else None.
+
+    The sidecar written when the file was verified saves hashing it again while its size and
+    mtime are unchanged; a file stored under an older name of the same file id is renamed.
+    """
+    side = _read_sidecar(path.parent)
+    old = side.get("name")
+    if not path.exists() and isinstance(old, str) and old != path.name \
+            and old == safe_name(old, 0) and (path.parent / old).is_file():
+        os.replace(path.parent / old, path)  # renamed upstream: same file id, same bytes
+    if not path.is_file():
+        return None
+    st = path.stat()
+    if size and st.st_size != size:
+        return None
+    stored = side.get("md5") if isinstance(side.get("md5"), str) else None
+    reference = md5 or stored  # no md5 in the record: what we verified when we stored it
+    if reference is None:
+        return None  # nothing to check it against: fetch it again
+    if stored == reference and side.get("size") == st.st_size \
+            and side.get("mtime_ns") == st.st_mtime_ns:
+        if side.get("name") != path.name:
+            _write_sidecar(path, stored)
+        return stored, st.st_size
+    got = _hash_file(path)
+    if got != reference:
+        return None
+    _write_sidecar(path, got)
+    return got, st.st_size
+
+
+def _publish(part: Path, path: Path, md5: str) -> None:
+    os.replace(part, path)
+    with contextlib.suppress(OSError):  # durability of the rename; not every FS allows it
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _write_sidecar(path, md5)

@@ -1,0 +1,342 @@
+"""Stats beyond per-item totals: timelines, geolocation breakdowns, tops and group counts.
+
+Range arithmetic is pure (windows, periods, merging; tested without the network); `StatsFetcher`
+makes the requests. The stats host silently clamps an over-long breakdown range (NOTES §10:
+day 1 year, month 2 years, year 5 years, total 1 year), so a long range is split into windows that
+each stay inside the limit, cut at period boundaries so that every day, month or year lands in
+exactly one window, and the answers are summed. Timelines have no documented limit: one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import datetime as dt
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from harvester.client import Client
+from harvester.config import Config, Series
+from harvester.errors import BadResponse
+from harvester.figshare import stats_total_path
+
+BREAKDOWN_MAX_YEARS = {"day": 1, "month": 2, "year": 5, "total": 1}
+ONE_DAY = dt.timedelta(days=1)
+
+Breakdown = dict[str, dict[str, dict[str, int]]]  # period -> country -> city (or "total") -> n
+
+
+# ---------------------------------------------------------------- pure range arithmetic
+
+
+def add_years(day: dt.date, years: int) -> dt.date:
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year + years, day=28)
+
+
+def period_start(day: dt.date, granularity: str) -> dt.date:
+    """First day of the day/month/year containing `day` (`total`: the day itself)."""
+    if granularity == "month":
+        return day.replace(day=1)
+    if granularity == "year":
+        return day.replace(month=1, day=1)
+    return day
+
+
+def next_period(day: dt.date, granularity: str) -> dt.date:
+    """First day of the period after the one containing `day`."""
+    if granularity == "month":
+        return dt.date(day.year + day.month // 12, day.month % 12 + 1, 1)
+    if granularity == "year":
+        return dt.date(day.year + 1, 1, 1)
+    return day + ONE_DAY
+
+
+def period_key(day: dt.date, granularity: str) -> str:
+    """The stats host's key for the period holding `day`: 2024-03-05, 2024-03, 2024 or total."""
+    if granularity == "day":
+        return day.isoformat()
+    if granularity == "month":
+        return f"{day.year:04d}-{day.month:02d}"
+    if granularity == "year":
+        return f"{day.year:04d}"
+    return "total"
+
+
+def periods(start: dt.date, end: dt.date, granularity: str) -> list[tuple[str, dt.date]]:
+    """Every period key in [start, end] with the first day it covers (clipped to start)."""
+    if granularity == "total":
+        return [("total", start)]
+    out: list[tuple[str, dt.date]] = []
+    day = start
+    while day <= end:
+        out.append((period_key(day, granularity), day))
+        day = next_period(day, granularity)
+    return out
+
+
+def breakdown_windows(start: dt.date, end: dt.date, granularity: str) -> list[tuple[dt.date, dt.date]]:
+    """[start, end] as consecutive windows the stats host answers without clamping.
+
+    A window never spans more than the limit (its end stays a day short of start + N years)
+    and, for month and year, ends at a period boundary whenever the range goes on, so no
+    period is split across two answers (their top-10 city lists could not be merged exactly).
+    """
+    if end < start:
+        return []
+    years = BREAKDOWN_MAX_YEARS[granularity]
+    windows: list[tuple[dt.date, dt.date]] = []
+    s = start
+    while s <= end:
+        e = min(end, add_years(s, years) - ONE_DAY)
+        if e < end and granularity in ("month", "year"):
+            aligned = period_start(e + ONE_DAY, granularity) - ONE_DAY
+            if aligned >= s:
+                e = aligned
+        windows.append((s, e))
+        s = e + ONE_DAY
+    return windows
+
+
+def merge_counts(parts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Sum {key: n} answers; a key missing from one answer counts 0 there."""
+    out: dict[str, int] = {}
+    for part in parts:
+        for key, n in part.items():
+            out[key] = out.get(key, 0) + n
+    return out
+
+
+def merge_breakdowns(parts: Iterable[Breakdown]) -> Breakdown:
+    """Sum breakdown answers period by period, country by country, city by city."""
+    out: Breakdown = {}
+    for part in parts:
+        for period, countries in part.items():
+            into = out.setdefault(period, {})
+            for country, cities in countries.items():
+                into[country] = merge_counts([into.get(country, {}), cities])
+    return out
+
+
+def parse_date(text: str) -> dt.date:
+    return dt.date.fromisoformat(text[:10])
+
+
+# ---------------------------------------------------------------- answers
+
+
+def _count(value: Any, url: str, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadResponse(f"GET {url} -> 200 with a non-integer {what}: {value!r}"[:300],
+                          url=url, status=200, reason="bad-stats")
+    return value
+
+
+def timeline_answer(body: Any, url: str) -> dict[str, int]:
+    """{"timeline": {period: n}} -> {period: n}; a null or empty timeline is no events."""
+    tl = body.get("timeline") if isinstance(body, dict) else None
+    if tl is None and isinstance(body, dict) and "timeline" in body:
+        return {}
+    if not isinstance(tl, dict):
+        raise BadResponse(f"GET {url} -> 200 without a 'timeline' object", url=url, status=200,
+                          reason="bad-stats")
+    return {str(k): _count(n, url, "timeline count") for k, n in tl.items()}
+
+
+def breakdown_answer(body: Any, url: str) -> Breakdown:
+    """{"breakdown": {period: {country: {city: n, "total": n}}}} checked and copied."""
+    bd = body.get("breakdown") if isinstance(body, dict) else None
+    if bd is None and isinstance(body, dict) and "breakdown" in body:
+        return {}
+    if not isinstance(bd, dict):
+        raise BadResponse(f"GET {url} -> 200 without a 'breakdown' object", url=url, status=200,
+                          reason="bad-stats")
+    out: Breakdown = {}
+    for period, countries in bd.items():
+        if not isinstance(countries, dict):
+            raise BadResponse(f"GET {url} -> 200 with a malformed breakdown period", url=url,
+                              status=200, reason="bad-stats")
+        out[str(period)] = {
+            str(country): {str(c): _count(n, url, "breakdown count") for c, n in cities.items()}
+            for country, cities in countries.items() if isinstance(cities, dict)
+        }
+    return out
+
+
+# ---------------------------------------------------------------- requests
+
+
+def _prefix(institution: str | None) -> str:
+    return f"/{institution}" if institution else ""
+
+
+def series_path(kind: str, granularity: str, counter: str, item: str, item_id: int,
+                institution: str | None) -> str:
+    """/timeline/... or /breakdown/... (the docs' institutional form lacks a slash: a typo)."""
+    return f"{_prefix(institution)}/{kind}/{granularity}/{counter}/{item}/{item_id}"
+
+
+@dataclass(frozen=True)
+class Tops:
+    """One counter's ranking as compact sorted arrays; `complete` when nothing was cut off."""
+
+    ids: array[int]
+    counts: array[int]
+    complete: bool
+
+    def get(self, item_id: int) -> int | None:
+        """The count, 0 for an absent id of a complete ranking, None when unknown."""
+        i = bisect.bisect_left(self.ids, item_id)
+        if i < len(self.ids) and self.ids[i] == item_id:
+            return self.counts[i]
+        return 0 if self.complete else None
+
+
+class StatsFetcher:
+    """Requests to the stats host beyond one total: series, tops, group counts.
+
+    `requests` counts requests by kind (for the manifest's requests per item). The institution
+    scope (stats.institution) is used throughout; its Basic credentials are attached by the
+    transport to the stats origin only.
+    """
+
+    def __init__(self, cfg: Config, client: Client, requests: Counter[str],
+                 today: dt.date | None = None) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.requests = requests
+        self.scope = cfg.stats.institution or "public"
+        self.today = today or dt.datetime.now(dt.UTC).date()
+        self._tops: dict[str, Tops] | None = None
+        self._tops_lock = asyncio.Lock()
+
+    # -- totals ---------------------------------------------------------------------------
+
+    async def totals(self, aid: int) -> dict[str, int]:
+        """All-time totals of one article per configured counter (tops first when asked)."""
+        tops = await self._rankings() if self.cfg.stats.method == "tops" else {}
+        stats: dict[str, int] = {}
+        for counter in self.cfg.stats.counters:
+            known = tops[counter].get(aid) if counter in tops else None
+            stats[counter] = known if known is not None else await self.total(
+                counter, "article", aid)
+        return stats
+
+    async def total(self, counter: str, item: str, item_id: int) -> int:
+        url = self.cfg.stats.url + stats_total_path(counter, item, item_id,
+                                                    self.cfg.stats.institution)
+        self.requests["stats_total"] += 1
+        body = (await self.client.get(url)).data
+        total = body.get("totals") if isinstance(body, dict) else None
+        if isinstance(total, bool) or not isinstance(total, int):
+            raise BadResponse(f"GET {url} -> 200 without an integer 'totals'",
+                              url=url, status=200, reason="bad-stats")
+        return total
+
+    async def _rankings(self) -> dict[str, Tops]:
+        """GET /{institution}/top/{counter}/article?count=N once per counter, on first use."""
+        async with self._tops_lock:
+            if self._tops is None:
+                tops: dict[str, Tops] = {}
+                for counter in self.cfg.stats.counters:
+                    tops[counter] = await self._top(counter)
+                self._tops = tops
+        return self._tops
+
+    async def _top(self, counter: str) -> Tops:
+        n = self.cfg.stats.top_count
+        url = f"{self.cfg.stats.url}{_prefix(self.cfg.stats.institution)}/top/{counter}/article"
+        self.requests["stats_top"] += 1
+        body = (await self.client.get(url, params={"count": n})).data
+        top = body.get("top") if isinstance(body, dict) else None
+        if not isinstance(top, dict):
+            raise BadResponse(f"GET {url} -> 200 without a 'top' object", url=url, status=200,
+                              reason="bad-stats")
+        pairs = sorted((int(k), _count(v, url, "top count")) for k, v in top.items())
+        return Tops(array("q", (k for k, _ in pairs)), array("q", (v for _, v in pairs)),
+                    complete=len(pairs) < n)
+
+    # -- timelines and breakdowns ---------------------------------------------------------
+
+    def window(self, series: Series) -> tuple[dt.date, dt.date]:
+        """The configured [start, end]; end defaults to the day this run started (UTC)."""
+        start = parse_date(series.start)
+        return start, parse_date(series.end) if series.end else max(start, self.today)
+
+    async def item_series(self, item: str, item_id: int) -> dict[str, Any]:
+        """{"timeline": payload, "breakdown": payload} for what the config asks of this item."""
+        out: dict[str, Any] = {}
+        stats = self.cfg.stats
+        if stats.timeline is not None and item in stats.timeline.items:
+            out["timeline"] = await self._series("timeline", stats.timeline, item, item_id)
+        if stats.breakdown is not None and item in stats.breakdown.items:
+            out["breakdown"] = await self._series("breakdown", stats.breakdown, item, item_id)
+        return out
+
+    async def _series(self, kind: str, series: Series, item: str, item_id: int) -> dict[str, Any]:
+        start, end = self.window(series)
+        g = series.granularity
+        windows = [(start, end)] if kind == "timeline" else breakdown_windows(start, end, g)
+        counters: dict[str, Any] = {}
+        for counter in series.counters:
+            path = series_path(kind, g, counter, item, item_id, self.cfg.stats.institution)
+            url = self.cfg.stats.url + path
+            answers = []
+            for s, e in windows:
+                self.requests[f"stats_{kind}"] += 1
+                params = {"start_date": s.isoformat(), "end_date": e.isoformat()}
+                body = (await self.client.get(url, params=params)).data
+                answers.append(timeline_answer(body, url) if kind == "timeline"
+                               else breakdown_answer(body, url))
+            counters[counter] = (merge_counts(answers) if kind == "timeline"
+                                 else merge_breakdowns(answers))
+        return {
+            "kind": kind, "item": item, "item_id": item_id, "scope": self.scope, "granularity": g,
+            "start": start.isoformat(), "end": end.isoformat(), "counters": counters,
+        }
+
+    # -- entities (groups, collections, projects, authors): once each, after the fan-out --
+
+    async def entities(self, discovered_groups: Iterable[int]) -> list[dict[str, Any]]:
+        """Series payloads of every configured entity, in (item, id) order.
+
+        Groups: stats.entities.group if given, else the groups of the harvested articles.
+        """
+        wanted = self.entity_ids(discovered_groups)
+        out = []
+        for item, ids in sorted(wanted.items()):
+            for item_id in ids:
+                payload = await self.item_series(item, item_id)
+                out.extend(payload[k] for k in ("timeline", "breakdown") if k in payload)
+        return out
+
+    def entity_ids(self, discovered_groups: Iterable[int]) -> dict[str, list[int]]:
+        stats = self.cfg.stats
+        kinds = {i for s in (stats.timeline, stats.breakdown) if s is not None for i in s.items}
+        kinds.discard("article")
+        ents = stats.entities
+        wanted: dict[str, list[int]] = {}
+        for kind in sorted(kinds):
+            ids = getattr(ents, kind)
+            if kind == "group" and ids is None:
+                ids = discovered_groups
+            wanted[kind] = sorted(set(ids or ()))
+        return wanted
+
+    async def group_counts(self, group_ids: Iterable[int]) -> dict[str, int]:
+        """POST /count/articles: public articles per group, all groups in one request."""
+        ids = sorted(set(group_ids))
+        if not ids:
+            return {}
+        url = self.cfg.stats.url + "/count/articles"
+        self.requests["stats_count"] += 1
+        body = (await self.client.post(url, json={"groups": [{"id": g} for g in ids]})).data
+        if not isinstance(body, dict):
+            raise BadResponse(f"POST {url} -> 200 without an object", url=url, status=200,
+                              reason="bad-stats")
+        return {str(k): _count(v, url, "article count") for k, v in sorted(body.items())}

@@ -1,0 +1,319 @@
+"""Timelines, breakdowns, tops and group counts: range arithmetic offline, harvests over loopback."""
+
+from __future__ import annotations
+
+import base64
+import collections
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import aiohttp
+import duckdb
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from harvester.errors import AuthError, ConfigError
+from harvester.pipeline import Harvest
+from harvester.simulator import Simulator
+from harvester.sinks import list_snapshots
+from harvester.statsdepth import (
+    BREAKDOWN_MAX_YEARS,
+    add_years,
+    breakdown_windows,
+    merge_breakdowns,
+    merge_counts,
+    period_key,
+    periods,
+)
+from tests.conftest import write_config
+
+ENV = {"SU": "sim-stats", "SP": "sim-stats-secret"}
+CREDS = {"user": "${SU}", "password": "${SP}"}
+
+
+# --- pure range arithmetic ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("granularity", ["day", "month", "year", "total"])
+@pytest.mark.parametrize("start,end", [
+    (date(2019, 3, 15), date(2024, 11, 2)),
+    (date(2020, 2, 29), date(2031, 2, 28)),
+    (date(2021, 1, 1), date(2021, 1, 1)),
+    (date(2016, 12, 31), date(2017, 1, 1)),
+])
+def test_breakdown_windows_cover_the_range_within_the_limit(
+    granularity: str, start: date, end: date
+) -> None:
+    windows = breakdown_windows(start, end, granularity)
+    assert windows[0][0] == start and windows[-1][1] == end
+    for (s, e), (nxt, _) in zip(windows, windows[1:], strict=False):
+        assert nxt == e + timedelta(days=1)  # contiguous, no overlap
+    years = BREAKDOWN_MAX_YEARS[granularity]
+    for s, e in windows:
+        assert s <= e < add_years(s, years)  # the host would clamp at start + N years
+        if granularity in ("month", "year") and e != end:
+            assert period_key(e, granularity) != period_key(e + timedelta(days=1), granularity)
+    if granularity != "total":  # every period lies in exactly one window
+        keys = [k for s, e in windows for k, _ in periods(s, e, granularity)]
+        assert len(keys) == len(set(keys)) == len(periods(start, end, granularity))
+
+
+def test_windows_per_granularity() -> None:
+    five = (date(2020, 1, 1), date(2024, 12, 31))
+    assert len(breakdown_windows(*five, "day")) == 5
+    assert breakdown_windows(*five, "month") == [
+        (date(2020, 1, 1), date(2021, 12, 31)), (date(2022, 1, 1), date(2023, 12, 31)),
+        (date(2024, 1, 1), date(2024, 12, 31))]
+    assert breakdown_windows(*five, "year") == [five]
+    mid = breakdown_windows(date(2020, 1, 15), date(2023, 3, 1), "month")
+    assert mid[0] == (date(2020, 1, 15), date(2021, 12, 31))  # ends at a month end
+    assert breakdown_windows(date(2021, 1, 2), date(2021, 1, 1), "day") == []
+
+
+def test_periods_are_dense_and_clipped_to_the_range() -> None:
+    assert periods(date(2023, 11, 20), date(2024, 2, 3), "month") == [
+        ("2023-11", date(2023, 11, 20)), ("2023-12", date(2023, 12, 1)),
+        ("2024-01", date(2024, 1, 1)), ("2024-02", date(2024, 2, 1))]
+    assert [k for k, _ in periods(date(2024, 2, 27), date(2024, 3, 1), "day")] == [
+        "2024-02-27", "2024-02-28", "2024-02-29", "2024-03-01"]
+    assert periods(date(2020, 5, 5), date(2022, 1, 1), "year")[-1] == ("2022", date(2022, 1, 1))
+    assert periods(date(2020, 5, 5), date(2022, 1, 1), "total") == [("total", date(2020, 5, 5))]
+
+
+def test_merging_sums_and_treats_missing_keys_as_zero() -> None:
+    assert merge_counts([{"2020-01": 2}, {"2020-01": 1, "2020-02": 4}, {}]) == {
+        "2020-01": 3, "2020-02": 4}
+    merged = merge_breakdowns([
+        {"total": {"UK": {"London": 2, "total": 3}}},
+        {"total": {"UK": {"Leeds": 1, "total": 1}, "France": {"Paris": 1, "total": 1}}},
+    ])
+    assert merged == {"total": {"UK": {"London": 2, "Leeds": 1, "total": 4},
+                                "France": {"Paris": 1, "total": 1}}}
+
+
+# --- harvests over loopback -----------------------------------------------------------------
+
+
+def table(snapshot: Path, name: str) -> list[dict[str, Any]]:
+    return pq.read_table(snapshot / f"{name}.parquet").to_pylist()
+
+
+def popular(sim: Simulator, n: int, since: date = date(2021, 1, 1)) -> list[int]:
+    """Ids with views published before `since` (so a range from `since` has events)."""
+    ids = [i for i in sorted(sim.corpus.ids) if sim.corpus.published(i).date() < since]
+    return ids[:n]
+
+
+async def stats_get(sim: Simulator, path: str, params: dict[str, str],
+                    headers: dict[str, str] | None = None) -> Any:
+    async with aiohttp.ClientSession() as http, http.get(
+        sim.stats_url + path, params=params, headers=headers or {}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        return orjson.loads(await resp.read())
+
+
+async def test_monthly_timelines_are_dense_and_match_the_stats_host(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    ids = popular(sim, 6)
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}], stats={
+        "counters": ["views"],
+        "timeline": {"granularity": "month", "start": "2021-01-01", "end": "2023-12-31",
+                     "counters": ["views", "downloads"]},
+    })
+    snap = (await Harvest(cfg).run()).snapshot
+    # one timeline request per item and counter: timelines have no documented range limit
+    assert sim.log.count("stats", "/timeline/{granularity}/{counter}/{item}/{item_id}") == 12
+    rows = table(snap, "stats_timeline")
+    assert len(rows) == len(ids) * 2 * 36  # every month, zeros included
+    for aid in ids[:3]:
+        served = (await stats_get(sim, f"/timeline/month/views/article/{aid}",
+                                  {"start_date": "2021-01-01", "end_date": "2023-12-31"}))
+        mine = {r["period"]: r["count"] for r in rows
+                if r["item_id"] == aid and r["counter"] == "views"}
+        assert {k: v for k, v in mine.items() if v} == served["timeline"]
+        assert set(mine) == {f"{y}-{m:02d}" for y in (2021, 2022, 2023) for m in range(1, 13)}
+    first = next(r for r in rows if r["period"] == "2021-01")
+    assert first["period_start"] == date(2021, 1, 1) and first["range_end"] == date(2023, 12, 31)
+    assert {r["item"] for r in rows} == {"article"} and {r["scope"] for r in rows} == {"public"}
+    assert sum(r["count"] for r in rows) > 0
+    manifest = orjson.loads((snap / "manifest.json").read_bytes())
+    fetch = manifest["fetch"]
+    assert fetch["requests"] == {"record": 6, "stats_timeline": 12, "stats_total": 6}
+    assert fetch["requests_per_item"] == 4.0
+
+
+async def test_daily_breakdowns_over_three_years_are_split_and_merged(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    ids = popular(sim, 4, since=date(2020, 1, 1))
+    start, end = "2020-01-01", "2022-12-31"
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}], stats={
+        "counters": [],
+        "breakdown": {"granularity": "day", "start": start, "end": end, "counters": ["views"]},
+        "timeline": {"granularity": "day", "start": start, "end": end, "counters": ["views"]},
+    })
+    snap = (await Harvest(cfg).run()).snapshot
+    asked = [parse_qs(e.query) for e in sim.log.entries
+             if e.route.startswith("/breakdown/")]
+    assert len(asked) == 3 * len(ids)  # 3 windows of at most a year each
+    for q in asked:
+        s, e = date.fromisoformat(q["start_date"][0]), date.fromisoformat(q["end_date"][0])
+        assert e < add_years(s, 1)
+    con = duckdb.connect()
+    # per day, the countries' totals add up to the (unsplit) timeline's count: nothing clamped
+    diff = con.execute(f"""
+        WITH b AS (SELECT item_id, period, sum(count) AS n
+                   FROM read_parquet('{snap}/stats_breakdown.parquet')
+                   WHERE city IS NULL GROUP BY ALL),
+             t AS (SELECT item_id, period, count AS n
+                   FROM read_parquet('{snap}/stats_timeline.parquet') WHERE count > 0)
+        SELECT count(*) FROM t FULL JOIN b USING (item_id, period)
+        WHERE t.n IS DISTINCT FROM b.n""").fetchone()[0]
+    assert diff == 0
+    total = con.execute(f"SELECT sum(count) FROM read_parquet('{snap}/stats_breakdown.parquet') "
+                        "WHERE city IS NULL").fetchone()[0]
+    assert total > 0
+    # one request over the whole range would have been clamped to a year: fewer events
+    one = await stats_get(sim, f"/breakdown/total/views/article/{ids[0]}",
+                          {"start_date": start, "end_date": end})
+    mine = con.execute(f"SELECT sum(count) FROM read_parquet('{snap}/stats_breakdown.parquet') "
+                       f"WHERE city IS NULL AND item_id = {ids[0]}").fetchone()[0]
+    clamped = sum(c["total"] for c in one["breakdown"].get("total", {}).values())
+    assert mine >= clamped
+    cities = con.execute(f"SELECT count(*) FROM read_parquet('{snap}/stats_breakdown.parquet') "
+                         "WHERE city IS NOT NULL").fetchone()[0]
+    assert cities > 0
+
+
+async def test_institution_scope_needs_basic_credentials_and_they_reach_only_the_stats_host(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    inst = sim.corpus.institutions[0]
+    ids = [i for i in popular(sim, 40) if sim.corpus.institution_of(i) == inst.id][:4]
+    series = {"granularity": "year", "start": "2019-01-01", "end": "2024-12-31",
+              "counters": ["views"]}
+    with pytest.raises(ConfigError, match=r"stats\.timeline: the institution scope"):
+        write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}],
+                     stats={"institution": inst.string_id, "timeline": series})
+    # the stats host itself refuses the institution scope without Basic credentials
+    async with aiohttp.ClientSession() as http, http.get(
+        f"{sim.stats_url}/{inst.string_id}/timeline/year/views/article/{ids[0]}"
+    ) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["code"] == "Forbidden"
+
+    wrong = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}], name="wrong",
+                         env={"SU": "sim-stats", "SP": "nope"},
+                         stats={"institution": inst.string_id, "timeline": series, **CREDS})
+    with pytest.raises(AuthError, match="403") as refused:
+        await Harvest(wrong).run()
+    assert "nope" not in str(refused.value)
+    assert list_snapshots(tmp_path / "out", "wrong") == []
+
+    sim.log.clear()
+    # a token for the API host is configured too: it must not reach the stats host
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}], env={**ENV, "TOKEN": "tkn"},
+                       api={"token": "${TOKEN}"}, stats={
+                           "institution": inst.string_id, "timeline": series, **CREDS,
+                           "breakdown": {**series, "granularity": "month"}})
+    snap = (await Harvest(cfg).run()).snapshot
+    rows = table(snap, "stats_timeline")
+    assert {r["scope"] for r in rows} == {inst.string_id}
+    assert len(rows) == len(ids) * 6
+    basic = "Basic " + base64.b64encode(f"{ENV['SU']}:{ENV['SP']}".encode()).decode()
+    assert sim.log.credentials_seen("stats") == {basic}
+    assert sim.log.credentials_seen("api") == {"token tkn"}
+    assert sim.log.credentials_seen("download") == set()
+    # month breakdown over 6 years: 3 windows of at most 2 years per item
+    assert sim.log.count("stats", "/{institution}/breakdown/{granularity}/{counter}/{item}/"
+                                  "{item_id}") == 3 * len(ids)
+    served = await stats_get(sim, f"/{inst.string_id}/timeline/year/views/article/{ids[0]}",
+                             {"start_date": "2019-01-01", "end_date": "2024-12-31"},
+                             {"Authorization": basic})
+    mine = {r["period"]: r["count"] for r in rows if r["item_id"] == ids[0] and r["count"]}
+    assert mine == served["timeline"]
+
+
+async def test_tops_give_the_per_item_totals_in_fewer_requests(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    inst = sim.corpus.institutions[1]
+    source = [{"kind": "institution", "institution": inst.id}]
+    stats = {"institution": inst.string_id, **CREDS}
+    per_item = write_config(tmp_path, sim, source, env=ENV, name="per-item", stats=stats)
+    snap_a = (await Harvest(per_item).run()).snapshot
+    tops = write_config(tmp_path, sim, source, env=ENV, name="tops",
+                        stats={**stats, "method": "tops", "top_count": 100_000})
+    snap_b = (await Harvest(tops).run()).snapshot
+
+    def totals(snap: Path) -> dict[tuple[int, str], int]:
+        return {(r["article_id"], r["counter"]): r["total"] for r in table(snap, "stats")}
+
+    a, b = totals(snap_a), totals(snap_b)
+    n = len({k[0] for k in a})
+    assert n == sum(1 for i in sim.corpus.ids if sim.corpus.institution_of(i) == inst.id)
+    assert a == b and len(a) == 3 * n
+    assert sum(a.values()) > 0 and any(v == 0 for v in a.values())  # zeros: absent from tops
+    fa = orjson.loads((snap_a / "manifest.json").read_bytes())["fetch"]
+    fb = orjson.loads((snap_b / "manifest.json").read_bytes())["fetch"]
+    assert fa["requests"]["stats_total"] == 3 * n
+    assert fb["requests"]["record"] == n and fb["requests"]["stats_top"] == 3
+    assert "stats_total" not in fb["requests"]  # the ranking was complete: no per-item call
+    assert fb["requests_per_item"] < fa["requests_per_item"]
+    # a cut-off ranking (count smaller than the institution) falls back per item, same numbers
+    short = write_config(tmp_path, sim, source, env=ENV, name="short",
+                         stats={**stats, "method": "tops", "top_count": 5})
+    snap_c = (await Harvest(short).run()).snapshot
+    assert totals(snap_c) == a
+    fc = orjson.loads((snap_c / "manifest.json").read_bytes())["fetch"]
+    assert 0 < fc["requests"]["stats_total"] < 3 * n
+
+
+async def test_group_stats_are_fetched_once_per_group_and_counts_match_the_harvest(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    counts = collections.Counter(sim.corpus.group_of(i) for i in sim.corpus.ids)
+    group = max((g for g in counts if g), key=lambda g: (counts[g], g))
+    cfg = write_config(tmp_path, sim, [{"kind": "group", "group": group}], stats={
+        "counters": [],
+        "timeline": {"granularity": "year", "start": "2012-01-01", "end": "2026-12-31",
+                     "items": ["article", "group"], "counters": ["views"]},
+    })
+    snap = (await Harvest(cfg).run()).snapshot
+    con = duckdb.connect()
+    per_year = con.execute(f"""
+        SELECT period, sum(count) FILTER (WHERE item = 'article') AS articles,
+               sum(count) FILTER (WHERE item = 'group') AS grp
+        FROM read_parquet('{snap}/stats_timeline.parquet') GROUP BY 1 ORDER BY 1""").fetchall()
+    assert len(per_year) == 15
+    assert all(a == g for _, a, g in per_year)  # a group's views are its articles' views
+    assert sum(g for _, _, g in per_year) > 0
+    assert sim.log.count("stats", "/timeline/{granularity}/{counter}/{item}/{item_id}") == \
+        counts[group] + 1  # once per article, once for the group
+    fetch = orjson.loads((snap / "manifest.json").read_bytes())["fetch"]
+    assert fetch["group_articles"] == {str(group): counts[group]}  # POST /count/articles
+    assert sim.log.count("stats", "/count/articles") == 1
+
+
+def test_stats_config_errors_name_the_key(tmp_path: Path, sim: Simulator) -> None:
+    ids = [{"kind": "ids", "ids": [1]}]
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"timeline": {"granularity": "week", "start": "2020-01-01"}}, "stats.timeline.granularity"),
+        ({"timeline": {"granularity": "day"}}, "stats.timeline.start"),
+        ({"breakdown": {"granularity": "day", "start": "2020-01-01", "end": "2019-01-01"}},
+         "stats.breakdown.end"),
+        ({"breakdown": {"granularity": "day", "start": "2020-01-01", "items": ["project"]}},
+         "stats.breakdown.items"),
+        ({"entities": {"group": [1]}}, "stats.entities.group"),
+        ({"method": "tops"}, "stats.method"),
+        ({"timeline": {"granularity": "day", "start": "2020-01-01", "step": 1}},
+         "stats.timeline.step"),
+    ]
+    for stats, key in bad:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            write_config(tmp_path, sim, ids, stats=stats)
