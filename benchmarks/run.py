@@ -259,8 +259,8 @@ def modes(items: int) -> dict[str, Any]:
                          "per_item": s["count"] / h["items"], "by_kind": kinds(s["by_route"])})
     # the same harvest with 10% of every fault: what retries cost
     n = min(items, 400)
-    with Sim(items=items, seed=1, fault_rate=0.1, fault_retry_after=0.2, stall_seconds=0.3) as sim, \
-            scratch() as tmp:
+    faulty = Sim(items=items, seed=1, fault_rate=0.1, fault_retry_after=0.2, stall_seconds=0.3)
+    with faulty as sim, scratch() as tmp:
         ids = {"kind": "ids", "ids": sim.ask("corpus", limit=n)["ids"]}
         h = harvest(sim, tmp, ids, counters=COUNTERS, rate=UNTHROTTLED, retry=FAST_RETRY,
                     timeout={"connect": 5, "read": 0.15, "total": 30})

@@ -27,8 +27,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harvester.simulator import Simulator  # noqa: E402
-from harvester.simulator.settings import SimSettings  # noqa: E402
+from harvester.simulator import Simulator
+from harvester.simulator.settings import SimSettings
 
 _TUPLES = ("rate_limit", "fault_kinds")
 

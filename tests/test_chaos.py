@@ -1,0 +1,108 @@
+"""Chaos: with 10% of requests failing in every way the simulator knows, nothing is lost.
+
+The same harvest runs twice against one corpus, once clean and once with 429 + Retry-After,
+500/502/503, connection resets, truncated bodies and stalls injected; every Parquet table and
+NDJSON file must come out the same, row for row, while the rate limit and every Retry-After hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from harvester.pipeline import Harvest
+from harvester.simulator import Simulator
+from harvester.simulator.settings import FAULT_KINDS, SimSettings
+from tests.conftest import write_config
+
+# 100 requests/s. The simulator shares the test's event loop, so it stamps an arrival late when the
+# loop is busy; a 2 s window gives the client's safety margin (2.5% of it) room for that jitter.
+RATE = {"requests": 200, "per": 2.0}
+PER_RUN_COLUMNS = ("snapshot_id", "fetched_at")  # what differs between two runs by design
+
+
+@pytest.fixture
+async def small_sim() -> AsyncIterator[Simulator]:
+    # stalls outlast the read timeout below; injected 429s ask for 0.2 s
+    settings = SimSettings(items=120, seed=5, stall_seconds=0.4, fault_retry_after=0.2)
+    async with Simulator(settings) as s:
+        yield s
+
+
+def peak_combined(sim: Simulator, seconds: float) -> int:
+    """Most arrivals at both hosts together within any window of `seconds` (one shared budget)."""
+    times = sorted(e.t for e in sim.log.entries)
+    peak = left = 0
+    for right, t in enumerate(times):
+        while t - times[left] >= seconds:
+            left += 1
+        peak = max(peak, right - left + 1)
+    return peak
+
+
+def tables(snapshot: Path) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for path in sorted(snapshot.glob("*.parquet")):
+        table = pq.read_table(path)
+        keep = [c for c in table.column_names if c not in PER_RUN_COLUMNS]
+        out[path.stem] = table.select(keep).to_pylist()
+    return out
+
+
+def lines(path: Path) -> list[Any]:
+    rows = [orjson.loads(x) for x in path.read_bytes().splitlines()]
+    for row in rows:
+        for column in PER_RUN_COLUMNS:
+            row.pop(column, None)
+    return rows
+
+
+async def harvest(sim: Simulator, tmp_path: Path, name: str) -> Path:
+    cfg = write_config(tmp_path / name, sim, [{"kind": "articles"}], name=name, http={
+        "rate": RATE,
+        "concurrency": 6,
+        "timeout": {"connect": 2, "read": 0.15, "total": 10},
+        "retry": {"attempts": 12, "backoff_base": 0.01, "backoff_max": 0.05},
+    })
+    result = await Harvest(cfg).run()
+    assert result.errors == 0 and not result.truncated
+    assert result.snapshot is not None
+    return result.snapshot
+
+
+async def test_ten_percent_faults_of_every_kind_lose_nothing(
+    small_sim: Simulator, tmp_path: Path
+) -> None:
+    sim = small_sim
+    clean = await harvest(sim, tmp_path, "clean")
+    assert not any(e.fault for e in sim.log.entries)
+
+    sim.log.clear()
+    sim.update(fault_rate=0.1, fault_kinds=FAULT_KINDS)
+    chaos = await harvest(sim, tmp_path, "chaos")
+
+    injected = {e.fault for e in sim.log.entries if e.fault}
+    assert injected == set(FAULT_KINDS)  # every kind of trouble really happened
+    assert sum(1 for e in sim.log.entries if e.fault) >= 0.05 * len(sim.log.entries)
+
+    expected, got = tables(clean), tables(chaos)
+    assert sorted(got) == sorted(expected)
+    assert len(expected["articles"]) == len(sim.corpus.ids)
+    assert len(expected["stats"]) == 3 * len(sim.corpus.ids)
+    assert len(expected["files"]) > 0
+    for table, rows in expected.items():
+        assert got[table] == rows, table  # row for row, in the same order
+    assert (chaos / "articles.ndjson").read_bytes() == (clean / "articles.ndjson").read_bytes()
+    assert lines(chaos / "stats.ndjson") == lines(clean / "stats.ndjson")
+    assert (chaos / "errors.ndjson").read_bytes() == b""
+
+    # polite throughout: no window over the limit, no request inside a Retry-After
+    assert peak_combined(sim, RATE["per"]) <= RATE["requests"]
+    assert sum(1 for e in sim.log.entries if e.status == 429) > 0
+    assert sim.log.retry_after_violations("api") == 0
+    assert sim.log.retry_after_violations("stats") == 0
