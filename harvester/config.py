@@ -575,6 +575,11 @@ def _check_source(v: _Validator, key: str, kind: str, params: dict[str, Any]) ->
 
     if params.get("reconcile", "none") not in ("oai", "none"):
         raise fail("reconcile", "must be 'oai' (check against the OAI-PMH portal set) or 'none'")
+    narrowing = [k for k in ("group", "item_type", "modified_since", "doi", "handle",
+                             "resource_doi") if k in params]
+    if params.get("reconcile") == "oai" and narrowing:
+        raise fail("reconcile", f"oai compares with the whole portal set, but {narrowing[0]} "
+                   "narrows this source: drop one of the two")
     if kind == "author" and ("full_name" in params) == ("orcid" in params):
         raise fail("full_name", "give exactly one of full_name or orcid")
     if kind == "institution_articles" and params.get("order", "modified_date") not in (

@@ -51,17 +51,21 @@ class SourceReport:
     side: list[SideRecord] = field(default_factory=list, repr=False)  # not in the manifest
 
     @property
-    def minimum_requests(self) -> int:
-        """The fewest list requests any enumeration could use: one per 1,000, plus the last."""
+    def minimum_requests(self) -> int | None:
+        """The fewest list requests any enumeration could use: one per 1,000, plus the last
+        (None for kinds that page no REST list: ids, ids_file, oai)."""
+        if self.kind in ("ids", "ids_file", "oai"):
+            return None
         return self.distinct // PAGE_SIZE + 1
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name, "kind": self.kind, "listed": self.listed,
-            "distinct": self.distinct, "requests": self.requests,
-            "minimum_requests": self.minimum_requests, "truncated": self.truncated,
+            "distinct": self.distinct, "requests": self.requests, "truncated": self.truncated,
             "partitions": [p.as_dict() for p in self.partitions],
         }
+        if self.minimum_requests is not None:
+            out["minimum_requests"] = self.minimum_requests
         if self.unresolved_count:
             out["unresolved"] = self.unresolved_count
             out["unresolved_lines"] = self.unresolved
@@ -135,8 +139,12 @@ async def _enumerate(
         yield batch
     report.absorb(walker)
     if params.get("reconcile") == "oai":
-        async for batch in _reconcile_oai(client, api_url, source, walker.seen, report):
-            yield batch
+        if "modified_since" in params:
+            # an incremental run lists what changed; the portal set holds everything
+            report.reconcile = {"against": "oai", "skipped": "incremental run (modified_since)"}
+        else:
+            async for batch in _reconcile_oai(client, api_url, source, walker.seen, report):
+                yield batch
 
 
 async def _container(

@@ -383,6 +383,7 @@ def test_admin_and_account_kinds_need_a_token_at_validation() -> None:
     ("{kind: author}", "give exactly one of full_name"),
     ("{kind: author, full_name: A B, orcid: 0000-0001}", "give exactly one of full_name"),
     ("{kind: institution, institution: 1, reconcile: rest}", "must be 'oai'"),
+    ("{kind: institution, institution: 1, reconcile: oai, group: 5}", "group narrows"),
     ("{kind: oai, set: portal}", "is not an OAI-PMH set"),
     ("{kind: collection}", "collection: required"),
     ("{kind: ids_file, path: /nonexistent/ids.txt}", "is not a readable file"),
@@ -428,3 +429,13 @@ async def test_collection_project_and_review_records_reach_the_snapshot(
     by_name = {s["name"]: s for s in result.manifest["sources"]}
     assert by_name["reviews-3"]["partitions"][0]["query"].startswith(
         "GET /account/institution/reviews")
+
+
+async def test_reconcile_is_skipped_when_an_incremental_run_narrows_the_source(
+    sim: Simulator,
+) -> None:
+    inst = sim.corpus.institutions[0].id
+    _, report = await run_source(sim, "institution", institution=inst, reconcile="oai",
+                                 modified_since="2026-01-01")
+    assert report.reconcile == {"against": "oai", "skipped": "incremental run (modified_since)"}
+    assert sim.log.count(route="/v2/oai") == 0
