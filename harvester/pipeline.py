@@ -452,8 +452,8 @@ class Harvest:
                 writer.add_rows(table, rows)
             for kind, _, body, at in journal.side():
                 side_ctx = RowContext(snapshot_id=snapshot_id, fetched_at=_parse_stamp(at))
-                for table, rows in side_rows(kind, body, side_ctx).items():
-                    writer.add_rows(table, rows)
+                for table, shaped in side_rows(kind, body, side_ctx).items():
+                    writer.add_rows(table, shaped)
             for error in journal.errors():
                 writer.add_error(error)
             manifest["finished_at"] = stamp(utc_now())
