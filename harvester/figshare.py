@@ -160,7 +160,7 @@ def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
         pid = params["project"]
         # the project listing has no filters; a search by project_id can be partitioned
         search = ListQuery("POST", "/articles/search", {"project_id": pid}, bound=PUBLISHED,
-                           splits=("item_type", "group"))
+                           splits=("item_type", "group")).ascending(None)
         return ListQuery("GET", f"/projects/{pid}/articles", {}, cursor=False, fallback=search)
     filters.pop("reconcile", None)
     if kind == "author":

@@ -66,6 +66,8 @@ class ListServer:
 
     async def handle(self, request: web.Request) -> web.Response:
         q = dict(request.query)
+        if request.method == "POST":  # a search: filters in the JSON body
+            q.update({k: str(v) for k, v in orjson.loads(await request.read()).items()})
         self.requests.append(q)
         assert q.get("order") == "published_date" and q.get("order_direction") == "asc"
         page, size = int(q.get("page", 1)), int(q.get("page_size", 10))
@@ -79,6 +81,16 @@ class ListServer:
             served = [x for n, i in enumerate(served, 1)
                       for x in ([i, i] if n % self.duplicates == 0 else [i])]
         chunk = served[(page - 1) * size : page * size]
+        return web.Response(body=orjson.dumps(chunk), content_type="application/json")
+
+    async def handle_project(self, request: web.Request) -> web.Response:
+        """GET /projects/{id}/articles: paging only, no order, no filters (SPEC26)."""
+        page, size = int(request.query.get("page", 1)), int(request.query.get("page_size", 10))
+        self.requests.append({"project": "7", **request.query})
+        if page * size > self.window:
+            return web.json_response({"message": "Max page reached. Please narrow down your "
+                                                 "search"}, status=400)
+        chunk = self.items[(page - 1) * size : page * size]
         return web.Response(body=orjson.dumps(chunk), content_type="application/json")
 
 
@@ -106,6 +118,8 @@ async def serve() -> AsyncIterator[Any]:
     async def start(server: ListServer) -> str:
         app = web.Application()
         app.router.add_get("/v2/articles", server.handle)
+        app.router.add_post("/v2/articles/search", server.handle)
+        app.router.add_get("/v2/projects/7/articles", server.handle_project)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -215,6 +229,16 @@ async def test_a_server_that_ignores_the_bound_is_reported_truncated(serve: Any)
     assert walker.truncated  # loudly incomplete, not silently short
     assert len(walker.seen) < len(items)
     assert "does not honour the date bound" in walker.partitions[-1].note
+
+
+async def test_a_project_over_the_window_falls_back_to_a_partitioned_search(serve: Any) -> None:
+    items = corpus([(12_000, BASE, 200 * DAY, 0)])
+    server = ListServer(items)  # every item belongs to project 7 here
+    got, walker = await exhaust(await serve(server), list_query("project", {"project": 7}))
+    assert set(got) == {i["id"] for i in items} and not walker.truncated
+    assert walker.partitions[0].note == "window full: listed by the fallback query instead"
+    assert all(q.get("project_id") == "7" for q in server.requests if "project" not in q)
+    assert walker.partitions[1].query.startswith("POST /articles/search [order=published_date")
 
 
 def test_id_set_is_a_compact_bitmap() -> None:
