@@ -429,7 +429,7 @@ def _check_stats(v: _Validator, stats: Stats) -> None:
     if stats.method == "tops" and not (stats.institution and basic):
         raise v.fail("stats.method", "'tops' ranks an institution's items: it needs "
                      "stats.institution and stats.user/password (HTTP Basic)")
-    asked = set()
+    asked: set[str] = set()
     for key, series in (("stats.timeline", stats.timeline), ("stats.breakdown", stats.breakdown)):
         if series is None:
             continue

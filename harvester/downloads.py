@@ -22,7 +22,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from yarl import URL
@@ -325,6 +325,7 @@ class _Sink:
 
     def __init__(self, part: Path, start: int) -> None:
         self.md5 = hashlib.md5()
+        self.f: BinaryIO
         if start:
             with open(part, "rb") as f:
                 while chunk := f.read(WRITE_BATCH):

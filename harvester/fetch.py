@@ -1,4 +1,4 @@
-"""Per-item requests: the full record, its files, versions, stats and downloads; what one item costs.
+"""Per-item requests: record, files, versions, stats, downloads; what one item costs.
 
 Optional per-item payloads (timelines, breakdowns, older versions, download results) travel in
 `Outcome.extra`, are stored compressed in the journal with the record and become table rows

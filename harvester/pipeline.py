@@ -90,8 +90,9 @@ def client_settings(cfg: Config) -> ClientSettings:
         pair = f"{cfg.stats.user}:{cfg.stats.password}".encode()
         credentials[origin(cfg.stats.url)] = "Basic " + base64.b64encode(pair).decode()
     rate = RateLimit(cfg.http.rate.requests, cfg.http.rate.per)
-    shared = (origin(cfg.api.url),) if cfg.http.per_host else (origin(cfg.api.url),
-                                                                origin(cfg.stats.url))
+    shared: tuple[str, ...] = (origin(cfg.api.url),)
+    if not cfg.http.per_host:  # Figshare asks for one budget over the API and stats hosts
+        shared += (origin(cfg.stats.url),)
     if cfg.files.download and cfg.files.share_rate:  # else the download host has its own budget
         shared += (origin(cfg.files.url),)
     return ClientSettings(
@@ -448,8 +449,8 @@ class Harvest:
                 writer.add_article(record, rows)
                 self.progress.written += 1
                 crash_point("write")
-            for table, rows in self.fetcher.run_rows(snapshot_id).items():
-                writer.add_rows(table, rows)
+            for table, once in self.fetcher.run_rows(snapshot_id).items():
+                writer.add_rows(table, once)  # group/collection/... series, fetched once each
             for kind, _, body, at in journal.side():
                 side_ctx = RowContext(snapshot_id=snapshot_id, fetched_at=_parse_stamp(at))
                 for table, shaped in side_rows(kind, body, side_ctx).items():

@@ -80,7 +80,9 @@ def periods(start: dt.date, end: dt.date, granularity: str) -> list[tuple[str, d
     return out
 
 
-def breakdown_windows(start: dt.date, end: dt.date, granularity: str) -> list[tuple[dt.date, dt.date]]:
+def breakdown_windows(
+    start: dt.date, end: dt.date, granularity: str
+) -> list[tuple[dt.date, dt.date]]:
     """[start, end] as consecutive windows the stats host answers without clamping.
 
     A window never spans more than the limit (its end stays a day short of start + N years)
@@ -286,15 +288,15 @@ class StatsFetcher:
         for counter in series.counters:
             path = series_path(kind, g, counter, item, item_id, self.cfg.stats.institution)
             url = self.cfg.stats.url + path
-            answers = []
+            bodies = []
             for s, e in windows:
                 self.requests[f"stats_{kind}"] += 1
                 params = {"start_date": s.isoformat(), "end_date": e.isoformat()}
-                body = (await self.client.get(url, params=params)).data
-                answers.append(timeline_answer(body, url) if kind == "timeline"
-                               else breakdown_answer(body, url))
-            counters[counter] = (merge_counts(answers) if kind == "timeline"
-                                 else merge_breakdowns(answers))
+                bodies.append((await self.client.get(url, params=params)).data)
+            if kind == "timeline":
+                counters[counter] = merge_counts(timeline_answer(b, url) for b in bodies)
+            else:
+                counters[counter] = merge_breakdowns(breakdown_answer(b, url) for b in bodies)
         return {
             "kind": kind, "item": item, "item_id": item_id, "scope": self.scope, "granularity": g,
             "start": start.isoformat(), "end": end.isoformat(), "counters": counters,
@@ -308,7 +310,7 @@ class StatsFetcher:
         Groups: stats.entities.group if given, else the groups of the harvested articles.
         """
         wanted = self.entity_ids(discovered_groups)
-        out = []
+        out: list[dict[str, Any]] = []
         for item, ids in sorted(wanted.items()):
             for item_id in ids:
                 payload = await self.item_series(item, item_id)

@@ -17,6 +17,7 @@ from aiohttp import web
 from harvester.client import Client, ClientSettings, RetryPolicy
 from harvester.config import parse
 from harvester.downloads import NAME_MAX_BYTES, SIDECAR, Downloader, file_path, safe_name
+from harvester.errors import ConfigError
 from harvester.pipeline import Harvest
 from harvester.simulator import Simulator
 from harvester.simulator.corpus import file_content
@@ -138,7 +139,7 @@ async def test_files_are_stored_verified_and_not_fetched_twice(
 
 async def test_md5_mismatch_is_retried_then_reported(sim: Simulator, tmp_path: Path) -> None:
     ids = with_files(sim, 3)
-    (a_id, once), (b_id, always) = files_of(sim, ids)[:2]
+    (_, once), (b_id, always) = files_of(sim, ids)[:2]
     sim.downloads.corrupt_next(once["id"], times=1)
     sim.downloads.corrupt_next(always["id"], times=99)
     snap = (await Harvest(config(tmp_path, sim, ids)).run()).snapshot
@@ -222,7 +223,8 @@ async def test_hostile_file_names_never_escape_or_clobber(sim: Simulator, tmp_pa
         path = (root / r["path"]).resolve()
         assert path.is_relative_to(root.resolve()) and path.parent.name == str(r["file_id"])
         assert path.read_bytes() == file_content(sim.corpus.seed, r["file_id"], r["size"])
-    assert not (tmp_path / "deep" / "escape.csv").exists() and not (tmp_path / "escape.csv").exists()
+    assert not (tmp_path / "deep" / "escape.csv").exists()
+    assert not (tmp_path / "escape.csv").exists()
     outside = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(out)]
     assert [p.name for p in outside] == ["harvest.yaml"]
     dup = [r for r in rows if r["name"] == "dup.csv"]
@@ -343,3 +345,27 @@ files: {{download: true, link_only: true, max_size: 20}}
     assert (tmp_path / "links" / "files" / "5" / "9" / "elsewhere.txt").read_bytes() == \
         b"external bytes"
     assert (capped["status"], capped["reason"]) == ("failed", "max_size")  # 42 bytes > 20
+
+
+def test_files_config_errors_name_the_key(sim: Simulator, tmp_path: Path) -> None:
+    ids = [{"kind": "ids", "ids": [1]}]
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"download": "yes"}, "files.download"),
+        ({"extensions": "csv"}, "files.extensions"),
+        ({"max_size": 0}, "files.max_size"),
+        ({"max_total_bytes": -1}, "files.max_total_bytes"),
+        ({"private_token": True}, "files.private_token: needs api.token"),
+        ({"url": "ftp://mirror"}, "files.url"),
+        ({"dir": "s3://bucket/files"}, "files.dir"),
+        ({"checksum": "sha1"}, "files.checksum: unknown key"),
+    ]
+    for files, key in bad:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            write_config(tmp_path, sim, ids, files=files)
+    with pytest.raises(ConfigError, match=r"files\.dir: required"):
+        write_config(tmp_path, sim, ids, output={"dir": "s3://bucket/out"},
+                     files={"download": True})
+    cfg = write_config(tmp_path, sim, ids, files={"download": True, "extensions": [".CSV", "zip"],
+                                                  "dir": str(tmp_path / "archive")})
+    assert cfg.files.extensions == ("csv", "zip")
+    assert cfg.files_path() == tmp_path / "archive"

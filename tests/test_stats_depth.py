@@ -1,9 +1,11 @@
-"""Timelines, breakdowns, tops and group counts: range arithmetic offline, harvests over loopback."""
+"""Timelines, breakdowns, tops and group counts: range arithmetic offline, harvests on loopback."""
 
 from __future__ import annotations
 
 import base64
 import collections
+import itertools
+import re
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ def test_breakdown_windows_cover_the_range_within_the_limit(
 ) -> None:
     windows = breakdown_windows(start, end, granularity)
     assert windows[0][0] == start and windows[-1][1] == end
-    for (s, e), (nxt, _) in zip(windows, windows[1:], strict=False):
+    for (_, e), (nxt, _) in itertools.pairwise(windows):
         assert nxt == e + timedelta(days=1)  # contiguous, no overlap
     years = BREAKDOWN_MAX_YEARS[granularity]
     for s, e in windows:
@@ -188,6 +190,13 @@ async def test_daily_breakdowns_over_three_years_are_split_and_merged(
     cities = con.execute(f"SELECT count(*) FROM read_parquet('{snap}/stats_breakdown.parquet') "
                          "WHERE city IS NOT NULL").fetchone()[0]
     assert cities > 0
+    # the README's dashboard queries run as written
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Statistics in depth and files\n", 1)[1].split("\n## ", 1)[0]
+    sql = re.search(r"```sql\n(.*?)```", section, flags=re.S)
+    assert sql
+    for statement in filter(str.strip, sql.group(1).split(";\n")):
+        assert con.execute(statement.replace("'snap/", f"'{snap}/")).fetchall()
 
 
 async def test_institution_scope_needs_basic_credentials_and_they_reach_only_the_stats_host(
@@ -303,7 +312,8 @@ async def test_group_stats_are_fetched_once_per_group_and_counts_match_the_harve
 def test_stats_config_errors_name_the_key(tmp_path: Path, sim: Simulator) -> None:
     ids = [{"kind": "ids", "ids": [1]}]
     bad: list[tuple[dict[str, Any], str]] = [
-        ({"timeline": {"granularity": "week", "start": "2020-01-01"}}, "stats.timeline.granularity"),
+        ({"timeline": {"granularity": "week", "start": "2020-01-01"}},
+         "stats.timeline.granularity"),
         ({"timeline": {"granularity": "day"}}, "stats.timeline.start"),
         ({"breakdown": {"granularity": "day", "start": "2020-01-01", "end": "2019-01-01"}},
          "stats.breakdown.end"),
@@ -317,3 +327,28 @@ def test_stats_config_errors_name_the_key(tmp_path: Path, sim: Simulator) -> Non
     for stats, key in bad:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             write_config(tmp_path, sim, ids, stats=stats)
+
+
+async def test_an_incremental_stats_refresh_keeps_the_series(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    counts = collections.Counter(sim.corpus.group_of(i) for i in sim.corpus.ids if
+                                 sim.corpus.group_of(i))
+    group = min(counts, key=lambda g: (-counts[g], g))
+    members = sorted(i for i in sim.corpus.ids if sim.corpus.group_of(i) == group)
+    cfg = write_config(tmp_path, sim, [{"kind": "group", "group": group}],
+                       incremental={"overlap_hours": 1, "stats": "all"}, stats={
+                           "counters": ["views"],
+                           "timeline": {"granularity": "year", "start": "2020-01-01",
+                                        "end": "2025-12-31", "counters": ["views"]}})
+    first = await Harvest(cfg).run()
+    second = await Harvest(cfg).run()  # nothing changed: every item is a stats-only refresh
+    assert second.manifest["kind"] == "incremental"
+    assert pq.read_table(second.snapshot / "articles.parquet").num_rows == 0
+
+    def series(snap: Path) -> list[tuple[int, str, int]]:
+        rows = table(snap, "stats_timeline")
+        return sorted((r["item_id"], r["period"], r["count"]) for r in rows)
+
+    assert series(second.snapshot) == series(first.snapshot)
+    assert len(series(second.snapshot)) == len(members) * 6

@@ -197,8 +197,10 @@ FILE_SIZE_EXP = (2.0, 5.5)
 _FILE_BLOCK = 4_096
 
 
-def file_content(seed: int, file_id: int, size: int, start: int = 0, end: int | None = None) -> bytes:
-    """Bytes [start, end) of a file's `size` bytes: a 4 KiB block drawn from (seed, id), repeated."""
+def file_content(
+    seed: int, file_id: int, size: int, start: int = 0, end: int | None = None
+) -> bytes:
+    """Bytes [start, end) of a file's `size` bytes: a 4 KiB block from (seed, id), repeated."""
     end = size if end is None else min(end, size)
     if start >= end:
         return b""
@@ -738,6 +740,7 @@ class Corpus:
         File ids are `article id * 31 + 1 + position`, so the item is found without an index.
         """
         article_id, j = divmod(file_id - 1, 31)
+        owner: int | None
         if article_id in self._private:
             a, owner = self._private[article_id], self._private_owner[article_id]
             files, is_open = self._files(a, 1, private=False), True

@@ -1,0 +1,94 @@
+"""versions: all — every version's full record, keyed (article_id, version); articles: latest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import duckdb
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from harvester.errors import ConfigError
+from harvester.pipeline import Harvest
+from harvester.simulator import Simulator
+from tests.conftest import write_config
+
+
+def pick(sim: Simulator) -> list[int]:
+    """Items with 1, 2, 3 and 4 versions."""
+    out = []
+    for n in (1, 2, 3, 4):
+        out += [i for i in sorted(sim.corpus.ids) if sim.corpus.versions_of(i) == n][:2]
+    return sorted(out)
+
+
+async def test_every_version_lands_in_article_versions_keyed_by_version(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    ids = pick(sim)
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}], versions="all",
+                       stats={"counters": []})
+    snap = (await Harvest(cfg).run()).snapshot
+    version_gets = sim.log.count("api", "/v2/articles/{article_id}/versions/{version_id}")
+    con = duckdb.connect()
+
+    def q(sql: str) -> list[tuple]:
+        return con.execute(sql.replace("T(", f"read_parquet('{snap}/").replace(")@", ".parquet')")
+                           ).fetchall()
+
+    latest = dict(q("SELECT article_id, version FROM T(articles)@"))
+    assert latest == {i: sim.corpus.versions_of(i) for i in ids}  # one row per id: the latest
+    older = q("SELECT article_id, version FROM T(article_versions)@ ORDER BY 1, 2")
+    assert older == [(i, v) for i in ids for v in range(1, sim.corpus.versions_of(i))]
+    listed = q("SELECT article_id, count(*), max(version) FROM T(versions)@ GROUP BY 1 ORDER BY 1")
+    assert listed == [(i, sim.corpus.versions_of(i), sim.corpus.versions_of(i)) for i in ids]
+    history = q("SELECT count(*) FROM (SELECT article_id, version FROM T(articles)@ "
+                "UNION ALL SELECT article_id, version FROM T(article_versions)@)")
+    assert history == [(sum(sim.corpus.versions_of(i) for i in ids),)]
+
+    # an older version's row holds that version's record exactly as served
+    multi = next(i for i in ids if sim.corpus.versions_of(i) == 3)
+    rows = pq.read_table(snap / "article_versions.parquet").to_pylist()
+    first = next(r for r in rows if (r["article_id"], r["version"]) == (multi, 1))
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{sim.api_url}/articles/{multi}/versions/1") as resp:
+        served = orjson.loads(await resp.read())
+    assert orjson.loads(first["raw"]) == served
+    assert first["doi"].endswith(".v1") and first["description"] != next(
+        r for r in pq.read_table(snap / "articles.parquet").to_pylist()
+        if r["article_id"] == multi)["description"]
+
+    fetch = orjson.loads((snap / "manifest.json").read_bytes())["fetch"]
+    assert fetch["requests"]["versions"] == len(ids)
+    assert fetch["requests"]["version_record"] == sum(sim.corpus.versions_of(i) - 1 for i in ids)
+    assert version_gets == fetch["requests"]["version_record"]  # the latest is not asked again
+
+
+async def test_latest_only_by_default(sim: Simulator, tmp_path: Path) -> None:
+    ids = pick(sim)
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}], stats={"counters": []})
+    snap = (await Harvest(cfg).run()).snapshot
+    assert pq.read_table(snap / "article_versions.parquet").num_rows == 0
+    assert pq.read_table(snap / "articles.parquet").num_rows == len(ids)
+    assert sim.log.count("api", "/v2/articles/{article_id}/versions") == 0
+
+
+async def test_drafts_have_no_public_versions(sim: Simulator, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, sim, [{"kind": "account"}], versions="all",
+                       env={"TOKEN": sim.settings.user_token}, api={"token": "${TOKEN}"},
+                       stats={"counters": []})
+    result = await Harvest(cfg).run()
+    assert result.errors == 0
+    snap = result.snapshot
+    arts = pq.read_table(snap / "articles.parquet", columns=["article_id", "is_public"]).to_pylist()
+    drafts = {a["article_id"] for a in arts if not a["is_public"]}
+    assert drafts
+    listed = {r["article_id"] for r in pq.read_table(snap / "versions.parquet").to_pylist()}
+    assert listed and not listed & drafts  # their /versions answered 404: nothing recorded
+
+
+def test_versions_config_is_checked(sim: Simulator, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"versions: 'every' is not one of \['latest', 'all'\]"):
+        write_config(tmp_path, sim, [{"kind": "ids", "ids": [1]}], versions="every")
