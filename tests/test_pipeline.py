@@ -145,8 +145,10 @@ async def test_rate_guarantee_holds_with_and_without_faults(
     sim.update(fault_rate=faults, fault_kinds=("500", "503", "reset", "truncate", "stall"),
                stall_seconds=0.3)
     ids = sorted(sim.corpus.ids)[:25]
+    # The simulator shares this test's event loop and stamps arrivals late when the loop is
+    # busy; over a 2 s window the client's safety margin (50 ms) is larger than that jitter.
     cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}], http={
-        "rate": {"requests": 20, "per": 0.5},
+        "rate": {"requests": 60, "per": 2.0},
         "concurrency": 6,
         "timeout": {"read": 0.15},
         "retry": {"attempts": 8, "backoff_base": 0.01, "backoff_max": 0.05},
@@ -154,7 +156,8 @@ async def test_rate_guarantee_holds_with_and_without_faults(
     result = await Harvest(cfg).run()
     assert result.errors == 0
     assert article_ids(result.snapshot) == ids
-    assert combined_peak(sim, 0.5) <= 20  # api and stats share one budget by default
+    assert sim.log.count() > 60  # the run spans more than one window
+    assert combined_peak(sim, 2.0) <= 60  # api and stats share one budget by default
     if faults:
         assert sum(1 for e in sim.log.entries if e.fault) > 0
 
