@@ -310,7 +310,9 @@ async def _cmd_plan(args: argparse.Namespace) -> int:
     print(f"plan for harvest {cfg.name!r}")
     for r, n in zip(reports, per_source, strict=True):
         flag = "  (TRUNCATED: cannot be enumerated completely)" if r.truncated else ""
-        print(f"  source {r.name:<20} {n:>10,} ids  {r.requests:>7,} list requests"
+        least = r.minimum_requests
+        floor = f" (minimum {least:,})" if least is not None else ""
+        print(f"  source {r.name:<20} {n:>10,} ids  {r.requests:>7,} list requests{floor}"
               f"  {len(r.partitions)} partitions{flag}")
     print(f"  distinct ids         {total:>10,}")
     print("requests the run would make")
