@@ -191,9 +191,9 @@ _FILE_STEMS = [
 
 
 # Every file's bytes are served by the download host (simulator/files.py), and its md5 is that of
-# those bytes, so sizes stay small: 100 B to ~300 KB (real files reach 20 GB; fidelity limit;
+# those bytes, so sizes stay small: 100 B to ~63 KB (real files reach 20 GB; fidelity limit;
 # hashing bigger ones on the fly slows the loop the tests share with the harvester).
-FILE_SIZE_EXP = (2.0, 5.5)
+FILE_SIZE_EXP = (2.0, 4.8)
 _FILE_BLOCK = 4_096
 
 
