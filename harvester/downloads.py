@@ -29,7 +29,14 @@ from yarl import URL
 
 from harvester.client import Client, origin_of, sanitize_url
 from harvester.config import DEFAULT_DOWNLOAD_URL, Config
-from harvester.errors import Abort, AuthError, NotFound, RequestError, RetryableError
+from harvester.errors import (
+    Abort,
+    AuthError,
+    NotFound,
+    OutputError,
+    RequestError,
+    RetryableError,
+)
 
 MD5_ATTEMPTS = 3  # whole-file attempts when the bytes do not match the record's md5
 _DISCARD = frozenset({"size-mismatch", "max_size", "max_total_bytes"})
@@ -209,6 +216,8 @@ class Downloader:
             if size:
                 self.budget.give_back(size)
             return done("failed", exc.reason)
+        except OSError as exc:  # a full or read-only disk fails every file: stop the run
+            raise OutputError(f"cannot store {path}: {exc.strerror or exc}") from None
         self.summary["bytes"] += nbytes
         return done("downloaded", path=rel, bytes=nbytes, md5=got_md5)
 

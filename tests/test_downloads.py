@@ -17,7 +17,7 @@ from aiohttp import web
 from harvester.client import Client, ClientSettings, RetryPolicy
 from harvester.config import parse
 from harvester.downloads import NAME_MAX_BYTES, SIDECAR, Downloader, file_path, safe_name
-from harvester.errors import ConfigError
+from harvester.errors import ConfigError, OutputError
 from harvester.pipeline import Harvest
 from harvester.simulator import Simulator
 from harvester.simulator.corpus import file_content
@@ -369,3 +369,13 @@ def test_files_config_errors_name_the_key(sim: Simulator, tmp_path: Path) -> Non
                                                   "dir": str(tmp_path / "archive")})
     assert cfg.files.extensions == ("csv", "zip")
     assert cfg.files_path() == tmp_path / "archive"
+
+
+async def test_a_files_dir_that_cannot_be_written_stops_the_run(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the files tree should be")
+    cfg = config(tmp_path, sim, with_files(sim, 2), dir=str(blocker / "files"))
+    with pytest.raises(OutputError, match="cannot store"):
+        await Harvest(cfg).run()
