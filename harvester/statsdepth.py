@@ -259,7 +259,8 @@ class StatsFetcher:
         if not isinstance(top, dict):
             raise BadResponse(f"GET {url} -> 200 without a 'top' object", url=url, status=200,
                               reason="bad-stats")
-        pairs = sorted((int(k), _count(v, url, "top count")) for k, v in top.items())
+        pairs = sorted((int(k), _count(v, url, "top count")) for k, v in top.items()
+                       if str(k).isdigit())
         return Tops(array("q", (k for k, _ in pairs)), array("q", (v for _, v in pairs)),
                     complete=len(pairs) < n)
 
