@@ -305,7 +305,9 @@ async def _cmd_plan(args: argparse.Namespace) -> int:
     listing = sum(r.requests for r in reports)
     details = total
     stats = total * len(cfg.stats.counters)
+    series = total * _series_requests_per_item(cfg)
     rate = cfg.http.rate.requests / cfg.http.rate.per
+    stats += series
     seconds = (details + stats) / rate if not cfg.http.per_host else max(details, stats) / rate
     print(f"plan for harvest {cfg.name!r}")
     for r, n in zip(reports, per_source, strict=True):
@@ -317,7 +319,14 @@ async def _cmd_plan(args: argparse.Namespace) -> int:
     print(f"  distinct ids         {total:>10,}")
     print("requests the run would make")
     print(f"  record details       {details:>10,}  (+1 per record listing 10 or more files)")
-    print(f"  stats totals         {stats:>10,}  ({', '.join(cfg.stats.counters) or 'none'})")
+    print(f"  stats totals         {stats - series:>10,}  "
+          f"({', '.join(cfg.stats.counters) or 'none'})")
+    if series:
+        print(f"  timelines/breakdowns {series:>10,}  (per article; entity series come on top)")
+    if cfg.versions == "all":
+        print("  versions             +1 per record, +1 per older version")
+    if cfg.files.download:
+        print("  file downloads       +1 per file fetched (see the files: filters)")
     print(f"  listing (done now)   {listing:>10,}")
     scope = "per host" if cfg.http.per_host else "shared by the API and stats hosts"
     print(f"time at {cfg.http.rate.requests} request(s) per {cfg.http.rate.per:g} s ({scope}): "
@@ -367,6 +376,26 @@ def _simulate(args: argparse.Namespace) -> int:
         raise ConfigError(f"simulate: {exc}") from None
     serve_forever(settings, host=args.host, api_port=args.api_port, stats_port=args.stats_port)
     return OK
+
+
+def _series_requests_per_item(cfg: config.Config) -> int:
+    """Timeline and breakdown requests one article costs: one per counter for a timeline,
+    one per allowed window per counter for a breakdown (long ranges are split)."""
+    import datetime as dt
+
+    from harvester.statsdepth import breakdown_windows, parse_date
+
+    total = 0
+    today = dt.datetime.now(dt.UTC).date()
+    for kind, series in (("timeline", cfg.stats.timeline), ("breakdown", cfg.stats.breakdown)):
+        if series is None or "article" not in series.items:
+            continue
+        start = parse_date(series.start)
+        end = parse_date(series.end) if series.end else max(start, today)
+        windows = 1 if kind == "timeline" else len(breakdown_windows(start, end,
+                                                                      series.granularity))
+        total += windows * len(series.counters)
+    return total
 
 
 _COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "demo": _cmd_demo}

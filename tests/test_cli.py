@@ -281,3 +281,19 @@ def test_demo_runs_from_a_fresh_output_dir(tmp_path: Path) -> None:
     assert "tables   articles" in proc.stdout
     snapshot = list_snapshots(tmp_path, "demo")[-1]
     assert (snapshot / "manifest.json").exists()
+
+
+def test_plan_prices_timelines_and_split_breakdowns(sim: SimulatorThread, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    ids = sorted(sim.corpus.ids)[:4]
+    path = config_file(tmp_path, sim.api_url, sim.stats_url, [{"kind": "ids", "ids": ids}],
+                       stats={"counters": ["views"],
+                              "timeline": {"granularity": "month", "start": "2020-01-01",
+                                           "end": "2022-12-31", "counters": ["views", "downloads"]},
+                              "breakdown": {"granularity": "day", "start": "2020-01-01",
+                                            "end": "2022-12-31", "counters": ["views"]}})
+    assert cli.main(["plan", path]) == cli.OK
+    out = capsys.readouterr().out
+    # a timeline is one request per counter; a 3-year daily breakdown is 3 one-year windows
+    assert f"timelines/breakdowns {4 * (2 + 3):>10,}" in out
+    assert f"stats totals         {4:>10,}" in out
