@@ -49,8 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     def with_config(name: str, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument("config", help="path to the harvest's YAML config")
-        sp.add_argument("--api-url", help="REST API base URL (overrides config and FIGSHARE_API_URL)")
-        sp.add_argument("--stats-url", help="stats base URL (overrides config and FIGSHARE_STATS_URL)")
+        sp.add_argument("--api-url",
+                        help="REST API base URL (overrides config and FIGSHARE_API_URL)")
+        sp.add_argument("--stats-url",
+                        help="stats base URL (overrides config and FIGSHARE_STATS_URL)")
         sp.add_argument("--output", help="output directory (overrides output.dir)")
         _log_flags(sp)
         return sp
@@ -236,7 +238,8 @@ async def run_harvest(cfg: config.Config, *, full: bool = False) -> int:
         log.error("some source could not be enumerated completely; see the manifest's partitions")
         return PARTIAL
     if result.errors > cfg.max_errors:
-        log.error("%d ids failed (max_errors: %d); see errors.ndjson", result.errors, cfg.max_errors)
+        log.error("%d ids failed (max_errors: %d); see errors.ndjson", result.errors,
+                  cfg.max_errors)
         return PARTIAL
     return loaded
 

@@ -26,7 +26,8 @@ STATS_METHODS = ("per-item", "tops")
 VERSION_MODES = ("latest", "all")
 FORMATS = ("ndjson", "parquet")
 S3_SCHEME = "s3://"
-ORDERS = ("published_date", "created_date", "modified_date", "views", "shares", "downloads", "cites")
+ORDERS = ("published_date", "created_date", "modified_date", "views", "shares", "downloads",
+          "cites")
 
 T = TypeVar("T")
 
@@ -205,7 +206,8 @@ def public_view(value: Any) -> Any:
     if isinstance(value, Secret):
         return "***"
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: public_view(getattr(value, f.name)) for f in fields(value) if f.name != "path"}
+        return {f.name: public_view(getattr(value, f.name))
+                for f in fields(value) if f.name != "path"}
     if isinstance(value, Mapping):
         return {str(k): public_view(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
@@ -322,7 +324,8 @@ def parse(
                               "top_count", "timeline", "breakdown", "entities"))
     counters = tuple(v.choices(st_raw.get("counters", list(COUNTERS)), "stats.counters", COUNTERS))
     stats = Stats(
-        url=_url(stats_url or env.get("FIGSHARE_STATS_URL") or v.string(st_raw.get("url"), "stats.url")
+        url=_url(stats_url or env.get("FIGSHARE_STATS_URL")
+                 or v.string(st_raw.get("url"), "stats.url")
                  or DEFAULT_STATS_URL, where, "stats.url"),
         counters=counters,
         institution=v.string(st_raw.get("institution"), "stats.institution") or None,
@@ -497,7 +500,8 @@ def _http(v: _Validator, raw: Any) -> Http:
     v.known(rt, "http.retry", ("attempts", "backoff_base", "backoff_max"))
     retry = Retry(
         attempts=v.integer(rt.get("attempts", 6), "http.retry.attempts", minimum=1),
-        backoff_base=v.number(rt.get("backoff_base", 1.0), "http.retry.backoff_base", positive=True),
+        backoff_base=v.number(rt.get("backoff_base", 1.0), "http.retry.backoff_base",
+                              positive=True),
         backoff_max=v.number(rt.get("backoff_max", 60.0), "http.retry.backoff_max", positive=True),
     )
     return Http(
@@ -540,7 +544,8 @@ def _sources(v: _Validator, raw: Any) -> tuple[Source, ...]:
         kind = m.get("kind")
         if kind not in SOURCE_KINDS:
             raise ConfigError(
-                f"{v.where}: {key}.kind: {kind!r} is not a source kind; valid: {sorted(SOURCE_KINDS)}"
+                f"{v.where}: {key}.kind: {kind!r} is not a source kind; "
+                f"valid: {sorted(SOURCE_KINDS)}"
             )
         spec, required = SOURCE_KINDS[kind]
         v.known(m, key, ("kind", "name", *spec))
@@ -553,7 +558,8 @@ def _sources(v: _Validator, raw: Any) -> tuple[Source, ...]:
                 raise ConfigError(f"{v.where}: {key}.{pname}: required for kind {kind!r}")
         if "order" in params and params["order"] not in ORDERS:
             raise ConfigError(
-                f"{v.where}: {key}.order: {params['order']!r} is not an order; valid: {list(ORDERS)}"
+                f"{v.where}: {key}.order: {params['order']!r} is not an order; "
+                f"valid: {list(ORDERS)}"
             )
         if params.get("order_direction", "asc") not in ("asc", "desc"):
             raise ConfigError(f"{v.where}: {key}.order_direction: must be 'asc' or 'desc'")

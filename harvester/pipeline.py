@@ -1,4 +1,4 @@
-"""One harvest: sources -> journal -> bounded concurrent fetches -> snapshot, resumable throughout."""
+"""One harvest: sources -> journal -> bounded concurrent fetches -> snapshot, resumable."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The run journal (SQLite): ids per source, fetched records, errors; memory stays flat, runs resume.
+"""Run journal and catalog (SQLite): ids, fetched records, errors; flat memory, resumable runs.
 
 One journal per harvest name, at OUTPUT/NAME/.state/journal.sqlite. Enumeration inserts ids (dedup
 by primary key, provenance as a bitmask of source indexes); the fan-out reads pending ids in id
@@ -200,7 +200,8 @@ class Journal:
         with _tx(self.db):
             self.db.execute("DELETE FROM errors WHERE article_id IN "
                             "(SELECT article_id FROM ids WHERE state=?)", (FAILED,))
-            return self.db.execute("UPDATE ids SET state=? WHERE state=?", (PENDING, FAILED)).rowcount
+            return self.db.execute("UPDATE ids SET state=? WHERE state=?",
+                                   (PENDING, FAILED)).rowcount
 
     def store(self, outcomes: list[Outcome]) -> None:
         with _tx(self.db):

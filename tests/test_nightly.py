@@ -169,7 +169,8 @@ def test_killed_run_resumes_to_the_same_snapshot(
 ) -> None:
     sim = threaded_sim
     group = biggest_group(sim.corpus)
-    sources = [{"kind": "group", "group": group}, {"kind": "ids", "ids": sorted(sim.corpus.ids)[:5]}]
+    sources = [{"kind": "group", "group": group},
+               {"kind": "ids", "ids": sorted(sim.corpus.ids)[:5]}]
     http = {"rate": {"requests": 10_000, "per": 1}, "concurrency": 4}
 
     clean = write_config(tmp_path / "clean", sim, sources, http=http)

@@ -26,6 +26,10 @@ def biggest_group(sim: Simulator) -> tuple[int, list[int]]:
     return group, sorted(i for i in sim.corpus.ids if sim.corpus.group_of(i) == group)
 
 
+def read_errors(snapshot: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(x) for x in (snapshot / "errors.ndjson").read_bytes().splitlines()]
+
+
 def article_ids(snapshot: Path) -> list[int]:
     return pq.read_table(snapshot / "articles.parquet").column("article_id").to_pylist()
 
@@ -110,7 +114,7 @@ async def test_gone_and_failed_ids_land_in_errors(sim: Simulator, tmp_path: Path
     cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": [*ok, 999]}])
     result = await Harvest(cfg).run()
     assert result.snapshot is not None and result.errors == 0
-    errors = [orjson.loads(x) for x in (result.snapshot / "errors.ndjson").read_bytes().splitlines()]
+    errors = read_errors(result.snapshot)
     assert [(e["id"], e["reason"], e["status"]) for e in errors] == [(999, "not-found", 404)]
     assert errors[0]["source"] == ["ids-1"]
     assert article_ids(result.snapshot) == ok
@@ -122,7 +126,7 @@ async def test_gone_and_failed_ids_land_in_errors(sim: Simulator, tmp_path: Path
     result = await Harvest(cfg).run()
     assert result.errors == 3
     assert result.manifest["status"] == "partial"
-    errors = [orjson.loads(x) for x in (result.snapshot / "errors.ndjson").read_bytes().splitlines()]
+    errors = read_errors(result.snapshot)
     assert sorted(e["id"] for e in errors) == ok
     assert all(e["attempts"] == 2 for e in errors)
     assert all(e["status"] == 503 for e in errors)
