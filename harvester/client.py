@@ -297,9 +297,9 @@ class _Origin:
     def __init__(self, name: str, rate: RateLimit, share: _Origin | None = None) -> None:
         self.name = name
         # origins sharing a budget share the window and its lock; the circuit stays per origin
-        self.window = share.window if share else SlidingWindow(rate)
+        self.window: SlidingWindow = share.window if share else SlidingWindow(rate)
         # FIFO: waiters for one budget start in arrival order
-        self.lock = share.lock if share else asyncio.Lock()
+        self.lock: asyncio.Lock = share.lock if share else asyncio.Lock()
         self.blocked: str | None = None  # message of the 403 that opened the circuit
 
 
