@@ -34,17 +34,6 @@ async def small_sim() -> AsyncIterator[Simulator]:
         yield s
 
 
-def peak_combined(sim: Simulator, seconds: float) -> int:
-    """Most arrivals at both hosts together within any window of `seconds` (one shared budget)."""
-    times = sorted(e.t for e in sim.log.entries)
-    peak = left = 0
-    for right, t in enumerate(times):
-        while t - times[left] >= seconds:
-            left += 1
-        peak = max(peak, right - left + 1)
-    return peak
-
-
 def tables(snapshot: Path) -> dict[str, list[dict[str, Any]]]:
     out = {}
     for path in sorted(snapshot.glob("*.parquet")):
@@ -102,7 +91,7 @@ async def test_ten_percent_faults_of_every_kind_lose_nothing(
     assert (chaos / "errors.ndjson").read_bytes() == b""
 
     # polite throughout: no window over the limit, no request inside a Retry-After
-    assert peak_combined(sim, RATE["per"]) <= RATE["requests"]
+    assert sim.log.peak_in_window(None, RATE["per"]) <= RATE["requests"]
     assert sum(1 for e in sim.log.entries if e.status == 429) > 0
     assert sim.log.retry_after_violations("api") == 0
     assert sim.log.retry_after_violations("stats") == 0

@@ -132,16 +132,6 @@ async def test_gone_and_failed_ids_land_in_errors(sim: Simulator, tmp_path: Path
     assert all(e["status"] == 503 for e in errors)
 
 
-def combined_peak(sim: Simulator, seconds: float) -> int:
-    times = sorted(e.t for e in sim.log.entries)
-    peak, lo = 0, 0
-    for hi, t in enumerate(times):
-        while t - times[lo] >= seconds:
-            lo += 1
-        peak = max(peak, hi - lo + 1)
-    return peak
-
-
 @pytest.mark.parametrize("faults", [0.0, 0.15])
 async def test_rate_guarantee_holds_with_and_without_faults(
     sim: Simulator, tmp_path: Path, faults: float
@@ -161,7 +151,7 @@ async def test_rate_guarantee_holds_with_and_without_faults(
     assert result.errors == 0
     assert article_ids(result.snapshot) == ids
     assert sim.log.count() > 60  # the run spans more than one window
-    assert combined_peak(sim, 2.0) <= 60  # api and stats share one budget by default
+    assert sim.log.peak_in_window(None, 2.0) <= 60  # api and stats share one budget by default
     if faults:
         assert sum(1 for e in sim.log.entries if e.fault) > 0
 

@@ -58,8 +58,9 @@ class RequestLog:
             counts[e.route] = counts.get(e.route, 0) + 1
         return counts
 
-    def peak_in_window(self, host: str, seconds: float) -> int:
-        """Most arrivals at `host` within any half-open window [t, t + seconds)."""
+    def peak_in_window(self, host: str | None, seconds: float) -> int:
+        """Most arrivals at `host` (None: all hosts together, one shared budget) within any
+        half-open window [t, t + seconds)."""
         times = sorted(e.t for e in self._select(host))
         peak = left = 0
         for right, t in enumerate(times):
