@@ -490,6 +490,19 @@ class Client:
         raise cls(f"{last} (gave up after {policy.attempts} attempts)", url=last.url,
                   status=last.status, reason=last.reason, body=last.body) from None
 
+    def _headers_for(self, origin: _Origin, start_origin: str,
+                     given: CIMultiDict[str]) -> CIMultiDict[str]:
+        """The caller's headers for one hop: its credentials only on their own origin, and
+        caller-supplied secrets stripped once a redirect has left the first origin."""
+        hdrs = given.copy()
+        if origin.name != start_origin:
+            for name in _CROSS_ORIGIN_STRIP:
+                hdrs.popall(name, None)
+        cred = self.settings.credentials.get(origin.name)
+        if cred is not None and "Authorization" not in hdrs:
+            hdrs["Authorization"] = str(cred)
+        return hdrs
+
     async def _exchange(self, first: _Call, headers: Mapping[str, str] | None,
                         body: bytes | None, expect: str) -> Reply:
         """One attempt: send, following redirects by hand so credentials never change origin."""
@@ -498,13 +511,7 @@ class Client:
         given = CIMultiDict(headers or {})
         for _ in range(MAX_REDIRECTS + 1):
             origin = self._origin(call.url)
-            hdrs = given.copy()
-            if origin.name != start_origin:
-                for name in _CROSS_ORIGIN_STRIP:
-                    hdrs.popall(name, None)
-            cred = self.settings.credentials.get(origin.name)
-            if cred is not None and "Authorization" not in hdrs:
-                hdrs["Authorization"] = str(cred)
+            hdrs = self._headers_for(origin, start_origin, given)
             status, reason, rheaders, raw = await self._send(call, origin, hdrs, body)
             location = rheaders.get("Location")
             if status in _REDIRECTS and location:
@@ -535,13 +542,7 @@ class Client:
             if session is None:
                 raise call.fail(Abort, "closed", "the client was closed")
             origin = self._origin(call.url)
-            hdrs = given.copy()
-            if origin.name != start_origin:
-                for name in _CROSS_ORIGIN_STRIP:
-                    hdrs.popall(name, None)
-            cred = self.settings.credentials.get(origin.name)
-            if cred is not None and "Authorization" not in hdrs:
-                hdrs["Authorization"] = str(cred)
+            hdrs = self._headers_for(origin, start_origin, given)
             async with AsyncExitStack() as stack:
                 try:
                     send = await stack.enter_async_context(self._slot(call, origin))
