@@ -297,3 +297,29 @@ def test_plan_prices_timelines_and_split_breakdowns(sim: SimulatorThread, tmp_pa
     # a timeline is one request per counter; a 3-year daily breakdown is 3 one-year windows
     assert f"timelines/breakdowns {4 * (2 + 3):>10,}" in out
     assert f"stats totals         {4:>10,}" in out
+
+
+def test_user_agent_names_the_harvester_its_version_and_the_contact(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def routes(app: web.Application) -> None:
+        async def article(request: web.Request) -> web.Response:
+            seen.append(request.headers.get("User-Agent", ""))
+            return web.json_response({"id": int(request.match_info["id"]), "files": []})
+
+        async def total(request: web.Request) -> web.Response:
+            seen.append(request.headers.get("User-Agent", ""))
+            return web.json_response({"totals": 1})
+
+        app.router.add_get("/v2/articles/{id}", article)
+        app.router.add_get("/total/{counter}/article/{id}", total)
+
+    with ThreadedApp(routes) as server:
+        path = config_file(tmp_path, server.url + "/v2", server.url,
+                           [{"kind": "ids", "ids": [7]}], contact="mailto:data@uni.example")
+        assert cli.main(["run", path, "--quiet"]) == cli.OK
+    from harvester import __version__
+
+    assert len(seen) == 4
+    assert set(seen) == {f"figshare-harvester/{__version__} "
+                         "(bulk metadata harvester; mailto:data@uni.example)"}
