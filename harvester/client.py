@@ -276,7 +276,11 @@ def _transport_error(call: _Call, exc: BaseException) -> RequestError:
 
 
 class SlidingWindow:
-    """The last `requests` start times to one origin, plus a Retry-After hold (monotonic times)."""
+    """The last `requests` start times to one origin, plus a Retry-After hold (monotonic times).
+
+    Not aiolimiter: its leaky bucket lets a burst of N through on top of the drip, so one
+    window of `per` seconds can see up to 2N starts; the promise here is N, retries included.
+    """
 
     def __init__(self, rate: RateLimit) -> None:
         self.rate = rate
