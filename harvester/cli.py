@@ -354,7 +354,9 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     if code == OK and snap.exists():
         where = snap.parent / snap.read_text().strip()
         print("\nread it back, for example:")
-        print(f"  python -c \"import duckdb; duckdb.sql(\\\"SELECT article_id, title, "
+        python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) \
+            else sys.executable
+        print(f"  {python} -c \"import duckdb; duckdb.sql(\\\"SELECT article_id, title, "
               f"published_date FROM '{where}/articles.parquet' LIMIT 5\\\").show()\"")
         print("tables and columns: docs/TABLES.md")
     return code
