@@ -106,7 +106,9 @@ async def _commands(sim: Simulator, reader: asyncio.StreamReader) -> None:
                 limit = cmd.get("limit")
                 ids = sim.corpus.ids
                 reply = {"ids": list(ids if limit is None else ids[:limit]),
-                         "institutions": [i.id for i in sim.corpus.institutions]}
+                         "institutions": [[i.id, i.string_id] for i in sim.corpus.institutions],
+                         "stats_credentials": [sim.settings.stats_user,
+                                               sim.settings.stats_password]}
             case "update":
                 changes = {k: tuple(v) if k in _TUPLES and v is not None else v
                            for k, v in cmd["changes"].items()}

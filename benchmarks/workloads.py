@@ -51,14 +51,17 @@ def harvest(args: dict[str, Any]) -> dict[str, Any]:
         "sources": [args["source"]],
         "output": {"dir": args["out"], "formats": args.get("formats", ["ndjson", "parquet"])},
     }
-    cfg = config.parse(yaml.safe_dump(body, sort_keys=False), "<benchmark>", env={})
+    for key, value in args.get("config", {}).items():  # a harvest mode's own keys
+        body[key] = {**body[key], **value} if isinstance(body.get(key), dict) else value
+    cfg = config.parse(yaml.safe_dump(body, sort_keys=False), "<benchmark>",
+                       env=args.get("env", {}))  # credentials come as ${VAR}
     progress = Progress()
-    phases: dict[str, float] = {}
+    phases: dict[str, tuple[float, float]] = {}  # phase -> (wall, cpu) when first seen
 
     async def main() -> Any:
         async def watch() -> None:
             while True:
-                phases.setdefault(progress.phase, time.perf_counter())
+                phases.setdefault(progress.phase, (time.perf_counter(), time.process_time()))
                 await asyncio.sleep(0.005)
 
         watcher = asyncio.create_task(watch())
@@ -67,17 +70,20 @@ def harvest(args: dict[str, Any]) -> dict[str, Any]:
         finally:
             watcher.cancel()
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = asyncio.run(main())
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     manifest = result.manifest
     marks = sorted((t, p) for p, t in phases.items())
-    spans = {p: (marks[i + 1][0] if i + 1 < len(marks) else t1) - t
-             for i, (t, p) in enumerate(marks)}
+    ends = [m[0] for m in marks[1:]] + [(t1, c1)]
+    spans = {p: end[0] - t[0] for (t, p), end in zip(marks, ends, strict=True)}
+    cpu = {p: end[1] - t[1] for (t, p), end in zip(marks, ends, strict=True)}
     http = manifest.get("http", {})
     return {
         "seconds": t1 - t0,
         "phases": spans,
+        "cpu_seconds": c1 - c0,  # every thread of this process: steadier than wall time
+        "cpu_phases": cpu,
         "items": manifest["ids"]["fetched"],
         "ids": manifest["ids"],
         "requests": sum(http.get("requests", {}).values()),
@@ -113,8 +119,10 @@ def bare(args: dict[str, Any]) -> dict[str, Any]:
             await asyncio.gather(*(worker() for _ in range(args["concurrency"])))
             return time.perf_counter() - t0
 
+    c0 = time.process_time()
     seconds = asyncio.run(main())
-    return {"seconds": seconds, "requests": len(urls), "statuses": statuses,
+    return {"seconds": seconds, "cpu_seconds": time.process_time() - c0,
+            "requests": len(urls), "statuses": statuses,
             "max_rss_mb": max_rss_mb()}
 
 

@@ -253,6 +253,11 @@ def _one_line(text: str, secrets: Iterable[str]) -> str:
     return " ".join(text.split())
 
 
+def _snippet(raw: bytes, secrets: Iterable[str]) -> str:
+    """The start of a body on one line, credentials masked: for error messages."""
+    return _one_line(raw[:400].decode("utf-8", "replace"), secrets)[:200]
+
+
 def _secrets_of(header_value: str) -> list[str]:
     """The header value and its bare credential (the part after "token " / "Basic ")."""
     parts = header_value.split()
@@ -298,8 +303,10 @@ class SlidingWindow:
 
 
 class _Origin:
-    def __init__(self, name: str, rate: RateLimit, share: _Origin | None = None) -> None:
+    def __init__(self, name: str, rate: RateLimit, share: _Origin | None = None,
+                 credential: str | None = None) -> None:
         self.name = name
+        self.credential = credential  # the Authorization value that belongs to this origin
         # origins sharing a budget share the window and its lock; the circuit stays per origin
         self.window: SlidingWindow = share.window if share else SlidingWindow(rate)
         # FIFO: waiters for one budget start in arrival order
@@ -461,11 +468,13 @@ class Client:
         except ValueError as exc:
             raise RequestError(f"{method} <unparseable url> -> bad-url: {exc}",
                                reason="bad-url") from None
-        secrets = [*self._secrets, *(v for k, v in target.query.items()
-                                     if k.lower() in SENSITIVE_PARAMS and v)]
+        secrets = self._secrets  # shared and never mutated: copied before anything is added
+        if target.query_string:
+            secrets = [*secrets, *(v for k, v in target.query.items()
+                                   if k.lower() in SENSITIVE_PARAMS and v)]
         for k, v in (headers or {}).items():
             if k.lower() in ("authorization", "proxy-authorization", "cookie"):
-                secrets += _secrets_of(v)
+                secrets = [*secrets, *_secrets_of(v)]
         call = _Call(method, target, secrets)
         if not target.absolute or target.scheme not in ("http", "https"):
             raise call.fail(RequestError, "bad-url", "not an absolute http(s) URL")
@@ -502,19 +511,19 @@ class Client:
         if origin.name != start_origin:
             for name in _CROSS_ORIGIN_STRIP:
                 hdrs.popall(name, None)
-        cred = self.settings.credentials.get(origin.name)
-        if cred is not None and "Authorization" not in hdrs:
-            hdrs["Authorization"] = str(cred)
+        if origin.credential is not None and "Authorization" not in hdrs:
+            hdrs["Authorization"] = origin.credential
         return hdrs
 
     async def _exchange(self, first: _Call, headers: Mapping[str, str] | None,
                         body: bytes | None, expect: str) -> Reply:
         """One attempt: send, following redirects by hand so credentials never change origin."""
         call = _Call(first.method, first.url, first.secrets)
-        start_origin = origin_of(first.url)
+        start_origin = ""
         given = CIMultiDict(headers or {})
         for _ in range(MAX_REDIRECTS + 1):
             origin = self._origin(call.url)
+            start_origin = start_origin or origin.name  # the first hop's origin, looked up once
             hdrs = self._headers_for(origin, start_origin, given)
             status, reason, rheaders, raw = await self._send(call, origin, hdrs, body)
             location = rheaders.get("Location")
@@ -557,7 +566,7 @@ class Client:
                     if send.locked:
                         self._record(send)
                     status, reason = resp.status, resp.reason or ""
-                    rheaders = CIMultiDictProxy(CIMultiDict(resp.headers))
+                    rheaders = resp.headers
                     self._statuses[str(status)] += 1
                     streaming = 200 <= status < 300
                     raw = b"" if streaming else await resp.read()
@@ -595,7 +604,7 @@ class Client:
                     self._record(send)
                 raw = await resp.read()
                 status, reason = resp.status, resp.reason or ""
-                rheaders = CIMultiDictProxy(CIMultiDict(resp.headers))
+                rheaders = resp.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _transport_error(call, exc) from None
         self._statuses[str(status)] += 1
@@ -666,22 +675,22 @@ class Client:
 
     def _classify(self, call: _Call, origin: _Origin, status: int, reason: str,
                   headers: CIMultiDictProxy[str], raw: bytes, expect: str) -> Reply:
-        text = raw[:400].decode("utf-8", "replace")
-        snippet = _one_line(text, call.secrets)[:200]
-
-        def fail(cls: type[RequestError], label: str = "", **kw: Any) -> RequestError:
-            return call.fail(cls, label or reason or str(status), snippet, status=status,
-                             phrase=reason, body=snippet, **kw)
-
-        if status < 400:
+        if status < 400:  # the common case: nothing is prepared for an error message
             data = None
             if expect == "json" and 200 <= status < 300 and status != 204:
                 try:
                     data = orjson.loads(raw)
                 except orjson.JSONDecodeError:
+                    snippet = _snippet(raw, call.secrets)
                     raise call.fail(RetryableError, "bad-json", f"invalid JSON: {snippet}",
                                     status=status, phrase=reason, body=snippet) from None
             return Reply(status, headers, raw, call.safe_url, data)
+        snippet = _snippet(raw, call.secrets)
+
+        def fail(cls: type[RequestError], label: str = "", **kw: Any) -> RequestError:
+            return call.fail(cls, label or reason or str(status), snippet, status=status,
+                             phrase=reason, body=snippet, **kw)
+
         if status in self.settings.retry.statuses:
             wait = parse_retry_after(headers.get("Retry-After"), self._server_now(headers))
             if wait is not None:
@@ -721,5 +730,7 @@ class Client:
                 rate = self.settings.rates.get(shared[0], self.settings.default_rate)
             else:
                 rate = self.settings.rates.get(name, self.settings.default_rate)
-            state = self._origins[name] = _Origin(name, rate, share)
+            cred = self.settings.credentials.get(name)
+            state = self._origins[name] = _Origin(name, rate, share,
+                                                  None if cred is None else str(cred))
         return state
