@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import math
 import random
@@ -314,6 +315,27 @@ class _Origin:
         self.blocked: str | None = None  # message of the 403 that opened the circuit
 
 
+# The send whose connection the connector is getting, in the task making it (see _Connector).
+_SENDING: contextvars.ContextVar[_Send | None] = contextvars.ContextVar("sending", default=None)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """Calls `ready(send)` once the connection of a send is up, new or reused: right before
+    the request is written. (aiohttp's trace hooks say the same, at several times the cost:
+    every request would pay for all of aiohttp's trace events.)"""
+
+    def __init__(self, ready: Callable[[_Send], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._ready = ready
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        conn = await super().connect(req, traces, timeout)
+        send = _SENDING.get()
+        if send is not None:
+            self._ready(send)
+        return conn
+
+
 class _Send:
     """One send on its way through `Client._slot`; `locked` while it holds the origin's lock."""
 
@@ -376,18 +398,15 @@ class Client:
     async def __aenter__(self) -> Client:
         s = self.settings
         self._sem = asyncio.Semaphore(s.concurrency)
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_create_end.append(self._on_connection_ready)
-        trace.on_connection_reuseconn.append(self._on_connection_ready)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),  # the semaphore is the one concurrency cap
+            # limit=0: the semaphore is the one concurrency cap
+            connector=_Connector(self._record, limit=0),
             timeout=aiohttp.ClientTimeout(
                 total=s.total_timeout, sock_connect=s.connect_timeout, sock_read=s.read_timeout
             ),
             headers={"User-Agent": s.user_agent},
             cookie_jar=aiohttp.DummyCookieJar(),  # cookies are credentials too; we need none
             trust_env=False,
-            trace_configs=[trace],
         )
         # aiohttp silently resends an idempotent request once after a disconnect, straight away;
         # our own retry waits its turn in the window instead. (Were this private flag ever gone,
@@ -561,7 +580,7 @@ class Client:
                     send = await stack.enter_async_context(self._slot(call, origin))
                     resp = await stack.enter_async_context(session.request(
                         call.method, call.url, headers=hdrs, allow_redirects=False,
-                        trace_request_ctx=send, timeout=timeout,
+                        timeout=timeout,
                     ))
                     if send.locked:
                         self._record(send)
@@ -598,9 +617,8 @@ class Client:
         try:
             async with self._slot(call, origin) as send, session.request(
                 call.method, call.url, headers=hdrs, data=body, allow_redirects=False,
-                trace_request_ctx=send,
             ) as resp:
-                if send.locked:  # the trace hook did not run: count the start late, never lose it
+                if send.locked:  # the connector did not say: count the start late, never lose it
                     self._record(send)
                 raw = await resp.read()
                 status, reason = resp.status, resp.reason or ""
@@ -615,9 +633,9 @@ class Client:
     async def _slot(self, call: _Call, origin: _Origin) -> AsyncIterator[_Send]:
         """Wait for the origin's window, then hold a concurrency slot for the exchange.
 
-        The origin stays locked until `_on_connection_ready` records the start: the connection
-        is up and the request is about to be written, so connection set-up time cannot shift
-        our start relative to the server's arrival clock.
+        The origin stays locked until the connector records the start (`_SENDING` tells it
+        which send): the connection is up and the request is about to be written, so connection
+        set-up time cannot shift our start relative to the server's arrival clock.
         """
         assert self._sem is not None
         send = _Send(origin)
@@ -634,7 +652,11 @@ class Client:
                     break
                 self._sem.release()
                 acquired = False
-            yield send
+            sending = _SENDING.set(send)
+            try:
+                yield send
+            finally:
+                _SENDING.reset(sending)
         finally:
             if send.locked:
                 origin.lock.release()
@@ -659,12 +681,6 @@ class Client:
             if held >= wait:
                 self._held += wait
             await self._sleep(wait)
-
-    async def _on_connection_ready(self, session: aiohttp.ClientSession, ctx: Any,
-                                   params: object) -> None:
-        """aiohttp trace hook, run right before each write: the send's start."""
-        if isinstance(ctx.trace_request_ctx, _Send):
-            self._record(ctx.trace_request_ctx)
 
     def _record(self, send: _Send) -> None:
         send.origin.window.record(self._clock())
