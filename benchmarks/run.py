@@ -295,6 +295,46 @@ def modes(items: int) -> dict[str, Any]:
     return {"rows": rows}
 
 
+# ---- profile (--profile) ---------------------------------------------------------------------
+
+
+def profile(items: int, concurrency: int) -> dict[str, Any]:
+    """The throughput harvest once more under py-spy (GIL-holding samples only): where the
+    harvester's CPU goes, as collapsed stacks in results/ and a summary by function."""
+    if shutil.which("py-spy") is None:
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "profile-harvest.txt"
+    with Sim(items=items, seed=1) as sim, scratch() as tmp:
+        ids = sim.ask("corpus", limit=items)["ids"]
+        args = {"api": sim.api, "stats": sim.stats, "source": {"kind": "ids", "ids": ids},
+                "concurrency": concurrency, "rate": UNTHROTTLED}
+        harvest(sim, tmp / "warm", args.pop("source"), **args)  # fills the server's cache
+        spec = tmp / "args.json"
+        spec.write_bytes(orjson.dumps({**args, "source": {"kind": "ids", "ids": ids},
+                                       "out": str(tmp / "p")}))
+        subprocess.run(["py-spy", "record", "--gil", "--threads", "-r", "500", "-f", "raw",
+                        "-o", str(out), "--", sys.executable, str(HERE / "workloads.py"),
+                        "harvest", str(spec)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=True)
+    own: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        if "run_forever" not in stack and "_WorkItem.run" not in stack:
+            continue  # imports and start-up: neither the event loop nor the journal thread
+        total += int(n)
+        leaf = frames[-1].split(" (")[0]
+        path = frames[-1].split(" (", 1)[-1].split(":")[0]
+        where = "/".join(path.split("/")[-2:])  # package/module.py
+        key = f"{leaf} ({where})"
+        own[key] = own.get(key, 0) + int(n)
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:25]
+    return {"samples": total, "stacks": str(out),
+            "top_self": [{"function": k, "share": n / total} for k, n in top]}
+
+
 # ---- report ------------------------------------------------------------------------------------
 
 
@@ -354,6 +394,10 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                          f"{r['max_rss_mb']:,.0f} MB ({r['seconds']:,.0f} s)", "", ""))
         rows.append(("peak RSS growth, smallest -> largest", f"x{m['growth']:.2f}", "<= x1.20",
                      yes(m["met"])))
+    if (pr := results.get("profile")) and "top_self" in pr:
+        for r in pr["top_self"][:12]:
+            rows.append((f"profile: {r['function']}", f"{100 * r['share']:.1f}% of samples",
+                         "self time, GIL held", ""))
     if q := results.get("modes"):
         for r in q["rows"]:
             if "error" in r:
@@ -375,7 +419,7 @@ def render(rows: list[tuple[str, str, str, str]]) -> str:
                       *map(line, rows)])
 
 
-SECTIONS = ("throughput", "workshop", "politeness", "memory", "modes")
+SECTIONS = ("throughput", "workshop", "politeness", "memory", "modes", "profile")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,8 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--profile", action="store_true", help="add a py-spy profile of a harvest")
     args = ap.parse_args(argv)
-    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    only = set(args.only.split(",")) if args.only else set(SECTIONS) - {"profile"}
+    if args.profile:
+        only.add("profile")
     if unknown := only - set(SECTIONS):
         ap.error(f"unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
     q = args.quick
@@ -399,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": lambda: memory(
             [1_000, 3_000] if q else [10_000, 100_000, *([1_000_000] if args.big else [])], c),
         "modes": lambda: modes(300 if q else 2_000),
+        "profile": lambda: profile(300 if q else 3_000, c),
     }
     results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                                "machine": machine(), "quick": q}

@@ -55,20 +55,16 @@ def harvest(args: dict[str, Any]) -> dict[str, Any]:
         body[key] = {**body[key], **value} if isinstance(body.get(key), dict) else value
     cfg = config.parse(yaml.safe_dump(body, sort_keys=False), "<benchmark>",
                        env=args.get("env", {}))  # credentials come as ${VAR}
-    progress = Progress()
-    phases: dict[str, tuple[float, float]] = {}  # phase -> (wall, cpu) when first seen
+    phases: dict[str, tuple[float, float]] = {}  # phase -> (wall, cpu) when it began
+
+    class TimedProgress(Progress):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name == "phase":  # no polling: a watcher task would cost the harvest CPU
+                phases.setdefault(value, (time.perf_counter(), time.process_time()))
+            super().__setattr__(name, value)
 
     async def main() -> Any:
-        async def watch() -> None:
-            while True:
-                phases.setdefault(progress.phase, (time.perf_counter(), time.process_time()))
-                await asyncio.sleep(0.005)
-
-        watcher = asyncio.create_task(watch())
-        try:
-            return await Harvest(cfg, progress=progress).run()
-        finally:
-            watcher.cancel()
+        return await Harvest(cfg, progress=TimedProgress()).run()
 
     t0, c0 = time.perf_counter(), time.process_time()
     result = asyncio.run(main())
