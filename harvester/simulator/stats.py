@@ -34,6 +34,7 @@ import orjson
 from aiohttp import web
 
 from harvester.simulator.appkeys import SIMULATOR
+from harvester.simulator.corpus import ITEM_TYPES
 
 COUNTERS = ("views", "downloads", "shares")
 ITEMS = ("article", "author", "collection", "group", "project")
@@ -46,14 +47,7 @@ MAX_CITIES = 10
 MAX_COUNTRIES = 200
 
 # item_type ids -> the lower-case names the stats service takes as sub_item_id (SPEC26 mapping)
-ITEM_TYPE_NAMES = {
-    1: "figure", 2: "media", 3: "dataset", 5: "poster", 6: "journal contribution",
-    7: "presentation", 8: "thesis", 9: "software", 11: "online resource", 12: "preprint",
-    13: "book", 14: "conference contribution", 15: "chapter", 16: "peer review",
-    17: "educational resource", 18: "report", 19: "standard", 20: "composition", 21: "funding",
-    22: "physical object", 23: "data management plan", 24: "workflow", 25: "monograph",
-    26: "performance", 27: "event", 28: "service", 29: "model",
-}  # fmt: skip
+ITEM_TYPE_NAMES = ITEM_TYPES
 
 # A few countries, some with more than MAX_CITIES cities so that period breakdowns get truncated.
 GEO: tuple[tuple[str, tuple[str, ...]], ...] = (
