@@ -6,12 +6,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
 from harvester import config
 from harvester.simulator import Simulator
 from harvester.simulator.settings import SimSettings
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain client session for tests that talk to the simulator directly."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture

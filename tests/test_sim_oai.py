@@ -28,12 +28,6 @@ async def sim() -> AsyncIterator[Simulator]:
         yield s
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def oai(http: aiohttp.ClientSession, sim: Simulator, **params: str) -> ET.Element:
     async with http.get(f"{sim.api_url}/oai", params=params) as resp:
         assert resp.status == 200
