@@ -139,6 +139,8 @@ def throughput(items: int, concurrency: int, reps: int) -> dict[str, Any]:
                 "harvest_fetch_rps": served / fetch,
                 "harvest_seconds": h["seconds"],
                 "harvest_phases": h["phases"],
+                "harvest_cpu_phases": h["cpu_phases"],  # CPU seconds of every thread
+                "bare_cpu_seconds": b["cpu_seconds"],
                 "requests": served,
             })
             runs[-1]["ratio"] = runs[-1]["harvest_rps"] / runs[-1]["bare_rps"]

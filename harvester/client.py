@@ -290,14 +290,22 @@ class SlidingWindow:
 
     def __init__(self, rate: RateLimit) -> None:
         self.rate = rate
+        # Only starts that can still delay another are kept: at most `requests`, and none
+        # older than a window, so a generous limit (100,000 per hour) costs memory only for
+        # the starts it really has in its window.
         self.starts: deque[float] = deque(maxlen=rate.requests)
+        self.span = rate.per + safety_margin(rate)
         self.not_before = -math.inf
 
     def delay(self, now: float) -> float:
         return max(start_delay(self.starts, now, self.rate), self.not_before - now, 0.0)
 
     def record(self, now: float) -> None:
-        self.starts.append(now)
+        starts = self.starts
+        starts.append(now)
+        expired = now - self.span
+        while starts[0] <= expired:  # the newest is never expired: the loop stops there
+            starts.popleft()
 
     def hold(self, until: float) -> None:
         self.not_before = max(self.not_before, until)

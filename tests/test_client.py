@@ -17,6 +17,7 @@ from harvester.client import (
     ClientSettings,
     RateLimit,
     RetryPolicy,
+    SlidingWindow,
     backoff_delay,
     origin_of,
     parse_retry_after,
@@ -162,6 +163,27 @@ def test_sliding_window_arithmetic_in_controlled_time() -> None:
     assert start_delay(starts[:4], 0.0, rate) == 0.0  # a window not yet full never waits
     assert safety_margin(RateLimit(1, 1.0)) == pytest.approx(0.025)
     assert safety_margin(RateLimit(60, 3600.0)) == 0.25
+
+
+def test_sliding_window_keeps_only_starts_that_can_still_delay() -> None:
+    """A generous limit must not cost memory per request: a harvest of a million items at
+    1,000,000 per second once kept a million start times. Same delays as the full history."""
+    rate = RateLimit(1_000, 1.0)
+    window = SlidingWindow(rate)
+    history: list[float] = []
+    now = 0.0
+    for i in range(20_000):
+        now += 0.004 if i % 500 else 2.0  # 250/s with a pause now and then
+        assert window.delay(now) == start_delay(history, now, rate)
+        window.record(now)
+        history.append(now)
+        assert len(window.starts) <= 260  # what one window of 1.025 s holds at 250/s
+    tight = SlidingWindow(RateLimit(3, 1.0))
+    for t in (0.0, 0.1, 0.2):
+        tight.record(t)
+    assert tight.delay(0.3) == pytest.approx(1.025 - 0.3)  # a full window still waits
+    tight.record(5.0)
+    assert list(tight.starts) == [5.0]
 
 
 def test_sanitize_and_origin() -> None:
