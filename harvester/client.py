@@ -354,17 +354,79 @@ class _Send:
         self.locked = False
 
 
-@dataclass
+class _Slot:
+    """Client._slot: wait for the origin's window, then hold a concurrency slot.
+
+    The origin stays locked until the connector records the start (`_SENDING` tells it which
+    send): the connection is up and the request is about to be written, so connection set-up
+    time cannot shift our start relative to the server's arrival clock.
+    """
+
+    __slots__ = ("acquired", "call", "client", "origin", "send", "token")
+
+    def __init__(self, client: Client, call: _Call, origin: _Origin) -> None:
+        self.client, self.call, self.origin = client, call, origin
+        self.send = _Send(origin)
+        self.acquired = False
+        self.token: contextvars.Token[_Send | None] | None = None
+
+    async def __aenter__(self) -> _Send:
+        client, origin, send = self.client, self.origin, self.send
+        sem = client._sem
+        assert sem is not None
+        await origin.lock.acquire()
+        send.locked = True
+        try:
+            while True:
+                await client._await_window(self.call, origin)
+                # Only now compete for a concurrency slot, so an origin waiting on its rate
+                # never holds slots that another origin could use.
+                await sem.acquire()
+                self.acquired = True
+                if origin.blocked is None and origin.window.delay(client._clock()) <= 0:
+                    break
+                sem.release()
+                self.acquired = False
+        except BaseException:
+            self._release()
+            raise
+        self.token = _SENDING.set(send)
+        return send
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _SENDING.reset(self.token)
+            self.token = None
+        self._release()
+
+    def _release(self) -> None:
+        if self.send.locked:
+            self.send.locked = False
+            self.origin.lock.release()
+        if self.acquired:
+            self.acquired = False
+            assert self.client._sem is not None
+            self.client._sem.release()
+
+
 class _Call:
     """What error messages need to know about the request being made."""
 
-    method: str
-    url: URL
-    secrets: list[str]
+    __slots__ = ("_safe", "method", "secrets", "url")
+
+    def __init__(self, method: str, url: URL, secrets: list[str]) -> None:
+        self.method, self.url, self.secrets = method, url, secrets
+        self._safe: tuple[URL, str] | None = None
 
     @property
     def safe_url(self) -> str:
-        return sanitize_url(self.url)
+        """The URL as it may be shown (every reply carries it): computed once per URL."""
+        if self._safe is None or self._safe[0] is not self.url:
+            u = self.url
+            plain = (not u.raw_query_string and not u.raw_fragment and u.raw_user is None
+                     and u.raw_password is None)
+            self._safe = (u, str(u) if plain else sanitize_url(u))
+        return self._safe[1]
 
     def fail(self, cls: type[RequestError], reason: str, detail: str = "", *,
              status: int | None = None, phrase: str = "", body: str = "",
@@ -395,6 +457,7 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
         self._sem: asyncio.Semaphore | None = None
         self._origins: dict[str, _Origin] = {}
+        self._by_authority: dict[tuple[str, str], _Origin] = {}
         self._secrets = [s for v in settings.credentials.values() for s in _secrets_of(str(v))]
         self._started: Counter[str] = Counter()
         self._statuses: Counter[str] = Counter()
@@ -531,9 +594,11 @@ class Client:
                   status=last.status, reason=last.reason, body=last.body) from None
 
     def _headers_for(self, origin: _Origin, start_origin: str,
-                     given: CIMultiDict[str]) -> CIMultiDict[str]:
+                     given: CIMultiDict[str]) -> CIMultiDict[str] | None:
         """The caller's headers for one hop: its credentials only on their own origin, and
         caller-supplied secrets stripped once a redirect has left the first origin."""
+        if not given and origin.credential is None:
+            return None  # the session's own headers only: nothing to copy or merge
         hdrs = given.copy()
         if origin.name != start_origin:
             for name in _CROSS_ORIGIN_STRIP:
@@ -617,7 +682,7 @@ class Client:
                             status=status, phrase=reason)
         raise call.fail(RequestError, "redirects", f"more than {MAX_REDIRECTS} redirects")
 
-    async def _send(self, call: _Call, origin: _Origin, hdrs: CIMultiDict[str],
+    async def _send(self, call: _Call, origin: _Origin, hdrs: CIMultiDict[str] | None,
                     body: bytes | None) -> tuple[int, str, CIMultiDictProxy[str], bytes]:
         session = self._session
         if session is None:
@@ -637,39 +702,10 @@ class Client:
         self._bytes += len(raw)
         return status, reason, rheaders, raw
 
-    @asynccontextmanager
-    async def _slot(self, call: _Call, origin: _Origin) -> AsyncIterator[_Send]:
-        """Wait for the origin's window, then hold a concurrency slot for the exchange.
-
-        The origin stays locked until the connector records the start (`_SENDING` tells it
-        which send): the connection is up and the request is about to be written, so connection
-        set-up time cannot shift our start relative to the server's arrival clock.
-        """
-        assert self._sem is not None
-        send = _Send(origin)
-        await origin.lock.acquire()
-        send.locked, acquired = True, False
-        try:
-            while True:
-                await self._await_window(call, origin)
-                # Only now compete for a concurrency slot, so an origin waiting on its rate
-                # never holds slots that another origin could use.
-                await self._sem.acquire()
-                acquired = True
-                if origin.blocked is None and origin.window.delay(self._clock()) <= 0:
-                    break
-                self._sem.release()
-                acquired = False
-            sending = _SENDING.set(send)
-            try:
-                yield send
-            finally:
-                _SENDING.reset(sending)
-        finally:
-            if send.locked:
-                origin.lock.release()
-            if acquired:
-                self._sem.release()
+    def _slot(self, call: _Call, origin: _Origin) -> _Slot:
+        """Wait for the origin's window, then hold a concurrency slot for the exchange (see
+        _Slot). `async with self._slot(call, origin) as send:`."""
+        return _Slot(self, call, origin)
 
     async def _await_window(self, call: _Call, origin: _Origin) -> None:
         """Sleep until the window has room and any Retry-After hold has passed."""
@@ -744,7 +780,13 @@ class Client:
         return time.time() if date is None else date
 
     def _origin(self, url: URL) -> _Origin:
-        name = origin_of(url)
+        key = (url.scheme, url.raw_authority)  # cheap to read: most requests hit this cache
+        state = self._by_authority.get(key)
+        if state is None:
+            state = self._by_authority[key] = self._origin_named(origin_of(url))
+        return state
+
+    def _origin_named(self, name: str) -> _Origin:
         state = self._origins.get(name)
         if state is None:
             shared = self.settings.shared_origins

@@ -436,17 +436,17 @@ class Harvest:
                manifest: dict[str, Any]) -> Path | str:
         """Runs on the journal thread: records in id order -> the snapshot's files."""
         snapshot_id = manifest["snapshot_id"]
-        names_cache: dict[int, tuple[str, ...]] = {}
+        ctx: RowContext | None = None
+        ctx_of: tuple[str, int] = ("", -1)
         writer.open()
         try:
             for rec in journal.records():
-                fetched = dt.datetime.strptime(rec.fetched_at, "%Y-%m-%dT%H:%M:%SZ").replace(
-                    tzinfo=dt.UTC)
-                names = names_cache.get(rec.sources)
-                if names is None:
-                    names = names_cache[rec.sources] = tuple(
-                        source_names(self.cfg.sources, rec.sources))
-                ctx = RowContext(snapshot_id=snapshot_id, fetched_at=fetched, sources=names)
+                if ctx is None or ctx_of != (rec.fetched_at, rec.sources):
+                    # neighbours in id order were mostly fetched in the same second
+                    ctx_of = (rec.fetched_at, rec.sources)
+                    ctx = RowContext(snapshot_id=snapshot_id,
+                                     fetched_at=_parse_stamp(rec.fetched_at),
+                                     sources=tuple(source_names(self.cfg.sources, rec.sources)))
                 if rec.stats:
                     writer.add_stats(stats_rows(rec.article_id, rec.stats, ctx,
                                                 scope=self.cfg.stats.institution or "public"))

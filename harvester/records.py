@@ -328,10 +328,12 @@ class RowContext:
 
 
 def _str(v: Any) -> str | None:
-    if v is None or v == "":
+    if type(v) is str:  # the common case first: this runs a few hundred times per record
+        return v or None
+    if v is None:
         return None
     if isinstance(v, str):
-        return v
+        return v or None
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
@@ -340,6 +342,9 @@ def _str(v: Any) -> str | None:
 
 
 def _int(v: Any, bits: int = 64) -> int | None:
+    if type(v) is int:  # the common case first (bool is a subclass, never exactly int)
+        lo, hi = _I32_RANGE if bits == 32 else _I64_RANGE
+        return v if lo <= v <= hi else None
     if v is None or isinstance(v, bool):
         return None
     if isinstance(v, float):
@@ -401,14 +406,14 @@ def parse_timestamp(v: Any) -> datetime | None:
 
 
 def _dict(v: Any) -> Mapping[str, Any]:
-    return v if isinstance(v, Mapping) else {}
+    return v if type(v) is dict or isinstance(v, Mapping) else {}
 
 
 def _dicts(v: Any) -> list[tuple[int, Mapping[str, Any]]]:
     """(position, element) for the mapping elements of a list; anything else is no elements."""
     if not isinstance(v, list):
         return []
-    return [(i, d) for i, d in enumerate(v) if isinstance(d, Mapping)]
+    return [(i, d) for i, d in enumerate(v) if type(d) is dict or isinstance(d, Mapping)]
 
 
 def content_hash(record: Mapping[str, Any]) -> str:
@@ -436,13 +441,14 @@ def _key(record: Mapping[str, Any], ctx: RowContext) -> dict[str, Any]:
 # --- one pure function per table ---
 
 
-def _articles(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
+def _articles(record: Mapping[str, Any], ctx: RowContext,
+              key: dict[str, Any]) -> list[dict[str, Any]]:
     lic = _dict(record.get("license"))
     timeline = _dict(record.get("timeline"))
     files = record.get("files")
     g = record.get
     return [{
-        **_key(record, ctx),
+        **key,
         "title": _str(g("title")),
         "doi": _str(g("doi")),
         "handle": _str(g("handle")),
@@ -482,8 +488,8 @@ def _articles(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]
     }]
 
 
-def _authors(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
-    key = _key(record, ctx)
+def _authors(record: Mapping[str, Any], ctx: RowContext,
+             key: dict[str, Any]) -> list[dict[str, Any]]:
     return [{
         **key,
         "position": i,
@@ -497,8 +503,8 @@ def _authors(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]
     } for i, a in _dicts(record.get("authors"))]
 
 
-def _files(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
-    key = _key(record, ctx)
+def _files(record: Mapping[str, Any], ctx: RowContext,
+           key: dict[str, Any]) -> list[dict[str, Any]]:
     return [{
         **key,
         "position": i,
@@ -513,8 +519,8 @@ def _files(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
     } for i, f in _dicts(record.get("files"))]
 
 
-def _categories(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
-    key = _key(record, ctx)
+def _categories(record: Mapping[str, Any], ctx: RowContext,
+                key: dict[str, Any]) -> list[dict[str, Any]]:
     return [{
         **key,
         "category_id": _id(c.get("id")),
@@ -526,8 +532,8 @@ def _categories(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, An
     } for _, c in _dicts(record.get("categories"))]
 
 
-def _tags(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
-    key = _key(record, ctx)
+def _tags(record: Mapping[str, Any], ctx: RowContext,
+          key: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for field, kind in (("tags", "tag"), ("keywords", "keyword")):
         values = record.get(field)
@@ -537,8 +543,8 @@ def _tags(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
     return rows
 
 
-def _funding(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
-    key = _key(record, ctx)
+def _funding(record: Mapping[str, Any], ctx: RowContext,
+             key: dict[str, Any]) -> list[dict[str, Any]]:
     return [{
         **key,
         "position": i,
@@ -551,8 +557,8 @@ def _funding(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]
     } for i, f in _dicts(record.get("funding_list"))]
 
 
-def _custom_fields(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
-    key = _key(record, ctx)
+def _custom_fields(record: Mapping[str, Any], ctx: RowContext,
+                   key: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for i, f in _dicts(record.get("custom_fields")):
         base = {**key, "name": _str(f.get("name")), "position": i,
@@ -571,8 +577,8 @@ def _custom_fields(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str,
     return rows
 
 
-def _related_materials(record: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
-    key = _key(record, ctx)
+def _related_materials(record: Mapping[str, Any], ctx: RowContext,
+                       key: dict[str, Any]) -> list[dict[str, Any]]:
     return [{
         **key,
         "material_id": _id(m.get("id")),
@@ -609,17 +615,17 @@ def article_rows(
     /articles/{id}/files; `versions` is the /articles/{id}/versions answer when fetched.
     Raises ValueError when the record is not an object or has no usable `id`.
     """
-    article_id = _entity_id(record, "article")
+    key = _key(record, ctx)  # every row of the record starts with it (copied: rows are own)
     return {
-        "articles": _articles(record, ctx),
-        "authors": _authors(record, ctx),
-        "files": _files(record, ctx),
-        "categories": _categories(record, ctx),
-        "tags": _tags(record, ctx),
-        "funding": _funding(record, ctx),
-        "custom_fields": _custom_fields(record, ctx),
-        "related_materials": _related_materials(record, ctx),
-        "versions": version_rows(article_id, versions or (), ctx),
+        "articles": _articles(record, ctx, key),
+        "authors": _authors(record, ctx, key),
+        "files": _files(record, ctx, key),
+        "categories": _categories(record, ctx, key),
+        "tags": _tags(record, ctx, key),
+        "funding": _funding(record, ctx, key),
+        "custom_fields": _custom_fields(record, ctx, key),
+        "related_materials": _related_materials(record, ctx, key),
+        "versions": version_rows(key["article_id"], versions or (), ctx),
     }
 
 
@@ -641,7 +647,7 @@ def article_version_rows(
     records: Iterable[Mapping[str, Any]], ctx: RowContext
 ) -> list[dict[str, Any]]:
     """`article_versions` rows: older full records (GET /articles/{id}/versions/{v})."""
-    return [row for record in records for row in _articles(record, ctx)]
+    return [row for record in records for row in _articles(record, ctx, _key(record, ctx))]
 
 
 def _period_start(key: str, first: date) -> date:

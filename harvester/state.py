@@ -318,15 +318,16 @@ def _tx(db: sqlite3.Connection) -> Iterator[None]:
 
 
 _crash_counts: dict[str, int] = {}
+_CRASH_AT = os.environ.get("HARVESTER_CRASH_AT", "")  # read once: this is on the write path
 
 
 def crash_point(name: str) -> None:
-    """Crash-test hook: with HARVESTER_CRASH_AT=name[:n] the process SIGKILLs itself the n-th
-    time it passes `name` (listing, fetch, write, publish), as a power cut would."""
-    spec = os.environ.get("HARVESTER_CRASH_AT")
-    if not spec:
+    """Crash-test hook: with HARVESTER_CRASH_AT=name[:n] in the environment the process starts
+    with, it SIGKILLs itself the n-th time it passes `name` (listing, fetch, write, publish), as
+    a power cut would."""
+    if not _CRASH_AT:
         return
-    target, _, nth = spec.partition(":")
+    target, _, nth = _CRASH_AT.partition(":")
     if target != name:
         return
     _crash_counts[name] = _crash_counts.get(name, 0) + 1
