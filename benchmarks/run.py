@@ -140,6 +140,7 @@ def throughput(items: int, concurrency: int, reps: int) -> dict[str, Any]:
                 "harvest_seconds": h["seconds"],
                 "harvest_phases": h["phases"],
                 "harvest_cpu_phases": h["cpu_phases"],  # CPU seconds of every thread
+                "harvest_loop_cpu_phases": h["loop_cpu_phases"],  # of the event loop's thread
                 "bare_cpu_seconds": b["cpu_seconds"],
                 "requests": served,
             })
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     c = args.concurrency
     runs: dict[str, Callable[[], dict[str, Any]]] = {
-        "throughput": lambda: throughput(300 if q else 3_000, c, 1 if q else 3),
+        "throughput": lambda: throughput(300 if q else 3_000, c, 1 if q else 5),
         "workshop": lambda: workshop(
             [(0, 50), (20, 20), (100, 5)] if q else [(0, 1_000), (20, 250), (100, 60)], c),
         "politeness": lambda: politeness(

@@ -133,6 +133,7 @@ class Output:
     formats: tuple[str, ...] = FORMATS
     keep: int = 0  # complete snapshots to keep (0: all); the one LATEST names is never deleted
     state_dir: str | None = None  # local home of the run journal and lock; see Config.state_path
+    workers: int | None = None  # processes that help write the snapshot; None: by run size
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ class Config:
         """sha256 of the config with every secret left out: same harvest, same fingerprint."""
         view = public_view(self)
         del view["warehouse"]  # where snapshots are loaded afterwards is not part of the harvest
+        del view["output"]["workers"]  # nor how many processes write it
         return hashlib.sha256(orjson.dumps(view, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def state_path(self) -> Path:
@@ -346,12 +348,15 @@ def parse(
     http = _http(v, top.get("http", {}))
 
     out_raw = v.mapping(top.get("output", {}), "output")
-    v.known(out_raw, "output", ("dir", "formats", "keep", "state_dir"))
+    v.known(out_raw, "output", ("dir", "formats", "keep", "state_dir", "workers"))
+    workers = out_raw.get("workers", "auto")
     output = Output(
         dir=output_dir or v.string(out_raw.get("dir"), "output.dir") or "output",
         formats=tuple(v.choices(out_raw.get("formats", list(FORMATS)), "output.formats", FORMATS)),
         keep=v.integer(out_raw.get("keep", 0), "output.keep", minimum=0),
         state_dir=v.string(out_raw.get("state_dir"), "output.state_dir") or None,
+        workers=None if workers == "auto" else v.integer(
+            workers, "output.workers", minimum=0, maximum=64),
     )
     if not output.formats:
         raise ConfigError(f"{where}: output.formats: name at least one of {list(FORMATS)}")

@@ -2,9 +2,10 @@
 
 Optional per-item payloads (timelines, breakdowns, older versions, download results) travel in
 `Outcome.extra`, are stored compressed in the journal with the record and become table rows
-through `extra_rows` when the snapshot is written, so resume and snapshot determinism hold for
-them too. Stats of groups, collections, projects and authors are not per article: `after_fan_out`
-fetches them once per entity when every article is in, and `run_rows` hands their rows over.
+through `render.extra_rows` when the snapshot is written, so resume and snapshot determinism
+hold for them too. Stats of groups, collections, projects and authors are not per article:
+`after_fan_out` fetches them once per entity when every article is in, and `run_rows` hands
+their rows over.
 """
 
 from __future__ import annotations
@@ -21,16 +22,10 @@ from harvester.config import ACCOUNT_KINDS, Config, Source
 from harvester.downloads import Downloader
 from harvester.errors import Abort, BadResponse, GiveUp, NotFound, RequestError
 from harvester.figshare import article_path, files_may_be_truncated, files_path
-from harvester.records import (
-    RowContext,
-    article_version_rows,
-    breakdown_rows,
-    download_rows,
-    timeline_rows,
-    version_rows,
-)
+from harvester.records import RowContext
+from harvester.render import series_rows
 from harvester.state import DONE, FAILED, FULL, GONE, STATS_ONLY, Journal, Outcome
-from harvester.statsdepth import StatsFetcher, parse_date, periods
+from harvester.statsdepth import StatsFetcher
 
 FILES_PAGE = 1_000
 
@@ -231,29 +226,3 @@ def _harvested_groups(journal: Journal) -> list[int]:
             if isinstance(g, int) and not isinstance(g, bool) and g > 0:
                 groups.add(g)
     return sorted(groups)
-
-
-def series_rows(payload: dict[str, Any], ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
-    """`stats_timeline` or `stats_breakdown` rows of one series payload (see StatsFetcher)."""
-    if payload["kind"] == "breakdown":
-        return {"stats_breakdown": breakdown_rows(payload, ctx)}
-    span = periods(parse_date(payload["start"]), parse_date(payload["end"]),
-                   payload["granularity"])
-    return {"stats_timeline": timeline_rows(payload, span, ctx)}
-
-
-def extra_rows(extra: dict[str, Any] | None, ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
-    """Table rows for the optional per-item payloads kept in Outcome.extra."""
-    rows: dict[str, list[dict[str, Any]]] = {}
-    if not extra:
-        return rows
-    aid = int(extra["article_id"])
-    for key in ("timeline", "breakdown"):
-        if key in extra:
-            rows.update(series_rows(extra[key], ctx))
-    if "versions" in extra:
-        rows["versions"] = version_rows(aid, extra["versions"]["list"], ctx)
-        rows["article_versions"] = article_version_rows(extra["versions"]["records"], ctx)
-    if "downloads" in extra:
-        rows["downloads"] = download_rows(aid, extra["downloads"], ctx)
-    return rows

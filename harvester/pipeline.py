@@ -20,8 +20,9 @@ import orjson
 from harvester import __version__
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.config import INCREMENTAL_KINDS, Config, Source, public_view
-from harvester.fetch import ItemFetcher, extra_rows, source_names, stamp, utc_now
-from harvester.records import RowContext, article_rows, side_rows, stats_rows
+from harvester.fetch import ItemFetcher, stamp, utc_now
+from harvester.records import RowContext, side_rows
+from harvester.render import ChunkRenderer, RenderSpec, auto_workers
 from harvester.sinks import (
     SnapshotWriter,
     is_remote,
@@ -132,6 +133,7 @@ class Harvest:
         self.client_factory = client_factory
         self.force_full = full
         self.reports: list[SourceReport] = []
+        self.renderer: ChunkRenderer | None = None
 
     async def run(self) -> RunResult:
         with RunLock(self.state_dir / "lock"):
@@ -140,6 +142,8 @@ class Harvest:
                 async with self.client_factory(client_settings(self.cfg)) as client:
                     self.fetcher = ItemFetcher(self.cfg, client)
                     await self._enumerate(client, journal, meta)
+                    # workers for writing the snapshot start now: warm by the time it is due
+                    self.renderer = ChunkRenderer(await self._workers(journal))
                     await self._fan_out(client, journal)
                     await self.fetcher.after_fan_out(journal)  # group/collection/... stats
                     metrics = client.metrics()
@@ -147,6 +151,9 @@ class Harvest:
             except BaseException:
                 journal.close()  # kept: the next run with the same config resumes from here
                 raise
+            finally:
+                if self.renderer is not None:
+                    self.renderer.close()
             journal.discard()
             return result
 
@@ -190,6 +197,13 @@ class Harvest:
             }
         await journal.call(journal.set_meta, meta)
         return journal, meta
+
+    async def _workers(self, journal: Journal) -> int:
+        """Processes that help write the snapshot: output.workers, or by the run's size."""
+        if self.cfg.output.workers is not None:
+            return self.cfg.output.workers
+        counts = await journal.call(journal.counts)
+        return auto_workers(sum(counts.values()) - counts.get(GONE, 0))
 
     def _choose_kind(self, now: dt.datetime) -> tuple[str, dict[str, str]]:
         """Full or incremental, and per list source the modified_since bound to ask with."""
@@ -436,33 +450,22 @@ class Harvest:
                manifest: dict[str, Any]) -> Path | str:
         """Runs on the journal thread: records in id order -> the snapshot's files."""
         snapshot_id = manifest["snapshot_id"]
-        ctx: RowContext | None = None
-        ctx_of: tuple[str, int] = ("", -1)
+        spec = RenderSpec(
+            snapshot_id=snapshot_id,
+            sources=tuple(s.name for s in self.cfg.sources),
+            scope=self.cfg.stats.institution or "public",
+            ndjson="ndjson" in writer.formats,
+            parquet="parquet" in writer.formats,
+        )
+        renderer = self.renderer or ChunkRenderer(0)
         writer.open()
         try:
-            for rec in journal.records():
-                if ctx is None or ctx_of != (rec.fetched_at, rec.sources):
-                    # neighbours in id order were mostly fetched in the same second
-                    ctx_of = (rec.fetched_at, rec.sources)
-                    ctx = RowContext(snapshot_id=snapshot_id,
-                                     fetched_at=_parse_stamp(rec.fetched_at),
-                                     sources=tuple(source_names(self.cfg.sources, rec.sources)))
-                if rec.stats:
-                    writer.add_stats(stats_rows(rec.article_id, rec.stats, ctx,
-                                                scope=self.cfg.stats.institution or "public"))
-                if not rec.body:  # a stats-only refresh of an unchanged item
-                    for table, extra in extra_rows(rec.extra, ctx).items():
-                        writer.add_rows(table, extra)  # its timelines, breakdowns
-                    continue
-                record = orjson.loads(rec.body)
-                complete = record if rec.files is None else {**record,
-                                                             "files": orjson.loads(rec.files)}
-                rows = article_rows(complete, ctx)
-                for table, extra in extra_rows(rec.extra, ctx).items():
-                    rows.setdefault(table, []).extend(extra)
-                writer.add_article(record, rows)
-                self.progress.written += 1
-                crash_point("write")
+            # records in id order, rendered a chunk at a time here and in worker processes
+            for chunk in renderer.map(spec, journal.packed_chunks(renderer.chunk_size)):
+                writer.add_rendered(chunk)
+                self.progress.written += chunk.articles
+                for _ in range(chunk.articles):
+                    crash_point("write")
             for table, once in self.fetcher.run_rows(snapshot_id).items():
                 writer.add_rows(table, once)  # group/collection/... series, fetched once each
             for kind, _, body, at in journal.side():

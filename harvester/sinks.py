@@ -22,7 +22,9 @@ import hashlib
 import os
 import re
 import shutil
+from collections import deque
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -48,7 +50,7 @@ PREFIX = "snapshot="
 S3_SCHEME = "s3://"
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_NDJSON_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+NDJSON_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 _BUFFER = 1 << 20
 _OWN_METHOD = {"articles": "add_article", "stats": "add_stats"}
 _ROW_TYPES = {table: pa.struct(list(schema)) for table, schema in SCHEMAS.items()}
@@ -273,6 +275,12 @@ class SnapshotWriter:
         self._lines: dict[str, IO[bytes]] = {}
         self._parquet: dict[str, pq.ParquetWriter] = {}
         self._buffers: dict[str, list[dict[str, Any]]] = {t: [] for t in SCHEMAS}
+        # converted rows not yet in a row group, in order (after any rows in _buffers' past)
+        self._pending: dict[str, list[pa.Table]] = {t: [] for t in SCHEMAS}
+        # Parquet encoding and compression release the GIL: row groups are written by a thread
+        # of their own while the caller shapes the next rows (one thread keeps them in order)
+        self._io: ThreadPoolExecutor | None = None
+        self._io_jobs: deque[Future[None]] = deque()
 
     def _new_id(self, staging_root: Path) -> str:
         if self.store is None:
@@ -311,6 +319,7 @@ class SnapshotWriter:
             for n in names:
                 self._lines[n] = _fs_open(self.staging / n)
             if "parquet" in self.formats:
+                self._io = ThreadPoolExecutor(1, thread_name_prefix="parquet")
                 for table, schema in SCHEMAS.items():
                     path = self.staging / f"{table}.parquet"
                     try:
@@ -343,14 +352,16 @@ class SnapshotWriter:
         self._require_open()
         self._state = "publishing"
         self._close_writers()
-        files = {p.name: _fs_describe(p) for p in _fs_list_files(self.staging)}
+        paths = _fs_list_files(self.staging)
+        with ThreadPoolExecutor(min(4, len(paths) or 1), thread_name_prefix="describe") as pool:
+            files = dict(zip((p.name for p in paths), pool.map(_fs_describe, paths), strict=True))
         doc = {
             **manifest,
             "snapshot_id": self.snapshot_id,
             "schema_version": SCHEMA_VERSION,
             "files": files,
         }
-        opts = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | _NDJSON_OPTS
+        opts = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | NDJSON_OPTS
         body = orjson.dumps(doc, option=opts, default=str)
         _fs_write_atomic(self.staging / MANIFEST, body + b"\n")
         if self.store is not None:
@@ -369,6 +380,7 @@ class SnapshotWriter:
         if self._state in ("published", "aborted"):
             return
         self._state = "aborted"
+        self._stop_io(wait=False)
         # The files are being thrown away: a close that fails changes nothing.
         for f in self._lines.values():
             with contextlib.suppress(OSError):
@@ -379,6 +391,7 @@ class SnapshotWriter:
         self._lines.clear()
         self._parquet.clear()
         self._buffers = {t: [] for t in SCHEMAS}
+        self._pending = {t: [] for t in SCHEMAS}
         if self._lock is not None:  # never remove a staging dir another writer holds
             _fs_remove_tree(self.staging)
             self._release()
@@ -400,7 +413,7 @@ class SnapshotWriter:
         self._require_open()
         rows = list(rows)
         for row in rows:
-            self._line("stats.ndjson", orjson.dumps(row, option=_NDJSON_OPTS))
+            self._line("stats.ndjson", orjson.dumps(row, option=NDJSON_OPTS))
         self._buffer("stats", rows)
 
     def add_rows(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
@@ -412,6 +425,28 @@ class SnapshotWriter:
             raise ValueError(f"rows of {table!r} are added with {_OWN_METHOD[table]}()")
         self._buffer(table, list(rows))
 
+    def add_rendered(self, chunk: Any) -> None:
+        """A chunk from render.render: its NDJSON lines and its tables, after what came before.
+
+        `chunk` has `lines` (NDJSON file name -> bytes of whole lines) and `tables` (table name
+        -> Arrow table with exactly that table's schema, rows of this snapshot)."""
+        self._require_open()
+        for name, data in chunk.lines.items():
+            if name not in ("articles.ndjson", "stats.ndjson"):
+                raise ValueError(f"unknown NDJSON file {name!r}")
+            if data:
+                self._line(name, data[:-1])  # _line adds the final newline back
+        for table, arrow in chunk.tables.items():
+            if table not in SCHEMAS:
+                raise ValueError(f"unknown table {table!r}; valid: {sorted(SCHEMAS)}")
+            if table not in self._parquet or not arrow.num_rows:
+                continue
+            if not arrow.schema.equals(SCHEMAS[table]):
+                raise ValueError(f"a rendered {table!r} table does not have the table's schema")
+            if self._buffers[table]:  # rows added one by one before it come first
+                self._flush_rows(table)
+            self._append(table, arrow)
+
     def add_error(self, error: Mapping[str, Any]) -> None:
         """One errors.ndjson line: id, source, url, status, reason, message, attempts, at."""
         self._require_open()
@@ -422,7 +457,7 @@ class SnapshotWriter:
             line["message"] = _redact(line["message"])
         if line["at"] is None:
             line["at"] = datetime.now(UTC)
-        self._line("errors.ndjson", orjson.dumps(line, option=_NDJSON_OPTS, default=str))
+        self._line("errors.ndjson", orjson.dumps(line, option=NDJSON_OPTS, default=str))
 
     # -- internals ------------------------------------------------------------------------
 
@@ -450,47 +485,85 @@ class SnapshotWriter:
             return
         buf = self._buffers[table]
         buf.extend(rows)
-        while len(buf) >= self.row_group_size:
-            self._write_group(table, buf[: self.row_group_size])
-            del buf[: self.row_group_size]
+        if len(buf) >= self.row_group_size:
+            self._flush_rows(table)
 
     def _failed(self) -> None:
         # A row group that could not be written leaves the snapshot incomplete: only abort().
         self._state = "failed"
 
-    def _write_group(self, table: str, rows: list[dict[str, Any]]) -> None:
+    def _flush_rows(self, table: str) -> None:
+        """Convert the rows buffered for `table` and queue them for its row groups."""
+        rows, self._buffers[table] = self._buffers[table], []
         try:
-            self._convert_and_write(table, rows)
-        except (ValueError, OutputError):
+            arrow = rows_to_table(table, rows, self.snapshot_id)
+        except ValueError:
             self._failed()
             raise
+        self._append(table, arrow)
 
-    def _convert_and_write(self, table: str, rows: list[dict[str, Any]]) -> None:
-        schema = SCHEMAS[table]
-        try:
-            # One struct array converts the row dicts in C++; Table.from_pylist would first
-            # build a Python list per column (same coercions and errors, a third slower).
-            arrow = pa.Table.from_struct_array(pa.array(rows, type=_ROW_TYPES[table]))
-        except (pa.ArrowException, TypeError, ValueError, ArithmeticError) as e:
-            raise ValueError(f"rows for table {table!r} do not fit its schema: {_why(e)}") from e
-        # from_pylist does not enforce nullability; Parquet's REQUIRED columns must not see nulls.
-        for i, field in enumerate(schema):
-            if not field.nullable and arrow.column(i).null_count:
-                raise ValueError(f"rows for table {table!r} have nulls in column {field.name!r}")
-        if not pc.all(pc.equal(arrow.column("snapshot_id"), self.snapshot_id)).as_py():
-            raise ValueError(f"rows for table {table!r} belong to another snapshot than "
-                             f"{self.snapshot_id!r} (build RowContext from writer.snapshot_id)")
-        path = self.staging / f"{table}.parquet"
+    def _append(self, table: str, arrow: pa.Table, *, last: bool = False) -> None:
+        """Queue converted rows; write every full row group (and, when `last`, the rest)."""
+        pending = self._pending[table]
+        if arrow.num_rows:
+            pending.append(arrow)
+        queued = sum(t.num_rows for t in pending)
+        size = self.row_group_size
+        full = queued if last else queued - queued % size
+        if not full:
+            return
+        combined = pa.concat_tables(pending)
+        rest = combined.slice(full)
+        self._pending[table] = [rest] if rest.num_rows else []
+        self._drain(keep=2)  # at most a few row groups wait: memory stays bounded
+        assert self._io is not None
+        self._io_jobs.append(self._io.submit(self._write_groups, table, combined.slice(0, full)))
+
+    def _write_groups(self, table: str, arrow: pa.Table) -> None:
+        """On the Parquet thread: row groups of `arrow` into `table`'s file."""
         try:
             self._parquet[table].write_table(arrow, row_group_size=self.row_group_size)
         except OSError as e:
-            raise _fail("write", path, e) from e
+            raise _fail("write", self.staging / f"{table}.parquet", e) from e
+
+    def _drain(self, keep: int = 0) -> None:
+        """Wait until at most `keep` row-group writes are queued; raise the first failure."""
+        jobs = self._io_jobs
+        while jobs and (len(jobs) > keep or jobs[0].done()):
+            try:
+                jobs.popleft().result()
+            except BaseException:
+                self._failed()
+                raise
+
+    def _stop_io(self, *, wait: bool) -> None:
+        """Finish (or, when aborting, give up on) queued writes and end the Parquet thread."""
+        io, self._io = self._io, None
+        if io is None:
+            return
+        if wait:
+            self._drain()
+        io.shutdown(wait=True, cancel_futures=not wait)  # a write under way always ends first
+        self._io_jobs.clear()
 
     def _close_writers(self) -> None:
-        for table, buf in self._buffers.items():
-            if buf and table in self._parquet:
-                self._write_group(table, buf)
+        for table in self._parquet:
+            if self._buffers[table]:
+                self._flush_rows(table)
         self._buffers = {t: [] for t in SCHEMAS}
+        self._stop_io(wait=True)
+        # The last row group of every table (of a small run, its only one): files apart, so
+        # they are encoded side by side.
+        last = {t: pa.concat_tables(p) for t, p in self._pending.items() if p}
+        self._pending = {t: [] for t in SCHEMAS}
+        if last:
+            with ThreadPoolExecutor(min(4, len(last)), thread_name_prefix="parquet") as pool:
+                for done in [pool.submit(self._write_groups, t, a) for t, a in last.items()]:
+                    try:
+                        done.result()
+                    except BaseException:
+                        self._failed()
+                        raise
         for name, f in list(self._lines.items()):
             try:
                 f.close()
@@ -503,6 +576,29 @@ class SnapshotWriter:
             except OSError as e:
                 raise _fail("write", self.staging / f"{table}.parquet", e) from e
         self._parquet.clear()
+
+
+def rows_to_table(table: str, rows: list[dict[str, Any]],
+                  snapshot_id: str | None = None) -> pa.Table:
+    """Row dicts -> an Arrow table with `table`'s schema, checked: every value fits its column,
+    no nulls in required columns, and (if given) every row of `snapshot_id`. ValueError names
+    what is wrong."""
+    schema = SCHEMAS[table]
+    try:
+        # One struct array converts the row dicts in C++; Table.from_pylist would first build a
+        # Python list per column (same coercions and errors, a third slower).
+        arrow = pa.Table.from_struct_array(pa.array(rows, type=_ROW_TYPES[table]))
+    except (pa.ArrowException, TypeError, ValueError, ArithmeticError) as e:
+        raise ValueError(f"rows for table {table!r} do not fit its schema: {_why(e)}") from e
+    # The conversion does not enforce nullability; Parquet's REQUIRED columns must not see nulls.
+    for i, field in enumerate(schema):
+        if not field.nullable and arrow.column(i).null_count:
+            raise ValueError(f"rows for table {table!r} have nulls in column {field.name!r}")
+    if snapshot_id is not None and arrow.num_rows and not pc.all(
+            pc.equal(arrow.column("snapshot_id"), snapshot_id)).as_py():
+        raise ValueError(f"rows for table {table!r} belong to another snapshot than "
+                         f"{snapshot_id!r} (build RowContext from writer.snapshot_id)")
+    return arrow
 
 
 # --- readers ---------------------------------------------------------------------------------

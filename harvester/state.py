@@ -204,46 +204,54 @@ class Journal:
                                    (PENDING, FAILED)).rowcount
 
     def store(self, outcomes: list[Outcome]) -> None:
+        done = [o for o in outcomes if o.state == DONE]
         with _tx(self.db):
-            for o in outcomes:
-                if o.state == DONE:
-                    self.db.execute(
-                        "INSERT OR REPLACE INTO records VALUES(?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            o.article_id,
-                            zlib.compress(o.body, 1),
-                            zlib.compress(o.files, 1) if o.files is not None else None,
-                            orjson.dumps(o.stats) if o.stats is not None else None,
-                            o.fetched_at,
-                            zlib.compress(orjson.dumps(o.extra), 1) if o.extra else None,
-                            o.published,
-                        ),
-                    )
-                    self.db.execute("DELETE FROM errors WHERE article_id=?", (o.article_id,))
-                else:
-                    self.db.execute(
-                        "INSERT OR REPLACE INTO errors VALUES(?, ?)",
-                        (o.article_id, orjson.dumps(o.error or {})),
-                    )
-                self.db.execute(
-                    "UPDATE ids SET state=?, attempts=attempts+1 WHERE article_id=?",
-                    (o.state, o.article_id),
-                )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO records VALUES(?, ?, ?, ?, ?, ?, ?)",
+                [(
+                    o.article_id,
+                    zlib.compress(o.body, 1),
+                    zlib.compress(o.files, 1) if o.files is not None else None,
+                    orjson.dumps(o.stats) if o.stats is not None else None,
+                    o.fetched_at,
+                    zlib.compress(orjson.dumps(o.extra), 1) if o.extra else None,
+                    o.published,
+                ) for o in done],
+            )
+            self.db.executemany("DELETE FROM errors WHERE article_id=?",
+                                [(o.article_id,) for o in done])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO errors VALUES(?, ?)",
+                [(o.article_id, orjson.dumps(o.error or {})) for o in outcomes
+                 if o.state != DONE],
+            )
+            self.db.executemany(
+                "UPDATE ids SET state=?, attempts=attempts+1 WHERE article_id=?",
+                [(o.state, o.article_id) for o in outcomes],
+            )
 
     # -- snapshot --------------------------------------------------------------------------
 
+    def packed_records(self, after: int, limit: int) -> list[tuple[Any, ...]]:
+        """Up to `limit` fetched records with ids above `after`, in id order, as stored
+        (compressed): (id, sources, body, files, stats, fetched_at, extra). For render."""
+        return self.db.execute(
+            "SELECT r.article_id, i.sources, r.body, r.files, r.stats, r.fetched_at, r.extra "
+            "FROM records r JOIN ids i USING(article_id) "
+            "WHERE i.state=? AND r.article_id>? ORDER BY r.article_id LIMIT ?",
+            (DONE, after, limit),
+        ).fetchall()
+
+    def packed_chunks(self, size: int) -> Iterator[list[tuple[Any, ...]]]:
+        """Every fetched record, packed, in id order and chunks of `size` (journal thread)."""
+        after = -1
+        while rows := self.packed_records(after, size):
+            yield rows
+            after = rows[-1][0]
+
     def records(self, batch: int = 500) -> Iterator[StoredRecord]:
         """Fetched records in id order, read in batches (call on the journal thread)."""
-        after = -1
-        while True:
-            rows = self.db.execute(
-                "SELECT r.article_id, i.sources, r.body, r.files, r.stats, r.fetched_at, r.extra "
-                "FROM records r JOIN ids i USING(article_id) "
-                "WHERE i.state=? AND r.article_id>? ORDER BY r.article_id LIMIT ?",
-                (DONE, after, batch),
-            ).fetchall()
-            if not rows:
-                return
+        for rows in self.packed_chunks(batch):
             for aid, sources, body, files, stats, fetched_at, extra in rows:
                 yield StoredRecord(
                     aid,
@@ -254,7 +262,6 @@ class Journal:
                     fetched_at,
                     orjson.loads(zlib.decompress(extra)) if extra is not None else None,
                 )
-            after = rows[-1][0]
 
     def update_catalog(self, catalog: Path, snapshot_id: str, full: bool) -> None:
         """After a publish: the catalog knows what this run fetched and forgets what is gone.

@@ -98,6 +98,8 @@ sources:
         (MINIMAL + "http:\n  concurrency: lots\n", "http.concurrency: expected an integer"),
         (MINIMAL + "stats:\n  counters: [views, hugs]\n", "stats.counters: 'hugs' is not one of"),
         (MINIMAL + "output:\n  formats: [csv]\n", "output.formats: 'csv' is not one of"),
+        (MINIMAL + "output:\n  workers: many\n", "output.workers: expected an integer"),
+        (MINIMAL + "output:\n  workers: -1\n", "output.workers: must be at least 0"),
         (MINIMAL + "api:\n  url: ftp://x\n", "api.url: 'ftp://x' is not an http(s) URL"),
         (MINIMAL + "api:\n  token: abc123\n",
          "api.token: credentials must come from the environment"),
@@ -123,6 +125,11 @@ def test_fingerprint_ignores_secrets_but_not_settings() -> None:
     c = parse(MINIMAL.replace("11962", "11963"))
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != c.fingerprint()
+    # how many processes write the snapshot is not part of it: a resume may change it
+    d = parse(MINIMAL + "output:\n  workers: 3\n")
+    assert d.output.workers == 3 and parse(MINIMAL).output.workers is None  # None: auto
+    assert parse(MINIMAL + "output:\n  workers: auto\n").output.workers is None
+    assert d.fingerprint() == parse(MINIMAL).fingerprint()
 
 
 def test_urls_from_environment_then_flags() -> None:

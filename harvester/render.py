@@ -1,0 +1,376 @@
+"""Journal records -> a snapshot's rows: Arrow tables and NDJSON lines, a chunk at a time.
+
+Writing a snapshot is CPU work (decompress, parse, shape rows, convert to Arrow) that grows with
+the number of records and holds the GIL, so threads cannot share it. `render` is a pure function
+of a chunk of journal rows, so `ChunkRenderer` can run it in worker processes as well as in the
+writing thread, and hand the results back in chunk order: the snapshot is the same byte for
+byte whichever process rendered which chunk (tests/test_render.py checks this).
+
+Workers are Python processes running `_serve`, fed over pipes (never forked from a process
+with threads, never re-running the caller's script); they ignore SIGINT (the parent decides) and
+exit when their stdin closes, so a parent killed even by SIGKILL leaves none behind. A chunk a
+worker fails on, or a worker that dies, is rendered again in the writing thread, where a real
+error is raised as it would be without workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import pickle
+import queue
+import select
+import signal
+import subprocess
+import sys
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+import pyarrow as pa
+
+from harvester.records import (
+    RowContext,
+    article_rows,
+    article_version_rows,
+    breakdown_rows,
+    download_rows,
+    stats_rows,
+    timeline_rows,
+    version_rows,
+)
+from harvester.sinks import NDJSON_OPTS, rows_to_table
+
+AUTO_MIN_RECORDS = 10_000  # below this, a worker's start-up costs about what it saves
+AUTO_MAX_WORKERS = 4
+CHUNK_ALONE = 1_000
+CHUNK_SHARED = 400
+LOOKAHEAD = 3  # rounds of chunks held at most: workers' two each, and one to steal
+
+# One journal row as Journal.packed_records reads it: still compressed, cheap to send.
+Packed = tuple[int, int, bytes, bytes | None, bytes | None, str, bytes | None]
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """What every chunk of one snapshot shares."""
+
+    snapshot_id: str
+    sources: tuple[str, ...]  # the configured sources' names, in config order
+    scope: str  # the stats rows' scope: an institution, or "public"
+    ndjson: bool
+    parquet: bool
+
+
+@dataclass
+class Rendered:
+    """One chunk, ready for SnapshotWriter.add_rendered."""
+
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    lines: dict[str, bytes] = field(default_factory=dict)  # NDJSON file name -> its lines
+    articles: int = 0  # full records in the chunk (stats-only refreshes excluded)
+    records: int = 0  # journal rows in the chunk
+
+
+def _stamp(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+def _provenance(sources: tuple[str, ...], mask: int) -> tuple[str, ...]:
+    return tuple(name for i, name in enumerate(sources) if mask & (1 << i))
+
+
+def render(spec: RenderSpec, chunk: list[Packed]) -> Rendered:
+    """Rows of every table and the NDJSON lines for a chunk of journal rows, in id order."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    articles: list[bytes] = []
+    stats: list[bytes] = []
+    out = Rendered(records=len(chunk))
+    ctx: RowContext | None = None
+    ctx_of: tuple[str, int] = ("", -1)
+    for aid, mask, body_z, files_z, stats_json, fetched_at, extra_z in chunk:
+        if ctx is None or ctx_of != (fetched_at, mask):
+            # neighbours in id order were mostly fetched in the same second
+            ctx_of = (fetched_at, mask)
+            ctx = RowContext(snapshot_id=spec.snapshot_id, fetched_at=_stamp(fetched_at),
+                             sources=_provenance(spec.sources, mask))
+        extra = orjson.loads(zlib.decompress(extra_z)) if extra_z is not None else None
+        if stats_json is not None:
+            shaped = stats_rows(aid, orjson.loads(stats_json), ctx, scope=spec.scope)
+            rows.setdefault("stats", []).extend(shaped)
+            if spec.ndjson:
+                stats.extend(orjson.dumps(r, option=NDJSON_OPTS) for r in shaped)
+        record_rows: dict[str, list[dict[str, Any]]] = {}
+        body = zlib.decompress(body_z)
+        if body:  # else a stats-only refresh of an unchanged item
+            record = orjson.loads(body)
+            complete = record if files_z is None else {
+                **record, "files": orjson.loads(zlib.decompress(files_z))}
+            record_rows = article_rows(complete, ctx)
+            if spec.ndjson:  # the record as served (its own, possibly capped, file list)
+                raw = record_rows["articles"][0]["raw"]  # that very JSON, when complete
+                articles.append(raw.encode() if files_z is None else orjson.dumps(record))
+            out.articles += 1
+        for table, extra_table in extra_rows(extra, ctx).items():
+            record_rows.setdefault(table, []).extend(extra_table)
+        for table, table_rows in record_rows.items():
+            if table_rows:
+                rows.setdefault(table, []).extend(table_rows)
+    if spec.ndjson:
+        out.lines["articles.ndjson"] = b"".join(line + b"\n" for line in articles)
+        out.lines["stats.ndjson"] = b"".join(line + b"\n" for line in stats)
+    if spec.parquet:
+        # every row's snapshot_id is spec.snapshot_id by construction (ctx): not checked again
+        out.tables = {t: rows_to_table(t, r) for t, r in rows.items() if r}
+    return out
+
+
+def series_rows(payload: dict[str, Any], ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
+    """`stats_timeline` or `stats_breakdown` rows of one series payload (see StatsFetcher)."""
+    if payload["kind"] == "breakdown":
+        return {"stats_breakdown": breakdown_rows(payload, ctx)}
+    span = _periods(dt.date.fromisoformat(payload["start"][:10]),
+                    dt.date.fromisoformat(payload["end"][:10]), payload["granularity"])
+    return {"stats_timeline": timeline_rows(payload, span, ctx)}
+
+
+def _periods(start: dt.date, end: dt.date, granularity: str) -> list[tuple[str, dt.date]]:
+    # statsdepth pulls in the HTTP client; a worker process needs only this arithmetic
+    from harvester.statsdepth import periods
+
+    return periods(start, end, granularity)
+
+
+def extra_rows(extra: dict[str, Any] | None, ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
+    """Table rows for the optional per-item payloads kept in Outcome.extra."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    if not extra:
+        return rows
+    aid = int(extra["article_id"])
+    for key in ("timeline", "breakdown"):
+        if key in extra:
+            rows.update(series_rows(extra[key], ctx))
+    if "versions" in extra:
+        rows["versions"] = version_rows(aid, extra["versions"]["list"], ctx)
+        rows["article_versions"] = article_version_rows(extra["versions"]["records"], ctx)
+    if "downloads" in extra:
+        rows["downloads"] = download_rows(aid, extra["downloads"], ctx)
+    return rows
+
+
+# -- worker processes ---------------------------------------------------------------------------
+
+
+def auto_workers(records: int, cpus: int | None = None) -> int:
+    """Worker processes for a snapshot of `records` rows when output.workers is auto: none for
+    small runs (a worker's start-up would cost more than it saves), else one per spare core."""
+    if records < AUTO_MIN_RECORDS:
+        return 0
+    spare = (cpus or os.cpu_count() or 1) - 1
+    return max(0, min(spare, AUTO_MAX_WORKERS))
+
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _Worker:
+    """A `harvester.render._serve` process: chunks in on stdin, results out on stdout, both as
+    length-prefixed pickles. A thread feeds stdin so a big chunk going in can never wait on a
+    big result coming out. The worker exits when its stdin closes, so it cannot outlive us."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)  # this very package, installed or not
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from harvester.render import _serve; _serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            bufsize=0)  # unbuffered: select() on stdout then tells whether a result is there
+        self.inflight: deque[_Entry] = deque()  # submitted, result not read yet, in order
+        self.dead = False  # its pipe broke: it gets no more chunks
+        self.todo: queue.SimpleQueue[tuple[RenderSpec, list[Packed]] | None] = \
+            queue.SimpleQueue()
+        self.sender = threading.Thread(target=self._feed, name="render-feed", daemon=True)
+        self.sender.start()
+
+    def _feed(self) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        try:
+            while (item := self.todo.get()) is not None:
+                _put(stdin, item)
+        except OSError:
+            pass  # the worker is gone: its results will say so
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    def submit(self, spec: RenderSpec, entry: _Entry) -> None:
+        entry.worker = self
+        self.inflight.append(entry)
+        self.todo.put((spec, entry.chunk))
+
+    def ready(self) -> bool:
+        """True when the oldest result has started to arrive (reading it will not wait long)."""
+        assert self.proc.stdout is not None
+        try:
+            return bool(select.select([self.proc.stdout], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True  # reading will tell what went wrong
+
+    def collect(self) -> None:
+        """Read the oldest in-flight entry's result (None: the worker failed on it, or died)."""
+        entry = self.inflight.popleft()
+        assert self.proc.stdout is not None
+        reply = None
+        if not self.dead:
+            try:
+                reply = _get(self.proc.stdout)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                self.dead = True
+        entry.result = reply if isinstance(reply, Rendered) else None
+        entry.failed = entry.result is None
+
+    def close(self) -> None:
+        self.todo.put(None)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One chunk on its way: who renders it, and its result once there."""
+
+    chunk: list[Packed]
+    worker: _Worker | None = None
+    result: Rendered | None = None
+    failed: bool = False  # a worker could not render it: the calling thread does
+
+
+def _put(stream: IO[bytes], obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(len(data).to_bytes(8, "little") + data)
+    while view:  # an unbuffered pipe may take part of it (a signal, a profiler's stop)
+        view = view[stream.write(view) or 0:]
+    stream.flush()
+
+
+def _read_exact(stream: IO[bytes], size: int) -> bytes:
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    while got < size:
+        n = stream.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            raise EOFError
+        got += n
+    return bytes(buf)
+
+
+def _get(stream: IO[bytes]) -> Any:
+    size = int.from_bytes(_read_exact(stream, 8), "little")
+    return pickle.loads(_read_exact(stream, size))
+
+
+def _serve() -> None:
+    """The worker's loop: render what comes in until stdin closes. A chunk that fails is
+    answered with None; the parent renders it again itself and reports the real error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            spec, chunk = _get(stdin)
+        except EOFError:
+            return
+        try:
+            out: Rendered | None = render(spec, chunk)
+        except Exception:
+            out = None
+        _put(stdout, out)
+
+
+class ChunkRenderer:
+    """`map(spec, chunks)` renders chunks in the calling thread and in `workers` processes and
+    yields the results in chunk order. Start it early (the workers import while the run
+    fetches), close it when done (`with ChunkRenderer(n) as r:`)."""
+
+    def __init__(self, workers: int, *,
+                 fn: Callable[[RenderSpec, list[Packed]], Rendered] = render) -> None:
+        self.fn = fn
+        # records per chunk: big enough that per-table conversion costs stay small, small
+        # enough that workers and the calling thread can share the work evenly
+        self.chunk_size = CHUNK_SHARED if workers else CHUNK_ALONE
+        self.fallbacks = 0  # chunks a failed or dead worker left to the calling thread
+        self._workers: list[_Worker] = []
+        for _ in range(workers):
+            try:
+                self._workers.append(_Worker())
+            except OSError:
+                break  # no processes here: render in the calling thread
+
+    def __enter__(self) -> ChunkRenderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        workers, self._workers = self._workers, []
+        for w in workers:
+            w.close()
+
+    def map(self, spec: RenderSpec, chunks: Iterable[list[Packed]]) -> Iterator[Rendered]:
+        """Workers are kept fed with two chunks each; while the next result in order is not
+        there yet, the calling thread renders a later chunk itself (it also writes every
+        chunk out, so it takes what the workers leave). At most LOOKAHEAD x (workers + 1)
+        chunks are held, so memory stays bounded."""
+        source = iter(chunks)
+        window: deque[_Entry] = deque()
+        cap = LOOKAHEAD * (len(self._workers) + 1)
+        more = True
+
+        def pull() -> _Entry | None:
+            nonlocal more
+            if not more or len(window) >= cap:
+                return None
+            chunk = next(source, None)
+            if chunk is None:
+                more = False
+                return None
+            window.append(_Entry(chunk))
+            return window[-1]
+
+        while True:
+            for worker in self._workers:  # keep every worker busy
+                while not worker.dead and len(worker.inflight) < 2 and \
+                        (entry := pull()) is not None:
+                    worker.submit(spec, entry)
+            if not window and pull() is None:
+                return
+            head = window[0]
+            if head.result is None and not head.failed and head.worker is not None:
+                if head.worker.ready():
+                    head.worker.collect()
+                else:
+                    spare = next((e for e in window if e.worker is None and e.result is None),
+                                 None) or pull()
+                    if spare is not None:
+                        spare.result = self.fn(spec, spare.chunk)  # instead of waiting
+                    else:
+                        head.worker.collect()  # nothing else to do: wait for it
+                continue
+            window.popleft()
+            if head.result is None:
+                if head.failed:
+                    self.fallbacks += 1
+                head.result = self.fn(spec, head.chunk)
+            yield head.result
+
