@@ -27,6 +27,11 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def max_child_rss_mb() -> float:
+    """The largest peak RSS of this process's ended children (the harvest's render workers)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
 # ---- the harvester ----------------------------------------------------------------------------
 
 
@@ -92,6 +97,7 @@ def harvest(args: dict[str, Any]) -> dict[str, Any]:
                  for name, f in manifest.get("files", {}).items() if name.endswith(".parquet")},
         "snapshot": str(result.snapshot),
         "max_rss_mb": max_rss_mb(),
+        "max_worker_rss_mb": max_child_rss_mb(),
     }
 
 

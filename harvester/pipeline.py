@@ -340,13 +340,17 @@ class Harvest:
         while True:
             outcome: Outcome | None = None
             ended = False
-            try:
-                async with asyncio.timeout_at(due):
-                    outcome = await results.get()
-            except TimeoutError:
-                pass
-            else:
+            if not results.empty():  # the busy case: no timer to arm and cancel per outcome
+                outcome = results.get_nowait()
                 ended = outcome is None
+            else:
+                try:
+                    async with asyncio.timeout_at(due):
+                        outcome = await results.get()
+                except TimeoutError:
+                    pass
+                else:
+                    ended = outcome is None
             if outcome is not None:
                 batch.append(outcome)
                 due = due or loop.time() + COMMIT_WITHIN
