@@ -236,14 +236,14 @@ class _Worker:
         entry.failed = entry.result is None
 
     def close(self) -> None:
-        self.todo.put(None)
+        self.todo.put(None)  # EOF after what is queued: the worker ends
+        if self.proc.stdout is not None:  # results nobody will read must not block it
+            self.proc.stdout.close()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 @dataclass(eq=False)

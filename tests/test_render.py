@@ -144,3 +144,15 @@ def test_auto_workers_by_run_size() -> None:
     assert auto_workers(200_000, cpus=1) == 0
     assert auto_workers(200_000, cpus=2) == 1
     assert auto_workers(200_000, cpus=64) == render.AUTO_MAX_WORKERS
+
+
+def test_closing_mid_run_does_not_wait_for_unread_results(tmp_path: Path) -> None:
+    chunks = packed_chunks(tmp_path, 400, 100)
+    renderer = ChunkRenderer(1)
+    results = renderer.map(SPEC, chunks)
+    next(results)  # the worker has chunks queued whose results are never read
+    workers = list(renderer._workers)
+    started = time.monotonic()
+    renderer.close()
+    assert time.monotonic() - started < 3
+    assert len(workers) == 1 and workers[0].proc.returncode is not None
