@@ -300,6 +300,9 @@ def _schema(table: str, cols: list[_Col]) -> pa.Schema:
 SCHEMAS: dict[str, pa.Schema] = {t: _schema(t, cols) for t, cols in _COLUMNS.items()}
 """Every table's Arrow schema; fixed, never inferred from data."""
 
+NO_STATISTICS = frozenset({"raw", "description", "citation"})
+"""Long-text columns written without Parquet min/max statistics (they would prune nothing)."""
+
 ARTICLE_TABLES: tuple[str, ...] = (
     "articles", "authors", "files", "categories", "tags", "funding", "custom_fields",
     "related_materials", "versions",

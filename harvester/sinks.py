@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from harvester.errors import OutputError
-from harvester.records import SCHEMA_VERSION, SCHEMAS
+from harvester.records import NO_STATISTICS, SCHEMA_VERSION, SCHEMAS
 
 FORMATS = frozenset({"ndjson", "parquet"})
 ERROR_KEYS = ("id", "source", "url", "status", "reason", "message", "attempts", "at")
@@ -323,7 +323,11 @@ class SnapshotWriter:
                 for table, schema in SCHEMAS.items():
                     path = self.staging / f"{table}.parquet"
                     try:
-                        self._parquet[table] = pq.ParquetWriter(path, schema, compression="zstd")
+                        self._parquet[table] = pq.ParquetWriter(
+                            path, schema, compression="zstd",
+                            # min/max of long text prunes nothing and doubles every row
+                            # group's footer entry (held in memory until the file closes)
+                            write_statistics=[n for n in schema.names if n not in NO_STATISTICS])
                     except OSError as e:
                         raise _fail("create", path, e) from e
         except BaseException:

@@ -17,6 +17,7 @@ import pytest
 
 from harvester.errors import OutputError
 from harvester.records import (
+    NO_STATISTICS,
     SCHEMAS,
     RowContext,
     article_rows,
@@ -587,3 +588,13 @@ def test_docs_recipes_read_every_snapshot_as_one_dataset(tmp_path, monkeypatch):
                        (10_000_001, 1, "Author 1 of 1")]
     assert "read_parquet('output/NAME/snapshot=*/articles.parquet', hive_partitioning = true)" in (
         (ROOT_DIR / "docs" / "TABLES.md").read_text(encoding="utf-8"))
+
+
+def test_long_text_columns_carry_no_statistics(tmp_path):
+    path = write_snapshot(tmp_path, [record(i) for i in range(1, 4)])
+    meta = pq.read_metadata(path / "articles.parquet").row_group(0)
+    names = [meta.column(i).path_in_schema for i in range(meta.num_columns)]
+    stats = {n: meta.column(i).statistics for i, n in enumerate(names)}
+    assert {"raw", "description", "citation"} <= set(names)
+    assert all(stats[n] is None or not stats[n].has_min_max for n in NO_STATISTICS)
+    assert stats["article_id"].has_min_max  # what readers prune row groups by
