@@ -519,7 +519,10 @@ class SnapshotWriter:
         combined = pa.concat_tables(pending)
         rest = combined.slice(full)
         self._pending[table] = [rest] if rest.num_rows else []
-        self._drain(keep=2)  # at most a few row groups wait: memory stays bounded
+        # the previous row groups must be written first: at most one batch in flight (an
+        # articles row group is about 25 MB of Arrow data; a queue of them was the 100,000-item
+        # peak)
+        self._drain()
         assert self._io is not None
         self._io_jobs.append(self._io.submit(self._write_groups, table, combined.slice(0, full)))
 
