@@ -353,6 +353,12 @@ class _Send:
         self.origin = origin
         self.locked = False
 
+    def unlock(self) -> None:
+        """Let the origin's next send go (once: the start is recorded or the send failed)."""
+        if self.locked:
+            self.locked = False
+            self.origin.lock.release()
+
 
 class _Slot:
     """Client._slot: wait for the origin's window, then hold a concurrency slot.
@@ -400,9 +406,7 @@ class _Slot:
         self._release()
 
     def _release(self) -> None:
-        if self.send.locked:
-            self.send.locked = False
-            self.origin.lock.release()
+        self.send.unlock()
         if self.acquired:
             self.acquired = False
             assert self.client._sem is not None
@@ -729,9 +733,7 @@ class Client:
     def _record(self, send: _Send) -> None:
         send.origin.window.record(self._clock())
         self._started[send.origin.name] += 1
-        if send.locked:
-            send.locked = False
-            send.origin.lock.release()
+        send.unlock()
 
     def _classify(self, call: _Call, origin: _Origin, status: int, reason: str,
                   headers: CIMultiDictProxy[str], raw: bytes, expect: str) -> Reply:

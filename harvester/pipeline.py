@@ -22,7 +22,7 @@ from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.config import INCREMENTAL_KINDS, Config, Source, public_view
 from harvester.fetch import ItemFetcher, stamp, utc_now
 from harvester.records import RowContext, side_rows
-from harvester.render import ChunkRenderer, RenderSpec, auto_workers
+from harvester.render import ChunkRenderer, RenderSpec, auto_workers, parse_stamp
 from harvester.sinks import (
     SnapshotWriter,
     is_remote,
@@ -219,7 +219,7 @@ class Harvest:
         if last_full is None:
             log.info("no earlier full run: this one is full")
             return "full", {}
-        age = now - _parse_stamp(last_full["started_at"])
+        age = now - parse_stamp(last_full["started_at"])
         if age > dt.timedelta(days=inc.full_every_days):
             log.info("last full run is %.1f days old (full_every_days: %g): this one is full",
                      age.total_seconds() / 86400, inc.full_every_days)
@@ -229,7 +229,7 @@ class Harvest:
         for source in self.cfg.sources:
             mark = marks.get(source.name)
             if source.kind in INCREMENTAL_KINDS and mark and mark[0] == _source_fp(source):
-                since[source.name] = stamp(_parse_stamp(mark[1]) - overlap)
+                since[source.name] = stamp(parse_stamp(mark[1]) - overlap)
         return "incremental", since
 
     def _narrowed(self, source: Source, meta: dict[str, str]) -> Source:
@@ -340,17 +340,16 @@ class Harvest:
         while True:
             outcome: Outcome | None = None
             ended = False
-            if not results.empty():  # the busy case: no timer to arm and cancel per outcome
-                outcome = results.get_nowait()
-                ended = outcome is None
-            else:
-                try:
+            try:
+                if results.empty():  # wait for one, but not past the batch's due time
                     async with asyncio.timeout_at(due):
                         outcome = await results.get()
-                except TimeoutError:
-                    pass
-                else:
-                    ended = outcome is None
+                else:  # the busy case: no timer armed and cancelled per outcome
+                    outcome = results.get_nowait()
+            except TimeoutError:
+                pass
+            else:
+                ended = outcome is None
             if outcome is not None:
                 batch.append(outcome)
                 due = due or loop.time() + COMMIT_WITHIN
@@ -473,7 +472,7 @@ class Harvest:
             for table, once in self.fetcher.run_rows(snapshot_id).items():
                 writer.add_rows(table, once)  # group/collection/... series, fetched once each
             for kind, _, body, at in journal.side():
-                side_ctx = RowContext(snapshot_id=snapshot_id, fetched_at=_parse_stamp(at))
+                side_ctx = RowContext(snapshot_id=snapshot_id, fetched_at=parse_stamp(at))
                 for table, shaped in side_rows(kind, body, side_ctx).items():
                     writer.add_rows(table, shaped)
             for error in journal.errors():
@@ -484,10 +483,6 @@ class Harvest:
         except BaseException:
             writer.abort()
             raise
-
-
-def _parse_stamp(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
 def _source_fp(source: Source) -> str:

@@ -491,8 +491,7 @@ def _articles(record: Mapping[str, Any], ctx: RowContext,
     }]
 
 
-def _authors(record: Mapping[str, Any], ctx: RowContext,
-             key: dict[str, Any]) -> list[dict[str, Any]]:
+def _authors(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
     return [{
         **key,
         "position": i,
@@ -506,8 +505,7 @@ def _authors(record: Mapping[str, Any], ctx: RowContext,
     } for i, a in _dicts(record.get("authors"))]
 
 
-def _files(record: Mapping[str, Any], ctx: RowContext,
-           key: dict[str, Any]) -> list[dict[str, Any]]:
+def _files(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
     return [{
         **key,
         "position": i,
@@ -522,8 +520,7 @@ def _files(record: Mapping[str, Any], ctx: RowContext,
     } for i, f in _dicts(record.get("files"))]
 
 
-def _categories(record: Mapping[str, Any], ctx: RowContext,
-                key: dict[str, Any]) -> list[dict[str, Any]]:
+def _categories(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
     return [{
         **key,
         "category_id": _id(c.get("id")),
@@ -535,8 +532,7 @@ def _categories(record: Mapping[str, Any], ctx: RowContext,
     } for _, c in _dicts(record.get("categories"))]
 
 
-def _tags(record: Mapping[str, Any], ctx: RowContext,
-          key: dict[str, Any]) -> list[dict[str, Any]]:
+def _tags(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for field, kind in (("tags", "tag"), ("keywords", "keyword")):
         values = record.get(field)
@@ -546,8 +542,7 @@ def _tags(record: Mapping[str, Any], ctx: RowContext,
     return rows
 
 
-def _funding(record: Mapping[str, Any], ctx: RowContext,
-             key: dict[str, Any]) -> list[dict[str, Any]]:
+def _funding(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
     return [{
         **key,
         "position": i,
@@ -560,8 +555,7 @@ def _funding(record: Mapping[str, Any], ctx: RowContext,
     } for i, f in _dicts(record.get("funding_list"))]
 
 
-def _custom_fields(record: Mapping[str, Any], ctx: RowContext,
-                   key: dict[str, Any]) -> list[dict[str, Any]]:
+def _custom_fields(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for i, f in _dicts(record.get("custom_fields")):
         base = {**key, "name": _str(f.get("name")), "position": i,
@@ -580,8 +574,7 @@ def _custom_fields(record: Mapping[str, Any], ctx: RowContext,
     return rows
 
 
-def _related_materials(record: Mapping[str, Any], ctx: RowContext,
-                       key: dict[str, Any]) -> list[dict[str, Any]]:
+def _related_materials(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
     return [{
         **key,
         "material_id": _id(m.get("id")),
@@ -621,13 +614,13 @@ def article_rows(
     key = _key(record, ctx)  # every row of the record starts with it (copied: rows are own)
     return {
         "articles": _articles(record, ctx, key),
-        "authors": _authors(record, ctx, key),
-        "files": _files(record, ctx, key),
-        "categories": _categories(record, ctx, key),
-        "tags": _tags(record, ctx, key),
-        "funding": _funding(record, ctx, key),
-        "custom_fields": _custom_fields(record, ctx, key),
-        "related_materials": _related_materials(record, ctx, key),
+        "authors": _authors(record, key),
+        "files": _files(record, key),
+        "categories": _categories(record, key),
+        "tags": _tags(record, key),
+        "funding": _funding(record, key),
+        "custom_fields": _custom_fields(record, key),
+        "related_materials": _related_materials(record, key),
         "versions": version_rows(key["article_id"], versions or (), ctx),
     }
 

@@ -27,7 +27,7 @@ import sys
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -74,10 +74,10 @@ class Rendered:
     tables: dict[str, pa.Table] = field(default_factory=dict)
     lines: dict[str, bytes] = field(default_factory=dict)  # NDJSON file name -> its lines
     articles: int = 0  # full records in the chunk (stats-only refreshes excluded)
-    records: int = 0  # journal rows in the chunk
 
 
-def _stamp(text: str) -> dt.datetime:
+def parse_stamp(text: str) -> dt.datetime:
+    """A UTC stamp as the journal and catalog keep them (fetch.stamp) -> aware datetime."""
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
@@ -90,14 +90,14 @@ def render(spec: RenderSpec, chunk: list[Packed]) -> Rendered:
     rows: dict[str, list[dict[str, Any]]] = {}
     articles: list[bytes] = []
     stats: list[bytes] = []
-    out = Rendered(records=len(chunk))
+    out = Rendered()
     ctx: RowContext | None = None
     ctx_of: tuple[str, int] = ("", -1)
     for aid, mask, body_z, files_z, stats_json, fetched_at, extra_z in chunk:
         if ctx is None or ctx_of != (fetched_at, mask):
             # neighbours in id order were mostly fetched in the same second
             ctx_of = (fetched_at, mask)
-            ctx = RowContext(snapshot_id=spec.snapshot_id, fetched_at=_stamp(fetched_at),
+            ctx = RowContext(snapshot_id=spec.snapshot_id, fetched_at=parse_stamp(fetched_at),
                              sources=_provenance(spec.sources, mask))
         extra = orjson.loads(zlib.decompress(extra_z)) if extra_z is not None else None
         if stats_json is not None:
@@ -122,12 +122,17 @@ def render(spec: RenderSpec, chunk: list[Packed]) -> Rendered:
             if table_rows:
                 rows.setdefault(table, []).extend(table_rows)
     if spec.ndjson:
-        out.lines["articles.ndjson"] = b"".join(line + b"\n" for line in articles)
-        out.lines["stats.ndjson"] = b"".join(line + b"\n" for line in stats)
+        out.lines["articles.ndjson"] = b"".join(_lines(articles))
+        out.lines["stats.ndjson"] = b"".join(_lines(stats))
     if spec.parquet:
         # every row's snapshot_id is spec.snapshot_id by construction (ctx): not checked again
         out.tables = {t: rows_to_table(t, r) for t, r in rows.items() if r}
     return out
+
+
+def _lines(items: list[bytes]) -> tuple[bytes, ...]:
+    """NDJSON: every item, each followed by a newline (joined without a copy per line)."""
+    return (b"\n".join(items), b"\n") if items else ()
 
 
 def series_rows(payload: dict[str, Any], ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
@@ -302,9 +307,7 @@ class ChunkRenderer:
     yields the results in chunk order. Start it early (the workers import while the run
     fetches), close it when done (`with ChunkRenderer(n) as r:`)."""
 
-    def __init__(self, workers: int, *,
-                 fn: Callable[[RenderSpec, list[Packed]], Rendered] = render) -> None:
-        self.fn = fn
+    def __init__(self, workers: int) -> None:
         # records per chunk: big enough that per-table conversion costs stay small, small
         # enough that workers and the calling thread can share the work evenly
         self.chunk_size = CHUNK_SHARED if workers else CHUNK_ALONE
@@ -363,7 +366,7 @@ class ChunkRenderer:
                     spare = next((e for e in window if e.worker is None and e.result is None),
                                  None) or pull()
                     if spare is not None:
-                        spare.result = self.fn(spec, spare.chunk)  # instead of waiting
+                        spare.result = render(spec, spare.chunk)  # instead of waiting
                     else:
                         head.worker.collect()  # nothing else to do: wait for it
                 continue
@@ -371,6 +374,6 @@ class ChunkRenderer:
             if head.result is None:
                 if head.failed:
                     self.fallbacks += 1
-                head.result = self.fn(spec, head.chunk)
+                head.result = render(spec, head.chunk)
             yield head.result
 

@@ -277,8 +277,10 @@ class SnapshotWriter:
         self._buffers: dict[str, list[dict[str, Any]]] = {t: [] for t in SCHEMAS}
         # converted rows not yet in a row group, in order (after any rows in _buffers' past)
         self._pending: dict[str, list[pa.Table]] = {t: [] for t in SCHEMAS}
-        # Parquet encoding and compression release the GIL: row groups are written by a thread
-        # of their own while the caller shapes the next rows (one thread keeps them in order)
+        # Parquet encoding and compression release the GIL: row groups are written on threads
+        # of their own while the caller shapes the next rows. One batch is in flight at a time
+        # (that keeps each file's row groups in order), except the last row group of every
+        # table at close: files apart, so they are encoded side by side.
         self._io: ThreadPoolExecutor | None = None
         self._io_jobs: deque[Future[None]] = deque()
 
@@ -319,7 +321,7 @@ class SnapshotWriter:
             for n in names:
                 self._lines[n] = _fs_open(self.staging / n)
             if "parquet" in self.formats:
-                self._io = ThreadPoolExecutor(1, thread_name_prefix="parquet")
+                self._io = ThreadPoolExecutor(4, thread_name_prefix="parquet")
                 for table, schema in SCHEMAS.items():
                     path = self.staging / f"{table}.parquet"
                     try:
@@ -438,8 +440,7 @@ class SnapshotWriter:
         for name, data in chunk.lines.items():
             if name not in ("articles.ndjson", "stats.ndjson"):
                 raise ValueError(f"unknown NDJSON file {name!r}")
-            if data:
-                self._line(name, data[:-1])  # _line adds the final newline back
+            self._write(name, data)
         for table, arrow in chunk.tables.items():
             if table not in SCHEMAS:
                 raise ValueError(f"unknown table {table!r}; valid: {sorted(SCHEMAS)}")
@@ -475,11 +476,15 @@ class SnapshotWriter:
             raise RuntimeError(f"snapshot writer is {self._state}, not open")
 
     def _line(self, name: str, data: bytes) -> None:
+        self._write(name, data + b"\n")
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Bytes of whole lines into an NDJSON file."""
         f = self._lines.get(name)
         if f is None:
             return  # this format was not asked for
         try:
-            f.write(data + b"\n")
+            f.write(data)
         except OSError as e:
             self._failed()
             raise _fail("write", self.staging / name, e) from e
@@ -506,25 +511,25 @@ class SnapshotWriter:
             raise
         self._append(table, arrow)
 
-    def _append(self, table: str, arrow: pa.Table, *, last: bool = False) -> None:
-        """Queue converted rows; write every full row group (and, when `last`, the rest)."""
+    def _append(self, table: str, arrow: pa.Table) -> None:
+        """Queue converted rows; write every full row group."""
         pending = self._pending[table]
-        if arrow.num_rows:
-            pending.append(arrow)
+        pending.append(arrow)
         queued = sum(t.num_rows for t in pending)
-        size = self.row_group_size
-        full = queued if last else queued - queued % size
+        full = queued - queued % self.row_group_size
         if not full:
             return
         combined = pa.concat_tables(pending)
         rest = combined.slice(full)
         self._pending[table] = [rest] if rest.num_rows else []
-        # the previous row groups must be written first: at most one batch in flight (an
-        # articles row group is about 25 MB of Arrow data; a queue of them was the 100,000-item
-        # peak)
+        # the previous batch must be written first: at most one in flight (an articles row
+        # group is about 25 MB of Arrow data; a queue of them was the 100,000-item peak)
         self._drain()
+        self._submit(table, combined.slice(0, full))
+
+    def _submit(self, table: str, arrow: pa.Table) -> None:
         assert self._io is not None
-        self._io_jobs.append(self._io.submit(self._write_groups, table, combined.slice(0, full)))
+        self._io_jobs.append(self._io.submit(self._write_groups, table, arrow))
 
     def _write_groups(self, table: str, arrow: pa.Table) -> None:
         """On the Parquet thread: row groups of `arrow` into `table`'s file."""
@@ -533,44 +538,38 @@ class SnapshotWriter:
         except OSError as e:
             raise _fail("write", self.staging / f"{table}.parquet", e) from e
 
-    def _drain(self, keep: int = 0) -> None:
-        """Wait until at most `keep` row-group writes are queued; raise the first failure."""
-        jobs = self._io_jobs
-        while jobs and (len(jobs) > keep or jobs[0].done()):
+    def _drain(self) -> None:
+        """Wait for every queued row-group write; raise the first failure."""
+        while self._io_jobs:
             try:
-                jobs.popleft().result()
+                self._io_jobs.popleft().result()
             except BaseException:
                 self._failed()
                 raise
 
     def _stop_io(self, *, wait: bool) -> None:
-        """Finish (or, when aborting, give up on) queued writes and end the Parquet thread."""
+        """Finish (or, when aborting, give up on) queued writes and end the Parquet threads."""
         io, self._io = self._io, None
         if io is None:
             return
-        if wait:
-            self._drain()
-        io.shutdown(wait=True, cancel_futures=not wait)  # a write under way always ends first
-        self._io_jobs.clear()
+        try:
+            if wait:
+                self._drain()
+        finally:  # a write under way always ends first
+            io.shutdown(wait=True, cancel_futures=not wait)
+            self._io_jobs.clear()
 
     def _close_writers(self) -> None:
         for table in self._parquet:
             if self._buffers[table]:
                 self._flush_rows(table)
         self._buffers = {t: [] for t in SCHEMAS}
-        self._stop_io(wait=True)
-        # The last row group of every table (of a small run, its only one): files apart, so
-        # they are encoded side by side.
-        last = {t: pa.concat_tables(p) for t, p in self._pending.items() if p}
+        self._drain()
+        for table, pending in self._pending.items():  # last row groups: side by side
+            if pending:
+                self._submit(table, pa.concat_tables(pending))
         self._pending = {t: [] for t in SCHEMAS}
-        if last:
-            with ThreadPoolExecutor(min(4, len(last)), thread_name_prefix="parquet") as pool:
-                for done in [pool.submit(self._write_groups, t, a) for t, a in last.items()]:
-                    try:
-                        done.result()
-                    except BaseException:
-                        self._failed()
-                        raise
+        self._stop_io(wait=True)
         for name, f in list(self._lines.items()):
             try:
                 f.close()
