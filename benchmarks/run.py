@@ -222,6 +222,7 @@ def memory(sizes: list[int], concurrency: int) -> dict[str, Any]:
                      # a render worker (output.workers: auto starts one at 10,000 records on
                      # 2 cores) is a process of its own: its peak is reported beside
                      "max_worker_rss_mb": h["max_worker_rss_mb"],
+                     "arrow_pool": h["arrow_pool"],
                      "seconds": h["seconds"], "phases": h["phases"],
                      "requests": h["requests"], "simulator_start_s": start})
     base = rows[0]["max_rss_mb"]

@@ -36,6 +36,7 @@ def max_child_rss_mb() -> float:
 
 
 def harvest(args: dict[str, Any]) -> dict[str, Any]:
+    import pyarrow as pa
     import yaml
 
     from harvester import config
@@ -98,6 +99,7 @@ def harvest(args: dict[str, Any]) -> dict[str, Any]:
         "snapshot": str(result.snapshot),
         "max_rss_mb": max_rss_mb(),
         "max_worker_rss_mb": max_child_rss_mb(),
+        "arrow_pool": pa.default_memory_pool().backend_name,
     }
 
 

@@ -30,6 +30,7 @@ from harvester.sinks import (
     list_snapshots,
     new_snapshot_id,
     read_manifest,
+    tune_allocators,
 )
 from harvester.sources import SourceReport, enumerate_source
 from harvester.state import (
@@ -136,6 +137,7 @@ class Harvest:
         self.renderer: ChunkRenderer | None = None
 
     async def run(self) -> RunResult:
+        tune_allocators()  # before the first Arrow allocation of the run
         with RunLock(self.state_dir / "lock"):
             journal, meta = await self._open_journal()
             try:

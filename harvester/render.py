@@ -44,7 +44,7 @@ from harvester.records import (
     timeline_rows,
     version_rows,
 )
-from harvester.sinks import NDJSON_OPTS, rows_to_table
+from harvester.sinks import NDJSON_OPTS, rows_to_table, tune_allocators
 
 AUTO_MIN_RECORDS = 10_000  # below this, a worker's start-up costs about what it saves
 AUTO_MAX_WORKERS = 4
@@ -269,7 +269,7 @@ def _put(stream: IO[bytes], obj: Any) -> None:
     stream.flush()
 
 
-def _read_exact(stream: IO[bytes], size: int) -> bytes:
+def _read_exact(stream: IO[bytes], size: int) -> bytearray:
     buf = bytearray(size)
     view, got = memoryview(buf), 0
     while got < size:
@@ -277,7 +277,7 @@ def _read_exact(stream: IO[bytes], size: int) -> bytes:
         if not n:
             raise EOFError
         got += n
-    return bytes(buf)
+    return buf  # pickle reads it as it is: no copy of a chunk's few MB
 
 
 def _get(stream: IO[bytes]) -> Any:
@@ -289,6 +289,7 @@ def _serve() -> None:
     """The worker's loop: render what comes in until stdin closes. A chunk that fails is
     answered with None; the parent renders it again itself and reports the real error."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    tune_allocators()  # as its parent does
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:

@@ -17,11 +17,13 @@ reader here ignores. `open_store` gives readers one interface over both destinat
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import os
 import re
 import shutil
+import sys
 from collections import deque
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,6 +56,31 @@ NDJSON_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 _BUFFER = 1 << 20
 _OWN_METHOD = {"articles": "add_article", "stats": "add_stats"}
 _ROW_TYPES = {table: pa.struct(list(schema)) for table, schema in SCHEMAS.items()}
+
+
+MMAP_THRESHOLD = 128 * 1024  # glibc's own default, kept fixed (see tune_allocators)
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def tune_allocators() -> str:
+    """Allocators for writing snapshots in bounded memory; returns Arrow's pool's name.
+
+    Writing a snapshot allocates and frees buffers of a few MB (Arrow row groups, rendered
+    chunks) again and again on several threads, and the process's peak RSS crept up with the
+    number of records written (benchmarks' memory section). Two causes, two settings:
+    - pyarrow's default pool (mimalloc) kept freed pages; jemalloc hands them back. An
+      ARROW_DEFAULT_MEMORY_POOL the user set wins.
+    - glibc raises its mmap threshold to the size of the largest block freed (up to 32 MB), so
+      after the first chunk every buffer came from the heap and fragmented it; a fixed
+      threshold keeps big buffers in mappings of their own, returned whole when freed. A
+      MALLOC_MMAP_THRESHOLD_ the user set wins; other C libraries are left alone."""
+    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        with contextlib.suppress(NotImplementedError):  # a build without jemalloc
+            pa.set_memory_pool(pa.jemalloc_memory_pool())
+    if sys.platform == "linux" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc
+            ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    return pa.default_memory_pool().backend_name
 
 
 def _why(e: BaseException) -> str:
@@ -225,7 +252,9 @@ class SnapshotWriter:
     """Writes one snapshot: open -> add_* -> publish (or abort). Also a context manager.
 
     Rows are buffered per table and written as one Parquet row group per `row_group_size`
-    rows, so memory is bounded by the row group size, not by the number of records. Leaving
+    rows (tables that keep each record's JSON, a few KB a row) or `narrow_row_group_size` rows
+    (the others, a few hundred bytes a row), so memory is bounded by the row group size, not by
+    the number of records. Leaving
     the `with` block without `publish` (or with an exception) aborts: nothing is published.
 
     `root` is a local directory or `s3://bucket/prefix`. Work in progress goes to
@@ -241,6 +270,7 @@ class SnapshotWriter:
         snapshot_id: str | None = None,
         formats: frozenset[str] = FORMATS,
         row_group_size: int = 5_000,
+        narrow_row_group_size: int = 25_000,
         staging_dir: Path | str | None = None,
     ) -> None:
         if not name or not _SAFE_ID.match(name):
@@ -249,8 +279,10 @@ class SnapshotWriter:
             raise ValueError(f"snapshot_id must be a plain directory name, got {snapshot_id!r}")
         if not formats or not set(formats) <= FORMATS:
             raise ValueError(f"formats must be a non-empty subset of {sorted(FORMATS)}")
-        if row_group_size < 1:
-            raise ValueError(f"row_group_size must be at least 1, got {row_group_size}")
+        for what, size in (("row_group_size", row_group_size),
+                           ("narrow_row_group_size", narrow_row_group_size)):
+            if size < 1:
+                raise ValueError(f"{what} must be at least 1, got {size}")
         self.store = S3Store(str(root)) if is_remote(root) else None
         if self.store is not None and staging_dir is None:
             raise ValueError(f"an s3:// output needs a local staging_dir, got none for {root}")
@@ -263,7 +295,11 @@ class SnapshotWriter:
             staging_root = self.base = Path(str(staging_dir))
         self.snapshot_id = snapshot_id or self._new_id(staging_root)
         self.formats = frozenset(formats)
-        self.row_group_size = row_group_size
+        # Every row group costs about 1 KB of footer per column, held in memory until the file
+        # closes: 5,000-row groups of the narrow tables were 25 MB of footers at a million
+        # records (benchmarks' memory section), 25,000-row ones a fifth of that.
+        self.row_group_rows = {t: row_group_size if "raw" in schema.names
+                               else narrow_row_group_size for t, schema in SCHEMAS.items()}
         self.staging = staging_root / self.snapshot_id
         folder = f"{PREFIX}{self.snapshot_id}"
         # Where the snapshot is published: a local directory, or its s3:// URL.
@@ -494,7 +530,7 @@ class SnapshotWriter:
             return
         buf = self._buffers[table]
         buf.extend(rows)
-        if len(buf) >= self.row_group_size:
+        if len(buf) >= self.row_group_rows[table]:
             self._flush_rows(table)
 
     def _failed(self) -> None:
@@ -516,7 +552,7 @@ class SnapshotWriter:
         pending = self._pending[table]
         pending.append(arrow)
         queued = sum(t.num_rows for t in pending)
-        full = queued - queued % self.row_group_size
+        full = queued - queued % self.row_group_rows[table]
         if not full:
             return
         combined = pa.concat_tables(pending)
@@ -534,7 +570,7 @@ class SnapshotWriter:
     def _write_groups(self, table: str, arrow: pa.Table) -> None:
         """On the Parquet thread: row groups of `arrow` into `table`'s file."""
         try:
-            self._parquet[table].write_table(arrow, row_group_size=self.row_group_size)
+            self._parquet[table].write_table(arrow, row_group_size=self.row_group_rows[table])
         except OSError as e:
             raise _fail("write", self.staging / f"{table}.parquet", e) from e
 

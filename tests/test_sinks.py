@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -428,7 +429,7 @@ def test_empty_snapshot_has_every_table_with_its_schema(tmp_path):
 
 
 def test_row_groups_follow_row_group_size(tmp_path):
-    records = [{"id": i, "title": f"t{i}", "tags": ["a"]} for i in range(1, 12_001)]
+    records = [{"id": i, "title": f"t{i}", "tags": ["a", "b", "c"]} for i in range(1, 12_001)]
     writer = SnapshotWriter(tmp_path, NAME, formats=frozenset({"parquet"}))
     with writer:
         ctx = RowContext(writer.snapshot_id, T0)
@@ -442,9 +443,30 @@ def test_row_groups_follow_row_group_size(tmp_path):
     meta = pq.read_metadata(path / "articles.parquet")
     assert meta.num_row_groups == 3
     assert [meta.row_group(i).num_rows for i in range(3)] == [5_000, 5_000, 2_000]
-    assert pq.read_metadata(path / "tags.parquet").num_row_groups == 3
+    # narrow tables (no record JSON in them) have row groups five times as long: each row
+    # group's footer stays in memory until the file closes
+    tags = pq.read_metadata(path / "tags.parquet")
+    assert [tags.row_group(i).num_rows for i in range(tags.num_row_groups)] == [25_000, 11_000]
     assert not (path / "articles.ndjson").exists()  # parquet only
     assert (path / "errors.ndjson").exists()  # the error log is always kept
+
+
+def test_arrow_allocates_from_jemalloc_unless_the_user_chose_a_pool():
+    # a fresh interpreter each: the pool is process-wide
+    code = "from harvester.sinks import tune_allocators; print(tune_allocators())"
+
+    def pool(**env: str) -> str:
+        clean = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, cwd=ROOT_DIR, env={**clean, **env}).stdout.strip()
+
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        assert pool() == pa.default_memory_pool().backend_name  # left as it was
+    else:
+        assert pool() == "jemalloc"
+    assert pool(ARROW_DEFAULT_MEMORY_POOL="system") == "system"
 
 
 def test_ndjson_only_writes_no_parquet(tmp_path):
@@ -489,7 +511,7 @@ def test_collections_and_projects_through_add_rows(tmp_path):
     ],
 )
 def test_rows_that_do_not_fit_fail_the_writer(tmp_path, row, message):
-    with SnapshotWriter(tmp_path, NAME, row_group_size=1) as writer:
+    with SnapshotWriter(tmp_path, NAME, row_group_size=1, narrow_row_group_size=1) as writer:
         with pytest.raises(ValueError, match=message):
             writer.add_rows("collection_articles", [{"snapshot_id": writer.snapshot_id, **row}])
         with pytest.raises(RuntimeError, match="failed"):  # only abort() is left
@@ -532,6 +554,7 @@ def test_read_manifest_errors_name_the_file(tmp_path):
 @pytest.mark.parametrize(
     "kwargs",
     [{"formats": frozenset()}, {"formats": frozenset({"csv"})}, {"row_group_size": 0},
+     {"narrow_row_group_size": 0},
      {"snapshot_id": "../escape"}],
 )
 def test_bad_writer_arguments(tmp_path, kwargs):
