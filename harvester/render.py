@@ -139,16 +139,12 @@ def series_rows(payload: dict[str, Any], ctx: RowContext) -> dict[str, list[dict
     """`stats_timeline` or `stats_breakdown` rows of one series payload (see StatsFetcher)."""
     if payload["kind"] == "breakdown":
         return {"stats_breakdown": breakdown_rows(payload, ctx)}
-    span = _periods(dt.date.fromisoformat(payload["start"][:10]),
-                    dt.date.fromisoformat(payload["end"][:10]), payload["granularity"])
+    # statsdepth pulls in the HTTP client: a worker imports it only when a run has timelines
+    from harvester.statsdepth import parse_date, periods
+
+    span = periods(parse_date(payload["start"]), parse_date(payload["end"]),
+                   payload["granularity"])
     return {"stats_timeline": timeline_rows(payload, span, ctx)}
-
-
-def _periods(start: dt.date, end: dt.date, granularity: str) -> list[tuple[str, dt.date]]:
-    # statsdepth pulls in the HTTP client; a worker process needs only this arithmetic
-    from harvester.statsdepth import periods
-
-    return periods(start, end, granularity)
 
 
 def extra_rows(extra: dict[str, Any] | None, ctx: RowContext) -> dict[str, list[dict[str, Any]]]:

@@ -254,8 +254,8 @@ class SnapshotWriter:
     Rows are buffered per table and written as one Parquet row group per `row_group_size`
     rows (tables that keep each record's JSON, a few KB a row) or `narrow_row_group_size` rows
     (the others, a few hundred bytes a row), so memory is bounded by the row group size, not by
-    the number of records. Leaving
-    the `with` block without `publish` (or with an exception) aborts: nothing is published.
+    the number of records. Leaving the `with` block without `publish` (or with an exception)
+    aborts: nothing is published.
 
     `root` is a local directory or `s3://bucket/prefix`. Work in progress goes to
     `staging_dir` (default: ROOT/NAME/.staging, so publishing is a rename); an s3:// root needs
