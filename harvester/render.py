@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import threading
-import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from harvester.records import (
     version_rows,
 )
 from harvester.sinks import NDJSON_OPTS, rows_to_table, tune_allocators
+from harvester.state import unpack
 
 AUTO_MIN_RECORDS = 10_000  # below this, a worker's start-up costs about what it saves
 AUTO_MAX_WORKERS = 4
@@ -99,18 +99,18 @@ def render(spec: RenderSpec, chunk: list[Packed]) -> Rendered:
             ctx_of = (fetched_at, mask)
             ctx = RowContext(snapshot_id=spec.snapshot_id, fetched_at=parse_stamp(fetched_at),
                              sources=_provenance(spec.sources, mask))
-        extra = orjson.loads(zlib.decompress(extra_z)) if extra_z is not None else None
+        extra = orjson.loads(unpack(extra_z)) if extra_z is not None else None
         if stats_json is not None:
             shaped = stats_rows(aid, orjson.loads(stats_json), ctx, scope=spec.scope)
             rows.setdefault("stats", []).extend(shaped)
             if spec.ndjson:
                 stats.extend(orjson.dumps(r, option=NDJSON_OPTS) for r in shaped)
         record_rows: dict[str, list[dict[str, Any]]] = {}
-        body = zlib.decompress(body_z)
+        body = unpack(body_z)
         if body:  # else a stats-only refresh of an unchanged item
             record = orjson.loads(body)
             complete = record if files_z is None else {
-                **record, "files": orjson.loads(zlib.decompress(files_z))}
+                **record, "files": orjson.loads(unpack(files_z))}
             record_rows = article_rows(complete, ctx)
             if spec.ndjson:  # the record as served (its own, possibly capped, file list)
                 raw = record_rows["articles"][0]["raw"]  # that very JSON, when complete

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from harvester.pipeline import Harvest
 from harvester.records import SCHEMAS
 from harvester.render import ChunkRenderer, Packed, RenderSpec, auto_workers
 from harvester.simulator import Simulator
-from harvester.state import DONE, Journal, Outcome
+from harvester.state import DONE, Journal, Outcome, pack, unpack
 from tests.conftest import write_config
 
 VOLATILE = {"snapshot_id", "fetched_at"}  # differ between two runs, by design
@@ -88,6 +89,36 @@ def flat(results: list[render.Rendered]) -> tuple[bytes, dict[str, list[Any]]]:
         for table, t in r.tables.items():
             rows.setdefault(table, []).extend(t.to_pylist())
     return lines, rows
+
+
+BIG_LIST = orjson.dumps([{"id": i, "name": f"f{i}"} for i in range(50_000)])
+
+
+@pytest.mark.parametrize("data", [b"", b"{}", "{\"t\": \"\u00e9t\u00e9\"}".encode(), BIG_LIST])
+def test_journal_blobs_round_trip_smaller(data: bytes) -> None:
+    blob = pack(data)
+    assert unpack(blob) == data
+    assert blob[:1] == b"\x00"  # LZ4, not zlib (whose streams start with 0x78)
+    if len(data) > 1_000:
+        assert len(blob) < len(data) / 3
+
+
+def test_a_journal_of_zlib_blobs_still_renders(tmp_path: Path) -> None:
+    """Journals written before the LZ4 blobs (an interrupted run, resumed after an upgrade)."""
+    chunks = packed_chunks(tmp_path, 30, 10)
+    legacy = [[(aid, mask, zlib.compress(unpack(body), 1), files, stats, at,
+                None if extra is None else zlib.compress(unpack(extra), 1))
+               for aid, mask, body, files, stats, at, extra in chunk] for chunk in chunks]
+    assert legacy[0][0][2][:1] == b"\x78"
+    assert flat([render.render(SPEC, c) for c in legacy]) == \
+        flat([render.render(SPEC, c) for c in chunks])
+
+
+def test_a_corrupt_journal_blob_fails_loudly() -> None:
+    blob = bytearray(pack(b'{"id": 1, "title": "' + b"x" * 5_000 + b'"}'))
+    blob[12:40] = b"\xff" * 28
+    with pytest.raises(Exception, match=r"(?i)lz4"):
+        unpack(bytes(blob))
 
 
 def test_a_dead_worker_leaves_its_chunks_to_the_caller(tmp_path: Path) -> None:
