@@ -30,6 +30,7 @@ from harvester.sinks import (
     list_snapshots,
     new_snapshot_id,
     read_manifest,
+    release_free_memory,
     tune_allocators,
 )
 from harvester.sources import SourceReport, enumerate_source
@@ -468,6 +469,7 @@ class Harvest:
             # records in id order, rendered a chunk at a time here and in worker processes
             for chunk in renderer.map(spec, journal.packed_chunks(renderer.chunk_size)):
                 writer.add_rendered(chunk)
+                release_free_memory()  # else the peak creeps up with the records written
                 self.progress.written += chunk.articles
                 for _ in range(chunk.articles):
                     crash_point("write")

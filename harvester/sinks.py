@@ -83,6 +83,25 @@ def tune_allocators() -> str:
     return pa.default_memory_pool().backend_name
 
 
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc's malloc_trim); elsewhere a no-op.
+
+    Parquet metadata, SQLite pages and Python's larger objects come from glibc, whose arenas
+    (one per writing thread) keep what is freed between the chunks of a long write: over a
+    million records about 25 MB more resident memory than the heap held."""
+    global _TRIM
+    if _TRIM is None:
+        _TRIM = False
+        if sys.platform == "linux":
+            with contextlib.suppress(OSError, AttributeError):
+                _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+
+
 def _why(e: BaseException) -> str:
     text = getattr(e, "strerror", None) or str(e)
     return text.splitlines()[0] if text else type(e).__name__
