@@ -83,6 +83,9 @@ def tune_allocators() -> str:
     return pa.default_memory_pool().backend_name
 
 
+_TRIM: Any = None  # glibc's malloc_trim once looked up; False where there is none
+
+
 def release_free_memory() -> None:
     """Hand the C heap's free pages back to the kernel (glibc's malloc_trim); elsewhere a no-op.
 
@@ -97,9 +100,6 @@ def release_free_memory() -> None:
                 _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
     if _TRIM:
         _TRIM(0)
-
-
-_TRIM: Any = None
 
 
 def _why(e: BaseException) -> str:

@@ -58,6 +58,7 @@ def unpack(blob: bytes) -> bytes:
         raise OutputError("the run journal holds LZ4 blobs and this pyarrow has no LZ4 codec")
     return _LZ4.decompress(blob[9:], decompressed_size=size, asbytes=True)
 
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
