@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -77,13 +78,22 @@ def tune_allocators() -> str:
     if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         with contextlib.suppress(NotImplementedError):  # a build without jemalloc
             pa.set_memory_pool(pa.jemalloc_memory_pool())
-    if sys.platform == "linux" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        with contextlib.suppress(OSError, AttributeError):  # not glibc
-            ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    libc = _glibc()
+    if libc is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     return pa.default_memory_pool().backend_name
 
 
-_TRIM: Any = None  # glibc's malloc_trim once looked up; False where there is none
+@functools.cache
+def _glibc() -> Any:
+    """The C library when it is glibc (mallopt and malloc_trim), else None."""
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def release_free_memory() -> None:
@@ -92,14 +102,9 @@ def release_free_memory() -> None:
     Parquet metadata, SQLite pages and Python's larger objects come from glibc, whose arenas
     (one per writing thread) keep what is freed between the chunks of a long write: over a
     million records about 25 MB more resident memory than the heap held."""
-    global _TRIM
-    if _TRIM is None:
-        _TRIM = False
-        if sys.platform == "linux":
-            with contextlib.suppress(OSError, AttributeError):
-                _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-    if _TRIM:
-        _TRIM(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _why(e: BaseException) -> str:
