@@ -50,6 +50,20 @@ def test_same_seed_same_corpus_other_seed_differs() -> None:
     assert a.ids != c.ids
 
 
+def test_record_cache_bounds_memory_not_content() -> None:
+    """record_cache only says how many built records are kept: none, a few or all, the
+    records served are the same (a benchmark raises it to keep the server fast)."""
+    ids = Corpus(SimSettings(items=200, seed=5)).ids[:40]
+    served = {}
+    for cap in (0, 7, 4_000):
+        c = Corpus(SimSettings(items=200, seed=5, record_cache=cap))
+        served[cap] = [c.article(i) for i in ids] + [c.article(i) for i in ids[:5]]
+        assert len(c._records) == min(cap, len(ids))
+    assert served[0] == served[7] == served[4_000]
+    with pytest.raises(ValueError, match="record_cache"):
+        SimSettings(record_cache=-1)
+
+
 def test_ids_realistic_ascending_and_publish_order_only_roughly(corpus: Corpus) -> None:
     ids = list(corpus.ids)
     assert ids == sorted(set(ids)) and len(ids) == 3_000

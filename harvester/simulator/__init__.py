@@ -32,7 +32,8 @@ from harvester.simulator.settings import SimSettings
 __all__ = ["Simulator", "SimulatorThread", "serve_forever"]
 
 # The corpus is built once from these; changing them at run time would need a new corpus.
-_CORPUS_FIELDS = ("items", "seed", "institutions", "busy_day_share", "private_items")
+_CORPUS_FIELDS = ("items", "seed", "institutions", "busy_day_share", "private_items",
+                  "record_cache")
 # Stalled requests would otherwise hold shutdown for aiohttp's default 60 s.
 _SHUTDOWN_TIMEOUT = 0.1
 

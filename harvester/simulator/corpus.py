@@ -378,7 +378,7 @@ class Corpus:
         self._withdrawn: set[int] = set()  # indices
         self._file_names: dict[int, str] = {}  # file id -> name set by rename_file()
         self._records: OrderedDict[tuple[int, int, bool], dict[str, Any]] = OrderedDict()
-        self._record_cap = 4_000
+        self._record_cap = settings.record_cache
         self._orders: dict[tuple[str, int], array[int]] = {}
         self._select_cache: OrderedDict[tuple[Any, ...], array[int]] = OrderedDict()
         self._public_ids: tuple[int, array[int]] | None = None

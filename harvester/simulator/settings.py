@@ -23,6 +23,9 @@ class SimSettings:
     institutions: int = 3
     busy_day_share: float = 0.05  # share of items published on a few very busy days
     private_items: int = 20  # drafts owned by the token's account, never public
+    # full records kept once generated (least recently used out): past it, every request for
+    # a record builds it again, and the server, not the client, sets a benchmark's pace
+    record_cache: int = 4_000
 
     # Figshare's paging limits
     window: int = 9_000
@@ -58,6 +61,8 @@ class SimSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.items <= 1_000_000:
             raise ValueError(f"items must be within 1..1,000,000, got {self.items}")
+        if self.record_cache < 0:
+            raise ValueError(f"record_cache must be 0 or more, got {self.record_cache}")
         unknown = set(self.fault_kinds) - set(FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; valid: {list(FAULT_KINDS)}")
