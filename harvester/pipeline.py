@@ -22,7 +22,13 @@ from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.config import INCREMENTAL_KINDS, Config, Source, public_view
 from harvester.fetch import ItemFetcher, stamp, utc_now
 from harvester.records import RowContext, side_rows
-from harvester.render import ChunkRenderer, RenderSpec, auto_workers, parse_stamp
+from harvester.render import (
+    ChunkRenderer,
+    RenderSpec,
+    auto_workers,
+    parse_stamp,
+    start_method,
+)
 from harvester.sinks import (
     SnapshotWriter,
     is_remote,
@@ -145,8 +151,11 @@ class Harvest:
                 async with self.client_factory(client_settings(self.cfg)) as client:
                     self.fetcher = ItemFetcher(self.cfg, client)
                     await self._enumerate(client, journal, meta)
-                    # workers for writing the snapshot start now: warm by the time it is due
-                    self.renderer = ChunkRenderer(await self._workers(journal))
+                    if start_method() == "spawn":
+                        # spawned workers start now, to import while the run fetches; forked
+                        # ones start when the snapshot is written (_write), ready at once
+                        self.renderer = ChunkRenderer(
+                            await journal.call(self._worker_count, journal), "spawn")
                     await self._fan_out(client, journal)
                     await self.fetcher.after_fan_out(journal)  # group/collection/... stats
                     metrics = client.metrics()
@@ -201,11 +210,12 @@ class Harvest:
         await journal.call(journal.set_meta, meta)
         return journal, meta
 
-    async def _workers(self, journal: Journal) -> int:
-        """Processes that help write the snapshot: output.workers, or by the run's size."""
+    def _worker_count(self, journal: Journal) -> int:
+        """Processes that help write the snapshot: output.workers, or by the run's size (on
+        the journal thread)."""
         if self.cfg.output.workers is not None:
             return self.cfg.output.workers
-        counts = await journal.call(journal.counts)
+        counts = journal.counts()
         return auto_workers(sum(counts.values()) - counts.get(GONE, 0))
 
     def _choose_kind(self, now: dt.datetime) -> tuple[str, dict[str, str]]:
@@ -463,7 +473,9 @@ class Harvest:
             ndjson="ndjson" in writer.formats,
             parquet="parquet" in writer.formats,
         )
-        renderer = self.renderer or ChunkRenderer(0)
+        if self.renderer is None:  # forked workers: every module they need is loaded by now
+            self.renderer = ChunkRenderer(self._worker_count(journal))
+        renderer = self.renderer
         writer.open()
         try:
             # records in id order, rendered a chunk at a time here and in worker processes

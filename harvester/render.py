@@ -6,17 +6,29 @@ of a chunk of journal rows, so `ChunkRenderer` can run it in worker processes as
 writing thread, and hand the results back in chunk order: the snapshot is the same byte for
 byte whichever process rendered which chunk (tests/test_render.py checks this).
 
-Workers are Python processes running `_serve`, fed over pipes (never forked from a process
-with threads, never re-running the caller's script); they ignore SIGINT (the parent decides) and
-exit when their stdin closes, so a parent killed even by SIGKILL leaves none behind. A chunk a
-worker fails on, or a worker that dies, is rendered again in the writing thread, where a real
-error is raised as it would be without workers.
+Workers are processes running `_serve`, fed over pipes; they ignore SIGINT (the parent decides)
+and exit when their stdin closes, so a parent killed even by SIGKILL leaves none behind. A chunk
+a worker fails on, a worker that dies, or one that sends nothing for RESULT_TIMEOUT seconds is
+rendered again in the writing thread, where a real error is raised as it would be without
+workers.
+
+How a worker starts (`start`):
+- "fork" (Linux): forked when the snapshot is written, so it has every module already imported
+  and starts in milliseconds. A worker spawned fresh costs 0.3 s of CPU importing pyarrow and
+  this package, and on a machine whose cores are busy with the fetch (the harvester's event
+  loop and, in the benchmarks, the server) that CPU is taken from the fetch. The child only
+  renders: right after the fork it drops every inherited descriptor but its two pipes, leaves
+  the parent's signal wake-up descriptor and handlers alone, never touches the journal, the
+  HTTP client or stdio, and leaves with os._exit (no atexit handlers, no flushed buffers).
+- "spawn" (elsewhere, or HARVESTER_RENDER_START=spawn): a fresh interpreter running
+  `from harvester.render import _serve`, started early so it imports while the run fetches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import os
 import pickle
 import queue
@@ -25,6 +37,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -46,8 +60,10 @@ from harvester.records import (
 from harvester.sinks import NDJSON_OPTS, rows_to_table, tune_allocators
 from harvester.state import unpack
 
-AUTO_MIN_RECORDS = 10_000  # below this, a worker's start-up costs about what it saves
+# below these, a worker's start-up costs about what it saves (a spawned one imports for 0.3 s)
+AUTO_MIN_RECORDS = {"fork": 2_000, "spawn": 10_000}
 AUTO_MAX_WORKERS = 4
+RESULT_TIMEOUT = 120.0  # seconds a worker may take to start answering for a chunk
 CHUNK_ALONE = 1_000
 CHUNK_SHARED = 400
 LOOKAHEAD = 3  # rounds of chunks held at most: workers' two each, and one to steal
@@ -167,10 +183,18 @@ def extra_rows(extra: dict[str, Any] | None, ctx: RowContext) -> dict[str, list[
 # -- worker processes ---------------------------------------------------------------------------
 
 
-def auto_workers(records: int, cpus: int | None = None) -> int:
+def start_method() -> str:
+    """How workers start here: "fork" on Linux unless HARVESTER_RENDER_START=spawn says no."""
+    wanted = os.environ.get("HARVESTER_RENDER_START", "").strip().lower()
+    if wanted == "spawn" or sys.platform != "linux" or not hasattr(os, "fork"):
+        return "spawn"
+    return "fork"
+
+
+def auto_workers(records: int, cpus: int | None = None, start: str | None = None) -> int:
     """Worker processes for a snapshot of `records` rows when output.workers is auto: none for
     small runs (a worker's start-up would cost more than it saves), else one per spare core."""
-    if records < AUTO_MIN_RECORDS:
+    if records < AUTO_MIN_RECORDS[start or start_method()]:
         return 0
     spare = (cpus or os.cpu_count() or 1) - 1
     return max(0, min(spare, AUTO_MAX_WORKERS))
@@ -184,13 +208,18 @@ class _Worker:
     length-prefixed pickles. A thread feeds stdin so a big chunk going in can never wait on a
     big result coming out. The worker exits when its stdin closes, so it cannot outlive us."""
 
-    def __init__(self) -> None:
-        env = dict(os.environ)  # this very package, installed or not
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from harvester.render import _serve; _serve()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-            bufsize=0)  # unbuffered: select() on stdout then tells whether a result is there
+    def __init__(self, start: str = "spawn") -> None:
+        self.proc: subprocess.Popen[bytes] | _Forked
+        if start == "fork":
+            self.proc = _Forked()
+        else:
+            env = dict(os.environ)  # this very package, installed or not
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from harvester.render import _serve; _serve()"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                env=env, bufsize=0)  # unbuffered: select() on stdout tells if a result is there
         self.inflight: deque[_Entry] = deque()  # submitted, result not read yet, in order
         self.dead = False  # its pipe broke: it gets no more chunks
         self.todo: queue.SimpleQueue[tuple[RenderSpec, list[Packed]] | None] = \
@@ -230,9 +259,13 @@ class _Worker:
         reply = None
         if not self.dead:
             try:
+                if not select.select([self.proc.stdout], [], [], RESULT_TIMEOUT)[0]:
+                    raise TimeoutError  # stuck: it gets nothing more, its chunks come back
                 reply = _get(self.proc.stdout)
-            except (OSError, EOFError, pickle.UnpicklingError):
+            except (OSError, EOFError, pickle.UnpicklingError, ValueError):
                 self.dead = True
+                with contextlib.suppress(OSError):
+                    self.proc.kill()
         entry.result = reply if isinstance(reply, Rendered) else None
         entry.failed = entry.result is None
 
@@ -281,12 +314,83 @@ def _get(stream: IO[bytes]) -> Any:
     return pickle.loads(_read_exact(stream, size))
 
 
-def _serve() -> None:
+class _Forked:
+    """A forked child running `_serve` on two pipes: what _Worker uses of subprocess.Popen."""
+
+    def __init__(self) -> None:
+        chunks_r, chunks_w = os.pipe()  # parent -> child
+        results_r, results_w = os.pipe()  # child -> parent
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about forking a process with threads: the child here runs
+            # nothing that another thread could have left locked (see the module docstring)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: it never returns from here
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # first: Ctrl-C is the parent's
+                _keep_only(chunks_r, results_w)
+                gc.freeze()  # what came from the parent is never collected (nor finalized) here
+                with open(chunks_r, "rb", buffering=0) as src, \
+                        open(results_w, "wb", buffering=0) as dst:
+                    _serve(src, dst)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(chunks_r)
+        os.close(results_w)
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin: IO[bytes] | None = open(chunks_w, "wb", buffering=0)  # noqa: SIM115
+        self.stdout: IO[bytes] | None = open(results_r, "rb", buffering=0)  # noqa: SIM115
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1  # reaped elsewhere: gone all the same
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"render worker {self.pid}", timeout or 0)
+            time.sleep(0.005)
+        return code
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+def _keep_only(*fds: int) -> None:
+    """In a forked child: close every inherited descriptor but stdio and `fds`, and unhook the
+    parent's signal wake-up descriptor, so the child holds no socket, journal or pipe of the
+    parent's open (another worker's stdin kept open here would never see its EOF)."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+    keep = {0, 1, 2, *fds}
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _serve(stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None) -> None:
     """The worker's loop: render what comes in until stdin closes. A chunk that fails is
     answered with None; the parent renders it again itself and reports the real error."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    tune_allocators()  # as its parent does
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler the parent installed
+    if stdin is None or stdout is None:  # spawned: a fresh interpreter
+        tune_allocators()  # as its parent does (a forked child inherits the settings)
+        stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:
             spec, chunk = _get(stdin)
@@ -304,15 +408,16 @@ class ChunkRenderer:
     yields the results in chunk order. Start it early (the workers import while the run
     fetches), close it when done (`with ChunkRenderer(n) as r:`)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, start: str | None = None) -> None:
         # records per chunk: big enough that per-table conversion costs stay small, small
         # enough that workers and the calling thread can share the work evenly
         self.chunk_size = CHUNK_SHARED if workers else CHUNK_ALONE
+        self.start = start or start_method()
         self.fallbacks = 0  # chunks a failed or dead worker left to the calling thread
         self._workers: list[_Worker] = []
         for _ in range(workers):
             try:
-                self._workers.append(_Worker())
+                self._workers.append(_Worker(self.start))
             except OSError:
                 break  # no processes here: render in the calling thread
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -39,9 +40,15 @@ def stats_lines(snapshot: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in orjson.loads(x).items() if k not in VOLATILE} for x in lines]
 
 
+STARTS = ["fork", "spawn"] if sys.platform == "linux" else ["spawn"]
+
+
+@pytest.mark.parametrize("start", STARTS)
 async def test_workers_write_the_same_snapshot(sim: Simulator, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               start: str) -> None:
     monkeypatch.setattr(render, "CHUNK_SHARED", 23)  # 400 items: 18 chunks, spread out
+    monkeypatch.setenv("HARVESTER_RENDER_START", start)
     source = [{"kind": "ids", "ids": sorted(sim.corpus.ids)}]
     alone = await Harvest(write_config(tmp_path / "a", sim, source,
                                        output={"workers": 0})).run()
@@ -121,10 +128,11 @@ def test_a_corrupt_journal_blob_fails_loudly() -> None:
         unpack(bytes(blob))
 
 
-def test_a_dead_worker_leaves_its_chunks_to_the_caller(tmp_path: Path) -> None:
+@pytest.mark.parametrize("start", STARTS)
+def test_a_dead_worker_leaves_its_chunks_to_the_caller(tmp_path: Path, start: str) -> None:
     chunks = packed_chunks(tmp_path, 300, 10)
     expected = flat([render.render(SPEC, c) for c in chunks])
-    with ChunkRenderer(2) as renderer:
+    with ChunkRenderer(2, start) as renderer:
         first = renderer._workers[0].proc
         first.kill()
         first.wait()
@@ -134,18 +142,57 @@ def test_a_dead_worker_leaves_its_chunks_to_the_caller(tmp_path: Path) -> None:
     assert got[0].count(b"\n") == 300 and len(got[1]["files"]) == 300
 
 
-def test_a_chunk_a_worker_fails_on_raises_here_as_without_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("start", STARTS)
+def test_a_chunk_a_worker_fails_on_raises_here_as_without_workers(tmp_path: Path,
+                                                                  start: str) -> None:
     chunks = packed_chunks(tmp_path, 40, 10)
     aid, mask, _body, *rest = chunks[2][3]
     chunks[2][3] = (aid, mask, b"not zlib", *rest)
-    with ChunkRenderer(1) as renderer, pytest.raises(Exception, match="incorrect header"):
+    with ChunkRenderer(1, start) as renderer, pytest.raises(Exception, match="incorrect header"):
         list(renderer.map(SPEC, chunks))
 
 
-def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+def test_a_stuck_worker_is_killed_and_its_chunks_come_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(render, "RESULT_TIMEOUT", 0.5)
+    chunks = packed_chunks(tmp_path, 200, 10)
+    expected = flat([render.render(SPEC, c) for c in chunks])
+    with ChunkRenderer(1, "fork") as renderer:
+        stuck = renderer._workers[0].proc
+        os.kill(stuck.pid, signal.SIGSTOP)  # alive, never answering
+        started = time.monotonic()
+        got = flat(list(renderer.map(SPEC, chunks)))
+        assert time.monotonic() - started < 10
+        assert renderer.fallbacks >= 1 and renderer._workers[0].dead
+        assert stuck.wait(timeout=5) == -signal.SIGKILL
+    assert got == expected
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+def test_a_forked_worker_keeps_none_of_the_parents_descriptors(tmp_path: Path) -> None:
+    with open(tmp_path / "held", "wb") as held, ChunkRenderer(2, "fork") as renderer:
+        theirs = [w.proc for w in renderer._workers]
+        # both have answered, so both are past their start
+        got = flat(list(renderer.map(SPEC, packed_chunks(tmp_path, 50, 10))))
+        for proc in theirs:
+            fds = {int(n): os.readlink(f"/proc/{proc.pid}/fd/{n}")
+                   for n in os.listdir(f"/proc/{proc.pid}/fd")}
+            # stdio and its two pipes: no file, socket, journal, nor the other worker's pipes
+            assert len(fds) == 5, fds
+            assert not any(str(tmp_path) in target for target in fds.values())
+            assert sorted(t.split(":")[0] for fd, t in fds.items() if fd > 2) == ["pipe"] * 2
+        assert held.fileno() > 2
+    assert got[0].count(b"\n") == 50
+    for proc in theirs:  # closing ended them: each saw its own EOF
+        assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path, start: str) -> None:
     script = ("import os, sys, time\n"
               "from harvester.render import ChunkRenderer\n"
-              "r = ChunkRenderer(2)\n"
+              f"r = ChunkRenderer(2, {start!r})\n"
               "print(' '.join(str(w.proc.pid) for w in r._workers), flush=True)\n"
               "time.sleep(60)\n")
     with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
@@ -175,11 +222,22 @@ def test_auto_workers_by_run_size() -> None:
     assert auto_workers(200_000, cpus=1) == 0
     assert auto_workers(200_000, cpus=2) == 1
     assert auto_workers(200_000, cpus=64) == render.AUTO_MAX_WORKERS
+    # a forked worker starts in milliseconds, a spawned one imports for a third of a second
+    assert auto_workers(3_000, cpus=2, start="fork") == 1
+    assert auto_workers(3_000, cpus=2, start="spawn") == 0
 
 
-def test_closing_mid_run_does_not_wait_for_unread_results(tmp_path: Path) -> None:
+def test_start_method_by_platform_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HARVESTER_RENDER_START", raising=False)
+    assert render.start_method() == ("fork" if sys.platform == "linux" else "spawn")
+    monkeypatch.setenv("HARVESTER_RENDER_START", "spawn")
+    assert render.start_method() == "spawn"
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_closing_mid_run_does_not_wait_for_unread_results(tmp_path: Path, start: str) -> None:
     chunks = packed_chunks(tmp_path, 400, 100)
-    renderer = ChunkRenderer(1)
+    renderer = ChunkRenderer(1, start)
     results = renderer.map(SPEC, chunks)
     next(results)  # the worker has chunks queued whose results are never read
     workers = list(renderer._workers)
