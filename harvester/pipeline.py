@@ -424,7 +424,15 @@ class Harvest:
             # object storage: stage on local disk beside the journal, then upload
             staging_dir=self.state_dir / "staging" if is_remote(self.root) else None,
         )
-        path = await journal.call(self._write, journal, writer, manifest)
+        if await journal.call(writer.is_published):
+            # an earlier run was killed between publishing and forgetting its journal: the
+            # snapshot is complete, only what follows publishing is left to do
+            log.info("snapshot %s was published by the interrupted run; finishing it",
+                     meta["snapshot_id"])
+            path = writer.path
+        else:
+            path = await journal.call(self._write, journal, writer, manifest)
+        crash_point("published")
         published = read_manifest(path)
         await journal.call(journal.update_catalog, self.catalog_path, meta["snapshot_id"],
                            kind == "full")

@@ -355,7 +355,8 @@ class SnapshotWriter:
                 return sid
             t += timedelta(seconds=1)
 
-    def _published(self) -> bool:
+    def is_published(self) -> bool:
+        """The snapshot is out (its directory, or its s3:// manifest, is there)."""
         if self.store is not None:
             return self.store.is_complete(self.name, f"{PREFIX}{self.snapshot_id}")
         return Path(self.path).exists()
@@ -365,7 +366,7 @@ class SnapshotWriter:
     def open(self) -> SnapshotWriter:
         if self._state != "new":
             raise RuntimeError(f"snapshot writer is {self._state}, cannot open it again")
-        if self._published():
+        if self.is_published():
             raise OutputError(f"cannot write snapshot {self.path}: it already exists")
         _fs_mkdirs(self.staging.parent)
         self._lock = _fs_lock(self._lock_path)

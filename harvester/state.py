@@ -358,8 +358,8 @@ _CRASH_AT = os.environ.get("HARVESTER_CRASH_AT", "")  # read once: this is on th
 
 def crash_point(name: str) -> None:
     """Crash-test hook: with HARVESTER_CRASH_AT=name[:n] in the environment the process starts
-    with, it SIGKILLs itself the n-th time it passes `name` (listing, fetch, write, publish), as
-    a power cut would."""
+    with, it SIGKILLs itself the n-th time it passes `name` (listing, fetch, write, publish,
+    published), as a power cut would."""
     if not _CRASH_AT:
         return
     target, _, nth = _CRASH_AT.partition(":")

@@ -26,6 +26,7 @@ from harvester.records import SCHEMAS
 from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
 from harvester.sinks import list_snapshots
+from harvester.state import Catalog
 from tests.conftest import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,6 +198,40 @@ def test_killed_run_resumes_to_the_same_snapshot(
     )
     refetched = sum(n - 1 for n in fetched.values())
     assert refetched <= 4 * 3  # bounded by concurrency (workers + queued results)
+
+
+def test_killed_after_publishing_the_rerun_finishes_that_snapshot(
+    threaded_sim: SimulatorThread, tmp_path: Path
+) -> None:
+    """Killed between publishing and forgetting the journal: the next run must not try to
+    write the published snapshot again (it once failed with "it already exists" forever)."""
+    sim = threaded_sim
+    ids = sorted(sim.corpus.ids)[:40]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}],
+                       http={"rate": {"requests": 10_000, "per": 1}, "concurrency": 4})
+    killed = run_cli(cfg.path, env={"HARVESTER_CRASH_AT": "published"})
+    assert killed.returncode == -signal.SIGKILL
+    out = tmp_path / "out"
+    [snapshot] = list_snapshots(out, "t")
+    assert (out / "t" / ".state" / "journal.sqlite").exists()
+    sim.log.clear()
+
+    resumed = run_cli(cfg.path, "--report", str(tmp_path / "report.json"))
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert list_snapshots(out, "t") == [snapshot]  # the same one, not written again
+    report = orjson.loads((tmp_path / "report.json").read_bytes())
+    assert report["outcome"] == "ok" and report["manifest"]["ids"]["fetched"] == 40
+    assert not any(e.route.startswith("/v2/articles") for e in sim.log.entries)
+    assert not (out / "t" / ".state" / "journal.sqlite").exists()
+    catalog = Catalog(out / "t" / ".state" / "catalog.sqlite")
+    try:
+        assert catalog.last_run()["snapshot_id"] == snapshot.name.removeprefix("snapshot=")
+        assert catalog.known_count() == 40
+    finally:
+        catalog.close()
+    again = run_cli(cfg.path)  # and the harvest goes on as usual
+    assert again.returncode == 0, again.stderr.decode()
+    assert len(list_snapshots(out, "t")) == 2
 
 
 def test_two_runs_of_one_harvest_one_waits_out_with_the_lock_code(
