@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -437,7 +438,12 @@ def test_row_groups_follow_row_group_size(tmp_path):
             writer.add_article(r, article_rows(r, ctx))
             if n == 4_999:
                 assert (writer.staging / "articles.parquet").stat().st_size == 4  # just "PAR1"
-            if n == 5_000:  # a full row group is written out at once: memory stays bounded
+            if n == 5_000:  # a full row group goes out before any more rows come: memory
+                # stays bounded (it is encoded on the writer's thread: wait for it, not a row)
+                deadline = time.monotonic() + 30
+                while (writer.staging / "articles.parquet").stat().st_size == 4 and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.01)
                 assert (writer.staging / "articles.parquet").stat().st_size > 4
         path = writer.publish({})
     meta = pq.read_metadata(path / "articles.parquet")
