@@ -5,7 +5,8 @@
 The JSON holds SimSettings fields. The first stdout line is `api=<url> stats=<url>`; then each
 JSON command read on stdin gets one JSON line back:
 
-    {"cmd": "summary", "window": 1.0, "span": 60}   counts, peaks, Retry-After violations
+    {"cmd": "summary", "window": 1.0, "span": 60, "limit": 20}
+                                                     counts, peaks, Retry-After violations
     {"cmd": "urls"}                                  every GET that got a 200, in arrival order
     {"cmd": "corpus", "limit": 100}                  article ids (ascending), institution ids
     {"cmd": "update", "changes": {...}}              SimSettings knobs swapped at run time
@@ -18,8 +19,10 @@ from sharing one event loop and one core.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,8 @@ def peak(times: list[float], seconds: float) -> int:
     return best
 
 
-def summary(sim: Simulator, window: float, span: float | None) -> dict[str, Any]:
+def summary(sim: Simulator, window: float, span: float | None,
+            limit: int | None = None) -> dict[str, Any]:
     entries = list(sim.log.entries)
     times = sorted(e.t for e in entries)
     hosts = ("api", "stats")
@@ -64,10 +68,38 @@ def summary(sim: Simulator, window: float, span: float | None) -> dict[str, Any]
         "peak_by_host": {h: sim.log.peak_in_window(h, window) for h in hosts},
         "retry_after_violations": {h: sim.log.retry_after_violations(h) for h in hosts},
         "max_in_flight": {h: sim.log.max_in_flight(h) for h in hosts},
+        "gc_longest_pause": PAUSES.longest,
+        "gc_collections": PAUSES.count,
     }
     if span is not None and times:
         out["in_span"] = sum(1 for t in times if t < times[0] + span)
+    if limit is not None and len(times) > limit:
+        # the shortest time holding limit + 1 arrivals: under `window`, the limit was exceeded
+        out["tightest"] = min(times[i + limit] - times[i] for i in range(len(times) - limit))
     return out
+
+
+class _Pauses:
+    """The server's own garbage-collection pauses: arrivals it stamps late look bunched."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.longest = 0.0
+        self.count = 0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.count += 1
+            self.longest = max(self.longest, time.perf_counter() - self.started)
+
+    def clear(self) -> None:
+        self.longest, self.count = 0.0, 0
+
+
+PAUSES = _Pauses()
 
 
 def _tally(values: Any) -> dict[str, int]:
@@ -98,7 +130,7 @@ async def _commands(sim: Simulator, reader: asyncio.StreamReader) -> None:
         reply: Any
         match cmd["cmd"]:
             case "summary":
-                reply = summary(sim, cmd.get("window", 1.0), cmd.get("span"))
+                reply = summary(sim, cmd.get("window", 1.0), cmd.get("span"), cmd.get("limit"))
             case "urls":
                 reply = [[e.host, f"{e.path}?{e.query}" if e.query else e.path]
                          for e in sim.log.entries if e.method == "GET" and e.status == 200]
@@ -116,6 +148,7 @@ async def _commands(sim: Simulator, reader: asyncio.StreamReader) -> None:
                 reply = "ok"
             case "clear":
                 sim.log.clear()
+                PAUSES.clear()
                 reply = "ok"
             case other:
                 reply = {"error": f"unknown command {other!r}"}

@@ -323,34 +323,35 @@ class _Origin:
         self.blocked: str | None = None  # message of the 403 that opened the circuit
 
 
-# The send whose connection the connector is getting, in the task making it (see _Connector).
+# The send whose request is being written, in the task making it (see _Request).
 _SENDING: contextvars.ContextVar[_Send | None] = contextvars.ContextVar("sending", default=None)
 
 
-class _Connector(aiohttp.TCPConnector):
-    """Calls `ready(send)` once the connection of a send is up, new or reused: right before
-    the request is written. (aiohttp's trace hooks say the same, at several times the cost:
-    every request would pay for all of aiohttp's trace events.)"""
+class _Request(aiohttp.ClientRequest):
+    """Calls its send's `ready` once the request is written (or writing it failed): the start
+    the rate window counts is never earlier than the bytes on the wire. Counting from when the
+    connection was ready, a pause before the write (a garbage collection, another thread
+    holding the GIL) delayed the arrival but not the start, and the next window's requests
+    could arrive within `per` of it. (aiohttp's trace hooks say the same, at several times the
+    cost: every request would pay for all of aiohttp's trace events.)"""
 
-    def __init__(self, ready: Callable[[_Send], None], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._ready = ready
-
-    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
-        conn = await super().connect(req, traces, timeout)
-        send = _SENDING.get()
-        if send is not None:
-            self._ready(send)
-        return conn
+    async def send(self, conn: Any) -> aiohttp.ClientResponse:
+        try:
+            return await super().send(conn)
+        finally:
+            send = _SENDING.get()
+            if send is not None and send.locked:
+                send.ready(send)
 
 
 class _Send:
     """One send on its way through `Client._slot`; `locked` while it holds the origin's lock."""
 
-    __slots__ = ("locked", "origin")
+    __slots__ = ("locked", "origin", "ready")
 
-    def __init__(self, origin: _Origin) -> None:
+    def __init__(self, origin: _Origin, ready: Callable[[_Send], None]) -> None:
         self.origin = origin
+        self.ready = ready  # records the start and unlocks (Client._record)
         self.locked = False
 
     def unlock(self) -> None:
@@ -363,16 +364,16 @@ class _Send:
 class _Slot:
     """Client._slot: wait for the origin's window, then hold a concurrency slot.
 
-    The origin stays locked until the connector records the start (`_SENDING` tells it which
-    send): the connection is up and the request is about to be written, so connection set-up
-    time cannot shift our start relative to the server's arrival clock.
+    The origin stays locked until the request records the start (`_SENDING` tells it which
+    send): the connection is up and the request written, so neither connection set-up nor a
+    pause before the write can put our start ahead of the server's arrival clock.
     """
 
     __slots__ = ("acquired", "call", "client", "origin", "send", "token")
 
     def __init__(self, client: Client, call: _Call, origin: _Origin) -> None:
         self.client, self.call, self.origin = client, call, origin
-        self.send = _Send(origin)
+        self.send = _Send(origin, client._record)
         self.acquired = False
         self.token: contextvars.Token[_Send | None] | None = None
 
@@ -475,7 +476,8 @@ class Client:
         self._sem = asyncio.Semaphore(s.concurrency)
         self._session = aiohttp.ClientSession(
             # limit=0: the semaphore is the one concurrency cap
-            connector=_Connector(self._record, limit=0),
+            connector=aiohttp.TCPConnector(limit=0),
+            request_class=_Request,  # records each start once its request is written
             timeout=aiohttp.ClientTimeout(
                 total=s.total_timeout, sock_connect=s.connect_timeout, sock_read=s.read_timeout
             ),
@@ -695,7 +697,7 @@ class Client:
             async with self._slot(call, origin) as send, session.request(
                 call.method, call.url, headers=hdrs, data=body, allow_redirects=False,
             ) as resp:
-                if send.locked:  # the connector did not say: count the start late, never lose it
+                if send.locked:  # the request did not say: count the start late, never lose it
                     self._record(send)
                 raw = await resp.read()
                 status, reason = resp.status, resp.reason or ""

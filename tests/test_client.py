@@ -7,7 +7,9 @@ import email.utils
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -236,6 +238,34 @@ async def test_rate_window_on_server_clock_with_retries(
     assert peak_in_window(arrivals, rate.per) <= rate.requests
     achieved = (len(arrivals) - rate.requests) / (max(arrivals) - min(arrivals))
     assert achieved >= 0.9 * rate.requests / rate.per
+
+
+async def test_a_pause_before_the_request_is_written_never_bunches_arrivals(
+    serve: Callable[..., Awaitable[Server]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start counts from when the request is on the wire, not from when its connection was
+    ready: a pause in between (a garbage collection, another thread holding the GIL) once let
+    21 requests arrive within one second at 20 per second (benchmark, politeness section)."""
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return ok()
+
+    server = await serve(handler)
+    original = aiohttp.ClientRequest.send
+    paused: list[float] = []
+
+    async def pausing_send(self: aiohttp.ClientRequest, conn: Any) -> aiohttp.ClientResponse:
+        if not paused:  # the first request stalls after its connection is up, before writing
+            paused.append(time.monotonic())
+            time.sleep(0.15)
+        return await original(self, conn)
+
+    monkeypatch.setattr(aiohttp.ClientRequest, "send", pausing_send)
+    rate = RateLimit(10, 0.5)
+    async with Client(settings(default_rate=rate, concurrency=4)) as client:
+        await asyncio.gather(*(client.get(f"{server.url}/a/{i}") for i in range(25)))
+    arrivals = [s.t for s in server.seen]
+    assert paused and len(arrivals) == 25
+    assert peak_in_window(arrivals, rate.per) <= rate.requests
 
 
 async def test_shared_origins_draw_on_one_budget(
