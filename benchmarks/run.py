@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     c = args.concurrency
     runs: dict[str, Callable[[], dict[str, Any]]] = {
-        "throughput": lambda: throughput(300 if q else 3_000, c, 1 if q else 5),
+        "throughput": lambda: throughput(300 if q else 3_000, c, 1 if q else 9),
         "workshop": lambda: workshop(
             [(0, 50), (20, 20), (100, 5)] if q else [(0, 1_000), (20, 250), (100, 60)], c),
         "politeness": lambda: politeness(
