@@ -405,19 +405,20 @@ def _serve(stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None) -> N
 
 class ChunkRenderer:
     """`map(spec, chunks)` renders chunks in the calling thread and in `workers` processes and
-    yields the results in chunk order. Start it early (the workers import while the run
-    fetches), close it when done (`with ChunkRenderer(n) as r:`)."""
+    yields the results in chunk order. Workers start as `start` says (default: start_method());
+    spawned ones import for a while, so start those early, while the run fetches; close it when
+    done (`with ChunkRenderer(n) as r:`)."""
 
     def __init__(self, workers: int, start: str | None = None) -> None:
         # records per chunk: big enough that per-table conversion costs stay small, small
         # enough that workers and the calling thread can share the work evenly
         self.chunk_size = CHUNK_SHARED if workers else CHUNK_ALONE
-        self.start = start or start_method()
+        how = start or start_method()
         self.fallbacks = 0  # chunks a failed or dead worker left to the calling thread
         self._workers: list[_Worker] = []
         for _ in range(workers):
             try:
-                self._workers.append(_Worker(self.start))
+                self._workers.append(_Worker(how))
             except OSError:
                 break  # no processes here: render in the calling thread
 
