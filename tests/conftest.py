@@ -43,8 +43,9 @@ def write_config(
         "http": top.pop("http", {"rate": {"requests": 10_000, "per": 1}, "concurrency": 8,
                                  "retry": {"attempts": 4, "backoff_base": 0.01,
                                            "backoff_max": 0.05}}),
-        "output": {"dir": str(tmp_path / "out")},
         **top,
+        # under tmp_path unless the test says where: never the working directory's output/
+        "output": {"dir": str(tmp_path / "out"), **top.get("output", {})},
     }
     body.setdefault("api", {})["url"] = sim.api_url
     body.setdefault("stats", {})["url"] = sim.stats_url
