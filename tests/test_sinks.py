@@ -457,7 +457,7 @@ def test_row_groups_follow_row_group_size(tmp_path):
     assert (path / "errors.ndjson").exists()  # the error log is always kept
 
 
-def test_arrow_allocates_from_jemalloc_unless_the_user_chose_a_pool():
+def test_arrow_allocates_from_the_system_pool_unless_the_user_chose_one():
     # a fresh interpreter each: the pool is process-wide
     code = "from harvester.sinks import tune_allocators; print(tune_allocators())"
 
@@ -466,13 +466,13 @@ def test_arrow_allocates_from_jemalloc_unless_the_user_chose_a_pool():
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True, cwd=ROOT_DIR, env={**clean, **env}).stdout.strip()
 
-    try:
-        pa.jemalloc_memory_pool()
-    except NotImplementedError:
-        assert pool() == pa.default_memory_pool().backend_name  # left as it was
-    else:
-        assert pool() == "jemalloc"
-    assert pool(ARROW_DEFAULT_MEMORY_POOL="system") == "system"
+    assert pool() == "system"
+    for other in ("mimalloc", "jemalloc"):  # the user's choice, where pyarrow has it
+        try:
+            getattr(pa, f"{other}_memory_pool")()
+        except NotImplementedError:
+            continue
+        assert pool(ARROW_DEFAULT_MEMORY_POOL=other) == other
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc_trim")
