@@ -340,8 +340,8 @@ class _Request(aiohttp.ClientRequest):
             return await super().send(conn)
         finally:
             send = _SENDING.get()
-            if send is not None and send.locked:
-                send.ready(send)
+            if send is not None:
+                send.started()
 
 
 class _Send:
@@ -353,6 +353,11 @@ class _Send:
         self.origin = origin
         self.ready = ready  # records the start and unlocks (Client._record)
         self.locked = False
+
+    def started(self) -> None:
+        """Its request is written: count the start, once (a later call changes nothing)."""
+        if self.locked:
+            self.ready(self)
 
     def unlock(self) -> None:
         """Let the origin's next send go (once: the start is recorded or the send failed)."""
@@ -661,8 +666,7 @@ class Client:
                         call.method, call.url, headers=hdrs, allow_redirects=False,
                         timeout=timeout,
                     ))
-                    if send.locked:
-                        self._record(send)
+                    send.started()  # if the request did not say so already
                     status, reason = resp.status, resp.reason or ""
                     rheaders = resp.headers
                     self._statuses[str(status)] += 1
@@ -697,8 +701,7 @@ class Client:
             async with self._slot(call, origin) as send, session.request(
                 call.method, call.url, headers=hdrs, data=body, allow_redirects=False,
             ) as resp:
-                if send.locked:  # the request did not say: count the start late, never lose it
-                    self._record(send)
+                send.started()  # if the request did not say: counted late, never lost
                 raw = await resp.read()
                 status, reason = resp.status, resp.reason or ""
                 rheaders = resp.headers
