@@ -59,6 +59,15 @@ _OWN_METHOD = {"articles": "add_article", "stats": "add_stats"}
 _ROW_TYPES = {table: pa.struct(list(schema)) for table, schema in SCHEMAS.items()}
 
 
+# Rows waiting for their row group are copied into one piece once this many are queued. Each
+# rendered chunk's table is dozens of small buffers (unpickled from a render worker, or
+# converted here), and a table with a few rows a record waits hundreds of chunks for 25,000
+# rows: those buffers, kept while everything around them was freed, pinned the C heap's pages
+# and the peak crept up with the records written. One million records written again: a
+# peak of 229-240 MB instead of 252-271, and the write no slower (fewer pieces to encode).
+PENDING_PIECES = 8
+PENDING_COPY = 4 << 20  # bytes: the articles table's pieces are big and wait a dozen chunks
+
 MMAP_THRESHOLD = 128 * 1024  # glibc's own default, kept fixed (see tune_allocators)
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
@@ -578,6 +587,8 @@ class SnapshotWriter:
     def _append(self, table: str, arrow: pa.Table) -> None:
         """Queue converted rows; write every full row group."""
         pending = self._pending[table]
+        if len(pending) >= PENDING_PIECES and sum(t.nbytes for t in pending) <= PENDING_COPY:
+            pending[:] = [pa.concat_tables(pending).combine_chunks()]  # one piece (see there)
         pending.append(arrow)
         queued = sum(t.num_rows for t in pending)
         full = queued - queued % self.row_group_rows[table]
