@@ -94,8 +94,7 @@ def harvest(args: dict[str, Any]) -> dict[str, Any]:
         "ids": manifest["ids"],
         "requests": sum(http.get("requests", {}).values()),
         "retries": http.get("retries", {}),
-        "rows": {name.removesuffix(".parquet"): f.get("rows")
-                 for name, f in manifest.get("files", {}).items() if name.endswith(".parquet")},
+        "rows": {table: t["rows"] for table, t in manifest.get("tables", {}).items()},
         "snapshot": str(result.snapshot),
         "max_rss_mb": max_rss_mb(),
         "max_worker_rss_mb": max_child_rss_mb(),

@@ -357,7 +357,7 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
         python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) \
             else sys.executable
         print(f"  {python} -c \"import duckdb; duckdb.sql(\\\"SELECT article_id, title, "
-              f"published_date FROM '{where}/articles.parquet' LIMIT 5\\\").show()\"")
+              f"published_date FROM '{where}/articles/*.parquet' LIMIT 5\\\").show()\"")
         print("tables and columns: docs/TABLES.md")
     return code
 
@@ -512,9 +512,8 @@ def _print_summary(manifest: dict[str, Any], snapshot: Path | str | None,
     retries = http.get("retries", {})
     if retries:
         print("retries  " + ", ".join(f"{k}: {v:,}" for k, v in retries.items()))
-    files = manifest.get("files", {})
-    tables = [f"{name.removesuffix('.parquet')} {f['rows']:,}" for name, f in files.items()
-              if name.endswith(".parquet") and f.get("rows")]
+    tables = [f"{t} {info['rows']:,}" for t, info in manifest.get("tables", {}).items()
+              if info.get("rows")]
     if tables:
         print("tables   " + ", ".join(tables))
     if manifest.get("errors") or ids.get("gone"):

@@ -25,7 +25,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: a table is a folder of part files, TABLE/part-NNNNN.parquet (1: one TABLE.parquet)
+SCHEMA_VERSION = 2
 
 _STR = pa.string()
 _I32 = pa.int32()

@@ -68,6 +68,30 @@ _ROW_TYPES = {table: pa.struct(list(schema)) for table, schema in SCHEMAS.items(
 PENDING_PIECES = 8
 PENDING_COPY = 4 << 20  # bytes: the articles table's pieces are big and wait a dozen chunks
 
+# Row groups in one part file of a table (TABLE/part-NNNNN.parquet): 100,000 records of the
+# articles table, 500,000 rows of the narrow ones. Parquet holds every row group's footer
+# entry, about 900 bytes a column, in memory until its file closes: one file a table grew by
+# 12 MB a million records and pinned the C heap around it (a million records written again:
+# the peak's level crept ~20 MB where parts of 10 row groups kept it flat).
+FILE_ROW_GROUPS = 20
+_PART = re.compile(r"^part-(\d{5,})\.parquet$")
+
+
+def table_part(table: str, number: int) -> str:
+    """A part file's name in a snapshot: `articles/part-00000.parquet`."""
+    return f"{table}/part-{number:05d}.parquet"
+
+
+def table_files(files: Iterable[str], table: str) -> list[str]:
+    """A table's Parquet files among a snapshot's file names (its manifest's `files`), in
+    order: its part files, or `TABLE.parquet` in snapshots before schema version 2."""
+    if f"{table}.parquet" in files:
+        return [f"{table}.parquet"]
+    prefix = f"{table}/"
+    parts = [f for f in files if f.startswith(prefix) and _PART.match(f[len(prefix):])]
+    return sorted(parts, key=lambda f: int(f[len(prefix) + 5:-8]))
+
+
 MMAP_THRESHOLD = 128 * 1024  # glibc's own default, kept fixed (see tune_allocators)
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
@@ -210,8 +234,9 @@ def _fs_describe(path: Path) -> dict[str, Any]:
 
 
 def _fs_list_files(path: Path) -> list[Path]:
+    """Every file under `path`, its table folders' part files too, in name order."""
     try:
-        return sorted(p for p in path.iterdir() if p.is_file())
+        return sorted(p for p in path.rglob("*") if p.is_file())
     except OSError as e:
         raise _fail("list", path, e) from e
 
@@ -307,6 +332,7 @@ class SnapshotWriter:
         formats: frozenset[str] = FORMATS,
         row_group_size: int = 5_000,
         narrow_row_group_size: int = 25_000,
+        file_row_groups: int = FILE_ROW_GROUPS,
         staging_dir: Path | str | None = None,
     ) -> None:
         if not name or not _SAFE_ID.match(name):
@@ -316,7 +342,8 @@ class SnapshotWriter:
         if not formats or not set(formats) <= FORMATS:
             raise ValueError(f"formats must be a non-empty subset of {sorted(FORMATS)}")
         for what, size in (("row_group_size", row_group_size),
-                           ("narrow_row_group_size", narrow_row_group_size)):
+                           ("narrow_row_group_size", narrow_row_group_size),
+                           ("file_row_groups", file_row_groups)):
             if size < 1:
                 raise ValueError(f"{what} must be at least 1, got {size}")
         self.store = S3Store(str(root)) if is_remote(root) else None
@@ -336,6 +363,11 @@ class SnapshotWriter:
         # records (benchmarks' memory section), 25,000-row ones a fifth of that.
         self.row_group_rows = {t: row_group_size if "raw" in schema.names
                                else narrow_row_group_size for t, schema in SCHEMAS.items()}
+        # ...which is why a table is a folder of part files of `file_row_groups` row groups
+        # each: closing a part frees its footer, so memory is bounded however many records.
+        self.file_row_groups = file_row_groups
+        self._part: dict[str, int] = {}  # table -> number of its part file being written
+        self._part_groups: dict[str, int] = {}  # table -> row groups in that part so far
         self.staging = staging_root / self.snapshot_id
         folder = f"{PREFIX}{self.snapshot_id}"
         # Where the snapshot is published: a local directory, or its s3:// URL.
@@ -395,16 +427,9 @@ class SnapshotWriter:
                 self._lines[n] = _fs_open(self.staging / n)
             if "parquet" in self.formats:
                 self._io = ThreadPoolExecutor(4, thread_name_prefix="parquet")
-                for table, schema in SCHEMAS.items():
-                    path = self.staging / f"{table}.parquet"
-                    try:
-                        self._parquet[table] = pq.ParquetWriter(
-                            path, schema, compression="zstd",
-                            # min/max of long text prunes nothing and doubles every row
-                            # group's footer entry (held in memory until the file closes)
-                            write_statistics=[n for n in schema.names if n not in NO_STATISTICS])
-                    except OSError as e:
-                        raise _fail("create", path, e) from e
+                for table in SCHEMAS:  # every table has a first part, rows or not
+                    _fs_mkdir_new(self.staging / table)
+                    self._open_part(table, 0)
         except BaseException:
             self.abort()
             raise
@@ -432,12 +457,16 @@ class SnapshotWriter:
         self._state = "publishing"
         self._close_writers()
         paths = _fs_list_files(self.staging)
+        names = [p.relative_to(self.staging).as_posix() for p in paths]
         with ThreadPoolExecutor(min(4, len(paths) or 1), thread_name_prefix="describe") as pool:
-            files = dict(zip((p.name for p in paths), pool.map(_fs_describe, paths), strict=True))
+            files = dict(zip(names, pool.map(_fs_describe, paths), strict=True))
+        tables = {t: {"rows": sum(files[f]["rows"] for f in parts), "files": parts}
+                  for t in SCHEMAS if (parts := table_files(files, t))}
         doc = {
             **manifest,
             "snapshot_id": self.snapshot_id,
             "schema_version": SCHEMA_VERSION,
+            "tables": tables,
             "files": files,
         }
         opts = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | NDJSON_OPTS
@@ -606,12 +635,47 @@ class SnapshotWriter:
         assert self._io is not None
         self._io_jobs.append(self._io.submit(self._write_groups, table, arrow))
 
-    def _write_groups(self, table: str, arrow: pa.Table) -> None:
-        """On the Parquet thread: row groups of `arrow` into `table`'s file."""
+    def _part_path(self, table: str) -> Path:
+        return self.staging / table_part(table, self._part[table])
+
+    def _open_part(self, table: str, number: int) -> None:
+        self._part[table], self._part_groups[table] = number, 0
+        path = self._part_path(table)
+        schema = SCHEMAS[table]
         try:
-            self._parquet[table].write_table(arrow, row_group_size=self.row_group_rows[table])
+            self._parquet[table] = pq.ParquetWriter(
+                path, schema, compression="zstd",
+                # min/max of long text prunes nothing and doubles every row group's footer
+                # entry (held in memory until the file closes)
+                write_statistics=[n for n in schema.names if n not in NO_STATISTICS])
         except OSError as e:
-            raise _fail("write", self.staging / f"{table}.parquet", e) from e
+            raise _fail("create", path, e) from e
+
+    def _write_groups(self, table: str, arrow: pa.Table) -> None:
+        """On the Parquet thread: row groups of `arrow` into `table`'s part files, the next
+        part begun (and the full one closed) every `file_row_groups` row groups."""
+        group = self.row_group_rows[table]
+        done = 0
+        while done < arrow.num_rows:
+            if self._part_groups[table] == self.file_row_groups:
+                self._close_part(table)
+                self._open_part(table, self._part[table] + 1)
+            room = (self.file_row_groups - self._part_groups[table]) * group
+            piece = arrow.slice(done, room)
+            try:
+                self._parquet[table].write_table(piece, row_group_size=group)
+            except OSError as e:
+                raise _fail("write", self._part_path(table), e) from e
+            self._part_groups[table] += -(-piece.num_rows // group)
+            done += piece.num_rows
+
+    def _close_part(self, table: str) -> None:
+        # closed in place, not taken out: the caller's thread reads `table in self._parquet`
+        # as "this snapshot has Parquet" while the Parquet thread moves on to the next part
+        try:
+            self._parquet[table].close()
+        except OSError as e:
+            raise _fail("write", self._part_path(table), e) from e
 
     def _drain(self) -> None:
         """Wait for every queued row-group write; raise the first failure."""
@@ -651,11 +715,8 @@ class SnapshotWriter:
             except OSError as e:
                 raise _fail("write", self.staging / name, e) from e
         self._lines.clear()
-        for table, w in list(self._parquet.items()):
-            try:
-                w.close()
-            except OSError as e:
-                raise _fail("write", self.staging / f"{table}.parquet", e) from e
+        for table in self._parquet:
+            self._close_part(table)
         self._parquet.clear()
 
 
@@ -926,6 +987,7 @@ class S3Store:
         """Download one file into `workdir`; its local path and sha256."""
         dest = workdir / file
         try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
             with self.fs.open_input_stream(self._path(name, folder, file)) as src, \
                     open(dest, "wb") as dst:
                 return dest, _hash_copy(src, dst)
@@ -942,7 +1004,7 @@ class S3Store:
         # would leave directory-marker objects behind.
         for p in _fs_list_files(staging):
             if p.name != MANIFEST:
-                self._upload(p, name, folder, p.name)
+                self._upload(p, name, folder, p.relative_to(staging).as_posix())
         self._upload(staging / MANIFEST, name, folder, MANIFEST)
         self._put(f"{folder}\n".encode(), name, LATEST)
         return self.url(name, folder)

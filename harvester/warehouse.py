@@ -31,7 +31,15 @@ import pyarrow as pa
 
 from harvester.errors import LockedError, OutputError
 from harvester.records import ARTICLE_TABLES, SCHEMA_VERSION, SCHEMAS
-from harvester.sinks import ID_FORMAT, MANIFEST, PREFIX, Store, open_store, parse_manifest
+from harvester.sinks import (
+    ID_FORMAT,
+    MANIFEST,
+    PREFIX,
+    Store,
+    open_store,
+    parse_manifest,
+    table_files,
+)
 
 log = logging.getLogger("harvester")
 
@@ -121,10 +129,11 @@ def load(output: Path | str, name: str, duckdb_file: Path | str) -> LoadReport:
         return wh.load_harvest(store, name)
 
 
-def _read(path: Path) -> str:
-    """DuckDB's scan of one Parquet file (no hive columns from the snapshot=<id> folder)."""
-    quoted = "'" + str(path).replace("'", "''") + "'"
-    return f"read_parquet({quoted}, hive_partitioning = false)"
+def _read(paths: list[Path]) -> str:
+    """DuckDB's scan of a table's Parquet files (no hive columns from the snapshot=<id>
+    folder)."""
+    quoted = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
+    return f"read_parquet([{quoted}], hive_partitioning = false)"
 
 
 def _duck_error(e: duckdb.Error) -> str:
@@ -274,14 +283,14 @@ class Warehouse:
             raise OutputError(f"{where}: table schema version {version!r} is not one this "
                               f"harvester knows (<= {SCHEMA_VERSION}); upgrade the harvester")
         listed = manifest.get("files")
-        if not isinstance(listed, dict) or "articles.parquet" not in listed:
-            raise OutputError(f"{where}: no articles.parquet (written without the parquet "
-                              f"format); the warehouse loads the Parquet tables")
-        files = self._fetch_verified(store, name, folder, listed, workdir)
+        if not isinstance(listed, dict) or not table_files(listed, "articles"):
+            raise OutputError(f"{where}: no articles table in Parquet (written without the "
+                              f"parquet format); the warehouse loads the Parquet tables")
+        files, errors = self._fetch_verified(store, name, folder, listed, workdir)
         kind, status = str(manifest.get("kind", "unknown")), str(manifest.get("status", "unknown"))
         # Only a complete full harvest says "everything that exists": absence means withdrawn.
         full = kind == "full" and status == "complete"
-        tombstones = _not_found(files.get("errors.ndjson"), where)
+        tombstones = _not_found(errors, where)
         day = _snapshot_date(sid, manifest, where)
         con = self.con
         try:
@@ -310,13 +319,14 @@ class Warehouse:
                  loaded.articles, ", ".join(f"{n} {c}" for c, n in loaded.changes.items()))
         return loaded
 
-    def _replace(self, table: str, file: Path, files: dict[str, Path], sid: str) -> None:
+    def _replace(self, table: str, file: list[Path], files: dict[str, list[Path]],
+                 sid: str) -> None:
         """The snapshot's rows replace those of the entities it holds in `<table>_current`."""
         key = KEYS[table]
         if table in FROM_RECORD:
             held = "SELECT article_id FROM _present"
         elif table in _OWNED:
-            owner = files.get(f"{_OWNED[table][0]}.parquet")
+            owner = files.get(_OWNED[table][0])
             if owner is None:
                 return
             held = f"SELECT DISTINCT {key[0]} FROM {_read(owner)}"
@@ -332,28 +342,31 @@ class Warehouse:
                              "WHERE article_id IN (SELECT article_id FROM _gone)", [sid])
 
     def _fetch_verified(self, store: Store, name: str, folder: str, listed: dict[str, Any],
-                        workdir: Path) -> dict[str, Path]:
-        """Local paths of the files the load reads, each checked against the manifest."""
-        wanted = [f"{t}.parquet" for t in SCHEMAS] + ["errors.ndjson"]
-        files: dict[str, Path] = {}
-        for file in wanted:
-            entry = listed.get(file)
-            if not isinstance(entry, dict):
-                continue  # a table an older schema version did not have
+                        workdir: Path) -> tuple[dict[str, list[Path]], Path | None]:
+        """Local paths of the files the load reads, each checked against the manifest: every
+        table's Parquet files (a table an older schema version did not have is left out)
+        and errors.ndjson, if there is one."""
+
+        def fetch(file: str) -> Path:
+            entry = listed[file]
             path, digest = store.fetch(name, folder, file, workdir)
-            if digest != entry.get("sha256"):
+            want = entry.get("sha256") if isinstance(entry, dict) else None
+            if digest != want:
                 raise OutputError(f"{store.url(name, folder, file)}: sha256 {digest[:16]}... "
                                   f"does not match the manifest's "
-                                  f"{str(entry.get('sha256'))[:16]}...; snapshot not loaded")
-            files[file] = path
-        return files
+                                  f"{str(want)[:16]}...; snapshot not loaded")
+            return path
 
-    def _apply(self, sid: str, files: dict[str, Path], tombstones: Iterable[int], full: bool,
-               day: date) -> None:
+        tables = {t: [fetch(f) for f in parts] for t in SCHEMAS
+                  if (parts := table_files(listed, t))}
+        return tables, fetch("errors.ndjson") if "errors.ndjson" in listed else None
+
+    def _apply(self, sid: str, files: dict[str, list[Path]], tombstones: Iterable[int],
+               full: bool, day: date) -> None:
         """The snapshot's effect on every table; runs inside the caller's transaction."""
         con = self.con
         con.execute("CREATE OR REPLACE TEMP TABLE _present AS SELECT article_id, content_hash "
-                    f"FROM {_read(files['articles.parquet'])}")
+                    f"FROM {_read(files['articles'])}")
         con.register("_tomb_ids", pa.table({"article_id": pa.array(sorted(set(tombstones)),
                                                                    pa.int64())}))
         try:
@@ -380,10 +393,10 @@ class Warehouse:
         con.execute("INSERT INTO changes SELECT ?, article_id, change, content_hash, NULL "
                     "FROM _gone ORDER BY article_id", [sid])
         for table in SCHEMAS:
-            file = files.get(f"{table}.parquet")
+            file = files.get(table)
             if file is not None:
                 self._replace(table, file, files, sid)
-        stats = files.get("stats.parquet")
+        stats = files.get("stats")
         con.execute("CREATE OR REPLACE TEMP TABLE _stats AS SELECT article_id, counter, scope, "
                     "total FROM " + (_read(stats) if stats else "stats_current WHERE false"))
         # Two snapshots on one day: the later one's totals stand for that day.

@@ -42,10 +42,10 @@ def sim() -> Iterator[SimulatorThread]:
 
 def tables(snapshot: Path) -> dict[str, list[dict[str, Any]]]:
     out = {}
-    for path in sorted(snapshot.glob("*.parquet")):
-        table = pq.read_table(path)
+    for folder in sorted(p for p in snapshot.iterdir() if p.is_dir()):  # a table's parts
+        table = pq.read_table(folder)
         keep = [c for c in table.column_names if c not in PER_RUN_COLUMNS]
-        out[path.stem] = table.select(keep).to_pylist()
+        out[folder.name] = table.select(keep).to_pylist()
     return out
 
 

@@ -65,7 +65,7 @@ def test_paths_stay_inside_the_root(tmp_path: Path) -> None:
 
 
 def downloads(snapshot: Path) -> list[dict[str, Any]]:
-    return pq.read_table(snapshot / "downloads.parquet").to_pylist()
+    return pq.read_table(snapshot / "downloads").to_pylist()
 
 
 def files_of(sim: Simulator, ids: list[int]) -> list[tuple[int, dict[str, Any]]]:

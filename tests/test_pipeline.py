@@ -32,7 +32,7 @@ def read_errors(snapshot: Path) -> list[dict[str, Any]]:
 
 
 def article_ids(snapshot: Path) -> list[int]:
-    return pq.read_table(snapshot / "articles.parquet").column("article_id").to_pylist()
+    return pq.read_table(snapshot / "articles").column("article_id").to_pylist()
 
 
 async def served(sim: Simulator, path: str) -> Any:
@@ -60,16 +60,18 @@ async def test_group_harvest_every_id_once_lossless_ndjson_typed_parquet(
         assert record == await served(sim, f"/articles/{record['id']}")
 
     for table, schema in SCHEMAS.items():
-        got = pq.read_schema(snap / f"{table}.parquet")
+        got = pq.read_schema(snap / table / "part-00000.parquet")
         assert got.remove_metadata().equals(schema.remove_metadata()), table
 
     con = duckdb.connect()
     n, distinct = con.execute(
-        f"SELECT count(*), count(DISTINCT article_id) FROM read_parquet('{snap}/articles.parquet')"
+        f"SELECT count(*), count(DISTINCT article_id) "
+        f"FROM read_parquet('{snap}/articles/*.parquet')"
     ).fetchone()
     assert n == distinct == len(expected)
     stats = con.execute(
-        f"SELECT counter, count(*) FROM read_parquet('{snap}/stats.parquet') GROUP BY 1 ORDER BY 1"
+        f"SELECT counter, count(*) FROM read_parquet('{snap}/stats/*.parquet') "
+        f"GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert stats == [("downloads", n), ("shares", n), ("views", n)]
 
@@ -77,7 +79,7 @@ async def test_group_harvest_every_id_once_lossless_ndjson_typed_parquet(
     assert manifest["status"] == "complete"
     assert manifest["sources"][0]["ids"] == len(expected)
     assert manifest["ids"] == {"total": n, "fetched": n, "failed": 0, "gone": 0}
-    assert manifest["files"]["articles.parquet"]["rows"] == n
+    assert manifest["tables"]["articles"]["rows"] == n
 
 
 async def test_stats_totals_match_the_stats_host(sim: Simulator, tmp_path: Path) -> None:
@@ -85,7 +87,7 @@ async def test_stats_totals_match_the_stats_host(sim: Simulator, tmp_path: Path)
     cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}])
     snap = (await Harvest(cfg).run()).snapshot
     assert snap is not None
-    rows = pq.read_table(snap / "stats.parquet").to_pylist()
+    rows = pq.read_table(snap / "stats").to_pylist()
     async with aiohttp.ClientSession() as http:
         for row in rows:
             url = f"{sim.stats_url}/total/{row['counter']}/article/{row['article_id']}"
@@ -102,7 +104,7 @@ async def test_sources_are_deduplicated_and_keep_provenance(sim: Simulator, tmp_
     ])
     snap = (await Harvest(cfg).run()).snapshot
     assert snap is not None
-    table = pq.read_table(snap / "articles.parquet", columns=["article_id", "sources"]).to_pylist()
+    table = pq.read_table(snap / "articles", columns=["article_id", "sources"]).to_pylist()
     prov = {r["article_id"]: r["sources"] for r in table}
     assert len(prov) == len(members) + 1
     assert prov[members[0]] == ["g", "picked"]

@@ -30,7 +30,7 @@ from harvester.errors import ConfigError, OutputError
 from harvester.records import RowContext, article_rows, stats_rows
 from harvester.simulator import SimulatorThread
 from harvester.simulator.settings import SimSettings
-from harvester.sinks import SnapshotWriter, open_store, read_manifest, s3_filesystem
+from harvester.sinks import SnapshotWriter, open_store, read_manifest, s3_filesystem, table_files
 from harvester.warehouse import load
 
 NAME = "nightly"
@@ -195,8 +195,13 @@ def test_publish_to_s3_read_back_with_pyarrow_and_duckdb_and_load(moto, tmp_path
     # pyarrow.dataset over s3, as the README shows: one dataset, the snapshot as a column
     fs = s3_filesystem()
     base = f"{bucket}/harvests/{NAME}"
-    dataset = ds.dataset([f"{base}/{s}/articles.parquet" for s in store.snapshots(NAME)],
-                         filesystem=fs, format="parquet", partitioning="hive",
+    def parts(table: str) -> list[str]:  # the manifest's part files, as the README shows
+        return [f"{base}/{s}/{f}" for s in store.snapshots(NAME)
+                for f in table_files(read_manifest(store.url(NAME, s))["files"], table)]
+
+    assert parts("articles") == [f"{base}/snapshot={s}/articles/part-00000.parquet"
+                                 for s in (S1, S2)]
+    dataset = ds.dataset(parts("articles"), filesystem=fs, format="parquet", partitioning="hive",
                          partition_base_dir=base)
     table = dataset.to_table(columns=["snapshot", "article_id", "title"])
     assert sorted(zip(*table.to_pydict().values(), strict=True)) == [
@@ -205,8 +210,7 @@ def test_publish_to_s3_read_back_with_pyarrow_and_duckdb_and_load(moto, tmp_path
     assert table.schema.field("article_id").type == pa.int64()
 
     # DuckDB queries the Arrow dataset directly (no httpfs needed)
-    authors = ds.dataset([f"{base}/{s}/authors.parquet" for s in store.snapshots(NAME)],
-                         filesystem=fs, format="parquet", partitioning="hive",
+    authors = ds.dataset(parts("authors"), filesystem=fs, format="parquet", partitioning="hive",
                          partition_base_dir=base)
     con = duckdb.connect()
     con.register("authors", authors)
@@ -233,9 +237,10 @@ def test_a_tampered_object_is_refused_by_the_loader(moto, tmp_path):
     root = f"s3://{bucket}"
     publish(root, S1, [record(1)], tmp_path / "staging")
     boto3.client("s3", endpoint_url=moto, region_name="us-east-1").put_object(
-        Bucket=bucket, Key=f"{NAME}/snapshot={S1}/tags.parquet", Body=b"PAR1 not the same")
-    with pytest.raises(OutputError, match=rf"s3://{bucket}/{NAME}/snapshot={S1}/tags\.parquet: "
-                                          r"sha256 .* does not match"):
+        Bucket=bucket, Key=f"{NAME}/snapshot={S1}/tags/part-00000.parquet",
+        Body=b"PAR1 not the same")
+    with pytest.raises(OutputError, match=rf"s3://{bucket}/{NAME}/snapshot={S1}/tags/"
+                                          r"part-00000\.parquet: sha256 .* does not match"):
         load(root, NAME, tmp_path / "wh.duckdb")
 
 
@@ -261,7 +266,7 @@ def test_a_failed_manifest_upload_leaves_no_complete_snapshot_and_a_retry_publis
         publish(root, S1, [record(1), record(2)], staging)
     assert faulty.manifest_puts >= 1
     data = keys(faulty.endpoint, bucket)
-    assert f"{NAME}/snapshot={S1}/articles.parquet" in data  # the data went up first...
+    assert f"{NAME}/snapshot={S1}/articles/part-00000.parquet" in data  # the data went up first...
     assert_nothing_complete(faulty.endpoint, bucket, tmp_path)  # ...but it is not a snapshot
     assert list(staging.iterdir()) == []  # the failed writer cleaned up after itself
 
@@ -310,7 +315,7 @@ def test_an_uploader_killed_before_the_manifest_leaves_no_complete_snapshot(faul
             proc.kill()
             proc.wait()
         faulty.release.set()
-    assert f"{NAME}/snapshot={S1}/articles.parquet" in keys(faulty.endpoint, bucket)
+    assert f"{NAME}/snapshot={S1}/articles/part-00000.parquet" in keys(faulty.endpoint, bucket)
     assert_nothing_complete(faulty.endpoint, bucket, tmp_path)
 
 

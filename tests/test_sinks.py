@@ -38,6 +38,7 @@ from harvester.sinks import (
     read_manifest,
     rows_to_table,
     sanitize_url,
+    table_files,
 )
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -126,7 +127,7 @@ def test_round_trip_with_pyarrow(tmp_path):
     path = write_snapshot(tmp_path, records, snapshot_id="20240501T120000Z")
     assert path == tmp_path / NAME / "snapshot=20240501T120000Z"
 
-    arts = pq.read_table(path / "articles.parquet")
+    arts = pq.read_table(path / "articles")
     assert arts.schema.equals(SCHEMAS["articles"])
     assert arts.schema.field("title").metadata[b"description"]  # column docs travel along
     assert arts.column("article_id").to_pylist() == [r["id"] for r in records]
@@ -141,7 +142,7 @@ def test_round_trip_with_pyarrow(tmp_path):
     assert rows[10_000_005]["group_id"] is None and rows[10_000_006]["group_id"] == 106
     assert orjson.loads(r3["raw"]) == records[3]
 
-    authors = pq.read_table(path / "authors.parquet").to_pylist()
+    authors = pq.read_table(path / "authors").to_pylist()
     for r in records:
         mine = [a for a in authors if a["article_id"] == r["id"]]
         assert [a["position"] for a in mine] == list(range(len(r["authors"])))
@@ -149,17 +150,17 @@ def test_round_trip_with_pyarrow(tmp_path):
         assert mine[0]["orcid_id"] == "0000-0002-1825-0097"
         assert all(a["orcid_id"] is None for a in mine[1:])
 
-    tags = pq.read_table(path / "tags.parquet").to_pylist()
+    tags = pq.read_table(path / "tags").to_pylist()
     assert {t["kind"] for t in tags} == {"tag", "keyword"}
     assert sum(t["kind"] == "tag" for t in tags) == 80
     assert sum(t["kind"] == "keyword" for t in tags) == 2 * sum(1 for i in range(40) if i % 4)
 
-    cf = pq.read_table(path / "custom_fields.parquet").to_pylist()
+    cf = pq.read_table(path / "custom_fields").to_pylist()
     sites = [(c["value_index"], c["value"]) for c in cf if c["article_id"] == 10_000_000]
     assert sites == [(0, "Keswick"), (1, "Ambleside")]
-    files = pq.read_table(path / "files.parquet")
+    files = pq.read_table(path / "files")
     assert files.num_rows == 2 * 36
-    stats = pq.read_table(path / "stats.parquet").to_pylist()
+    stats = pq.read_table(path / "stats").to_pylist()
     assert stats[0] == {"snapshot_id": "20240501T120000Z", "article_id": 10_000_000,
                         "counter": "views", "scope": "public", "total": 10_000_000 % 97,
                         "fetched_at": T0}
@@ -175,29 +176,31 @@ def test_round_trip_with_duckdb(tmp_path):
         return con.execute(sql.replace("BASE", str(base))).fetchall()
 
     got = q("SELECT snapshot, snapshot_id, count(*) FROM read_parquet("
-            "'BASE/snapshot=*/articles.parquet', hive_partitioning = true) GROUP BY ALL")
+            "'BASE/snapshot=*/articles/*.parquet', hive_partitioning = true) GROUP BY ALL")
     assert got == [("20240501T120000Z", "20240501T120000Z", 30)]
     got = q("SELECT strftime(published_date, '%Y-%m-%dT%H:%M:%S%z'), "
             "strftime(timeline_first_online, '%Y-%m-%d %H:%M'), epoch(fetched_at) "
-            "FROM 'BASE/snapshot=*/articles.parquet' WHERE article_id = 10000003")
+            "FROM 'BASE/snapshot=*/articles/*.parquet' WHERE article_id = 10000003")
     assert got == [("2023-04-04T10:03:00+00", "2021-07-07 00:00", T0.timestamp())]
     got = q("SELECT article_id, list(position ORDER BY position), list(full_name ORDER BY position)"
-            " FROM 'BASE/snapshot=*/authors.parquet' GROUP BY article_id ORDER BY article_id"
+            " FROM 'BASE/snapshot=*/authors/*.parquet' GROUP BY article_id ORDER BY article_id"
             " LIMIT 3")
     assert got == [
         (10_000_000, [0], ["Author 0 of 0"]),
         (10_000_001, [0, 1], ["Author 0 of 1", "Author 1 of 1"]),
         (10_000_002, [0, 1, 2], ["Author 0 of 2", "Author 1 of 2", "Author 2 of 2"]),
     ]
-    got = q("SELECT kind, count(*) FROM 'BASE/snapshot=*/tags.parquet' GROUP BY kind ORDER BY kind")
+    got = q("SELECT kind, count(*) FROM 'BASE/snapshot=*/tags/*.parquet' "
+            "GROUP BY kind ORDER BY kind")
     assert got == [("keyword", 2 * sum(1 for i in range(30) if i % 4)), ("tag", 60)]
-    got = q("SELECT a.title, c.title, s.total FROM 'BASE/snapshot=*/articles.parquet' a "
-            "JOIN 'BASE/snapshot=*/categories.parquet' c USING (snapshot_id, article_id, version) "
-            "JOIN 'BASE/snapshot=*/stats.parquet' s USING (snapshot_id, article_id) "
+    got = q("SELECT a.title, c.title, s.total FROM 'BASE/snapshot=*/articles/*.parquet' a "
+            "JOIN 'BASE/snapshot=*/categories/*.parquet' c "
+            "USING (snapshot_id, article_id, version) "
+            "JOIN 'BASE/snapshot=*/stats/*.parquet' s USING (snapshot_id, article_id) "
             "WHERE a.article_id = 10000001 AND s.counter = 'views'")
     assert got == [(records[1]["title"], "Genetics", 10_000_001 % 97)]
     got = q("SELECT count(*) FILTER (WHERE file_count IS NULL), sum(file_count) "
-            "FROM 'BASE/snapshot=*/articles.parquet'")
+            "FROM 'BASE/snapshot=*/articles/*.parquet'")
     assert got == [(3, 2 * 27)]
 
 
@@ -255,10 +258,11 @@ def test_manifest_lists_every_file_with_true_rows_sha256_and_bytes(tmp_path):
     manifest = read_manifest(path)
     assert manifest["name"] == NAME and manifest["run"] == {"ids": 12}  # the caller's keys kept
     assert manifest["snapshot_id"] == path.name.removeprefix("snapshot=")
-    assert manifest["schema_version"] == 1
-    on_disk = {p.name for p in path.iterdir()} - {"manifest.json"}
+    assert manifest["schema_version"] == 2
+    on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+    on_disk -= {"manifest.json"}
     assert set(manifest["files"]) == on_disk
-    assert {f"{t}.parquet" for t in SCHEMAS} | {
+    assert {f"{t}/part-00000.parquet" for t in SCHEMAS} | {
         "articles.ndjson", "stats.ndjson", "errors.ndjson"} == on_disk
     for name, entry in manifest["files"].items():
         data = (path / name).read_bytes()
@@ -267,8 +271,10 @@ def test_manifest_lists_every_file_with_true_rows_sha256_and_bytes(tmp_path):
         rows = pq.read_metadata(path / name).num_rows if name.endswith(".parquet") else (
             len(data.splitlines()))
         assert entry["rows"] == rows, name
-    assert manifest["files"]["articles.parquet"]["rows"] == 12
-    assert manifest["files"]["authors.parquet"]["rows"] == sum(1 + i % 3 for i in range(12))
+    assert manifest["files"]["articles/part-00000.parquet"]["rows"] == 12
+    assert manifest["tables"]["articles"] == {"rows": 12, "files": ["articles/part-00000.parquet"]}
+    assert manifest["tables"]["authors"]["rows"] == sum(1 + i % 3 for i in range(12))
+    assert set(manifest["tables"]) == set(SCHEMAS)
     assert manifest["files"]["stats.ndjson"]["rows"] == 24
 
 
@@ -351,7 +357,8 @@ def test_a_killed_run_leaves_only_staging(tmp_path):
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 9, done.stderr
     staged = tmp_path / NAME / ".staging" / "20990101T000000Z"
-    assert (staged / "articles.parquet").stat().st_size > 4  # row groups were streamed out
+    # row groups were streamed out
+    assert (staged / "articles" / "part-00000.parquet").stat().st_size > 4
     assert not (staged / "manifest.json").exists()
     assert snapshot_dirs(tmp_path) == ["snapshot=20240101T000000Z"]
     # A manifest-less snapshot= directory (say, half copied by hand) is not a snapshot either,
@@ -366,7 +373,7 @@ def test_a_killed_run_leaves_only_staging(tmp_path):
         rec = record(5)
         again.add_article(rec, article_rows(rec, RowContext(again.snapshot_id, T0)))
         resumed = again.publish({})
-    assert pq.read_table(resumed / "articles.parquet").column("article_id").to_pylist() == [
+    assert pq.read_table(resumed / "articles").column("article_id").to_pylist() == [
         rec["id"]]
     assert (resumed / "articles.ndjson").read_bytes().count(b"\n") == 1
     assert list((tmp_path / NAME / ".staging").iterdir()) == []  # lock file gone too
@@ -417,13 +424,13 @@ def test_a_full_disk_is_an_output_error_naming_the_file(tmp_path):
 def test_empty_snapshot_has_every_table_with_its_schema(tmp_path):
     path = write_snapshot(tmp_path, [])
     for table, schema in SCHEMAS.items():
-        read = pq.read_schema(path / f"{table}.parquet")
+        read = pq.read_schema(path / table / "part-00000.parquet")
         assert read.equals(schema, check_metadata=True), table
-        assert pq.read_metadata(path / f"{table}.parquet").num_rows == 0
+        assert pq.read_metadata(path / table / "part-00000.parquet").num_rows == 0
     files = read_manifest(path)["files"]
     assert all(entry["rows"] == 0 for entry in files.values())
     assert {"articles.ndjson", "stats.ndjson", "errors.ndjson"} <= set(files)
-    cols = duck().execute(f"DESCRIBE SELECT * FROM read_parquet('{path}/authors.parquet', "
+    cols = duck().execute(f"DESCRIBE SELECT * FROM read_parquet('{path}/authors/*.parquet', "
                           f"hive_partitioning = false)").fetchall()
     assert [c[:2] for c in cols] == [
         ("snapshot_id", "VARCHAR"), ("article_id", "BIGINT"), ("version", "INTEGER"),
@@ -440,24 +447,61 @@ def test_row_groups_follow_row_group_size(tmp_path):
         for n, r in enumerate(records, 1):
             writer.add_article(r, article_rows(r, ctx))
             if n == 4_999:
-                assert (writer.staging / "articles.parquet").stat().st_size == 4  # just "PAR1"
+                assert (writer.staging / "articles" / "part-00000.parquet"  # just "PAR1"
+                        ).stat().st_size == 4
             if n == 5_000:  # a full row group goes out before any more rows come: memory
                 # stays bounded (it is encoded on the writer's thread: wait for it, not a row)
                 deadline = time.monotonic() + 30
-                while (writer.staging / "articles.parquet").stat().st_size == 4 and \
+                while (writer.staging / "articles" / "part-00000.parquet").stat().st_size == 4 and \
                         time.monotonic() < deadline:
                     time.sleep(0.01)
-                assert (writer.staging / "articles.parquet").stat().st_size > 4
+                assert (writer.staging / "articles" / "part-00000.parquet").stat().st_size > 4
         path = writer.publish({})
-    meta = pq.read_metadata(path / "articles.parquet")
+    meta = pq.read_metadata(path / "articles" / "part-00000.parquet")
     assert meta.num_row_groups == 3
     assert [meta.row_group(i).num_rows for i in range(3)] == [5_000, 5_000, 2_000]
     # narrow tables (no record JSON in them) have row groups five times as long: each row
     # group's footer stays in memory until the file closes
-    tags = pq.read_metadata(path / "tags.parquet")
+    tags = pq.read_metadata(path / "tags" / "part-00000.parquet")
     assert [tags.row_group(i).num_rows for i in range(tags.num_row_groups)] == [25_000, 11_000]
     assert not (path / "articles.ndjson").exists()  # parquet only
     assert (path / "errors.ndjson").exists()  # the error log is always kept
+
+
+def test_a_table_is_split_into_part_files_of_file_row_groups(tmp_path):
+    # Parquet keeps every row group's footer entry in memory until the file closes: a part
+    # file closes after file_row_groups row groups, so memory does not grow with the records
+    records = [{"id": i, "title": f"t{i}", "tags": ["a", "b"]} for i in range(1, 4_501)]
+    writer = SnapshotWriter(tmp_path, NAME, formats=frozenset({"parquet"}), row_group_size=500,
+                            narrow_row_group_size=1_000, file_row_groups=3)
+    with writer:
+        ctx = RowContext(writer.snapshot_id, T0)
+        for r in records:
+            writer.add_article(r, article_rows(r, ctx))
+        path = writer.publish({})
+    parts = sorted(p.name for p in (path / "articles").iterdir())
+    assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    for name in parts:  # 3 row groups of 500 each: 4,500 records fill the third exactly
+        meta = pq.read_metadata(path / "articles" / name)
+        assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [500] * 3
+    tags = [pq.read_metadata(path / "tags" / p) for p in sorted(os.listdir(path / "tags"))]
+    assert [m.num_rows for m in tags] == [3_000, 3_000, 3_000]  # 9,000 rows in 1,000s
+    # read back whole: a folder (pyarrow), a glob (DuckDB), rows in id order across the parts
+    assert pq.read_table(path / "articles").column("article_id").to_pylist() == list(
+        range(1, 4_501))
+    assert duckdb.connect().execute(
+        f"SELECT count(*), count(DISTINCT article_id), min(article_id), max(article_id) "
+        f"FROM '{path}/articles/*.parquet'").fetchall() == [(4_500, 4_500, 1, 4_500)]
+    manifest = read_manifest(path)
+    assert manifest["tables"]["articles"] == {
+        "rows": 4_500, "files": [f"articles/{p}" for p in parts]}
+    assert manifest["tables"]["tags"]["rows"] == 9_000
+    assert manifest["tables"]["funding"] == {"rows": 0, "files": ["funding/part-00000.parquet"]}
+    assert table_files(manifest["files"], "tags") == manifest["tables"]["tags"]["files"]
+    # snapshots of schema version 1 had one file a table
+    assert table_files({"tags.parquet": {}, "tags.ndjson": {}}, "tags") == ["tags.parquet"]
+    assert table_files({f"tags/part-{n:05d}.parquet": {} for n in (10, 9, 0)}, "tags") == [
+        "tags/part-00000.parquet", "tags/part-00009.parquet", "tags/part-00010.parquet"]
 
 
 def test_rows_waiting_for_their_row_group_are_held_in_one_piece(tmp_path, monkeypatch):
@@ -476,7 +520,7 @@ def test_rows_waiting_for_their_row_group_are_held_in_one_piece(tmp_path, monkey
             assert len(pending) <= sinks.PENDING_PIECES
             assert all(c.num_chunks == 1 for c in pending[0].columns)
         path = writer.publish({})
-    tags = pq.read_table(path / "tags.parquet")
+    tags = pq.read_table(path / "tags")
     assert tags.column("tag").to_pylist() == [
         f"t{n}-{k}" for n in range(300) for k in range(1 + n % 4)]
     assert tags.column("article_id").to_pylist() == [
@@ -563,11 +607,11 @@ def test_collections_and_projects_through_add_rows(tmp_path):
     con = duck()
     got = con.execute(f"SELECT c.collection_id, c.group_id, c.is_public, "
                       f"list(ca.article_id ORDER BY ca.article_id) "
-                      f"FROM '{path}/collections.parquet' c "
-                      f"JOIN '{path}/collection_articles.parquet' ca USING (collection_id) "
+                      f"FROM '{path}/collections/*.parquet' c "
+                      f"JOIN '{path}/collection_articles/*.parquet' ca USING (collection_id) "
                       f"GROUP BY ALL").fetchall()
     assert got == [(6100001, None, True, [1, 2])]
-    assert pq.read_table(path / "project_articles.parquet").to_pylist() == [
+    assert pq.read_table(path / "project_articles").to_pylist() == [
         {"snapshot_id": writer.snapshot_id, "project_id": 88001, "article_id": 3}]
 
 
@@ -644,7 +688,8 @@ def test_docs_recipes_read_every_snapshot_as_one_dataset(tmp_path, monkeypatch):
     out = tmp_path.name
 
     # pyarrow.dataset, as documented
-    files = [str(p / "articles.parquet") for p in list_snapshots(out, NAME)]
+    files = [str(f) for p in list_snapshots(out, NAME)
+             for f in sorted(p.glob("articles/*.parquet"))]
     dataset = ds.dataset(
         files,
         format="parquet",
@@ -663,28 +708,32 @@ def test_docs_recipes_read_every_snapshot_as_one_dataset(tmp_path, monkeypatch):
     con = duck()
     got = con.execute(
         f"SELECT snapshot, count(*) AS articles, count(DISTINCT article_id) AS ids "
-        f"FROM read_parquet('{out}/{NAME}/snapshot=*/articles.parquet', hive_partitioning = true) "
+        f"FROM read_parquet('{out}/{NAME}/snapshot=*/articles/*.parquet', "
+        f"hive_partitioning = true) "
         f"GROUP BY snapshot ORDER BY snapshot").fetchall()
     assert got == [("20240501T120000Z", 3, 3), ("20240502T120000Z", 5, 5)]
     got = con.execute(f"""
         SELECT a.article_id, au.position, au.full_name
-        FROM read_parquet('{out}/{NAME}/snapshot=*/articles.parquet', hive_partitioning = true) a
-        JOIN read_parquet('{out}/{NAME}/snapshot=*/authors.parquet', hive_partitioning = true) au
+        FROM read_parquet('{out}/{NAME}/snapshot=*/articles/*.parquet', hive_partitioning = true) a
+        JOIN read_parquet('{out}/{NAME}/snapshot=*/authors/*.parquet', hive_partitioning = true) au
           USING (snapshot_id, article_id)
         WHERE a.snapshot = (SELECT max(snapshot)
-                            FROM read_parquet('{out}/{NAME}/snapshot=*/articles.parquet',
+                            FROM read_parquet('{out}/{NAME}/snapshot=*/articles/*.parquet',
                                               hive_partitioning = true))
         ORDER BY a.article_id, au.position""").fetchall()
     assert len(got) == sum(1 + i % 3 for i in range(5))
     assert got[:3] == [(10_000_000, 0, "Author 0 of 0"), (10_000_001, 0, "Author 0 of 1"),
                        (10_000_001, 1, "Author 1 of 1")]
-    assert "read_parquet('output/NAME/snapshot=*/articles.parquet', hive_partitioning = true)" in (
-        (ROOT_DIR / "docs" / "TABLES.md").read_text(encoding="utf-8"))
+    documented = "read_parquet('output/NAME/snapshot=*/articles/*.parquet', " \
+        "hive_partitioning = true)"
+    assert documented in (ROOT_DIR / "docs" / "TABLES.md").read_text(encoding="utf-8")
+    assert 'for f in sorted(p.glob("articles/*.parquet"))' in (
+        ROOT_DIR / "docs" / "TABLES.md").read_text(encoding="utf-8")
 
 
 def test_long_text_columns_carry_no_statistics(tmp_path):
     path = write_snapshot(tmp_path, [record(i) for i in range(1, 4)])
-    meta = pq.read_metadata(path / "articles.parquet").row_group(0)
+    meta = pq.read_metadata(path / "articles" / "part-00000.parquet").row_group(0)
     names = [meta.column(i).path_in_schema for i in range(meta.num_columns)]
     stats = {n: meta.column(i).statistics for i, n in enumerate(names)}
     assert {"raw", "description", "citation"} <= set(names)

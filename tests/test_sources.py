@@ -436,17 +436,17 @@ async def test_collection_project_and_review_records_reach_the_snapshot(
     result = await Harvest(cfg).run()
     snap = result.snapshot
     assert snap is not None and result.manifest["status"] == "complete"
-    (coll,) = pq.read_table(snap / "collections.parquet").to_pylist()
+    (coll,) = pq.read_table(snap / "collections").to_pylist()
     assert coll["collection_id"] == cid and coll["title"] == c.collection(cid)["title"]
-    members = pq.read_table(snap / "collection_articles.parquet").column("article_id").to_pylist()
+    members = pq.read_table(snap / "collection_articles").column("article_id").to_pylist()
     assert sorted(members) == sorted(c.collection_articles(cid))
-    (proj,) = pq.read_table(snap / "projects.parquet").to_pylist()
+    (proj,) = pq.read_table(snap / "projects").to_pylist()
     assert proj["project_id"] == pid
-    reviews = pq.read_table(snap / "reviews.parquet").to_pylist()
+    reviews = pq.read_table(snap / "reviews").to_pylist()
     approved = [r for r in c.reviews if r["status"] == "approved"]
     assert sorted(r["review_id"] for r in reviews) == sorted(r["id"] for r in approved)
     assert all(r["status"] == "approved" and r["review_date"] is not None for r in reviews)
-    articles = set(pq.read_table(snap / "articles.parquet").column("article_id").to_pylist())
+    articles = set(pq.read_table(snap / "articles").column("article_id").to_pylist())
     assert articles == set(c.collection_articles(cid)) | set(c.project_articles(pid)) | {
         r["article_id"] for r in approved}
     # the manifest says what each source took

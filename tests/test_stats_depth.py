@@ -100,7 +100,7 @@ def test_merging_sums_and_treats_missing_keys_as_zero() -> None:
 
 
 def table(snapshot: Path, name: str) -> list[dict[str, Any]]:
-    return pq.read_table(snapshot / f"{name}.parquet").to_pylist()
+    return pq.read_table(snapshot / name).to_pylist()
 
 
 def popular(sim: Simulator, n: int, since: date = date(2021, 1, 1)) -> list[int]:
@@ -170,24 +170,24 @@ async def test_daily_breakdowns_over_three_years_are_split_and_merged(
     # per day, the countries' totals add up to the (unsplit) timeline's count: nothing clamped
     diff = con.execute(f"""
         WITH b AS (SELECT item_id, period, sum(count) AS n
-                   FROM read_parquet('{snap}/stats_breakdown.parquet')
+                   FROM read_parquet('{snap}/stats_breakdown/*.parquet')
                    WHERE city IS NULL GROUP BY ALL),
              t AS (SELECT item_id, period, count AS n
-                   FROM read_parquet('{snap}/stats_timeline.parquet') WHERE count > 0)
+                   FROM read_parquet('{snap}/stats_timeline/*.parquet') WHERE count > 0)
         SELECT count(*) FROM t FULL JOIN b USING (item_id, period)
         WHERE t.n IS DISTINCT FROM b.n""").fetchone()[0]
     assert diff == 0
-    total = con.execute(f"SELECT sum(count) FROM read_parquet('{snap}/stats_breakdown.parquet') "
+    total = con.execute(f"SELECT sum(count) FROM read_parquet('{snap}/stats_breakdown/*.parquet') "
                         "WHERE city IS NULL").fetchone()[0]
     assert total > 0
     # one request over the whole range would have been clamped to a year: fewer events
     one = await stats_get(sim, f"/breakdown/total/views/article/{ids[0]}",
                           {"start_date": start, "end_date": end})
-    mine = con.execute(f"SELECT sum(count) FROM read_parquet('{snap}/stats_breakdown.parquet') "
+    mine = con.execute(f"SELECT sum(count) FROM read_parquet('{snap}/stats_breakdown/*.parquet') "
                        f"WHERE city IS NULL AND item_id = {ids[0]}").fetchone()[0]
     clamped = sum(c["total"] for c in one["breakdown"].get("total", {}).values())
     assert mine >= clamped
-    cities = con.execute(f"SELECT count(*) FROM read_parquet('{snap}/stats_breakdown.parquet') "
+    cities = con.execute(f"SELECT count(*) FROM read_parquet('{snap}/stats_breakdown/*.parquet') "
                          "WHERE city IS NOT NULL").fetchone()[0]
     assert cities > 0
     # the README's dashboard queries run as written
@@ -298,7 +298,7 @@ async def test_group_stats_are_fetched_once_per_group_and_counts_match_the_harve
     per_year = con.execute(f"""
         SELECT period, sum(count) FILTER (WHERE item = 'article') AS articles,
                sum(count) FILTER (WHERE item = 'group') AS grp
-        FROM read_parquet('{snap}/stats_timeline.parquet') GROUP BY 1 ORDER BY 1""").fetchall()
+        FROM read_parquet('{snap}/stats_timeline/*.parquet') GROUP BY 1 ORDER BY 1""").fetchall()
     assert len(per_year) == 15
     assert all(a == g for _, a, g in per_year)  # a group's views are its articles' views
     assert sum(g for _, _, g in per_year) > 0
@@ -344,7 +344,7 @@ async def test_an_incremental_stats_refresh_keeps_the_series(
     first = await Harvest(cfg).run()
     second = await Harvest(cfg).run()  # nothing changed: every item is a stats-only refresh
     assert second.manifest["kind"] == "incremental"
-    assert pq.read_table(second.snapshot / "articles.parquet").num_rows == 0
+    assert pq.read_table(second.snapshot / "articles").num_rows == 0
 
     def series(snap: Path) -> list[tuple[int, str, int]]:
         rows = table(snap, "stats_timeline")

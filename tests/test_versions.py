@@ -35,7 +35,7 @@ async def test_every_version_lands_in_article_versions_keyed_by_version(
     con = duckdb.connect()
 
     def q(sql: str) -> list[tuple]:
-        return con.execute(sql.replace("T(", f"read_parquet('{snap}/").replace(")@", ".parquet')")
+        return con.execute(sql.replace("T(", f"read_parquet('{snap}/").replace(")@", "/*.parquet')")
                            ).fetchall()
 
     latest = dict(q("SELECT article_id, version FROM T(articles)@"))
@@ -50,14 +50,14 @@ async def test_every_version_lands_in_article_versions_keyed_by_version(
 
     # an older version's row holds that version's record exactly as served
     multi = next(i for i in ids if sim.corpus.versions_of(i) == 3)
-    rows = pq.read_table(snap / "article_versions.parquet").to_pylist()
+    rows = pq.read_table(snap / "article_versions").to_pylist()
     first = next(r for r in rows if (r["article_id"], r["version"]) == (multi, 1))
     async with aiohttp.ClientSession() as http, http.get(
             f"{sim.api_url}/articles/{multi}/versions/1") as resp:
         served = orjson.loads(await resp.read())
     assert orjson.loads(first["raw"]) == served
     assert first["doi"].endswith(".v1") and first["description"] != next(
-        r for r in pq.read_table(snap / "articles.parquet").to_pylist()
+        r for r in pq.read_table(snap / "articles").to_pylist()
         if r["article_id"] == multi)["description"]
 
     fetch = orjson.loads((snap / "manifest.json").read_bytes())["fetch"]
@@ -70,8 +70,8 @@ async def test_latest_only_by_default(sim: Simulator, tmp_path: Path) -> None:
     ids = pick(sim)
     cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}], stats={"counters": []})
     snap = (await Harvest(cfg).run()).snapshot
-    assert pq.read_table(snap / "article_versions.parquet").num_rows == 0
-    assert pq.read_table(snap / "articles.parquet").num_rows == len(ids)
+    assert pq.read_table(snap / "article_versions").num_rows == 0
+    assert pq.read_table(snap / "articles").num_rows == len(ids)
     assert sim.log.count("api", "/v2/articles/{article_id}/versions") == 0
 
 
@@ -82,10 +82,10 @@ async def test_drafts_have_no_public_versions(sim: Simulator, tmp_path: Path) ->
     result = await Harvest(cfg).run()
     assert result.errors == 0
     snap = result.snapshot
-    arts = pq.read_table(snap / "articles.parquet", columns=["article_id", "is_public"]).to_pylist()
+    arts = pq.read_table(snap / "articles", columns=["article_id", "is_public"]).to_pylist()
     drafts = {a["article_id"] for a in arts if not a["is_public"]}
     assert drafts
-    listed = {r["article_id"] for r in pq.read_table(snap / "versions.parquet").to_pylist()}
+    listed = {r["article_id"] for r in pq.read_table(snap / "versions").to_pylist()}
     assert listed and not listed & drafts  # their /versions answered 404: nothing recorded
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -56,12 +59,12 @@ def record(aid: int, **changes: Any) -> dict[str, Any]:
 def publish(root: Path, sid: str, records: list[dict[str, Any]], *,
             views: dict[int, int] | None = None, not_found: tuple[int, ...] = (),
             kind: str = "full", status: str = "complete",
-            stats_only: dict[int, int] | None = None) -> Path:
+            stats_only: dict[int, int] | None = None, **writer: Any) -> Path:
     """One snapshot written the way the pipeline writes it (records, stats, errors)."""
     ctx = RowContext(sid, datetime.strptime(sid, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC),
                      ("ids",))
     views = views or {}
-    with SnapshotWriter(root, NAME, snapshot_id=sid) as w:
+    with SnapshotWriter(root, NAME, snapshot_id=sid, **writer) as w:
         for rec in records:
             w.add_article(rec, article_rows(rec, ctx, versions=[{"version": 1, "url": "u"}]))
             total = views.get(rec["id"], rec["id"] % 1000)
@@ -107,14 +110,38 @@ def _restore_logging() -> Iterator[None]:
 
 @pytest.fixture
 def two(tmp_path: Path) -> Path:
+    return write_two(tmp_path / "out")
+
+
+def write_two(root: Path, **writer: Any) -> Path:
     """Day 1: items 1-4. Day 2: 1 unchanged, 2 changed, 3 gone, 4 answers 404, 5 added."""
-    root = tmp_path / "out"
-    publish(root, S1, [record(i) for i in (1, 2, 3, 4)], views={1: 100, 2: 200, 3: 300, 4: 400})
+    publish(root, S1, [record(i) for i in (1, 2, 3, 4)], views={1: 100, 2: 200, 3: 300, 4: 400},
+            **writer)
     two_authors = [{"id": 20, "full_name": "Author 2"}, {"id": 21, "full_name": "New Coauthor"}]
     publish(root, S2, [record(1), record(2, title="Item 2, revised", authors=two_authors),
                        record(5)],
-            views={1: 150, 2: 260, 5: 7}, not_found=(4,))
+            views={1: 150, 2: 260, 5: 7}, not_found=(4,), **writer)
     return root
+
+
+def to_schema_version_1(snapshot: Path) -> None:
+    """Rewrite a snapshot the way harvesters before schema version 2 wrote it: one
+    TABLE.parquet a table, the manifest listing those."""
+    manifest = orjson.loads((snapshot / "manifest.json").read_bytes())
+    for table in manifest.pop("tables"):
+        folder = snapshot / table
+        for name in manifest["files"]:
+            if name.startswith(f"{table}/"):
+                manifest["files"][name] = None
+        pq.write_table(pq.read_table(folder), snapshot / f"{table}.parquet")
+        shutil.rmtree(folder)
+        data = (snapshot / f"{table}.parquet").read_bytes()
+        manifest["files"][f"{table}.parquet"] = {
+            "rows": pq.read_metadata(snapshot / f"{table}.parquet").num_rows,
+            "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if v is not None}
+    manifest["schema_version"] = 1
+    (snapshot / "manifest.json").write_bytes(orjson.dumps(manifest))
 
 
 # --- two consecutive snapshots ----------------------------------------------------------------
@@ -159,7 +186,7 @@ def test_two_snapshots_current_tables_withdrawals_changes_and_stats_history(two,
 
     hashes = dict(q(con, "SELECT snapshot_id || '/' || article_id, content_hash FROM "
                          "read_parquet(?, hive_partitioning = true, union_by_name = true)",
-                    str(two / NAME / "snapshot=*" / "articles.parquet")))
+                    str(two / NAME / "snapshot=*" / "articles" / "*.parquet")))
     assert q(con, "SELECT snapshot_id, article_id, change, previous_hash, content_hash "
                   "FROM changes ORDER BY snapshot_id, article_id") == [
         (S1, 1, "added", None, hashes[f"{S1}/1"]),
@@ -277,14 +304,33 @@ def test_two_snapshots_on_one_day_the_later_wins_in_stats_history(tmp_path):
         (2, date(2024, 5, 1), "20240501T020000Z", 6)]
 
 
+def test_tables_of_many_part_files_and_schema_version_1_snapshots_load_the_same(two, tmp_path):
+    # the same two days, written in part files of one two-row row group each, day 1 then
+    # rewritten as a schema version 1 snapshot (one TABLE.parquet a table): the same warehouse
+    other = write_two(tmp_path / "other", row_group_size=2, narrow_row_group_size=2,
+                      file_row_groups=1)
+    assert len(list((other / NAME / f"snapshot={S2}" / "authors").iterdir())) == 2
+    assert len(list((other / NAME / f"snapshot={S1}" / "articles").iterdir())) == 2
+    to_schema_version_1(other / NAME / f"snapshot={S1}")
+    assert (other / NAME / f"snapshot={S1}" / "articles.parquet").is_file()
+    load(two, NAME, tmp_path / "parts.duckdb")
+    report = load(other, NAME, tmp_path / "mixed.duckdb")
+    assert [s.snapshot_id for s in report.loaded] == [S1, S2]
+    parts, mixed = dump(tmp_path / "parts.duckdb"), dump(tmp_path / "mixed.duckdb")
+    assert [r[4] for r in mixed.pop("loaded_snapshots")] == [1, SCHEMA_VERSION]  # the versions
+    parts.pop("loaded_snapshots")
+    assert parts == mixed
+    assert mixed["authors_current"] and mixed["stats_history"]
+
+
 # --- what the loader refuses or ignores -------------------------------------------------------
 
 
 def test_a_file_that_does_not_match_its_manifest_is_not_loaded(two, tmp_path, capsys):
-    bad = two / NAME / f"snapshot={S2}" / "authors.parquet"
+    bad = two / NAME / f"snapshot={S2}" / "authors" / "part-00000.parquet"
     pq.write_table(pa.table({"x": [1]}), bad)  # a valid Parquet file, but not the one listed
     db = tmp_path / "wh.duckdb"
-    with pytest.raises(OutputError, match=r"authors\.parquet: sha256 .* does not match"):
+    with pytest.raises(OutputError, match=r"authors/part-00000\.parquet: sha256 .* does not match"):
         load(two, NAME, db)
     con = duckdb.connect(str(db), read_only=True)
     assert q(con, "SELECT snapshot_id FROM loaded_snapshots") == [(S1,)]  # S1 stays loaded
@@ -294,12 +340,14 @@ def test_a_file_that_does_not_match_its_manifest_is_not_loaded(two, tmp_path, ca
     code = cli.main(["load", str(two / NAME), "--duckdb", str(db)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == cli.ABORTED
-    assert len(err) == 1 and "authors.parquet: sha256" in err[0] and "Traceback" not in err[0]
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert "authors/part-00000.parquet: sha256" in err[0]
 
 
 def test_incomplete_snapshots_and_staging_are_ignored(two, tmp_path):
-    (two / NAME / "snapshot=20240503T020000Z").mkdir()  # no manifest: not a snapshot
-    (two / NAME / "snapshot=20240503T020000Z" / "articles.parquet").write_bytes(b"partial")
+    partial = two / NAME / "snapshot=20240503T020000Z" / "articles"  # no manifest: not a snapshot
+    partial.mkdir(parents=True)
+    (partial / "part-00000.parquet").write_bytes(b"partial")
     (two / NAME / ".staging" / "20240504T020000Z").mkdir(parents=True)
     report = load(two, NAME, tmp_path / "wh.duckdb")
     assert [s.snapshot_id for s in report.loaded] == [S1, S2]
