@@ -68,7 +68,7 @@ _ROW_TYPES = {table: pa.struct(list(schema)) for table, schema in SCHEMAS.items(
 PENDING_PIECES = 8
 PENDING_COPY = 4 << 20  # bytes: the articles table's pieces are big and wait a dozen chunks
 
-# Row groups in one part file of a table (TABLE/part-NNNNN.parquet): 100,000 records of the
+# Row groups in one part file of a table (TABLE/part-NNNNN.parquet): 50,000 records of the
 # articles table, 500,000 rows of the narrow ones. Parquet holds every row group's footer
 # entry, about 900 bytes a column, in memory until its file closes: one file a table grew by
 # 12 MB a million records and pinned the C heap around it (a million records written again:
@@ -330,7 +330,7 @@ class SnapshotWriter:
         *,
         snapshot_id: str | None = None,
         formats: frozenset[str] = FORMATS,
-        row_group_size: int = 5_000,
+        row_group_size: int = 2_500,
         narrow_row_group_size: int = 25_000,
         file_row_groups: int = FILE_ROW_GROUPS,
         staging_dir: Path | str | None = None,
@@ -360,7 +360,10 @@ class SnapshotWriter:
         self.formats = frozenset(formats)
         # Every row group costs about 1 KB of footer per column, held in memory until the file
         # closes: 5,000-row groups of the narrow tables were 25 MB of footers at a million
-        # records (benchmarks' memory section), 25,000-row ones a fifth of that.
+        # records (benchmarks' memory section), 25,000-row ones a fifth of that. A group of
+        # the articles table is ~12 MB of Arrow data: one being encoded while the next fills
+        # (and the final groups of every table, encoded side by side) made the write's peak;
+        # 5,000-row groups peaked 20-25 MB higher over a million records.
         self.row_group_rows = {t: row_group_size if "raw" in schema.names
                                else narrow_row_group_size for t, schema in SCHEMAS.items()}
         # ...which is why a table is a folder of part files of `file_row_groups` row groups
