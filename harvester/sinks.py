@@ -26,7 +26,7 @@ import re
 import shutil
 import sys
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,14 +82,15 @@ def table_part(table: str, number: int) -> str:
     return f"{table}/part-{number:05d}.parquet"
 
 
-def table_files(files: Iterable[str], table: str) -> list[str]:
+def table_files(files: Collection[str], table: str) -> list[str]:
     """A table's Parquet files among a snapshot's file names (its manifest's `files`), in
     order: its part files, or `TABLE.parquet` in snapshots before schema version 2."""
     if f"{table}.parquet" in files:
         return [f"{table}.parquet"]
     prefix = f"{table}/"
-    parts = [f for f in files if f.startswith(prefix) and _PART.match(f[len(prefix):])]
-    return sorted(parts, key=lambda f: int(f[len(prefix) + 5:-8]))
+    parts = {int(m.group(1)): f for f in files
+             if f.startswith(prefix) and (m := _PART.match(f[len(prefix):]))}
+    return [parts[n] for n in sorted(parts)]
 
 
 MMAP_THRESHOLD = 128 * 1024  # glibc's own default, kept fixed (see tune_allocators)
