@@ -234,10 +234,12 @@ def _fs_describe(path: Path) -> dict[str, Any]:
     return {"rows": rows, "sha256": digest.hexdigest(), "bytes": size}
 
 
-def _fs_list_files(path: Path) -> list[Path]:
-    """Every file under `path`, its table folders' part files too, in name order."""
+def _fs_list_files(path: Path) -> dict[str, Path]:
+    """Every file under `path`, its table folders' part files too, by its name within `path`
+    (`articles/part-00000.parquet`: the manifest's and the object store's), in name order."""
     try:
-        return sorted(p for p in path.rglob("*") if p.is_file())
+        return {p.relative_to(path).as_posix(): p
+                for p in sorted(path.rglob("*")) if p.is_file()}
     except OSError as e:
         raise _fail("list", path, e) from e
 
@@ -460,10 +462,9 @@ class SnapshotWriter:
         self._require_open()
         self._state = "publishing"
         self._close_writers()
-        paths = _fs_list_files(self.staging)
-        names = [p.relative_to(self.staging).as_posix() for p in paths]
-        with ThreadPoolExecutor(min(4, len(paths) or 1), thread_name_prefix="describe") as pool:
-            files = dict(zip(names, pool.map(_fs_describe, paths), strict=True))
+        listed = _fs_list_files(self.staging)
+        with ThreadPoolExecutor(min(4, len(listed) or 1), thread_name_prefix="describe") as pool:
+            files = dict(zip(listed, pool.map(_fs_describe, listed.values()), strict=True))
         tables = {t: {"rows": sum(files[f]["rows"] for f in parts), "files": parts}
                   for t in SCHEMAS if (parts := table_files(files, t))}
         doc = {
@@ -1006,9 +1007,9 @@ class S3Store:
         # A retry of an interrupted upload (a resumed run keeps its snapshot id, config and
         # so its file names) overwrites what the first try left. Nothing is deleted: pyarrow
         # would leave directory-marker objects behind.
-        for p in _fs_list_files(staging):
-            if p.name != MANIFEST:
-                self._upload(p, name, folder, p.relative_to(staging).as_posix())
+        for file, p in _fs_list_files(staging).items():
+            if file != MANIFEST:
+                self._upload(p, name, folder, file)
         self._upload(staging / MANIFEST, name, folder, MANIFEST)
         self._put(f"{folder}\n".encode(), name, LATEST)
         return self.url(name, folder)
