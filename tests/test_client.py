@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -163,6 +164,12 @@ def test_sliding_window_arithmetic_in_controlled_time() -> None:
     achieved = (len(starts) - rate.requests) / (starts[-1] - starts[0])
     assert achieved >= 0.97 * rate.requests / rate.per
     assert start_delay(starts[:4], 0.0, rate) == 0.0  # a window not yet full never waits
+    # admitted starts not yet on the wire take their places first
+    step = rate.per + safety_margin(rate)
+    assert start_delay([0.0, 0.1, 0.2], 0.3, rate, pending=1) == 0.0
+    assert start_delay([0.0, 0.1, 0.2], 0.3, rate, pending=2) == pytest.approx(step - 0.3)
+    assert start_delay([0.0, 0.1, 0.2], 0.3, rate, pending=3) == pytest.approx(step - 0.2)
+    assert start_delay([], 0.0, rate, pending=5) == math.inf  # only a pending one ending helps
     assert safety_margin(RateLimit(1, 1.0)) == pytest.approx(0.025)
     assert safety_margin(RateLimit(60, 3600.0)) == 0.25
 
@@ -266,6 +273,63 @@ async def test_a_pause_before_the_request_is_written_never_bunches_arrivals(
     arrivals = [s.t for s in server.seen]
     assert paused and len(arrivals) == 25
     assert peak_in_window(arrivals, rate.per) <= rate.requests
+
+
+async def test_a_send_slow_to_get_on_the_wire_holds_up_no_other(
+    serve: Callable[..., Awaitable[Server]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A send waiting before its request is written (a TLS handshake to a distant host, a new
+    connection) must not hold the others: the origin was once locked until each start was
+    recorded, so every send waited for the one before it to be on the wire."""
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return ok()
+
+    server = await serve(handler)
+    original = aiohttp.ClientRequest.send
+
+    async def slow_first(self: aiohttp.ClientRequest, conn: Any) -> aiohttp.ClientResponse:
+        if self.url.path == "/a/0":
+            await asyncio.sleep(0.5)
+        return await original(self, conn)
+
+    monkeypatch.setattr(aiohttp.ClientRequest, "send", slow_first)
+    async with Client(settings(concurrency=4)) as client:
+        first = asyncio.create_task(client.get(f"{server.url}/a/0"))
+        await asyncio.sleep(0.05)  # it is admitted and stalls before writing
+        t0 = time.monotonic()
+        await asyncio.gather(*(client.get(f"{server.url}/a/{i}") for i in range(1, 13)))
+        others = time.monotonic() - t0
+        await first
+    assert others < 0.4  # they did not wait for the stalled one
+    assert [s.path_qs for s in server.seen][-1] == "/a/0"
+
+
+async def test_sends_admitted_but_not_yet_written_count_in_the_window(
+    serve: Callable[..., Awaitable[Server]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Admitted sends go on side by side; until its request is written each holds a place in
+    every window, so sends that stall before writing never let the window overfill."""
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return ok()
+
+    server = await serve(handler)
+    original = aiohttp.ClientRequest.send
+
+    async def stalling(self: aiohttp.ClientRequest, conn: Any) -> aiohttp.ClientResponse:
+        n = int(self.url.path.rsplit("/", 1)[1])
+        await asyncio.sleep((0.0, 0.05, 0.2)[n % 3])
+        return await original(self, conn)
+
+    monkeypatch.setattr(aiohttp.ClientRequest, "send", stalling)
+    rate = RateLimit(4, 0.5)
+    async with Client(settings(default_rate=rate, concurrency=6)) as client:
+        await asyncio.gather(*(client.get(f"{server.url}/a/{i}") for i in range(30)))
+        metrics = client.metrics()
+    arrivals = [s.t for s in server.seen]
+    assert len(arrivals) == 30 and sum(metrics["requests"].values()) == 30
+    assert peak_in_window(arrivals, rate.per) <= rate.requests
+    achieved = (len(arrivals) - rate.requests) / (max(arrivals) - min(arrivals))
+    assert achieved >= 0.6 * rate.requests / rate.per  # stalled sends keep their places
 
 
 async def test_shared_origins_draw_on_one_budget(
