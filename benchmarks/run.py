@@ -312,13 +312,13 @@ def modes(items: int) -> dict[str, Any]:
 # ---- profile (--profile) ---------------------------------------------------------------------
 
 
-def profile(items: int, concurrency: int) -> dict[str, Any]:
+def profile(items: int, concurrency: int, results: Path = RESULTS) -> dict[str, Any]:
     """The throughput harvest once more under py-spy (GIL-holding samples only): where the
     harvester's CPU goes, as collapsed stacks in results/ and a summary by function."""
     if shutil.which("py-spy") is None:
         return {"error": "py-spy is not installed (pip install py-spy)"}
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "profile-harvest.txt"
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / "profile-harvest.txt"
     with Sim(items=items, seed=1) as sim, scratch() as tmp:
         ids = sim.ask("corpus", limit=items)["ids"]
         args = {"api": sim.api, "stats": sim.stats, "source": {"kind": "ids", "ids": ids},
@@ -445,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--profile", action="store_true", help="add a py-spy profile of a harvest")
+    ap.add_argument("--results", type=Path, default=RESULTS, metavar="DIR",
+                    help=f"where the JSON goes (default: {RESULTS})")
     args = ap.parse_args(argv)
     only = set(args.only.split(",")) if args.only else set(SECTIONS) - {"profile"}
     if args.profile:
@@ -462,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": lambda: memory(
             [1_000, 3_000] if q else [10_000, 100_000, *([1_000_000] if args.big else [])], c),
         "modes": lambda: modes(300 if q else 2_000),
-        "profile": lambda: profile(300 if q else 3_000, c),
+        "profile": lambda: profile(300 if q else 3_000, c, args.results),
     }
     results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                                "machine": machine(), "quick": q}
@@ -476,15 +478,16 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     results["seconds"] = time.perf_counter() - t0
     results["table"] = table(results)
-    RESULTS.mkdir(exist_ok=True)
+    out = args.results
+    out.mkdir(parents=True, exist_ok=True)
     body = orjson.dumps(results, option=orjson.OPT_INDENT_2)
     stamp = results["date"].replace("-", "").replace(":", "")
-    (RESULTS / f"bench-{stamp}.json").write_bytes(body)
-    (RESULTS / "latest.json").write_bytes(body)
+    (out / f"bench-{stamp}.json").write_bytes(body)
+    (out / "latest.json").write_bytes(body)
     m = results["machine"]
     print(f"\n{results['date']}  {m['cores']} cores, {m['cpu']}, Python {m['python']}")
     print(render(results["table"]))
-    print(f"\nJSON: {RESULTS / f'bench-{stamp}.json'}  ({results['seconds']:.0f} s)")
+    print(f"\nJSON: {out / f'bench-{stamp}.json'}  ({results['seconds']:.0f} s)")
     return 0
 
 

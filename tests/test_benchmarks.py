@@ -1,0 +1,74 @@
+"""The benchmark script (`make bench`) keeps working: one --quick run, every section, read back.
+
+Nothing here is timed: the figures that depend on the machine (rates, ratios, speed-ups) are only
+checked to be there. What does not depend on it is checked for its value: the simulator's log
+never shows the rate exceeded, and the requests each harvest mode costs are those of the seeded
+corpus.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_benchmark_run_reports_every_section(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--results",
+         str(tmp_path)],
+        capture_output=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    [written] = tmp_path.glob("bench-*.json")
+    assert (tmp_path / "latest.json").read_bytes() == written.read_bytes()
+    results = orjson.loads(written.read_bytes())
+    assert results["quick"] is True
+
+    t = results["throughput"]
+    assert len(t["runs"]) == 1 and t["items"] == 300
+    run = t["runs"][0]
+    assert run["requests"] == t["requests"] > 1_200  # the bare loop sent what the harvest did
+    assert run["bare_rps"] > 0 and run["harvest_rps"] > 0 and t["ratio"] == run["ratio"]
+
+    w = results["workshop"]
+    assert [(r["latency_ms"], r["items"]) for r in w["rows"]] == [(0, 50), (20, 20), (100, 5)]
+    for r in w["rows"]:  # the same items, one call after another and concurrently
+        assert r["workshop_requests"] == 4 * r["items"]
+        assert r["harvest_requests"] >= r["workshop_requests"]  # plus complete file lists
+
+    for r in results["politeness"]["rows"]:
+        assert r["peak_in_window"] <= r["limit"]
+        assert r["status_429"] == 0 and r["retry_after_violations"] == 0
+        assert r["requests"] >= r["in_span"] > 0
+
+    m = results["memory"]
+    assert [(r["items"], r["fetched"]) for r in m["rows"]] == [(1_000, 1_000), (3_000, 3_000)]
+    assert all(r["max_rss_mb"] > 0 for r in m["rows"])
+
+    modes = {r["mode"]: r for r in results["modes"]["rows"]}
+    assert not [r for r in modes.values() if "error" in r]
+    only = modes["ids: records only"]
+    full = modes["ids: records + 3 stats totals (default)"]
+    assert only["items"] == full["items"] == 300
+    # one record each, complete file lists where a record shows the cap, and 3 totals each
+    assert full["by_kind"]["record"] == 300
+    assert full["by_kind"]["files"] == only["by_kind"]["files"] > 0
+    assert full["by_kind"]["stats"] == 3 * 300
+    assert full["requests"] == only["requests"] + 900
+    assert modes["ids: + monthly timelines of 3 counters"]["by_kind"]["stats"] == 6 * 300
+    faulty = modes["ids: records + 3 stats totals, 10% faults"]
+    assert sum(faulty["faults"].values()) > 0
+    assert faulty["items"] == 300  # nothing lost to the faults...
+    assert faulty["requests"] > full["requests"]  # ...because they were retried
+
+    printed = done.stdout.decode()
+    for figure in ("harvest / bare loop (requests/s)", "speed-up over the workshop loop",
+                   "peak in any 1s window", "peak RSS growth", "requests per item"):
+        assert figure in printed
