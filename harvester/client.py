@@ -411,7 +411,8 @@ class _Slot:
     server's arrival clock. Admission checks and takes that place in one step, so admitted
     sends go on side by side. (The origin's lock was once held until the start was recorded:
     one send at a time was connecting and writing, and every send waited for the one before,
-    an eighth of an unthrottled run's event-loop time; the lock now only orders the waiters.)
+    which also cost a loop of bare client GETs an eighth of its event-loop time; the lock now
+    only orders the waiters.)
     """
 
     __slots__ = ("acquired", "call", "client", "origin", "send", "token")

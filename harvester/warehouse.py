@@ -319,7 +319,7 @@ class Warehouse:
                  loaded.articles, ", ".join(f"{n} {c}" for c, n in loaded.changes.items()))
         return loaded
 
-    def _replace(self, table: str, file: list[Path], files: dict[str, list[Path]],
+    def _replace(self, table: str, paths: list[Path], files: dict[str, list[Path]],
                  sid: str) -> None:
         """The snapshot's rows replace those of the entities it holds in `<table>_current`."""
         key = KEYS[table]
@@ -331,12 +331,12 @@ class Warehouse:
                 return
             held = f"SELECT DISTINCT {key[0]} FROM {_read(owner)}"
         elif key:
-            held = f"SELECT DISTINCT {', '.join(key)} FROM {_read(file)}"
+            held = f"SELECT DISTINCT {', '.join(key)} FROM {_read(paths)}"
         else:
-            held = f"SELECT 1 FROM {_read(file)} LIMIT 1"
+            held = f"SELECT 1 FROM {_read(paths)} LIMIT 1"
         match = " AND ".join(f'c."{k}" = h."{k}"' for k in key) or "true"
         self.con.execute(f"DELETE FROM {table}_current c USING ({held}) h WHERE {match}")
-        self.con.execute(f"INSERT INTO {table}_current BY NAME SELECT * FROM {_read(file)}")
+        self.con.execute(f"INSERT INTO {table}_current BY NAME SELECT * FROM {_read(paths)}")
         if key == ("article_id",):
             self.con.execute(f"UPDATE {table}_current SET withdrawn = true, withdrawn_at = ? "
                              "WHERE article_id IN (SELECT article_id FROM _gone)", [sid])
@@ -393,9 +393,9 @@ class Warehouse:
         con.execute("INSERT INTO changes SELECT ?, article_id, change, content_hash, NULL "
                     "FROM _gone ORDER BY article_id", [sid])
         for table in SCHEMAS:
-            file = files.get(table)
-            if file is not None:
-                self._replace(table, file, files, sid)
+            paths = files.get(table)
+            if paths is not None:
+                self._replace(table, paths, files, sid)
         stats = files.get("stats")
         con.execute("CREATE OR REPLACE TEMP TABLE _stats AS SELECT article_id, counter, scope, "
                     "total FROM " + (_read(stats) if stats else "stats_current WHERE false"))
