@@ -146,6 +146,9 @@ class Harvest:
     async def run(self) -> RunResult:
         tune_allocators()  # before the first Arrow allocation of the run
         with RunLock(self.state_dir / "lock"):
+            # a catalog that cannot be read stops the run before it fetches, not after it
+            # published (every run ends by recording itself there)
+            Catalog(self.catalog_path).close()
             journal, meta = await self._open_journal()
             try:
                 async with self.client_factory(client_settings(self.cfg)) as client:

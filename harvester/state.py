@@ -103,6 +103,12 @@ class StoredRecord:
     extra: dict[str, Any] | None = None
 
 
+def _damaged(exc: BaseException) -> bool:
+    """SQLite could open the file but not read it as a database ("file is not a database",
+    "database disk image is malformed"): not a permission or a missing folder."""
+    return type(exc) is sqlite3.DatabaseError
+
+
 class Journal:
     """The run's durable state. Sync methods run on the journal's own thread via `call`."""
 
@@ -118,7 +124,9 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._pool.submit(self._connect).result()
         except (OSError, sqlite3.Error) as exc:
-            raise OutputError(f"{self.path}: cannot open the run journal: {exc}") from None
+            hint = (f" (damaged: move {self.path.name}* aside and the run starts over; "
+                    "published snapshots are not affected)" if _damaged(exc) else "")
+            raise OutputError(f"{self.path}: cannot open the run journal: {exc}{hint}") from None
 
     def _connect(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -405,12 +413,18 @@ class Catalog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        db = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, isolation_level=None)
-            self.db.executescript(_CATALOG_SCHEMA)
+            db = sqlite3.connect(path, isolation_level=None)
+            db.executescript(_CATALOG_SCHEMA)
+            self.db = db
         except (OSError, sqlite3.Error) as exc:
-            raise OutputError(f"{path}: cannot open the harvest catalog: {exc}") from None
+            if db is not None:
+                db.close()
+            hint = (f" (damaged: move {path.name}* aside and the next run is a full one; "
+                    "published snapshots are not affected)" if _damaged(exc) else "")
+            raise OutputError(f"{path}: cannot open the harvest catalog: {exc}{hint}") from None
 
     def close(self) -> None:
         self.db.close()

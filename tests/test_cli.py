@@ -223,6 +223,37 @@ def test_non_json_list_page_aborts_the_run(tmp_path: Path,
     assert "expected a JSON list of items" in one_error_line(capsys.readouterr().err)
 
 
+# ------------------------------------------------------------------ files on disk
+
+
+@pytest.mark.parametrize(("name", "what", "then"), [
+    ("journal.sqlite", "run journal", "the run starts over"),
+    ("catalog.sqlite", "harvest catalog", "the next run is a full one"),
+])
+def test_a_damaged_state_file_stops_the_run_before_it_fetches(
+    sim: SimulatorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    name: str, what: str, then: str,
+) -> None:
+    ids = sorted(sim.corpus.ids)[:3]
+    path = config_file(tmp_path, sim.api_url, sim.stats_url, [{"kind": "ids", "ids": ids}])
+    assert cli.main(["run", path]) == cli.OK
+    out = tmp_path / "out"
+    published = list_snapshots(out, "t")
+    damaged = out / "t" / ".state" / name
+    damaged.write_bytes(b"not a database " * 100)
+    capsys.readouterr()
+    sent = len(sim.log.entries)
+    assert cli.main(["run", path]) == cli.ABORTED
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{damaged}: cannot open the {what}: file is not a database" in line
+    assert f"move {name}* aside and {then}" in line
+    assert len(sim.log.entries) == sent  # stopped before a single request
+    assert list_snapshots(out, "t") == published
+    damaged.rename(damaged.with_name(name + ".damaged"))  # as the message says
+    assert cli.main(["run", path]) == cli.OK
+    assert len(list_snapshots(out, "t")) == len(published) + 1
+
+
 # ------------------------------------------------------------------ plan, simulate, demo
 
 
