@@ -79,14 +79,24 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("simulate", help="serve a Figshare-compatible simulator on loopback")
     sp.add_argument("--items", type=int, default=10_000)
     sp.add_argument("--seed", type=int, default=1)
-    sp.add_argument("--api-port", type=int, default=0, help="0 picks a free port")
-    sp.add_argument("--stats-port", type=int, default=0, help="0 picks a free port")
+    sp.add_argument("--api-port", type=_port, default=0, help="0 picks a free port")
+    sp.add_argument("--stats-port", type=_port, default=0, help="0 picks a free port")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--latency-ms", type=float, default=0.0)
     sp.add_argument("--fault-rate", type=float, default=0.0)
     sp.add_argument("--rate-limit", help="server-side limit as N/SECONDS, e.g. 10/1")
     sp.add_argument("--no-cursor", action="store_true", help="do not offer X-Cursor paging")
     return p
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return port
 
 
 def _log_flags(sp: argparse.ArgumentParser) -> None:
@@ -104,10 +114,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE
     _setup_logging(getattr(args, "json_logs", False), getattr(args, "quiet", False))
+    report = getattr(args, "report", None)
+    if report:
+        try:
+            _check_report_path(Path(report))
+        except ConfigError as exc:
+            log.error("%s", exc)  # no report: there is nowhere to write it
+            return USAGE
     started = time.time()
     _REPORT.clear()
     code = _dispatch(args)
-    report = getattr(args, "report", None)
     if report:
         _write_report(Path(report), args, code, started)
     return code
@@ -165,6 +181,22 @@ def _report_view(manifest: dict[str, Any]) -> dict[str, Any]:
     out["requests"] = http.get("requests", {})
     out["retries"] = http.get("retries", {})
     return out
+
+
+def _check_report_path(path: Path) -> None:
+    """Before the run: --report must name a file in a folder we can write (made if missing),
+    so a typo costs nothing rather than the report of a whole night's run."""
+    if path.is_dir():
+        raise ConfigError(f"--report {path}: is a directory, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"--report {path}: a file stands where its folder would be") from None
+    except OSError as exc:
+        raise ConfigError(f"--report {path}: cannot create its folder: "
+                          f"{exc.strerror or exc}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--report {path}: its folder is not writable")
 
 
 def _write_report(path: Path, args: argparse.Namespace, code: int, started: float) -> None:
@@ -379,7 +411,11 @@ def _simulate(args: argparse.Namespace) -> int:
                                cursor=not args.no_cursor)
     except ValueError as exc:
         raise ConfigError(f"simulate: {exc}") from None
-    serve_forever(settings, host=args.host, api_port=args.api_port, stats_port=args.stats_port)
+    try:
+        serve_forever(settings, host=args.host, api_port=args.api_port,
+                      stats_port=args.stats_port)
+    except OSError as exc:  # a port in use, a host name that does not resolve here
+        raise ConfigError(f"simulate: cannot listen on --host {args.host}: {exc}") from None
     return OK
 
 

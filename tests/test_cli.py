@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -95,6 +96,8 @@ def one_error_line(err: str) -> str:
         (["run"], "the following arguments are required: config"),
         (["simulate", "--items", "0"], "items must be within"),
         (["simulate", "--rate-limit", "fast"], "--rate-limit: 'fast' is not N/SECONDS"),
+        (["simulate", "--api-port", "99999"], "--api-port: '99999' is not a port number"),
+        (["simulate", "--stats-port", "http"], "--stats-port: 'http' is not a port number"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(argv: list[str], expected: str,
@@ -115,6 +118,36 @@ def test_bad_config_file_exit_2_naming_file_and_key(tmp_path: Path,
     assert "malformed YAML" in one_error_line(capsys.readouterr().err)
     assert cli.main(["run", str(tmp_path / "missing.yaml")]) == cli.USAGE
     assert "no such config file" in one_error_line(capsys.readouterr().err)
+
+
+def test_simulate_on_a_port_in_use_exits_2_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "harvester", "simulate", "--stats-port", str(port)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == cli.USAGE
+    line = one_error_line(done.stderr)
+    assert "simulate: cannot listen on --host 127.0.0.1" in line
+    assert f"('127.0.0.1', {port})" in line and "address already in use" in line
+
+
+def test_a_report_path_that_cannot_be_written_stops_the_run_before_it_starts(
+    sim: SimulatorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = config_file(tmp_path, sim.api_url, sim.stats_url,
+                       [{"kind": "ids", "ids": sorted(sim.corpus.ids)[:2]}])
+    for report, expected in ((tmp_path / "c.yaml" / "r.json", "a file stands where its folder"),
+                             (tmp_path, "is a directory, not a file")):
+        assert cli.main(["run", path, "--report", str(report)]) == cli.USAGE
+        assert f"--report {report}: {expected}" in one_error_line(capsys.readouterr().err)
+    assert sim.log.entries == []  # nothing was sent
+    assert not (tmp_path / "out").exists()
+    report = tmp_path / "reports" / "nightly" / "r.json"  # a missing folder is made
+    assert cli.main(["run", path, "--report", str(report)]) == cli.OK
+    assert orjson.loads(report.read_bytes())["outcome"] == "ok"
 
 
 def test_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
