@@ -38,6 +38,7 @@ from harvester.errors import (
     NotFound,
     RequestError,
     RetryableError,
+    Unreachable,
     WindowExhausted,
 )
 
@@ -47,6 +48,9 @@ SENSITIVE_PARAMS = frozenset({"access_token", "token", "private_link"})
 MARGIN_FRACTION = 0.025
 MARGIN_MAX = 0.25
 MAX_REDIRECTS = 10
+# requests in a row to one origin that could not connect through all their retries before the
+# run stops talking to it (concurrent requests fail together when a host goes down)
+UNREACHABLE_AFTER = 3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CROSS_ORIGIN_STRIP = ("Authorization", "Proxy-Authorization", "Cookie")
 
@@ -274,6 +278,8 @@ def _secrets_of(header_value: str) -> list[str]:
 
 def _transport_error(call: _Call, exc: BaseException) -> RequestError:
     """What a failed exchange means for the caller: retry, or not."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # no connection within connect_timeout
+        return call.fail(RetryableError, "connect", type(exc).__name__)
     if isinstance(exc, TimeoutError):
         return call.fail(RetryableError, "timeout", type(exc).__name__)
     if isinstance(exc, aiohttp.ClientPayloadError):
@@ -355,6 +361,8 @@ class _Origin:
         # FIFO: waiters for one budget are admitted in arrival order
         self.lock: asyncio.Lock = share.lock if share else asyncio.Lock()
         self.blocked: str | None = None  # message of the 403 that opened the circuit
+        self.unreached = 0  # requests in a row that never connected, all retries spent
+        self.down: str | None = None  # why the circuit opened after UNREACHABLE_AFTER of them
 
 
 # The send whose request is being written, in the task making it (see _Request).
@@ -435,7 +443,8 @@ class _Slot:
                 # never holds slots that another origin could use.
                 await sem.acquire()
                 self.acquired = True
-                if origin.blocked is None and origin.window.delay(client._clock()) <= 0:
+                if origin.blocked is None and origin.down is None and \
+                        origin.window.delay(client._clock()) <= 0:
                     break
                 sem.release()
                 self.acquired = False
@@ -567,8 +576,8 @@ class Client:
         """
         call = self._call("GET", url, None, headers)
         async with AsyncExitStack() as stack:
-            stream = await self._retrying(
-                lambda: stack.enter_async_context(self._open_stream(call, headers, chunk_size)))
+            stream = await self._retrying(call, lambda: stack.enter_async_context(
+                self._open_stream(call, headers, chunk_size)))
             yield stream
 
     async def post(self, url: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
@@ -600,7 +609,7 @@ class Client:
         if expect not in ("json", "bytes"):
             raise ValueError(f"expect must be 'json' or 'bytes', not {expect!r}")
         call = self._call(method, url, params, headers)
-        return await self._retrying(lambda: self._exchange(call, headers, body, expect))
+        return await self._retrying(call, lambda: self._exchange(call, headers, body, expect))
 
     def _call(self, method: str, url: str, params: Mapping[str, Any] | None,
               headers: Mapping[str, str] | None) -> _Call:
@@ -625,8 +634,9 @@ class Client:
             raise call.fail(RequestError, "bad-url", "not an absolute http(s) URL")
         return call
 
-    async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
-        """Run one attempt after another while they fail with RetryableError, per the policy."""
+    async def _retrying(self, call: _Call, attempt_once: Callable[[], Awaitable[T]]) -> T:
+        """Run one attempt after another while they fail with RetryableError, per the policy.
+        `call` is the request as first made (its origin answers for connection failures)."""
         policy = self.settings.retry
         last: RetryableError | None = None
         for attempt in range(1, policy.attempts + 1):
@@ -644,9 +654,24 @@ class Client:
                 # A Retry-After is enforced by the origin's hold, which the next slot waits for.
                 await self._sleep(backoff_delay(attempt, policy, self._rand))
         assert last is not None
+        if last.reason == "connect":
+            self._unreached(call, last, policy.attempts)
         cls = BadResponse if last.reason == "bad-json" else GiveUp
         raise cls(f"{last} (gave up after {policy.attempts} attempts)", url=last.url,
                   status=last.status, reason=last.reason, body=last.body) from None
+
+    def _unreached(self, call: _Call, last: RetryableError, attempts: int) -> None:
+        """A request never connected, through all its attempts: the UNREACHABLE_AFTER-th in a
+        row to its origin opens the circuit (raises Unreachable; so does every later send)."""
+        origin = self._origin(call.url)
+        origin.unreached += 1
+        if origin.down is None and origin.unreached >= UNREACHABLE_AFTER:
+            origin.down = (f"{origin.unreached} requests in a row could not connect in "
+                           f"{attempts} attempts each; the last: {last}")
+            self._circuits.append(origin.name)
+        if origin.down is not None:
+            raise Unreachable(f"{origin.name} is unreachable: {origin.down}", url=last.url,
+                              reason="unreachable")
 
     def _headers_for(self, origin: _Origin, start_origin: str,
                      given: CIMultiDict[str]) -> CIMultiDict[str] | None:
@@ -711,6 +736,7 @@ class Client:
                         timeout=timeout,
                     ))
                     send.started()  # if the request did not say so already
+                    origin.unreached = 0  # it answers
                     status, reason = resp.status, resp.reason or ""
                     rheaders = resp.headers
                     self._statuses[str(status)] += 1
@@ -746,6 +772,7 @@ class Client:
                 call.method, call.url, headers=hdrs, data=body, allow_redirects=False,
             ) as resp:
                 send.started()  # if the request did not say: counted late, never lost
+                origin.unreached = 0  # it answers
                 raw = await resp.read()
                 status, reason = resp.status, resp.reason or ""
                 rheaders = resp.headers
@@ -767,6 +794,9 @@ class Client:
             if origin.blocked is not None:
                 raise call.fail(Blocked, "circuit-open", f"not sent: {origin.name} blocked us "
                                 f"earlier ({origin.blocked})", status=403)
+            if origin.down is not None:
+                raise call.fail(Unreachable, "unreachable",
+                                f"not sent: {origin.name} is unreachable ({origin.down})")
             now = self._clock()
             wait = window.delay(now)
             if wait <= 0:

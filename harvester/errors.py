@@ -12,7 +12,9 @@
         ├── BadResponse             2xx whose body is not what the endpoint promises: skip
         └── Abort                   stop talking to this host or source
             ├── AuthError           401, or 403 with a JSON body: credentials missing or refused
-            └── Blocked             403 with an HTML body: the host is blocking us; circuit open
+            ├── Blocked             403 with an HTML body: the host is blocking us; circuit open
+            └── Unreachable         the host took no connection for several requests in a row,
+                                    each retried to its last attempt; circuit open
 """
 
 from __future__ import annotations
@@ -87,3 +89,8 @@ class AuthError(Abort):
 
 class Blocked(Abort):
     """403 with an HTML body from a public endpoint: the client is being blocked."""
+
+
+class Unreachable(Abort):
+    """Connections to the host kept failing (refused, unresolvable, timed out) through every
+    retry of several requests in a row: the host is down, or not reachable from here."""

@@ -30,7 +30,8 @@ FAST_HTTP = {"rate": {"requests": 10_000, "per": 1}, "concurrency": 4,
 class ThreadedApp:
     """An inline aiohttp.web app served on loopback from its own thread (cli.main is sync)."""
 
-    def __init__(self, routes: Callable[[web.Application], None]) -> None:
+    def __init__(self, routes: Callable[[web.Application], None], port: int = 0) -> None:
+        self.port = port
         self.app = web.Application()
         routes(self.app)
         self.url = ""
@@ -42,7 +43,7 @@ class ThreadedApp:
         asyncio.set_event_loop(self._loop)
         runner = web.AppRunner(self.app, access_log=None)
         self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", self.port)
         self._loop.run_until_complete(site.start())
         port = runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}"
@@ -168,6 +169,36 @@ def test_unreachable_host_aborts_with_one_line(tmp_path: Path,
     line = one_error_line(capsys.readouterr().err)
     assert "127.0.0.1:9" in line and "connect" in line
     assert list_snapshots(tmp_path / "out", "t") == []
+
+
+def test_a_host_that_goes_unreachable_mid_run_stops_it_soon_and_it_resumes(
+    sim: SimulatorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as s:  # a stats host that refuses every connection, for now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = f"http://127.0.0.1:{port}"
+    ids = sorted(sim.corpus.ids)[:40]
+    path = config_file(tmp_path, sim.api_url, down, [{"kind": "ids", "ids": ids}])
+    assert cli.main(["run", path]) == cli.ABORTED
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{down} is unreachable: 3 requests in a row could not connect" in line
+    assert "the next run resumes" in line
+    records = [e for e in sim.log.entries if e.host == "api"]
+    assert len(records) < len(ids) // 2  # it stopped soon: not one failure per id
+    assert list_snapshots(tmp_path / "out", "t") == []
+
+    def stats(app: web.Application) -> None:
+        async def total(request: web.Request) -> web.Response:
+            return web.json_response({"totals": 7})
+
+        app.router.add_get("/total/{counter}/article/{id}", total)
+
+    with ThreadedApp(stats, port=port):  # the host is back: the same command resumes
+        assert cli.main(["run", path]) == cli.OK
+    assert "resuming snapshot" in capsys.readouterr().err
+    snapshot = list_snapshots(tmp_path / "out", "t")[-1]
+    assert len((snapshot / "articles.ndjson").read_bytes().splitlines()) == len(ids)
 
 
 def test_refused_token_aborts_and_the_token_is_never_shown(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,11 +17,14 @@ import pytest
 from aiohttp import web
 
 from harvester.client import (
+    UNREACHABLE_AFTER,
     Client,
     ClientSettings,
     RateLimit,
     RetryPolicy,
     SlidingWindow,
+    _Call,
+    _transport_error,
     backoff_delay,
     origin_of,
     parse_retry_after,
@@ -35,6 +39,7 @@ from harvester.errors import (
     GiveUp,
     NotFound,
     RequestError,
+    Unreachable,
     WindowExhausted,
 )
 
@@ -507,6 +512,68 @@ async def test_connection_refused_is_retried_then_give_up() -> None:
         with pytest.raises(GiveUp) as info:
             await client.get("http://127.0.0.1:1/nothing")
     assert info.value.reason == "connect"
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (connections to it are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_host_that_takes_no_connection_opens_the_circuit() -> None:
+    port = _closed_port()
+    retry = RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01)
+    async with Client(settings(retry=retry)) as client:
+        for _ in range(UNREACHABLE_AFTER - 1):  # each retried to its last attempt, then skipped
+            with pytest.raises(GiveUp) as info:
+                await client.get(f"http://127.0.0.1:{port}/a")
+            assert info.value.reason == "connect"
+        with pytest.raises(Unreachable, match=f"{UNREACHABLE_AFTER} requests in a row could "
+                           "not connect in 2 attempts each"):
+            await client.get(f"http://127.0.0.1:{port}/b")
+        with pytest.raises(Unreachable, match=r"not sent: .* is unreachable") as later:
+            await client.get(f"http://127.0.0.1:{port}/c")
+        assert later.value.reason == "unreachable"
+        assert client.metrics()["circuits_opened"] == [f"http://127.0.0.1:{port}"]
+        sent = client.metrics()["requests"]
+    assert sum(sent.values()) == 0  # nothing ever got on the wire
+
+
+async def test_an_answer_between_connection_failures_keeps_the_circuit_closed() -> None:
+    port = _closed_port()
+    url = f"http://127.0.0.1:{port}"
+
+    async def answer(request: web.Request) -> web.Response:
+        response = ok()
+        response.force_close()  # no kept-alive connection outlives the site
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    retry = RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01)
+    try:
+        async with Client(settings(retry=retry)) as client:
+            for _ in range(3):  # a host that comes and goes is not a host that is down
+                for _ in range(UNREACHABLE_AFTER - 1):
+                    with pytest.raises(GiveUp):
+                        await client.get(f"{url}/x")
+                site = web.TCPSite(runner, "127.0.0.1", port)
+                await site.start()
+                assert (await client.get(f"{url}/x")).status == 200
+                await site.stop()
+            assert client.metrics()["circuits_opened"] == []
+    finally:
+        await runner.cleanup()
+
+
+def test_a_connect_timeout_is_a_connection_failure() -> None:
+    call = _Call("GET", aiohttp.client.URL("http://127.0.0.1:1/x"), [])
+    timed_out = _transport_error(call, aiohttp.ConnectionTimeoutError("no SYN-ACK"))
+    assert timed_out.reason == "connect"
+    assert _transport_error(call, TimeoutError()).reason == "timeout"  # a slow answer is not
 
 
 # ---- statuses that are never retried ----------------------------------------------------------
