@@ -49,11 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     def with_config(name: str, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument("config", help="path to the harvest's YAML config")
-        sp.add_argument("--api-url",
+        sp.add_argument("--api-url", type=_nonempty,
                         help="REST API base URL (overrides config and FIGSHARE_API_URL)")
-        sp.add_argument("--stats-url",
+        sp.add_argument("--stats-url", type=_nonempty,
                         help="stats base URL (overrides config and FIGSHARE_STATS_URL)")
-        sp.add_argument("--output", help="output directory (overrides output.dir)")
+        sp.add_argument("--output", type=_nonempty,
+                        help="output directory (overrides output.dir)")
         _log_flags(sp)
         return sp
 
@@ -73,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--duckdb", required=True, metavar="FILE", help="the warehouse file")
     _log_flags(sp)
     sp = sub.add_parser("demo", help="harvest the built-in simulator with configs/demo.yaml")
-    sp.add_argument("--output", default="output", help="output directory (default: output)")
+    sp.add_argument("--output", type=_nonempty, default="output",
+                    help="output directory (default: output)")
     sp.add_argument("--items", type=int, default=2_000, help="simulated repository size")
     _log_flags(sp)
     sp = sub.add_parser("simulate", help="serve a Figshare-compatible simulator on loopback")
@@ -87,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--rate-limit", help="server-side limit as N/SECONDS, e.g. 10/1")
     sp.add_argument("--no-cursor", action="store_true", help="do not offer X-Cursor paging")
     return p
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():  # an unset shell variable: never fall back to the config silently
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def _port(text: str) -> int:
@@ -376,7 +384,11 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     demo_config = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
     if not demo_config.exists():
         raise ConfigError(f"{demo_config}: the demo config is missing from this checkout")
-    async with Simulator(SimSettings(items=args.items, seed=42)) as sim:
+    try:
+        settings = SimSettings(items=args.items, seed=42)
+    except ValueError as exc:
+        raise ConfigError(f"demo: --items: {exc}") from None
+    async with Simulator(settings) as sim:
         log.info("simulator: api %s, stats %s (%d articles)", sim.api_url, sim.stats_url,
                  args.items)
         cfg = config.load(demo_config, api_url=sim.api_url, stats_url=sim.stats_url,
@@ -394,6 +406,9 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+_SIMULATE_FLAGS = ("items", "latency_ms", "fault_rate", "rate_limit")
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from harvester.simulator import serve_forever
     from harvester.simulator.settings import SimSettings
@@ -409,8 +424,12 @@ def _simulate(args: argparse.Namespace) -> int:
         settings = SimSettings(items=args.items, seed=args.seed, latency_ms=args.latency_ms,
                                fault_rate=args.fault_rate, rate_limit=rate_limit,
                                cursor=not args.no_cursor)
-    except ValueError as exc:
-        raise ConfigError(f"simulate: {exc}") from None
+    except ValueError as exc:  # named as the flag that set it: items -> --items
+        message = str(exc)
+        setting = message.split(" ", 1)[0]
+        if setting in _SIMULATE_FLAGS:
+            message = f"--{setting.replace('_', '-')}{message[len(setting):]}"
+        raise ConfigError(f"simulate: {message}") from None
     try:
         serve_forever(settings, host=args.host, api_port=args.api_port,
                       stats_port=args.stats_port)

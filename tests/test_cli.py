@@ -98,11 +98,23 @@ def one_error_line(err: str) -> str:
         (["simulate", "--items", "0"], "items must be within"),
         (["simulate", "--rate-limit", "fast"], "--rate-limit: 'fast' is not N/SECONDS"),
         (["simulate", "--api-port", "99999"], "--api-port: '99999' is not a port number"),
+        (["simulate", "--latency-ms", "-1"], "--latency-ms must be a finite number of 0 or more"),
+        (["simulate", "--latency-ms", "nan"], "--latency-ms must be a finite number"),
+        (["simulate", "--rate-limit", "5/0"], "--rate-limit must be N requests (1 or more) per"),
+        (["simulate", "--fault-rate", "2"], "--fault-rate must be within 0..1"),
+        (["demo", "--items", "0"], "demo: --items: items must be within 1..1,000,000, got 0"),
+        (["run", "c.yaml", "--output", ""], "argument --output: must not be empty"),
+        (["plan", "c.yaml", "--api-url", " "], "argument --api-url: must not be empty"),
         (["simulate", "--stats-port", "http"], "--stats-port: 'http' is not a port number"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(argv: list[str], expected: str,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                           capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def serve(*args: object, **kw: object) -> None:
+        raise AssertionError("bad input was accepted: the simulator would serve forever")
+
+    monkeypatch.setattr("harvester.simulator.serve_forever", serve)
     assert cli.main(argv) == cli.USAGE
     assert expected in one_error_line(capsys.readouterr().err)
 

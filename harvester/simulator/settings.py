@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -68,6 +69,15 @@ class SimSettings:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; valid: {list(FAULT_KINDS)}")
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be within 0..1, got {self.fault_rate}")
+        for name in ("latency_ms", "latency_jitter_ms", "fault_retry_after", "stall_seconds"):
+            value = getattr(self, name)
+            if not 0.0 <= value < math.inf:  # NaN fails too
+                raise ValueError(f"{name} must be a finite number of 0 or more, got {value}")
+        if self.rate_limit is not None:
+            requests, per = self.rate_limit
+            if requests < 1 or not 0.0 < per < math.inf:
+                raise ValueError(f"rate_limit must be N requests (1 or more) per S seconds "
+                                 f"(more than 0), got {requests}/{per}")
 
     def with_(self, **changes: Any) -> SimSettings:
         return replace(self, **changes)
