@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -637,6 +639,15 @@ def _warehouse(v: _Validator, raw: Any, output: Output) -> Warehouse:
 def _url(value: str, where: str, key: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
         raise ConfigError(f"{where}: {key}: {value!r} is not an http(s) URL")
+    if re.search(r"\s", value):
+        raise ConfigError(f"{where}: {key}: {value!r} has white space in it")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {key}: {value!r} is not a valid URL: {exc}") from None
+    if not parts.hostname:
+        raise ConfigError(f"{where}: {key}: {value!r} names no host")
     return value.rstrip("/")
 
 
@@ -712,8 +723,15 @@ class _Validator:
 
     def number(self, value: Any, key: str, *, positive: bool = False) -> float:
         value = self.interpolate(value, key)
+        if isinstance(value, str):  # "${VAR}": the environment holds only strings
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise self.fail(key, f"expected a number, got {_kind(value)}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(key, f"expected a number, got {_kind(value)}")
+        if not math.isfinite(value):  # `.inf` would make a window that never ends
+            raise self.fail(key, f"must be a finite number, got {value}")
         if positive and not value > 0:
             raise self.fail(key, f"must be greater than 0, got {value}")
         return float(value)

@@ -95,6 +95,18 @@ sources:
          "sources[0].ids: expected a non-empty list"),
         (MINIMAL + "http:\n  rate:\n    requests: -1\n", "http.rate.requests: must be at least 1"),
         (MINIMAL + "http:\n  rate:\n    per: 0\n", "http.rate.per: must be greater than 0"),
+        (MINIMAL + "http:\n  rate:\n    per: .inf\n", "http.rate.per: must be a finite number"),
+        (MINIMAL + "http:\n  timeout:\n    read: .nan\n",
+         "http.timeout.read: must be a finite number"),
+        (MINIMAL + "incremental:\n  overlap_hours: .nan\n",
+         "incremental.overlap_hours: must be a finite number"),
+        (MINIMAL + "http:\n  rate:\n    per: soon\n",
+         "http.rate.per: expected a number, got the string 'soon'"),
+        (MINIMAL + "api:\n  url: http://api figshare.com/v2\n",
+         "api.url: 'http://api figshare.com/v2' has white space in it"),
+        (MINIMAL + "stats:\n  url: 'http://stats.example.org:99999'\n",
+         "stats.url: 'http://stats.example.org:99999' is not a valid URL: Port out of range"),
+        (MINIMAL + "api:\n  url: 'http://:8080/v2'\n", "api.url: 'http://:8080/v2' names no host"),
         (MINIMAL + "http:\n  concurrency: lots\n", "http.concurrency: expected an integer"),
         (MINIMAL + "stats:\n  counters: [views, hugs]\n", "stats.counters: 'hugs' is not one of"),
         (MINIMAL + "output:\n  formats: [csv]\n", "output.formats: 'csv' is not one of"),
@@ -117,6 +129,14 @@ def test_secrets_come_from_the_environment_and_never_show() -> None:
     assert isinstance(cfg.api.token, Secret)
     assert "s3cr3t" not in repr(cfg)
     assert "s3cr3t" not in str(config.public_view(cfg))
+
+
+def test_numbers_may_come_from_the_environment() -> None:
+    cfg = parse(MINIMAL + "http:\n  rate: {requests: '${N}', per: '${PER}'}\n"
+                "  timeout: {read: '${READ}'}\n", {"N": "5", "PER": "2.5", "READ": " 30 "})
+    assert (cfg.http.rate.requests, cfg.http.rate.per, cfg.http.timeout.read) == (5, 2.5, 30.0)
+    assert "http.rate.per: must be a finite number" in error_of(
+        MINIMAL + "http:\n  rate: {per: '${PER}'}\n", {"PER": "inf"})
 
 
 def test_fingerprint_ignores_secrets_but_not_settings() -> None:
