@@ -576,8 +576,8 @@ class Client:
         """
         call = self._call("GET", url, None, headers)
         async with AsyncExitStack() as stack:
-            stream = await self._retrying(call, lambda: stack.enter_async_context(
-                self._open_stream(call, headers, chunk_size)))
+            stream = await self._retrying(
+                lambda: stack.enter_async_context(self._open_stream(call, headers, chunk_size)))
             yield stream
 
     async def post(self, url: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
@@ -609,7 +609,7 @@ class Client:
         if expect not in ("json", "bytes"):
             raise ValueError(f"expect must be 'json' or 'bytes', not {expect!r}")
         call = self._call(method, url, params, headers)
-        return await self._retrying(call, lambda: self._exchange(call, headers, body, expect))
+        return await self._retrying(lambda: self._exchange(call, headers, body, expect))
 
     def _call(self, method: str, url: str, params: Mapping[str, Any] | None,
               headers: Mapping[str, str] | None) -> _Call:
@@ -634,9 +634,8 @@ class Client:
             raise call.fail(RequestError, "bad-url", "not an absolute http(s) URL")
         return call
 
-    async def _retrying(self, call: _Call, attempt_once: Callable[[], Awaitable[T]]) -> T:
-        """Run one attempt after another while they fail with RetryableError, per the policy.
-        `call` is the request as first made (its origin answers for connection failures)."""
+    async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
+        """Run one attempt after another while they fail with RetryableError, per the policy."""
         policy = self.settings.retry
         last: RetryableError | None = None
         for attempt in range(1, policy.attempts + 1):
@@ -655,15 +654,16 @@ class Client:
                 await self._sleep(backoff_delay(attempt, policy, self._rand))
         assert last is not None
         if last.reason == "connect":
-            self._unreached(call, last, policy.attempts)
+            self._unreached(last, policy.attempts)
         cls = BadResponse if last.reason == "bad-json" else GiveUp
         raise cls(f"{last} (gave up after {policy.attempts} attempts)", url=last.url,
                   status=last.status, reason=last.reason, body=last.body) from None
 
-    def _unreached(self, call: _Call, last: RetryableError, attempts: int) -> None:
+    def _unreached(self, last: RetryableError, attempts: int) -> None:
         """A request never connected, through all its attempts: the UNREACHABLE_AFTER-th in a
-        row to its origin opens the circuit (raises Unreachable; so does every later send)."""
-        origin = self._origin(call.url)
+        row to the origin it last tried (a redirect's target, maybe) opens the circuit there
+        (raises Unreachable; so does every later send to that origin)."""
+        origin = self._origin(URL(last.url))
         origin.unreached += 1
         if origin.down is None and origin.unreached >= UNREACHABLE_AFTER:
             origin.down = (f"{origin.unreached} requests in a row could not connect in "

@@ -569,6 +569,28 @@ async def test_an_answer_between_connection_failures_keeps_the_circuit_closed() 
         await runner.cleanup()
 
 
+async def test_the_circuit_opens_on_the_host_that_took_no_connection_not_on_a_redirecting_one(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    target = f"http://127.0.0.1:{_closed_port()}"
+
+    async def handler(request: web.Request, n: int) -> web.Response:
+        if request.path == "/fine":
+            return ok()
+        raise web.HTTPFound(f"{target}/file")  # a download host sends the bytes elsewhere
+
+    server = await serve(handler)
+    retry = RetryPolicy(attempts=2, backoff_base=0.01, backoff_max=0.01)
+    async with Client(settings(retry=retry)) as client:
+        for _ in range(UNREACHABLE_AFTER - 1):
+            with pytest.raises(GiveUp):
+                await client.get(f"{server.url}/download")
+        with pytest.raises(Unreachable, match=f"^{target} is unreachable"):
+            await client.get(f"{server.url}/download")
+        assert (await client.get(f"{server.url}/fine")).status == 200
+        assert client.metrics()["circuits_opened"] == [target]
+
+
 def test_a_connect_timeout_is_a_connection_failure() -> None:
     call = _Call("GET", aiohttp.client.URL("http://127.0.0.1:1/x"), [])
     timed_out = _transport_error(call, aiohttp.ConnectionTimeoutError("no SYN-ACK"))
