@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import email.utils
+import json
+import logging
 import math
 import random
 import time
@@ -41,6 +43,8 @@ from harvester.errors import (
     Unreachable,
     WindowExhausted,
 )
+
+log = logging.getLogger("harvester.client")
 
 SENSITIVE_PARAMS = frozenset({"access_token", "token", "private_link"})
 # Starts are spaced `per * 2.5%` more than the window (at most 0.25 s), so that jitter between
@@ -274,6 +278,27 @@ def _secrets_of(header_value: str) -> list[str]:
     """The header value and its bare credential (the part after "token " / "Basic ")."""
     parts = header_value.split()
     return [header_value, parts[-1]] if len(parts) > 1 else [header_value]
+
+
+def lenient_json(raw: bytes) -> Any:
+    """A body orjson refused, read again by Python's json, which accepts what orjson does not:
+    a lone UTF-16 surrogate escape ("\\ud800", text cut inside an emoji) or bytes that are not
+    UTF-8. Such characters become U+FFFD, so the result has only text every file format can
+    hold. Raises ValueError when the body is not JSON at all."""
+    try:
+        return _mend(json.loads(raw.decode("utf-8", "replace")))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _mend(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_mend(v) for v in value]
+    if isinstance(value, dict):
+        return {_mend(k): _mend(v) for k, v in value.items()}
+    return value
 
 
 def _transport_error(call: _Call, exc: BaseException) -> RequestError:
@@ -526,6 +551,7 @@ class Client:
         self._statuses: Counter[str] = Counter()
         self._retries: Counter[str] = Counter()
         self._bytes = 0
+        self._mended = 0  # JSON bodies kept with U+FFFD for text that is not Unicode
         self._held = 0.0
         self._circuits: list[str] = []
 
@@ -599,6 +625,7 @@ class Client:
             "bytes": self._bytes,
             "retry_after_wait_s": round(self._held, 3),
             "circuits_opened": list(self._circuits),
+            "json_mended": self._mended,  # bodies kept with U+FFFD (see lenient_json)
         }
 
     # -- internals --
@@ -824,9 +851,17 @@ class Client:
                 try:
                     data = orjson.loads(raw)
                 except orjson.JSONDecodeError:
-                    snippet = _snippet(raw, call.secrets)
-                    raise call.fail(RetryableError, "bad-json", f"invalid JSON: {snippet}",
-                                    status=status, phrase=reason, body=snippet) from None
+                    try:
+                        data = lenient_json(raw)
+                    except ValueError:
+                        snippet = _snippet(raw, call.secrets)
+                        raise call.fail(RetryableError, "bad-json", f"invalid JSON: {snippet}",
+                                        status=status, phrase=reason, body=snippet) from None
+                    # kept, as JSON every reader takes: the journal and the snapshot hold this
+                    raw = orjson.dumps(data)
+                    self._mended += 1
+                    log.warning("%s: text that is not Unicode (a lone surrogate, bytes that are "
+                                "not UTF-8) replaced by U+FFFD", call.safe_url)
             return Reply(status, headers, raw, call.safe_url, data)
         snippet = _snippet(raw, call.secrets)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from aiohttp import web
@@ -282,6 +283,34 @@ def test_non_json_and_id_less_bodies_are_errors_not_crashes(
     assert errors[1]["reason"] == "bad-json"
     assert errors[2]["reason"] == "bad-record"
     assert orjson.loads((snapshot / "articles.ndjson").read_bytes())["id"] == 3
+
+
+def test_a_record_with_text_that_is_not_unicode_is_kept_with_replacement_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def routes(app: web.Application) -> None:
+        async def article(request: web.Request) -> web.Response:
+            aid = int(request.match_info["id"])
+            body = b'{"id": %d, "title": "cut \\ud83d", "files": []}' % aid
+            return web.Response(body=body, content_type="application/json")
+
+        async def total(request: web.Request) -> web.Response:
+            return web.json_response({"totals": 7})
+
+        app.router.add_get("/v2/articles/{id}", article)
+        app.router.add_get("/total/{counter}/article/{id}", total)
+
+    with ThreadedApp(routes) as server:
+        path = config_file(tmp_path, server.url + "/v2", server.url,
+                           [{"kind": "ids", "ids": [5]}])
+        assert cli.main(["run", path]) == cli.OK
+    assert "/v2/articles/5: text that is not Unicode" in capsys.readouterr().err
+    snapshot = list_snapshots(tmp_path / "out", "t")[-1]
+    assert orjson.loads((snapshot / "articles.ndjson").read_bytes())["title"] == "cut \ufffd"
+    titles = pq.read_table(snapshot / "articles").column("title").to_pylist()
+    assert titles == ["cut \ufffd"]
+    manifest = orjson.loads((snapshot / "manifest.json").read_bytes())
+    assert manifest["http"]["json_mended"] == 1
 
 
 def test_non_json_list_page_aborts_the_run(tmp_path: Path,

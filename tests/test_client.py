@@ -507,6 +507,30 @@ async def test_invalid_json_retried_then_bad_response(
     assert len(server.seen) == 3
 
 
+async def test_json_with_text_that_is_not_unicode_is_kept_with_replacement_characters(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    bodies = {
+        "/lone": b'{"id": 1, "title": "cut \\ud83d", "tags": ["\\udc00x", "ok \\ud83d\\ude00"]}',
+        "/latin1": b'{"id": 2, "title": "caf\xe9"}',
+    }
+
+    async def handler(request: web.Request, n: int) -> web.Response:
+        return web.Response(body=bodies[request.path], content_type="application/json")
+
+    server = await serve(handler)
+    async with Client(settings()) as client:
+        lone = await client.get(f"{server.url}/lone")
+        latin1 = await client.get(f"{server.url}/latin1")
+        assert client.metrics()["json_mended"] == 2
+        assert client.metrics()["retries"] == {}  # read once: nothing to retry
+    assert lone.data == {"id": 1, "title": "cut \ufffd", "tags": ["\ufffdx", "ok \U0001f600"]}
+    assert latin1.data == {"id": 2, "title": "caf\ufffd"}
+    for reply in (lone, latin1):  # the body the journal keeps is that very JSON
+        assert orjson.loads(reply.body) == reply.data
+    assert len(server.seen) == 2
+
+
 async def test_connection_refused_is_retried_then_give_up() -> None:
     async with Client(settings(retry=RetryPolicy(attempts=2, backoff_base=0.01))) as client:
         with pytest.raises(GiveUp) as info:
