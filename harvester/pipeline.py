@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -142,6 +143,9 @@ class Harvest:
         self.force_full = full
         self.reports: list[SourceReport] = []
         self.renderer: ChunkRenderer | None = None
+        # set when the run is cancelled (SIGINT/SIGTERM) while the journal thread writes the
+        # snapshot: the write gives up at its next chunk instead of finishing and publishing
+        self._stop_write = threading.Event()
 
     async def run(self) -> RunResult:
         tune_allocators()  # before the first Arrow allocation of the run
@@ -434,7 +438,11 @@ class Harvest:
                      meta["snapshot_id"])
             path = writer.path
         else:
-            path = await journal.call(self._write, journal, writer, manifest)
+            try:
+                path = await journal.call(self._write, journal, writer, manifest)
+            except asyncio.CancelledError:
+                self._stop_write.set()  # journal.close() then waits for the thread to give up
+                raise
         crash_point("published")
         published = read_manifest(path)
         await journal.call(journal.update_catalog, self.catalog_path, meta["snapshot_id"],
@@ -473,6 +481,10 @@ class Harvest:
             (old / "manifest.json").unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
 
+    def _check_stop(self) -> None:
+        if self._stop_write.is_set():
+            raise _WriteStopped("interrupted while writing the snapshot")
+
     def _write(self, journal: Journal, writer: SnapshotWriter,
                manifest: dict[str, Any]) -> Path | str:
         """Runs on the journal thread: records in id order -> the snapshot's files."""
@@ -491,6 +503,7 @@ class Harvest:
         try:
             # records in id order, rendered a chunk at a time here and in worker processes
             for chunk in renderer.map(spec, journal.packed_chunks(renderer.chunk_size)):
+                self._check_stop()
                 writer.add_rendered(chunk)
                 release_free_memory()  # else the peak creeps up with the records written
                 self.progress.written += chunk.articles
@@ -506,10 +519,15 @@ class Harvest:
                 writer.add_error(error)
             manifest["finished_at"] = stamp(utc_now())
             crash_point("publish")
+            self._check_stop()
             return writer.publish(manifest)
         except BaseException:
             writer.abort()
             raise
+
+
+class _WriteStopped(Exception):
+    """The run was interrupted while its snapshot was being written (nothing is published)."""
 
 
 def _source_fp(source: Source) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from harvester.pipeline import Harvest
 from harvester.records import SCHEMAS
 from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
-from harvester.sinks import list_snapshots
+from harvester.sinks import SnapshotWriter, list_snapshots
 from tests.conftest import write_config
 
 
@@ -187,3 +189,41 @@ async def test_blocked_client_stops_and_keeps_the_journal(sim: Simulator, tmp_pa
     assert list_snapshots(tmp_path / "out", "t") == []
     assert not (root / "LATEST").exists()
     assert sent < 10  # the circuit opened: no hammering after the block
+
+
+async def test_a_run_cancelled_while_it_writes_stops_at_once_and_publishes_nothing(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT/SIGTERM cancel the run's task; the snapshot is written on the journal's thread,
+    which a cancelled await does not stop: it must give up by itself, not finish and publish."""
+    monkeypatch.setattr("harvester.render.CHUNK_ALONE", 10)  # many chunks: a long write
+    ids = sorted(sim.corpus.ids)[:200]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}], output={"workers": 0})
+    loop = asyncio.get_running_loop()
+    writing = asyncio.Event()
+    added: list[int] = []
+    original = SnapshotWriter.add_rendered
+
+    def slow_add(self: SnapshotWriter, chunk: Any) -> None:  # on the journal thread
+        added.append(chunk.articles)
+        loop.call_soon_threadsafe(writing.set)
+        time.sleep(0.05)  # 20 chunks: a write of a second or more
+        original(self, chunk)
+
+    monkeypatch.setattr(SnapshotWriter, "add_rendered", slow_add)
+    run = asyncio.create_task(Harvest(cfg).run())
+    await writing.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert len(added) <= 2  # it stopped at the next chunk, not after all twenty
+    root = tmp_path / "out" / "t"
+    assert list_snapshots(tmp_path / "out", "t") == [] and not (root / "LATEST").exists()
+    assert list((root / ".staging").iterdir()) == []  # the half-written snapshot is gone
+    assert (root / ".state" / "journal.sqlite").exists()
+
+    monkeypatch.setattr(SnapshotWriter, "add_rendered", original)
+    sent = sim.log.count()
+    result = await Harvest(cfg).run()  # the same command again: the write only
+    assert sim.log.count() == sent
+    assert article_ids(result.snapshot) == ids
