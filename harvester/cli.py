@@ -309,7 +309,26 @@ def _cmd_load(args: argparse.Namespace) -> int:
         raise ConfigError(f"load: {exc}") from None
     if not open_store(root).exists(name):
         raise ConfigError(f"load: {args.harvest}: no such harvest folder")
-    _print_load(warehouse.load(root, name, args.duckdb), args.duckdb)
+    # SIGINT and SIGTERM: the snapshot being loaded is rolled back and the command exits 130.
+    # DuckDB turns an interrupt that arrives during a query into an error of its own, so the
+    # handler notes that one came.
+    interrupted: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        report = warehouse.load(root, name, args.duckdb)
+    except Exception:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    _print_load(report, args.duckdb)
     return OK
 
 

@@ -15,6 +15,7 @@ docs/TABLES.md documents every table.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import tempfile
@@ -170,6 +171,12 @@ class Warehouse:
     def close(self) -> None:
         self.con.close()
 
+    def _rollback(self) -> None:
+        """Undo the snapshot's transaction, if there still is one (an interrupt may come just
+        after the commit: the snapshot is then loaded, and loading again changes nothing)."""
+        with contextlib.suppress(duckdb.TransactionException):
+            self.con.rollback()
+
     # -- tables -----------------------------------------------------------------------------
 
     def current_columns(self, table: str) -> list[tuple[str, str, bool]]:
@@ -305,14 +312,15 @@ class Warehouse:
                 [sid]).fetchall())
             con.commit()
         except duckdb.Error as e:
-            con.rollback()
+            self._rollback()
             raise OutputError(f"{where}: cannot load into {self.path}: {_duck_error(e)}") from e
         except BaseException:
-            con.rollback()
+            self._rollback()  # an interrupt (SIGINT/SIGTERM) among them
             raise
         finally:
             for temp in ("_present", "_tomb", "_gone", "_stats"):
-                con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
+                with contextlib.suppress(duckdb.Error):  # not a new error on the way out
+                    con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
         loaded = Loaded(sid, kind, status, articles[0] if articles else 0,
                         {c: counts.get(c, 0) for c in CHANGES})
         log.info("loaded snapshot %s (%s, %s): %d articles; %s", sid, kind, status,

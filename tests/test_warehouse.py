@@ -7,8 +7,10 @@ import hashlib
 import logging
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -228,6 +230,47 @@ def test_loading_again_changes_nothing(two, tmp_path):
     # and through the command line
     assert cli.main(["load", str(two / NAME), "--duckdb", str(db), "--quiet"]) == 0
     assert dump(db) == before
+
+
+INTERRUPTED_LOAD = """
+import sys, time
+from pathlib import Path
+from harvester import cli, warehouse
+apply, ready = warehouse.Warehouse._apply, Path(sys.argv[3])
+def slow(self, *args):
+    apply(self, *args)  # the snapshot's rows are in, not committed
+    ready.touch()
+    if sys.argv[4] == "query":  # DuckDB reports an interrupt in a query as its own error
+        self.con.execute("SELECT count(*) FROM range(10000000000000)").fetchall()
+    time.sleep(30)
+warehouse.Warehouse._apply = slow
+sys.exit(cli.main(["load", sys.argv[1], "--duckdb", sys.argv[2]]))
+"""
+
+
+@pytest.mark.parametrize(("sig", "during"), [(signal.SIGTERM, "python"),
+                                             (signal.SIGTERM, "query"),
+                                             (signal.SIGINT, "query")])
+def test_a_load_interrupted_mid_snapshot_rolls_it_back_and_exits_130(two, tmp_path, sig, during):
+    db, ready = tmp_path / "wh.duckdb", tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_LOAD, str(two / NAME), str(db),
+                             str(ready), during], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    with duckdb.connect(str(db)) as con:  # the first snapshot was rolled back whole
+        assert q(con, "SELECT count(*) FROM loaded_snapshots") == [(0,)]
+        assert q(con, "SELECT count(*) FROM articles_current") == [(0,)]
+    report = load(two, NAME, db)  # the same command again loads both
+    assert [s.snapshot_id for s in report.loaded] == [S1, S2]
 
 
 def test_snapshots_loaded_one_night_at_a_time_match_a_single_catch_up(tmp_path):
