@@ -152,11 +152,23 @@ class Journal:
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except sqlite3.OperationalError as exc:
+            raise self._cannot(exc) from None
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run on the journal thread from synchronous code (CLI, tests)."""
-        return self._pool.submit(fn, *args).result()
+        try:
+            return self._pool.submit(fn, *args).result()
+        except sqlite3.OperationalError as exc:
+            raise self._cannot(exc) from None
+
+    def _cannot(self, exc: sqlite3.OperationalError) -> OutputError:
+        """SQLite could not read or write the state folder (a full disk, an I/O error): what
+        was committed before is intact, and the run resumes from it once that is fixed."""
+        return OutputError(f"{self.path.parent}: cannot write the run's state (journal, "
+                           f"catalog): {exc}; what was fetched is kept for the next run")
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -355,7 +367,8 @@ def _tx(db: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # SQLite ends it by itself on some errors (SQLITE_FULL)
+            db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
 

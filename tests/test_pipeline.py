@@ -14,12 +14,13 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from harvester.errors import Blocked
+from harvester.errors import Blocked, OutputError
 from harvester.pipeline import Harvest
 from harvester.records import SCHEMAS
 from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
 from harvester.sinks import SnapshotWriter, list_snapshots
+from harvester.state import Journal
 from tests.conftest import write_config
 
 
@@ -227,3 +228,26 @@ async def test_a_run_cancelled_while_it_writes_stops_at_once_and_publishes_nothi
     result = await Harvest(cfg).run()  # the same command again: the write only
     assert sim.log.count() == sent
     assert article_ids(result.snapshot) == ids
+
+
+async def test_a_full_disk_under_the_journal_stops_the_run_with_one_error_and_loses_nothing(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = sorted(sim.corpus.ids)[:300]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}])
+    connect = Journal._connect
+
+    def small_disk(self: Journal) -> None:  # SQLite's own limit: SQLITE_FULL, as on a full disk
+        connect(self)
+        self.db.execute("PRAGMA max_page_count=60")
+
+    monkeypatch.setattr(Journal, "_connect", small_disk)
+    with pytest.raises(OutputError, match=r"/t/\.state: cannot write the run's state .*: "
+                       "database or disk is full; what was fetched is kept"):
+        await Harvest(cfg).run()
+    assert list_snapshots(tmp_path / "out", "t") == []
+    monkeypatch.setattr(Journal, "_connect", connect)  # room again
+    sent = sim.log.count()
+    result = await Harvest(cfg).run()
+    assert article_ids(result.snapshot) == ids
+    assert sim.log.count() - sent < 4 * len(ids)  # what was stored was not fetched again
