@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import logging
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import orjson
 from harvester import __version__
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.config import INCREMENTAL_KINDS, Config, Source, public_view
+from harvester.errors import OutputError
 from harvester.fetch import ItemFetcher, stamp, utc_now
 from harvester.records import RowContext, side_rows
 from harvester.render import (
@@ -463,6 +465,10 @@ class Harvest:
                     s.name: (_source_fp(s), meta["started_at"])
                     for s in self.cfg.sources if s.kind in INCREMENTAL_KINDS
                 })
+        except sqlite3.OperationalError as exc:  # a full disk: the journal is kept
+            raise OutputError(f"{self.catalog_path}: cannot record the run: {exc} (snapshot "
+                              f"{meta['snapshot_id']} is published; the next run finishes "
+                              "recording it)") from None
         finally:
             catalog.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from harvester.records import SCHEMAS
 from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
 from harvester.sinks import SnapshotWriter, list_snapshots
-from harvester.state import Journal
+from harvester.state import Catalog, Journal
 from tests.conftest import write_config
 
 
@@ -251,3 +252,30 @@ async def test_a_full_disk_under_the_journal_stops_the_run_with_one_error_and_lo
     result = await Harvest(cfg).run()
     assert article_ids(result.snapshot) == ids
     assert sim.log.count() - sent < 4 * len(ids)  # what was stored was not fetched again
+
+
+async def test_a_catalog_that_cannot_record_the_run_keeps_the_journal_to_finish_it(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = sorted(sim.corpus.ids)[:20]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}])
+    add_run = Catalog.add_run
+
+    def full(self: Catalog, *args: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Catalog, "add_run", full)
+    with pytest.raises(OutputError, match=r"catalog\.sqlite: cannot record the run: database or "
+                       r"disk is full \(snapshot \S+ is published; the next run finishes"):
+        await Harvest(cfg).run()
+    published = list_snapshots(tmp_path / "out", "t")
+    assert len(published) == 1
+    monkeypatch.setattr(Catalog, "add_run", add_run)
+    sent = sim.log.count()
+    result = await Harvest(cfg).run()  # finishes recording, fetches nothing
+    assert result.snapshot == published[0] and sim.log.count() == sent
+    catalog = Catalog(tmp_path / "out" / "t" / ".state" / "catalog.sqlite")
+    try:
+        assert catalog.last_run() is not None
+    finally:
+        catalog.close()
