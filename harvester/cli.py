@@ -309,16 +309,16 @@ def _cmd_load(args: argparse.Namespace) -> int:
         raise ConfigError(f"load: {exc}") from None
     if not open_store(root).exists(name):
         raise ConfigError(f"load: {args.harvest}: no such harvest folder")
-    # SIGINT and SIGTERM: the snapshot being loaded is rolled back and the command exits 130.
-    # DuckDB turns an interrupt that arrives during a query into an error of its own, so the
-    # handler notes that one came.
+    # SIGINT rolls back the snapshot being loaded and exits 130. DuckDB may stop a running query
+    # on it and report that as an error of its own, so the handler notes that one came.
+    # (SIGTERM keeps its default: the process ends, DuckDB's transaction with it.)
     interrupted: list[int] = []
 
     def interrupt(signum: int, frame: Any) -> None:
         interrupted.append(signum)
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = signal.signal(signal.SIGINT, interrupt)
     try:
         report = warehouse.load(root, name, args.duckdb)
     except Exception:
@@ -326,8 +326,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
             raise KeyboardInterrupt from None
         raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.signal(signal.SIGINT, previous)
     _print_load(report, args.duckdb)
     return OK
 
