@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,21 @@ def config_file(tmp_path: Path, api_url: str, stats_url: str, sources: list[dict
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(body))
     return str(path)
+
+
+def records_served_by(
+    article: Callable[[web.Request], Awaitable[web.Response]],
+) -> Callable[[web.Application], None]:
+    """Routes of a server whose records `article` answers; every stats total is 7."""
+
+    async def total(request: web.Request) -> web.Response:
+        return web.json_response({"totals": 7})
+
+    def routes(app: web.Application) -> None:
+        app.router.add_get("/v2/articles/{id}", article)
+        app.router.add_get("/total/{counter}/article/{id}", total)
+
+    return routes
 
 
 def one_error_line(err: str) -> str:
@@ -255,22 +270,15 @@ def test_token_reaches_only_the_api_host_and_no_output(
 def test_non_json_and_id_less_bodies_are_errors_not_crashes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def routes(app: web.Application) -> None:
-        async def article(request: web.Request) -> web.Response:
-            aid = int(request.match_info["id"])
-            if aid == 1:
-                return web.Response(text="<html>oops</html>", content_type="text/html")
-            if aid == 2:
-                return web.json_response({"title": "no id here"})
-            return web.json_response({"id": aid, "title": "fine", "files": []})
+    async def article(request: web.Request) -> web.Response:
+        aid = int(request.match_info["id"])
+        if aid == 1:
+            return web.Response(text="<html>oops</html>", content_type="text/html")
+        if aid == 2:
+            return web.json_response({"title": "no id here"})
+        return web.json_response({"id": aid, "title": "fine", "files": []})
 
-        async def total(request: web.Request) -> web.Response:
-            return web.json_response({"totals": 7})
-
-        app.router.add_get("/v2/articles/{id}", article)
-        app.router.add_get("/total/{counter}/article/{id}", total)
-
-    with ThreadedApp(routes) as server:
+    with ThreadedApp(records_served_by(article)) as server:
         path = config_file(tmp_path, server.url + "/v2", server.url,
                            [{"kind": "ids", "ids": [1, 2, 3]}], max_errors=0)
         code = cli.main(["run", path])
@@ -288,19 +296,12 @@ def test_non_json_and_id_less_bodies_are_errors_not_crashes(
 def test_a_record_with_text_that_is_not_unicode_is_kept_with_replacement_characters(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def routes(app: web.Application) -> None:
-        async def article(request: web.Request) -> web.Response:
-            aid = int(request.match_info["id"])
-            body = b'{"id": %d, "title": "cut \\ud83d", "files": []}' % aid
-            return web.Response(body=body, content_type="application/json")
+    async def article(request: web.Request) -> web.Response:
+        aid = int(request.match_info["id"])
+        body = b'{"id": %d, "title": "cut \\ud83d", "files": []}' % aid
+        return web.Response(body=body, content_type="application/json")
 
-        async def total(request: web.Request) -> web.Response:
-            return web.json_response({"totals": 7})
-
-        app.router.add_get("/v2/articles/{id}", article)
-        app.router.add_get("/total/{counter}/article/{id}", total)
-
-    with ThreadedApp(routes) as server:
+    with ThreadedApp(records_served_by(article)) as server:
         path = config_file(tmp_path, server.url + "/v2", server.url,
                            [{"kind": "ids", "ids": [5]}])
         assert cli.main(["run", path]) == cli.OK
