@@ -376,6 +376,21 @@ class SlidingWindow:
         self.not_before = max(self.not_before, until)
 
 
+@dataclass(frozen=True)
+class _Circuit:
+    """Why an origin gets nothing more sent, and the error every later send raises."""
+
+    cls: type[Abort]  # Blocked (403 HTML) or Unreachable (no connection)
+    reason: str  # the label callers and metrics see
+    state: str  # "blocked us earlier", "is unreachable"
+    why: str
+    status: int | None = None
+
+    def refuse(self, call: _Call, origin: str) -> RequestError:
+        return call.fail(self.cls, self.reason, f"not sent: {origin} {self.state} ({self.why})",
+                         status=self.status)
+
+
 class _Origin:
     def __init__(self, name: str, rate: RateLimit, share: _Origin | None = None,
                  credential: str | None = None) -> None:
@@ -385,9 +400,8 @@ class _Origin:
         self.window: SlidingWindow = share.window if share else SlidingWindow(rate)
         # FIFO: waiters for one budget are admitted in arrival order
         self.lock: asyncio.Lock = share.lock if share else asyncio.Lock()
-        self.blocked: str | None = None  # message of the 403 that opened the circuit
+        self.circuit: _Circuit | None = None  # open: nothing more is sent here
         self.unreached = 0  # requests in a row that never connected, all retries spent
-        self.down: str | None = None  # why the circuit opened after UNREACHABLE_AFTER of them
 
 
 # The send whose request is being written, in the task making it (see _Request).
@@ -468,8 +482,7 @@ class _Slot:
                 # never holds slots that another origin could use.
                 await sem.acquire()
                 self.acquired = True
-                if origin.blocked is None and origin.down is None and \
-                        origin.window.delay(client._clock()) <= 0:
+                if origin.circuit is None and origin.window.delay(client._clock()) <= 0:
                     break
                 sem.release()
                 self.acquired = False
@@ -692,13 +705,21 @@ class Client:
         (raises Unreachable; so does every later send to that origin)."""
         origin = self._origin(URL(last.url))
         origin.unreached += 1
-        if origin.down is None and origin.unreached >= UNREACHABLE_AFTER:
-            origin.down = (f"{origin.unreached} requests in a row could not connect in "
-                           f"{attempts} attempts each; the last: {last}")
-            self._circuits.append(origin.name)
-        if origin.down is not None:
-            raise Unreachable(f"{origin.name} is unreachable: {origin.down}", url=last.url,
+        if origin.unreached >= UNREACHABLE_AFTER:
+            self._open_circuit(origin, _Circuit(
+                Unreachable, "unreachable", "is unreachable",
+                f"{origin.unreached} requests in a row could not connect in {attempts} "
+                f"attempts each; the last: {last}"))
+        circuit = origin.circuit
+        if circuit is not None and circuit.cls is Unreachable:
+            raise Unreachable(f"{origin.name} is unreachable: {circuit.why}", url=last.url,
                               reason="unreachable")
+
+    def _open_circuit(self, origin: _Origin, circuit: _Circuit) -> None:
+        """The first reason to stop sending to `origin` stays (later sends raise its error)."""
+        if origin.circuit is None:
+            origin.circuit = circuit
+            self._circuits.append(origin.name)
 
     def _headers_for(self, origin: _Origin, start_origin: str,
                      given: CIMultiDict[str]) -> CIMultiDict[str] | None:
@@ -818,12 +839,8 @@ class Client:
         """Sleep until the window has room and any Retry-After hold has passed."""
         window, limit = origin.window, self.settings.retry.retry_after_max
         while True:
-            if origin.blocked is not None:
-                raise call.fail(Blocked, "circuit-open", f"not sent: {origin.name} blocked us "
-                                f"earlier ({origin.blocked})", status=403)
-            if origin.down is not None:
-                raise call.fail(Unreachable, "unreachable",
-                                f"not sent: {origin.name} is unreachable ({origin.down})")
+            if origin.circuit is not None:
+                raise origin.circuit.refuse(call, origin.name)
             now = self._clock()
             wait = window.delay(now)
             if wait <= 0:
@@ -884,9 +901,8 @@ class Client:
         if status == 403:
             ctype = headers.get("Content-Type", "").lower()
             if "text/html" in ctype or raw.lstrip().startswith(b"<"):
-                if origin.blocked is None:
-                    origin.blocked = f"{status} {reason}"
-                    self._circuits.append(origin.name)
+                self._open_circuit(origin, _Circuit(Blocked, "circuit-open", "blocked us earlier",
+                                                    f"{status} {reason}", status=403))
                 raise fail(Blocked)
             raise fail(AuthError)
         raise fail(RequestError)
