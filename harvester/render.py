@@ -6,19 +6,19 @@ of a chunk of journal rows, so `ChunkRenderer` can run it in worker processes as
 writing thread, and hand the results back in chunk order: the snapshot is the same byte for
 byte whichever process rendered which chunk (tests/test_render.py checks this).
 
-Workers are processes running `_serve`, fed over pipes; they ignore SIGINT (the parent decides)
-and exit when their stdin closes, so a parent killed even by SIGKILL leaves none behind. A chunk
-a worker fails on, a worker that dies, or one that sends nothing for RESULT_TIMEOUT seconds is
-rendered again in the writing thread, where a real error is raised as it would be without
-workers.
+Workers are processes running `_serve`, fed chunks over a pipe and answering over a socket;
+they ignore SIGINT (the parent decides) and exit when their stdin closes, so a parent killed
+even by SIGKILL leaves none behind. A chunk a worker fails on, a worker that dies, or one that
+sends nothing for RESULT_TIMEOUT seconds is rendered again in the writing thread, where a real
+error is raised as it would be without workers.
 
 How a worker starts (`start`):
 - "fork" (Linux): forked when the snapshot is written, so it has every module already imported
   and starts in milliseconds. A worker spawned fresh costs 0.3 s of CPU importing pyarrow and
   this package, and on a machine whose cores are busy with the fetch (the harvester's event
   loop and, in the benchmarks, the server) that CPU is taken from the fetch. The child only
-  renders: right after the fork it drops every inherited descriptor but its two pipes, leaves
-  the parent's signal wake-up descriptor and handlers alone, never touches the journal, the
+  renders: right after the fork it drops every inherited descriptor but its pipe and socket,
+  leaves the parent's signal wake-up descriptor and handlers alone, never touches the journal, the
   HTTP client or stdio, and leaves with os._exit (no atexit handlers, no flushed buffers).
 - "spawn" (elsewhere, or HARVESTER_RENDER_START=spawn): a fresh interpreter running
   `from harvester.render import _serve`, started early so it imports while the run fetches.
@@ -32,8 +32,8 @@ import gc
 import os
 import pickle
 import queue
-import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -63,9 +63,10 @@ from harvester.state import unpack
 # below these, a worker's start-up costs about what it saves (a spawned one imports for 0.3 s)
 AUTO_MIN_RECORDS = {"fork": 2_000, "spawn": 10_000}
 AUTO_MAX_WORKERS = 4
-RESULT_TIMEOUT = 120.0  # seconds a worker may take to start answering for a chunk
+RESULT_TIMEOUT = 120.0  # seconds the writing thread waits for a worker's next result
 CHUNK_ALONE = 1_000
 CHUNK_SHARED = 400
+_WAITALL = getattr(socket, "MSG_WAITALL", 0)
 LOOKAHEAD = 3  # rounds of chunks held at most: workers' two each, and one to steal
 
 # One journal row as Journal.packed_records reads it: still compressed, cheap to send.
@@ -205,27 +206,39 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class _Worker:
     """A `harvester.render._serve` process: chunks in on stdin, results out on stdout, both as
-    length-prefixed pickles. A thread feeds stdin so a big chunk going in can never wait on a
-    big result coming out. The worker exits when its stdin closes, so it cannot outlive us."""
+    length-prefixed pickles. One thread feeds stdin and another reads stdout as results come,
+    so neither side ever waits on a full pipe: a worker whose result (a few MB) had to wait for
+    the writing thread, busy rendering a chunk of its own, sat idle for most of that chunk.
+    The worker exits when its stdin closes, so it cannot outlive us."""
 
     def __init__(self, start: str = "spawn") -> None:
         self.proc: subprocess.Popen[bytes] | _Forked
+        # Results come back over a socket, not a pipe: the reader thread takes each one whole
+        # in one blocking receive (MSG_WAITALL) without the GIL, where a pipe needed it once
+        # per 64 KiB; with the writing thread rendering beside it, a worker took 55 ms to hand
+        # over a 4 MB result, as long as rendering the chunk.
+        self.results_in, theirs = socket.socketpair()
         if start == "fork":
-            self.proc = _Forked()
+            self.proc = _Forked(theirs)
         else:
             env = dict(os.environ)  # this very package, installed or not
             env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from harvester.render import _serve; _serve()"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                env=env, bufsize=0)  # unbuffered: select() on stdout tells if a result is there
-        self.inflight: deque[_Entry] = deque()  # submitted, result not read yet, in order
+                stdin=subprocess.PIPE, stdout=theirs.fileno(), stderr=subprocess.DEVNULL,
+                env=env, bufsize=0)
+        theirs.close()  # the worker's own now: the stream ends when the worker does
+        self.inflight: deque[_Entry] = deque()  # submitted, result not collected yet, in order
         self.dead = False  # its pipe broke: it gets no more chunks
         self.todo: queue.SimpleQueue[tuple[RenderSpec, list[Packed]] | None] = \
             queue.SimpleQueue()
+        # results as received, still pickled; an exception once the stream ends or breaks
+        self.results: queue.SimpleQueue[bytearray | BaseException] = queue.SimpleQueue()
         self.sender = threading.Thread(target=self._feed, name="render-feed", daemon=True)
+        self.reader = threading.Thread(target=self._read, name="render-read", daemon=True)
         self.sender.start()
+        self.reader.start()
 
     def _feed(self) -> None:
         stdin = self.proc.stdin
@@ -244,25 +257,31 @@ class _Worker:
         self.inflight.append(entry)
         self.todo.put((spec, entry.chunk))
 
-    def ready(self) -> bool:
-        """True when the oldest result has started to arrive (reading it will not wait long)."""
-        assert self.proc.stdout is not None
+    def _read(self) -> None:
         try:
-            return bool(select.select([self.proc.stdout], [], [], 0)[0])
-        except (OSError, ValueError):
-            return True  # reading will tell what went wrong
+            while True:
+                size = int.from_bytes(_receive(self.results_in, 8), "little")
+                self.results.put(_receive(self.results_in, size))
+        except (OSError, EOFError, ValueError) as exc:  # it ended, or died
+            self.results.put(exc)
+
+    def ready(self) -> bool:
+        """True when collect() will not wait: the oldest result is in, or the pipe has ended."""
+        return self.dead or not self.results.empty()
 
     def collect(self) -> None:
-        """Read the oldest in-flight entry's result (None: the worker failed on it, or died)."""
+        """Take the oldest in-flight entry's result (None: the worker failed on it, or died)."""
         entry = self.inflight.popleft()
-        assert self.proc.stdout is not None
         reply = None
         if not self.dead:
             try:
-                if not select.select([self.proc.stdout], [], [], RESULT_TIMEOUT)[0]:
-                    raise TimeoutError  # stuck: it gets nothing more, its chunks come back
-                reply = _get(self.proc.stdout)
-            except (OSError, EOFError, pickle.UnpicklingError, ValueError):
+                got = self.results.get(timeout=RESULT_TIMEOUT)
+                if isinstance(got, BaseException):
+                    raise got
+                reply = pickle.loads(got)
+            except (queue.Empty, OSError, EOFError, pickle.UnpicklingError, ValueError):
+                # dead, or stuck (nothing for RESULT_TIMEOUT): it gets nothing more, and its
+                # chunks come back to the writing thread
                 self.dead = True
                 with contextlib.suppress(OSError):
                     self.proc.kill()
@@ -270,14 +289,15 @@ class _Worker:
         entry.failed = entry.result is None
 
     def close(self) -> None:
-        self.todo.put(None)  # EOF after what is queued: the worker ends
-        if self.proc.stdout is not None:  # results nobody will read must not block it
-            self.proc.stdout.close()
+        self.todo.put(None)  # EOF after what is queued: the worker ends (the reader drains it)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.reader.join(timeout=5)  # its socket has ended with the worker
+        if not self.reader.is_alive():
+            self.results_in.close()
 
 
 @dataclass(eq=False)
@@ -309,17 +329,30 @@ def _read_exact(stream: IO[bytes], size: int) -> bytearray:
     return buf  # pickle reads it as it is: no copy of a chunk's few MB
 
 
+def _receive(sock: socket.socket, size: int) -> bytearray:
+    """`size` bytes from `sock`, waited for in the kernel (EOFError if it ends first)."""
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    while got < size:  # MSG_WAITALL returns early on a signal or at the end of the stream
+        n = sock.recv_into(view[got:], size - got, _WAITALL)
+        if not n:
+            raise EOFError
+        got += n
+    return buf
+
+
 def _get(stream: IO[bytes]) -> Any:
     size = int.from_bytes(_read_exact(stream, 8), "little")
     return pickle.loads(_read_exact(stream, size))
 
 
 class _Forked:
-    """A forked child running `_serve` on two pipes: what _Worker uses of subprocess.Popen."""
+    """A forked child running `_serve`, chunks in on a pipe and results out on `results` (the
+    child's end of a socket pair): what _Worker uses of subprocess.Popen."""
 
-    def __init__(self) -> None:
+    def __init__(self, results: socket.socket) -> None:
         chunks_r, chunks_w = os.pipe()  # parent -> child
-        results_r, results_w = os.pipe()  # child -> parent
+        results_w = results.fileno()  # child -> parent
         with warnings.catch_warnings():
             # Python 3.12+ warns about forking a process with threads: the child here runs
             # nothing that another thread could have left locked (see the module docstring)
@@ -338,11 +371,9 @@ class _Forked:
             finally:
                 os._exit(code)
         os.close(chunks_r)
-        os.close(results_w)
         self.pid = pid
         self.returncode: int | None = None
         self.stdin: IO[bytes] | None = open(chunks_w, "wb", buffering=0)  # noqa: SIM115
-        self.stdout: IO[bytes] | None = open(results_r, "rb", buffering=0)  # noqa: SIM115
 
     def poll(self) -> int | None:
         if self.returncode is None:
