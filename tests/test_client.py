@@ -474,6 +474,54 @@ async def test_reset_and_truncated_body_are_retried(
     assert metrics["requests"] == {server.origin: 4}  # every send took (and counted) a slot
 
 
+async def hang_up(request: web.Request) -> None:
+    """Send nothing more until the client gives up on the connection (at most 30 s)."""
+    for _ in range(600):
+        if request.transport is None or request.transport.is_closing():
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_the_read_timeout_ends_a_silent_exchange_not_a_slow_one(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    """http.timeout.read: `read` seconds with no byte end the attempt, before the head or
+    inside the body; a body that keeps coming may take longer than `read` in all."""
+    read = 0.3
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if request.path == "/silent" and n == 1:
+            await hang_up(request)  # no head at all
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        if request.path == "/stall" and n == 1:
+            await resp.write(b'{"id": 1, ')
+            await hang_up(request)  # the head and a part, then nothing
+        if request.path == "/steady":  # 1.2 s in all, never 0.3 s without a byte
+            for _ in range(8):
+                await resp.write(b" ")
+                await asyncio.sleep(read / 2)
+        await resp.write(b'{"id": 1}')
+        await resp.write_eof()
+        return resp
+
+    for path in ("/silent", "/stall"):
+        server = await serve(handler)  # a new server: the first request to each path stalls
+        async with Client(settings(read_timeout=read, total_timeout=20)) as client:
+            started = time.monotonic()
+            reply = await client.get(f"{server.url}{path}")
+            took = time.monotonic() - started
+            metrics = client.metrics()
+        assert reply.data == {"id": 1}
+        assert metrics["retries"] == {"timeout": 1}, path
+        assert read <= took < read + 0.5, (path, took)  # noticed within a tick of `read`
+    server = await serve(handler)
+    async with Client(settings(read_timeout=read, total_timeout=20)) as client:
+        reply = await client.get(f"{server.url}/steady")
+        assert reply.data == {"id": 1}
+        assert client.metrics()["retries"] == {}
+
+
 async def test_give_up_after_attempts_carries_last_reason(
     serve: Callable[..., Awaitable[Server]],
 ) -> None:
