@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import sqlite3
 import time
 from pathlib import Path
@@ -97,6 +98,26 @@ async def test_stats_totals_match_the_stats_host(sim: Simulator, tmp_path: Path)
             url = f"{sim.stats_url}/total/{row['counter']}/article/{row['article_id']}"
             async with http.get(url) as resp:
                 assert row["total"] == (await resp.json())["totals"]
+
+
+async def test_rows_carry_the_utc_time_they_were_fetched_at(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")  # the machine's zone must not leak in
+    time.tzset()
+    try:
+        ids = sorted(sim.corpus.ids)[:4]
+        cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}])
+        before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        snap = (await Harvest(cfg).run()).snapshot
+        after = dt.datetime.now(dt.UTC)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert snap is not None
+    for table in ("articles", "stats"):
+        stamps = pq.read_table(snap / table).column("fetched_at").to_pylist()
+        assert stamps and all(before <= t <= after for t in stamps), (table, stamps)
 
 
 async def test_sources_are_deduplicated_and_keep_provenance(sim: Simulator, tmp_path: Path) -> None:
