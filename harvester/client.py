@@ -305,8 +305,8 @@ def _transport_error(call: _Call, exc: BaseException) -> RequestError:
     """What a failed exchange means for the caller: retry, or not."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):  # no connection within connect_timeout
         return call.fail(RetryableError, "connect", type(exc).__name__)
-    if isinstance(exc, TimeoutError):
-        return call.fail(RetryableError, "timeout", type(exc).__name__)
+    if isinstance(exc, TimeoutError):  # aiohttp's or the _Watchdog's (which says why)
+        return call.fail(RetryableError, "timeout", str(exc) or type(exc).__name__)
     if isinstance(exc, aiohttp.ClientPayloadError):
         return call.fail(RetryableError, "truncated", str(exc))
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -540,48 +540,50 @@ class _Call:
 
 
 class _Watched:
-    """One buffered exchange under `_ReadWatch`, made by `task`."""
+    """One buffered exchange under the `_Watchdog`, made by `task`."""
 
-    __slots__ = ("cancelling", "expired", "response", "seen", "send", "since", "task")
+    __slots__ = ("began", "cancelling", "response", "seen", "send", "since", "task", "why")
 
-    def __init__(self, send: _Send) -> None:
+    def __init__(self, send: _Send, now: float) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.task, self.send = task, send
+        self.task, self.send, self.began = task, send, now
         self.cancelling = task.cancelling()  # cancellations asked before ours
-        self.expired = False  # the watch cancelled the task: that is a TimeoutError
+        self.why = ""  # set when the watchdog cancels the task: the TimeoutError's message
         self.response: aiohttp.ClientResponse | None = None
         self.since: float | None = None  # when it last made progress (None: not sent yet)
         self.seen = -1  # body bytes at that time (-1: no response head yet)
 
     def timed_out(self) -> bool:
-        """In `except CancelledError`: was it the watch's cancellation alone (then take it
-        back, and raise TimeoutError instead)?"""
-        return self.expired and self.task.uncancel() <= self.cancelling
+        """In `except CancelledError`: was it the watchdog's cancellation alone (then take it
+        back, and raise TimeoutError(why) instead)?"""
+        return bool(self.why) and self.task.uncancel() <= self.cancelling
 
 
-class _ReadWatch:
-    """`http.timeout.read` for buffered exchanges: a request written, or a response begun,
-    that receives nothing for `limit` seconds ends with TimeoutError (a reply slower than that
-    in all is fine while bytes keep coming).
+class _Watchdog:
+    """The read and total timeouts of buffered exchanges (`http.timeout.read`, `.total`).
 
-    One task looks at every exchange in flight a few times per `limit` (at least once a
-    second) instead of aiohttp's sock_read, which cancels and re-arms a timer for every chunk
-    received: 5-8 us of event-loop time per request, an eighth of the client's own cost in an
-    unthrottled harvest. A stall is noticed between `limit` and `limit` + one tick after it
-    began. Streams (file downloads) keep aiohttp's sock_read: their chunks are large."""
+    An exchange ends with TimeoutError when, once its request is written, nothing arrives for
+    `read` seconds (before the response head or inside the body: a slow answer is fine while
+    bytes keep coming), or when it has taken `total` seconds in all. One task looks at every
+    exchange in flight a few times per `read` (at least once a second) instead of aiohttp's
+    timers: its sock_read cancels and re-arms a timer for every chunk received and its total
+    arms one per request, together about 8 us of event-loop time a request, a sixth of the
+    client's own cost in an unthrottled harvest. A stall is noticed up to one tick late.
+    Connecting keeps aiohttp's sock_connect; streams (file downloads) its sock_read."""
 
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self.tick = min(1.0, limit / 4)
+    def __init__(self, read: float, total: float) -> None:
+        self.read, self.total = read, total
+        self.tick = min(1.0, read / 4, total / 4)
         self.watched: set[_Watched] = set()
         self.task: asyncio.Task[None] | None = None
 
     def add(self, send: _Send) -> _Watched:
-        entry = _Watched(send)
+        loop = asyncio.get_running_loop()
+        entry = _Watched(send, loop.time())
         self.watched.add(entry)
         if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._run())
+            self.task = loop.create_task(self._run())
         return entry
 
     def close(self) -> None:
@@ -596,18 +598,25 @@ class _ReadWatch:
                 await asyncio.sleep(self.tick)
                 now = loop.time()
                 for entry in self.watched:
-                    if entry.send.admitted:
-                        continue  # connecting, or not written yet: sock_connect's business
-                    resp = entry.response
-                    got = -1 if resp is None else resp.content.total_bytes
-                    if entry.since is None or got != entry.seen:
-                        entry.since, entry.seen = now, got
-                    elif now - entry.since >= self.limit and not entry.expired:
-                        entry.expired = True  # its task raises TimeoutError (see _send)
-                        entry.task.cancel()
+                    if entry.why:
+                        continue  # cancelled already, on its way out
+                    if now - entry.began >= self.total:
+                        self._expire(entry, f"no whole answer within {self.total:g} s")
+                    elif not entry.send.admitted:  # written: from now on bytes must come
+                        resp = entry.response
+                        got = -1 if resp is None else resp.content.total_bytes
+                        if entry.since is None or got != entry.seen:
+                            entry.since, entry.seen = now, got
+                        elif now - entry.since >= self.read:
+                            self._expire(entry, f"nothing received for {self.read:g} s")
         finally:
             if self.task is asyncio.current_task():
                 self.task = None
+
+    @staticmethod
+    def _expire(entry: _Watched, why: str) -> None:
+        entry.why = why
+        entry.task.cancel()  # the exchange turns it into TimeoutError(why) (Client._send)
 
 
 # ---- the client ----------------------------------------------------------------------------------
@@ -628,7 +637,7 @@ class Client:
         self._clock, self._sleep, self._rand = clock, sleep, rand
         self._session: aiohttp.ClientSession | None = None
         self._sem: asyncio.Semaphore | None = None
-        self._watch: _ReadWatch | None = None
+        self._watch: _Watchdog | None = None
         self._origins: dict[str, _Origin] = {}
         self._by_authority: dict[tuple[str, str], _Origin] = {}
         self._secrets = [s for v in settings.credentials.values() for s in _secrets_of(str(v))]
@@ -643,13 +652,14 @@ class Client:
     async def __aenter__(self) -> Client:
         s = self.settings
         self._sem = asyncio.Semaphore(s.concurrency)
-        self._watch = _ReadWatch(s.read_timeout)
+        self._watch = _Watchdog(s.read_timeout, s.total_timeout)
         self._session = aiohttp.ClientSession(
             # limit=0: the semaphore is the one concurrency cap
             connector=aiohttp.TCPConnector(limit=0),
             request_class=_Request,  # records each start once its request is written
-            # the read timeout of buffered exchanges is _ReadWatch's (streams set their own)
-            timeout=aiohttp.ClientTimeout(total=s.total_timeout, sock_connect=s.connect_timeout),
+            # the read and total timeouts of buffered exchanges are _Watchdog's; streams set
+            # their own
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout),
             headers={"User-Agent": s.user_agent},
             cookie_jar=aiohttp.DummyCookieJar(),  # cookies are credentials too; we need none
             trust_env=False,
@@ -907,7 +917,7 @@ class Client:
                 except asyncio.CancelledError:
                     if not watched.timed_out():
                         raise
-                    raise TimeoutError(f"nothing received for {watch.limit:g} s") from None
+                    raise TimeoutError(watched.why) from None
                 finally:
                     watch.watched.discard(watched)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

@@ -492,11 +492,13 @@ async def test_the_read_timeout_ends_a_silent_exchange_not_a_slow_one(
     async def handler(request: web.Request, n: int) -> web.StreamResponse:
         if request.path == "/silent" and n == 1:
             await hang_up(request)  # no head at all
+            return web.Response()  # to a connection the client has closed
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
         if request.path == "/stall" and n == 1:
             await resp.write(b'{"id": 1, ')
             await hang_up(request)  # the head and a part, then nothing
+            return resp
         if request.path == "/steady":  # 1.2 s in all, never 0.3 s without a byte
             for _ in range(8):
                 await resp.write(b" ")
@@ -514,12 +516,24 @@ async def test_the_read_timeout_ends_a_silent_exchange_not_a_slow_one(
             metrics = client.metrics()
         assert reply.data == {"id": 1}
         assert metrics["retries"] == {"timeout": 1}, path
+        assert [x.path_qs for x in server.seen] == [path, path]
         assert read <= took < read + 0.5, (path, took)  # noticed within a tick of `read`
     server = await serve(handler)
     async with Client(settings(read_timeout=read, total_timeout=20)) as client:
         reply = await client.get(f"{server.url}/steady")
         assert reply.data == {"id": 1}
         assert client.metrics()["retries"] == {}
+    # http.timeout.total: the same steady body, but more than `total` seconds in all
+    server = await serve(handler)
+    policy = RetryPolicy(attempts=2, backoff_base=0.01)
+    async with Client(settings(read_timeout=read, total_timeout=0.8, retry=policy)) as client:
+        started = time.monotonic()
+        with pytest.raises(GiveUp) as info:
+            await client.get(f"{server.url}/steady")
+        took = time.monotonic() - started
+    assert info.value.reason == "timeout"
+    assert "no whole answer within 0.8 s" in str(info.value)
+    assert 2 * 0.8 <= took < 2 * 0.8 + 1.0  # two attempts, each cut within a tick
 
 
 async def test_give_up_after_attempts_carries_last_reason(
