@@ -542,7 +542,8 @@ class _Call:
 class _Watched:
     """One buffered exchange under the `_Watchdog`, made by `task`."""
 
-    __slots__ = ("began", "cancelling", "response", "seen", "send", "since", "task", "why")
+    __slots__ = ("began", "cancelling", "response", "seen", "send", "settled", "since", "task",
+                 "why")
 
     def __init__(self, send: _Send, now: float) -> None:
         task = asyncio.current_task()
@@ -550,14 +551,19 @@ class _Watched:
         self.task, self.send, self.began = task, send, now
         self.cancelling = task.cancelling()  # cancellations asked before ours
         self.why = ""  # set when the watchdog cancels the task: the TimeoutError's message
+        self.settled = False  # that cancellation taken back (Task.uncancel)
         self.response: aiohttp.ClientResponse | None = None
         self.since: float | None = None  # when it last made progress (None: not sent yet)
         self.seen = -1  # body bytes at that time (-1: no response head yet)
 
-    def timed_out(self) -> bool:
-        """In `except CancelledError`: was it the watchdog's cancellation alone (then take it
-        back, and raise TimeoutError(why) instead)?"""
-        return bool(self.why) and self.task.uncancel() <= self.cancelling
+    def settle(self) -> bool:
+        """Take back the watchdog's cancellation, once (the task's count of cancellations must
+        come back to what it was, however the exchange ended). True when it was the only
+        one: the exchange then raises TimeoutError(why) instead of CancelledError."""
+        if not self.why or self.settled:
+            return False
+        self.settled = True
+        return self.task.uncancel() <= self.cancelling
 
 
 class _Watchdog:
@@ -915,10 +921,11 @@ class Client:
                         status, reason = resp.status, resp.reason or ""
                         rheaders = resp.headers
                 except asyncio.CancelledError:
-                    if not watched.timed_out():
-                        raise
-                    raise TimeoutError(watched.why) from None
+                    if watched.settle():  # the watchdog's cancellation, and no other
+                        raise TimeoutError(watched.why) from None
+                    raise
                 finally:
+                    watched.settle()
                     watch.watched.discard(watched)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _transport_error(call, exc) from None

@@ -536,6 +536,33 @@ async def test_the_read_timeout_ends_a_silent_exchange_not_a_slow_one(
     assert 2 * 0.8 <= took < 2 * 0.8 + 1.0  # two attempts, each cut within a tick
 
 
+async def test_a_read_timeout_leaves_no_cancellation_behind_and_a_real_one_wins(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if request.path == "/stall" or n == 1:
+            await hang_up(request)
+        return ok()
+
+    server = await serve(handler)
+    async with Client(settings(read_timeout=0.2)) as client:
+        assert (await client.get(f"{server.url}/first-stalls")).data == {"ok": True}
+        assert client.metrics()["retries"] == {"timeout": 1}
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0  # the watchdog took its own back
+
+        # a cancellation from outside at the moment the watchdog gives up: it stays one
+        stalled = asyncio.create_task(client.get(f"{server.url}/stall"))
+        watch = client._watch
+        assert watch is not None
+        while not watch.watched:
+            await asyncio.sleep(0.01)
+        stalled.cancel()
+        watch._expire(next(iter(watch.watched)), "test")
+        with pytest.raises(asyncio.CancelledError):
+            await stalled
+
+
 async def test_give_up_after_attempts_carries_last_reason(
     serve: Callable[..., Awaitable[Server]],
 ) -> None:
