@@ -18,8 +18,8 @@ How a worker starts (`start`):
   this package, and on a machine whose cores are busy with the fetch (the harvester's event
   loop and, in the benchmarks, the server) that CPU is taken from the fetch. The child only
   renders: right after the fork it drops every inherited descriptor but its pipe and socket,
-  leaves the parent's signal wake-up descriptor and handlers alone, never touches the journal, the
-  HTTP client or stdio, and leaves with os._exit (no atexit handlers, no flushed buffers).
+  leaves the parent's signal wake-up descriptor and handlers alone, never touches the journal,
+  the HTTP client or stdio, and leaves with os._exit (no atexit handlers, no flushed buffers).
 - "spawn" (elsewhere, or HARVESTER_RENDER_START=spawn): a fresh interpreter running
   `from harvester.render import _serve`, started early so it imports while the run fetches.
 """
@@ -66,8 +66,8 @@ AUTO_MAX_WORKERS = 4
 RESULT_TIMEOUT = 120.0  # seconds the writing thread waits for a worker's next result
 CHUNK_ALONE = 1_000
 CHUNK_SHARED = 400
-_WAITALL = getattr(socket, "MSG_WAITALL", 0)
 LOOKAHEAD = 3  # rounds of chunks held at most: workers' two each, and one to steal
+_WAITALL = getattr(socket, "MSG_WAITALL", 0)  # a receive that returns once it has it all
 
 # One journal row as Journal.packed_records reads it: still compressed, cheap to send.
 Packed = tuple[int, int, bytes, bytes | None, bytes | None, str, bytes | None]
@@ -205,18 +205,16 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Worker:
-    """A `harvester.render._serve` process: chunks in on stdin, results out on stdout, both as
-    length-prefixed pickles. One thread feeds stdin and another reads stdout as results come,
-    so neither side ever waits on a full pipe: a worker whose result (a few MB) had to wait for
-    the writing thread, busy rendering a chunk of its own, sat idle for most of that chunk.
-    The worker exits when its stdin closes, so it cannot outlive us."""
+    """A `harvester.render._serve` process: chunks in on its stdin (a pipe), results out over
+    a socket (a spawned worker's stdout), both as length-prefixed pickles. One thread feeds the
+    pipe and another receives each result whole as it comes (one MSG_WAITALL receive, without
+    the GIL, where a pipe needed the GIL back every 64 KiB), so neither side waits for the
+    other: when the writing thread read results itself, between chunks it rendered, a worker
+    sat blocked on its 4 MB result for 55 ms a chunk, as long as rendering one. The worker
+    exits when its stdin closes, so it cannot outlive us."""
 
     def __init__(self, start: str = "spawn") -> None:
         self.proc: subprocess.Popen[bytes] | _Forked
-        # Results come back over a socket, not a pipe: the reader thread takes each one whole
-        # in one blocking receive (MSG_WAITALL) without the GIL, where a pipe needed it once
-        # per 64 KiB; with the writing thread rendering beside it, a worker took 55 ms to hand
-        # over a 4 MB result, as long as rendering the chunk.
         self.results_in, theirs = socket.socketpair()
         if start == "fork":
             self.proc = _Forked(theirs)
@@ -266,7 +264,7 @@ class _Worker:
             self.results.put(exc)
 
     def ready(self) -> bool:
-        """True when collect() will not wait: the oldest result is in, or the pipe has ended."""
+        """True when collect() will not wait: the oldest result is in, or the stream ended."""
         return self.dead or not self.results.empty()
 
     def collect(self) -> None:
