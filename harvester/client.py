@@ -576,8 +576,7 @@ class _Watchdog:
     timers: its sock_read cancels and re-arms a timer for every chunk received and its total
     arms one per request (an unthrottled harvest's event loop went from 133 to 117 us a
     request without them; a bare aiohttp loop spends 84). A stall is noticed up to one tick
-    late.
-    Connecting keeps aiohttp's sock_connect; streams (file downloads) its sock_read."""
+    late. Connecting keeps aiohttp's sock_connect; streams (file downloads) its sock_read."""
 
     def __init__(self, read: float, total: float) -> None:
         self.read, self.total = read, total

@@ -35,8 +35,11 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+STAMP = "%Y-%m-%dT%H:%M:%SZ"  # the UTC times the journal, catalog and errors keep
+
+
 def stamp(t: dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.strftime(STAMP)
 
 
 _last_stamp: tuple[int, str] = (-1, "")
@@ -48,7 +51,7 @@ def stamp_now() -> str:
     global _last_stamp
     second = int(time.time())
     if second != _last_stamp[0]:
-        _last_stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+        _last_stamp = (second, time.strftime(STAMP, time.gmtime(second)))
     return _last_stamp[1]
 
 
