@@ -150,6 +150,7 @@ class Downloader:
         self.budget = budget or Budget(cfg.files.max_total_bytes)
         self.summary: Counter[str] = Counter()  # status -> files, plus "bytes" downloaded
         self._figshare = origin_of(DEFAULT_DOWNLOAD_URL)
+        self._download_host = origin_of(cfg.files.url)
 
     async def item(self, article_id: int, files: list[Any], *, private: bool = False
                    ) -> list[dict[str, Any]]:
@@ -206,12 +207,13 @@ class Downloader:
             return done("present", path=rel, bytes=present[1], md5=present[0])
         if size and not self.budget.take(size):
             return done("budget", "max_total_bytes")
+        url = self.url_for(raw_url)
         headers = {}
-        if private and self.files.private_token and self.cfg.api.token:
+        if private and self.files.private_token and self.cfg.api.token \
+                and self._on_download_host(url):  # never a link-only file's own host
             headers["Authorization"] = f"token {self.cfg.api.token}"
         try:
-            got_md5, nbytes = await self._download(self.url_for(raw_url), path, size, md5,
-                                                   headers, result)
+            got_md5, nbytes = await self._download(url, path, size, md5, headers, result)
         except _Failed as exc:
             if size:
                 self.budget.give_back(size)
@@ -220,6 +222,12 @@ class Downloader:
             raise OutputError(f"cannot store {path}: {exc.strerror or exc}") from None
         self.summary["bytes"] += nbytes
         return done("downloaded", path=rel, bytes=nbytes, md5=got_md5)
+
+    def _on_download_host(self, url: str) -> bool:
+        try:
+            return origin_of(url) == self._download_host
+        except ValueError:  # not an absolute URL: nowhere a credential may go
+            return False
 
     def _skip(self, f: Mapping[str, Any], size: int | None, link_only: bool
               ) -> tuple[str, str] | None:

@@ -379,3 +379,38 @@ async def test_a_files_dir_that_cannot_be_written_stops_the_run(
     cfg = config(tmp_path, sim, with_files(sim, 2), dir=str(blocker / "files"))
     with pytest.raises(OutputError, match="cannot store"):
         await Harvest(cfg).run()
+
+
+async def test_the_token_never_reaches_a_link_only_files_own_host(tmp_path: Path) -> None:
+    """A draft's link-only file lives on a third host (Zenodo, say): no token goes there."""
+    seen: list[str | None] = []
+
+    async def serve(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(body=b"external bytes")
+
+    app = web.Application()
+    app.router.add_get("/records/{name}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    third = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        cfg = parse(f"""
+name: links
+api: {{token: "${{TOKEN}}"}}
+sources: [{{kind: account}}]
+output: {{dir: {tmp_path}}}
+files: {{download: true, link_only: true, private_token: true}}
+""", env={"TOKEN": "secret"})
+        f = {"id": 9, "name": "elsewhere.txt", "size": 0, "is_link_only": True,
+             "download_url": f"{third}/records/9", "supplied_md5": "", "computed_md5": ""}
+        settings = ClientSettings(user_agent="t", retry=RetryPolicy(attempts=2, backoff_base=0.01))
+        async with Client(settings) as client:
+            (row,) = await Downloader(cfg, client, collections.Counter()).item(5, [f],
+                                                                              private=True)
+    finally:
+        await runner.cleanup()
+    assert row["status"] == "downloaded"
+    assert seen == [None]
