@@ -68,6 +68,8 @@ class Http:
     concurrency: int = 4
     timeout: Timeouts = field(default_factory=Timeouts)
     retry: Retry = field(default_factory=Retry)
+    page_size: int = 1000  # items asked per list page (1 to 1,000)
+    max_body: int = 64 * 2**20  # bytes one buffered response may hold, decompressed
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,13 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Guard:
+    """When a full run must not move LATEST: it would tell the warehouse items were deleted."""
+
+    min_ratio: float = 0.5  # of the last complete snapshot's record count
+
+
+@dataclass(frozen=True)
 class Warehouse:
     duckdb: str  # the DuckDB file every published snapshot is loaded into
 
@@ -179,6 +188,7 @@ class Config:
     warehouse: Warehouse | None = None  # None: snapshots are not loaded anywhere after a run
     files: Files = field(default_factory=Files)
     versions: str = "latest"  # "all": every version's full record too (article_versions)
+    guard: Guard = field(default_factory=Guard)
     path: str = "<config>"
 
     def fingerprint(self) -> str:
@@ -307,7 +317,7 @@ def parse(
         top,
         "",
         ("name", "contact", "api", "stats", "http", "sources", "output", "incremental",
-         "max_errors", "warehouse", "files", "versions"),
+         "max_errors", "warehouse", "files", "versions", "guard"),
     )
     name = v.string(top.get("name"), "name", required=True)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
@@ -391,8 +401,18 @@ def parse(
         warehouse=warehouse,
         files=files,
         versions=v.one_of(top.get("versions", "latest"), "versions", VERSION_MODES),
+        guard=_guard(v, top.get("guard", {})),
         path=where,
     )
+
+
+def _guard(v: _Validator, raw: Any) -> Guard:
+    m = v.mapping(raw, "guard")
+    v.known(m, "guard", ("min_ratio",))
+    ratio = v.number(m.get("min_ratio", 0.5), "guard.min_ratio")
+    if not 0 <= ratio <= 1:
+        raise v.fail("guard.min_ratio", f"{ratio} is not between 0 and 1")
+    return Guard(min_ratio=ratio)
 
 
 def _series(v: _Validator, raw: Any, key: str) -> Series:
@@ -489,7 +509,8 @@ def _files(v: _Validator, raw: Any, env: Mapping[str, str], output: Output, api:
 
 def _http(v: _Validator, raw: Any) -> Http:
     h = v.mapping(raw, "http")
-    v.known(h, "http", ("rate", "per_host", "concurrency", "timeout", "retry"))
+    v.known(h, "http", ("rate", "per_host", "concurrency", "timeout", "retry", "page_size",
+                        "max_body"))
     r = v.mapping(h.get("rate", {}), "http.rate")
     v.known(r, "http.rate", ("requests", "per"))
     rate = Rate(
@@ -517,6 +538,8 @@ def _http(v: _Validator, raw: Any) -> Http:
         concurrency=v.integer(h.get("concurrency", 4), "http.concurrency", minimum=1, maximum=256),
         timeout=timeouts,
         retry=retry,
+        page_size=v.integer(h.get("page_size", 1000), "http.page_size", minimum=1, maximum=1000),
+        max_body=v.integer(h.get("max_body", 64 * 2**20), "http.max_body", minimum=1024),
     )
 
 
