@@ -461,7 +461,7 @@ def _series_requests_per_item(cfg: config.Config) -> int:
     one per allowed window per counter for a breakdown (long ranges are split)."""
     import datetime as dt
 
-    from harvester.statsdepth import breakdown_windows, parse_date
+    from harvester.periods import breakdown_windows, parse_date
 
     total = 0
     today = dt.datetime.now(dt.UTC).date()

@@ -47,6 +47,7 @@ from typing import IO, Any
 import orjson
 import pyarrow as pa
 
+from harvester.periods import parse_date, periods
 from harvester.records import (
     RowContext,
     article_rows,
@@ -156,9 +157,6 @@ def series_rows(payload: dict[str, Any], ctx: RowContext) -> dict[str, list[dict
     """`stats_timeline` or `stats_breakdown` rows of one series payload (see StatsFetcher)."""
     if payload["kind"] == "breakdown":
         return {"stats_breakdown": breakdown_rows(payload, ctx)}
-    # statsdepth pulls in the HTTP client: a worker imports it only when a run has timelines
-    from harvester.statsdepth import parse_date, periods
-
     span = periods(parse_date(payload["start"]), parse_date(payload["end"]),
                    payload["granularity"])
     return {"stats_timeline": timeline_rows(payload, span, ctx)}

@@ -1,10 +1,7 @@
 """Stats beyond per-item totals: timelines, geolocation breakdowns, tops and group counts.
 
-Range arithmetic is pure (windows, periods, merging; tested without the network); `StatsFetcher`
-makes the requests. The stats host silently clamps an over-long breakdown range (NOTES §10:
-day 1 year, month 2 years, year 5 years, total 1 year), so a long range is split into windows that
-each stay inside the limit, cut at period boundaries so that every day, month or year lands in
-exactly one window, and the answers are summed. Timelines have no documented limit: one request.
+A breakdown's long range is fetched window by window (periods.breakdown_windows) and summed;
+timelines have no documented limit, so they take one request.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ import bisect
 import datetime as dt
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,112 +19,13 @@ from harvester.client import Client
 from harvester.config import Config, Series
 from harvester.errors import BadResponse
 from harvester.figshare import stats_total_path
-
-BREAKDOWN_MAX_YEARS = {"day": 1, "month": 2, "year": 5, "total": 1}
-ONE_DAY = dt.timedelta(days=1)
-
-Breakdown = dict[str, dict[str, dict[str, int]]]  # period -> country -> city (or "total") -> n
-
-
-# ---------------------------------------------------------------- pure range arithmetic
-
-
-def add_years(day: dt.date, years: int) -> dt.date:
-    try:
-        return day.replace(year=day.year + years)
-    except ValueError:  # 29 February
-        return day.replace(year=day.year + years, day=28)
-
-
-def period_start(day: dt.date, granularity: str) -> dt.date:
-    """First day of the day/month/year containing `day` (`total`: the day itself)."""
-    if granularity == "month":
-        return day.replace(day=1)
-    if granularity == "year":
-        return day.replace(month=1, day=1)
-    return day
-
-
-def next_period(day: dt.date, granularity: str) -> dt.date:
-    """First day of the period after the one containing `day`."""
-    if granularity == "month":
-        return dt.date(day.year + day.month // 12, day.month % 12 + 1, 1)
-    if granularity == "year":
-        return dt.date(day.year + 1, 1, 1)
-    return day + ONE_DAY
-
-
-def period_key(day: dt.date, granularity: str) -> str:
-    """The stats host's key for the period holding `day`: 2024-03-05, 2024-03, 2024 or total."""
-    if granularity == "day":
-        return day.isoformat()
-    if granularity == "month":
-        return f"{day.year:04d}-{day.month:02d}"
-    if granularity == "year":
-        return f"{day.year:04d}"
-    return "total"
-
-
-def periods(start: dt.date, end: dt.date, granularity: str) -> list[tuple[str, dt.date]]:
-    """Every period key in [start, end] with the first day it covers (clipped to start)."""
-    if granularity == "total":
-        return [("total", start)]
-    out: list[tuple[str, dt.date]] = []
-    day = start
-    while day <= end:
-        out.append((period_key(day, granularity), day))
-        day = next_period(day, granularity)
-    return out
-
-
-def breakdown_windows(
-    start: dt.date, end: dt.date, granularity: str
-) -> list[tuple[dt.date, dt.date]]:
-    """[start, end] as consecutive windows the stats host answers without clamping.
-
-    A window never spans more than the limit (its end stays a day short of start + N years)
-    and, for month and year, ends at a period boundary whenever the range goes on, so no
-    period is split across two answers (their top-10 city lists could not be merged exactly).
-    """
-    if end < start:
-        return []
-    years = BREAKDOWN_MAX_YEARS[granularity]
-    windows: list[tuple[dt.date, dt.date]] = []
-    s = start
-    while s <= end:
-        e = min(end, add_years(s, years) - ONE_DAY)
-        if e < end and granularity in ("month", "year"):
-            aligned = period_start(e + ONE_DAY, granularity) - ONE_DAY
-            if aligned >= s:
-                e = aligned
-        windows.append((s, e))
-        s = e + ONE_DAY
-    return windows
-
-
-def merge_counts(parts: Iterable[Mapping[str, int]]) -> dict[str, int]:
-    """Sum {key: n} answers; a key missing from one answer counts 0 there."""
-    out: dict[str, int] = {}
-    for part in parts:
-        for key, n in part.items():
-            out[key] = out.get(key, 0) + n
-    return out
-
-
-def merge_breakdowns(parts: Iterable[Breakdown]) -> Breakdown:
-    """Sum breakdown answers period by period, country by country, city by city."""
-    out: Breakdown = {}
-    for part in parts:
-        for period, countries in part.items():
-            into = out.setdefault(period, {})
-            for country, cities in countries.items():
-                into[country] = merge_counts([into.get(country, {}), cities])
-    return out
-
-
-def parse_date(text: str) -> dt.date:
-    return dt.date.fromisoformat(text[:10])
-
+from harvester.periods import (
+    Breakdown,
+    breakdown_windows,
+    merge_breakdowns,
+    merge_counts,
+    parse_date,
+)
 
 # ---------------------------------------------------------------- answers
 

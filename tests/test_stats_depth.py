@@ -18,10 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harvester.errors import AuthError, ConfigError
-from harvester.pipeline import Harvest
-from harvester.simulator import Simulator
-from harvester.sinks import list_snapshots
-from harvester.statsdepth import (
+from harvester.periods import (
     BREAKDOWN_MAX_YEARS,
     add_years,
     breakdown_windows,
@@ -30,6 +27,9 @@ from harvester.statsdepth import (
     period_key,
     periods,
 )
+from harvester.pipeline import Harvest
+from harvester.simulator import Simulator
+from harvester.sinks import list_snapshots
 from tests.conftest import write_config
 
 ENV = {"SU": "sim-stats", "SP": "sim-stats-secret"}
