@@ -3,14 +3,17 @@
 Figshare's OAI-PMH lists the latest version of every public article with no depth cap, so it
 is an enumeration independent of the REST paging window: an alternative source of ids for a
 full export, and the cross-check that proves one complete. Resumption tokens expire (60 min on
-Figshare); an expired one restarts the list from the datestamp of the last header seen (`from`
-is inclusive, so that second is listed again and ids are deduplicated).
+Figshare). An expired one restarts the list from the datestamp of the last header seen (`from`
+is inclusive, so that second is listed again), or from the source's own `from` once datestamps
+were seen going backwards (nothing promises datestamp order). Ids are yielded once each. A
+restart that lists no new id counts towards MAX_STALLED; past it the source is `truncated`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -19,7 +22,7 @@ from harvester.partition import IdSet, Partition, iso_second, parse_stamp
 
 NS = "{http://www.openarchives.org/OAI/2.0/}"
 ID_PREFIX = "oai:figshare.com:article/"
-MAX_RESTARTS = 20  # expired tokens in a row without progress before giving up
+MAX_STALLED = 5  # restarts in a row that list no new id before a start is given up
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -37,6 +40,14 @@ def _seconds(value: str | None, *, until: bool) -> str | None:
     return value
 
 
+@dataclass
+class _Pass:
+    """What one list from one `from` ended with."""
+
+    last: int | None = None  # the latest datestamp seen
+    expired: bool = False
+
+
 class OaiLister:
     """Lists the article ids of one OAI-PMH query, keeping what it took as partitions."""
 
@@ -51,9 +62,11 @@ class OaiLister:
         self.prefix = prefix
         self.partitions: list[Partition] = []
         self.seen = IdSet()
-        self.listed = 0
+        self.listed = 0  # headers listed, repeats across restarts included
         self.deleted = 0  # headers marked deleted (skipped)
         self.restarts = 0
+        self.unordered = False  # a datestamp went backwards: restarts go back to `from`
+        self.truncated = False  # some ids could not be listed (see the partitions' notes)
 
     @property
     def requests(self) -> int:
@@ -66,71 +79,103 @@ class OaiLister:
         return "OAI-PMH ListIdentifiers [" + ", ".join(args) + "]"
 
     async def ids(self) -> AsyncIterator[list[int]]:
+        """Batches of ids not yielded before (so counts of them are distinct ids)."""
         start = self.from_
         stalled = 0
+        skipped = False  # a restart began after `from`: an unordered list may have lost ids
         while True:
             part = Partition(self._describe(start))
             self.partitions.append(part)
-            params: dict[str, str] = {"verb": "ListIdentifiers", "metadataPrefix": self.prefix}
-            for key, value in (("set", self.set_spec), ("from", start), ("until", self.until)):
-                if value:
-                    params[key] = value
-            last: int | None = None
-            expired = False
-            while True:
-                reply = await self.client.get(self.base_url, params=params, expect="bytes")
-                part.requests += 1
-                root = _parse(reply.body, self.base_url)
-                error = root.find(f"{NS}error")
-                if error is not None:
-                    code = error.get("code", "")
-                    if code == "noRecordsMatch":
-                        return
-                    if code == "badResumptionToken" and "resumptionToken" in params:
-                        expired = True
-                        break
-                    raise BadResponse(f"OAI-PMH {self.base_url} -> error {code}: "
-                                      f"{(error.text or '').strip()[:200]}", url=self.base_url,
-                                      status=reply.status, reason=f"oai-{code or 'error'}")
-                body = root.find(f"{NS}ListIdentifiers")
-                if body is None:
-                    raise BadResponse(f"OAI-PMH {self.base_url} -> no ListIdentifiers element",
-                                      url=self.base_url, status=reply.status)
-                batch: list[int] = []
-                for header in body.iterfind(f"{NS}header"):
-                    if header.get("status") == "deleted":
-                        self.deleted += 1
-                        continue
-                    aid = _article_id(header.findtext(f"{NS}identifier"))
-                    if aid is None:
-                        continue
-                    stamp = parse_stamp(header.findtext(f"{NS}datestamp"))
-                    if stamp is not None:
-                        last = stamp if last is None else max(last, stamp)
-                    batch.append(aid)
-                    if self.seen.add(aid):
-                        part.new += 1
-                part.ids += len(batch)
-                self.listed += len(batch)
-                if batch:
-                    yield batch
-                token = (body.findtext(f"{NS}resumptionToken") or "").strip()
-                if not token:
-                    return
-                params = {"verb": "ListIdentifiers", "resumptionToken": token}
-            if not expired:
+            run = _Pass()
+            async for batch in self._pass(start, part, run):
+                yield batch
+            if not run.expired:
+                if self.unordered and skipped:
+                    part.note = ("datestamps out of order: listed again from the source's "
+                                 "`from`, for ids a restart from a datestamp skipped")
+                    start, skipped = self.from_, False
+                    continue
                 return
-            # The token expired: list again from the last datestamp seen (inclusive).
             self.restarts += 1
-            part.note = "resumption token expired: restarted from the last datestamp seen"
-            if last is None:
-                stalled += 1
-                if stalled > MAX_RESTARTS:
-                    raise BadResponse(f"OAI-PMH {self.base_url}: resumption tokens keep "
-                                      "expiring before any progress", url=self.base_url)
+            stalled = 0 if part.new else stalled + 1
+            if stalled >= MAX_STALLED:
+                if self.unordered or run.last is None:
+                    self._give_up(part, "resumption tokens expire before the list gets past "
+                                        "what it already listed, and datestamps are not in "
+                                        "order, so no restart can resume it")
+                    return
+                # More headers share this second than one token reaches: skip the second.
+                self._give_up(part, f"more headers share datestamp {iso_second(run.last)} than "
+                                    "one resumption token reaches; the rest of that second "
+                                    "was skipped")
+                if self.until is not None and (parse_stamp(self.until) or 0) <= run.last:
+                    return
+                start, stalled, skipped = iso_second(run.last + 1), 0, True
                 continue
-            stalled = 0
-            start = iso_second(last)
+            if self.unordered:
+                part.note = ("resumption token expired; datestamps out of order: "
+                             "restarted from the source's `from`")
+                start, skipped = self.from_, False
+            else:
+                part.note = "resumption token expired: restarted from the last datestamp seen"
+                if run.last is not None:
+                    start = iso_second(run.last)
+                    skipped = skipped or start != self.from_
+
+    def _give_up(self, part: Partition, why: str) -> None:
+        part.truncated = self.truncated = True
+        part.note = f"truncated after {MAX_STALLED} restarts that listed no new id: {why}"
+
+    async def _pass(self, start: str | None, part: Partition,
+                    run: _Pass) -> AsyncIterator[list[int]]:
+        """One list from `start` until it ends or its token expires (run.expired)."""
+        params: dict[str, str] = {"verb": "ListIdentifiers", "metadataPrefix": self.prefix}
+        for key, value in (("set", self.set_spec), ("from", start), ("until", self.until)):
+            if value:
+                params[key] = value
+        while True:
+            reply = await self.client.get(self.base_url, params=params, expect="bytes")
+            part.requests += 1
+            root = _parse(reply.body, self.base_url)
+            error = root.find(f"{NS}error")
+            if error is not None:
+                code = error.get("code", "")
+                if code == "noRecordsMatch":
+                    return
+                if code == "badResumptionToken" and "resumptionToken" in params:
+                    run.expired = True
+                    return
+                raise BadResponse(f"OAI-PMH {self.base_url} -> error {code}: "
+                                  f"{(error.text or '').strip()[:200]}", url=self.base_url,
+                                  status=reply.status, reason=f"oai-{code or 'error'}")
+            body = root.find(f"{NS}ListIdentifiers")
+            if body is None:
+                raise BadResponse(f"OAI-PMH {self.base_url} -> no ListIdentifiers element",
+                                  url=self.base_url, status=reply.status)
+            batch: list[int] = []
+            for header in body.iterfind(f"{NS}header"):
+                if header.get("status") == "deleted":
+                    self.deleted += 1
+                    continue
+                aid = _article_id(header.findtext(f"{NS}identifier"))
+                if aid is None:
+                    continue
+                stamp = parse_stamp(header.findtext(f"{NS}datestamp"))
+                if stamp is not None:
+                    if run.last is not None and stamp < run.last:
+                        self.unordered = True
+                    run.last = stamp if run.last is None else max(run.last, stamp)
+                part.ids += 1
+                self.listed += 1
+                if self.seen.add(aid):
+                    batch.append(aid)
+            part.new += len(batch)
+            if batch:
+                yield batch
+            token = (body.findtext(f"{NS}resumptionToken") or "").strip()
+            if not token:
+                return
+            params = {"verb": "ListIdentifiers", "resumptionToken": token}
 
 
 def _parse(body: bytes, url: str) -> ET.Element:

@@ -6,17 +6,21 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from harvester import cli
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.errors import BadResponse
 from harvester.figshare import list_query
-from harvester.oaipmh import OaiLister, portal_set
+from harvester.oaipmh import MAX_STALLED, OaiLister, portal_set
 from harvester.partition import Exhauster
 from harvester.simulator import Simulator
 from harvester.simulator.settings import SimSettings
+from harvester.sinks import read_manifest
+from tests.conftest import write_config
 
 
 @pytest.fixture
@@ -73,10 +77,11 @@ async def test_an_expired_token_restarts_from_the_last_datestamp(sim: Simulator)
     inst = sim.corpus.institutions[0].id
     got, lister = await listed(sim, set_spec=portal_set(inst))
     expected = sorted(i for i in sim.corpus.ids if sim.corpus.institution_of(i) == inst)
-    assert sorted(set(got)) == expected  # nothing lost across the restarts
+    assert sorted(got) == expected  # nothing lost across the restarts, each id yielded once
     assert lister.restarts > 10 and len(lister.partitions) == lister.restarts + 1
     assert all("expired" in p.note for p in lister.partitions[:-1])
-    assert len(got) - len(expected) < 10 * lister.restarts  # the overlap is one second's worth
+    assert lister.listed - len(expected) < 10 * lister.restarts  # the overlap: one second's worth
+    assert not lister.truncated and not lister.unordered
 
 
 async def test_no_records_is_an_empty_list_not_an_error(sim: Simulator) -> None:
@@ -124,3 +129,91 @@ async def test_deleted_headers_and_foreign_identifiers_are_skipped() -> None:
         assert got == [123] and lister.deleted == 1
     finally:
         await runner.cleanup()
+
+
+# --- restarts that cannot resume: a bulk second, a list in no datestamp order --------------
+
+
+def oai_requests(sim: Simulator) -> int:
+    return sim.log.count(route="/v2/oai")
+
+
+def bulk_block(sim: Simulator) -> set[int]:
+    """The ids the simulator's oai_bulk_items put on one datestamp (mid-list, by publish)."""
+    ordered = list(sim.corpus.ids_by_published())
+    lo = (len(ordered) - sim.settings.oai_bulk_items) // 2
+    return set(ordered[lo : lo + sim.settings.oai_bulk_items])
+
+
+async def test_a_bulk_second_larger_than_a_tokens_reach_is_skipped_and_reported(
+    sim: Simulator,
+) -> None:
+    # 60 items on one second, tokens that die 3 pages (30 headers) into a list
+    sim.update(oai_bulk_items=60, oai_token_pages=3)
+    everything, bulk = set(sim.corpus.ids), bulk_block(sim)
+    got, lister = await listed(sim)
+    assert len(got) == len(set(got))  # progress counts distinct ids
+    assert set(got) <= everything and everything - bulk <= set(got)  # only that second lost
+    assert lister.truncated
+    stuck = [p for p in lister.partitions if p.truncated]
+    assert len(stuck) == 1 and "more headers share datestamp" in stuck[0].note
+    assert f"{MAX_STALLED} restarts that listed no new id" in stuck[0].note
+    # bounded: each list is at most 4 requests (3 pages, then the expired token); lists that
+    # make progress add at least one new id per header past the first page's repeats
+    passes = len(lister.partitions)
+    assert oai_requests(sim) == lister.requests <= 4 * passes
+    assert passes <= len(everything) // 10 + MAX_STALLED + 2
+    first = oai_requests(sim)
+    print(f"bulk second: {len(set(got))}/{len(everything)} ids, {first} requests, "
+          f"{passes} lists")
+
+    # a rerun is the same: the same ids, the same requests
+    again, lister2 = await listed(sim)
+    assert again == got and oai_requests(sim) - first == first and lister2.truncated
+
+
+async def test_a_bulk_second_within_a_tokens_reach_is_listed_exactly(sim: Simulator) -> None:
+    sim.update(oai_bulk_items=25, oai_token_pages=3)
+    got, lister = await listed(sim)
+    assert sorted(got) == sorted(sim.corpus.ids) and not lister.truncated
+    assert lister.restarts > 10 and oai_requests(sim) == lister.requests
+
+
+async def test_an_unordered_list_restarts_from_its_from_and_loses_nothing(
+    sim: Simulator,
+) -> None:
+    # one stall: the clock jumps past the tokens' lifetime after 20 requests
+    calls = itertools.count()
+    sim.clock = lambda: 1_700_000_000.0 + (10_000 if next(calls) >= 20 else 0)  # type: ignore[attr-defined]
+    sim.update(oai_order="shuffled", oai_token_ttl=60.0, oai_page_size=50)
+    got, lister = await listed(sim, from_="2010-01-01")
+    assert sorted(got) == sorted(sim.corpus.ids)  # the old resume-from-datestamp lost most
+    assert lister.unordered and not lister.truncated and lister.restarts == 1
+    assert "restarted from the source's `from`" in lister.partitions[0].note
+    assert "from=2010-01-01T00:00:00Z" in lister.partitions[1].query
+    pages = -(-len(sim.corpus.ids) // 50)
+    assert oai_requests(sim) == lister.requests == 20 + 1 + pages
+    print(f"unordered, one stall: {len(got)} ids, {oai_requests(sim)} requests")
+
+
+async def test_an_unordered_list_whose_tokens_never_reach_its_end_is_truncated(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.update(oai_order="shuffled", oai_token_pages=3)
+    got, lister = await listed(sim)
+    assert lister.unordered and lister.truncated
+    assert len(got) == len(set(got)) == 30  # what the first three pages held
+    assert "datestamps are not in order" in lister.partitions[-1].note
+    assert oai_requests(sim) == lister.requests == 4 * (MAX_STALLED + 1)
+
+    # through the run: the source is truncated in the manifest and the run exits 3
+    cfg = write_config(tmp_path, sim, [{"name": "oai", "kind": "oai"}],
+                       stats={"counters": []})
+    before = oai_requests(sim)
+    assert await cli.run_harvest(cfg) == cli.PARTIAL
+    assert oai_requests(sim) - before == 4 * (MAX_STALLED + 1)
+    manifest = read_manifest(sorted((tmp_path / "out" / "t").glob("snapshot=*"))[-1])
+    (source,) = manifest["sources"]
+    assert source["truncated"] is True and source["distinct"] == 30
+    assert "datestamps are not in order" in source["partitions"][-1]["note"]
+    print(f"unordered, no reach: truncated after {lister.requests} requests")

@@ -328,3 +328,52 @@ async def test_withdrawn_items_leave_the_lists(sim: Simulator, http: aiohttp.Cli
     sim.update(oai_page_size=100)
     headers, _ = await walk(http, sim, "ListIdentifiers", metadataPrefix="oai_dc")
     assert gone not in ids_of(headers)
+
+
+async def test_bulk_items_share_one_datestamp(sim: Simulator, http: aiohttp.ClientSession) -> None:
+    sim.update(oai_bulk_items=40, oai_page_size=100)
+    ordered = list(sim.corpus.ids_by_published())
+    lo = (len(ordered) - 40) // 2
+    block, second = sorted(ordered[lo : lo + 40]), stamp(sim.corpus.published(ordered[lo]))
+    headers, _ = await walk(http, sim, "ListIdentifiers", metadataPrefix="oai_dc")
+    assert sorted(ids_of(headers)) == sorted(sim.corpus.ids)
+    stamps = [h.findtext("o:datestamp", namespaces=NS) or "" for h in headers]
+    assert stamps == sorted(stamps) and stamps.count(second) >= 40
+    # that second selects the block (and anything really published in it), in id order
+    headers, _ = await walk(http, sim, "ListIdentifiers", metadataPrefix="oai_dc",
+                            **{"from": second, "until": second})  # fmt: skip
+    ids = ids_of(headers)
+    assert set(block) <= set(ids) and ids == sorted(ids)
+    root = await oai(http, sim, verb="GetRecord", metadataPrefix="oai_dc",
+                     identifier=f"{PREFIX}{block[-1]}")  # fmt: skip
+    assert root.findtext("o:GetRecord/o:record/o:header/o:datestamp", namespaces=NS) == second
+
+
+async def test_shuffled_order_lists_every_id_once_out_of_datestamp_order(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.update(oai_order="shuffled", oai_page_size=50)
+    headers, tokens = await walk(http, sim, "ListIdentifiers", metadataPrefix="oai_dc")
+    ids = ids_of(headers)
+    assert len(ids) == len(set(ids)) and sorted(ids) == sorted(sim.corpus.ids)
+    stamps = [h.findtext("o:datestamp", namespaces=NS) or "" for h in headers]
+    assert stamps != sorted(stamps)
+    assert {int(t.get("completeListSize", -1)) for t in tokens} == {len(ids)}
+    # from/until still select by datestamp
+    corpus = sim.corpus
+    cut = sorted(corpus.published(a) for a in corpus.ids)[300]
+    headers, _ = await walk(http, sim, "ListIdentifiers", metadataPrefix="oai_dc",
+                            **{"from": stamp(cut)})  # fmt: skip
+    assert sorted(ids_of(headers)) == sorted(a for a in corpus.ids if corpus.published(a) >= cut)
+
+
+async def test_tokens_expire_a_number_of_pages_into_a_list(
+    sim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    sim.update(oai_token_pages=2)
+    root = await oai(http, sim, verb="ListIdentifiers", metadataPrefix="oai_dc")
+    for page in (2, 3):
+        token = root.find("o:ListIdentifiers/o:resumptionToken", NS)
+        assert token is not None and token.text
+        root = await oai(http, sim, verb="ListIdentifiers", resumptionToken=token.text)
+        assert error(root) == (None if page == 2 else "badResumptionToken")

@@ -5,9 +5,12 @@ Choices where NOTES.md §11 is silent, and fidelity limits:
   (those prefixes answer cannotDisseminateFormat here).
 - Headers list categories, portal and item type but never month_year_*, as in every header of
   Figshare's docs; the month_year sets still select by publish month (UTC).
-- Records come in (published, id) order; tokens are base64 JSON holding the query, the last
-  record sent, the cursor and the expiry, so they survive restarts and stay valid until
-  oai_token_ttl runs out. Their '+', '/' and '=' must be URL-encoded, like Figshare's.
+- Records come in (published, id) order (oai_order "shuffled": in no datestamp order); tokens
+  are base64 JSON holding the query, the last record sent, the cursor and the expiry, so they
+  survive restarts and stay valid until oai_token_ttl runs out (or oai_token_pages pages into
+  a list). Their '+', '/' and '=' must be URL-encoded, like Figshare's.
+- oai_bulk_items gives that many records mid-list one datestamp (a bulk import); their REST
+  published_date keeps its own second.
 - ListSets is paged like the lists; set names for months are "<Month> <YYYY>" (a guess).
 - Withdrawn items simply vanish (deletedRecord "transient"); no <header status="deleted">.
 - earliestDatestamp is the corpus's earliest publish time, not Figshare's 2010-01-08T01:24:54Z.
@@ -66,7 +69,7 @@ _PAGED = ("ListSets", "ListIdentifiers", "ListRecords")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _SECOND = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _SET = re.compile(r"(portal|item_type|category)_(\d+)|month_year_(\d{1,2})_(\d{4})")
-_INDEX: web.AppKey[dict[int, PublishIndex]] = web.AppKey("oai_index", dict)
+_INDEX: web.AppKey[dict[tuple[int, int, str], PublishIndex]] = web.AppKey("oai_index", dict)
 
 ET.register_namespace("", OAI_NS)
 ET.register_namespace("xsi", XSI_NS)
@@ -94,22 +97,52 @@ def _stamp(seconds: float) -> str:
 
 
 class PublishIndex:
-    """Public articles ordered by (published second, id): cheap range scans and resumption."""
+    """Public articles in list order, by default (published second, id): cheap range scans and
+    resumption. `bulk` records mid-list share one second; `order` "shuffled" lists them in an
+    order unrelated to their datestamps."""
 
-    def __init__(self, corpus: Any) -> None:
+    def __init__(self, corpus: Any, bulk: int = 0, order: str = "datestamp") -> None:
         # Withdrawals later only remove records: scans then skip ids that no longer exist.
         self.corpus = corpus
         self.ids = array("q", corpus.ids_by_published())
         self.stamps = array("q", (int(corpus.published(a).timestamp()) for a in self.ids))
+        self._over: dict[int, int] = {}  # article id -> its datestamp where `bulk` moved it
+        if bulk and len(self.ids):
+            lo = max(0, (len(self.ids) - bulk) // 2)
+            hi = min(len(self.ids), lo + bulk)
+            self._over = {self.ids[p]: self.stamps[lo] for p in range(lo, hi)}
+            pairs = sorted((self._over.get(a, s), a) for s, a in zip(self.stamps, self.ids,
+                                                                      strict=True))
+            self.stamps = array("q", (s for s, _ in pairs))
+            self.ids = array("q", (a for _, a in pairs))
+        self.first = min(self.stamps, default=1262913894)  # 2010-01-08T01:24:54Z
+        self.last = max(self.stamps, default=self.first)
+        self.ordered = order == "datestamp"
+        self._pos: dict[int, int] = {}
+        if not self.ordered:  # a fixed pseudo-random order: Knuth's multiplicative hash
+            pairs = sorted(zip(self.ids, self.stamps, strict=True),
+                           key=lambda p: (p[0] * 2654435761) % 2**32)
+            self.ids = array("q", (a for a, _ in pairs))
+            self.stamps = array("q", (s for _, s in pairs))
+            self._pos = {a: p for p, a in enumerate(self.ids)}
         self._columns: dict[str, array[int]] = {}
         self._counts: dict[tuple[Any, ...], int] = {}
 
+    def datestamp(self, article_id: int) -> int:
+        """The second a header shows for an article."""
+        over = self._over.get(article_id)
+        return over if over is not None else int(self.corpus.published(article_id).timestamp())
+
     def span(self, lo: int, hi: int) -> tuple[int, int]:
-        """Positions of the records with lo <= published second <= hi."""
+        """Positions that may hold records with lo <= datestamp <= hi (all when unordered)."""
+        if not self.ordered:
+            return 0, len(self.ids)
         return bisect_left(self.stamps, lo), bisect_right(self.stamps, hi)
 
     def after(self, stamp: int, article_id: int) -> int:
-        """Position of the first record strictly after (stamp, article_id)."""
+        """Position of the first record after (stamp, article_id) in list order."""
+        if not self.ordered:
+            return self._pos[article_id] + 1
         pos, end = bisect_left(self.stamps, stamp), bisect_right(self.stamps, stamp)
         while pos < end and self.ids[pos] <= article_id:
             pos += 1
@@ -136,16 +169,18 @@ class PublishIndex:
 
     @property
     def earliest(self) -> int:
-        return self.stamps[0] if len(self.stamps) else 1262913894  # 2010-01-08T01:24:54Z
+        return self.first
 
 
 def _index(request: web.Request) -> PublishIndex:
-    corpus = request.app[SIMULATOR].corpus
+    sim = request.app[SIMULATOR]
+    corpus, settings = sim.corpus, sim.settings
     cache = request.app[_INDEX]
-    index = cache.get(id(corpus))
+    key = (id(corpus), settings.oai_bulk_items, settings.oai_order)
+    index = cache.get(key)
     if index is None or index.corpus is not corpus:
         cache.clear()
-        index = cache[id(corpus)] = PublishIndex(corpus)
+        index = cache[key] = PublishIndex(corpus, settings.oai_bulk_items, settings.oai_order)
     return index
 
 
@@ -290,8 +325,8 @@ def all_sets(corpus: Any, index: PublishIndex) -> list[tuple[str, str]]:
     sets += [(f"item_type_{n}", name) for n, name in ITEM_TYPES.items()]
     sets += [(f"category_{c['id']}", c["title"]) for c in corpus.categories]
     if len(index.stamps):
-        first = datetime.fromtimestamp(index.stamps[0], UTC)
-        last = datetime.fromtimestamp(index.stamps[-1], UTC)
+        first = datetime.fromtimestamp(index.first, UTC)
+        last = datetime.fromtimestamp(index.last, UTC)
         y, m = first.year, first.month
         while (y, m) <= (last.year, last.month):
             sets.append((f"month_year_{m}_{y}", f"{MONTHS[m]} {y}"))
@@ -299,17 +334,17 @@ def all_sets(corpus: Any, index: PublishIndex) -> list[tuple[str, str]]:
     return sets
 
 
-def _header(parent: ET.Element, corpus: Any, article_id: int) -> None:
+def _header(parent: ET.Element, corpus: Any, article_id: int, stamp: int) -> None:
     header = _sub(parent, "header")
     _sub(header, "identifier", f"{IDENTIFIER_PREFIX}{article_id}")
-    _sub(header, "datestamp", _stamp(corpus.published(article_id).timestamp()))
+    _sub(header, "datestamp", _stamp(stamp))
     for spec in set_specs(corpus, article_id):
         _sub(header, "setSpec", spec)
 
 
-def _record(parent: ET.Element, corpus: Any, article_id: int, prefix: str) -> None:
+def _record(parent: ET.Element, corpus: Any, article_id: int, stamp: int, prefix: str) -> None:
     record = _sub(parent, "record")
-    _header(record, corpus, article_id)
+    _header(record, corpus, article_id, stamp)
     metadata = _sub(record, "metadata")
     article = corpus.article(article_id)
     if prefix == "oai_dc":
@@ -382,8 +417,10 @@ def _scan(index: PublishIndex, query: Query, keep: Callable[[int], bool] | None)
     if query.last is not None:
         lo = max(lo, index.after(*query.last))
     ids, exists, intact = index.ids, index.corpus.exists, index.intact()
+    stamps, ordered, first, last = index.stamps, index.ordered, query.lo, query.hi
     for pos in range(lo, hi):
-        if (keep is None or keep(pos)) and (intact or exists(ids[pos])):
+        if (keep is None or keep(pos)) and (intact or exists(ids[pos])) \
+                and (ordered or first <= stamps[pos] <= last):
             yield pos
 
 
@@ -395,6 +432,9 @@ def _list_records(
     index = _index(request)
     if "resumptionToken" in args:
         query = _decode(args["resumptionToken"], verb, now)
+        pages = settings.oai_token_pages
+        if pages and query.cursor >= pages * settings.oai_page_size:
+            raise OaiError("badResumptionToken", "The resumption token has expired")
     else:
         query = _new_query(index, verb, args)
     keep, _ = _set_filter(index, query.set)
@@ -409,11 +449,11 @@ def _list_records(
         raise OaiError("noRecordsMatch", "No records match the request")
     body = _sub(root, verb)
     for pos in page:
-        aid = index.ids[pos]
+        aid, stamp = index.ids[pos], index.stamps[pos]
         if verb == "ListIdentifiers":
-            _header(body, corpus, aid)
+            _header(body, corpus, aid, stamp)
         else:
-            _record(body, corpus, aid, query.prefix or "oai_dc")
+            _record(body, corpus, aid, stamp, query.prefix or "oai_dc")
     first_page = "resumptionToken" not in args
     if more or not first_page:
         last = index.ids[page[-1]]
@@ -451,7 +491,7 @@ def _new_query(index: PublishIndex, verb: str, args: dict[str, str]) -> Query:
     query = Query(verb, prefix, args.get("set"), lo, hi)
     if lo > hi:
         return query
-    if keep is None and index.intact():
+    if keep is None and index.intact() and index.ordered:
         first, last = index.span(lo, hi)
         return replace(query, size=last - first)
     size = index.count((query.set, lo, hi), lambda: sum(1 for _ in _scan(index, query, keep)))
@@ -479,12 +519,14 @@ def _list_sets(root: ET.Element, request: web.Request, args: dict[str, str], now
         _resumption(body, query, _encode(nxt) if more else None, nxt.expires)
 
 
-def _get_record(root: ET.Element, corpus: Any, args: dict[str, str]) -> None:
+def _get_record(root: ET.Element, request: web.Request, args: dict[str, str]) -> None:
+    corpus = request.app[SIMULATOR].corpus
     prefix = args["metadataPrefix"]
     article_id = _article_id(corpus, args["identifier"])
     if prefix not in FORMATS:
         raise OaiError("cannotDisseminateFormat", f"Unsupported metadataPrefix: {prefix}")
-    _record(_sub(root, "GetRecord"), corpus, article_id, prefix)
+    stamp = _index(request).datestamp(article_id)
+    _record(_sub(root, "GetRecord"), corpus, article_id, stamp, prefix)
 
 
 def _arguments(params: Any) -> tuple[str, dict[str, str]]:
@@ -535,7 +577,7 @@ async def oai(request: web.Request) -> web.Response:
         elif verb == "ListSets":
             _list_sets(root, request, args, now)
         elif verb == "GetRecord":
-            _get_record(root, sim.corpus, args)
+            _get_record(root, request, args)
         else:
             _list_records(root, request, verb, args, now)
     except OaiError as err:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 FAULT_KINDS = ("500", "502", "503", "429", "reset", "truncate", "stall")
+OAI_ORDERS = ("datestamp", "shuffled")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class SimSettings:
     # OAI-PMH
     oai_page_size: int = 10
     oai_token_ttl: float = 3_600.0
+    # a client too slow for the tokens' lifetime: a list's tokens expire after this many pages
+    # (0: only oai_token_ttl applies)
+    oai_token_pages: int = 0
+    oai_bulk_items: int = 0  # this many records mid-list share one datestamp (a bulk import)
+    oai_order: str = "datestamp"  # or "shuffled": lists in no datestamp order
 
     # credentials the simulator accepts
     user_token: str = "sim-user-token"  # Authorization: token <user_token> (plain account)
@@ -62,6 +68,11 @@ class SimSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.items <= 1_000_000:
             raise ValueError(f"items must be within 1..1,000,000, got {self.items}")
+        if self.oai_token_pages < 0 or self.oai_bulk_items < 0:
+            raise ValueError("oai_token_pages and oai_bulk_items must be 0 or more, got "
+                             f"{self.oai_token_pages} and {self.oai_bulk_items}")
+        if self.oai_order not in OAI_ORDERS:
+            raise ValueError(f"oai_order must be one of {list(OAI_ORDERS)}, got {self.oai_order!r}")
         if self.record_cache < 0:
             raise ValueError(f"record_cache must be 0 or more, got {self.record_cache}")
         unknown = set(self.fault_kinds) - set(FAULT_KINDS)
