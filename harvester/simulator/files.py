@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from harvester.simulator.appkeys import SIMULATOR
-from harvester.simulator.corpus import file_content
+from harvester.simulator.vocab import file_content
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 

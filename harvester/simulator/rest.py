@@ -20,7 +20,8 @@ from aiohttp import web
 
 from harvester.simulator import query
 from harvester.simulator.appkeys import SIMULATOR
-from harvester.simulator.corpus import Account, Corpus, tokens
+from harvester.simulator.corpus import Account, Corpus
+from harvester.simulator.vocab import tokens
 
 ARTICLE_ORDERS = ("published_date", "created_date", "modified_date", "views", "shares",
                   "downloads", "cites")  # fmt: skip

@@ -34,7 +34,7 @@ import orjson
 from aiohttp import web
 
 from harvester.simulator.appkeys import SIMULATOR
-from harvester.simulator.corpus import ITEM_TYPES
+from harvester.simulator.vocab import ITEM_TYPES
 
 COUNTERS = ("views", "downloads", "shares")
 ITEMS = ("article", "author", "collection", "group", "project")
