@@ -12,7 +12,7 @@ import pytest
 
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.config import Source
-from harvester.simulator import Simulator, rest
+from harvester.simulator import Simulator, restkit
 from harvester.simulator.settings import SimSettings
 from harvester.sources import SourceReport, enumerate_source
 
@@ -86,7 +86,7 @@ async def test_rest_with_cursor_is_one_walk_at_the_minimum() -> None:
 
 
 async def test_rest_when_the_server_refuses_its_cursor(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rest, "CURSOR_TTL", -1.0)  # every cursor is expired on arrival: 422
+    monkeypatch.setattr(restkit, "CURSOR_TTL", -1.0)  # every cursor is expired on arrival: 422
     async with Simulator(settings(busy_day_share=0.1)) as sim:
         expected = institution_ids(sim)
         got, report = await enumerate_all(sim, institution(sim))

@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestServer
 
 from harvester.simulator.appkeys import SIMULATOR
 from harvester.simulator.corpus import Corpus
-from harvester.simulator.rest import MAX_PAGE_MESSAGE, add_routes
+from harvester.simulator.rest import add_routes
+from harvester.simulator.restkit import MAX_PAGE_MESSAGE
 from harvester.simulator.settings import SimSettings
 
 

@@ -1,0 +1,189 @@
+"""REST v2 routes behind a token: the account's own items, its institution, curation reviews."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from harvester.simulator.appkeys import SIMULATOR
+from harvester.simulator.corpus import Account
+from harvester.simulator.restkit import (
+    INSTITUTION_ORDERS,
+    ApiError,
+    int_param,
+    invalid,
+    json_response,
+    listing,
+    not_found,
+    order_param,
+    path_int,
+    route,
+    sim_of,
+    since_param,
+    single,
+    str_param,
+)
+
+
+def _account(request: web.Request, *, admin: bool = False) -> Account:
+    """The token's account: 401 without a known token, 403 when admin rights are needed."""
+    _, corpus = sim_of(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.strip().partition(" ")
+    if not header:
+        token = request.query.get("access_token", "")
+    elif scheme.lower() != "token":
+        token = ""
+    account = corpus.account_for_token(token.strip(), request.app[SIMULATOR].settings)
+    if account is None:
+        raise ApiError(401, "Missing or invalid OAuth token", "OAuthInvalidToken")
+    if admin and not account.is_admin:
+        raise ApiError(403, "You are not allowed to access this resource", "Forbidden")
+    return account
+
+
+@route
+async def account_articles(request: web.Request) -> web.StreamResponse:
+    account = _account(request)
+    _, corpus = sim_of(request)
+    mine = corpus.account_article_ids(account)
+    return listing(request, dict(request.query), "account_articles",
+                    lambda: (("account_articles", account.id), lambda: mine),
+                    corpus.private_light, cursor=False)  # fmt: skip
+
+
+@route
+async def account_article(request: web.Request) -> web.StreamResponse:
+    account = _account(request)
+    settings, corpus = sim_of(request)
+    article_id = path_int(request, "article_id")
+    try:
+        record = corpus.private_article(account, article_id, settings.full_record_files_cap)
+    except KeyError:
+        record = _admin_view(account, lambda: corpus.institution_article(
+            article_id, settings.full_record_files_cap))
+    return single(request, record, record["modified_date"])
+
+
+def _admin_view(account: Account, read: Callable[[], Any]) -> Any:
+    """An institution admin reads any item of the institution (an assumption: Figshare may
+    require `impersonate=<account_id>` for items the admin does not own)."""
+    if not account.is_admin:
+        raise not_found("article")
+    try:
+        return read()
+    except (KeyError, ValueError):
+        raise not_found("article") from None
+
+
+@route
+async def account_article_files(request: web.Request) -> web.StreamResponse:
+    account = _account(request)
+    _, corpus = sim_of(request)
+    article_id = path_int(request, "article_id")
+    try:
+        files = corpus.private_files(account, article_id)
+    except KeyError:
+        files = _admin_view(account, lambda: corpus.institution_files(article_id))
+    by_id = {f["id"]: f for f in files}
+    return listing(request, dict(request.query), "account_files",
+                    lambda: (("account_files", article_id), lambda: list(by_id)),
+                    by_id.__getitem__, cursor=False)  # fmt: skip
+
+
+@route
+async def account_institution(request: web.Request) -> web.StreamResponse:
+    account = _account(request)
+    _, corpus = sim_of(request)
+    inst = next(i for i in corpus.institutions if i.id == account.institution_id)
+    return json_response({"id": inst.id, "name": inst.name, "domain": inst.domain})
+
+
+@route
+async def institution_articles(request: web.Request) -> web.StreamResponse:
+    _account(request, admin=True)
+    params = dict(request.query)
+    _, corpus = sim_of(request)
+
+    def query_for() -> tuple[tuple[Any, ...], Callable[[], Sequence[int]]]:
+        order, direction = order_param(params, INSTITUTION_ORDERS, "published_date")
+        published = since_param(params, "published_since")
+        modified = since_param(params, "modified_since")
+        item_type, group = int_param(params, "item_type"), int_param(params, "group")
+        int_param(params, "status")  # validated; the meaning of its codes is not documented
+        col = 1 if order == "published_date" else 2
+
+        def compute() -> list[int]:
+            rows = [
+                r
+                for r in corpus.institution_items()
+                if (published is None or (r[6] and r[1] >= published))
+                and (modified is None or r[2] >= modified)
+                and (item_type is None or r[3] == item_type)
+                and (group is None or r[4] == group)
+            ]
+            rows.sort(key=lambda r: (r[col], r[0]), reverse=direction == "desc")
+            return [r[0] for r in rows]
+
+        key = ("institution_articles", order, direction, published, modified, item_type, group)
+        return key, compute
+
+    return listing(request, params, "institution_articles", query_for,
+                    corpus.institution_light, cursor=False, cache=True)  # fmt: skip
+
+
+@route
+async def institution_groups(request: web.Request) -> web.StreamResponse:
+    account = _account(request, admin=True)
+    _, corpus = sim_of(request)
+    return json_response([
+        {"id": g.id, "name": g.name, "resource_id": g.resource_id, "parent_id": g.parent_id,
+         "association_criteria": g.association_criteria, "upload_access": g.upload_access}
+        for g in corpus.groups if g.institution_id == account.institution_id
+    ])  # fmt: skip
+
+
+@route
+async def institution_reviews(request: web.Request) -> web.StreamResponse:
+    _account(request, admin=True)
+    params = dict(request.query)
+    _, corpus = sim_of(request)
+    group, article = int_param(params, "group_id"), int_param(params, "article_id")
+    status = str_param(params, "status")
+    if status is not None and status not in ("pending", "approved", "rejected", "closed"):
+        raise invalid("status", "one of pending, approved, rejected, closed")
+    chosen = [r for r in corpus.reviews
+              if (group is None or r["group_id"] == group)
+              and (article is None or r["article_id"] == article)
+              and (status is None or r["status"] == status)]  # fmt: skip
+    by_id = {r["id"]: r for r in chosen}
+    return listing(request, params, "reviews",
+                    lambda: (("reviews", group, article, status), lambda: list(by_id)),
+                    by_id.__getitem__, cursor=False, window=False)  # fmt: skip
+
+
+@route
+async def institution_review(request: web.Request) -> web.StreamResponse:
+    _account(request, admin=True)
+    settings, corpus = sim_of(request)
+    rid = path_int(request, "curation_id")
+    review = next((r for r in corpus.reviews if r["id"] == rid), None)
+    if review is None:
+        raise not_found("curation")
+    item = corpus.review_item(review, settings.full_record_files_cap)
+    return single(request, {**review, "item": item}, review["modified_date"])
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the /v2/account routes on the API app."""
+    get = app.router.add_get
+    get("/v2/account/articles", account_articles)
+    get("/v2/account/articles/{article_id}", account_article)
+    get("/v2/account/articles/{article_id}/files", account_article_files)
+    get("/v2/account/institution", account_institution)
+    get("/v2/account/institution/articles", institution_articles)
+    get("/v2/account/institution/groups", institution_groups)
+    get("/v2/account/institution/reviews", institution_reviews)
+    get("/v2/account/institution/review/{curation_id}", institution_review)
