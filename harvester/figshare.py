@@ -10,11 +10,15 @@ PAGE_SIZE = 1_000  # the documented maximum page_size: fewest requests per id
 WINDOW = 9_000  # items one query can page through with page/offset (NOTES §3.2, strictest workable)
 FILES_CAP = 10  # a full record lists at most this many files (SPEC26); page /files beyond it
 MAX_PAGES = 100_000  # loop guard: 100 million items per query is beyond any repository
+MAX_FILE_PAGES = 100  # /files pages of one record: 100,000 files at most (a bound, not a need)
+MAX_VERSIONS = 1_000  # versions of one record fetched at most
+MAX_ID = 2**63 - 1  # ids are positive 64-bit integers (SPEC26 int64)
 
 # item_type codes (NOTES §4.1, SPEC26); an overfull time slice is split by these first
 ITEM_TYPES = (1, 2, 3, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
               26, 27, 28, 29)
 REVIEW_STATUSES = ("pending", "approved", "rejected", "closed")  # GET /account/institution/reviews
+REVIEWS_MAX_OFFSET = 5_000  # swagger.json: GET /account/institution/reviews, offset <= 5000
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class ListQuery:
     paging: str = "page"  # "page" (page/page_size) or "offset" (offset/limit)
     id_key: str = "id"  # where a listed item carries the article id
     fallback: ListQuery | None = None  # enumerates the same ids when this one cannot be split
+    max_offset: int | None = None  # the spec's declared maximum `offset` (offset paging)
 
     def describe(self) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(self.filters.items()))
@@ -125,6 +130,11 @@ class Pager:
         self.done = self.truncated = True
 
 
+def valid_id(value: object) -> bool:
+    """An article id as the API defines it: an integer from 1 to 2^63-1 (never a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
+
+
 def article_path(article_id: int, *, account: bool = False) -> str:
     return f"/account/articles/{article_id}" if account else f"/articles/{article_id}"
 
@@ -153,7 +163,8 @@ def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
     if kind == "reviews":
         # limit/offset only; no date to bound by, but the status filter splits it
         return ListQuery("GET", "/account/institution/reviews", filters, cursor=False, auth=True,
-                         splits=("status",), paging="offset", id_key="article_id")
+                         splits=("status",), paging="offset", id_key="article_id",
+                         max_offset=REVIEWS_MAX_OFFSET)
     if kind == "collection":
         return ListQuery("GET", f"/collections/{params['collection']}/articles", {}, cursor=False)
     if kind == "project":

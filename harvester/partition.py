@@ -12,6 +12,11 @@ days) and the bound is re-sent in a more conservative form. When more than a win
 share one slice of time (one second, or one day on a server that reads dates only), that slice
 is split by item type, then by group, each piece enumerated the same way. What still cannot be
 narrowed under the window is reported as truncated, never dropped in silence.
+
+Any 400 or 422 on a page after a query's first is a window refusal, whatever its wording: the
+offset it refused at becomes that endpoint's window for the rest of the run (`Limits`), so later
+queries page within it instead of being refused again. A page that repeats the one before ends
+its walk as truncated; listed ids that are not integers from 1 to 2^63-1 are skipped and counted.
 """
 
 from __future__ import annotations
@@ -22,13 +27,39 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from harvester.errors import BadResponse, WindowExhausted
-from harvester.figshare import PAGE_SIZE, SPLITS, WINDOW, ListQuery, Pager
+from harvester.errors import BadResponse, RequestError, WindowExhausted
+from harvester.figshare import PAGE_SIZE, SPLITS, WINDOW, ListQuery, Pager, valid_id
 
 DAY = 86_400
 # How a lower bound is written, from the most precise to the most conservative; a server that
 # answers a form unexpectedly moves the enumeration one step down this ladder.
 FORMS = ("second", "day", "day before")
+SKIPPED_SAMPLE = 20  # skipped list entries quoted in the manifest (the count is exact)
+
+
+@dataclass
+class Limits:
+    """The run's paging limits: the page size it asks for, and the windows servers revealed
+    by refusing a page (per endpoint, ids in the path ignored), learned once per run."""
+
+    page_size: int = PAGE_SIZE
+    windows: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def _key(query: ListQuery) -> str:
+        return f"{query.method} {re.sub(r'/[0-9]+', '/{id}', query.path)}"
+
+    def window(self, query: ListQuery) -> int:
+        """Items one walk of `query` may page through: the learned window, the documented one,
+        and the operation's declared maximum offset, whichever is smallest."""
+        window = self.windows.get(self._key(query), WINDOW)
+        if query.max_offset is not None and query.paging == "offset":
+            window = min(window, query.max_offset + 1)  # the last offset sent is max_offset
+        return window
+
+    def learn(self, query: ListQuery, offset: int) -> None:
+        key = self._key(query)
+        self.windows[key] = min(self.windows.get(key, WINDOW), offset)
 
 
 class Transport(Protocol):
@@ -141,16 +172,16 @@ class _Window:
 class Exhauster:
     """Enumerates list queries for one source; keeps its partitions and its distinct ids."""
 
-    def __init__(self, client: Transport, api_url: str, *, page_size: int = PAGE_SIZE,
-                 window: int = WINDOW) -> None:
+    def __init__(self, client: Transport, api_url: str, *, limits: Limits | None = None) -> None:
         self.client = client
         self.api_url = api_url
-        self.page_size = page_size
-        self.window = window
+        self.limits = limits if limits is not None else Limits()
         self.partitions: list[Partition] = []
         self.seen = IdSet()
         self.listed = 0
         self.truncated = False
+        self.skipped = 0  # listed entries without a valid id: skipped, counted
+        self.skipped_sample: list[str] = []
         self.cursor = True  # cleared once the server refuses a cursor: do not offer it again
         self.form = 0  # index into FORMS
         self.inclusive = False  # seen: a date-time bound lists items dated exactly at it
@@ -284,7 +315,7 @@ class Exhauster:
                     hi: int | None, overlap: int | None) -> AsyncIterator[list[int]]:
         """One query through its pages (and cursor), items past `hi` cut off. With `overlap`,
         the first page must reach back to that date, or the walk stops there (`seen.gap`)."""
-        pager = Pager(page_size=self.page_size, window=self.window,
+        pager = Pager(page_size=self.limits.page_size, window=self.limits.window(query),
                       use_cursor=query.cursor and self.cursor, style=query.paging)
         url = self.api_url + query.path
         split_keys = [SPLITS[k][0] for k in query.splits if k not in query.filters]
@@ -293,6 +324,7 @@ class Exhauster:
         sent = parse_stamp(query.filters.get(query.bound.param)) \
             if query.bound is not None and floor is not None else None
         inclusive = self.inclusive
+        previous: list[Any] | None = None  # the ids of the page before: a repeat is a loop
         while (req := pager.request()) is not None:
             params, headers = req
             try:
@@ -302,10 +334,17 @@ class Exhauster:
                 else:
                     reply = await self.client.post(url, json={**query.filters, **params},
                                                    headers=headers)
-            except WindowExhausted:
+            except RequestError as exc:
                 part.requests += 1
+                if not _refusal(exc, first=pager.requests == 0):
+                    raise
                 if pager.cursor is not None:
                     self.cursor = False
+                elif pager.requests:
+                    # a page past the first refused: the window ends where this page began
+                    offset = (pager.page - 1) * pager.page_size
+                    self.limits.learn(query, offset)
+                    part.note = f"the server refused offset {offset}: its window is {offset}"
                 pager.refused()
                 break
             part.requests += 1
@@ -314,12 +353,18 @@ class Exhauster:
                 raise BadResponse(
                     f"{query.method} {url} -> expected a JSON list of items, "
                     f"got {type(items).__name__}", url=url, status=reply.status)
+            ids = [i.get(query.id_key) if isinstance(i, Mapping) else i for i in items]
+            if items and ids == previous:
+                pager.refused()
+                part.note = f"page {pager.requests + 1} repeats the page before: paging stopped"
+                break
+            previous = ids
             pager.advance(len(items), reply.headers.get("X-Cursor"))
             kept = []
             for item in items:
-                if not isinstance(item, Mapping):
-                    raise BadResponse(f"{query.describe()}: a listed item is not an object: "
-                                      f"{str(item)[:120]}", url=url)
+                if not isinstance(item, Mapping) or not valid_id(item.get(query.id_key)):
+                    self._skip(item, query)
+                    continue
                 if date_key is not None:
                     stamp = parse_stamp(item.get(date_key))
                     if stamp is not None:
@@ -362,10 +407,7 @@ class Exhauster:
     def _take(self, items: list[Mapping[str, Any]], query: ListQuery, part: Partition) -> list[int]:
         out = []
         for item in items:
-            aid = item.get(query.id_key)
-            if isinstance(aid, bool) or not isinstance(aid, int):
-                raise BadResponse(f"{query.describe()}: an item without an integer "
-                                  f"{query.id_key}: {str(item)[:120]}")
+            aid = item[query.id_key]  # valid: _walk skipped the others
             out.append(aid)
             if self.seen.add(aid):
                 part.new += 1
@@ -374,6 +416,13 @@ class Exhauster:
         return out
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _skip(self, item: Any, query: ListQuery) -> None:
+        """A listed entry with no usable id: counted, and the first few quoted."""
+        self.skipped += 1
+        if len(self.skipped_sample) < SKIPPED_SAMPLE:
+            shown = item.get(query.id_key) if isinstance(item, Mapping) else item
+            self.skipped_sample.append(f"{query.id_key}={str(shown)[:60]}")
 
     def _partition(self, query: str, *, truncated: bool = False, note: str = "") -> Partition:
         part = Partition(query, truncated=truncated, note=note)
@@ -400,6 +449,14 @@ class Exhauster:
         if own_at is not None and at <= own_at:
             return str(own)
         return since
+
+
+def _refusal(exc: RequestError, *, first: bool) -> bool:
+    """A page the server will not serve: a window cap it names (any page), or a 400/422 in
+    other words on a page after the first (on the first page, those are real errors)."""
+    if isinstance(exc, WindowExhausted):
+        return True
+    return not first and type(exc) is RequestError and exc.status in (400, 422)
 
 
 def _start_of_day(stamp: int) -> int:

@@ -12,9 +12,9 @@ from typing import Any
 
 from harvester.config import Source
 from harvester.errors import AuthError, BadResponse, ConfigError, NotFound
-from harvester.figshare import PAGE_SIZE, list_query
+from harvester.figshare import PAGE_SIZE, list_query, valid_id
 from harvester.oaipmh import OaiLister, portal_set
-from harvester.partition import Exhauster, IdSet, Partition, Transport
+from harvester.partition import SKIPPED_SAMPLE, Exhauster, IdSet, Limits, Partition, Transport
 from harvester.reconcile import compare
 
 log = logging.getLogger("harvester")
@@ -48,15 +48,18 @@ class SourceReport:
     unresolved: list[str] = field(default_factory=list)  # ids_file lines without an article
     unresolved_count: int = 0
     reconcile: dict[str, Any] | None = None
+    skipped: int = 0  # listed entries without a valid article id, skipped
+    skipped_sample: list[str] = field(default_factory=list)
+    page_size: int = PAGE_SIZE  # items asked per list page
     side: list[SideRecord] = field(default_factory=list, repr=False)  # not in the manifest
 
     @property
     def minimum_requests(self) -> int | None:
-        """The fewest list requests any enumeration could use: one per 1,000, plus the last
+        """The fewest list requests any enumeration could use: one per page, plus the last
         (None for kinds that page no REST list: ids, ids_file, oai)."""
         if self.kind in ("ids", "ids_file", "oai"):
             return None
-        return self.distinct // PAGE_SIZE + 1
+        return self.distinct // self.page_size + 1
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -71,6 +74,9 @@ class SourceReport:
             out["unresolved_lines"] = self.unresolved
         if self.reconcile is not None:
             out["reconcile"] = self.reconcile
+        if self.skipped:
+            out["skipped"] = self.skipped
+            out["skipped_sample"] = self.skipped_sample
         return out
 
     def restore(self, info: Mapping[str, Any]) -> None:
@@ -83,6 +89,8 @@ class SourceReport:
         self.unresolved_count = info.get("unresolved", 0)
         self.unresolved = list(info.get("unresolved_lines", ()))
         self.reconcile = info.get("reconcile")
+        self.skipped = info.get("skipped", 0)
+        self.skipped_sample = list(info.get("skipped_sample", ()))
 
     def absorb(self, walker: Exhauster | OaiLister) -> None:
         self.listed += walker.listed
@@ -90,14 +98,26 @@ class SourceReport:
         self.requests += walker.requests
         self.partitions.extend(walker.partitions)
         self.truncated = self.truncated or bool(getattr(walker, "truncated", False))
+        skipped = getattr(walker, "skipped", 0)
+        if skipped:
+            self.skipped += skipped
+            room = SKIPPED_SAMPLE - len(self.skipped_sample)
+            self.skipped_sample.extend(walker.skipped_sample[:room])
+            log.warning("source %s: %d listed entries without a valid article id skipped "
+                        "(e.g. %s); see the manifest's sources", self.name, skipped,
+                        ", ".join(walker.skipped_sample[:3]))
 
 
 async def enumerate_source(
-    client: Transport, api_url: str, source: Source, report: SourceReport
+    client: Transport, api_url: str, source: Source, report: SourceReport,
+    limits: Limits | None = None,
 ) -> AsyncIterator[list[int]]:
-    """Yield batches of ids for one source, filling `report` as it goes."""
+    """Yield batches of ids for one source, filling `report` as it goes. `limits`: the run's
+    page size and learned windows, shared by its sources (default: the documented ones)."""
+    limits = limits if limits is not None else Limits()
+    report.page_size = limits.page_size
     try:
-        async for batch in _enumerate(client, api_url, source, report):
+        async for batch in _enumerate(client, api_url, source, report, limits):
             yield batch
     except AuthError as exc:
         need = ("an institution administrator's token" if source.kind in ADMIN_KINDS
@@ -107,7 +127,7 @@ async def enumerate_source(
 
 
 async def _enumerate(
-    client: Transport, api_url: str, source: Source, report: SourceReport
+    client: Transport, api_url: str, source: Source, report: SourceReport, limits: Limits
 ) -> AsyncIterator[list[int]]:
     kind, params = source.kind, source.params
     if kind == "ids":
@@ -128,10 +148,10 @@ async def _enumerate(
         report.absorb(lister)
         return
     if kind in ("collection", "project"):
-        async for batch in _container(client, api_url, source, report):
+        async for batch in _container(client, api_url, source, report, limits):
             yield batch
         return
-    walker = Exhauster(client, api_url)
+    walker = Exhauster(client, api_url, limits=limits)
     if kind == "reviews":
         walker.on_items = lambda items: report.side.extend(
             SideRecord("review", r["id"], dict(r)) for r in items if isinstance(r.get("id"), int))
@@ -148,7 +168,7 @@ async def _enumerate(
 
 
 async def _container(
-    client: Transport, api_url: str, source: Source, report: SourceReport
+    client: Transport, api_url: str, source: Source, report: SourceReport, limits: Limits
 ) -> AsyncIterator[list[int]]:
     """A collection's or a project's own record, then the articles in it."""
     kind = source.kind
@@ -162,7 +182,7 @@ async def _container(
     if not isinstance(record, dict) or record.get("id") != key:
         raise BadResponse(f"GET {url} -> 200 but the body is not the record of {kind} {key}",
                           url=url, status=200)
-    walker = Exhauster(client, api_url)
+    walker = Exhauster(client, api_url, limits=limits)
     members: list[int] = []
     async for batch in walker.ids(list_query(kind, source.params)):
         members.extend(batch)
@@ -209,6 +229,9 @@ async def _ids_file(
         if not line:
             continue
         if line.isdigit():
+            if not valid_id(int(line)):
+                raise ConfigError(f"{path}:{n}: {line[:80]!r} is not an article id "
+                                  "(1 to 2^63-1)")
             ids.append(int(line))
             continue
         doi = _doi(line)
@@ -258,6 +281,4 @@ def _doi(line: str) -> str | None:
 async def _resolve(client: Transport, api_url: str, doi: str) -> list[int]:
     reply = await client.get(api_url + "/articles", params={"doi": doi, "page_size": 10})
     items = reply.data if isinstance(reply.data, list) else []
-    return [i["id"] for i in items
-            if isinstance(i, Mapping) and isinstance(i.get("id"), int)
-            and not isinstance(i.get("id"), bool)]
+    return [i["id"] for i in items if isinstance(i, Mapping) and valid_id(i.get("id"))]
