@@ -157,22 +157,26 @@ async def test_abuse_turns_into_403_html_after_n_violations_and_stays() -> None:
         assert (await fetch(http, api(sim, "/_test/ok")))[0] == 200
 
 
-async def test_latency_adds_the_configured_delay_and_updates_apply_at_once() -> None:
+async def test_latency_holds_requests_and_updates_apply_at_once() -> None:
     async with (
         make_sim(latency_ms=150.0, latency_jitter_ms=50.0) as sim,
         aiohttp.ClientSession() as http,
     ):
         for seq in range(3):
-            started = time.monotonic()
-            await fetch(http, api(sim, "/_test/ok"))
-            elapsed = time.monotonic() - started
             expected = latency_for(sim.settings, "api", seq)
             assert 0.1 <= expected <= 0.2
-            assert expected <= elapsed < expected + 0.3
+            started = time.monotonic()
+            await fetch(http, api(sim, "/_test/ok"))
+            assert time.monotonic() - started >= expected  # a sleep never ends early
+        # Without latency nothing suspends a request, so a burst is served one at a time...
         sim.update(latency_ms=0.0, latency_jitter_ms=0.0)
-        started = time.monotonic()
-        await fetch(http, api(sim, "/_test/ok"))
-        assert time.monotonic() - started < 0.1
+        await asyncio.gather(*(fetch(http, api(sim, "/_test/ok")) for _ in range(5)))
+        assert sim.log.max_in_flight("api") == 1
+        # ...and with latency back, the same burst is held in the server side by side.
+        sim.update(latency_ms=300.0)
+        await asyncio.gather(*(fetch(http, api(sim, "/_test/ok")) for _ in range(5)))
+        assert sim.log.max_in_flight("api") > 1
+        assert sim.log.count("api", "/_test/ok") == 13
 
 
 @pytest.mark.parametrize(
