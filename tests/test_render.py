@@ -1,12 +1,10 @@
-"""Writing a snapshot with worker processes: same snapshot, no worker left behind."""
+"""Writing a snapshot: chunking does not change it, and records come out exactly as served."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
+import asyncio
+import json
 import sys
-import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -14,15 +12,19 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 import pytest
+import yaml
+from aiohttp import web
 
 from harvester import render
+from harvester.journal import DONE, Journal, JournalRow, Outcome, pack, unpack
 from harvester.pipeline import Harvest
 from harvester.records import SCHEMAS
-from harvester.render import ChunkRenderer, Packed, RenderSpec, auto_workers
+from harvester.render import RenderSpec
 from harvester.simulator import Simulator
-from harvester.state import DONE, Journal, Outcome, pack, unpack
+from harvester.store import list_snapshots
 from tests.conftest import write_config
 
+ROOT = Path(__file__).resolve().parent.parent
 VOLATILE = {"snapshot_id", "fetched_at"}  # differ between two runs, by design
 
 
@@ -35,54 +37,63 @@ def tables(snapshot: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def stats_lines(snapshot: Path) -> list[dict[str, Any]]:
-    lines = (snapshot / "stats.ndjson").read_bytes().splitlines()
-    return [{k: v for k, v in orjson.loads(x).items() if k not in VOLATILE} for x in lines]
-
-
-STARTS = ["fork", "spawn"] if sys.platform == "linux" else ["spawn"]
-
-
-@pytest.mark.parametrize("start", STARTS)
-async def test_workers_write_the_same_snapshot(sim: Simulator, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch,
-                                               start: str) -> None:
-    monkeypatch.setattr(render, "CHUNK_SHARED", 23)  # 400 items: 18 chunks, spread out
-    monkeypatch.setenv("HARVESTER_RENDER_START", start)
+async def test_chunk_size_does_not_change_the_snapshot(sim: Simulator, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     source = [{"kind": "ids", "ids": sorted(sim.corpus.ids)}]
-    alone = await Harvest(write_config(tmp_path / "a", sim, source,
-                                       output={"workers": 0})).run()
-    shared = await Harvest(write_config(tmp_path / "b", sim, source,
-                                        output={"workers": 2})).run()
-    assert alone.snapshot is not None and shared.snapshot is not None
-    assert alone.manifest["ids"]["fetched"] == shared.manifest["ids"]["fetched"] == 400
-    a, b = tables(alone.snapshot), tables(shared.snapshot)
+    whole = await Harvest(write_config(tmp_path / "a", sim, source)).run()
+    monkeypatch.setattr("harvester.pipeline.CHUNK_RECORDS", 23)  # 400 items: 18 chunks
+    monkeypatch.setattr("harvester.pipeline.CHUNK_BYTES", 20_000)  # and smaller by bytes
+    chunked = await Harvest(write_config(tmp_path / "b", sim, source)).run()
+    assert whole.snapshot is not None and chunked.snapshot is not None
+    assert whole.manifest["ids"]["fetched"] == chunked.manifest["ids"]["fetched"] == 400
+    a, b = tables(whole.snapshot), tables(chunked.snapshot)
     assert sum(len(rows) for rows in a.values()) > 1_500
     assert a == b
-    assert (alone.snapshot / "articles.ndjson").read_bytes() == \
-        (shared.snapshot / "articles.ndjson").read_bytes()
-    assert stats_lines(alone.snapshot) == stats_lines(shared.snapshot)
-    # row groups as configured, whoever rendered the rows
-    meta = pq.read_metadata(shared.snapshot / "files" / "part-00000.parquet")
-    assert meta.num_rows > 1_000 and meta.num_row_groups == 1
+    assert (whole.snapshot / "articles.ndjson").read_bytes() == \
+        (chunked.snapshot / "articles.ndjson").read_bytes()
+    meta = pq.read_metadata(chunked.snapshot / "files" / "part-00000.parquet")
+    assert meta.num_rows > 1_000 and meta.num_row_groups == 1  # row groups as configured
 
 
-def packed_chunks(tmp_path: Path, n: int, size: int) -> list[list[Packed]]:
-    """Journal rows of n synthetic records, as the journal hands them to the renderer."""
+def journal_of(tmp_path: Path, bodies: list[bytes]) -> Journal:
     journal = Journal(tmp_path / "journal.sqlite")
     journal.open()
+    ids = [orjson.loads(b)["id"] for b in bodies]
+    journal.run(journal.add_ids, 0, ids)
+    journal.run(journal.store, [
+        Outcome(i, DONE, body=b, stats={"views": i}, fetched_at="2026-11-27T05:00:00Z")
+        for i, b in zip(ids, bodies, strict=True)])
+    return journal
+
+
+def synthetic(n: int, pad: int = 0) -> list[bytes]:
+    return [orjson.dumps({"id": i, "title": f"t{i}", "version": 1, "tags": ["a", "b"],
+                          "authors": [{"id": i, "full_name": "A"}], "pad": "x" * pad,
+                          "files": [{"id": i * 10, "name": "x.csv", "size": i}]})
+            for i in range(1, n + 1)]
+
+
+def journal_chunks(tmp_path: Path, n: int, size: int) -> list[list[JournalRow]]:
+    """Journal rows of n synthetic records, as the journal hands them to render."""
+    journal = journal_of(tmp_path, synthetic(n))
     try:
-        records = [{"id": i, "title": f"t{i}", "version": 1, "tags": ["a", "b"],
-                    "authors": [{"id": i, "full_name": "A"}],
-                    "files": [{"id": i * 10, "name": "x.csv", "size": i}]}
-                   for i in range(1, n + 1)]
-        journal.run(journal.add_ids, 0, [r["id"] for r in records])
-        journal.run(journal.store, [
-            Outcome(r["id"], DONE, body=orjson.dumps(r), stats={"views": r["id"]},
-                    fetched_at="2026-11-27T05:00:00Z") for r in records])
-        return list(journal.run(lambda: list(journal.packed_chunks(size))))
+        return journal.run(lambda: list(journal.chunks(size, 1 << 30)))
     finally:
         journal.close()
+
+
+def test_chunks_end_at_a_record_count_or_a_byte_size(tmp_path: Path) -> None:
+    journal = journal_of(tmp_path, synthetic(30, pad=100_000))
+    try:
+        by_count = journal.run(lambda: [len(c) for c in journal.chunks(7, 1 << 30)])
+        by_bytes = journal.run(lambda: [len(c) for c in journal.chunks(1_000, 1)])
+        one_mb = journal.run(lambda: [sum(r.size for r in c) for c in journal.chunks(1_000,
+                                                                                   1 << 20)])
+    finally:
+        journal.close()
+    assert by_count == [7, 7, 7, 7, 2]
+    assert by_bytes == [1] * 30  # a record bigger than the bound is a chunk of its own
+    assert sum(one_mb) > 0 and all(size < (1 << 20) + 2_000 for size in one_mb)
 
 
 SPEC = RenderSpec(snapshot_id="20261127T050000Z", sources=("s",), scope="public", ndjson=True,
@@ -112,11 +123,10 @@ def test_journal_blobs_round_trip_smaller(data: bytes) -> None:
 
 def test_a_journal_of_zlib_blobs_still_renders(tmp_path: Path) -> None:
     """Journals written before the LZ4 blobs (an interrupted run, resumed after an upgrade)."""
-    chunks = packed_chunks(tmp_path, 30, 10)
-    legacy = [[(aid, mask, zlib.compress(unpack(body), 1), files, stats, at,
-                None if extra is None else zlib.compress(unpack(extra), 1))
-               for aid, mask, body, files, stats, at, extra in chunk] for chunk in chunks]
-    assert legacy[0][0][2][:1] == b"\x78"
+    chunks = journal_chunks(tmp_path, 30, 10)
+    legacy = [[row._replace(body=zlib.compress(unpack(row.body), 1)) for row in chunk]
+              for chunk in chunks]
+    assert legacy[0][0].body[:1] == b"\x78"
     assert flat([render.render(SPEC, c) for c in legacy]) == \
         flat([render.render(SPEC, c) for c in chunks])
 
@@ -128,122 +138,70 @@ def test_a_corrupt_journal_blob_fails_loudly() -> None:
         unpack(bytes(blob))
 
 
-@pytest.mark.parametrize("start", STARTS)
-def test_a_dead_worker_leaves_its_chunks_to_the_caller(tmp_path: Path, start: str) -> None:
-    chunks = packed_chunks(tmp_path, 300, 10)
-    expected = flat([render.render(SPEC, c) for c in chunks])
-    with ChunkRenderer(2, start) as renderer:
-        first = renderer._workers[0].proc
-        first.kill()
-        first.wait()
-        got = flat(list(renderer.map(SPEC, chunks)))
-        assert renderer.fallbacks >= 1
-    assert got == expected
-    assert got[0].count(b"\n") == 300 and len(got[1]["files"]) == 300
+# -- exactly as served -------------------------------------------------------------------------
+
+BIG = 2 ** 70
+DEEP = 600
 
 
-@pytest.mark.parametrize("start", STARTS)
-def test_a_chunk_a_worker_fails_on_raises_here_as_without_workers(tmp_path: Path,
-                                                                  start: str) -> None:
-    chunks = packed_chunks(tmp_path, 40, 10)
-    aid, mask, _body, *rest = chunks[2][3]
-    chunks[2][3] = (aid, mask, b"not zlib", *rest)
-    with ChunkRenderer(1, start) as renderer, pytest.raises(Exception, match="incorrect header"):
-        list(renderer.map(SPEC, chunks))
+def served_bodies() -> dict[int, bytes]:
+    """Records orjson cannot round-trip: a 2^70 integer, a value nested 600 deep, a key given
+    twice; and one served with whitespace and escapes, which the line keeps minified."""
+    deep = b"[" * DEEP + b"1" + b"]" * DEEP
+    return {
+        1: b'{"id": 1, "title": "big", "version": 1, "size": %d, "n": [%d, -%d]}' % (
+            BIG, BIG, BIG),
+        2: b'{"id":2,"title":"deep","version":1,"nest":' + deep + b',"custom_fields":'
+           b'[{"name":"d","value":' + deep + b'}]}',
+        3: b'{"id":3,"title":"first","title":"twice","version":1}',
+        4: b'{\n  "id" : 4,\n  "title" : "caf\\u00e9 \\"q\\"  x",\n  "version" : 1.0e0\n}',
+    }
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
-def test_a_stuck_worker_is_killed_and_its_chunks_come_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(render, "RESULT_TIMEOUT", 0.5)
-    chunks = packed_chunks(tmp_path, 200, 10)
-    expected = flat([render.render(SPEC, c) for c in chunks])
-    with ChunkRenderer(1, "fork") as renderer:
-        stuck = renderer._workers[0].proc
-        os.kill(stuck.pid, signal.SIGSTOP)  # alive, never answering
-        started = time.monotonic()
-        got = flat(list(renderer.map(SPEC, chunks)))
-        assert time.monotonic() - started < 10
-        assert renderer.fallbacks >= 1 and renderer._workers[0].dead
-        assert stuck.wait(timeout=5) == -signal.SIGKILL
-    assert got == expected
+async def test_records_come_out_exactly_as_served(tmp_path: Path) -> None:
+    bodies = served_bodies()
 
+    async def article(request: web.Request) -> web.Response:
+        return web.Response(body=bodies[int(request.match_info["id"])],
+                            content_type="application/json")
 
-@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
-def test_a_forked_worker_keeps_none_of_the_parents_descriptors(tmp_path: Path) -> None:
-    with open(tmp_path / "held", "wb") as held, ChunkRenderer(2, "fork") as renderer:
-        theirs = [w.proc for w in renderer._workers]
-        # both have answered, so both are past their start
-        got = flat(list(renderer.map(SPEC, packed_chunks(tmp_path, 50, 10))))
-        for proc in theirs:
-            fds = {int(n): os.readlink(f"/proc/{proc.pid}/fd/{n}")
-                   for n in os.listdir(f"/proc/{proc.pid}/fd")}
-            # stdio, its chunk pipe and its result socket: no file, journal, nor the other
-            # worker's pipe or socket
-            assert len(fds) == 5, fds
-            assert not any(str(tmp_path) in target for target in fds.values())
-            kinds = sorted(t.split(":")[0] for fd, t in fds.items() if fd > 2)
-            assert kinds == ["pipe", "socket"]
-        assert held.fileno() > 2
-    assert got[0].count(b"\n") == 50
-    for proc in theirs:  # closing ended them: each saw its own EOF
-        assert proc.returncode == 0
+    async def total(request: web.Request) -> web.Response:
+        return web.json_response({"totals": 7})
 
-
-@pytest.mark.parametrize("start", STARTS)
-def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path, start: str) -> None:
-    script = ("import os, sys, time\n"
-              "from harvester.render import ChunkRenderer\n"
-              f"r = ChunkRenderer(2, {start!r})\n"
-              "print(' '.join(str(w.proc.pid) for w in r._workers), flush=True)\n"
-              "time.sleep(60)\n")
-    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                          cwd=Path(__file__).resolve().parent.parent) as parent:
-        assert parent.stdout is not None
-        pids = [int(p) for p in parent.stdout.readline().split()]
-        assert len(pids) == 2
-        parent.send_signal(signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = [p for p in pids if _running(p)]
-    assert alive == [], "render workers kept running after their parent was killed"
-
-
-def _running(pid: int) -> bool:
+    app = web.Application()
+    app.router.add_get("/v2/articles/{id}", article)
+    app.router.add_get("/total/{counter}/article/{id}", total)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "t", "api": {"url": f"{url}/v2"}, "stats": {"url": url},
+        "http": {"rate": {"requests": 1_000, "per": 1}, "concurrency": 2},
+        "output": {"dir": str(tmp_path / "out")},
+        "sources": [{"kind": "ids", "ids": sorted(bodies)}]}))
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"  # a zombie has exited
-    except FileNotFoundError:
-        return False
-
-
-def test_auto_workers_by_run_size() -> None:
-    assert auto_workers(500, cpus=8) == 0  # a worker's start-up would cost more than it saves
-    assert auto_workers(200_000, cpus=1) == 0
-    assert auto_workers(200_000, cpus=2) == 1
-    assert auto_workers(200_000, cpus=64) == render.AUTO_MAX_WORKERS
-    # a forked worker starts in milliseconds, a spawned one imports for a third of a second
-    assert auto_workers(3_000, cpus=2, start="fork") == 1
-    assert auto_workers(3_000, cpus=2, start="spawn") == 0
-
-
-def test_start_method_by_platform_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HARVESTER_RENDER_START", raising=False)
-    assert render.start_method() == ("fork" if sys.platform == "linux" else "spawn")
-    monkeypatch.setenv("HARVESTER_RENDER_START", "spawn")
-    assert render.start_method() == "spawn"
-
-
-@pytest.mark.parametrize("start", STARTS)
-def test_closing_mid_run_does_not_wait_for_unread_results(tmp_path: Path, start: str) -> None:
-    chunks = packed_chunks(tmp_path, 400, 100)
-    renderer = ChunkRenderer(1, start)
-    results = renderer.map(SPEC, chunks)
-    next(results)  # the worker has chunks queued whose results are never read
-    workers = list(renderer._workers)
-    started = time.monotonic()
-    renderer.close()
-    assert time.monotonic() - started < 3
-    assert len(workers) == 1 and workers[0].proc.returncode is not None
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "harvester", "run", str(config), "--quiet", cwd=ROOT,
+            stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == 0, err.decode()
+    [snapshot] = list_snapshots(tmp_path / "out", "t")
+    lines = (snapshot / "articles.ndjson").read_bytes().splitlines()
+    assert len(lines) == len(bodies)
+    articles = pq.read_table(snapshot / "articles").to_pylist()
+    for line, row, (aid, body) in zip(lines, articles, sorted(bodies.items()), strict=True):
+        assert json.loads(line) == json.loads(body)  # every number and key, by value
+        assert row["article_id"] == aid and json.loads(row["raw"]) == json.loads(body)
+    assert json.loads(lines[0])["n"] == [BIG, -BIG]
+    assert lines[2] == b'{"id":3,"title":"first","title":"twice","version":1}'  # both kept
+    assert lines[3] == b'{"id":4,"title":"caf\\u00e9 \\"q\\"  x","version":1.0e0}'
+    assert articles[0]["size"] is None  # no int64 holds 2^70: null, and raw keeps it
+    assert articles[2]["title"] == "twice"
+    manifest = orjson.loads((snapshot / "manifest.json").read_bytes())
+    assert manifest["served_json"]["records_with_duplicate_keys"] == 1
+    assert len({row["content_hash"] for row in articles}) == len(bodies)

@@ -30,7 +30,8 @@ from harvester.errors import ConfigError, OutputError
 from harvester.records import RowContext, article_rows, stats_rows
 from harvester.simulator import SimulatorThread
 from harvester.simulator.settings import SimSettings
-from harvester.sinks import SnapshotWriter, open_store, read_manifest, s3_filesystem, table_files
+from harvester.sinks import SnapshotWriter
+from harvester.store import open_store, read_manifest, s3_filesystem, table_files
 from harvester.warehouse import load
 
 NAME = "nightly"

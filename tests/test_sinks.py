@@ -22,6 +22,7 @@ from harvester import sinks
 from harvester.errors import OutputError
 from harvester.records import (
     NO_STATISTICS,
+    SCHEMA_VERSION,
     SCHEMAS,
     RowContext,
     article_rows,
@@ -29,17 +30,9 @@ from harvester.records import (
     project_rows,
     stats_rows,
 )
-from harvester.sinks import (
-    SnapshotWriter,
-    clean_staging,
-    latest_snapshot,
-    list_snapshots,
-    new_snapshot_id,
-    read_manifest,
-    rows_to_table,
-    sanitize_url,
-    table_files,
-)
+from harvester.sinks import SnapshotWriter, clean_staging, rows_to_table
+from harvester.store import Store, latest_snapshot, list_snapshots, read_manifest, table_files
+from harvester.urls import sanitize_url
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 NAME = "demo"
@@ -258,7 +251,7 @@ def test_manifest_lists_every_file_with_true_rows_sha256_and_bytes(tmp_path):
     manifest = read_manifest(path)
     assert manifest["name"] == NAME and manifest["run"] == {"ids": 12}  # the caller's keys kept
     assert manifest["snapshot_id"] == path.name.removeprefix("snapshot=")
-    assert manifest["schema_version"] == 2
+    assert manifest["schema_version"] == SCHEMA_VERSION
     on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
     on_disk -= {"manifest.json"}
     assert set(manifest["files"]) == on_disk
@@ -287,7 +280,7 @@ def test_latest_points_at_the_newest_and_ids_never_collide(tmp_path):
 
     # Two writers started within the same second get different ids.
     now = datetime(2024, 1, 2, 0, 0, 0, tzinfo=UTC)
-    assert new_snapshot_id(tmp_path / NAME, now) == "20240102T000001Z"
+    assert Store(tmp_path).new_snapshot_id(NAME, now) == "20240102T000001Z"
     first = SnapshotWriter(tmp_path, NAME)
     with first:
         second = SnapshotWriter(tmp_path, NAME)
@@ -536,50 +529,6 @@ def test_rows_waiting_for_their_row_group_are_held_in_one_piece(tmp_path, monkey
             writer.add_rendered(SimpleNamespace(lines={}, tables={"tags": rows_to_table(
                 "tags", article_rows({"id": n + 1, "tags": ["a"]}, ctx)["tags"])}))
         assert len(writer._pending["tags"]) == 20
-
-
-def test_arrow_allocates_from_the_system_pool_unless_the_user_chose_one():
-    # a fresh interpreter each: the pool is process-wide
-    code = "from harvester.sinks import tune_allocators; print(tune_allocators())"
-
-    def pool(**env: str) -> str:
-        clean = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
-        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              check=True, cwd=ROOT_DIR, env={**clean, **env}).stdout.strip()
-
-    assert pool() == "system"
-    for other in ("mimalloc", "jemalloc"):  # the user's choice, where pyarrow has it
-        try:
-            getattr(pa, f"{other}_memory_pool")()
-        except NotImplementedError:
-            continue
-        assert pool(ARROW_DEFAULT_MEMORY_POOL=other) == other
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc_trim")
-def test_free_heap_memory_goes_back_to_the_kernel():
-    # a fresh interpreter: 200 MB of 64 KB blocks (under the fixed mmap threshold, so from the
-    # heap), every 16th kept so the heap cannot shrink from the top; freeing the rest leaves
-    # its pages resident until release_free_memory hands them back
-    code = """
-import gc
-from harvester.sinks import release_free_memory, tune_allocators
-tune_allocators()
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 // 2**20
-blocks = [bytes(64 * 1024 - 64) for _ in range(3_200)]
-kept = blocks[::16]
-del blocks
-gc.collect()
-before = rss()
-release_free_memory()
-print(before, rss(), len(kept))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT_DIR).stdout.split()
-    before, after = int(out[0]), int(out[1])
-    assert before - after > 100, (before, after)  # MB given back
 
 
 def test_ndjson_only_writes_no_parquet(tmp_path):

@@ -1,41 +1,53 @@
-"""Run journal and catalog (SQLite): ids, fetched records, errors; flat memory, resumable runs.
+"""The run journal (SQLite): ids, fetched records, errors; flat memory and resumable runs.
 
-One journal per harvest name, at OUTPUT/NAME/.state/journal.sqlite. Enumeration inserts ids (dedup
-by primary key, provenance as a bitmask of source indexes); the fan-out reads pending ids in id
-order, in chunks, and stores each result; the snapshot is written from the journal in id order, so
-its content does not depend on concurrency or on how often the run was interrupted. All access
-goes through one worker thread: SQLite never blocks the event loop.
+One journal per harvest name, at OUTPUT/NAME/.state/journal.sqlite. Enumeration inserts ids
+(provenance as a bitmask of source indexes); the fan-out stores each result; the snapshot is
+written from the journal in id order, so its content does not depend on concurrency or on how
+often the run was interrupted. All access goes through one thread: SQLite never blocks the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import os
-import signal
 import sqlite3
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import pyarrow as pa
 
-from harvester.errors import LockedError, OutputError
+from harvester.catalog import Catalog, damaged, transaction
+from harvester.errors import OutputError
 
 T = TypeVar("T")
 
-PENDING, DONE, FAILED, GONE = 0, 1, 2, 3
-FULL, STATS_ONLY = 0, 1  # what to fetch for an id: the record and its stats, or stats alone
 
-# Record blobs are LZ4 frames with their size in front: for a 4 KB record that is a fifth of the
-# CPU of zlib level 1 to pack and unpack (this runs once per item on the journal thread while the
-# run fetches, and again when the snapshot is written) for a journal about 40% larger. Journals
-# written before used zlib, whose streams never start with this byte: they still read.
+class ItemState(IntEnum):
+    """Where an id stands in this run (stored as its number)."""
+
+    PENDING = 0
+    DONE = 1
+    FAILED = 2
+    GONE = 3
+
+
+class FetchMode(IntEnum):
+    """What to fetch for an id (stored as its number)."""
+
+    FULL = 0  # the record, its files and its stats
+    STATS_ONLY = 1  # an incremental run's refresh of a known, unchanged item
+
+
+PENDING, DONE, FAILED, GONE = ItemState
+FULL, STATS_ONLY = FetchMode
+
+# Record blobs are LZ4 frames with their size in front (cheaper than zlib for the same job);
+# journals written before used zlib, whose streams never start with this byte: they still read.
 _LZ4 = pa.Codec("lz4") if pa.Codec.is_available("lz4") else None
 _LZ4_TAG = b"\x00"
 
@@ -59,6 +71,8 @@ def unpack(blob: bytes) -> bytes:
     return _LZ4.decompress(blob[9:], decompressed_size=size, asbytes=True)
 
 
+# The on-disk names stay as they were (`extra`, `side`): a journal of an interrupted run
+# resumes after an upgrade.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
@@ -82,31 +96,49 @@ class Outcome:
     """What the fan-out learned about one id."""
 
     article_id: int
-    state: int  # DONE, FAILED or GONE
+    state: ItemState
     body: bytes = b""  # the full record exactly as served
     files: bytes | None = None  # the complete /files list when the record's list was capped
     stats: dict[str, int] | None = None
     fetched_at: str = ""
     error: dict[str, Any] | None = None
-    extra: dict[str, Any] | None = None  # optional per-item payloads (versions, timelines, ...)
+    # optional per-item payloads: timeline, breakdown, versions, downloads (see render)
+    payloads: dict[str, Any] | None = None
     published: str | None = None  # the record's published_date, for "recent" stats refreshes
 
 
-@dataclass(frozen=True)
-class StoredRecord:
+class PendingItem(NamedTuple):
+    """An id still to fetch, as the fan-out reads it."""
+
     article_id: int
     sources: int
-    body: bytes
-    files: bytes | None
-    stats: dict[str, int] | None
+    mode: FetchMode
+
+
+class JournalRow(NamedTuple):
+    """One fetched record as stored: blobs still compressed (render unpacks them)."""
+
+    article_id: int
+    sources: int  # provenance bitmask
+    body: bytes  # pack()ed record; empty inside for a stats-only refresh
+    files: bytes | None  # pack()ed complete file list
+    stats: bytes | None  # JSON of the totals
     fetched_at: str
-    extra: dict[str, Any] | None = None
+    payloads: bytes | None  # pack()ed JSON of Outcome.payloads
+
+    @property
+    def size(self) -> int:
+        """Stored bytes: what sizes a snapshot chunk."""
+        return len(self.body) + len(self.files or b"") + len(self.payloads or b"")
 
 
-def _damaged(exc: BaseException) -> bool:
-    """SQLite could open the file but not read it as a database ("file is not a database",
-    "database disk image is malformed"): not a permission or a missing folder."""
-    return type(exc) is sqlite3.DatabaseError
+class SourceRecord(NamedTuple):
+    """A record a source yields besides ids (a collection, project or review)."""
+
+    kind: str
+    key: int
+    body: Any
+    fetched_at: str
 
 
 class Journal:
@@ -125,7 +157,7 @@ class Journal:
             self._pool.submit(self._connect).result()
         except (OSError, sqlite3.Error) as exc:
             hint = (f" (damaged: move {self.path.name}* aside and the run starts over; "
-                    "published snapshots are not affected)" if _damaged(exc) else "")
+                    "published snapshots are not affected)" if damaged(exc) else "")
             raise OutputError(f"{self.path}: cannot open the run journal: {exc}{hint}") from None
 
     def _connect(self) -> None:
@@ -165,8 +197,7 @@ class Journal:
             raise self._cannot(exc) from None
 
     def _cannot(self, exc: sqlite3.OperationalError) -> OutputError:
-        """SQLite could not read or write the state folder (a full disk, an I/O error): what
-        was committed before is intact, and the run resumes from it once that is fixed."""
+        """A full disk or an I/O error: what was committed is intact and the run resumes."""
         return OutputError(f"{self.path.parent}: cannot write the run's state (journal, "
                            f"catalog): {exc}; what was fetched is kept for the next run")
 
@@ -181,7 +212,7 @@ class Journal:
         return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
 
     def set_meta(self, values: dict[str, str]) -> None:
-        with _tx(self.db):
+        with transaction(self.db):
             self.db.executemany(
                 "INSERT INTO meta(key, value) VALUES(?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
@@ -201,23 +232,23 @@ class Journal:
 
     def add_ids(self, idx: int, ids: Iterable[int]) -> None:
         bit = 1 << idx
-        with _tx(self.db):
+        with transaction(self.db):
             # a listed id always gets its full record, even if it was queued for stats only
             self.db.executemany(
                 "INSERT INTO ids(article_id, sources) VALUES(?, ?) "
                 "ON CONFLICT(article_id) DO UPDATE SET sources = sources | excluded.sources, "
-                "mode = 0",
+                f"mode = {FetchMode.FULL:d}",
                 [(int(i), bit) for i in ids],
             )
 
     def add_known_for_stats(self, catalog: Path, published_after: str | None) -> int:
         """Queue the catalog's known ids for a stats-only refresh (listed ids keep FULL)."""
-        with self._attached(catalog), _tx(self.db):
+        with self._attached(catalog), transaction(self.db):
             return self.db.execute(
                 "INSERT INTO ids(article_id, sources, mode) "
-                "SELECT article_id, sources, 1 FROM cat.known "
+                "SELECT article_id, sources, ? FROM cat.known "
                 "WHERE ? IS NULL OR published >= ? ON CONFLICT(article_id) DO NOTHING",
-                (published_after, published_after),
+                (FetchMode.STATS_ONLY, published_after, published_after),
             ).rowcount
 
     def finish_source(self, idx: int, info: dict[str, Any]) -> None:
@@ -233,27 +264,29 @@ class Journal:
 
     # -- fan-out ---------------------------------------------------------------------------
 
-    def counts(self) -> dict[int, int]:
-        return dict(self.db.execute("SELECT state, count(*) FROM ids GROUP BY state").fetchall())
+    def counts(self) -> dict[ItemState, int]:
+        rows = self.db.execute("SELECT state, count(*) FROM ids GROUP BY state").fetchall()
+        return {ItemState(state): n for state, n in rows}
 
-    def pending(self, after: int, limit: int) -> list[tuple[int, int, int]]:
-        return self.db.execute(
+    def pending(self, after: int, limit: int) -> list[PendingItem]:
+        rows = self.db.execute(
             "SELECT article_id, sources, mode FROM ids WHERE state=? AND article_id>? "
             "ORDER BY article_id LIMIT ?",
-            (PENDING, after, limit),
+            (ItemState.PENDING, after, limit),
         ).fetchall()
+        return [PendingItem(aid, sources, FetchMode(mode)) for aid, sources, mode in rows]
 
     def retry_failed(self) -> int:
         """On resume, ids that failed get another chance."""
-        with _tx(self.db):
+        with transaction(self.db):
             self.db.execute("DELETE FROM errors WHERE article_id IN "
-                            "(SELECT article_id FROM ids WHERE state=?)", (FAILED,))
+                            "(SELECT article_id FROM ids WHERE state=?)", (ItemState.FAILED,))
             return self.db.execute("UPDATE ids SET state=? WHERE state=?",
-                                   (PENDING, FAILED)).rowcount
+                                   (ItemState.PENDING, ItemState.FAILED)).rowcount
 
     def store(self, outcomes: list[Outcome]) -> None:
-        done = [o for o in outcomes if o.state == DONE]
-        with _tx(self.db):
+        done = [o for o in outcomes if o.state == ItemState.DONE]
+        with transaction(self.db):
             self.db.executemany(
                 "INSERT OR REPLACE INTO records VALUES(?, ?, ?, ?, ?, ?, ?)",
                 [(
@@ -262,7 +295,7 @@ class Journal:
                     pack(o.files) if o.files is not None else None,
                     orjson.dumps(o.stats) if o.stats is not None else None,
                     o.fetched_at,
-                    pack(orjson.dumps(o.extra)) if o.extra else None,
+                    pack(orjson.dumps(o.payloads)) if o.payloads else None,
                     o.published,
                 ) for o in done],
             )
@@ -271,45 +304,47 @@ class Journal:
             self.db.executemany(
                 "INSERT OR REPLACE INTO errors VALUES(?, ?)",
                 [(o.article_id, orjson.dumps(o.error or {})) for o in outcomes
-                 if o.state != DONE],
+                 if o.state != ItemState.DONE],
             )
             self.db.executemany(
                 "UPDATE ids SET state=?, attempts=attempts+1 WHERE article_id=?",
-                [(o.state, o.article_id) for o in outcomes],
+                [(int(o.state), o.article_id) for o in outcomes],
             )
 
     # -- snapshot --------------------------------------------------------------------------
 
-    def packed_records(self, after: int, limit: int) -> list[tuple[Any, ...]]:
-        """Up to `limit` fetched records with ids above `after`, in id order, as stored
-        (compressed): (id, sources, body, files, stats, fetched_at, extra). For render."""
-        return self.db.execute(
+    def rows(self, after: int, limit: int) -> list[JournalRow]:
+        """Up to `limit` fetched records with ids above `after`, in id order, compressed."""
+        return [JournalRow(*row) for row in self.db.execute(
             "SELECT r.article_id, i.sources, r.body, r.files, r.stats, r.fetched_at, r.extra "
             "FROM records r JOIN ids i USING(article_id) "
             "WHERE i.state=? AND r.article_id>? ORDER BY r.article_id LIMIT ?",
-            (DONE, after, limit),
-        ).fetchall()
+            (ItemState.DONE, after, limit),
+        )]
 
-    def packed_chunks(self, size: int) -> Iterator[list[tuple[Any, ...]]]:
-        """Every fetched record, packed, in id order and chunks of `size` (journal thread)."""
+    def chunks(self, max_records: int, max_bytes: int) -> Iterator[list[JournalRow]]:
+        """Every fetched record in id order, in chunks of at most `max_records` records and
+        about `max_bytes` stored bytes (one big record is a chunk of its own)."""
+        chunk: list[JournalRow] = []
+        size, after = 0, -1
+        while rows := self.rows(after, max_records):
+            for row in rows:
+                chunk.append(row)
+                size += row.size
+                if len(chunk) >= max_records or size >= max_bytes:
+                    yield chunk
+                    chunk, size = [], 0
+            after = rows[-1].article_id
+        if chunk:
+            yield chunk
+
+    def bodies(self, batch: int = 500) -> Iterator[bytes]:
+        """Every fetched record's body as served, in id order (call on the journal thread)."""
         after = -1
-        while rows := self.packed_records(after, size):
-            yield rows
-            after = rows[-1][0]
-
-    def records(self, batch: int = 500) -> Iterator[StoredRecord]:
-        """Fetched records in id order, read in batches (call on the journal thread)."""
-        for rows in self.packed_chunks(batch):
-            for aid, sources, body, files, stats, fetched_at, extra in rows:
-                yield StoredRecord(
-                    aid,
-                    sources,
-                    unpack(body),
-                    unpack(files) if files is not None else None,
-                    orjson.loads(stats) if stats is not None else None,
-                    fetched_at,
-                    orjson.loads(unpack(extra)) if extra is not None else None,
-                )
+        while rows := self.rows(after, batch):
+            for row in rows:
+                yield unpack(row.body)
+            after = rows[-1].article_id
 
     def update_catalog(self, catalog: Path, snapshot_id: str, full: bool) -> None:
         """After a publish: the catalog knows what this run fetched and forgets what is gone.
@@ -317,7 +352,7 @@ class Journal:
         A full run replaces the known set (items it did not list are gone or out of scope);
         an incremental run adds and refreshes what it fetched and drops items that 404ed.
         """
-        with self._attached(catalog), _tx(self.db):
+        with self._attached(catalog), transaction(self.db):
             if full:
                 self.db.execute("DELETE FROM cat.known")
             self.db.execute(
@@ -326,11 +361,11 @@ class Journal:
                 "JOIN records r USING(article_id) WHERE i.state=? AND i.mode=? "
                 "ON CONFLICT(article_id) DO UPDATE SET sources=excluded.sources, "
                 "published=excluded.published, last_snapshot=excluded.last_snapshot",
-                (snapshot_id, DONE, FULL),
+                (snapshot_id, ItemState.DONE, FetchMode.FULL),
             )
             self.db.execute(
                 "DELETE FROM cat.known WHERE article_id IN (SELECT article_id FROM ids "
-                "WHERE state=?)", (GONE,)
+                "WHERE state=?)", (ItemState.GONE,)
             )
 
     def _attached(self, catalog: Path) -> _Attached:
@@ -344,51 +379,21 @@ class Journal:
 
     # -- source-level records: collections, projects, reviews -------------------------------
 
-    def add_side(self, idx: int, records: Iterable[tuple[str, int, Any]], fetched_at: str) -> None:
+    def add_source_records(self, idx: int, records: Iterable[tuple[str, int, Any]],
+                           fetched_at: str) -> None:
         """Records a source yields besides ids, as (kind, key, JSON body); re-listing replaces."""
-        with _tx(self.db):
+        with transaction(self.db):
             self.db.executemany(
                 "INSERT OR REPLACE INTO side VALUES(?, ?, ?, ?, ?)",
                 [(kind, key, idx, pack(orjson.dumps(body)), fetched_at)
                  for kind, key, body in records],
             )
 
-    def side(self) -> Iterator[tuple[str, int, Any, str]]:
-        """(kind, key, body, fetched_at) in kind and key order (call on the journal thread)."""
+    def source_records(self) -> Iterator[SourceRecord]:
+        """Every source record in kind and key order (call on the journal thread)."""
         for kind, key, body, fetched_at in self.db.execute(
                 "SELECT kind, key, body, fetched_at FROM side ORDER BY kind, key").fetchall():
-            yield kind, key, orjson.loads(unpack(body)), fetched_at
-
-
-@contextlib.contextmanager
-def _tx(db: sqlite3.Connection) -> Iterator[None]:
-    """One explicit transaction (the connections run in autocommit mode otherwise)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if db.in_transaction:  # SQLite ends it by itself on some errors (SQLITE_FULL)
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-_crash_counts: dict[str, int] = {}
-_CRASH_AT = os.environ.get("HARVESTER_CRASH_AT", "")  # read once: this is on the write path
-
-
-def crash_point(name: str) -> None:
-    """Crash-test hook: with HARVESTER_CRASH_AT=name[:n] in the environment the process starts
-    with, it SIGKILLs itself the n-th time it passes `name` (listing, fetch, write, publish,
-    published), as a power cut would."""
-    if not _CRASH_AT:
-        return
-    target, _, nth = _CRASH_AT.partition(":")
-    if target != name:
-        return
-    _crash_counts[name] = _crash_counts.get(name, 0) + 1
-    if _crash_counts[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+            yield SourceRecord(kind, key, orjson.loads(unpack(body)), fetched_at)
 
 
 class _Attached:
@@ -403,111 +408,3 @@ class _Attached:
 
     def __exit__(self, *exc: object) -> None:
         self.db.execute("DETACH DATABASE cat")
-
-
-_CATALOG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS known (
-    article_id INTEGER PRIMARY KEY, sources INTEGER NOT NULL, published TEXT,
-    last_snapshot TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS marks (
-    source TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, hwm TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    snapshot_id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL,
-    started_at TEXT NOT NULL, finished_at TEXT NOT NULL);
-"""
-
-
-class Catalog:
-    """What a harvest knows between runs: known ids, per-source high-water marks, past runs.
-
-    Lives at OUTPUT/NAME/.state/catalog.sqlite and survives every run (the journal does not).
-    Small reads and writes at the start and end of a run; opened briefly, never held.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        db = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None)
-            db.executescript(_CATALOG_SCHEMA)
-            self.db = db
-        except (OSError, sqlite3.Error) as exc:
-            if db is not None:
-                db.close()
-            hint = (f" (damaged: move {path.name}* aside and the next run is a full one; "
-                    "published snapshots are not affected)" if _damaged(exc) else "")
-            raise OutputError(f"{path}: cannot open the harvest catalog: {exc}{hint}") from None
-
-    def close(self) -> None:
-        self.db.close()
-
-    def marks(self) -> dict[str, tuple[str, str]]:
-        """source name -> (its parameters' fingerprint, high-water mark as UTC timestamp)."""
-        rows = self.db.execute("SELECT source, fingerprint, hwm FROM marks").fetchall()
-        return {name: (fp, hwm) for name, fp, hwm in rows}
-
-    def set_marks(self, marks: dict[str, tuple[str, str]]) -> None:
-        with _tx(self.db):
-            self.db.executemany(
-                "INSERT INTO marks VALUES(?, ?, ?) ON CONFLICT(source) DO UPDATE SET "
-                "fingerprint=excluded.fingerprint, hwm=excluded.hwm",
-                [(name, fp, hwm) for name, (fp, hwm) in marks.items()],
-            )
-
-    def last_run(self, kind: str | None = None) -> dict[str, str] | None:
-        sql = "SELECT snapshot_id, kind, status, started_at, finished_at FROM runs"
-        args: tuple[str, ...] = ()
-        if kind:
-            sql += " WHERE kind=?"
-            args = (kind,)
-        row = self.db.execute(sql + " ORDER BY started_at DESC LIMIT 1", args).fetchone()
-        keys = ("snapshot_id", "kind", "status", "started_at", "finished_at")
-        return dict(zip(keys, row, strict=True)) if row else None
-
-    def add_run(self, snapshot_id: str, kind: str, status: str, started_at: str,
-                finished_at: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO runs VALUES(?, ?, ?, ?, ?)",
-                        (snapshot_id, kind, status, started_at, finished_at))
-
-    def known_count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM known").fetchone()[0])
-
-
-class RunLock:
-    """One run per harvest name: an flock the kernel releases when the process dies."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot create the run lock: {exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise LockedError(
-                f"{self.path}: another run of this harvest is in progress (pid {holder})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

@@ -1,0 +1,136 @@
+"""What a harvest keeps between runs (the catalog, SQLite) and the lock that allows one run."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from harvester.errors import LockedError, OutputError
+
+_CATALOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS known (
+    article_id INTEGER PRIMARY KEY, sources INTEGER NOT NULL, published TEXT,
+    last_snapshot TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS marks (
+    source TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, hwm TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    snapshot_id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL,
+    started_at TEXT NOT NULL, finished_at TEXT NOT NULL);
+"""
+
+
+def damaged(exc: BaseException) -> bool:
+    """SQLite could open the file but not read it as a database: not a permission problem."""
+    return type(exc) is sqlite3.DatabaseError
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One explicit transaction (the connections run in autocommit mode otherwise)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:  # SQLite ends it by itself on some errors (SQLITE_FULL)
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+class Catalog:
+    """Known ids, per-source high-water marks and past runs, at OUTPUT/NAME/.state/catalog.sqlite.
+
+    It survives every run (the journal does not); opened briefly, never held.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        db = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None)
+            db.executescript(_CATALOG_SCHEMA)
+            self.db = db
+        except (OSError, sqlite3.Error) as exc:
+            if db is not None:
+                db.close()
+            hint = (f" (damaged: move {path.name}* aside and the next run is a full one; "
+                    "published snapshots are not affected)" if damaged(exc) else "")
+            raise OutputError(f"{path}: cannot open the harvest catalog: {exc}{hint}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def marks(self) -> dict[str, tuple[str, str]]:
+        """source name -> (its parameters' fingerprint, high-water mark as UTC timestamp)."""
+        rows = self.db.execute("SELECT source, fingerprint, hwm FROM marks").fetchall()
+        return {name: (fp, hwm) for name, fp, hwm in rows}
+
+    def set_marks(self, marks: dict[str, tuple[str, str]]) -> None:
+        with transaction(self.db):
+            self.db.executemany(
+                "INSERT INTO marks VALUES(?, ?, ?) ON CONFLICT(source) DO UPDATE SET "
+                "fingerprint=excluded.fingerprint, hwm=excluded.hwm",
+                [(name, fp, hwm) for name, (fp, hwm) in marks.items()],
+            )
+
+    def last_run(self, kind: str | None = None) -> dict[str, str] | None:
+        sql = "SELECT snapshot_id, kind, status, started_at, finished_at FROM runs"
+        args: tuple[str, ...] = ()
+        if kind:
+            sql += " WHERE kind=?"
+            args = (kind,)
+        row = self.db.execute(sql + " ORDER BY started_at DESC LIMIT 1", args).fetchone()
+        keys = ("snapshot_id", "kind", "status", "started_at", "finished_at")
+        return dict(zip(keys, row, strict=True)) if row else None
+
+    def add_run(self, snapshot_id: str, kind: str, status: str, started_at: str,
+                finished_at: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO runs VALUES(?, ?, ?, ?, ?)",
+                        (snapshot_id, kind, status, started_at, finished_at))
+
+    def known_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM known").fetchone()[0])
+
+
+class RunLock:
+    """One run per harvest name: an flock the kernel releases when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot create the run lock: {exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LockedError(
+                f"{self.path}: another run of this harvest is in progress (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,91 @@
+"""A record's JSON text exactly as served: the NDJSON line, exact values, duplicate keys.
+
+orjson reads integers beyond 64 bits as floats, keeps the last of duplicate keys silently and
+writes no more than 255 levels back, so a record's text is kept as served (minified) and its
+values re-read with the standard library wherever orjson's round trip would change them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# a JSON string, or whitespace outside strings (all JSON allows there)
+_STRING_OR_SPACE = re.compile(rb'("(?:[^"\\]|\\.)*")|[ \t\r\n]+')
+_LONG_DIGITS = re.compile(rb"\d{19,}")  # an integer orjson may read as a float
+_DEPTH = 3_000  # above orjson's 1,024 levels: the stdlib reads and writes whatever it read
+_depth_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Served:
+    """A record as served: its values, its text (the NDJSON line, `raw`) and what was odd."""
+
+    record: Any
+    text: bytes  # the served JSON text without whitespace outside strings
+    canonical: bool  # orjson's reading loses nothing: the canonical form hashes it
+    duplicate_keys: int = 0  # objects in the text that give a key twice
+
+
+def minify(text: bytes) -> bytes:
+    """`text` without whitespace outside strings; a raw line break inside a string (which
+    JSON forbids) is escaped, so the text is always one NDJSON line."""
+    out = _STRING_OR_SPACE.sub(rb"\1", text)
+    return out.replace(b"\n", b"\\n").replace(b"\r", b"\\r") if b"\n" in out or b"\r" in out \
+        else out
+
+
+def parse(body: bytes) -> Served:
+    """The record in `body` (JSON that orjson reads), its text as served and its oddities."""
+    record = orjson.loads(body)
+    try:
+        compact: bytes | None = orjson.dumps(record)
+    except orjson.JSONEncodeError:  # nested beyond 255 levels
+        compact = None
+    if compact == body:  # served compact, and nothing orjson could have changed
+        return Served(record, body, canonical=True)
+    text = minify(body)
+    if compact == text:
+        return Served(record, text, canonical=True)
+    duplicates = 0
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal duplicates
+        obj = dict(items)
+        duplicates += len(obj) != len(items)
+        return obj
+
+    with _deep():
+        exact = json.loads(text, object_pairs_hook=pairs)
+    canonical = compact is not None and not duplicates and not _LONG_DIGITS.search(text)
+    return Served(exact, text, canonical=canonical, duplicate_keys=duplicates)
+
+
+def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
+    """Compact JSON of a value read from JSON, however deep and whatever its integers."""
+    option = orjson.OPT_SORT_KEYS if sort_keys else 0
+    try:
+        return orjson.dumps(value, option=option)
+    except orjson.JSONEncodeError:  # too deep, or an integer beyond 64 bits
+        with _deep():
+            return json.dumps(value, sort_keys=sort_keys, ensure_ascii=False,
+                              separators=(",", ":"), allow_nan=False).encode()
+
+
+class _deep:
+    """Lets the stdlib's JSON code recurse as deep as orjson reads (a thread at a time)."""
+
+    def __enter__(self) -> None:
+        _depth_lock.acquire()
+        self.before = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(self.before, _DEPTH))
+
+    def __exit__(self, *exc: object) -> None:
+        sys.setrecursionlimit(self.before)
+        _depth_lock.release()

@@ -1,0 +1,329 @@
+"""Where snapshots live: a local directory or `s3://bucket/prefix`, both through pyarrow.fs.
+
+    ROOT/NAME/snapshot=<id>/     one published snapshot; complete once manifest.json is in it
+    ROOT/NAME/LATEST             "snapshot=<id>", replaced whole after the snapshot is out
+
+Every reader here ignores a `snapshot=` folder without its manifest (an interrupted upload).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import orjson
+import pyarrow.fs as pafs
+
+from harvester.config import S3_SCHEME
+from harvester.errors import OutputError
+
+ID_FORMAT = "%Y%m%dT%H%M%SZ"
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+STAGING = ".staging"
+PREFIX = "snapshot="
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+BUFFER = 1 << 20
+_PART = re.compile(r"^part-(\d{5,})\.parquet$")
+
+
+def why(e: BaseException) -> str:
+    """The first line of an error's reason."""
+    text = getattr(e, "strerror", None) or str(e)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def fail(action: str, path: Path | str, e: OSError) -> OutputError:
+    return OutputError(f"cannot {action} {path}: {why(e)}")
+
+
+def is_remote(root: Path | str) -> bool:
+    """True for an `s3://bucket/prefix` output location."""
+    return str(root).startswith(S3_SCHEME)
+
+
+def table_part(table: str, number: int) -> str:
+    """A part file's name in a snapshot: `articles/part-00000.parquet`."""
+    return f"{table}/part-{number:05d}.parquet"
+
+
+def table_files(files: Collection[str], table: str) -> list[str]:
+    """A table's Parquet files among a snapshot's file names (its manifest's `files`), in
+    order: its part files, or `TABLE.parquet` in snapshots before schema version 2."""
+    if f"{table}.parquet" in files:
+        return [f"{table}.parquet"]
+    prefix = f"{table}/"
+    parts = {int(m.group(1)): f for f in files
+             if f.startswith(prefix) and (m := _PART.match(f[len(prefix):]))}
+    return [parts[n] for n in sorted(parts)]
+
+
+def split_harvest(path: Path | str) -> tuple[str, str]:
+    """`OUTPUT/NAME` (a directory or an s3:// URL) -> (OUTPUT, NAME)."""
+    text = str(path).rstrip("/")
+    body = text[len(S3_SCHEME):] if is_remote(text) else text
+    root, _, name = body.rpartition("/")
+    if not name or not SAFE_NAME.match(name) or (is_remote(text) and not root):
+        raise ValueError(f"{path!s}: expected OUTPUT/NAME, the folder of one harvest")
+    if is_remote(text):
+        return S3_SCHEME + root, name
+    return root or ".", name
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem configured from the standard AWS environment only.
+
+    Credentials come from the AWS SDK's own chain; AWS_REGION or AWS_DEFAULT_REGION names the
+    region, and AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL points at another S3 API (MinIO, moto).
+    """
+    kw: dict[str, Any] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        kw["endpoint_override"] = endpoint
+        kw["scheme"] = urlsplit(endpoint).scheme or "https"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kw["region"] = region
+    try:
+        # delayed open: a small object is one PutObject, so manifest.json and LATEST each
+        # appear whole or not at all
+        return pafs.S3FileSystem(allow_delayed_open=True, **kw)
+    except (OSError, ValueError) as e:
+        raise OutputError(f"cannot set up S3 access: {why(e)}") from e
+
+
+def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
+    """manifest.json's bytes -> its object; `where` names it in errors."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise OutputError(f"malformed manifest {where}: {why(e)}") from e
+    if not isinstance(doc, dict):
+        raise OutputError(f"malformed manifest {where}: expected a JSON object")
+    return doc
+
+
+def hash_copy(src: IO[bytes] | Any, dst: IO[bytes] | Any | None) -> str:
+    """sha256 of a stream, copied to `dst` on the way when given."""
+    digest = hashlib.sha256()
+    while chunk := src.read(BUFFER):
+        digest.update(chunk)
+        if dst is not None:
+            dst.write(chunk)
+    return digest.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise fail("sync directory", path, e) from e
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a small local file so readers see the old content or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise fail("write", path, e) from e
+    fsync_dir(path.parent)
+
+
+def list_files(path: Path) -> dict[str, Path]:
+    """Every file under a local directory by its name within it
+    (`articles/part-00000.parquet`: the manifest's and the object store's), in name order."""
+    try:
+        return {p.relative_to(path).as_posix(): p
+                for p in sorted(path.rglob("*")) if p.is_file()}
+    except OSError as e:
+        raise fail("list", path, e) from e
+
+
+class Store:
+    """Published snapshots under one output location, local or `s3://`, read and written alike."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.remote = is_remote(root)
+        if self.remote:
+            text = str(root)
+            if not text[len(S3_SCHEME):].strip("/"):
+                raise ValueError(f"expected s3://bucket[/prefix], got {root!r}")
+            self.root: str = text.rstrip("/")
+            self.base = text[len(S3_SCHEME):].strip("/")
+            self.fs: pafs.FileSystem = s3_filesystem()
+        else:  # Path() would quietly turn s3://b into a local s3:/b: never given one here
+            self.root = str(root)
+            self.base = os.path.abspath(root)
+            self.fs = pafs.LocalFileSystem()
+
+    def _path(self, *parts: str) -> str:
+        return "/".join((self.base, *parts))
+
+    def url(self, *parts: str) -> str:
+        """Where a file is, as users name it: a local path or an s3:// URL."""
+        return "/".join((self.root, *parts)) if self.remote else \
+            str(Path(self.root).joinpath(*parts))
+
+    def _info(self, *parts: str) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(self._path(*parts))
+        except OSError as e:
+            raise fail("look up", self.url(*parts), e) from e
+
+    def exists(self, name: str) -> bool:
+        found = self._info(name).type
+        return found != pafs.FileType.NotFound if self.remote else \
+            found == pafs.FileType.Directory
+
+    def is_complete(self, name: str, folder: str) -> bool:
+        """This snapshot folder holds its manifest."""
+        return self._info(name, folder, MANIFEST).type == pafs.FileType.File
+
+    def taken(self, name: str, folder: str) -> bool:
+        """Anything under this snapshot folder (complete or not)."""
+        return self._info(name, folder).type != pafs.FileType.NotFound
+
+    def snapshots(self, name: str) -> list[str]:
+        """Folder names (`snapshot=<id>`) of the complete snapshots, oldest first."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self._path(name),
+                                                            allow_not_found=True))
+        except OSError as e:
+            raise fail("list", self.url(name), e) from e
+        folders = (info.base_name for info in infos if info.type == pafs.FileType.Directory)
+        return sorted(f for f in folders if f.startswith(PREFIX)
+                      and SAFE_NAME.match(f[len(PREFIX):]) and self.is_complete(name, f))
+
+    def latest(self, name: str) -> str | None:
+        """The snapshot LATEST names if it is complete, else the newest complete one."""
+        try:
+            pointed = self.read_bytes(name, LATEST).decode("utf-8").strip()
+        except (OutputError, UnicodeDecodeError):
+            pointed = ""
+        if (pointed.startswith(PREFIX) and SAFE_NAME.match(pointed[len(PREFIX):])
+                and self.is_complete(name, pointed)):
+            return pointed
+        found = self.snapshots(name)
+        return found[-1] if found else None
+
+    def new_snapshot_id(self, name: str, now: datetime | None = None) -> str:
+        """UTC time as YYYYMMDDTHHMMSSZ, bumped a second at a time past any id already used."""
+        t = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+        while True:
+            sid = t.strftime(ID_FORMAT)
+            if not self.taken(name, f"{PREFIX}{sid}") and \
+                    (self.remote or self._info(name, STAGING, sid).type == pafs.FileType.NotFound):
+                return sid
+            t += timedelta(seconds=1)
+
+    def read_bytes(self, *parts: str, what: str = "") -> bytes:
+        try:
+            with self.fs.open_input_stream(self._path(*parts)) as f:
+                return bytes(f.read())
+        except OSError as e:
+            raise fail(f"read {what}".rstrip(), self.url(*parts), e) from e
+
+    def fetch(self, name: str, folder: str, file: str, workdir: Path) -> tuple[Path, str]:
+        """A local copy of one file (a local store's own file, not copied) and its sha256."""
+        local = not self.remote
+        dest = Path(self._path(name, folder, file)) if local else workdir / file
+        try:
+            if not local:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            with self.fs.open_input_stream(self._path(name, folder, file)) as src:
+                if local:
+                    return dest, hash_copy(src, None)
+                with open(dest, "wb") as dst:
+                    return dest, hash_copy(src, dst)
+        except OSError as e:
+            raise fail("read" if local else "download", self.url(name, folder, file), e) from e
+
+    def publish(self, staging: Path, name: str, snapshot_id: str) -> str:
+        """Put a finished local staging directory in place, then point LATEST at it.
+
+        Local: one rename. Object storage: the data files, then manifest.json, then LATEST;
+        a retry after an interrupted upload overwrites what the first try left."""
+        folder = f"{PREFIX}{snapshot_id}"
+        if self.is_complete(name, folder) or (not self.remote and self.taken(name, folder)):
+            raise OutputError(f"cannot publish {self.url(name, folder)}: it already exists")
+        if self.remote:
+            for file, p in list_files(staging).items():
+                if file != MANIFEST:
+                    self._upload(p, name, folder, file)
+            self._upload(staging / MANIFEST, name, folder, MANIFEST)
+            self._put(f"{folder}\n".encode(), name, LATEST)
+            return self.url(name, folder)
+        dest = Path(self._path(name, folder))
+        try:
+            os.rename(staging, dest)
+        except OSError as e:
+            raise fail(f"rename {staging} to", dest, e) from e
+        fsync_dir(dest.parent)
+        fsync_dir(staging.parent)
+        write_atomic(dest.parent / LATEST, f"{folder}\n".encode())
+        return self.url(name, folder)
+
+    def _upload(self, local: Path, *parts: str) -> None:
+        try:
+            with open(local, "rb") as src, self.fs.open_output_stream(self._path(*parts)) as dst:
+                hash_copy(src, dst)
+        except OSError as e:
+            raise fail("upload", self.url(*parts), e) from e
+
+    def _put(self, data: bytes, *parts: str) -> None:
+        try:
+            with self.fs.open_output_stream(self._path(*parts)) as dst:
+                dst.write(data)
+        except OSError as e:
+            raise fail("write", self.url(*parts), e) from e
+
+
+def open_store(root: Path | str) -> Store:
+    """The store of an output location: a local directory or `s3://bucket/prefix`."""
+    return Store(root)
+
+
+def list_snapshots(root: Path | str, name: str) -> list[Path]:
+    """Published snapshots of a local output (directories holding a manifest), oldest first."""
+    _local_only(root)
+    return [Path(root) / name / f for f in Store(root).snapshots(name)]
+
+
+def latest_snapshot(root: Path | str, name: str) -> Path | None:
+    """The local snapshot LATEST names if complete, else the newest complete one, else None."""
+    _local_only(root)
+    folder = Store(root).latest(name)
+    return Path(root) / name / folder if folder else None
+
+
+def _local_only(root: Path | str) -> None:
+    if is_remote(root):
+        raise ValueError(f"{root} is object storage: read it with open_store(root)")
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """A snapshot's manifest; `path` is the snapshot directory (or its s3:// URL) or the
+    manifest file itself."""
+    text = str(path).rstrip("/")
+    if not is_remote(text) and Path(text).is_dir():
+        text = f"{text}/{MANIFEST}"
+    elif not text.endswith(f"/{MANIFEST}") and is_remote(text):
+        text = f"{text}/{MANIFEST}"
+    root, _, file = text.rpartition("/")
+    return parse_manifest(Store(root or ".").read_bytes(file, what="manifest"), text)
