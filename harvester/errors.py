@@ -4,12 +4,14 @@
     ├── ConfigError                 fix the config or the command line (exit 2)
     ├── OutputError                 the output location cannot be written or read back
     ├── LockedError                 another run holds this harvest's lock (exit 4)
-    └── RequestError                one HTTP exchange went wrong; carries status, sanitized url
+    └── RequestError                one HTTP exchange went wrong; carries status, sanitized url,
+        │                           reason and attempts (too-large, bad-redirect: not retried)
         ├── RetryableError          429, 5xx, connection reset, timeout, truncated body: retry
         ├── GiveUp                  still failing after the retry budget: skip, record in errors
         ├── NotFound                404: the entity is gone or private; skip (or tombstone)
         ├── WindowExhausted         400 "Max page reached" / 422 past the paging window: split
-        ├── BadResponse             2xx whose body is not what the endpoint promises: skip
+        ├── BadResponse             2xx whose body is not what the endpoint promises
+        │                           (bad-json: not JSON, or JSON that cannot be kept): skip
         └── Abort                   stop talking to this host or source
             ├── AuthError           401, or 403 with a JSON body: credentials missing or refused
             ├── Blocked             403 with an HTML body: the host is blocking us; circuit open
@@ -37,7 +39,8 @@ class LockedError(HarvesterError):
 
 
 class RequestError(HarvesterError):
-    """One HTTP exchange failed. `url` is sanitized (no query credentials)."""
+    """One HTTP exchange failed. `url` is sanitized (no query credentials); `attempts` is how
+    many times it was sent before the client stopped (errors.ndjson reports it)."""
 
     def __init__(
         self,
@@ -47,12 +50,14 @@ class RequestError(HarvesterError):
         status: int | None = None,
         reason: str = "",
         body: str = "",
+        attempts: int = 1,
     ) -> None:
         super().__init__(message)
         self.url = url
         self.status = status
         self.reason = reason or (str(status) if status is not None else "error")
         self.body = body[:200]
+        self.attempts = attempts
 
 
 class RetryableError(RequestError):
