@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.installed
 	$(BIN)/harvester demo
+	$(BIN)/harvester report output/demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
