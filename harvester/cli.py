@@ -301,7 +301,7 @@ def _load_after_run(cfg: config.Config) -> int:
 
 def _cmd_load(args: argparse.Namespace) -> int:
     from harvester import warehouse
-    from harvester.sinks import open_store, split_harvest
+    from harvester.store import open_store, split_harvest
 
     try:
         root, name = split_harvest(args.harvest)
@@ -345,7 +345,7 @@ async def _cmd_plan(args: argparse.Namespace) -> int:
     from harvester.client import Client
     from harvester.pipeline import client_settings
     from harvester.sources import SourceReport, enumerate_source
-    from harvester.state import Journal
+    from harvester.journal import Journal
 
     cfg = _load(args)
     reports: list[SourceReport] = []

@@ -1,8 +1,8 @@
 """Per-item requests: record, files, versions, stats, downloads; what one item costs.
 
 Optional per-item payloads (timelines, breakdowns, older versions, download results) travel in
-`Outcome.extra`, are stored compressed in the journal with the record and become table rows
-through `render.extra_rows` when the snapshot is written, so resume and snapshot determinism
+`Outcome.payloads`, are stored compressed in the journal with the record and become table rows
+through `render.payload_rows` when the snapshot is written, so resume and snapshot determinism
 hold for them too. Stats of groups, collections, projects and authors are not per article:
 `after_fan_out` fetches them once per entity when every article is in, and `run_rows` hands
 their rows over.
@@ -25,7 +25,7 @@ from harvester.errors import Abort, BadResponse, GiveUp, NotFound, RequestError
 from harvester.figshare import article_path, files_may_be_truncated, files_path
 from harvester.records import RowContext
 from harvester.render import series_rows
-from harvester.state import DONE, FAILED, FULL, GONE, STATS_ONLY, Journal, Outcome
+from harvester.journal import DONE, FAILED, FULL, GONE, STATS_ONLY, Journal, Outcome
 from harvester.statsdepth import StatsFetcher
 
 FILES_PAGE = 1_000
@@ -90,7 +90,7 @@ class ItemFetcher:
                 series = await self.stats.item_series("article", aid)
                 return Outcome(aid, DONE, stats=await self.stats.totals(aid),
                                fetched_at=stamp_now(),
-                               extra={"article_id": aid, **series} if series else None)
+                               payloads={"article_id": aid, **series} if series else None)
             return await self._fetch(aid, sources)
         except Abort:
             raise
@@ -133,7 +133,7 @@ class ItemFetcher:
         return Outcome(aid, DONE, body=reply.body, files=files, stats=stats,
                        fetched_at=stamp_now(),
                        published=published if isinstance(published, str) else None,
-                       extra={"article_id": aid, **extra} if extra else None)
+                       payloads={"article_id": aid, **extra} if extra else None)
 
     async def _all_files(self, url: str) -> bytes:
         files: list[Any] = []
@@ -237,9 +237,9 @@ class ItemFetcher:
 def _harvested_groups(journal: Journal) -> list[int]:
     """Group ids of the articles in the journal (runs on the journal thread)."""
     groups: set[int] = set()
-    for rec in journal.records():
-        if rec.body:
-            g = orjson.loads(rec.body).get("group_id")
+    for body in journal.bodies():
+        if body:
+            g = orjson.loads(body).get("group_id")
             if isinstance(g, int) and not isinstance(g, bool) and g > 0:
                 groups.add(g)
     return sorted(groups)

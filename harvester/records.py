@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-import orjson
 import pyarrow as pa
+
+from harvester import served
 
 # 2: a table is a folder of part files, TABLE/part-NNNNN.parquet (1: one TABLE.parquet)
 SCHEMA_VERSION = 2
@@ -342,7 +343,7 @@ def _str(v: Any) -> str | None:
         return "true" if v else "false"
     if isinstance(v, int | float):
         return str(v)
-    return orjson.dumps(v, default=str).decode()
+    return served.dumps(v).decode()
 
 
 def _int(v: Any, bits: int = 64) -> int | None:
@@ -420,9 +421,11 @@ def _dicts(v: Any) -> list[tuple[int, Mapping[str, Any]]]:
     return [(i, d) for i, d in enumerate(v) if type(d) is dict or isinstance(d, Mapping)]
 
 
-def content_hash(record: Mapping[str, Any]) -> str:
-    """sha256 hex of the record's canonical JSON (keys sorted at every level)."""
-    return hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()
+def content_hash(record: Mapping[str, Any], text: bytes | None = None) -> str:
+    """sha256 hex of the record's canonical JSON (keys sorted at every level), or of `text`,
+    its JSON as served, when the caller knows no canonical form holds every value."""
+    return hashlib.sha256(text if text is not None else served.dumps(record, sort_keys=True)
+                          ).hexdigest()
 
 
 def _entity_id(record: Any, kind: str) -> int:
@@ -445,8 +448,8 @@ def _key(record: Mapping[str, Any], ctx: RowContext) -> dict[str, Any]:
 # --- one pure function per table ---
 
 
-def _articles(record: Mapping[str, Any], ctx: RowContext,
-              key: dict[str, Any]) -> list[dict[str, Any]]:
+def _articles(record: Mapping[str, Any], ctx: RowContext, key: dict[str, Any],
+              text: bytes | None = None) -> list[dict[str, Any]]:
     lic = _dict(record.get("license"))
     timeline = _dict(record.get("timeline"))
     files = record.get("files")
@@ -486,9 +489,9 @@ def _articles(record: Mapping[str, Any], ctx: RowContext,
         "timeline_posted": parse_timestamp(timeline.get("posted")),
         "timeline_first_online": parse_timestamp(timeline.get("firstOnline")),
         "sources": list(ctx.sources),
-        "content_hash": content_hash(record),
+        "content_hash": content_hash(record, text),
         "fetched_at": ctx.fetched_at,
-        "raw": orjson.dumps(record).decode(),
+        "raw": (text if text is not None else served.dumps(record)).decode(),
     }]
 
 
@@ -605,16 +608,18 @@ def article_rows(
     ctx: RowContext,
     *,
     versions: Sequence[Mapping[str, Any]] | None = None,
+    text: bytes | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every table's rows for one full article record (all ARTICLE_TABLES keys, maybe empty).
 
     `record["files"]` should already hold the complete file list when the pipeline paged
     /articles/{id}/files; `versions` is the /articles/{id}/versions answer when fetched.
+    `text` is the record's JSON as served where orjson would change it (served.parse).
     Raises ValueError when the record is not an object or has no usable `id`.
     """
     key = _key(record, ctx)  # every row of the record starts with it (copied: rows are own)
     return {
-        "articles": _articles(record, ctx, key),
+        "articles": _articles(record, ctx, key, text),
         "authors": _authors(record, key),
         "files": _files(record, key),
         "categories": _categories(record, key),
@@ -775,7 +780,7 @@ def collection_rows(
         "is_public": _bool(g("public")),
         "content_hash": content_hash(record),
         "fetched_at": ctx.fetched_at,
-        "raw": orjson.dumps(record).decode(),
+        "raw": served.dumps(record).decode(),
     }
     return {
         "collections": [row],
@@ -807,7 +812,7 @@ def project_rows(
         "group_id": _id(g("group_id")),
         "content_hash": content_hash(record),
         "fetched_at": ctx.fetched_at,
-        "raw": orjson.dumps(record).decode(),
+        "raw": served.dumps(record).decode(),
     }
     return {
         "projects": [row],
@@ -836,7 +841,7 @@ def review_rows(review: Mapping[str, Any], ctx: RowContext) -> list[dict[str, An
         "resolution_comment": _str(g("resolution_comment")),
         "content_hash": content_hash(review),
         "fetched_at": ctx.fetched_at,
-        "raw": orjson.dumps(review).decode(),
+        "raw": served.dumps(review).decode(),
     }]
 
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from harvester.errors import LockedError, OutputError
 from harvester.records import ARTICLE_TABLES, SCHEMA_VERSION, SCHEMAS
-from harvester.sinks import (
+from harvester.store import (
     ID_FORMAT,
     MANIFEST,
     PREFIX,

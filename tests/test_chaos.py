@@ -22,7 +22,7 @@ import pytest
 
 from harvester.simulator import SimulatorThread
 from harvester.simulator.settings import FAULT_KINDS, SimSettings
-from harvester.sinks import latest_snapshot
+from harvester.store import latest_snapshot
 from tests.conftest import write_config
 
 ROOT = Path(__file__).resolve().parent.parent

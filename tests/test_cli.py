@@ -21,7 +21,7 @@ from aiohttp import web
 from harvester import cli
 from harvester.simulator import SimulatorThread
 from harvester.simulator.settings import SimSettings
-from harvester.sinks import list_snapshots
+from harvester.store import list_snapshots
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_HTTP = {"rate": {"requests": 10_000, "per": 1}, "concurrency": 4,

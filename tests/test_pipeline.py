@@ -16,13 +16,15 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from harvester.catalog import Catalog
 from harvester.errors import Blocked, OutputError
-from harvester.pipeline import Harvest
+from harvester.journal import Journal
+from harvester.pipeline import Harvest, PublishGuarded
 from harvester.records import SCHEMAS
 from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
-from harvester.sinks import SnapshotWriter, list_snapshots
-from harvester.state import Catalog, Journal
+from harvester.sinks import SnapshotWriter
+from harvester.store import list_snapshots
 from tests.conftest import write_config
 
 
@@ -83,7 +85,7 @@ async def test_group_harvest_every_id_once_lossless_ndjson_typed_parquet(
     manifest = orjson.loads((snap / "manifest.json").read_bytes())
     assert manifest["status"] == "complete"
     assert manifest["sources"][0]["ids"] == len(expected)
-    assert manifest["ids"] == {"total": n, "fetched": n, "failed": 0, "gone": 0}
+    assert manifest["ids"] == {"total": n, "fetched": n, "failed": 0, "gone": 0, "incomplete": 0}
     assert manifest["tables"]["articles"]["rows"] == n
 
 
@@ -151,7 +153,10 @@ async def test_gone_and_failed_ids_land_in_errors(sim: Simulator, tmp_path: Path
     sim.update(fault_rate=1.0, fault_kinds=("503",))
     cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ok}], name="failing",
                        http={"retry": {"attempts": 2, "backoff_base": 0.01, "backoff_max": 0.01}})
-    result = await Harvest(cfg).run()
+    # nothing fetched: the publish guard holds it back; --accept-drop publishes the failures
+    with pytest.raises(PublishGuarded, match="fetched 0 records of the 3 ids"):
+        await Harvest(cfg).run()
+    result = await Harvest(cfg, accept_drop=True).run()
     assert result.errors == 3
     assert result.manifest["status"] == "partial"
     errors = read_errors(result.snapshot)
@@ -219,9 +224,9 @@ async def test_a_run_cancelled_while_it_writes_stops_at_once_and_publishes_nothi
 ) -> None:
     """SIGINT/SIGTERM cancel the run's task; the snapshot is written on the journal's thread,
     which a cancelled await does not stop: it must give up by itself, not finish and publish."""
-    monkeypatch.setattr("harvester.render.CHUNK_ALONE", 10)  # many chunks: a long write
+    monkeypatch.setattr("harvester.pipeline.CHUNK_RECORDS", 10)  # many chunks: a long write
     ids = sorted(sim.corpus.ids)[:200]
-    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}], output={"workers": 0})
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}])
     loop = asyncio.get_running_loop()
     writing = asyncio.Event()
     added: list[int] = []
@@ -242,7 +247,7 @@ async def test_a_run_cancelled_while_it_writes_stops_at_once_and_publishes_nothi
     assert len(added) <= 2  # it stopped at the next chunk, not after all twenty
     root = tmp_path / "out" / "t"
     assert list_snapshots(tmp_path / "out", "t") == [] and not (root / "LATEST").exists()
-    assert list((root / ".staging").iterdir()) == []  # the half-written snapshot is gone
+    assert not (root / ".staging").exists()  # the half-written snapshot is gone, and its folder
     assert (root / ".state" / "journal.sqlite").exists()
 
     monkeypatch.setattr(SnapshotWriter, "add_rendered", original)

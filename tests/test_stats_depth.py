@@ -29,7 +29,7 @@ from harvester.periods import (
 )
 from harvester.pipeline import Harvest
 from harvester.simulator import Simulator
-from harvester.sinks import list_snapshots
+from harvester.store import list_snapshots
 from tests.conftest import write_config
 
 ENV = {"SU": "sim-stats", "SP": "sim-stats-secret"}
