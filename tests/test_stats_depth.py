@@ -190,9 +190,9 @@ async def test_daily_breakdowns_over_three_years_are_split_and_merged(
     cities = con.execute(f"SELECT count(*) FROM read_parquet('{snap}/stats_breakdown/*.parquet') "
                          "WHERE city IS NOT NULL").fetchone()[0]
     assert cities > 0
-    # the README's dashboard queries run as written
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Statistics in depth and files\n", 1)[1].split("\n## ", 1)[0]
+    # the guide's dashboard queries run as written
+    guide = (Path(__file__).parents[1] / "docs" / "GUIDE.md").read_text(encoding="utf-8")
+    section = guide.split("\n## Statistics in depth and files\n", 1)[1].split("\n## ", 1)[0]
     sql = re.search(r"```sql\n(.*?)```", section, flags=re.S)
     assert sql
     for statement in filter(str.strip, sql.group(1).split(";\n")):
