@@ -15,27 +15,43 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from harvester import __version__
-from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
+from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy, origin_of
 from harvester.config import INCREMENTAL_KINDS, Config, Source, public_view
 from harvester.errors import OutputError
 from harvester.fetch import ItemFetcher, stamp, utc_now
 from harvester.records import RowContext, side_rows
-from harvester.catalog import Catalog, RunLock
-from harvester.journal import DONE, FAILED, GONE, PENDING, Journal, Outcome
-from harvester.render import CHUNK_BYTES, CHUNK_RECORDS, RenderSpec, parse_stamp, render
-from harvester.sinks import SnapshotWriter
-from harvester.sources import SourceReport, enumerate_source
-from harvester.store import (
+from harvester.render import (
+    ChunkRenderer,
+    RenderSpec,
+    auto_workers,
+    parse_stamp,
+    start_method,
+)
+from harvester.sinks import (
+    SnapshotWriter,
     is_remote,
     latest_snapshot,
     list_snapshots,
-    open_store,
+    new_snapshot_id,
     read_manifest,
+    release_free_memory,
+    tune_allocators,
+)
+from harvester.sources import SourceReport, enumerate_source
+from harvester.state import (
+    DONE,
+    FAILED,
+    GONE,
+    PENDING,
+    Catalog,
+    Journal,
+    Outcome,
+    RunLock,
+    crash_point,
 )
 
 log = logging.getLogger("harvester")
@@ -72,25 +88,27 @@ def user_agent(cfg: Config) -> str:
     return f"figshare-harvester/{__version__} (bulk metadata harvester{contact})"
 
 
-def origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 def client_settings(cfg: Config) -> ClientSettings:
-    """The transport's settings: rate, concurrency, retries, and credentials per origin."""
+    """The transport's settings: rate, concurrency, retries, and each credential scoped to the
+    operations that need it (NOTES §1, §9): the token to /account/, Basic to institution stats."""
+    account = cfg.api.url.rstrip("/") + "/account/"
     credentials: dict[str, str] = {}
+    hints = {account: "api.token"}
     if cfg.api.token:
-        credentials[origin(cfg.api.url)] = f"token {cfg.api.token}"
-    if cfg.stats.user and cfg.stats.password:
-        pair = f"{cfg.stats.user}:{cfg.stats.password}".encode()
-        credentials[origin(cfg.stats.url)] = "Basic " + base64.b64encode(pair).decode()
+        credentials[account] = f"token {cfg.api.token}"
+    if cfg.stats.institution:  # totals and /count are public in either scope; the rest is not
+        inst = f"{cfg.stats.url.rstrip('/')}/{cfg.stats.institution}/"
+        private = [inst + op + "/" for op in ("timeline", "breakdown", "top")]
+        hints.update(dict.fromkeys(private, "stats.user and stats.password"))
+        if cfg.stats.user and cfg.stats.password:
+            pair = base64.b64encode(f"{cfg.stats.user}:{cfg.stats.password}".encode()).decode()
+            credentials.update(dict.fromkeys(private, f"Basic {pair}"))
     rate = RateLimit(cfg.http.rate.requests, cfg.http.rate.per)
-    shared: tuple[str, ...] = (origin(cfg.api.url),)
+    shared: tuple[str, ...] = (origin_of(cfg.api.url),)
     if not cfg.http.per_host:  # Figshare asks for one budget over the API and stats hosts
-        shared += (origin(cfg.stats.url),)
+        shared += (origin_of(cfg.stats.url),)
     if cfg.files.download and cfg.files.share_rate:  # else the download host has its own budget
-        shared += (origin(cfg.files.url),)
+        shared += (origin_of(cfg.files.url),)
     return ClientSettings(
         user_agent=user_agent(cfg),
         concurrency=cfg.http.concurrency,
@@ -99,12 +117,14 @@ def client_settings(cfg: Config) -> ClientSettings:
         connect_timeout=cfg.http.timeout.connect,
         read_timeout=cfg.http.timeout.read,
         total_timeout=cfg.http.timeout.total,
+        max_body=cfg.http.max_body,
         retry=RetryPolicy(
             attempts=cfg.http.retry.attempts,
             backoff_base=cfg.http.retry.backoff_base,
             backoff_max=cfg.http.retry.backoff_max,
         ),
         credentials=credentials,
+        auth_hints=hints,
     )
 
 
@@ -127,11 +147,13 @@ class Harvest:
         self.client_factory = client_factory
         self.force_full = full
         self.reports: list[SourceReport] = []
+        self.renderer: ChunkRenderer | None = None
         # set when the run is cancelled (SIGINT/SIGTERM) while the journal thread writes the
         # snapshot: the write gives up at its next chunk instead of finishing and publishing
         self._stop_write = threading.Event()
 
     async def run(self) -> RunResult:
+        tune_allocators()  # before the first Arrow allocation of the run
         with RunLock(self.state_dir / "lock"):
             # a catalog that cannot be read stops the run before it fetches, not after it
             # published (every run ends by recording itself there)
@@ -141,6 +163,11 @@ class Harvest:
                 async with self.client_factory(client_settings(self.cfg)) as client:
                     self.fetcher = ItemFetcher(self.cfg, client)
                     await self._enumerate(client, journal, meta)
+                    if start_method() == "spawn":
+                        # spawned workers start now, to import while the run fetches; forked
+                        # ones start when the snapshot is written (_write), ready at once
+                        self.renderer = ChunkRenderer(
+                            await journal.call(self._worker_count, journal), "spawn")
                     await self._fan_out(client, journal)
                     await self.fetcher.after_fan_out(journal)  # group/collection/... stats
                     metrics = client.metrics()
@@ -148,6 +175,9 @@ class Harvest:
             except BaseException:
                 journal.close()  # kept: the next run with the same config resumes from here
                 raise
+            finally:
+                if self.renderer is not None:
+                    self.renderer.close()
             journal.discard()
             return result
 
@@ -181,7 +211,8 @@ class Harvest:
             kind, since = self._choose_kind(now)
             meta = {
                 # unique even when two runs start within the same second
-                "snapshot_id": open_store(self.root).new_snapshot_id(self.cfg.name, now),
+                "snapshot_id": now.strftime("%Y%m%dT%H%M%SZ") if is_remote(self.root)
+                else new_snapshot_id(Path(self.root) / self.cfg.name, now),
                 "started_at": stamp(now),
                 "fingerprint": fingerprint,
                 "runs": "1",
@@ -190,6 +221,14 @@ class Harvest:
             }
         await journal.call(journal.set_meta, meta)
         return journal, meta
+
+    def _worker_count(self, journal: Journal) -> int:
+        """Processes that help write the snapshot: output.workers, or by the run's size (on
+        the journal thread)."""
+        if self.cfg.output.workers is not None:
+            return self.cfg.output.workers
+        counts = journal.counts()
+        return auto_workers(sum(counts.values()) - counts.get(GONE, 0))
 
     def _choose_kind(self, now: dt.datetime) -> tuple[str, dict[str, str]]:
         """Full or incremental, and per list source the modified_since bound to ask with."""
@@ -243,8 +282,9 @@ class Harvest:
             async for batch in enumerate_source(client, self.cfg.api.url, source, report):
                 await journal.call(journal.add_ids, idx, batch)
                 self.progress.listed += len(batch)
+                crash_point("listing")
             if report.side:  # collections, projects, reviews: written with the snapshot
-                await journal.call(journal.add_source_records, idx,
+                await journal.call(journal.add_side, idx,
                                    [(s.kind, s.key, s.body) for s in report.side],
                                    stamp(utc_now()))
             info = report.as_dict()
@@ -344,6 +384,8 @@ class Harvest:
                         await journal.call(journal.store, batch)
                     except Exception as exc:
                         failure = exc
+                    for _ in batch:
+                        crash_point("fetch")
                 batch, due = [], None
             if ended:
                 if failure is not None:
@@ -406,6 +448,7 @@ class Harvest:
             except asyncio.CancelledError:
                 self._stop_write.set()  # journal.close() then waits for the thread to give up
                 raise
+        crash_point("published")
         published = read_manifest(path)
         await journal.call(journal.update_catalog, self.catalog_path, meta["snapshot_id"],
                            kind == "full")
@@ -462,31 +505,29 @@ class Harvest:
             ndjson="ndjson" in writer.formats,
             parquet="parquet" in writer.formats,
         )
-        duplicate_keys = 0
+        if self.renderer is None:  # forked workers: every module they need is loaded by now
+            self.renderer = ChunkRenderer(self._worker_count(journal))
+        renderer = self.renderer
         writer.open()
         try:
-            # records in id order, a chunk of bounded size at a time
-            for rows in journal.chunks(CHUNK_RECORDS, CHUNK_BYTES):
+            # records in id order, rendered a chunk at a time here and in worker processes
+            for chunk in renderer.map(spec, journal.packed_chunks(renderer.chunk_size)):
                 self._check_stop()
-                chunk = render(spec, rows)
                 writer.add_rendered(chunk)
+                release_free_memory()  # else the peak creeps up with the records written
                 self.progress.written += chunk.articles
-                duplicate_keys += chunk.duplicate_keys
+                for _ in range(chunk.articles):
+                    crash_point("write")
             for table, once in self.fetcher.run_rows(snapshot_id).items():
                 writer.add_rows(table, once)  # group/collection/... series, fetched once each
-            for source_record in journal.source_records():
-                side_ctx = RowContext(snapshot_id=snapshot_id,
-                                      fetched_at=parse_stamp(source_record.fetched_at))
-                for table, shaped in side_rows(source_record.kind, source_record.body,
-                                               side_ctx).items():
+            for kind, _, body, at in journal.side():
+                side_ctx = RowContext(snapshot_id=snapshot_id, fetched_at=parse_stamp(at))
+                for table, shaped in side_rows(kind, body, side_ctx).items():
                     writer.add_rows(table, shaped)
             for error in journal.errors():
                 writer.add_error(error)
-            if duplicate_keys:  # kept as served in articles.ndjson and `raw`; columns: the last
-                log.warning("%d records give a JSON key twice; the tables keep the last value",
-                            duplicate_keys)
-            manifest["served_json"] = {"records_with_duplicate_keys": duplicate_keys}
             manifest["finished_at"] = stamp(utc_now())
+            crash_point("publish")
             self._check_stop()
             return writer.publish(manifest)
         except BaseException:
