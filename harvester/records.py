@@ -27,7 +27,8 @@ import pyarrow as pa
 from harvester import served
 
 # 2: a table is a folder of part files, TABLE/part-NNNNN.parquet (1: one TABLE.parquet)
-SCHEMA_VERSION = 2
+# 3: `references`; timeline, embargo and confidentiality columns; categories/tags `position`
+SCHEMA_VERSION = 3
 
 _STR = pa.string()
 _I32 = pa.int32()
@@ -48,6 +49,7 @@ _ART: _Col = ("article_id", _I64, False, "id", "Figshare article id (stable acro
 _VER: _Col = ("version", _I32, True, "version", "article version the record describes")
 _KEY = [_SNAP, _ART, _VER]
 _POS_DOC = "0-based position in the record's list"
+_POS_V3 = f"{_POS_DOC}; null in snapshots before schema version 3"
 _FETCHED: _Col = ("fetched_at", _TS, False, "harvester", "when the harvester fetched the record")
 _HASH: _Col = ("content_hash", _STR, False, "harvester", "sha256 of the record's canonical JSON")
 _RAW: _Col = ("raw", _STR, False, "harvester", "the full record as compact JSON text")
@@ -106,6 +108,21 @@ _COLUMNS: dict[str, list[_Col]] = {
         ("timeline_posted", _TS, True, "timeline.posted", "posted date (bare date -> 00:00 UTC)"),
         ("timeline_first_online", _TS, True, "timeline.firstOnline",
          "first online date (bare date -> 00:00 UTC)"),
+        ("timeline_publisher_publication", _TS, True, "timeline.publisherPublication",
+         "publication date at the publisher (bare date -> 00:00 UTC)"),
+        ("timeline_publisher_acceptance", _TS, True, "timeline.publisherAcceptance",
+         "acceptance date at the publisher (bare date -> 00:00 UTC)"),
+        ("timeline_submission", _TS, True, "timeline.submission", "submission date"),
+        ("timeline_revision", _TS, True, "timeline.revision", "revision date"),
+        ("embargo_type", _STR, True, "embargo_type", "article or file (null: no embargo)"),
+        ("embargo_title", _STR, True, "embargo_title", "title shown for the embargo"),
+        ("embargo_reason", _STR, True, "embargo_reason", "reason given for the embargo"),
+        ("embargo_options", _STR, True, "embargo_options",
+         "who may see it under embargo: the served list as compact JSON text (null if absent)"),
+        ("confidential_reason", _STR, True, "confidential_reason",
+         "why the files are confidential"),
+        ("thumb", _STR, True, "thumb", "thumbnail URL"),
+        ("is_active", _BOOL, True, "is_active", "record active (2016-era records only)"),
         ("sources", _STRS, False, "harvester", "configured sources that produced this id"),
         _HASH, _FETCHED, _RAW,
     ],
@@ -134,6 +151,7 @@ _COLUMNS: dict[str, list[_Col]] = {
     ],
     "categories": [
         *_KEY,
+        ("position", _I32, True, "categories[i]", _POS_V3),
         ("category_id", _I64, True, "categories[].id", "category id"),
         ("title", _STR, True, "categories[].title", "category title"),
         ("parent_id", _I64, True, "categories[].parent_id", "parent category (0 -> null)"),
@@ -145,6 +163,12 @@ _COLUMNS: dict[str, list[_Col]] = {
         *_KEY,
         ("tag", _STR, False, "tags[] / keywords[]", "the tag text"),
         ("kind", _STR, False, "harvester", "\"tag\" (from tags) or \"keyword\" (from keywords)"),
+        ("position", _I32, True, "tags[i] / keywords[i]", f"{_POS_V3} (of its own list)"),
+    ],
+    "references": [
+        *_KEY,
+        ("position", _I32, False, "references[i]", _POS_DOC),
+        ("url", _STR, False, "references[]", "a reference (a URL), as served"),
     ],
     "funding": [
         *_KEY,
@@ -215,7 +239,8 @@ _COLUMNS: dict[str, list[_Col]] = {
          "the md5 the bytes were checked against; null if the record gives none"),
         ("md5_source", _STR, True, "harvester", "computed_md5, supplied_md5 or null"),
         ("status", _STR, False, "harvester",
-         "downloaded, present (already stored, verified), filtered, link-only, budget, failed"),
+         "downloaded, present (already stored, verified), duplicate (file id listed again: "
+         "the first entry's file), filtered, link-only, budget, failed"),
         ("reason", _STR, True, "harvester", "why it was filtered, skipped or failed"),
         ("attempts", _I32, False, "harvester", "download requests made for it in this run"),
         ("is_link_only", _BOOL, True, "files[].is_link_only", "hosted elsewhere"),
@@ -307,7 +332,7 @@ NO_STATISTICS = frozenset({"raw", "description", "citation"})
 
 ARTICLE_TABLES: tuple[str, ...] = (
     "articles", "authors", "files", "categories", "tags", "funding", "custom_fields",
-    "related_materials", "versions",
+    "related_materials", "references", "versions",
 )
 """The tables `article_rows` returns (always all of them, possibly empty)."""
 
@@ -488,6 +513,17 @@ def _articles(record: Mapping[str, Any], ctx: RowContext, key: dict[str, Any],
         "file_count": len(files) if isinstance(files, list) else None,
         "timeline_posted": parse_timestamp(timeline.get("posted")),
         "timeline_first_online": parse_timestamp(timeline.get("firstOnline")),
+        "timeline_publisher_publication": parse_timestamp(timeline.get("publisherPublication")),
+        "timeline_publisher_acceptance": parse_timestamp(timeline.get("publisherAcceptance")),
+        "timeline_submission": parse_timestamp(timeline.get("submission")),
+        "timeline_revision": parse_timestamp(timeline.get("revision")),
+        "embargo_type": _str(g("embargo_type")),
+        "embargo_title": _str(g("embargo_title")),
+        "embargo_reason": _str(g("embargo_reason")),
+        "embargo_options": _str(g("embargo_options")),  # a list -> its compact JSON
+        "confidential_reason": _str(g("confidential_reason")),
+        "thumb": _str(g("thumb")),
+        "is_active": _bool(g("is_active")),
         "sources": list(ctx.sources),
         "content_hash": content_hash(record, text),
         "fetched_at": ctx.fetched_at,
@@ -527,23 +563,31 @@ def _files(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any
 def _categories(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
     return [{
         **key,
+        "position": i,
         "category_id": _id(c.get("id")),
         "title": _str(c.get("title")),
         "parent_id": _id(c.get("parent_id")),
         "path": _str(c.get("path")),
         "source_id": _str(c.get("source_id")),
         "taxonomy_id": _id(c.get("taxonomy_id")),
-    } for _, c in _dicts(record.get("categories"))]
+    } for i, c in _dicts(record.get("categories"))]
 
 
 def _tags(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for field, kind in (("tags", "tag"), ("keywords", "keyword")):
         values = record.get(field)
-        for v in values if isinstance(values, list) else ():
+        for i, v in enumerate(values if isinstance(values, list) else ()):
             if (tag := _str(v)) is not None:
-                rows.append({**key, "tag": tag, "kind": kind})
+                rows.append({**key, "tag": tag, "kind": kind, "position": i})
     return rows
+
+
+def _references(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
+    values = record.get("references")
+    return [{**key, "position": i, "url": url}
+            for i, v in enumerate(values if isinstance(values, list) else ())
+            if (url := _str(v)) is not None]
 
 
 def _funding(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
@@ -627,6 +671,7 @@ def article_rows(
         "funding": _funding(record, key),
         "custom_fields": _custom_fields(record, key),
         "related_materials": _related_materials(record, key),
+        "references": _references(record, key),
         "versions": version_rows(key["article_id"], versions or (), ctx),
     }
 

@@ -53,6 +53,7 @@ def record(aid: int, **changes: Any) -> dict[str, Any]:
         "funding_list": [{"id": 1, "title": "Grant", "funder_name": "UKRI"}],
         "custom_fields": [{"name": "Sites", "value": ["Keswick", "Ambleside"]}],
         "related_materials": [{"id": 5, "identifier": "10.1/x", "relation": "IsCitedBy"}],
+        "references": [f"https://doi.org/10.1/ref{aid}"],
     }
     rec.update(changes)
     return rec
