@@ -29,8 +29,8 @@ log = logging.getLogger("harvester")
 OK = 0
 INTERNAL = 1
 USAGE = 2  # bad config or command line
-PARTIAL = 3  # published, but errors exceeded max_errors, a source was truncated, or the
-#             warehouse load after the run failed
+PARTIAL = 3  # published, but errors exceeded max_errors, a source was truncated, failed
+#             downloads exceeded files.max_failures, or the warehouse load after the run failed
 LOCKED = 4  # another run of the same harvest holds the lock
 ABORTED = 5  # blocked by the server, credentials refused, host unreachable: nothing published
 INTERRUPTED = 130  # SIGINT/SIGTERM: stopped cleanly, resumable
@@ -188,6 +188,9 @@ def _report_view(manifest: dict[str, Any]) -> dict[str, Any]:
     http = manifest.get("http", {})
     out["requests"] = http.get("requests", {})
     out["retries"] = http.get("retries", {})
+    downloads = manifest.get("fetch", {}).get("downloads")
+    if downloads:
+        out["downloads"] = downloads  # files by status, "failed" among them
     return out
 
 
@@ -280,6 +283,11 @@ async def run_harvest(cfg: config.Config, *, full: bool = False) -> int:
     if result.errors > cfg.max_errors:
         log.error("%d ids failed (max_errors: %d); see errors.ndjson", result.errors,
                   cfg.max_errors)
+        return PARTIAL
+    files_failed = int(result.manifest.get("fetch", {}).get("downloads", {}).get("failed", 0))
+    if files_failed > cfg.files.max_failures:
+        log.error("%d file downloads failed (files.max_failures: %d); see the downloads table",
+                  files_failed, cfg.files.max_failures)
         return PARTIAL
     return loaded
 

@@ -154,14 +154,31 @@ class Downloader:
 
     async def item(self, article_id: int, files: list[Any], *, private: bool = False
                    ) -> list[dict[str, Any]]:
-        """One result per file dict (see records.download_rows); never raises for one file."""
+        """One result per file dict (see records.download_rows); never raises for one file.
+
+        A file id listed twice (real records do, under two names) is stored once, under its
+        first name: the repeat is a `duplicate` row naming that path, with no request.
+        """
         out = []
+        first: dict[int, dict[str, Any]] = {}
         for f in files:
-            if isinstance(f, Mapping) and _as_id(f.get("id")) is not None:
-                result = await self._one(article_id, f, private)
-                self.summary[result["status"]] += 1
-                out.append(result)
+            fid = _as_id(f.get("id")) if isinstance(f, Mapping) else None
+            if fid is None:
+                continue
+            if fid in first:
+                result = {**first[fid], "name": f.get("name"), "status": "duplicate",
+                          "reason": f"file id listed again; stored once as {first[fid]['name']!r}",
+                          "attempts": 0}
+            else:
+                result = first[fid] = await self._one(article_id, f, private)
+            self.summary[result["status"]] += 1
+            out.append(result)
         return out
+
+    @property
+    def failed(self) -> int:
+        """Files of this run that could not be stored (files.max_failures is their limit)."""
+        return self.summary["failed"]
 
     def url_for(self, download_url: str) -> str:
         """Figshare's download host moved to files.url (a mirror, the simulator); others kept."""

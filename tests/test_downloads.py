@@ -414,3 +414,96 @@ files: {{download: true, link_only: true, private_token: true}}
         await runner.cleanup()
     assert row["status"] == "downloaded"
     assert seen == [None]
+
+
+# --- one file id listed twice; failed downloads reach the exit code -------------------------
+
+
+async def test_a_file_id_listed_twice_is_stored_once_and_reruns_touch_nothing(
+    tmp_path: Path,
+) -> None:
+    """A real record lists one file id under two names: one file, rows that name it, stable."""
+    data = {7: b"seven" * 100, 8: b"eight" * 50}
+    fetched: list[int] = []
+
+    async def article(request: web.Request) -> web.Response:
+        base = f"http://{request.host}"
+
+        def f(fid: int, name: str) -> dict[str, Any]:
+            return {"id": fid, "name": name, "size": len(data[fid]), "is_link_only": False,
+                    "download_url": f"{base}/files/{fid}", "supplied_md5": "",
+                    "computed_md5": hashlib.md5(data[fid]).hexdigest()}
+
+        return web.json_response({"id": 5, "title": "twice", "is_public": True,
+                                  "files": [f(7, "first.csv"), f(8, "other.csv"),
+                                            f(7, "second name.csv")]})
+
+    async def download(request: web.Request) -> web.Response:
+        fetched.append(int(request.match_info["id"]))
+        return web.Response(body=data[int(request.match_info["id"])])
+
+    app = web.Application()
+    app.router.add_get("/v2/articles/{id}", article)
+    app.router.add_get("/files/{id}", download)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        cfg = parse(f"""
+name: t
+api: {{url: "{url}/v2"}}
+stats: {{url: "{url}", counters: []}}
+sources: [{{kind: ids, ids: [5]}}]
+output: {{dir: "{tmp_path / 'out'}"}}
+files: {{download: true}}
+""", env={})
+        root = tmp_path / "out" / "t" / "files"
+        snaps = []
+        for _ in range(3):
+            snaps.append((await Harvest(cfg).run()).snapshot)
+            tree = sorted((p.relative_to(root).as_posix(), p.stat().st_ino)
+                          for p in root.rglob("*") if p.is_file())
+            if len(snaps) == 1:
+                stored = tree
+            assert tree == stored  # reruns rename nothing, write nothing
+    finally:
+        await runner.cleanup()
+    assert fetched == [7, 8]  # one request per distinct file, none on the reruns
+    assert [name for name, _ in stored] == ["5/7/.harvester.json", "5/7/first.csv",
+                                            "5/8/.harvester.json", "5/8/other.csv"]
+    for snap, status in zip(snaps, ("downloaded", "present", "present"), strict=True):
+        rows = downloads(snap)
+        assert [(r["file_id"], r["name"], r["status"], r["path"]) for r in rows] == [
+            (7, "first.csv", status, "5/7/first.csv"),
+            (8, "other.csv", status, "5/8/other.csv"),
+            (7, "second name.csv", "duplicate", "5/7/first.csv")]
+        assert all((root / r["path"]).is_file() for r in rows)
+        assert rows[2]["attempts"] == 0 and "first.csv" in rows[2]["reason"]
+        assert rows[2]["md5"] == rows[0]["md5"] == hashlib.md5(data[7]).hexdigest()
+
+
+def test_failed_downloads_past_files_max_failures_exit_3_and_reach_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harvester import cli
+    from harvester.simulator import SimulatorThread
+    from harvester.simulator.settings import SimSettings
+
+    with SimulatorThread(SimSettings(items=200, seed=9)) as thread:
+        sim = thread.simulator
+        ids = with_files(sim, 3)  # type: ignore[arg-type]
+        bad = files_of(sim, ids)[0][1]  # type: ignore[arg-type]
+        for allowed, code in ((0, cli.PARTIAL), (1, cli.OK)):
+            sim.downloads.corrupt_next(bad["id"], times=99)
+            cfg = config(tmp_path / str(allowed), sim, ids, max_failures=allowed)  # type: ignore[arg-type]
+            report = tmp_path / f"report-{allowed}.json"
+            assert cli.main(["run", str(cfg.path), "--quiet", "--report", str(report)]) == code
+            got = orjson.loads(report.read_bytes())
+            assert got["manifest"]["downloads"]["failed"] == 1
+            errors = [x for x in capsys.readouterr().err.splitlines() if "ERROR" in x]
+            if code == cli.PARTIAL:
+                assert len(errors) == 1 and "1 file downloads failed (files.max_failures: 0)" \
+                    in errors[0]
+            else:
+                assert errors == []
