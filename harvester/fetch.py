@@ -6,6 +6,11 @@ through `render.payload_rows` when the snapshot is written, so resume and snapsh
 hold for them too. Stats of groups, collections, projects and authors are not per article:
 `after_fan_out` fetches them once per entity when every article is in, and `run_rows` hands
 their rows over.
+
+Only the record endpoint decides that an item is gone, and only on evidence: a 404 whose body is
+Figshare's JSON error for a missing entity. A failing stats, /files or versions request fails
+that part: the record is kept, and the item's error (its Outcome's `error`, state DONE) counts
+as a failure of the run all the same.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import orjson
 
@@ -22,13 +27,19 @@ from harvester.client import Client
 from harvester.config import ACCOUNT_KINDS, Config, Source
 from harvester.downloads import Downloader
 from harvester.errors import Abort, BadResponse, GiveUp, NotFound, RequestError
-from harvester.figshare import article_path, files_may_be_truncated, files_path
+from harvester.figshare import (
+    MAX_FILE_PAGES,
+    MAX_VERSIONS,
+    article_path,
+    files_may_be_truncated,
+    files_path,
+)
+from harvester.journal import DONE, FAILED, FULL, GONE, STATS_ONLY, Journal, Outcome
 from harvester.records import RowContext
 from harvester.render import series_rows
-from harvester.journal import DONE, FAILED, FULL, GONE, STATS_ONLY, Journal, Outcome
 from harvester.statsdepth import StatsFetcher
 
-FILES_PAGE = 1_000
+T = TypeVar("T")
 
 
 def utc_now() -> dt.datetime:
@@ -87,18 +98,24 @@ class ItemFetcher:
         self.items += 1
         try:
             if mode == STATS_ONLY:  # incremental runs: an unchanged known item's new numbers
-                series = await self.stats.item_series("article", aid)
-                return Outcome(aid, DONE, stats=await self.stats.totals(aid),
-                               fetched_at=stamp_now(),
+                try:
+                    series = await self.stats.item_series("article", aid)
+                    totals = await self.stats.totals(aid)
+                except Abort:
+                    raise
+                except RequestError as exc:  # stats never say an item is gone
+                    return Outcome(aid, FAILED, error=self._error(aid, sources, exc,
+                                                                  f"stats: {exc.reason}"))
+                return Outcome(aid, DONE, stats=totals, fetched_at=stamp_now(),
                                payloads={"article_id": aid, **series} if series else None)
             return await self._fetch(aid, sources)
         except Abort:
             raise
         except NotFound as exc:
-            return Outcome(aid, GONE, error=self._error(aid, sources, exc, "not-found"))
-        except GiveUp as exc:
-            return Outcome(aid, FAILED, error=self._error(
-                aid, sources, exc, exc.reason, attempts=self.cfg.http.retry.attempts))
+            if is_missing_entity(exc):
+                return Outcome(aid, GONE, error=self._error(aid, sources, exc, "not-found"))
+            # an HTML page, an empty body: a wrong server or a broken proxy, not a deletion
+            return Outcome(aid, FAILED, error=self._error(aid, sources, exc, "404-unconfirmed"))
         except RequestError as exc:
             return Outcome(aid, FAILED, error=self._error(aid, sources, exc, exc.reason))
 
@@ -114,13 +131,19 @@ class ItemFetcher:
                 f"GET {url} -> 200 but the body is not the record of article {aid}",
                 url=url, status=reply.status, reason="bad-record",
             )
+        parts: list[dict[str, Any]] = []  # errors of the parts that failed
         files = None
         if files_may_be_truncated(record):
-            files = await self._all_files(api + files_path(aid, account=account))
-        stats = await self.stats.totals(aid)
-        extra: dict[str, Any] = await self.stats.item_series("article", aid)
+            files = await self._part(parts, aid, sources, "files",
+                                     self._all_files(api + files_path(aid, account=account)))
+        stats = await self._part(parts, aid, sources, "stats", self.stats.totals(aid))
+        extra: dict[str, Any] = await self._part(
+            parts, aid, sources, "stats", self.stats.item_series("article", aid)) or {}
         if self.cfg.versions == "all":
-            extra["versions"] = await self._versions(aid, record)
+            versions = await self._part(parts, aid, sources, "versions",
+                                        self._versions(aid, record))
+            if versions is not None:
+                extra["versions"] = versions
         if self.downloader is not None:
             listed = orjson.loads(files) if files is not None else record.get("files")
             if isinstance(listed, list):
@@ -130,41 +153,74 @@ class ItemFetcher:
                                        or record.get("is_confidential") is True)
                 extra["downloads"] = await self.downloader.item(aid, listed, private=private)
         published = record.get("published_date")
+        error = None
+        if parts:  # the record is kept; the item still counts as failed
+            error = {**parts[0], "message": "; ".join(p["message"] for p in parts)}
         return Outcome(aid, DONE, body=reply.body, files=files, stats=stats,
                        fetched_at=stamp_now(),
                        published=published if isinstance(published, str) else None,
-                       payloads={"article_id": aid, **extra} if extra else None)
+                       payloads={"article_id": aid, **extra} if extra else None, error=error)
+
+    async def _part(self, parts: list[dict[str, Any]], aid: int, sources: int, name: str,
+                    work: Coroutine[Any, Any, T]) -> T | None:
+        """A secondary request's result, or None with its error noted in `parts`."""
+        try:
+            return await work
+        except Abort:
+            raise
+        except RequestError as exc:
+            error = self._error(aid, sources, exc, f"{name}-failed")
+            parts.append({**error, "message": f"{name}: {error['message']}"})
+            return None
 
     async def _all_files(self, url: str) -> bytes:
-        files: list[Any] = []
-        page = 1
-        while True:
+        """Every page of /files, as the served JSON arrays joined (never re-serialized)."""
+        size = self.cfg.http.page_size
+        chunks: list[bytes] = []
+        previous: list[Any] | None = None
+        for page in range(1, MAX_FILE_PAGES + 1):
             self.requests["files"] += 1
-            reply = await self.client.get(url, params={"page": page, "page_size": FILES_PAGE})
+            reply = await self.client.get(url, params={"page": page, "page_size": size})
             if not isinstance(reply.data, list):
                 raise BadResponse(f"GET {url} -> expected a list of files", url=url,
                                   status=reply.status, reason="bad-files")
-            files.extend(reply.data)
-            if len(reply.data) < FILES_PAGE:
-                return orjson.dumps(files)
-            page += 1
+            ids = [f.get("id") if isinstance(f, dict) else f for f in reply.data]
+            if reply.data and ids == previous:
+                raise BadResponse(f"GET {url} page {page} repeats page {page - 1}: the server "
+                                  "ignores paging", url=url, status=reply.status,
+                                  reason="bad-files")
+            previous = ids
+            inner = reply.body.strip()[1:-1].strip()
+            if inner:
+                chunks.append(inner)
+            if len(reply.data) < size:
+                return b"[" + b",".join(chunks) + b"]"
+        raise BadResponse(f"GET {url} -> more than {MAX_FILE_PAGES} pages of files",
+                          url=url, status=200, reason="bad-files")
 
     async def _versions(self, aid: int, record: dict[str, Any]) -> dict[str, Any]:
         """GET /articles/{id}/versions, then the full record of every version but this one.
 
-        A draft has no public versions (404): none are recorded.
+        A draft has no public versions (404): none are recorded. A public record's 404 here
+        fails this part of the item.
         """
         base = f"{self.cfg.api.url}/articles/{aid}/versions"
         self.requests["versions"] += 1
         try:
             listed = (await self.client.get(base)).data
         except NotFound:
+            if record.get("is_public") is True:
+                raise
             return {"list": [], "records": []}
         if not isinstance(listed, list):
             raise BadResponse(f"GET {base} -> expected a list of versions", url=base, status=200,
                               reason="bad-versions")
         numbers = sorted({v["version"] for v in listed if isinstance(v, dict)
                           and isinstance(v.get("version"), int)})
+        if len(numbers) > MAX_VERSIONS:
+            raise BadResponse(f"GET {base} -> {len(numbers)} versions, more than the "
+                              f"{MAX_VERSIONS} fetched at most", url=base, status=200,
+                              reason="bad-versions")
         older = []
         for n in numbers:
             if n == record.get("version"):
@@ -219,9 +275,10 @@ class ItemFetcher:
             out["group_articles"] = self._group_counts  # POST /count/articles
         return out
 
-    def _error(self, aid: int, sources: int, exc: RequestError, reason: str,
-               attempts: int = 1) -> dict[str, Any]:
+    def _error(self, aid: int, sources: int, exc: RequestError, reason: str) -> dict[str, Any]:
         """One errors.ndjson line (keys: sinks.ERROR_KEYS)."""
+        attempts = max(getattr(exc, "attempts", 1),
+                       self.cfg.http.retry.attempts if isinstance(exc, GiveUp) else 1)
         return {
             "id": aid,
             "source": source_names(self.cfg.sources, sources),
@@ -232,6 +289,62 @@ class ItemFetcher:
             "attempts": attempts,
             "at": stamp_now(),
         }
+
+
+def is_missing_entity(exc: NotFound) -> bool:
+    """The 404 carries Figshare's JSON error for a missing entity (NOTES.md: `{"message":
+    "Entity not found: article", "code": "EntityNotFound"}`, or the older "... does not exist")."""
+    try:
+        body = orjson.loads(exc.body)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    if body.get("code") == "EntityNotFound":
+        return True
+    message = body.get("message")
+    return isinstance(message, str) and any(
+        words in message.lower() for words in ("not found", "does not exist"))
+
+
+def store_outcomes(journal: Journal, outcomes: list[Outcome]) -> None:
+    """journal.store, then the errors of records kept with a failed part (journal thread).
+
+    Journal.store keeps errors only for ids that failed; these ids are DONE with an error.
+    """
+    journal.store(outcomes)
+    parts = [(o.article_id, orjson.dumps(o.error)) for o in outcomes
+             if o.state == DONE and o.error is not None]
+    if parts:
+        db = journal.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR REPLACE INTO errors VALUES(?, ?)", parts)
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def incomplete_count(journal: Journal) -> int:
+    """Ids whose record was kept while a part (stats, files, versions) failed (journal thread)."""
+    return int(journal.db.execute(
+        "SELECT count(*) FROM errors JOIN ids USING(article_id) WHERE ids.state=?",
+        (DONE,)).fetchone()[0])
+
+
+def unconfirm_gone(journal: Journal, batch: int = 1_000) -> None:
+    """No id of the run was fetched, yet some answered 404: a wrong server or a broken proxy
+    looks like that, a repository emptied overnight does not. Those ids become failures, to be
+    tried again, never tombstones (journal thread)."""
+    while rows := journal.db.execute(
+            "SELECT article_id, error FROM errors JOIN ids USING(article_id) WHERE ids.state=? "
+            "ORDER BY article_id LIMIT ?", (GONE, batch)).fetchall():
+        journal.store([Outcome(aid, FAILED, error={
+            **orjson.loads(error), "reason": "404-for-every-id",
+            "message": "every id of the run answered 404: not taken for a deletion"})
+            for aid, error in rows])
 
 
 def _harvested_groups(journal: Journal) -> list[int]:

@@ -1,0 +1,406 @@
+"""Hostile and broken servers never publish a false picture: each case ends with LATEST
+unchanged or an exact id set, and the exit code the README's table gives."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pytest
+import yaml
+from aiohttp import web
+
+from harvester import cli
+from harvester.figshare import list_query
+from harvester.partition import Exhauster, Limits
+from harvester.store import list_snapshots
+from tests.test_cli import ThreadedApp, one_error_line
+from tests.test_sources import fast_client
+
+BASE = int(dt.datetime(2021, 1, 1, tzinfo=dt.UTC).timestamp())
+HTML = "<html><head><title>404 Not Found</title></head><body><h1>nginx</h1></body></html>"
+MISSING = {"message": "Entity not found: article", "code": "EntityNotFound"}
+FAST = {"rate": {"requests": 10_000, "per": 1}, "concurrency": 4,
+        "retry": {"attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02}}
+
+
+def published(n: int) -> str:
+    return dt.datetime.fromtimestamp(BASE + n * 60, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Repo:
+    """A Figshare-like server over ids 1..n; `mode` says how it goes wrong, `gone` which
+    records answer Figshare's own 404 JSON. `hits` counts requests by kind."""
+
+    def __init__(self, n: int = 20) -> None:
+        self.ids = list(range(1, n + 1))
+        self.listed: list[Any] = list(self.ids)  # what the list endpoint serves, in order
+        self.mode = "ok"
+        self.gone: set[int] = set()
+        self.files = 0  # files in every record (10 or more: /files is paged)
+        self.max_page_size = 1_000
+        self.hits: Counter[str] = Counter()
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/v2/articles", self.listing)
+        app.router.add_get("/v2/articles/{id}", self.article)
+        app.router.add_get("/v2/articles/{id}/files", self.article_files)
+        app.router.add_get("/total/{counter}/article/{id}", self.total)
+
+    async def listing(self, request: web.Request) -> web.Response:
+        self.hits["list"] += 1
+        page, size = int(request.query.get("page", 1)), int(request.query.get("page_size", 10))
+        if size > self.max_page_size:
+            return web.json_response({"message": f"page_size must be <= {self.max_page_size}"},
+                                     status=400)
+        chunk = self.listed[(page - 1) * size: page * size]
+        return web.json_response([{"id": i, "published_date": published(n)}
+                                  for n, i in enumerate(chunk)])
+
+    async def article(self, request: web.Request) -> web.Response:
+        self.hits["record"] += 1
+        aid = int(request.match_info["id"])
+        if self.mode == "html404":
+            return web.Response(status=404, text=HTML, content_type="text/html")
+        if self.mode == "empty404":
+            return web.Response(status=404)
+        if self.mode == "500":
+            return web.Response(status=500, text="Internal Server Error")
+        if self.mode == "html200":
+            return web.Response(text=HTML, content_type="text/html")
+        if self.mode == "json404" or aid in self.gone:
+            return web.json_response(MISSING, status=404)
+        files = [{"id": aid * 1000 + k, "name": f"f{k}.csv", "size": 1} for k in range(self.files)]
+        return web.json_response({"id": aid, "title": f"Item {aid}",
+                                  "published_date": published(aid), "files": files[:10]})
+
+    async def article_files(self, request: web.Request) -> web.Response:
+        """Ignores `page`: every page is the first one."""
+        self.hits["files"] += 1
+        aid, size = int(request.match_info["id"]), int(request.query.get("page_size", 10))
+        return web.json_response([{"id": aid * 1000 + k, "name": f"f{k}.csv", "size": 1}
+                                  for k in range(min(size, self.files))])
+
+    async def total(self, request: web.Request) -> web.Response:
+        self.hits["stats"] += 1
+        if self.mode == "stats404" and request.match_info["counter"] == "downloads":
+            return web.json_response({"message": "Not found"}, status=404)
+        return web.json_response({"totals": 7})
+
+
+def write(tmp_path: Path, url: str, sources: list[dict[str, Any]], **top: Any) -> str:
+    body = {"name": "t", "api": {"url": url + "/v2"}, "stats": {"url": url, **top.pop("stats", {})},
+            "http": {**FAST, **top.pop("http", {})}, "output": {"dir": str(tmp_path / "out")},
+            "sources": sources, **top}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return str(path)
+
+
+def latest(tmp_path: Path) -> str | None:
+    pointer = tmp_path / "out" / "t" / "LATEST"
+    return pointer.read_text() if pointer.exists() else None
+
+
+def snapshot_ids(tmp_path: Path) -> list[int]:
+    snap = list_snapshots(tmp_path / "out", "t")[-1]
+    lines = (snap / "articles.ndjson").read_bytes().splitlines()
+    return sorted(orjson.loads(line)["id"] for line in lines)
+
+
+def manifest(tmp_path: Path) -> dict[str, Any]:
+    snap = list_snapshots(tmp_path / "out", "t")[-1]
+    return orjson.loads((snap / "manifest.json").read_bytes())
+
+
+def errors(tmp_path: Path) -> dict[int, dict[str, Any]]:
+    snap = list_snapshots(tmp_path / "out", "t")[-1]
+    return {e["id"]: e for e in map(orjson.loads,
+                                    (snap / "errors.ndjson").read_bytes().splitlines())}
+
+
+def publish_good(tmp_path: Path, repo: Repo, sources: list[dict[str, Any]]) -> str:
+    """A first, healthy run: LATEST points at a complete snapshot of every id."""
+    with ThreadedApp(repo.routes) as server:
+        assert cli.main(["run", write(tmp_path, server.url, sources)]) == cli.OK
+    before = latest(tmp_path)
+    assert before is not None and snapshot_ids(tmp_path) == repo.ids
+    return before
+
+
+IDS = [{"kind": "ids", "ids": list(range(1, 21))}]
+
+
+# ---- everything fails: the guard holds LATEST ------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["html404", "empty404", "500", "html200", "json404"])
+def test_a_server_failing_every_record_never_moves_latest(
+    tmp_path: Path, mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = Repo()
+    before = publish_good(tmp_path, repo, IDS)
+    repo.mode = mode
+    capsys.readouterr()
+    with ThreadedApp(repo.routes) as server:
+        code = cli.main(["run", write(tmp_path, server.url, IDS)])
+    assert code == cli.PARTIAL
+    line = one_error_line(capsys.readouterr().err)
+    assert "publish guard" in line and "fetched 0 records of the 20 ids" in line
+    assert latest(tmp_path) == before and len(list_snapshots(tmp_path / "out", "t")) == 1
+    assert (tmp_path / "out" / "t" / ".state" / "journal.sqlite").exists()  # kept
+    assert not (tmp_path / "out" / "t" / ".staging").exists()
+
+
+def test_html_404s_published_anyway_are_failures_never_tombstones(tmp_path: Path) -> None:
+    repo = Repo()
+    publish_good(tmp_path, repo, IDS)
+    repo.mode = "html404"
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, IDS)
+        assert cli.main(["run", path]) == cli.PARTIAL  # guarded
+        assert cli.main(["run", path, "--accept-drop"]) == cli.PARTIAL  # published, failed
+    m = manifest(tmp_path)
+    assert m["ids"]["gone"] == 0 and m["ids"]["failed"] == 20 and m["status"] == "partial"
+    assert {e["reason"] for e in errors(tmp_path).values()} == {"404-unconfirmed"}
+    assert m["runs"] == 2  # the second run resumed the guarded one's journal ...
+    total = sum(m["http"]["requests_total"].values())
+    assert total > sum(m["http"]["requests"].values())  # ... and counts its requests too
+
+
+def test_json_404_for_every_id_is_a_failure_not_a_deletion(tmp_path: Path) -> None:
+    repo = Repo()
+    publish_good(tmp_path, repo, IDS)
+    repo.mode = "json404"
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, IDS)
+        assert cli.main(["run", path]) == cli.PARTIAL
+        assert cli.main(["run", path, "--accept-drop"]) == cli.PARTIAL
+    reasons = {e["reason"] for e in errors(tmp_path).values()}
+    assert reasons == {"404-for-every-id"} and manifest(tmp_path)["ids"]["gone"] == 0
+
+
+def test_a_rerun_publishes_once_the_server_is_back(tmp_path: Path) -> None:
+    repo = Repo()
+    publish_good(tmp_path, repo, IDS)
+    repo.mode = "500"
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, IDS)
+        assert cli.main(["run", path]) == cli.PARTIAL
+        repo.mode = "ok"
+        assert cli.main(["run", path]) == cli.OK
+    assert snapshot_ids(tmp_path) == repo.ids and manifest(tmp_path)["status"] == "complete"
+
+
+def test_a_closed_port_never_moves_latest(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    before = publish_good(tmp_path, Repo(), IDS)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    capsys.readouterr()
+    code = cli.main(["run", write(tmp_path, f"http://127.0.0.1:{port}", IDS)])
+    assert code == cli.ABORTED  # host unreachable (README: 5, the next run resumes)
+    assert "Traceback" not in capsys.readouterr().err
+    assert latest(tmp_path) == before and len(list_snapshots(tmp_path / "out", "t")) == 1
+
+
+def test_a_server_dropping_most_records_is_guarded(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    repo = Repo()
+    before = publish_good(tmp_path, repo, IDS)
+    repo.gone = set(range(6, 21))  # 15 of 20 answer Figshare's own 404: 5 < 0.5 x 20
+    capsys.readouterr()
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, IDS)
+        assert cli.main(["run", path]) == cli.PARTIAL
+        line = one_error_line(capsys.readouterr().err)
+        assert "fetched 5 records" in line and "the 20 of snapshot" in line
+        assert latest(tmp_path) == before
+        assert cli.main(["run", path, "--accept-drop"]) == cli.OK  # gone is not an error
+    assert snapshot_ids(tmp_path) == [1, 2, 3, 4, 5]
+    assert {e["reason"] for e in errors(tmp_path).values()} == {"not-found"}
+
+
+def test_a_guarded_run_leaves_the_warehouse_unchanged(tmp_path: Path) -> None:
+    repo = Repo()
+    publish_good(tmp_path, repo, IDS)
+    db = str(tmp_path / "w.duckdb")
+    harvest = str(tmp_path / "out" / "t")
+    assert cli.main(["load", harvest, "--duckdb", db]) == cli.OK
+
+    def current() -> list[tuple[int, bool]]:
+        with duckdb.connect(db) as con:
+            return con.execute("SELECT article_id, withdrawn FROM articles_current "
+                               "ORDER BY article_id").fetchall()
+
+    loaded = current()
+    assert loaded == [(i, False) for i in repo.ids]
+    repo.mode = "html404"
+    with ThreadedApp(repo.routes) as server:
+        assert cli.main(["run", write(tmp_path, server.url, IDS)]) == cli.PARTIAL
+    assert cli.main(["load", harvest, "--duckdb", db]) == cli.OK
+    assert current() == loaded
+
+
+# ---- a failing part keeps the record ---------------------------------------------------------
+
+
+def test_a_stats_404_keeps_the_record_and_fails_the_item(tmp_path: Path) -> None:
+    repo = Repo(4)
+    repo.mode = "stats404"
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, [{"kind": "ids", "ids": repo.ids}],
+                     stats={"counters": ["views", "downloads"]})
+        assert cli.main(["run", path]) == cli.PARTIAL  # max_errors 0
+    assert snapshot_ids(tmp_path) == repo.ids
+    m = manifest(tmp_path)
+    assert m["ids"] == {"total": 4, "fetched": 4, "failed": 0, "gone": 0, "incomplete": 4}
+    assert m["status"] == "partial" and m["errors"] == 4
+    assert {e["reason"] for e in errors(tmp_path).values()} == {"stats-failed"}
+    db = str(tmp_path / "w.duckdb")
+    assert cli.main(["load", str(tmp_path / "out" / "t"), "--duckdb", db]) == cli.OK
+    with duckdb.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM articles_current WHERE NOT withdrawn"
+                           ).fetchone() == (4,)
+
+
+def test_files_that_ignore_page_end_in_two_requests(tmp_path: Path) -> None:
+    repo = Repo(2)
+    repo.files = 500
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, [{"kind": "ids", "ids": repo.ids}],
+                     http={"page_size": 100})
+        assert cli.main(["run", path]) == cli.PARTIAL
+    assert repo.hits["files"] == 4  # two pages per record: the second repeats the first
+    assert snapshot_ids(tmp_path) == repo.ids
+    assert {e["reason"] for e in errors(tmp_path).values()} == {"files-failed"}
+
+
+# ---- listings ---------------------------------------------------------------------------------
+
+
+def test_bad_ids_in_a_list_page_are_skipped_and_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = Repo(5)
+    repo.listed = [1, "abc", 2, -1, 3, 2**70, 4, None, 5]
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, [{"kind": "articles"}])
+        assert cli.main(["run", path]) == cli.OK
+    assert snapshot_ids(tmp_path) == [1, 2, 3, 4, 5]
+    source = manifest(tmp_path)["sources"][0]
+    assert source["skipped"] == 4
+    sample = source["skipped_sample"]  # 2^70 is quoted as the client read it
+    assert len(sample) == 4 and sample[:2] == ["id=abc", "id=-1"] and sample[3] == "id=None"
+    assert "4 listed entries without a valid article id skipped" in capsys.readouterr().err
+
+
+def test_page_size_follows_the_config(tmp_path: Path) -> None:
+    repo = Repo(450)
+    repo.max_page_size = 100
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, [{"kind": "articles"}], http={"page_size": 100},
+                     stats={"counters": []})
+        assert cli.main(["run", path]) == cli.OK
+    assert snapshot_ids(tmp_path) == repo.ids
+    assert repo.hits["list"] == 450 // 100 + 1
+    assert manifest(tmp_path)["sources"][0]["minimum_requests"] == 5
+
+
+class WindowServer:
+    """GET /v2/articles over items a minute apart, refusing pages past `window` items with a
+    400 in words of its own; the date bound is inclusive."""
+
+    def __init__(self, n: int, window: int) -> None:
+        self.items = [{"id": 10 + i, "published_date": published(i), "defined_type": 3,
+                       "group_id": 1} for i in range(n)]
+        self.window = window
+        self.refused = 0
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/v2/articles", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        q = request.query
+        page, size = int(q.get("page", 1)), int(q.get("page_size", 10))
+        if page * size > self.window:
+            self.refused += 1
+            return web.json_response({"message": "Pagination beyond the allowed window"},
+                                     status=400)
+        served = self.items
+        if "published_since" in q:
+            since = q["published_since"].replace("Z", "+00:00")
+            served = [i for i in served if i["published_date"].replace("Z", "+00:00") >= since]
+        return web.json_response(served[(page - 1) * size: page * size])
+
+
+async def serve(routes: Any) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    routes(app)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v2"
+
+
+async def test_a_window_refused_in_other_words_is_learned() -> None:
+    n = 5_500
+    server = WindowServer(n, window=1_000)
+    runner, api = await serve(server.routes)
+    try:
+        limits = Limits()
+        async with fast_client() as client:
+            walker = Exhauster(client, api, limits=limits)
+            got = {i async for batch in walker.ids(list_query("articles", {})) for i in batch}
+            assert got == {i["id"] for i in server.items} and not walker.truncated
+            assert server.refused == 1  # learned from the first refusal ...
+            windows = len(walker.partitions)
+            # N/1000 + 1 list requests, plus at most one per window (and the refused one)
+            assert walker.requests <= n // 1000 + 1 + windows
+            again = Exhauster(client, api, limits=limits)  # ... for the run's other queries
+            got = {i async for batch in again.ids(list_query("articles", {})) for i in batch}
+            assert len(got) == n and server.refused == 1
+    finally:
+        await runner.cleanup()
+
+
+class ReviewServer:
+    """GET /v2/account/institution/reviews: offset/limit with the spec's offset <= 5000."""
+
+    def __init__(self, n: int) -> None:
+        statuses = ("pending", "approved", "rejected", "closed")
+        self.reviews = [{"id": k, "article_id": 100 + k, "status": statuses[k % 4]}
+                        for k in range(n)]
+        self.offsets: list[int] = []
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/v2/account/institution/reviews", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        offset, limit = int(request.query["offset"]), int(request.query["limit"])
+        self.offsets.append(offset)
+        if offset > 5_000:
+            return web.json_response({"message": "offset must be <= 5000",
+                                      "code": "InvalidParams"}, status=422)
+        status = request.query.get("status")
+        chosen = [r for r in self.reviews if status is None or r["status"] == status]
+        return web.json_response(chosen[offset: offset + limit])
+
+
+async def test_the_review_queue_pages_within_its_declared_offset() -> None:
+    server = ReviewServer(12_000)
+    runner, api = await serve(server.routes)
+    try:
+        async with fast_client() as client:
+            walker = Exhauster(client, api)
+            got = {i async for batch in walker.ids(list_query("reviews", {})) for i in batch}
+    finally:
+        await runner.cleanup()
+    assert got == {r["article_id"] for r in server.reviews} and not walker.truncated
+    assert max(server.offsets) <= 5_000
