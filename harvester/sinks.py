@@ -537,29 +537,6 @@ def rows_to_table(table: str, rows: list[dict[str, Any]],
     return arrow
 
 
-def rows_to_table(table: str, rows: list[dict[str, Any]],
-                  snapshot_id: str | None = None) -> pa.Table:
-    """Row dicts -> an Arrow table with `table`'s schema, checked: every value fits its column,
-    no nulls in required columns, and (if given) every row of `snapshot_id`. ValueError names
-    what is wrong."""
-    schema = SCHEMAS[table]
-    try:
-        # One struct array converts the row dicts in C++; Table.from_pylist would first build a
-        # Python list per column (same coercions and errors, a third slower).
-        arrow = pa.Table.from_struct_array(pa.array(rows, type=_ROW_TYPES[table]))
-    except (pa.ArrowException, TypeError, ValueError, ArithmeticError) as e:
-        raise ValueError(f"rows for table {table!r} do not fit its schema: {why(e)}") from e
-    # The conversion does not enforce nullability; Parquet's REQUIRED columns must not see nulls.
-    for i, field in enumerate(schema):
-        if not field.nullable and arrow.column(i).null_count:
-            raise ValueError(f"rows for table {table!r} have nulls in column {field.name!r}")
-    if snapshot_id is not None and arrow.num_rows and not pc.all(
-            pc.equal(arrow.column("snapshot_id"), snapshot_id)).as_py():
-        raise ValueError(f"rows for table {table!r} belong to another snapshot than "
-                         f"{snapshot_id!r} (build RowContext from writer.snapshot_id)")
-    return arrow
-
-
 def clean_staging(root: Path | str, name: str) -> list[Path]:
     """Remove what killed runs left in OUTPUT/NAME/.staging; call it while holding the lock."""
     staging = Path(root) / name / STAGING

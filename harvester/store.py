@@ -321,9 +321,8 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
     """A snapshot's manifest; `path` is the snapshot directory (or its s3:// URL) or the
     manifest file itself."""
     text = str(path).rstrip("/")
-    if not is_remote(text) and Path(text).is_dir():
-        text = f"{text}/{MANIFEST}"
-    elif not text.endswith(f"/{MANIFEST}") and is_remote(text):
+    remote = is_remote(text)
+    if Path(text).is_dir() if not remote else not text.endswith(f"/{MANIFEST}"):
         text = f"{text}/{MANIFEST}"
     root, _, file = text.rpartition("/")
     return parse_manifest(Store(root or ".").read_bytes(file, what="manifest"), text)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +22,14 @@ import pytest
 import yaml
 
 from harvester import cli
+from harvester.catalog import Catalog
 from harvester.client import Client
 from harvester.errors import GiveUp
 from harvester.pipeline import Harvest
 from harvester.records import SCHEMAS
 from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
-from harvester.sinks import list_snapshots
-from harvester.state import Catalog
+from harvester.store import list_snapshots
 from tests.conftest import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,7 +167,34 @@ def comparable(snapshot: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-@pytest.mark.parametrize("point", ["listing:1", "fetch:40", "write:30", "publish"])
+def journal_count(state: Path, table: str) -> int:
+    """Rows in a table of a running harvest's journal (0 while it is not there yet)."""
+    path = state / "journal.sqlite"
+    if not path.exists():
+        return 0
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05)
+        try:
+            return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+def kill_when(config_path: str, ready: Callable[[], bool]) -> int:
+    """Start a run and SIGKILL it, from outside, as soon as `ready()` holds; its exit code."""
+    proc = start_cli(config_path)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    return proc.returncode
+
+
+@pytest.mark.parametrize("point", ["listing", "fetch", "write"])
 def test_killed_run_resumes_to_the_same_snapshot(
     threaded_sim: SimulatorThread, tmp_path: Path, point: str
 ) -> None:
@@ -179,10 +209,20 @@ def test_killed_run_resumes_to_the_same_snapshot(
     reference = list_snapshots(tmp_path / "clean" / "out", "t")[-1]
 
     cfg = write_config(tmp_path / "crash", sim, sources, http=http)
-    sim.log.clear()
-    killed = run_cli(cfg.path, env={"HARVESTER_CRASH_AT": point})
-    assert killed.returncode == -signal.SIGKILL
     out = tmp_path / "crash" / "out"
+    state = out / "t" / ".state"
+    ready = {
+        "listing": lambda: journal_count(state, "ids") > 0,
+        "fetch": lambda: journal_count(state, "records") >= 20,
+        "write": lambda: any((out / "t" / ".staging").glob("*/articles.ndjson")),
+    }[point]
+    sim.log.clear()
+    sim.update(latency_ms=20)  # the kill lands inside the phase, not after the run
+    try:
+        killed = kill_when(cfg.path, ready)
+    finally:
+        sim.update(latency_ms=0)
+    assert killed == -signal.SIGKILL
     assert list_snapshots(out, "t") == []
     assert not (out / "t" / "LATEST").exists()
     assert not list((out / "t").glob("snapshot=*"))  # nothing that looks complete
@@ -204,16 +244,24 @@ def test_killed_after_publishing_the_rerun_finishes_that_snapshot(
     threaded_sim: SimulatorThread, tmp_path: Path
 ) -> None:
     """Killed between publishing and forgetting the journal: the next run must not try to
-    write the published snapshot again (it once failed with "it already exists" forever)."""
+    write the published snapshot again (it once failed with "it already exists" forever).
+    That state is made from outside: the journal and catalog of a run killed once every
+    record was in are put back after the resumed run published."""
     sim = threaded_sim
     ids = sorted(sim.corpus.ids)[:40]
     cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}],
                        http={"rate": {"requests": 10_000, "per": 1}, "concurrency": 4})
-    killed = run_cli(cfg.path, env={"HARVESTER_CRASH_AT": "published"})
-    assert killed.returncode == -signal.SIGKILL
     out = tmp_path / "out"
+    state = out / "t" / ".state"
+    killed = kill_when(cfg.path, lambda: journal_count(state, "records") >= 40)
+    assert killed == -signal.SIGKILL
+    kept = tmp_path / "kept"
+    shutil.copytree(state, kept, ignore=shutil.ignore_patterns("lock"))
+    assert run_cli(cfg.path).returncode == 0
     [snapshot] = list_snapshots(out, "t")
-    assert (out / "t" / ".state" / "journal.sqlite").exists()
+    for f in kept.iterdir():
+        shutil.copy2(f, state / f.name)
+    assert (state / "journal.sqlite").exists()
     sim.log.clear()
 
     resumed = run_cli(cfg.path, "--report", str(tmp_path / "report.json"))
@@ -222,8 +270,8 @@ def test_killed_after_publishing_the_rerun_finishes_that_snapshot(
     report = orjson.loads((tmp_path / "report.json").read_bytes())
     assert report["outcome"] == "ok" and report["manifest"]["ids"]["fetched"] == 40
     assert not any(e.route.startswith("/v2/articles") for e in sim.log.entries)
-    assert not (out / "t" / ".state" / "journal.sqlite").exists()
-    catalog = Catalog(out / "t" / ".state" / "catalog.sqlite")
+    assert not (state / "journal.sqlite").exists()
+    catalog = Catalog(state / "catalog.sqlite")
     try:
         assert catalog.last_run()["snapshot_id"] == snapshot.name.removeprefix("snapshot=")
         assert catalog.known_count() == 40
