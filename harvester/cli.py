@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     sp = with_config("run", "run a harvest and publish a snapshot")
     sp.add_argument("--full", action="store_true",
                     help="a full run even when the config asks for incremental ones")
+    sp.add_argument("--accept-drop", action="store_true",
+                    help="publish a full run the publish guard held back (it fetched nothing, "
+                    "or fewer records than guard.min_ratio of the last complete snapshot)")
     sp.add_argument("--report", metavar="FILE",
                     help="write a machine-readable JSON run report here (also on failure)")
     with_config("plan", "list ids only and show what the full run would cost")
@@ -257,18 +260,24 @@ def _load(args: argparse.Namespace) -> config.Config:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
-    return await run_harvest(_load(args), full=args.full)
+    return await run_harvest(_load(args), full=args.full, accept_drop=args.accept_drop)
 
 
-async def run_harvest(cfg: config.Config, *, full: bool = False) -> int:
-    from harvester.pipeline import Harvest, Progress
+async def run_harvest(cfg: config.Config, *, full: bool = False,
+                      accept_drop: bool = False) -> int:
+    from harvester.pipeline import Harvest, Progress, PublishGuarded
 
     progress = Progress()
-    harvest = Harvest(cfg, progress=progress, full=full)
+    harvest = Harvest(cfg, progress=progress, full=full, accept_drop=accept_drop)
+
     log.info("harvest %s: %d sources -> %s", cfg.name, len(cfg.sources), cfg.output.dir)
     reporter = asyncio.create_task(_report_progress(progress))
     try:
         result = await harvest.run()
+    except PublishGuarded as exc:
+        _end_status_line()
+        _fail(exc)
+        return PARTIAL
     finally:
         reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -351,6 +360,7 @@ def _print_load(report: LoadReport, duckdb_file: str) -> None:
 
 async def _cmd_plan(args: argparse.Namespace) -> int:
     from harvester.client import Client
+    from harvester.partition import Limits
     from harvester.pipeline import client_settings
     from harvester.sources import SourceReport, enumerate_source
     from harvester.journal import Journal
@@ -361,11 +371,14 @@ async def _cmd_plan(args: argparse.Namespace) -> int:
         journal = Journal(Path(tmp) / "plan.sqlite")
         journal.open()
         try:
+            limits = Limits(page_size=cfg.http.page_size)  # windows learned serve every source
             async with Client(client_settings(cfg)) as client:
                 for idx, source in enumerate(cfg.sources):
                     report = SourceReport(source.name, source.kind)
                     reports.append(report)
-                    async for batch in enumerate_source(client, cfg.api.url, source, report):
+                    async for batch in enumerate_source(client, cfg.api.url, source, report,
+                                                        limits):
+
                         await journal.call(journal.add_ids, idx, batch)
             per_source = await journal.call(journal.ids_per_source, len(cfg.sources))
             total = sum((await journal.call(journal.counts)).values())
@@ -540,17 +553,20 @@ async def _report_progress(progress: Any) -> None:
     while True:
         await asyncio.sleep(interval)
         p = progress
-        elapsed = max(time.monotonic() - p.started, 1e-6)
         finished = p.done + p.failed + p.gone
-        rate = finished / elapsed
-        eta = (p.total - finished) / rate if rate > 0 and p.total else 0
+        # this run's items over this run's fetching time: a resumed run's earlier items are
+        # not its speed; no ETA until an item is in
+        ours = finished - getattr(p, "earlier", 0)
+        since = getattr(p, "fetching_since", None) or p.started
+        rate = ours / max(time.monotonic() - since, 1e-6)
+        eta = f"ETA {_duration((p.total - finished) / rate)}" if ours > 0 else "ETA -"
         if p.phase == "listing":
             line = f"listing: {p.listed:,} ids"
         elif p.phase == "writing":
             line = f"writing snapshot: {p.written:,}/{p.done:,} records"
         else:
             line = (f"{p.phase}: {finished:,}/{p.total:,} items, {rate:.1f}/s, "
-                    f"ETA {_duration(eta)}, {p.failed:,} errors, {p.gone:,} gone")
+                    f"{eta}, {p.failed:,} errors, {p.gone:,} gone")
         if _tty():
             sys.stderr.write("\r\033[K" + line)
             sys.stderr.flush()
@@ -583,8 +599,11 @@ def _print_summary(manifest: dict[str, Any], snapshot: Path | str | None,
     http = manifest.get("http", {})
     print(f"snapshot  {snapshot}")
     print(f"status    {manifest.get('status')}  ({_duration(elapsed)})")
+    incomplete = ids.get("incomplete", 0)
     print(f"ids       {ids.get('total', 0):,} distinct: {ids.get('fetched', 0):,} fetched, "
-          f"{ids.get('failed', 0):,} failed, {ids.get('gone', 0):,} gone")
+          f"{ids.get('failed', 0):,} failed, {ids.get('gone', 0):,} gone"
+          + (f" ({incomplete:,} fetched without their stats/files/versions)"
+             if incomplete else ""))
     for s in manifest.get("sources", []):
         print(f"  source  {s['name']:<20} {s['ids']:>9,} ids  {s['requests']:>6,} list requests")
     requests = http.get("requests", {})

@@ -130,7 +130,7 @@ def test_usage_errors_exit_2_with_one_line(argv: list[str], expected: str,
     def serve(*args: object, **kw: object) -> None:
         raise AssertionError("bad input was accepted: the simulator would serve forever")
 
-    monkeypatch.setattr("harvester.simulator.serve_forever", serve)
+    monkeypatch.setattr("harvester.simulator.Simulator", serve)
     assert cli.main(argv) == cli.USAGE
     assert expected in one_error_line(capsys.readouterr().err)
 
@@ -387,19 +387,29 @@ def test_plan_price_for_twenty_thousand_items() -> None:
     assert cli._duration(seconds) == "16.7 hours"
 
 
-def test_simulate_prints_its_urls_first_and_stops_on_sigint() -> None:
+def test_simulate_prints_an_export_line_and_its_tokens_first_and_stops_on_sigint() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "harvester", "simulate", "--items", "100000"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         first = proc.stdout.readline() if proc.stdout else ""
-        assert first.startswith("api=http://127.0.0.1:") and " stats=http://127.0.0.1:" in first
-        api = first.split()[0].removeprefix("api=")
+        tokens = proc.stdout.readline() if proc.stdout else ""
+        # ready to paste into another shell: every later command then talks to the simulator
+        assert first.startswith("export FIGSHARE_API_URL=http://127.0.0.1:"), first
+        urls = dict(pair.split("=", 1) for pair in first.split()[1:])
+        assert set(urls) == {"FIGSHARE_API_URL", "FIGSHARE_STATS_URL", "FIGSHARE_DOWNLOAD_URL"}
+        settings = SimSettings()
+        for token in (settings.user_token, settings.admin_token, settings.stats_user,
+                      settings.stats_password):
+            assert token in tokens
         import urllib.request
 
+        api = urls["FIGSHARE_API_URL"]
         with urllib.request.urlopen(f"{api}/articles?page_size=3") as resp:
             assert len(orjson.loads(resp.read())) == 3
+        with urllib.request.urlopen(f"{urls['FIGSHARE_STATS_URL']}/total/views/article/1") as r:
+            assert "totals" in orjson.loads(r.read())
     finally:
         proc.send_signal(2)
         _, err = proc.communicate(timeout=30)
