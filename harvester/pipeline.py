@@ -19,13 +19,13 @@ from typing import Any
 import orjson
 
 from harvester import __version__
-from harvester.catalog import Catalog, RunLock
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy, origin_of
 from harvester.config import INCREMENTAL_KINDS, Config, Source, public_view
 from harvester.errors import OutputError
 from harvester.fetch import ItemFetcher, stamp, utc_now
-from harvester.journal import DONE, FAILED, GONE, PENDING, Journal, Outcome
 from harvester.records import RowContext, side_rows
+from harvester.catalog import Catalog, RunLock
+from harvester.journal import DONE, FAILED, GONE, PENDING, Journal, Outcome
 from harvester.render import CHUNK_BYTES, CHUNK_RECORDS, RenderSpec, parse_stamp, render
 from harvester.sinks import SnapshotWriter
 from harvester.sources import SourceReport, enumerate_source
