@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -21,20 +22,46 @@ import orjson
 from harvester import __version__
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy, origin_of
 from harvester.config import INCREMENTAL_KINDS, Config, Source, public_view
-from harvester.errors import OutputError
-from harvester.fetch import ItemFetcher, stamp, utc_now
+from harvester.errors import HarvesterError, OutputError
+from harvester.fetch import (
+    ItemFetcher,
+    incomplete_count,
+    stamp,
+    store_outcomes,
+    unconfirm_gone,
+    utc_now,
+)
+from harvester.partition import Limits
 from harvester.records import RowContext, side_rows
-from harvester.catalog import Catalog, RunLock
-from harvester.journal import DONE, FAILED, GONE, PENDING, Journal, Outcome
-from harvester.render import CHUNK_BYTES, CHUNK_RECORDS, RenderSpec, parse_stamp, render
-from harvester.sinks import SnapshotWriter
-from harvester.sources import SourceReport, enumerate_source
-from harvester.store import (
+from harvester.render import (
+    ChunkRenderer,
+    RenderSpec,
+    auto_workers,
+    parse_stamp,
+    start_method,
+)
+from harvester.sinks import (
+    SnapshotWriter,
     is_remote,
     latest_snapshot,
     list_snapshots,
-    open_store,
+    new_snapshot_id,
     read_manifest,
+    release_free_memory,
+    tune_allocators,
+)
+from harvester.sources import SourceReport, enumerate_source
+from harvester.store import MANIFEST, STAGING, open_store, parse_manifest
+from harvester.state import (
+    DONE,
+    FAILED,
+    GONE,
+    PENDING,
+    Catalog,
+    Journal,
+    Outcome,
+    RunLock,
+    crash_point,
 )
 
 log = logging.getLogger("harvester")
@@ -56,6 +83,15 @@ class Progress:
     gone: int = 0
     written: int = 0
     started: float = field(default_factory=time.monotonic)
+    earlier: int = 0  # items finished by the runs this one resumes: not in its rate
+    fetching_since: float | None = None  # when this run's fan-out began
+
+
+class PublishGuarded(HarvesterError):
+    """A full run fetched nothing, or far fewer records than the last complete snapshot:
+    not published (LATEST unchanged), the journal kept for a rerun or --accept-drop."""
+
+
 
 
 @dataclass
@@ -121,6 +157,7 @@ class Harvest:
         progress: Progress | None = None,
         client_factory: Callable[[ClientSettings], Client] = Client,
         full: bool = False,
+        accept_drop: bool = False,
     ) -> None:
         self.cfg = cfg
         self.progress = progress or Progress()
@@ -129,12 +166,17 @@ class Harvest:
         self.catalog_path = self.state_dir / "catalog.sqlite"
         self.client_factory = client_factory
         self.force_full = full
+        self.accept_drop = accept_drop  # publish even what the guard would hold back
+        self.limits = Limits(page_size=cfg.http.page_size)  # shared by the run's sources
+        self._client: Client | None = None
         self.reports: list[SourceReport] = []
+        self.renderer: ChunkRenderer | None = None
         # set when the run is cancelled (SIGINT/SIGTERM) while the journal thread writes the
         # snapshot: the write gives up at its next chunk instead of finishing and publishing
         self._stop_write = threading.Event()
 
     async def run(self) -> RunResult:
+        tune_allocators()  # before the first Arrow allocation of the run
         with RunLock(self.state_dir / "lock"):
             # a catalog that cannot be read stops the run before it fetches, not after it
             # published (every run ends by recording itself there)
@@ -142,17 +184,44 @@ class Harvest:
             journal, meta = await self._open_journal()
             try:
                 async with self.client_factory(client_settings(self.cfg)) as client:
+                    self._client = client
                     self.fetcher = ItemFetcher(self.cfg, client)
                     await self._enumerate(client, journal, meta)
+                    if start_method() == "spawn":
+                        # spawned workers start now, to import while the run fetches; forked
+                        # ones start when the snapshot is written (_write), ready at once
+                        self.renderer = ChunkRenderer(
+                            await journal.call(self._worker_count, journal), "spawn")
                     await self._fan_out(client, journal)
                     await self.fetcher.after_fan_out(journal)  # group/collection/... stats
                     metrics = client.metrics()
                 result = await self._publish(journal, meta, metrics)
             except BaseException:
+                self._keep_requests(journal, meta)
                 journal.close()  # kept: the next run with the same config resumes from here
                 raise
+            finally:
+                if self.renderer is not None:
+                    self.renderer.close()
+                self._remove_empty_staging()
             journal.discard()
             return result
+
+    def _keep_requests(self, journal: Journal, meta: dict[str, str]) -> None:
+        """A run that ends unpublished adds its requests to the journal's running total, so
+        the run that publishes reports every request the snapshot cost."""
+        if self._client is None:
+            return
+        with contextlib.suppress(Exception):  # never hide why the run ended
+            total = _requests_total(meta, self._client.metrics())
+            meta["requests_earlier"] = orjson.dumps(total).decode()
+            journal.run(journal.set_meta, {"requests_earlier": meta["requests_earlier"]})
+
+    def _remove_empty_staging(self) -> None:
+        staging = self.state_dir / "staging" if is_remote(self.root) \
+            else Path(self.root) / self.cfg.name / STAGING
+        with contextlib.suppress(OSError):
+            staging.rmdir()  # only when empty: a killed run's leftovers stay for the next
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -184,7 +253,8 @@ class Harvest:
             kind, since = self._choose_kind(now)
             meta = {
                 # unique even when two runs start within the same second
-                "snapshot_id": open_store(self.root).new_snapshot_id(self.cfg.name, now),
+                "snapshot_id": now.strftime("%Y%m%dT%H%M%SZ") if is_remote(self.root)
+                else new_snapshot_id(Path(self.root) / self.cfg.name, now),
                 "started_at": stamp(now),
                 "fingerprint": fingerprint,
                 "runs": "1",
@@ -193,6 +263,14 @@ class Harvest:
             }
         await journal.call(journal.set_meta, meta)
         return journal, meta
+
+    def _worker_count(self, journal: Journal) -> int:
+        """Processes that help write the snapshot: output.workers, or by the run's size (on
+        the journal thread)."""
+        if self.cfg.output.workers is not None:
+            return self.cfg.output.workers
+        counts = journal.counts()
+        return auto_workers(sum(counts.values()) - counts.get(GONE, 0))
 
     def _choose_kind(self, now: dt.datetime) -> tuple[str, dict[str, str]]:
         """Full or incremental, and per list source the modified_since bound to ask with."""
@@ -243,11 +321,13 @@ class Harvest:
                 self.progress.listed += report.listed
                 continue
             await journal.call(journal.start_source, idx, source.name)
-            async for batch in enumerate_source(client, self.cfg.api.url, source, report):
+            async for batch in enumerate_source(client, self.cfg.api.url, source, report,
+                                                self.limits):
                 await journal.call(journal.add_ids, idx, batch)
                 self.progress.listed += len(batch)
+                crash_point("listing")
             if report.side:  # collections, projects, reviews: written with the snapshot
-                await journal.call(journal.add_source_records, idx,
+                await journal.call(journal.add_side, idx,
                                    [(s.kind, s.key, s.body) for s in report.side],
                                    stamp(utc_now()))
             info = report.as_dict()
@@ -271,6 +351,7 @@ class Harvest:
         p.phase = "fetching"
         p.total = sum(counts.values())
         p.done, p.failed, p.gone = counts.get(DONE, 0), counts.get(FAILED, 0), counts.get(GONE, 0)
+        p.earlier, p.fetching_since = p.done + p.failed + p.gone, time.monotonic()
         if counts.get(PENDING, 0) == 0:
             return
         workers = self.cfg.http.concurrency
@@ -344,9 +425,11 @@ class Harvest:
             if batch and (ended or len(batch) >= COMMIT_EVERY or loop.time() >= (due or 0)):
                 if failure is None:
                     try:
-                        await journal.call(journal.store, batch)
+                        await journal.call(store_outcomes, journal, batch)
                     except Exception as exc:
                         failure = exc
+                    for _ in batch:
+                        crash_point("fetch")
                 batch, due = [], None
             if ended:
                 if failure is not None:
@@ -356,11 +439,20 @@ class Harvest:
     async def _publish(self, journal: Journal, meta: dict[str, str],
                        metrics: dict[str, Any]) -> RunResult:
         self.progress.phase = "writing"
-        counts = await journal.call(journal.counts)
-        per_source = await journal.call(journal.ids_per_source, len(self.cfg.sources))
-        failed, gone = counts.get(FAILED, 0), counts.get(GONE, 0)
-        truncated = any(r.truncated for r in self.reports)
         kind = meta.get("kind", "full")
+        counts = await journal.call(journal.counts)
+        if counts.get(GONE) and not counts.get(DONE):
+            # every id answered 404 (or failed): a wrong server, not a repository emptied
+            await journal.call(unconfirm_gone, journal)
+            counts = await journal.call(journal.counts)
+        if kind == "full" and not self.accept_drop:
+            refusal = await asyncio.to_thread(self._guard, counts)
+            if refusal:
+                raise PublishGuarded(refusal)
+        per_source = await journal.call(journal.ids_per_source, len(self.cfg.sources))
+        incomplete = await journal.call(incomplete_count, journal)
+        failed, gone = counts.get(FAILED, 0) + incomplete, counts.get(GONE, 0)
+        truncated = any(r.truncated for r in self.reports)
         since = orjson.loads(meta.get("since", "{}"))
         manifest: dict[str, Any] = {
             "name": self.cfg.name,
@@ -384,11 +476,13 @@ class Harvest:
             "ids": {
                 "total": sum(counts.values()),
                 "fetched": counts.get(DONE, 0),
-                "failed": failed,
+                "failed": counts.get(FAILED, 0),
                 "gone": gone,
+                "incomplete": incomplete,  # records kept while their stats/files/versions failed
             },
             "errors": failed,
-            "http": metrics,
+            # this run's requests; requests_total adds the interrupted runs it resumed
+            "http": {**metrics, "requests_total": _requests_total(meta, metrics)},
             "fetch": self.fetcher.report(),  # requests per item, downloads
         }
         writer = SnapshotWriter(
@@ -409,12 +503,32 @@ class Harvest:
             except asyncio.CancelledError:
                 self._stop_write.set()  # journal.close() then waits for the thread to give up
                 raise
+        crash_point("published")
         published = read_manifest(path)
         await journal.call(journal.update_catalog, self.catalog_path, meta["snapshot_id"],
                            kind == "full")
         self._remember(meta, published, advance=not failed and not truncated)
         self._prune()
         return RunResult(path, published, failed, truncated)
+
+    def _guard(self, counts: dict[int, int]) -> str:
+        """Why this full run must not be published, or "" (a thread: reads manifests)."""
+        fetched, listed = counts.get(DONE, 0), sum(counts.values())
+        after = ("LATEST not moved; the journal is kept: run again to retry, or "
+                 "'harvester run --accept-drop' to publish it")
+        if listed and not fetched:
+            return (f"publish guard: this full run fetched 0 records of the {listed:,} ids "
+                    f"listed; {after}")
+        last = _last_complete_full(self.root, self.cfg.name)
+        if last is None:
+            return ""
+        sid, before = last
+        ratio = self.cfg.guard.min_ratio
+        if fetched < ratio * before:
+            return (f"publish guard: this full run fetched {fetched:,} records, fewer than "
+                    f"{ratio:g} x the {before:,} of snapshot {sid}, the last complete one; "
+                    f"{after}")
+        return ""
 
     def _remember(self, meta: dict[str, str], manifest: dict[str, Any], *, advance: bool) -> None:
         """Record the run; move the high-water marks only when nothing was lost, so a run
@@ -465,31 +579,29 @@ class Harvest:
             ndjson="ndjson" in writer.formats,
             parquet="parquet" in writer.formats,
         )
-        duplicate_keys = 0
+        if self.renderer is None:  # forked workers: every module they need is loaded by now
+            self.renderer = ChunkRenderer(self._worker_count(journal))
+        renderer = self.renderer
         writer.open()
         try:
-            # records in id order, a chunk of bounded size at a time
-            for rows in journal.chunks(CHUNK_RECORDS, CHUNK_BYTES):
+            # records in id order, rendered a chunk at a time here and in worker processes
+            for chunk in renderer.map(spec, journal.packed_chunks(renderer.chunk_size)):
                 self._check_stop()
-                chunk = render(spec, rows)
                 writer.add_rendered(chunk)
+                release_free_memory()  # else the peak creeps up with the records written
                 self.progress.written += chunk.articles
-                duplicate_keys += chunk.duplicate_keys
+                for _ in range(chunk.articles):
+                    crash_point("write")
             for table, once in self.fetcher.run_rows(snapshot_id).items():
                 writer.add_rows(table, once)  # group/collection/... series, fetched once each
-            for source_record in journal.source_records():
-                side_ctx = RowContext(snapshot_id=snapshot_id,
-                                      fetched_at=parse_stamp(source_record.fetched_at))
-                for table, shaped in side_rows(source_record.kind, source_record.body,
-                                               side_ctx).items():
+            for kind, _, body, at in journal.side():
+                side_ctx = RowContext(snapshot_id=snapshot_id, fetched_at=parse_stamp(at))
+                for table, shaped in side_rows(kind, body, side_ctx).items():
                     writer.add_rows(table, shaped)
             for error in journal.errors():
                 writer.add_error(error)
-            if duplicate_keys:  # kept as served in articles.ndjson and `raw`; columns: the last
-                log.warning("%d records give a JSON key twice; the tables keep the last value",
-                            duplicate_keys)
-            manifest["served_json"] = {"records_with_duplicate_keys": duplicate_keys}
             manifest["finished_at"] = stamp(utc_now())
+            crash_point("publish")
             self._check_stop()
             return writer.publish(manifest)
         except BaseException:
@@ -499,6 +611,32 @@ class Harvest:
 
 class _WriteStopped(Exception):
     """The run was interrupted while its snapshot was being written (nothing is published)."""
+
+
+def _requests_total(meta: dict[str, str], metrics: dict[str, Any]) -> dict[str, int]:
+    """Requests per host of the runs this journal saw before, plus this run's."""
+    total: dict[str, int] = dict(orjson.loads(meta.get("requests_earlier", "{}")))
+    for host, n in metrics.get("requests", {}).items():
+        total[host] = total.get(host, 0) + n
+    return dict(sorted(total.items()))
+
+
+def _last_complete_full(root: Path | str, name: str) -> tuple[str, int] | None:
+    """(snapshot id, records) of the newest complete full snapshot of `name`, if any."""
+    store = open_store(root)
+    if not store.exists(name):
+        return None
+    for folder in reversed(store.snapshots(name)):
+        where = store.url(name, folder, MANIFEST)
+        try:
+            manifest = parse_manifest(store.read_bytes(name, folder, MANIFEST), where)
+        except (HarvesterError, OSError):
+            continue  # unreadable: not a snapshot to compare with
+        if manifest.get("kind") == "full" and manifest.get("status") == "complete":
+            fetched = manifest.get("ids", {}).get("fetched")
+            if isinstance(fetched, int):
+                return str(manifest.get("snapshot_id", folder)), fetched
+    return None
 
 
 def _source_fp(source: Source) -> str:
