@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from harvester import __version__
+from harvester.catalog import Catalog, RunLock
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy, origin_of
 from harvester.config import INCREMENTAL_KINDS, Config, Source, public_view
 from harvester.errors import HarvesterError, OutputError
@@ -31,37 +32,21 @@ from harvester.fetch import (
     unconfirm_gone,
     utc_now,
 )
+from harvester.journal import DONE, FAILED, GONE, PENDING, Journal, Outcome
 from harvester.partition import Limits
 from harvester.records import RowContext, side_rows
-from harvester.render import (
-    ChunkRenderer,
-    RenderSpec,
-    auto_workers,
-    parse_stamp,
-    start_method,
-)
-from harvester.sinks import (
-    SnapshotWriter,
+from harvester.render import CHUNK_BYTES, CHUNK_RECORDS, RenderSpec, parse_stamp, render
+from harvester.sinks import SnapshotWriter
+from harvester.sources import SourceReport, enumerate_source
+from harvester.store import (
+    MANIFEST,
+    STAGING,
     is_remote,
     latest_snapshot,
     list_snapshots,
-    new_snapshot_id,
+    open_store,
+    parse_manifest,
     read_manifest,
-    release_free_memory,
-    tune_allocators,
-)
-from harvester.sources import SourceReport, enumerate_source
-from harvester.store import MANIFEST, STAGING, open_store, parse_manifest
-from harvester.state import (
-    DONE,
-    FAILED,
-    GONE,
-    PENDING,
-    Catalog,
-    Journal,
-    Outcome,
-    RunLock,
-    crash_point,
 )
 
 log = logging.getLogger("harvester")
@@ -90,8 +75,6 @@ class Progress:
 class PublishGuarded(HarvesterError):
     """A full run fetched nothing, or far fewer records than the last complete snapshot:
     not published (LATEST unchanged), the journal kept for a rerun or --accept-drop."""
-
-
 
 
 @dataclass
@@ -170,13 +153,11 @@ class Harvest:
         self.limits = Limits(page_size=cfg.http.page_size)  # shared by the run's sources
         self._client: Client | None = None
         self.reports: list[SourceReport] = []
-        self.renderer: ChunkRenderer | None = None
         # set when the run is cancelled (SIGINT/SIGTERM) while the journal thread writes the
         # snapshot: the write gives up at its next chunk instead of finishing and publishing
         self._stop_write = threading.Event()
 
     async def run(self) -> RunResult:
-        tune_allocators()  # before the first Arrow allocation of the run
         with RunLock(self.state_dir / "lock"):
             # a catalog that cannot be read stops the run before it fetches, not after it
             # published (every run ends by recording itself there)
@@ -187,11 +168,6 @@ class Harvest:
                     self._client = client
                     self.fetcher = ItemFetcher(self.cfg, client)
                     await self._enumerate(client, journal, meta)
-                    if start_method() == "spawn":
-                        # spawned workers start now, to import while the run fetches; forked
-                        # ones start when the snapshot is written (_write), ready at once
-                        self.renderer = ChunkRenderer(
-                            await journal.call(self._worker_count, journal), "spawn")
                     await self._fan_out(client, journal)
                     await self.fetcher.after_fan_out(journal)  # group/collection/... stats
                     metrics = client.metrics()
@@ -201,8 +177,6 @@ class Harvest:
                 journal.close()  # kept: the next run with the same config resumes from here
                 raise
             finally:
-                if self.renderer is not None:
-                    self.renderer.close()
                 self._remove_empty_staging()
             journal.discard()
             return result
@@ -253,8 +227,7 @@ class Harvest:
             kind, since = self._choose_kind(now)
             meta = {
                 # unique even when two runs start within the same second
-                "snapshot_id": now.strftime("%Y%m%dT%H%M%SZ") if is_remote(self.root)
-                else new_snapshot_id(Path(self.root) / self.cfg.name, now),
+                "snapshot_id": open_store(self.root).new_snapshot_id(self.cfg.name, now),
                 "started_at": stamp(now),
                 "fingerprint": fingerprint,
                 "runs": "1",
@@ -263,14 +236,6 @@ class Harvest:
             }
         await journal.call(journal.set_meta, meta)
         return journal, meta
-
-    def _worker_count(self, journal: Journal) -> int:
-        """Processes that help write the snapshot: output.workers, or by the run's size (on
-        the journal thread)."""
-        if self.cfg.output.workers is not None:
-            return self.cfg.output.workers
-        counts = journal.counts()
-        return auto_workers(sum(counts.values()) - counts.get(GONE, 0))
 
     def _choose_kind(self, now: dt.datetime) -> tuple[str, dict[str, str]]:
         """Full or incremental, and per list source the modified_since bound to ask with."""
@@ -325,9 +290,8 @@ class Harvest:
                                                 self.limits):
                 await journal.call(journal.add_ids, idx, batch)
                 self.progress.listed += len(batch)
-                crash_point("listing")
             if report.side:  # collections, projects, reviews: written with the snapshot
-                await journal.call(journal.add_side, idx,
+                await journal.call(journal.add_source_records, idx,
                                    [(s.kind, s.key, s.body) for s in report.side],
                                    stamp(utc_now()))
             info = report.as_dict()
@@ -428,8 +392,6 @@ class Harvest:
                         await journal.call(store_outcomes, journal, batch)
                     except Exception as exc:
                         failure = exc
-                    for _ in batch:
-                        crash_point("fetch")
                 batch, due = [], None
             if ended:
                 if failure is not None:
@@ -503,7 +465,6 @@ class Harvest:
             except asyncio.CancelledError:
                 self._stop_write.set()  # journal.close() then waits for the thread to give up
                 raise
-        crash_point("published")
         published = read_manifest(path)
         await journal.call(journal.update_catalog, self.catalog_path, meta["snapshot_id"],
                            kind == "full")
@@ -579,29 +540,31 @@ class Harvest:
             ndjson="ndjson" in writer.formats,
             parquet="parquet" in writer.formats,
         )
-        if self.renderer is None:  # forked workers: every module they need is loaded by now
-            self.renderer = ChunkRenderer(self._worker_count(journal))
-        renderer = self.renderer
+        duplicate_keys = 0
         writer.open()
         try:
-            # records in id order, rendered a chunk at a time here and in worker processes
-            for chunk in renderer.map(spec, journal.packed_chunks(renderer.chunk_size)):
+            # records in id order, a chunk of bounded size at a time
+            for rows in journal.chunks(CHUNK_RECORDS, CHUNK_BYTES):
                 self._check_stop()
+                chunk = render(spec, rows)
                 writer.add_rendered(chunk)
-                release_free_memory()  # else the peak creeps up with the records written
                 self.progress.written += chunk.articles
-                for _ in range(chunk.articles):
-                    crash_point("write")
+                duplicate_keys += chunk.duplicate_keys
             for table, once in self.fetcher.run_rows(snapshot_id).items():
                 writer.add_rows(table, once)  # group/collection/... series, fetched once each
-            for kind, _, body, at in journal.side():
-                side_ctx = RowContext(snapshot_id=snapshot_id, fetched_at=parse_stamp(at))
-                for table, shaped in side_rows(kind, body, side_ctx).items():
+            for source_record in journal.source_records():
+                side_ctx = RowContext(snapshot_id=snapshot_id,
+                                      fetched_at=parse_stamp(source_record.fetched_at))
+                for table, shaped in side_rows(source_record.kind, source_record.body,
+                                               side_ctx).items():
                     writer.add_rows(table, shaped)
             for error in journal.errors():
                 writer.add_error(error)
+            if duplicate_keys:  # kept as served in articles.ndjson and `raw`; columns: the last
+                log.warning("%d records give a JSON key twice; the tables keep the last value",
+                            duplicate_keys)
+            manifest["served_json"] = {"records_with_duplicate_keys": duplicate_keys}
             manifest["finished_at"] = stamp(utc_now())
-            crash_point("publish")
             self._check_stop()
             return writer.publish(manifest)
         except BaseException:
