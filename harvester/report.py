@@ -115,8 +115,9 @@ def _headline(db: Opened, has_stats: bool) -> str | None:
             continue
         shown = _bytes(value) if key == "bytes" else f"{value:,}"
         delta = ""
-        if before.get(key) is not None:
-            diff = value - before[key]
+        earlier = before.get(key)
+        if earlier is not None:
+            diff = value - earlier
             text = (("+" if diff > 0 else "\u2212" if diff < 0 else "\u00b1")
                     + (_bytes(abs(diff)) if key == "bytes" else f"{abs(diff):,}"))
             delta = (f'<span class="delta" data-delta="{diff}">{text} since '
