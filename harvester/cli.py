@@ -76,6 +76,20 @@ def _parser() -> argparse.ArgumentParser:
                     help="the harvest's folder: a directory or s3://bucket/prefix/NAME")
     sp.add_argument("--duckdb", required=True, metavar="FILE", help="the warehouse file")
     _log_flags(sp)
+    sp = sub.add_parser("report", help="write an offline HTML report of a harvest",
+                        description="One self-contained HTML page (no network needed) of a "
+                        "harvest's latest snapshot, or of a warehouse: warehouse:FILE.")
+    sp.add_argument("harvest", metavar="OUTPUT/NAME", help="harvest folder or warehouse:FILE")
+    sp.add_argument("--snapshot", metavar="ID", help="this snapshot instead of LATEST")
+    sp.add_argument("--out", metavar="FILE.html",
+                    help="where to write it (default: OUTPUT/NAME/report.html)")
+    sp = sub.add_parser("export", help="write a harvest's tables as CSV files and/or XLSX",
+                        description="Items, authors, categories, tags, funding, files and "
+                        "per-item stats as spreadsheets.")
+    sp.add_argument("harvest", metavar="OUTPUT/NAME", help="harvest folder or warehouse:FILE")
+    sp.add_argument("--snapshot", metavar="ID", help="this snapshot instead of LATEST")
+    sp.add_argument("--csv", metavar="DIR", help="write one CSV file per table here")
+    sp.add_argument("--xlsx", metavar="FILE", help="write one workbook, a sheet per table")
     sp = sub.add_parser("demo", help="harvest the built-in simulator with configs/demo.yaml")
     sp.add_argument("--output", type=_nonempty, default="output",
                     help="output directory (default: output)")
@@ -150,6 +164,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _simulate(args)
         if args.command == "load":
             return _cmd_load(args)
+        if args.command in ("report", "export"):
+            return _cmd_report(args)
         return _run_async(_COMMANDS[args.command](args))
     except ConfigError as exc:
         _fail(exc)
@@ -313,6 +329,23 @@ def _load_after_run(cfg: config.Config) -> int:
                    "(the next run, or 'harvester load', catches up)")
         return PARTIAL
     _print_load(report, cfg.warehouse.duckdb)
+    return OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """`report` and `export`: read a snapshot or warehouse, write files people open."""
+    if args.command == "report":
+        from harvester.report import write_report
+
+        print(f"report    {write_report(args.harvest, args.snapshot, args.out)}")
+        return OK
+    from harvester.export import export
+
+    counts = export(args.harvest, args.snapshot, csv_dir=args.csv, xlsx=args.xlsx)
+    rows = ", ".join(f"{t} {n:,}" for t, n in counts.items())
+    for kind, where in (("csv", args.csv), ("xlsx", args.xlsx)):
+        if where:
+            print(f"{kind:<9} {where}: {rows}")
     return OK
 
 
