@@ -40,9 +40,6 @@ from harvester.errors import (
 )
 from harvester.urls import SECRET_PARAMS, origin_of, sanitize_url
 
-__all__ = ["Client", "ClientSettings", "RateLimit", "Reply", "RetryPolicy", "Stream",
-           "origin_of", "sanitize_url"]
-
 log = logging.getLogger("harvester.client")
 
 # Starts are (per + margin) / requests apart, the margin 2.5% of `per` (at most 0.25 s): arrivals
@@ -55,7 +52,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CALLER_SECRETS = ("Authorization", "Proxy-Authorization", "Cookie")
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(rb"<[^>]*>?")
-
 T = TypeVar("T")
 
 
@@ -92,10 +88,10 @@ class RetryPolicy:
 
 
 class Scope(NamedTuple):
-    """A URL prefix (origin and path) and what belongs to the requests under it."""
+    """A URL prefix (origin and a path ending in "/") and what belongs to requests under it."""
 
     origin: str
-    path: str  # ends with "/"
+    path: str
     value: str
 
     def covers(self, url: URL) -> bool:
@@ -103,20 +99,15 @@ class Scope(NamedTuple):
 
 
 def scopes(prefixes: Mapping[str, str]) -> tuple[Scope, ...]:
-    """URL prefix -> value, as Scopes; a ValueError names a prefix that is not an absolute URL."""
-    out = []
-    for prefix, value in prefixes.items():
-        url = URL(prefix)
-        out.append(Scope(origin_of(url), url.raw_path.rstrip("/") + "/", str(value)))
-    return tuple(out)
+    """URL prefix -> value as Scopes; ValueError for a prefix that is not an absolute URL."""
+    return tuple(Scope(origin_of(u), u.raw_path.rstrip("/") + "/", str(v))
+                 for u, v in ((URL(p), v) for p, v in prefixes.items()))
 
 
 @dataclass(frozen=True)
 class ClientSettings:
-    """Everything the transport needs.
-
-    `credentials`: URL prefix -> Authorization value, sent only under that prefix (never shown);
-    `auth_hints`: URL prefix -> the settings a 401/403 there should name."""
+    """Everything the transport needs. `credentials`: URL prefix -> Authorization value, sent
+    only under that prefix; `auth_hints`: URL prefix -> the settings a 401/403 there names."""
 
     user_agent: str
     concurrency: int = 4
@@ -137,8 +128,7 @@ class ClientSettings:
         if not self.user_agent.strip():
             raise ConfigError("user_agent must not be empty")
         try:
-            scopes(self.credentials)
-            scopes(self.auth_hints)
+            scopes({**self.credentials, **self.auth_hints})
             shared = tuple(dict.fromkeys(origin_of(o) for o in self.shared_origins))
         except ValueError as exc:
             raise ConfigError(f"client settings: {exc}") from None
@@ -156,13 +146,12 @@ class Reply:
     data: Any = None
 
     def json(self) -> Any:
-        """The body as JSON (already parsed when the request expected JSON)."""
         return self.data if self.data is not None else orjson.loads(self.body)
 
 
 class Stream:
-    """A 2xx body read chunk by chunk: `async for chunk in stream`. A connection lost mid-body
-    raises RetryableError ("truncated", "reset", "timeout"); the caller decides how to go on."""
+    """A 2xx body read chunk by chunk (`async for chunk in stream`); a connection lost mid-body
+    raises RetryableError ("truncated", "reset", "timeout") and the caller decides what next."""
 
     def __init__(self, resp: aiohttp.ClientResponse, call: _Call, client: Client,
                  chunk_size: int) -> None:
@@ -194,8 +183,6 @@ def backoff_delay(attempt: int, policy: RetryPolicy, rand: Callable[[], float]) 
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a Retry-After value: delta-seconds or an HTTP-date (`now` is epoch)."""
     text = (value or "").strip()
-    if not text:
-        return None
     try:
         seconds = float(text)
     except ValueError:
@@ -212,20 +199,19 @@ def _http_date(text: str) -> float | None:
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
+def _is_html(raw: bytes, content_type: str) -> bool:
+    return "html" in content_type.lower() or raw.lstrip()[:1] == b"<"
+
+
 def summarize(raw: bytes, content_type: str = "") -> str:
     """A body as a short line for an error message: an HTML page by its <title> (else its first
     80 characters of text), anything else by its first 200 characters."""
     head = raw[:16384]
-    if _is_html(head, content_type):
-        title = _TITLE.search(head)
-        text = html.unescape(_TAG.sub(b" ", title.group(1) if title else head)
-                             .decode("utf-8", "replace"))
-        return "HTML page: " + (" ".join(text.split())[:80] or "(no text)")
-    return " ".join(raw[:400].decode("utf-8", "replace").split())[:200]
-
-
-def _is_html(raw: bytes, content_type: str) -> bool:
-    return "html" in content_type.lower() or raw.lstrip()[:1] == b"<"
+    if not _is_html(head, content_type):
+        return " ".join(raw[:400].decode("utf-8", "replace").split())[:200]
+    title = _TITLE.search(head)
+    text = html.unescape(_TAG.sub(b" ", title[1] if title else head).decode("utf-8", "replace"))
+    return "HTML page: " + (" ".join(text.split())[:80] or "(no text)")
 
 
 class Unkept(ValueError):
@@ -292,9 +278,6 @@ class _Call:
                    url=self.safe_url, status=status, reason=reason, body=self.mask(body), **kw)
 
 
-# ---- per-budget and per-origin state -------------------------------------------------------------
-
-
 class _Budget:
     """One rate budget: starts paced evenly, and a Retry-After hold (monotonic time)."""
 
@@ -303,21 +286,12 @@ class _Budget:
         self.not_before = -math.inf
 
 
-@dataclass(frozen=True)
-class _Circuit:
-    """Why an origin gets nothing more sent, and the error every later send raises."""
-
-    cls: type[Abort]  # Blocked (403 HTML) or Unreachable (no connection)
-    reason: str
-    state: str  # "blocked us earlier", "is unreachable"
-    why: str
-    status: int | None = None
-
-
 class _Host:
+    """One origin: its budget, and its circuit once open (the error every later send gets)."""
+
     def __init__(self, name: str, budget: _Budget) -> None:
         self.name, self.budget = name, budget
-        self.circuit: _Circuit | None = None  # open: nothing more is sent here
+        self.circuit: tuple[type[Abort], str, str] | None = None  # class, reason, why
         self.unreached = 0  # requests in a row that never connected, all retries spent
 
 
@@ -330,16 +304,14 @@ class Client:
     def __init__(self, settings: ClientSettings, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  rand: Callable[[], float] = random.random) -> None:
-        self.settings = settings
+        s = self.settings = settings
         self._clock, self._sleep, self._rand = clock, sleep, rand
         self._session: aiohttp.ClientSession | None = None
         self._sem: asyncio.Semaphore | None = None
-        self._scopes = scopes(settings.credentials)
-        self._hints = scopes(settings.auth_hints)
-        self._secrets = [s for scope in self._scopes for s in _secrets_of(scope.value)]
+        self._scopes, self._hints = scopes(s.credentials), scopes(s.auth_hints)
+        self._secrets = [x for scope in self._scopes for x in _secrets_of(scope.value)]
         self._hosts: dict[str, _Host] = {}
         self._budgets: dict[str, _Budget] = {}
-        s = settings
         self._timeout = aiohttp.ClientTimeout(total=s.total_timeout, connect=s.connect_timeout,
                                               sock_read=s.read_timeout)
         self._stream_timeout = aiohttp.ClientTimeout(connect=s.connect_timeout,
@@ -347,8 +319,7 @@ class Client:
         self._started: Counter[str] = Counter()
         self._statuses: Counter[str] = Counter()
         self._retries: Counter[str] = Counter()
-        self._bytes = 0
-        self._mended = 0  # JSON bodies kept with U+FFFD for text that is not Unicode
+        self._bytes = self._mended = 0  # mended: JSON kept with U+FFFD for text not Unicode
         self._held = 0.0
         self._circuits: list[str] = []
 
@@ -356,11 +327,9 @@ class Client:
         self._sem = asyncio.Semaphore(self.settings.concurrency)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),  # the semaphore is the one concurrency cap
-            timeout=self._timeout,
-            headers={"User-Agent": self.settings.user_agent},
+            timeout=self._timeout, headers={"User-Agent": self.settings.user_agent},
             cookie_jar=aiohttp.DummyCookieJar(),  # cookies are credentials too; we need none
-            trust_env=False,
-        )
+            trust_env=False)
         # aiohttp resends an idempotent request at once when a kept-alive connection drops, past
         # the budget; our own retry waits its turn instead.
         if hasattr(self._session, "_retry_connection"):
@@ -371,7 +340,6 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the session (idempotent)."""
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -385,17 +353,16 @@ class Client:
                    headers: Mapping[str, str] | None = None,
                    expect: Literal["json", "bytes"] = "json") -> Reply:
         hdrs = CIMultiDict(headers or {})
-        body = None
         if json is not None:
-            body = orjson.dumps(json)
             hdrs.setdefault("Content-Type", "application/json")
+        body = None if json is None else orjson.dumps(json)
         return await self._request("POST", url, params, hdrs, body, expect)
 
     @asynccontextmanager
     async def stream(self, url: str, *, headers: Mapping[str, str] | None = None,
                      chunk_size: int = 1 << 16) -> AsyncIterator[Stream]:
-        """GET `url` and read its 2xx body in chunks, uncapped, for files: up to the response head
-        as get(); the concurrency slot is held until the block ends; no total timeout."""
+        """GET a 2xx body in chunks, uncapped (files): up to the response head as get(); the
+        concurrency slot is held until the block ends; no total timeout."""
         call = self._call("GET", url, None, headers)
         async with AsyncExitStack() as outer:
 
@@ -415,15 +382,10 @@ class Client:
 
     def metrics(self) -> dict[str, Any]:
         """Counters for the manifest (JSON-ready: string keys only)."""
-        return {
-            "requests": dict(self._started),
-            "responses": dict(self._statuses),
-            "retries": dict(self._retries),
-            "bytes": self._bytes,
-            "retry_after_wait_s": round(self._held, 3),
-            "circuits_opened": list(self._circuits),
-            "json_mended": self._mended,  # bodies kept with U+FFFD (see lenient_json)
-        }
+        return {"requests": dict(self._started), "responses": dict(self._statuses),
+                "retries": dict(self._retries), "bytes": self._bytes,
+                "retry_after_wait_s": round(self._held, 3),
+                "circuits_opened": list(self._circuits), "json_mended": self._mended}
 
     # -- one request: attempts, hops, admission ---------------------------------------------------
 
@@ -447,9 +409,7 @@ class Client:
         if self._session is None:
             raise RuntimeError("Client used outside 'async with'")
         try:
-            target = URL(url)
-            if params:
-                target = target.extend_query(dict(params))
+            target = URL(url).extend_query(dict(params or {}))
         except (ValueError, TypeError) as exc:
             raise RequestError(f"{method} <unparseable url> -> bad-url: {exc}",
                                reason="bad-url") from None
@@ -459,15 +419,14 @@ class Client:
             if k.lower() in ("authorization", "proxy-authorization", "cookie"):
                 secrets += _secrets_of(v)
         call = _Call(method, target, secrets)
-        if not target.absolute or target.scheme not in ("http", "https") or not target.host:
+        if target.scheme not in ("http", "https") or not target.host:
             raise call.fail(RequestError, "bad-url", "not an absolute http(s) URL")
         return call
 
     async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
         """Attempts while they fail with RetryableError, per the policy; every error that leaves
         carries the number of attempts made."""
-        policy = self.settings.retry
-        attempt = 1
+        policy, attempt = self.settings.retry, 1
         while True:
             try:
                 return await attempt_once()
@@ -490,8 +449,8 @@ class Client:
     @asynccontextmanager
     async def _open(self, call: _Call, headers: Mapping[str, str] | None, body: bytes | None,
                     timeout: aiohttp.ClientTimeout) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One attempt up to its final response head, its body unread. Redirects are followed
-        here, each hop admitted by its own budget and given only the credentials of its URL."""
+        """One attempt up to its final response head, body unread. Redirects are followed here:
+        each hop admitted by its own budget and given only the credentials of its URL."""
         session, sem = self._session, self._sem
         if session is None or sem is None:
             raise call.fail(Abort, "closed", "the client was closed")
@@ -531,9 +490,10 @@ class Client:
         """Wait out the budget's Retry-After hold; refuse when the host's circuit is open."""
         limit = self.settings.retry.retry_after_max
         while True:
-            if (circuit := host.circuit) is not None:
-                raise call.fail(circuit.cls, circuit.reason, f"not sent: {host.name} "
-                                f"{circuit.state} ({circuit.why})", status=circuit.status)
+            if host.circuit is not None:
+                cls, reason, why = host.circuit
+                raise call.fail(cls, reason, f"not sent: {host.name} {why}",
+                                status=403 if cls is Blocked else None)
             wait = host.budget.not_before - self._clock()
             if wait <= 0:
                 return
@@ -545,39 +505,33 @@ class Client:
 
     async def _admit(self, call: _Call, host: _Host) -> None:
         """The next evenly paced start of the host's budget, outside any Retry-After hold."""
-        budget = host.budget
         while True:
             await self._hold(call, host)
-            await budget.limiter.acquire()
-            if host.circuit is None and self._clock() >= budget.not_before:
+            await host.budget.limiter.acquire()
+            if host.circuit is None and self._clock() >= host.budget.not_before:
                 break  # else a hold began while we queued: wait it out and queue again
         self._started[host.name] += 1
 
     def _credentials(self, url: URL, given: CIMultiDict[str]) -> CIMultiDict[str]:
         """The caller's headers, plus the credential whose scope covers `url` (if any)."""
         hdrs = given.copy()
-        if "Authorization" not in hdrs:
-            scope = next((s for s in self._scopes if s.covers(url)), None)
-            if scope is not None:
-                hdrs["Authorization"] = scope.value
+        scope = next((s for s in self._scopes if s.covers(url)), None)
+        if scope is not None and "Authorization" not in hdrs:
+            hdrs["Authorization"] = scope.value
         return hdrs
 
     def _host(self, url: URL) -> _Host:
         name = origin_of(url)
-        host = self._hosts.get(name)
-        if host is None:
+        if name not in self._hosts:
             key = "" if name in self.settings.shared_origins else name
-            budget = self._budgets.get(key)
-            if budget is None:
-                budget = self._budgets[key] = _Budget(self.settings.default_rate)
-            host = self._hosts[name] = _Host(name, budget)
-        return host
-
-    # -- responses --------------------------------------------------------------------------------
+            if key not in self._budgets:
+                self._budgets[key] = _Budget(self.settings.default_rate)
+            self._hosts[name] = _Host(name, self._budgets[key])
+        return self._hosts[name]
 
     async def _read(self, call: _Call, resp: aiohttp.ClientResponse) -> bytes:
-        """The decompressed body, read in chunks and refused past max_body: memory stays near
-        the cap whatever the server sends (a gzip bomb included)."""
+        """The decompressed body, read in chunks and refused past max_body: memory stays near the
+        cap whatever the server sends (a gzip bomb included)."""
         cap, size, parts = self.settings.max_body, 0, []
         try:
             async for chunk in resp.content.iter_any():
@@ -602,8 +556,7 @@ class Client:
                 data, raw = self._json(call, status, phrase, raw)
             return Reply(status, headers, raw, call.safe_url, data)
         host = self._host(call.url)
-        ctype = headers.get("Content-Type", "")
-        summary = summarize(raw, ctype)
+        summary = summarize(raw, headers.get("Content-Type", ""))
 
         def fail(cls: type[RequestError], label: str = "", detail: str = summary,
                  **kw: Any) -> RequestError:
@@ -619,9 +572,9 @@ class Client:
             raise fail(NotFound)
         if status == 422 or (status == 400 and b"max page reached" in raw.lower()):
             raise fail(WindowExhausted)
-        if status == 403 and _is_html(raw[:64], ctype):
-            self._open_circuit(host, _Circuit(Blocked, "circuit-open", "blocked us earlier",
-                                              f"{status} {phrase}", status=403))
+        if status == 403 and _is_html(raw[:64], headers.get("Content-Type", "")):
+            self._open_circuit(host, Blocked, "circuit-open", f"blocked us earlier ({status} "
+                               f"{phrase})")
             raise fail(Blocked)
         if status in (401, 403):
             hint = next((h.value for h in self._hints if h.covers(call.url)), None)
@@ -650,38 +603,30 @@ class Client:
     def _transport_error(self, call: _Call, exc: BaseException) -> RequestError:
         """A failed exchange in words a person understands, and whether to retry it."""
         s, host, where = self.settings, call.url.host, f"{call.url.host}:{call.url.port}"
-        retry = RetryableError
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return call.fail(retry, "connect", f"timed out after {s.connect_timeout:g} s "
-                             f"connecting to {where}")
-        if isinstance(exc, aiohttp.SocketTimeoutError):
-            return call.fail(retry, "timeout", f"timed out after {s.read_timeout:g} s "
-                             "with nothing received")
-        if isinstance(exc, TimeoutError):
-            return call.fail(retry, "timeout", f"timed out after {s.total_timeout:g} s in all")
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            return call.fail(retry, "truncated", "the connection closed inside the body")
-        if isinstance(exc, aiohttp.ClientConnectorDNSError):
-            return call.fail(retry, "connect", f"DNS lookup failed for {host}")
-        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            return call.fail(retry, "connect", f"TLS handshake failed with {host}: "
-                             "its certificate is not trusted")
-        if isinstance(exc, aiohttp.ClientSSLError):
-            return call.fail(retry, "connect", f"TLS handshake failed with {host}")
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            os_error = exc.os_error
-            if os_error.errno == errno.ECONNREFUSED or "refused" in str(os_error).lower():
-                return call.fail(retry, "connect", f"connection refused by {where}")
-            return call.fail(retry, "connect", f"could not connect to {where} "
-                             f"({os_error.strerror or 'network error'})")
-        if isinstance(exc, aiohttp.ServerDisconnectedError):
-            return call.fail(retry, "reset", "the server closed the connection without answering")
-        if isinstance(exc, aiohttp.ClientConnectionError | OSError):
-            return call.fail(retry, "reset", "the connection was lost")
+        os_error = getattr(exc, "os_error", None)
+        refused = os_error is not None and (os_error.errno == errno.ECONNREFUSED
+                                            or "refused" in str(os_error).lower())
+        for kind, reason, words in (
+            (aiohttp.ConnectionTimeoutError, "connect",
+             f"timed out after {s.connect_timeout:g} s connecting to {where}"),
+            (aiohttp.SocketTimeoutError, "timeout",
+             f"timed out after {s.read_timeout:g} s with nothing received"),
+            (TimeoutError, "timeout", f"timed out after {s.total_timeout:g} s in all"),
+            (aiohttp.ClientPayloadError, "truncated", "the connection closed inside the body"),
+            (aiohttp.ClientConnectorDNSError, "connect", f"DNS lookup failed for {host}"),
+            (aiohttp.ClientConnectorCertificateError, "connect",
+             f"TLS handshake failed with {host}: its certificate is not trusted"),
+            (aiohttp.ClientSSLError, "connect", f"TLS handshake failed with {host}"),
+            (aiohttp.ClientConnectorError, "connect", f"connection refused by {where}"
+             if refused else f"could not connect to {where}"),
+            (aiohttp.ServerDisconnectedError, "reset",
+             "the server closed the connection without answering"),
+            (aiohttp.ClientConnectionError | OSError, "reset", "the connection was lost"),
+        ):
+            if isinstance(exc, kind):
+                return call.fail(RetryableError, reason, words)
         message = getattr(exc, "message", "") or str(exc)
         return call.fail(RequestError, "client-error", f"not a usable HTTP response: {message}")
-
-    # -- circuits ---------------------------------------------------------------------------------
 
     def _unreached(self, last: RetryableError, attempts: int) -> None:
         """A request never connected through all its attempts: the UNREACHABLE_AFTER-th in a row
@@ -689,18 +634,17 @@ class Client:
         host = self._host(URL(last.url))
         host.unreached += 1
         if host.unreached >= UNREACHABLE_AFTER:
-            self._open_circuit(host, _Circuit(
-                Unreachable, "unreachable", "is unreachable",
-                f"{host.unreached} requests in a row could not connect in {attempts} "
-                f"attempts each; the last: {last}"))
-        if host.circuit is not None and host.circuit.cls is Unreachable:
-            raise Unreachable(f"{host.name} is unreachable: {host.circuit.why}", url=last.url,
+            self._open_circuit(host, Unreachable, "unreachable", (
+                f"is unreachable ({host.unreached} requests in a row could not connect in "
+                f"{attempts} attempts each; the last: {last})"))
+        if host.circuit is not None and host.circuit[0] is Unreachable:
+            raise Unreachable(f"{host.name} {host.circuit[2]}", url=last.url,
                               reason="unreachable", attempts=attempts)
 
-    def _open_circuit(self, host: _Host, circuit: _Circuit) -> None:
+    def _open_circuit(self, host: _Host, cls: type[Abort], reason: str, why: str) -> None:
         """The first reason to stop sending to `host` stays (later sends raise its error)."""
         if host.circuit is None:
-            host.circuit = circuit
+            host.circuit = (cls, reason, why)
             self._circuits.append(host.name)
 
 
@@ -712,7 +656,7 @@ def _final(cls: type[RequestError], last: RequestError, attempts: int, why: str)
 def _redirect_target(call: _Call, status: int, location: str) -> URL:
     """Where a redirect leads; only another http(s) URL is followed (RequestError otherwise)."""
     try:
-        target = call.url.join(URL(location))
+        target: URL | None = call.url.join(URL(location))
     except ValueError:
         target = None
     if target is None or target.scheme not in ("http", "https") or not target.host:
