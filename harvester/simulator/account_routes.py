@@ -105,12 +105,13 @@ async def account_institution(request: web.Request) -> web.StreamResponse:
 async def institution_articles(request: web.Request) -> web.StreamResponse:
     _account(request, admin=True)
     params = dict(request.query)
-    _, corpus = sim_of(request)
+    settings, corpus = sim_of(request)
+    days = settings.date_bounds == "day"
 
     def query_for() -> tuple[tuple[Any, ...], Callable[[], Sequence[int]]]:
         order, direction = order_param(params, INSTITUTION_ORDERS, "published_date")
-        published = since_param(params, "published_since")
-        modified = since_param(params, "modified_since")
+        published = since_param(params, "published_since", days=days)
+        modified = since_param(params, "modified_since", days=days)
         item_type, group = int_param(params, "item_type"), int_param(params, "group")
         int_param(params, "status")  # validated; the meaning of its codes is not documented
         col = 1 if order == "published_date" else 2

@@ -43,13 +43,13 @@ LICENSES = [
 # ---- articles ------------------------------------------------------------------------------
 
 
-def _article_filters(params: Mapping[str, Any], search: bool) -> dict[str, Any]:
+def _article_filters(params: Mapping[str, Any], search: bool, days: bool) -> dict[str, Any]:
     filters = {
         "institution": int_param(params, "institution"),
         "group": int_param(params, "group"),
         "item_type": int_param(params, "item_type"),
-        "published_since": since_param(params, "published_since"),
-        "modified_since": since_param(params, "modified_since"),
+        "published_since": since_param(params, "published_since", days=days),
+        "modified_since": since_param(params, "modified_since", days=days),
         "doi": str_param(params, "doi"),
         "handle": str_param(params, "handle"),
         "resource_doi": str_param(params, "resource_doi"),
@@ -75,11 +75,11 @@ def _with_duplicates(ids: Sequence[int], rate: float, salt: str) -> Sequence[int
 @route
 async def articles_list(request: web.Request) -> web.StreamResponse:
     params = dict(request.query)
-    _, corpus = sim_of(request)
+    settings, corpus = sim_of(request)
 
     def query_for() -> tuple[tuple[Any, ...], Callable[[], Sequence[int]]]:
         order, direction = order_param(params, ARTICLE_ORDERS, "published_date")
-        filters = _article_filters(params, search=False)
+        filters = _article_filters(params, search=False, days=settings.date_bounds == "day")
         key = ("articles", order, direction, *sorted(filters.items()))
         return key, lambda: corpus.select(order=order, direction=direction, **filters)
 
@@ -93,7 +93,7 @@ async def articles_search(request: web.Request) -> web.StreamResponse:
 
     def query_for() -> tuple[tuple[Any, ...], Callable[[], Sequence[int]]]:
         order, direction = order_param(params, ARTICLE_ORDERS, "created_date")
-        filters = _article_filters(params, search=True)
+        filters = _article_filters(params, search=True, days=settings.date_bounds == "day")
         text = str(params.get("search_for") or "")
         try:
             tree = query.parse(text)

@@ -26,6 +26,7 @@ PROJECT_ORDERS = ("published_date", "modified_date", "views")
 INSTITUTION_ORDERS = ("published_date", "modified_date")
 MAX_PAGE_MESSAGE = "Max page reached. Please narrow down your search"
 CURSOR_TTL = 3_600.0
+HTML_404 = "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -113,6 +114,8 @@ def route(fn: Handler) -> Handler:
         try:
             return await fn(request)
         except ApiError as e:
+            if e.status == 404 and sim_of(request)[0].html_404:
+                return web.Response(status=404, text=HTML_404, content_type="text/html")
             return json_response({"message": e.message, "code": e.code, "data": e.data}, e.status)
 
     wrapped.__name__ = fn.__name__
@@ -153,8 +156,9 @@ def int_param(params: Mapping[str, Any], name: str) -> int | None:
     raise invalid(name, f"Expected an integer, got {value!r}")
 
 
-def since_param(params: Mapping[str, Any], name: str) -> int | None:
-    """YYYY-MM-DD (midnight UTC) or YYYY-MM-DDTHH:MM:SSZ -> epoch seconds (inclusive bound)."""
+def since_param(params: Mapping[str, Any], name: str, *, days: bool = False) -> int | None:
+    """YYYY-MM-DD (midnight UTC) or YYYY-MM-DDTHH:MM:SSZ -> epoch seconds (inclusive bound);
+    `days`: the time of day is dropped (a server that reads bounds as whole days)."""
     value = params.get(name)
     if value is None or value == "":
         return None
@@ -166,7 +170,8 @@ def since_param(params: Mapping[str, Any], name: str) -> int | None:
                 moment = datetime.strptime(text.rstrip("Z"), fmt).replace(tzinfo=UTC)
             except ValueError:
                 break
-            return int(moment.timestamp())
+            stamp = int(moment.timestamp())
+            return stamp - stamp % 86_400 if days else stamp
     raise invalid(name, f"Expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, got {value!r}")
 
 
@@ -228,6 +233,8 @@ def paging(params: Mapping[str, Any], settings: Any, *, window: bool = True) -> 
         start, size = (page - 1) * page_size, page_size
     # items 1..window are servable; a page reaching past them is refused outright
     if window and start + size > settings.window:
+        if settings.window_message:
+            raise ApiError(400, settings.window_message, "BadRequest")
         raise ApiError(400, MAX_PAGE_MESSAGE, "MaxPageReached")
     return Paging(start, size)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 FAULT_KINDS = ("500", "502", "503", "429", "reset", "truncate", "stall")
 OAI_ORDERS = ("datestamp", "shuffled")
+DATE_BOUNDS = ("second", "day")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class SimSettings:
     full_record_files_cap: int = 10
     cursor: bool = True  # X-Cursor on list/search
     search_duplicate_rate: float = 0.0  # search repeats a record within and across pages
+    window_message: str = ""  # a 400 past the window in other words ("": "Max page reached")
+    date_bounds: str = "second"  # "day": published_since/modified_since read as whole days
+    html_404: bool = False  # a missing entity answers an HTML page, not Figshare's JSON error
 
     # OAI-PMH
     oai_page_size: int = 10
@@ -73,6 +77,9 @@ class SimSettings:
                              f"{self.oai_token_pages} and {self.oai_bulk_items}")
         if self.oai_order not in OAI_ORDERS:
             raise ValueError(f"oai_order must be one of {list(OAI_ORDERS)}, got {self.oai_order!r}")
+        if self.date_bounds not in DATE_BOUNDS:
+            raise ValueError(f"date_bounds must be one of {list(DATE_BOUNDS)}, "
+                             f"got {self.date_bounds!r}")
         if self.record_cache < 0:
             raise ValueError(f"record_cache must be 0 or more, got {self.record_cache}")
         unknown = set(self.fault_kinds) - set(FAULT_KINDS)
