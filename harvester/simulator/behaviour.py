@@ -37,6 +37,8 @@ class LogEntry:
     status: int
     authorization: str | None
     fault: str | None  # the injected fault kind, if any
+    body: bytes | None = None  # a POST's request body (search filters, stats /count groups)
+    cursor: str | None = None  # the X-Cursor request header, a parameter the spec declares
 
 
 class RequestLog:
@@ -175,7 +177,10 @@ def middlewares(host: str) -> list[typedefs.Middleware]:
         request[_MARK] = mark
         log.started(host)
         status = 0
+        body: bytes | None = None
         try:
+            if request.method == "POST":
+                body = await request.read()  # kept by aiohttp: the route reads the same bytes
             response = await handler(request)
             status = response.status
             return response
@@ -200,6 +205,8 @@ def middlewares(host: str) -> list[typedefs.Middleware]:
                     status=0 if mark.broken else status,
                     authorization=request.headers.get("Authorization"),
                     fault=mark.fault,
+                    body=body,
+                    cursor=request.headers.get("X-Cursor"),
                 ),
                 retry_after=mark.retry_after if status == 429 and not mark.broken else None,
             )
