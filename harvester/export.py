@@ -148,28 +148,18 @@ def _sheets(book: Any, table: str, reader: pa.RecordBatchReader, max_rows: int) 
     bold = book.add_format({"bold": True, "bg_color": "#EEF1F5", "bottom": 1})
     kinds = ["id" if _is_id(f.name) and _kind(f.type) == "int" else _kind(f.type)
              for f in reader.schema]
+    formats = {"date": fmt_date, "int": fmt_int}
     part, sheet, row = 0, None, max_rows
+    writers: list[Any] = []
     for values in _rows(reader):
         if row >= max_rows:
             part += 1
             sheet = _new_sheet(book, table, part, names, kinds, bold, fmt_date, fmt_int)
+            writers = [_writer(sheet, kind) for kind in kinds]
             row = 1
-        assert sheet is not None
-        for col, (value, kind) in enumerate(zip(values, kinds, strict=True)):
-            if value is None:
-                continue
-            if kind == "text":
-                sheet.write_string(row, col, value)
-            elif kind == "date":
-                sheet.write_datetime(row, col, value, fmt_date)
-            elif kind == "bool":
-                sheet.write_boolean(row, col, value)
-            elif kind == "int":
-                sheet.write_number(row, col, value, fmt_int)
-            elif kind == "id":  # 1126458, not 1,126,458
-                sheet.write_number(row, col, value)
-            else:
-                sheet.write_number(row, col, value)
+        for col, value in enumerate(values):
+            if value is not None:
+                writers[col](row, col, value, formats.get(kinds[col]))
         row += 1
     if sheet is None:  # an empty table still gets its sheet and header
         _new_sheet(book, table, 1, names, kinds, bold, fmt_date, fmt_int)
@@ -184,6 +174,12 @@ def _new_sheet(book: Any, table: str, part: int, names: list[str], kinds: list[s
         sheet.set_column(col, col, max(width, len(name) + 2))
     sheet.freeze_panes(1, 0)
     return sheet
+
+
+def _writer(sheet: Any, kind: str) -> Any:
+    """The typed write method of a column: text stays text, whatever it starts with."""
+    return {"text": sheet.write_string, "date": sheet.write_datetime,
+            "bool": sheet.write_boolean}.get(kind, sheet.write_number)
 
 
 def _is_id(name: str) -> bool:
