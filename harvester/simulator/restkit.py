@@ -130,7 +130,8 @@ def sim_of(request: web.Request) -> tuple[Any, Corpus]:
 async def read_params(request: web.Request) -> dict[str, Any]:
     """Query string, overlaid by a JSON object body on POST (Figshare's own examples use both)."""
     params: dict[str, Any] = dict(request.query)
-    if request.method == "POST" and request.can_read_body:
+    # body_exists, not can_read_body: the request log has read (and aiohttp kept) the bytes
+    if request.method == "POST" and request.body_exists:
         raw = await request.read()
         if raw.strip():
             try:
