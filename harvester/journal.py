@@ -59,6 +59,11 @@ def pack(data: bytes) -> bytes:
     return _LZ4_TAG + len(data).to_bytes(8, "little") + _LZ4.compress(data, asbytes=True)
 
 
+def unpacked_size(blob: bytes) -> int:
+    """What unpack(blob) returns, in bytes (an old zlib blob: its packed size)."""
+    return int.from_bytes(blob[1:9], "little") if blob[:1] == _LZ4_TAG else len(blob)
+
+
 def unpack(blob: bytes) -> bytes:
     """The bytes a journal blob holds: an LZ4 blob of pack(), or an older journal's zlib one."""
     if blob[:1] != _LZ4_TAG:
@@ -128,8 +133,8 @@ class JournalRow(NamedTuple):
 
     @property
     def size(self) -> int:
-        """Stored bytes: what sizes a snapshot chunk."""
-        return len(self.body) + len(self.files or b"") + len(self.payloads or b"")
+        """The record's bytes unpacked, as far as the blobs tell: what sizes a snapshot chunk."""
+        return sum(unpacked_size(blob) for blob in (self.body, self.files, self.payloads) if blob)
 
 
 class SourceRecord(NamedTuple):

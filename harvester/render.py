@@ -28,9 +28,9 @@ from harvester.records import (
 from harvester.sinks import NDJSON_OPTS, rows_to_table
 
 # A chunk ends at whichever comes first: enough records that per-table conversion costs stay
-# small, or enough stored bytes that a few huge records do not multiply memory.
-CHUNK_RECORDS = 1_000
-CHUNK_BYTES = 32 << 20
+# small, or enough record bytes that a few huge records do not multiply memory.
+CHUNK_RECORDS = 250
+CHUNK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
