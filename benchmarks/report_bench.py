@@ -22,13 +22,13 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harvester.export import export  # noqa: E402
-from harvester.pipeline import Harvest  # noqa: E402
-from harvester.records import SCHEMAS  # noqa: E402
-from harvester.report import write_report  # noqa: E402
-from harvester.simulator import Simulator  # noqa: E402
-from harvester.simulator.settings import SimSettings  # noqa: E402
-from tests.conftest import write_config  # noqa: E402
+from harvester.export import export
+from harvester.pipeline import Harvest
+from harvester.records import SCHEMAS
+from harvester.report import write_report
+from harvester.simulator import Simulator
+from harvester.simulator.settings import SimSettings
+from tests.conftest import write_config
 
 SHIFT = 100_000_000  # copy k's article ids are id + k * SHIFT
 
