@@ -374,8 +374,9 @@ def _reviews(db: Opened, has_stats: bool) -> str | None:
                strftime(r.review_date, '%Y-%m-%d')
         FROM reviews r LEFT JOIN articles a USING (article_id)
         ORDER BY r.created_date DESC NULLS LAST, r.review_id LIMIT 100""")
-    body = [[_n(req), _n(rid), _link(t, url) if url else _e(f"item {aid}"), _e(st or ""),
-             _n(group), _n(who) if who is not None else "unassigned", _e(c or ""), _e(d or "")]
+    body = [[_id(req), _id(rid), _link(t, url) if url else _e(f"item {aid}"), _e(st or ""),
+             _id(group), _id(who) if who is not None else "unassigned", _e(c or ""),
+             _e(d or "")]
             for req, rid, t, url, aid, st, group, who, c, d in rows]
     return _section("reviews", "Review queue", [
         charts.hbar(status, "Reviews by status", "reviews", "status", color="#b07aa1"),
@@ -399,6 +400,10 @@ def _e(text: str) -> str:
 
 def _n(value: int | None) -> str:
     return "" if value is None else f"{value:,}"
+
+
+def _id(value: int | None) -> str:  # ids are names, not amounts: no digit grouping
+    return "" if value is None else str(value)
 
 
 def _day(value: date | None) -> str:
