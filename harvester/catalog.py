@@ -20,6 +20,8 @@ CREATE TABLE IF NOT EXISTS marks (
 CREATE TABLE IF NOT EXISTS runs (
     snapshot_id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL,
     started_at TEXT NOT NULL, finished_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS windows (
+    endpoint TEXT PRIMARY KEY, items INTEGER NOT NULL, learned_at TEXT NOT NULL);
 """
 
 
@@ -92,6 +94,16 @@ class Catalog:
                 finished_at: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO runs VALUES(?, ?, ?, ?, ?)",
                         (snapshot_id, kind, status, started_at, finished_at))
+
+    def windows(self) -> dict[str, int]:
+        """Page windows `harvester doctor` measured, per endpoint (partition.Limits keys)."""
+        return dict(self.db.execute("SELECT endpoint, items FROM windows").fetchall())
+
+    def set_windows(self, windows: dict[str, int], learned_at: str) -> None:
+        with transaction(self.db):
+            self.db.executemany(
+                "INSERT OR REPLACE INTO windows VALUES(?, ?, ?)",
+                [(endpoint, items, learned_at) for endpoint, items in windows.items()])
 
     def known_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM known").fetchone()[0])

@@ -30,7 +30,8 @@ OK = 0
 INTERNAL = 1
 USAGE = 2  # bad config or command line
 PARTIAL = 3  # published, but errors exceeded max_errors, a source was truncated, failed
-#             downloads exceeded files.max_failures, or the warehouse load after the run failed
+#             downloads exceeded files.max_failures, or the warehouse load after the run failed;
+#             for `doctor`: the service differs from an assumption the config relies on
 LOCKED = 4  # another run of the same harvest holds the lock
 ABORTED = 5  # blocked by the server, credentials refused, host unreachable: nothing published
 INTERRUPTED = 130  # SIGINT/SIGTERM: stopped cleanly, resumable
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--report", metavar="FILE",
                     help="write a machine-readable JSON run report here (also on failure)")
     with_config("plan", "list ids only and show what the full run would cost")
+    sp = with_config("doctor", "check the service against the harvester's assumptions in a "
+                     "few stated requests (exit 3 when something differs)")
+    sp.add_argument("--json", action="store_true", help="the findings as one JSON object")
     sp = sub.add_parser("validate", help="check a config without touching the network")
     sp.add_argument("config")
     sp = sub.add_parser("load", help="load a harvest's snapshots into a DuckDB warehouse",
@@ -281,10 +285,14 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 
 async def run_harvest(cfg: config.Config, *, full: bool = False,
                       accept_drop: bool = False) -> int:
+    from harvester.doctor import learned_windows
     from harvester.pipeline import Harvest, Progress, PublishGuarded
 
+    if cfg.doctor == "quick":
+        await _quick_doctor(cfg)
     progress = Progress()
     harvest = Harvest(cfg, progress=progress, full=full, accept_drop=accept_drop)
+    harvest.limits.windows.update(learned_windows(cfg))  # what `doctor` measured
 
     log.info("harvest %s: %d sources -> %s", cfg.name, len(cfg.sources), cfg.output.dir)
     reporter = asyncio.create_task(_report_progress(progress))
@@ -393,10 +401,11 @@ def _print_load(report: LoadReport, duckdb_file: str) -> None:
 
 async def _cmd_plan(args: argparse.Namespace) -> int:
     from harvester.client import Client
+    from harvester.doctor import learned_windows
+    from harvester.journal import Journal
     from harvester.partition import Limits
     from harvester.pipeline import client_settings
     from harvester.sources import SourceReport, enumerate_source
-    from harvester.journal import Journal
 
     cfg = _load(args)
     reports: list[SourceReport] = []
@@ -405,6 +414,7 @@ async def _cmd_plan(args: argparse.Namespace) -> int:
         journal.open()
         try:
             limits = Limits(page_size=cfg.http.page_size)  # windows learned serve every source
+            limits.windows.update(learned_windows(cfg))  # what `doctor` measured
             async with Client(client_settings(cfg)) as client:
                 for idx, source in enumerate(cfg.sources):
                     report = SourceReport(source.name, source.kind)
@@ -447,6 +457,35 @@ async def _cmd_plan(args: argparse.Namespace) -> int:
     print(f"time at {cfg.http.rate.requests} request(s) per {cfg.http.rate.per:g} s ({scope}): "
           f"about {_duration(seconds)}")
     return PARTIAL if any(r.truncated for r in reports) else OK
+
+
+async def _cmd_doctor(args: argparse.Namespace) -> int:
+    from harvester.doctor import run_doctor
+
+    cfg = _load(args)
+    said = (lambda line: log.info("%s", line)) if args.json else print
+    report = await run_doctor(cfg, said=said)
+    code = PARTIAL if report.differs else OK
+    _REPORT["doctor"] = report.as_dict()
+    if args.json:
+        print(orjson.dumps({"harvest": cfg.name, **report.as_dict(), "exit_code": code},
+                           option=orjson.OPT_INDENT_2).decode())
+    else:
+        print("\n".join(report.lines()))
+        print(f"doctor: {report.requests} requests; {len(report.differs)} differ"
+              + (" (exit 3)" if code else ", everything the config relies on holds"))
+    return code
+
+
+async def _quick_doctor(cfg: config.Config) -> None:
+    """`doctor: quick`: the cheap checks before the run; a difference is a warning, since the
+    harvester adapts (a window learned here is the run's from its first request)."""
+    from harvester.doctor import run_doctor
+
+    report = await run_doctor(cfg, quick=True, said=lambda line: log.info("%s", line))
+    for line in report.lines():
+        (log.warning if line.startswith("differs") else log.info)("doctor %s", line)
+    _REPORT["doctor"] = report.as_dict()
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
@@ -530,7 +569,7 @@ def _series_requests_per_item(cfg: config.Config) -> int:
     return total
 
 
-_COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "demo": _cmd_demo}
+_COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "demo": _cmd_demo, "doctor": _cmd_doctor}
 
 
 # ------------------------------------------------------------------ logs, progress, summary

@@ -32,6 +32,7 @@ GRANULARITIES = ("day", "month", "year", "total")
 STATS_METHODS = ("per-item", "tops")
 STATS_REFRESH = ("all", "recent", "none")
 VERSION_MODES = ("latest", "all")
+DOCTOR_MODES = ("off", "quick")
 FORMATS = ("ndjson", "parquet")
 S3_SCHEME = "s3://"
 ORDERS = ("published_date", "created_date", "modified_date", "views", "shares", "downloads",
@@ -212,6 +213,14 @@ def _extensions(ctx: Reader, value: Any, key: str) -> tuple[str, ...]:
                                               for e in value):
         raise ctx.fail(key, "expected a list of extensions such as [csv, zip]")
     return tuple(dict.fromkeys(e.strip(". ").lower() for e in value))
+
+
+def _doctor(ctx: Reader, value: Any, key: str) -> str:
+    if value is False or value is None:  # YAML reads a bare `off` as false
+        return "off"
+    if value is True:
+        raise ctx.fail(key, f"expected one of {list(DOCTOR_MODES)}, got true")
+    return str(ctx.scalar(str, value, key, {"choices": DOCTOR_MODES}))
 
 
 @dataclass(frozen=True)
@@ -433,6 +442,8 @@ class Config:
     versions: str = opt("latest", "all: every version's full record too (article_versions)",
                         choices=VERSION_MODES)
     guard: Guard = opt(Guard, "the publish guard")
+    doctor: str = opt("off", "quick: each run starts with `harvester doctor`'s cheap checks",
+                      choices=DOCTOR_MODES, read=_doctor)
     path: str = opt("<config>", internal=True)
 
     def __post_init__(self) -> None:
@@ -451,6 +462,7 @@ class Config:
         """sha256 of the config with every secret left out: same harvest, same fingerprint."""
         view = public_view(self)
         del view["warehouse"]  # where snapshots are loaded afterwards is not part of the harvest
+        del view["doctor"]  # nor are the checks a run starts with
         return hashlib.sha256(orjson.dumps(view, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def state_path(self) -> Path:

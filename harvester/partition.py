@@ -46,19 +46,20 @@ class Limits:
     windows: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
-    def _key(query: ListQuery) -> str:
+    def endpoint(query: ListQuery) -> str:
+        """The key a window is learned under: method and path, ids in the path ignored."""
         return f"{query.method} {re.sub(r'/[0-9]+', '/{id}', query.path)}"
 
     def window(self, query: ListQuery) -> int:
         """Items one walk of `query` may page through: the learned window, the documented one,
         and the operation's declared maximum offset, whichever is smallest."""
-        window = self.windows.get(self._key(query), WINDOW)
+        window = self.windows.get(self.endpoint(query), WINDOW)
         if query.max_offset is not None and query.paging == "offset":
             window = min(window, query.max_offset + 1)  # the last offset sent is max_offset
         return window
 
     def learn(self, query: ListQuery, offset: int) -> None:
-        key = self._key(query)
+        key = self.endpoint(query)
         self.windows[key] = min(self.windows.get(key, WINDOW), offset)
 
 
