@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import itertools
 import logging
 import math
@@ -156,7 +157,7 @@ class Doctor:
         queries = sorted(list_queries(cfg), key=lambda q: (not q.cursor, q.bound is None))
         windows: list[Step] = [(f"page window {Limits.endpoint(q)}",
                                 _window_cost(self.page_size, not k),
-                                lambda q=q, k=k: self._window(q, first=not k))
+                                functools.partial(self._window, q, first=not k))
                                for k, q in enumerate(queries)]
         wanted += windows[:1]  # the other endpoints' windows come after every other probe
         if queries and queries[0].cursor:
@@ -348,9 +349,9 @@ class Doctor:
             return [Finding(name, UNKNOWN, "no listed page to take an item from")]
         q, answer = pick
         assert q.bound is not None
-        dated = sorted((parse_stamp(i.get(q.bound.key)), i.get(q.id_key))
-                       for i in answer.data or [] if isinstance(i, dict)
-                       and parse_stamp(i.get(q.bound.key)) is not None)
+        dated: list[tuple[int, Any]] = sorted(
+            (s, i.get(q.id_key)) for i in answer.data or [] if isinstance(i, dict)
+            and (s := parse_stamp(i.get(q.bound.key))) is not None)
         if not dated:
             return [Finding(name, UNKNOWN, "no dated item on page 1")]
         # an item with an earlier one on its day shows a whole-day reading at once
@@ -453,9 +454,10 @@ class Doctor:
             out.append(Finding(f"token scope {path}", verdict, ans.shown(), note))
             if path.endswith("institution/articles") and ans.ok:
                 listed = ans.data
-        if isinstance(listed, list) and listed and isinstance(listed[0], dict):
-            aid = listed[0].get("id")
-            ans = await self.send(article_path(int(aid), account=True))
+        aid = (listed[0].get("id") if isinstance(listed, list) and listed
+               and isinstance(listed[0], dict) else None)
+        if isinstance(aid, int):
+            ans = await self.send(article_path(aid, account=True))
             out.append(Finding("admin reads institution items", OK if ans.ok else DIFFERS,
                                f"GET /account/articles/{{id}} -> {ans.shown()}",
                                "" if ans.ok else "records of institution_articles sources "
@@ -502,7 +504,8 @@ class Doctor:
                 now = parse_stamp(root.findtext(f"{NS}responseDate"))
                 if lifetime is None and expires is not None and now is not None:
                     lifetime = expires - now
-                params = {"verb": "ListIdentifiers", "resumptionToken": token.text.strip()}
+                params = {"verb": "ListIdentifiers",
+                          "resumptionToken": (token.text or "").strip()}
         if not size:
             return [Finding("OAI-PMH page size", UNKNOWN, "no header listed")]
         out = [Finding("OAI-PMH page size", OK, f"{size} headers on page 1")]
