@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harvester.export import export
 from harvester.pipeline import Harvest
-from harvester.records import SCHEMAS
 from harvester.report import write_report
+from harvester.schema import SCHEMAS
 from harvester.simulator import Simulator
 from harvester.simulator.settings import SimSettings
 from tests.conftest import write_config

@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from harvester.errors import ConfigError, HarvesterError
-from harvester.records import SCHEMAS
+from harvester.schema import SCHEMAS
 from harvester.store import PREFIX, is_remote, list_snapshots, read_manifest, table_files
 
 WAREHOUSE = "warehouse:"

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from harvester.config import FORMATS
 from harvester.errors import OutputError
-from harvester.records import NO_STATISTICS, SCHEMA_VERSION, SCHEMAS
+from harvester.schema import NO_STATISTICS, SCHEMA_VERSION, SCHEMAS
 from harvester.store import (
     BUFFER,
     MANIFEST,

@@ -7,7 +7,7 @@
     loaded_snapshots   what was loaded, with the manifest's sha256: loading again changes nothing
     _meta              schema and warehouse versions, and the one harvest this file holds
 
-Column types are derived from `records.SCHEMAS` by DuckDB itself; a newer schema version adds
+Column types are derived from `schema.SCHEMAS` by DuckDB itself; a newer schema version adds
 columns with ALTER TABLE. Each snapshot is loaded in one transaction, in id order, by DuckDB
 reading the Parquet files (downloaded first from s3://) after their sha256 matched the manifest.
 docs/TABLES.md documents every table.
@@ -31,7 +31,7 @@ import orjson
 import pyarrow as pa
 
 from harvester.errors import LockedError, OutputError
-from harvester.records import ARTICLE_TABLES, SCHEMA_VERSION, SCHEMAS
+from harvester.schema import ARTICLE_TABLES, SCHEMA_VERSION, SCHEMAS
 from harvester.store import (
     ID_FORMAT,
     MANIFEST,

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from harvester.config import parse
 from harvester.pipeline import Harvest
-from harvester.records import SCHEMA_VERSION
+from harvester.schema import SCHEMA_VERSION
 from harvester.warehouse import Warehouse, load
 
 EMBARGO_OPTIONS = [{"id": 13, "type": "ip_range", "group_ids": [], "ip_name": "bacau"},

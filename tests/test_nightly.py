@@ -26,7 +26,7 @@ from harvester.catalog import Catalog
 from harvester.client import Client
 from harvester.errors import GiveUp
 from harvester.pipeline import Harvest
-from harvester.records import SCHEMAS
+from harvester.schema import SCHEMAS
 from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
 from harvester.store import list_snapshots

@@ -20,7 +20,7 @@ from harvester.catalog import Catalog
 from harvester.errors import Blocked, OutputError
 from harvester.journal import Journal
 from harvester.pipeline import Harvest, PublishGuarded
-from harvester.records import SCHEMAS
+from harvester.schema import SCHEMAS
 from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
 from harvester.sinks import SnapshotWriter

@@ -12,9 +12,6 @@ import pyarrow as pa
 import pytest
 
 from harvester.records import (
-    ARTICLE_TABLES,
-    SCHEMA_VERSION,
-    SCHEMAS,
     RowContext,
     article_rows,
     collection_rows,
@@ -24,6 +21,7 @@ from harvester.records import (
     stats_rows,
     version_rows,
 )
+from harvester.schema import ARTICLE_TABLES, SCHEMA_VERSION, SCHEMAS
 
 CTX = RowContext("20240501T120000Z", datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC), ("search", "oai"))
 

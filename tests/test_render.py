@@ -18,8 +18,8 @@ from aiohttp import web
 from harvester import render
 from harvester.journal import DONE, Journal, JournalRow, Outcome, pack, unpack
 from harvester.pipeline import Harvest
-from harvester.records import SCHEMAS
 from harvester.render import RenderSpec
+from harvester.schema import SCHEMAS
 from harvester.simulator import Simulator
 from harvester.store import list_snapshots
 from tests.conftest import write_config

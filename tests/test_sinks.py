@@ -20,16 +20,8 @@ import pytest
 
 from harvester import sinks
 from harvester.errors import OutputError
-from harvester.records import (
-    NO_STATISTICS,
-    SCHEMA_VERSION,
-    SCHEMAS,
-    RowContext,
-    article_rows,
-    collection_rows,
-    project_rows,
-    stats_rows,
-)
+from harvester.records import RowContext, article_rows, collection_rows, project_rows, stats_rows
+from harvester.schema import NO_STATISTICS, SCHEMA_VERSION, SCHEMAS
 from harvester.sinks import SnapshotWriter, clean_staging, rows_to_table
 from harvester.store import Store, latest_snapshot, list_snapshots, read_manifest, table_files
 from harvester.urls import sanitize_url

@@ -26,7 +26,8 @@ import yaml
 
 from harvester import cli
 from harvester.errors import OutputError
-from harvester.records import SCHEMA_VERSION, SCHEMAS, RowContext, article_rows, stats_rows
+from harvester.records import RowContext, article_rows, stats_rows
+from harvester.schema import SCHEMA_VERSION, SCHEMAS
 from harvester.simulator import SimulatorThread
 from harvester.simulator.settings import SimSettings
 from harvester.sinks import SnapshotWriter
