@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = getattr(args, "report", None)
     if report:
         try:
-            _check_report_path(Path(report))
+            _check_file_path(Path(report), "--report")
         except ConfigError as exc:
             log.error("%s", exc)  # no report: there is nowhere to write it
             return USAGE
@@ -217,20 +217,45 @@ def _report_view(manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_report_path(path: Path) -> None:
-    """Before the run: --report must name a file in a folder we can write (made if missing),
-    so a typo costs nothing rather than the report of a whole night's run."""
+def _check_file_path(path: Path, flag: str) -> None:
+    """Before the command: --report or --duckdb names a file in a folder we can write (made if
+    missing), so a typo costs nothing rather than the report of a whole night's run."""
     if path.is_dir():
-        raise ConfigError(f"--report {path}: is a directory, not a file")
+        raise ConfigError(f"{flag} {path}: is a directory, not a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise ConfigError(f"--report {path}: a file stands where its folder would be") from None
+        raise ConfigError(f"{flag} {path}: a file stands where its folder would be") from None
     except OSError as exc:
-        raise ConfigError(f"--report {path}: cannot create its folder: "
+        raise ConfigError(f"{flag} {path}: cannot create its folder: "
                           f"{exc.strerror or exc}") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--report {path}: its folder is not writable")
+    if not _writable(path.parent):  # a test write: root passes os.access even in /proc
+        raise ConfigError(f"{flag} {path}: its folder is not writable")
+
+
+def _check_output_dir(cfg: config.Config, flag: str | None) -> None:
+    """Before the run: a local output folder is one we can make and write in (exit 2 naming
+    --output or output.dir), not a failure after the first requests."""
+    if cfg.output.dir.startswith(config.S3_SCHEME):
+        return
+    name = f"--output {flag}" if flag else f"{cfg.path}: output.dir {cfg.output.dir}"
+    folder = Path(cfg.output.dir)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{name}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot write there: {exc.strerror or exc}") from None
+    if not _writable(folder):
+        raise ConfigError(f"{name}: cannot write there")
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _write_report(path: Path, args: argparse.Namespace, code: int, started: float) -> None:
@@ -280,7 +305,9 @@ def _load(args: argparse.Namespace) -> config.Config:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
-    return await run_harvest(_load(args), full=args.full, accept_drop=args.accept_drop)
+    cfg = _load(args)
+    _check_output_dir(cfg, args.output)
+    return await run_harvest(cfg, full=args.full, accept_drop=args.accept_drop)
 
 
 async def run_harvest(cfg: config.Config, *, full: bool = False,
@@ -293,7 +320,6 @@ async def run_harvest(cfg: config.Config, *, full: bool = False,
     progress = Progress()
     harvest = Harvest(cfg, progress=progress, full=full, accept_drop=accept_drop)
     harvest.limits.windows.update(learned_windows(cfg))  # what `doctor` measured
-
     log.info("harvest %s: %d sources -> %s", cfg.name, len(cfg.sources), cfg.output.dir)
     reporter = asyncio.create_task(_report_progress(progress))
     try:
@@ -367,6 +393,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
         raise ConfigError(f"load: {exc}") from None
     if not open_store(root).exists(name):
         raise ConfigError(f"load: {args.harvest}: no such harvest folder")
+    _check_file_path(Path(args.duckdb), "--duckdb")
     # SIGINT rolls back the snapshot being loaded and exits 130. DuckDB may stop a running query
     # on it and report that as an error of its own, so the handler notes that one came.
     # (SIGTERM keeps its default: the process ends, DuckDB's transaction with it.)
@@ -421,7 +448,6 @@ async def _cmd_plan(args: argparse.Namespace) -> int:
                     reports.append(report)
                     async for batch in enumerate_source(client, cfg.api.url, source, report,
                                                         limits):
-
                         await journal.call(journal.add_ids, idx, batch)
             per_source = await journal.call(journal.ids_per_source, len(cfg.sources))
             total = sum((await journal.call(journal.counts)).values())
@@ -504,6 +530,7 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
                  args.items)
         cfg = config.load(demo_config, api_url=sim.api_url, stats_url=sim.stats_url,
                           output_dir=args.output)
+        _check_output_dir(cfg, args.output)
         code = await run_harvest(cfg)
     snap = Path(args.output) / cfg.name / "LATEST"
     if code == OK and snap.exists():
@@ -521,7 +548,6 @@ _SIMULATE_FLAGS = ("items", "latency_ms", "fault_rate", "rate_limit")
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from harvester.simulator import serve_forever
     from harvester.simulator.settings import SimSettings
 
     rate_limit = None
@@ -541,11 +567,27 @@ def _simulate(args: argparse.Namespace) -> int:
         if setting in _SIMULATE_FLAGS:
             message = f"--{setting.replace('_', '-')}{message[len(setting):]}"
         raise ConfigError(f"simulate: {message}") from None
+    return _run_async(_serve_simulator(settings, args))
+
+
+async def _serve_simulator(settings: Any, args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; the first line is an `export` to paste into another shell."""
+    from harvester.simulator import Simulator
+
     try:
-        serve_forever(settings, host=args.host, api_port=args.api_port,
-                      stats_port=args.stats_port)
+        async with Simulator(settings, host=args.host, api_port=args.api_port,
+                             stats_port=args.stats_port) as sim:
+            print(f"export FIGSHARE_API_URL={sim.api_url} FIGSHARE_STATS_URL={sim.stats_url} "
+                  f"FIGSHARE_DOWNLOAD_URL={sim.download_url}")
+            print(f"# test tokens: api.token {settings.user_token} (an account, with drafts) or "
+                  f"{settings.admin_token} (institution admin); stats.user {settings.stats_user}"
+                  f", stats.password {settings.stats_password}")
+            print(f"# {settings.items:,} items; Ctrl-C stops it", flush=True)
+            await asyncio.Event().wait()
     except OSError as exc:  # a port in use, a host name that does not resolve here
         raise ConfigError(f"simulate: cannot listen on --host {args.host}: {exc}") from None
+    except asyncio.CancelledError:  # SIGINT/SIGTERM: a clean stop
+        pass
     return OK
 
 
