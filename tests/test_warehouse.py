@@ -554,11 +554,11 @@ def test_nightly_runs_load_the_configured_warehouse_and_harvester_load_agrees(tm
     assert dump(again) == dump(db)
 
 
-# --- the README's recipes run as written ------------------------------------------------------
+# --- the guide's warehouse recipes run as written ----------------------------------------------
 
 
 def readme_section() -> str:
-    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    text = (Path(__file__).parents[1] / "docs" / "GUIDE.md").read_text(encoding="utf-8")
     return text.split("\n## Warehouse\n", 1)[1].split("\n## ", 1)[0]
 
 
