@@ -33,6 +33,7 @@ STATS_METHODS = ("per-item", "tops")
 STATS_REFRESH = ("all", "recent", "none")
 VERSION_MODES = ("latest", "all")
 DOCTOR_MODES = ("off", "quick")
+ADMIN_READS = ("documented", "account")
 FORMATS = ("ndjson", "parquet")
 S3_SCHEME = "s3://"
 ORDERS = ("published_date", "created_date", "modified_date", "views", "shares", "downloads",
@@ -141,6 +142,10 @@ class Api:
     url: str = opt(DEFAULT_API_URL, "REST API base; FIGSHARE_API_URL, --api-url override it",
                    check=check_url, allowed="http(s) URL")
     token: Secret | None = opt(None, "personal token; account and admin sources need it")
+    admin_read: str = opt("documented", "institution_articles/reviews records: documented (public "
+                          "ones from /articles/{id}, private ones as their owner via "
+                          "impersonate) or account (GET /account/articles/{id} for all, where "
+                          "the service allows it)", choices=ADMIN_READS)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from harvester.client import Client
+from harvester.client import Client, Reply
 from harvester.config import ACCOUNT_KINDS, Config, Source
 from harvester.downloads import Downloader
 from harvester.errors import Abort, BadResponse, GiveUp, NotFound, RequestError
@@ -33,6 +33,7 @@ from harvester.figshare import (
     article_path,
     files_may_be_truncated,
     files_path,
+    valid_id,
 )
 from harvester.journal import DONE, FAILED, FULL, GONE, STATS_ONLY, Journal, Outcome
 from harvester.records import RowContext
@@ -82,10 +83,12 @@ class ItemFetcher:
     def __init__(self, cfg: Config, client: Client, *, today: dt.date | None = None) -> None:
         self.cfg = cfg
         self.client = client
-        # ids listed by these sources may be private: fetch them from /account/articles/{id}
-        self.account_mask = sum(
+        # the token owner's own items: /account/articles/{id}; the institution's items that
+        # admin sources list belong to others: read as api.admin_read says (_record)
+        self.account_mask = sum(1 << i for i, s in enumerate(cfg.sources) if s.kind == "account")
+        self.admin_mask = sum(
             1 << i for i, s in enumerate(cfg.sources) if s.kind in ACCOUNT_KINDS
-        )
+        ) & ~self.account_mask
         self.requests: Counter[str] = Counter()
         self.items = 0  # ids fetched in this run (resumed runs count only their own)
         self.stats = StatsFetcher(cfg, client, self.requests, today)
@@ -121,21 +124,13 @@ class ItemFetcher:
 
     async def _fetch(self, aid: int, sources: int) -> Outcome:
         api = self.cfg.api.url
-        account = bool(sources & self.account_mask)
-        url = api + article_path(aid, account=account)
-        self.requests["record"] += 1
-        reply = await self.client.get(url)
+        reply, account, as_owner = await self._record(aid, sources)
         record = reply.data
-        if not isinstance(record, dict) or record.get("id") != aid:
-            raise BadResponse(
-                f"GET {url} -> 200 but the body is not the record of article {aid}",
-                url=url, status=reply.status, reason="bad-record",
-            )
         parts: list[dict[str, Any]] = []  # errors of the parts that failed
         files = None
         if files_may_be_truncated(record):
-            files = await self._part(parts, aid, sources, "files",
-                                     self._all_files(api + files_path(aid, account=account)))
+            files = await self._part(parts, aid, sources, "files", self._all_files(
+                api + files_path(aid, account=account), as_owner))
         stats = await self._part(parts, aid, sources, "stats", self.stats.totals(aid))
         extra: dict[str, Any] = await self._part(
             parts, aid, sources, "stats", self.stats.item_series("article", aid)) or {}
@@ -161,6 +156,59 @@ class ItemFetcher:
                        published=published if isinstance(published, str) else None,
                        payloads={"article_id": aid, **extra} if extra else None, error=error)
 
+    async def _record(self, aid: int, sources: int) -> tuple[Reply, bool, dict[str, int]]:
+        """(the record's reply, read from /account/..., the impersonate parameter it took).
+
+        Items of admin sources (api.admin_read: documented): a public one from the public
+        endpoint, no token; a private one as its owner, `impersonate=<account_id>` (NOTES §1),
+        the owner named by its curation review. With no review, /account/articles/{id} as is.
+        """
+        own = bool(sources & self.account_mask)
+        if own or not sources & self.admin_mask or self.cfg.api.admin_read == "account":
+            account = own or bool(sources & self.admin_mask)
+            return await self._get_record(aid, account, {}), account, {}
+        try:
+            return await self._get_record(aid, False, {}), False, {}
+        except NotFound as exc:
+            if not is_missing_entity(exc):
+                raise
+        owner = await self._owner(aid)
+        as_owner = {"impersonate": owner} if owner is not None else {}
+        try:
+            return await self._get_record(aid, True, as_owner), True, as_owner
+        except NotFound as exc:
+            if owner is not None or not is_missing_entity(exc):
+                raise
+            # listed by the admin listing, not public, no review names its owner: not gone
+            raise RequestError(
+                f"article {aid} is private and no curation review names its owner, so it "
+                "cannot be read as them (impersonate); GET /account/articles/{id} without "
+                "it -> 404 (api.admin_read: account reads it where the service allows)",
+                url=exc.url, status=404, reason="private-unreadable") from None
+
+    async def _get_record(self, aid: int, account: bool, params: dict[str, int]) -> Reply:
+        url = self.cfg.api.url + article_path(aid, account=account)
+        self.requests["record"] += 1
+        reply = await self.client.get(url, params=params or None)
+        record = reply.data
+        if not isinstance(record, dict) or record.get("id") != aid:
+            raise BadResponse(
+                f"GET {url} -> 200 but the body is not the record of article {aid}",
+                url=url, status=reply.status, reason="bad-record",
+            )
+        return reply
+
+    async def _owner(self, aid: int) -> int | None:
+        """The account owning a private institution item, from its latest curation review."""
+        url = self.cfg.api.url + "/account/institution/reviews"
+        self.requests["owner"] += 1
+        listed = (await self.client.get(url, params={"article_id": aid, "offset": 0,
+                                                     "limit": 100})).data
+        owners = sorted((r["id"], r["account_id"]) for r in listed if isinstance(r, dict)
+                        and r.get("article_id") == aid and valid_id(r.get("id"))
+                        and valid_id(r.get("account_id"))) if isinstance(listed, list) else []
+        return owners[-1][1] if owners else None
+
     async def _part(self, parts: list[dict[str, Any]], aid: int, sources: int, name: str,
                     work: Coroutine[Any, Any, T]) -> T | None:
         """A secondary request's result, or None with its error noted in `parts`."""
@@ -173,14 +221,15 @@ class ItemFetcher:
             parts.append({**error, "message": f"{name}: {error['message']}"})
             return None
 
-    async def _all_files(self, url: str) -> bytes:
+    async def _all_files(self, url: str, extra: dict[str, int] | None = None) -> bytes:
         """Every page of /files, as the served JSON arrays joined (never re-serialized)."""
         size = self.cfg.http.page_size
         chunks: list[bytes] = []
         previous: list[Any] | None = None
         for page in range(1, MAX_FILE_PAGES + 1):
             self.requests["files"] += 1
-            reply = await self.client.get(url, params={"page": page, "page_size": size})
+            reply = await self.client.get(url, params={**(extra or {}), "page": page,
+                                                       "page_size": size})
             if not isinstance(reply.data, list):
                 raise BadResponse(f"GET {url} -> expected a list of files", url=url,
                                   status=reply.status, reason="bad-files")

@@ -161,6 +161,11 @@ def swagger_operations(path: Path = SWAGGER) -> list[Operation]:
                         for name, s in _properties(spec, content["schema"]).items()}
             # no top-level security in this spec: an operation without one is public too
             security = op.get("security", [])
+            if security and method in ("get", "delete"):
+                # NOTES §1 (description_api_impersonation): an institution admin acts as
+                # another account with impersonate=<account_id> in the query string
+                by_place["query"].setdefault("impersonate", Param("impersonate", "integer",
+                                                                  minimum=1))
             ops.append(Operation(
                 "api", method.upper(), template, f"swagger.json {method.upper()} {template}",
                 "token" if security else None, by_place["path"], by_place["query"],

@@ -105,14 +105,19 @@ async def lists(sim: Simulator, tmp_path: Path) -> set[tuple[str, str, str]]:
 
 
 async def admin(sim: Simulator, tmp_path: Path) -> set[tuple[str, str, str]]:
-    """The admin's sources: the institution's items, drafts included, and the review queue."""
+    """The admin's sources: the institution's items, drafts included, and the review queue;
+    public records from the public endpoint, private ones as their owner (impersonate)."""
     await harvest(sim, tmp_path, "admin", [
         {"kind": "institution_articles", "item_type": 3, "modified_since": "2016-01-01"},
         {"kind": "reviews", "status": "pending"},
         {"kind": "reviews"},
     ], token="${ADMIN}")
+    impersonated = [e for e in sim.log.entries if "impersonate=" in e.query]
+    assert impersonated and all(e.authorization == ADMIN for e in impersonated)
     return {("api", "GET", "/account/institution/articles"),
-            ("api", "GET", "/account/institution/reviews")}
+            ("api", "GET", "/account/institution/reviews"),
+            ("api", "GET", "/articles/{article_id}"),
+            ("api", "GET", "/account/articles/{article_id}")}
 
 
 async def stats_per_item(sim: Simulator, tmp_path: Path) -> set[tuple[str, str, str]]:
@@ -356,6 +361,8 @@ def sent(host: str, method: str, path: str, query: str = "", authorization: str 
     (sent("api", "GET", "/v2/account/articles/12", authorization=BASIC),
      "basic credential sent where only token belongs"),
     (sent("api", "GET", "/v2/account/articles/search"), "not an integer"),
+    (sent("api", "GET", "/v2/articles/12", "impersonate=5"), "impersonate is not declared"),
+    (sent("api", "GET", "/v2/account/articles/12", "impersonate=0", ADMIN), "below the declared"),
     (sent("api", "POST", "/v2/articles/search", body=b'{"page_size": 2000}'),
      "above the declared maximum 1000"),
     (sent("api", "POST", "/v2/articles/search", body=b'{"order": "title"}'), "is not one of"),
@@ -409,6 +416,7 @@ def test_the_checker_names_each_departure(entry: LogEntry, problem: str) -> None
     sent("api", "GET", "/v2/articles", "limit=1000", cursor="c"),
     sent("api", "GET", "/v2/account/institution/reviews", "offset=5000&limit=1000", ADMIN),
     sent("api", "GET", "/v2/account/articles/12/files", "page=1&page_size=10", TOKEN),
+    sent("api", "GET", "/v2/account/articles/12", "impersonate=1000512", ADMIN),
     sent("api", "POST", "/v2/articles/search",
          body=b'{"search_for": ":title: x", "project_id": 5, "page": 2, "page_size": 1000}'),
     sent("api", "POST", "/v2/articles/search"),  # the body is optional

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -59,20 +60,36 @@ async def account_article(request: web.Request) -> web.StreamResponse:
     account = _account(request)
     settings, corpus = sim_of(request)
     article_id = path_int(request, "article_id")
-    try:
-        record = corpus.private_article(account, article_id, settings.full_record_files_cap)
-    except KeyError:
-        record = _admin_view(account, lambda: corpus.institution_article(
-            article_id, settings.full_record_files_cap))
+    read = partial(corpus.institution_article, article_id, settings.full_record_files_cap)
+    if _impersonated(request, account) is not None:
+        record = _admin_view(request, account, read)
+    else:
+        try:
+            record = corpus.private_article(account, article_id, settings.full_record_files_cap)
+        except KeyError:
+            record = _admin_view(request, account, read)
     return single(request, record, record["modified_date"])
 
 
-def _admin_view(account: Account, read: Callable[[], Any]) -> Any:
-    """An institution admin reads any item of the institution (an assumption: Figshare may
-    require `impersonate=<account_id>` for items the admin does not own)."""
-    if not account.is_admin:
+def _impersonated(request: web.Request, account: Account) -> int | None:
+    """`impersonate=<account_id>` (NOTES §1): an institution admin acts as that account."""
+    target = int_param(request.query, "impersonate")
+    if target is not None and not account.is_admin:
+        raise ApiError(403, "You are not allowed to impersonate", "Forbidden")
+    return target
+
+
+def _admin_view(request: web.Request, account: Account, read: Callable[[], Any]) -> Any:
+    """An institution admin reads an item of the institution as its owner (impersonate), or
+    without impersonate when settings.admin_reads_any (an assumption about the live service)."""
+    settings, corpus = sim_of(request)
+    target = _impersonated(request, account)
+    if not account.is_admin or (target is None and not settings.admin_reads_any):
         raise not_found("article")
+    article_id = path_int(request, "article_id")
     try:
+        if target is not None and corpus.owner_of(article_id) != target:
+            raise not_found("article")
         return read()
     except (KeyError, ValueError):
         raise not_found("article") from None
@@ -83,10 +100,14 @@ async def account_article_files(request: web.Request) -> web.StreamResponse:
     account = _account(request)
     _, corpus = sim_of(request)
     article_id = path_int(request, "article_id")
-    try:
-        files = corpus.private_files(account, article_id)
-    except KeyError:
-        files = _admin_view(account, lambda: corpus.institution_files(article_id))
+    read = partial(corpus.institution_files, article_id)
+    if _impersonated(request, account) is not None:
+        files = _admin_view(request, account, read)
+    else:
+        try:
+            files = corpus.private_files(account, article_id)
+        except KeyError:
+            files = _admin_view(request, account, read)
     by_id = {f["id"]: f for f in files}
     return listing(request, dict(request.query), "account_files",
                     lambda: (("account_files", article_id), lambda: list(by_id)),

@@ -97,6 +97,15 @@ class AccountViews(Presenters):
             raise KeyError(article_id)
         return self._cached(a, a.nver, private=True, files_cap=files_cap)
 
+    def owner_of(self, article_id: int) -> int:
+        """The account owning an item of the first institution; KeyError for any other item."""
+        if article_id in self._private:
+            return self._private_owner[article_id]
+        a = self._attrs(self._need(article_id))
+        if a.inst != 0:
+            raise KeyError(article_id)
+        return self._account_of(a)
+
     def institution_files(self, article_id: int) -> list[dict[str, Any]]:
         """PrivateFile list of any item of the first institution, as the admin sees it."""
         if article_id in self._private:

@@ -41,6 +41,9 @@ class SimSettings:
     window_message: str = ""  # a 400 past the window in other words ("": "Max page reached")
     date_bounds: str = "second"  # "day": published_since/modified_since read as whole days
     html_404: bool = False  # a missing entity answers an HTML page, not Figshare's JSON error
+    # an admin's token reads any institution item at /account/articles/{id} without impersonate
+    # (an assumption; False: only the account's own items, as "view a private article" reads)
+    admin_reads_any: bool = True
 
     # OAI-PMH
     oai_page_size: int = 10
