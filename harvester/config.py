@@ -186,6 +186,8 @@ class Stats:
                       choices=STATS_METHODS)
     top_count: int = opt(10_000, "`count` asked of /top; a full ranking falls back to per-item",
                          min=1, max=1_000_000)
+    top_verify: int = opt(3, "unranked items whose per-item total must be 0 before a ranking "
+                          "shorter than top_count is trusted to be complete", min=1, max=1_000)
     timeline: Series | None = opt(None, "a timeline per item (counts per period)")
     breakdown: Series | None = opt(None, "a breakdown per item (by country; long ranges split)")
     entities: Entities = opt(Entities, "groups, collections, projects, authors with series")

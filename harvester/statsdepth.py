@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import datetime as dt
+import logging
 from array import array
 from collections import Counter
 from collections.abc import Iterable
@@ -26,6 +27,8 @@ from harvester.periods import (
     merge_counts,
     parse_date,
 )
+
+log = logging.getLogger("harvester")
 
 # ---------------------------------------------------------------- answers
 
@@ -81,20 +84,41 @@ def series_path(kind: str, granularity: str, counter: str, item: str, item_id: i
     return f"{_prefix(institution)}/{kind}/{granularity}/{counter}/{item}/{item_id}"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Tops:
-    """One counter's ranking as compact sorted arrays; `complete` when nothing was cut off."""
+    """One counter's ranking as compact sorted arrays, and what is known of its end.
+
+    A ranking shorter than the `count` asked may still be cut (no maximum `count` is
+    documented): an unranked item counts 0 only once `confirmed` per-item totals of unranked
+    items said 0 (stats.top_verify); one that is not 0 proves it `cut`.
+    """
 
     ids: array[int]
     counts: array[int]
-    complete: bool
+    short: bool  # fewer entries than asked
+    confirmed: int = 0
+    cut: bool = False
 
-    def get(self, item_id: int) -> int | None:
-        """The count, 0 for an absent id of a complete ranking, None when unknown."""
+    def get(self, item_id: int, verify: int) -> int | None:
+        """The count, 0 for an absent id of a ranking known to be complete, None when unknown."""
         i = bisect.bisect_left(self.ids, item_id)
         if i < len(self.ids) and self.ids[i] == item_id:
             return self.counts[i]
-        return 0 if self.complete else None
+        return 0 if self.short and not self.cut and self.confirmed >= verify else None
+
+    def check(self, item_id: int, total: int, verify: int) -> bool:
+        """Take an unranked item's per-item total as evidence; True when it proves a cut."""
+        if not self.short or self.cut or self.confirmed >= verify or item_id in self:
+            return False
+        if total:
+            self.cut = True
+            return True
+        self.confirmed += 1
+        return False
+
+    def __contains__(self, item_id: int) -> bool:
+        i = bisect.bisect_left(self.ids, item_id)
+        return i < len(self.ids) and self.ids[i] == item_id
 
 
 class StatsFetcher:
@@ -120,11 +144,19 @@ class StatsFetcher:
     async def totals(self, aid: int) -> dict[str, int]:
         """All-time totals of one article per configured counter (tops first when asked)."""
         tops = await self._rankings() if self.cfg.stats.method == "tops" else {}
+        verify = self.cfg.stats.top_verify
         stats: dict[str, int] = {}
         for counter in self.cfg.stats.counters:
-            known = tops[counter].get(aid) if counter in tops else None
-            stats[counter] = known if known is not None else await self.total(
-                counter, "article", aid)
+            top = tops.get(counter)
+            known = top.get(aid, verify) if top is not None else None
+            if known is None:
+                known = await self.total(counter, "article", aid)
+                if top is not None and top.check(aid, known, verify):
+                    log.warning("stats: the %s ranking gave %d of the %d asked, yet article %d, "
+                                "not in it, has %d: the ranking is cut; unranked items get "
+                                "per-item totals", counter, len(top.ids),
+                                self.cfg.stats.top_count, aid, known)
+            stats[counter] = known
         return stats
 
     async def total(self, counter: str, item: str, item_id: int) -> int:
@@ -160,7 +192,7 @@ class StatsFetcher:
         pairs = sorted((int(k), _count(v, url, "top count")) for k, v in top.items()
                        if str(k).isdigit())
         return Tops(array("q", (k for k, _ in pairs)), array("q", (v for _, v in pairs)),
-                    complete=len(pairs) < n)
+                    short=len(pairs) < n)
 
     # -- timelines and breakdowns ---------------------------------------------------------
 

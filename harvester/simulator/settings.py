@@ -44,6 +44,7 @@ class SimSettings:
     # an admin's token reads any institution item at /account/articles/{id} without impersonate
     # (an assumption; False: only the account's own items, as "view a private article" reads)
     admin_reads_any: bool = True
+    top_cap: int = 0  # /top answers at most this many entries, whatever count asks (0: no cap)
 
     # OAI-PMH
     oai_page_size: int = 10

@@ -272,7 +272,9 @@ async def top(request: web.Request) -> web.Response:
     dates = "start_date" in request.query or "end_date" in request.query
     window = _range(request, model, None) if dates else None
     scored = _top_items(model, kind, counter, inst, window)
-    best = heapq.nsmallest(count, ((-n, uid) for uid, n in scored if n > 0))
+    cap = request.app[SIMULATOR].settings.top_cap  # a silent server-side cap, if set
+    best = heapq.nsmallest(min(count, cap) if cap else count,
+                           ((-n, uid) for uid, n in scored if n > 0))
     return _json({"top": {str(uid): -neg for neg, uid in best}})
 
 
