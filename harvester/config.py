@@ -13,7 +13,7 @@ import os
 import re
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +29,7 @@ DEFAULT_DOWNLOAD_URL = "https://ndownloader.figshare.com"
 COUNTERS = ("views", "downloads", "shares")
 STATS_ITEMS = ("article", "author", "collection", "group", "project")
 GRANULARITIES = ("day", "month", "year", "total")
-STATS_METHODS = ("per-item", "tops")
+STATS_METHODS = ("auto", "per-item", "tops")
 STATS_REFRESH = ("all", "recent", "none")
 VERSION_MODES = ("latest", "all")
 DOCTOR_MODES = ("off", "quick")
@@ -101,6 +101,13 @@ def check_date(value: str, *, day_only: bool = False) -> str:
 
 def _day(value: str) -> str:
     return check_date(value, day_only=True)
+
+
+def _duration(value: str) -> str:
+    from harvester.budget import parse_duration
+
+    parse_duration(value)
+    return value
 
 
 # ---------------------------------------------------------------- the configuration
@@ -182,7 +189,8 @@ class Stats:
     institution: str | None = opt(None, "string id such as lboro: institution-scoped numbers")
     user: Secret | None = opt(None, "HTTP Basic user, for the institution scope")
     password: Secret | None = opt(None, "HTTP Basic password, with user")
-    method: str = opt("per-item", "tops: one ranking per counter (institution scope)",
+    method: str = opt("auto", "tops: one ranking per counter (institution scope); auto: tops "
+                      "for institution-wide sources with user/password, else per-item",
                       choices=STATS_METHODS)
     top_count: int = opt(10_000, "`count` asked of /top; a full ranking falls back to per-item",
                          min=1, max=1_000_000)
@@ -292,6 +300,9 @@ class Incremental:
                            min=1)
     full_every_days: float = opt(7.0, "a full run (which sees deletions) at least this often",
                                  gt=0)
+    budget: str | None = opt(None, "each run stops fetching after this long (8h, 90m) and "
+                             "publishes; stalest stats wait (--budget, --until override it)",
+                             check=_duration, allowed="a duration such as 8h or 1h30m")
 
 
 @dataclass(frozen=True)
@@ -328,7 +339,7 @@ SOURCE_KINDS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "reviews": ({"status": ("pending", "approved", "rejected", "closed"), "group_id": "int"}, ()),
     "collection": ({"collection": "int"}, ("collection",)),
     "project": ({"project": "int"}, ("project",)),
-    "ids_file": ({"path": "str"}, ("path",)),
+    "ids_file": ({"path": "str", "doi_match": ("doi", "any")}, ("path",)),
     "oai": ({"set": "str", "from": "date", "until": "date"}, ()),
 }
 # list sources that accept modified_since, so an incremental run can ask for changes only
@@ -454,6 +465,11 @@ class Config:
     path: str = opt("<config>", internal=True)
 
     def __post_init__(self) -> None:
+        if self.stats.method == "auto":  # a ranking per counter replaces 3 requests per item
+            wide = any(s.kind in ("institution", "institution_articles") for s in self.sources)
+            tops = wide and self.stats.institution and self.stats.user is not None
+            object.__setattr__(self, "stats", replace(
+                self.stats, method="tops" if tops else "per-item"))
         for i, source in enumerate(self.sources):
             if source.kind in ACCOUNT_KINDS and self.api.token is None:
                 raise Invalid(f"sources[{i}]", f"kind {source.kind!r} needs api.token")
@@ -470,6 +486,8 @@ class Config:
         view = public_view(self)
         del view["warehouse"]  # where snapshots are loaded afterwards is not part of the harvest
         del view["doctor"]  # nor are the checks a run starts with
+        if view.get("incremental"):  # nor how long each night may run: a budgeted full
+            del view["incremental"]["budget"]  # run resumes whatever tonight's budget
         return hashlib.sha256(orjson.dumps(view, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def state_path(self) -> Path:

@@ -23,6 +23,8 @@ ADMIN_KINDS = frozenset({"institution_articles", "reviews"})
 DOI_LOOKUPS_AT_ONCE = 16  # DOI -> id lookups in flight (the client's limits still apply)
 SAMPLE = 1_000  # unresolved lines listed in the manifest (the count is exact)
 _DOI = re.compile(r"10\.\d{4,9}/\S+")
+# the GET /articles filters a DOI line is looked up by, in order (doi_match: any); NOTES §4.1
+DOI_FIELDS = ("doi", "resource_doi", "handle")
 
 
 @dataclass
@@ -137,7 +139,8 @@ async def _enumerate(
         yield ids
         return
     if kind == "ids_file":
-        async for batch in _ids_file(client, api_url, Path(params["path"]), report):
+        fields = DOI_FIELDS if params.get("doi_match") == "any" else DOI_FIELDS[:1]
+        async for batch in _ids_file(client, api_url, Path(params["path"]), report, fields):
             yield batch
         return
     if kind == "oai":
@@ -218,9 +221,11 @@ async def _reconcile_oai(
 
 
 async def _ids_file(
-    client: Transport, api_url: str, path: Path, report: SourceReport
+    client: Transport, api_url: str, path: Path, report: SourceReport,
+    fields: tuple[str, ...] = DOI_FIELDS[:1],
 ) -> AsyncIterator[list[int]]:
-    """Article ids and DOIs from a file, one a line; DOIs resolved by GET /articles?doi=."""
+    """Article ids and DOIs from a file, one a line; a DOI resolved by GET /articles?doi=,
+    then (doi_match: any) as the paper an item supplements (resource_doi), then as a handle."""
     text = await asyncio.to_thread(_read, path)
     ids: list[int] = []
     dois: list[str] = []
@@ -246,10 +251,10 @@ async def _ids_file(
         yield ids
     for start in range(0, len(dois), DOI_LOOKUPS_AT_ONCE):
         chunk = dois[start : start + DOI_LOOKUPS_AT_ONCE]
-        found = await asyncio.gather(*(_resolve(client, api_url, d) for d in chunk))
-        report.requests += len(chunk)
+        found = await asyncio.gather(*(_resolve(client, api_url, d, fields) for d in chunk))
+        report.requests += sum(asked for _, asked in found)
         batch: list[int] = []
-        for doi, hits in zip(chunk, found, strict=True):
+        for doi, (hits, _) in zip(chunk, found, strict=True):
             if not hits:
                 report.unresolved_count += 1
                 if len(report.unresolved) < SAMPLE:
@@ -278,7 +283,13 @@ def _doi(line: str) -> str | None:
     return m.group(0).rstrip(".,;") if m else None
 
 
-async def _resolve(client: Transport, api_url: str, doi: str) -> list[int]:
-    reply = await client.get(api_url + "/articles", params={"doi": doi, "page_size": 10})
-    items = reply.data if isinstance(reply.data, list) else []
-    return [i["id"] for i in items if isinstance(i, Mapping) and valid_id(i.get("id"))]
+async def _resolve(client: Transport, api_url: str, doi: str,
+                   fields: tuple[str, ...]) -> tuple[list[int], int]:
+    """The ids the first field in `fields` that knows `doi` gives, and the requests it took."""
+    for n, name in enumerate(fields, 1):
+        reply = await client.get(api_url + "/articles", params={name: doi, "page_size": 10})
+        items = reply.data if isinstance(reply.data, list) else []
+        hits = [i["id"] for i in items if isinstance(i, Mapping) and valid_id(i.get("id"))]
+        if hits:
+            return hits, n
+    return [], len(fields)

@@ -75,7 +75,9 @@ async def lists(sim: Simulator, tmp_path: Path) -> set[tuple[str, str, str]]:
     a, b, d = c.ids[5], c.ids[50], c.ids[300]
     ids_file = tmp_path / "ids.txt"
     ids_file.parent.mkdir(parents=True, exist_ok=True)
-    ids_file.write_text(f"{a}\n{c.article(b)['doi']}\nhttps://doi.org/{c.article(d)['doi']}\n")
+    paper = next(c.article(i)["resource_doi"] for i in c.ids if c.article(i)["resource_doi"])
+    ids_file.write_text(f"{a}\n{c.article(b)['doi']}\nhttps://doi.org/{c.article(d)['doi']}\n"
+                        f"{paper}\n")
     author = next(x for i in c.ids for x in c.article(i)["authors"] if x["orcid_id"])
     manifest = await harvest(sim, tmp_path, "lists", [
         {"kind": "search", "search_for": "data", "item_type": 3,
@@ -90,6 +92,7 @@ async def lists(sim: Simulator, tmp_path: Path) -> set[tuple[str, str, str]]:
         {"kind": "project", "project": pid},
         {"kind": "ids", "ids": [a, b]},
         {"kind": "ids_file", "path": str(ids_file)},
+        {"kind": "ids_file", "path": str(ids_file), "doi_match": "any", "name": "by-any"},
         {"kind": "oai", "set": "item_type_5", "from": "2018-01-01", "until": "2024-12-31"},
     ])
     # paging in the POST body is honoured: every item past the window is listed

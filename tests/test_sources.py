@@ -364,6 +364,25 @@ async def test_ids_file_with_ids_and_dois(sim: Simulator, tmp_path: Path) -> Non
         await run_source(sim, "ids_file", path=str(path))
 
 
+async def test_ids_file_dois_resolve_as_a_supplemented_paper_with_doi_match_any(
+        sim: Simulator, tmp_path: Path) -> None:
+    c = sim.corpus
+    paper = next(c.article(i)["resource_doi"] for i in c.ids if c.article(i)["resource_doi"])
+    supplements = sorted(i for i in c.ids if c.article(i)["resource_doi"] == paper)
+    a = c.ids[5]
+    path = tmp_path / "ids.txt"
+    path.write_text(f"{c.article(a)['doi']}\n{paper}\n10.9999/nowhere\n")
+    got, report = await run_source(sim, "ids_file", path=str(path))
+    assert got == [a] and report.unresolved_count == 2  # doi only, by default
+    sim.log.clear()
+    got, report = await run_source(sim, "ids_file", path=str(path), doi_match="any")
+    assert sorted(got) == sorted([a, *supplements]) and report.unresolved == ["10.9999/nowhere"]
+    asked = [q for e in sim.log.entries if e.route == "/v2/articles" for q in [e.query]]
+    # doi first; resource_doi when doi knows nothing; handle last
+    assert len(asked) == report.requests == 1 + 2 + 3
+    assert sum("resource_doi=" in q for q in asked) == 2 and sum("handle=" in q for q in asked) == 1
+
+
 async def test_oai_source_by_set_and_dates(sim: Simulator) -> None:
     c = sim.corpus
     got, report = await run_source(sim, "oai", set="item_type_3", **{"from": "2019-01-01"})
