@@ -14,7 +14,9 @@ from harvester.errors import LockedError, OutputError
 _CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS known (
     article_id INTEGER PRIMARY KEY, sources INTEGER NOT NULL, published TEXT,
-    last_snapshot TEXT NOT NULL);
+    last_snapshot TEXT NOT NULL, stats BLOB, stats_at TEXT);
+CREATE TABLE IF NOT EXISTS queue (
+    article_id INTEGER PRIMARY KEY, sources INTEGER NOT NULL, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS marks (
     source TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, hwm TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -23,6 +25,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS windows (
     endpoint TEXT PRIMARY KEY, items INTEGER NOT NULL, learned_at TEXT NOT NULL);
 """
+# columns added since: (table, column, declaration), for catalogs made before them
+_ADDED = (("known", "stats", "BLOB"), ("known", "stats_at", "TEXT"))
 
 
 def damaged(exc: BaseException) -> bool:
@@ -56,6 +60,10 @@ class Catalog:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, isolation_level=None)
             db.executescript(_CATALOG_SCHEMA)
+            for table, column, declaration in _ADDED:
+                names = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in names:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             self.db = db
         except (OSError, sqlite3.Error) as exc:
             if db is not None:
@@ -107,6 +115,22 @@ class Catalog:
 
     def known_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM known").fetchone()[0])
+
+    def stats_times(self) -> list[str]:
+        """Each known item's stats fetched_at ('' when it has none yet), oldest first."""
+        return [t for (t,) in self.db.execute(
+            "SELECT coalesce(stats_at, '') AS t FROM known ORDER BY t, article_id")]
+
+    def queued(self) -> dict[str, int]:
+        """Records the last run left for the next: 'deferred' (budget spent), 'failed'."""
+        return dict(self.db.execute("SELECT reason, count(*) FROM queue GROUP BY reason"))
+
+    def record_run(self, snapshot_id: str, kind: str, status: str, started_at: str,
+                   finished_at: str, marks: dict[str, tuple[str, str]] | None) -> None:
+        """A published run, and the high-water marks it earned (None: they stay)."""
+        self.add_run(snapshot_id, kind, status, started_at, finished_at)
+        if marks is not None:
+            self.set_marks(marks)
 
 
 class RunLock:

@@ -356,46 +356,6 @@ def is_missing_entity(exc: NotFound) -> bool:
         words in message.lower() for words in ("not found", "does not exist"))
 
 
-def store_outcomes(journal: Journal, outcomes: list[Outcome]) -> None:
-    """journal.store, then the errors of records kept with a failed part (journal thread).
-
-    Journal.store keeps errors only for ids that failed; these ids are DONE with an error.
-    """
-    journal.store(outcomes)
-    parts = [(o.article_id, orjson.dumps(o.error)) for o in outcomes
-             if o.state == DONE and o.error is not None]
-    if parts:
-        db = journal.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("INSERT OR REPLACE INTO errors VALUES(?, ?)", parts)
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
-
-def incomplete_count(journal: Journal) -> int:
-    """Ids whose record was kept while a part (stats, files, versions) failed (journal thread)."""
-    return int(journal.db.execute(
-        "SELECT count(*) FROM errors JOIN ids USING(article_id) WHERE ids.state=?",
-        (DONE,)).fetchone()[0])
-
-
-def unconfirm_gone(journal: Journal, batch: int = 1_000) -> None:
-    """No id of the run was fetched, yet some answered 404: a wrong server or a broken proxy
-    looks like that, a repository emptied overnight does not. Those ids become failures, to be
-    tried again, never tombstones (journal thread)."""
-    while rows := journal.db.execute(
-            "SELECT article_id, error FROM errors JOIN ids USING(article_id) WHERE ids.state=? "
-            "ORDER BY article_id LIMIT ?", (GONE, batch)).fetchall():
-        journal.store([Outcome(aid, FAILED, error={
-            **orjson.loads(error), "reason": "404-for-every-id",
-            "message": "every id of the run answered 404: not taken for a deletion"})
-            for aid, error in rows])
-
-
 def _harvested_groups(journal: Journal) -> list[int]:
     """Group ids of the articles in the journal (runs on the journal thread)."""
     groups: set[int] = set()

@@ -26,6 +26,9 @@ from harvester.errors import OutputError
 
 T = TypeVar("T")
 
+COMMIT_EVERY = 200  # outcomes per journal transaction at most
+COMMIT_WITHIN = 0.05  # seconds an outcome may wait for others to share its transaction
+
 
 class ItemState(IntEnum):
     """Where an id stands in this run (stored as its number)."""
@@ -34,6 +37,7 @@ class ItemState(IntEnum):
     DONE = 1
     FAILED = 2
     GONE = 3
+    DEFERRED = 4  # not fetched: the run's budget was spent first
 
 
 class FetchMode(IntEnum):
@@ -43,7 +47,16 @@ class FetchMode(IntEnum):
     STATS_ONLY = 1  # an incremental run's refresh of a known, unchanged item
 
 
-PENDING, DONE, FAILED, GONE = ItemState
+class Priority(IntEnum):
+    """The order a budgeted run spends in (issue 23): lower first."""
+
+    CARRIED = 0  # new or changed records a budget deferred last night
+    LISTED = 1  # listed tonight: new and changed records, with their stats
+    RETRY = 2  # records that failed last night
+    STATS = 3  # stats of known unchanged items, stalest first (`stale`), ties by id
+
+
+PENDING, DONE, FAILED, GONE, DEFERRED = ItemState
 FULL, STATS_ONLY = FetchMode
 
 # Record blobs are LZ4 frames with their size in front (cheaper than zlib for the same job);
@@ -85,7 +98,8 @@ CREATE TABLE IF NOT EXISTS sources (
     info TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS ids (
     article_id INTEGER PRIMARY KEY, sources INTEGER NOT NULL, state INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0, mode INTEGER NOT NULL DEFAULT 0);
+    attempts INTEGER NOT NULL DEFAULT 0, mode INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 1, stale TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS records (
     article_id INTEGER PRIMARY KEY, body BLOB NOT NULL, files BLOB, stats BLOB,
     fetched_at TEXT NOT NULL, extra BLOB, published TEXT);
@@ -94,6 +108,10 @@ CREATE TABLE IF NOT EXISTS side (
     kind TEXT NOT NULL, key INTEGER NOT NULL, source INTEGER NOT NULL, body BLOB NOT NULL,
     fetched_at TEXT NOT NULL, PRIMARY KEY (kind, key));
 """
+# columns added since: (table, column, declaration) for journals of interrupted older runs
+_ADDED = (("ids", "priority", "INTEGER NOT NULL DEFAULT 1"),
+          ("ids", "stale", "TEXT NOT NULL DEFAULT ''"))
+_EMPTY = pack(b"")  # the body of a row that carries only stats
 
 
 @dataclass(frozen=True)
@@ -113,11 +131,24 @@ class Outcome:
 
 
 class PendingItem(NamedTuple):
-    """An id still to fetch, as the fan-out reads it."""
+    """An id still to fetch, as the fan-out reads it (in spending order)."""
 
     article_id: int
     sources: int
     mode: FetchMode
+    priority: int = Priority.LISTED
+    stale: str = ""
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        """Where the next page of pending ids starts after this one."""
+        return (self.priority, self.stale, self.article_id)
+
+
+class Counts(dict[ItemState, int]):
+    """Ids per state, and `incomplete`: records kept (DONE) while a part of them failed."""
+
+    incomplete: int = 0
 
 
 class JournalRow(NamedTuple):
@@ -171,6 +202,10 @@ class Journal:
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, fast
         try:
             db.executescript(_SCHEMA)
+            for table, column, declaration in _ADDED:
+                names = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in names:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         except sqlite3.DatabaseError as exc:
             db.close()
             raise OutputError(f"{self.path}: not a harvester journal ({exc})") from None
@@ -242,19 +277,33 @@ class Journal:
             self.db.executemany(
                 "INSERT INTO ids(article_id, sources) VALUES(?, ?) "
                 "ON CONFLICT(article_id) DO UPDATE SET sources = sources | excluded.sources, "
-                f"mode = {FetchMode.FULL:d}",
+                f"mode = {FetchMode.FULL:d}, priority = min(priority, {Priority.LISTED:d})",
                 [(int(i), bit) for i in ids],
             )
 
     def add_known_for_stats(self, catalog: Path, published_after: str | None) -> int:
-        """Queue the catalog's known ids for a stats-only refresh (listed ids keep FULL)."""
+        """Queue the catalog's known ids for a stats-only refresh, stalest first (listed ids
+        keep FULL); an id never refreshed sorts before every timestamp."""
         with self._attached(catalog), transaction(self.db):
             return self.db.execute(
-                "INSERT INTO ids(article_id, sources, mode) "
-                "SELECT article_id, sources, ? FROM cat.known "
+                "INSERT INTO ids(article_id, sources, mode, priority, stale) "
+                "SELECT article_id, sources, ?, ?, coalesce(stats_at, '') FROM cat.known "
                 "WHERE ? IS NULL OR published >= ? ON CONFLICT(article_id) DO NOTHING",
-                (FetchMode.STATS_ONLY, published_after, published_after),
+                (FetchMode.STATS_ONLY, Priority.STATS, published_after, published_after),
             ).rowcount
+
+    def add_queued(self, catalog: Path) -> dict[str, int]:
+        """The records last night left over (deferred by its budget, or failed), first."""
+        with self._attached(catalog), transaction(self.db):
+            self.db.execute(
+                "INSERT INTO ids(article_id, sources, mode, priority) "
+                "SELECT article_id, sources, ?, CASE reason WHEN 'deferred' THEN ? ELSE ? END "
+                "FROM cat.queue WHERE true ON CONFLICT(article_id) DO UPDATE SET "
+                "sources = sources | excluded.sources, mode = excluded.mode, "
+                "priority = min(priority, excluded.priority)",
+                (FetchMode.FULL, Priority.CARRIED, Priority.RETRY))
+            return dict(self.db.execute(
+                "SELECT reason, count(*) FROM cat.queue GROUP BY reason").fetchall())
 
     def finish_source(self, idx: int, info: dict[str, Any]) -> None:
         self.db.execute(
@@ -269,27 +318,130 @@ class Journal:
 
     # -- fan-out ---------------------------------------------------------------------------
 
-    def counts(self) -> dict[ItemState, int]:
+    def counts(self) -> Counts:
         rows = self.db.execute("SELECT state, count(*) FROM ids GROUP BY state").fetchall()
-        return {ItemState(state): n for state, n in rows}
+        counts = Counts({ItemState(state): n for state, n in rows})
+        counts.incomplete = int(self.db.execute(
+            "SELECT count(*) FROM errors JOIN ids USING(article_id) WHERE ids.state=?",
+            (ItemState.DONE,)).fetchone()[0])
+        return counts
 
-    def pending(self, after: int, limit: int) -> list[PendingItem]:
+    def pending(self, after: tuple[int, str, int], limit: int) -> list[PendingItem]:
+        """Up to `limit` ids to fetch past `after` (a PendingItem.key), in spending order."""
         rows = self.db.execute(
-            "SELECT article_id, sources, mode FROM ids WHERE state=? AND article_id>? "
-            "ORDER BY article_id LIMIT ?",
-            (ItemState.PENDING, after, limit),
+            "SELECT article_id, sources, mode, priority, stale FROM ids "
+            "WHERE state=? AND (priority, stale, article_id) > (?, ?, ?) "
+            "ORDER BY priority, stale, article_id LIMIT ?",
+            (ItemState.PENDING, *after, limit),
         ).fetchall()
-        return [PendingItem(aid, sources, FetchMode(mode)) for aid, sources, mode in rows]
+        return [PendingItem(aid, sources, FetchMode(mode), priority, stale)
+                for aid, sources, mode, priority, stale in rows]
 
     def retry_failed(self) -> int:
-        """On resume, ids that failed get another chance."""
+        """On resume, ids that failed get another chance, and deferred ones a new budget."""
         with transaction(self.db):
             self.db.execute("DELETE FROM errors WHERE article_id IN "
                             "(SELECT article_id FROM ids WHERE state=?)", (ItemState.FAILED,))
-            return self.db.execute("UPDATE ids SET state=? WHERE state=?",
-                                   (ItemState.PENDING, ItemState.FAILED)).rowcount
+            return self.db.execute("UPDATE ids SET state=? WHERE state IN (?, ?)",
+                                   (ItemState.PENDING, ItemState.FAILED,
+                                    ItemState.DEFERRED)).rowcount
+
+    def unconfirm_gone(self) -> None:
+        """No id of the run was fetched, yet some answered 404: a wrong server or a broken
+        proxy looks like that, a repository emptied overnight does not. Those ids become
+        failures, to be tried again, never tombstones."""
+        with transaction(self.db):
+            rows = self.db.execute(
+                "SELECT article_id, error FROM errors JOIN ids USING(article_id) "
+                "WHERE ids.state=?", (ItemState.GONE,)).fetchall()
+            self.db.executemany("UPDATE errors SET error=? WHERE article_id=?", [(
+                orjson.dumps({**orjson.loads(error), "reason": "404-for-every-id",
+                              "message": "every id of the run answered 404: not taken for a "
+                              "deletion"}), aid) for aid, error in rows])
+            self.db.execute("UPDATE ids SET state=? WHERE state=?",
+                            (ItemState.FAILED, ItemState.GONE))
+
+    def defer_pending(self, catalog: Path) -> dict[str, int]:
+        """The budget is spent: what is still pending is deferred, and every known item not
+        refreshed tonight carries its last totals with their own fetched_at into the snapshot
+        (a stats-only row), never a 0 or a gap. Returns the deferred ids by mode."""
+        with self._attached(catalog), transaction(self.db):
+            self.db.execute("UPDATE ids SET state=? WHERE state=?",
+                            (ItemState.DEFERRED, ItemState.PENDING))
+            self.db.execute(
+                "INSERT OR REPLACE INTO records(article_id, body, stats, fetched_at, published) "
+                "SELECT i.article_id, ?, k.stats, k.stats_at, k.published FROM ids i "
+                "JOIN cat.known k USING(article_id) WHERE i.state IN (?, ?) "
+                "AND k.stats IS NOT NULL AND k.stats_at IS NOT NULL",
+                (_EMPTY, ItemState.DEFERRED, ItemState.FAILED))
+            rows = self.db.execute("SELECT mode, count(*) FROM ids WHERE state=? GROUP BY mode",
+                                   (ItemState.DEFERRED,)).fetchall()
+        return {FetchMode(mode).name.lower(): n for mode, n in rows}
+
+    def workload(self, catalog: Path) -> tuple[int, list[str], int]:
+        """(records to fetch, each pending stats refresh's last fetched_at in spending order,
+        items the catalog knows): what a budget is planned against."""
+        records = self.db.execute("SELECT count(*) FROM ids WHERE state=? AND mode=?",
+                                  (ItemState.PENDING, FetchMode.FULL)).fetchone()[0]
+        stale = [t for (t,) in self.db.execute(
+            "SELECT stale FROM ids WHERE state=? AND mode=? ORDER BY priority, stale, article_id",
+            (ItemState.PENDING, FetchMode.STATS_ONLY))]
+        with self._attached(catalog):
+            known = self.db.execute("SELECT count(*) FROM cat.known").fetchone()[0]
+        return int(records), stale, int(known)
+
+    def refreshed(self) -> dict[str, int]:
+        """Fetched tonight: records (with their stats), and stats-only refreshes."""
+        rows = dict(self.db.execute("SELECT mode, count(*) FROM ids WHERE state=? GROUP BY mode",
+                                    (ItemState.DONE,)).fetchall())
+        return {"records": rows.get(FetchMode.FULL, 0), "stats": rows.get(FetchMode.STATS_ONLY, 0)}
+
+    def oldest_stats(self) -> str | None:
+        """The oldest fetched_at among the totals the snapshot holds."""
+        row = self.db.execute(
+            "SELECT min(r.fetched_at) FROM records r JOIN ids i USING(article_id) "
+            "WHERE r.stats IS NOT NULL AND i.state IN (?, ?, ?)", _KEPT).fetchone()
+        return row[0] if row else None
+
+    async def store_from(self, results: asyncio.Queue[Outcome | None]) -> None:
+        """Store the fan-out's outcomes in small transactions until None comes: an outcome
+        waits at most COMMIT_WITHIN for others to share its commit, so a kill loses at most
+        what is in flight and that much. Keeps draining after a failure so no worker blocks."""
+        loop = asyncio.get_running_loop()
+        batch: list[Outcome] = []
+        failure: BaseException | None = None
+        due: float | None = None  # when the oldest outcome in the batch must be stored
+        while True:
+            outcome: Outcome | None = None
+            ended = False
+            try:
+                if results.empty():  # wait for one, but not past the batch's due time
+                    async with asyncio.timeout_at(due):
+                        outcome = await results.get()
+                else:  # the busy case: no timer armed and cancelled per outcome
+                    outcome = results.get_nowait()
+            except TimeoutError:
+                pass
+            else:
+                ended = outcome is None
+            if outcome is not None:
+                batch.append(outcome)
+                due = due or loop.time() + COMMIT_WITHIN
+            if batch and (ended or len(batch) >= COMMIT_EVERY or loop.time() >= (due or 0)):
+                if failure is None:
+                    try:
+                        await self.call(self.store, batch)
+                    except Exception as exc:
+                        failure = exc
+                batch, due = [], None
+            if ended:
+                if failure is not None:
+                    raise failure
+                return
 
     def store(self, outcomes: list[Outcome]) -> None:
+        """Records, states and errors of a batch of outcomes, in one transaction; a record
+        kept while a part of it failed (DONE with an error) keeps that error."""
         done = [o for o in outcomes if o.state == ItemState.DONE]
         with transaction(self.db):
             self.db.executemany(
@@ -305,11 +457,11 @@ class Journal:
                 ) for o in done],
             )
             self.db.executemany("DELETE FROM errors WHERE article_id=?",
-                                [(o.article_id,) for o in done])
+                                [(o.article_id,) for o in done if o.error is None])
             self.db.executemany(
                 "INSERT OR REPLACE INTO errors VALUES(?, ?)",
                 [(o.article_id, orjson.dumps(o.error or {})) for o in outcomes
-                 if o.state != ItemState.DONE],
+                 if o.state != ItemState.DONE or o.error is not None],
             )
             self.db.executemany(
                 "UPDATE ids SET state=?, attempts=attempts+1 WHERE article_id=?",
@@ -319,12 +471,13 @@ class Journal:
     # -- snapshot --------------------------------------------------------------------------
 
     def rows(self, after: int, limit: int) -> list[JournalRow]:
-        """Up to `limit` fetched records with ids above `after`, in id order, compressed."""
+        """Up to `limit` fetched records with ids above `after`, in id order, compressed
+        (with the stats-only rows that carry a deferred or failed item's last totals)."""
         return [JournalRow(*row) for row in self.db.execute(
             "SELECT r.article_id, i.sources, r.body, r.files, r.stats, r.fetched_at, r.extra "
             "FROM records r JOIN ids i USING(article_id) "
-            "WHERE i.state=? AND r.article_id>? ORDER BY r.article_id LIMIT ?",
-            (ItemState.DONE, after, limit),
+            "WHERE i.state IN (?, ?, ?) AND r.article_id>? ORDER BY r.article_id LIMIT ?",
+            (*_KEPT, after, limit),
         )]
 
     def chunks(self, max_records: int, max_bytes: int) -> Iterator[list[JournalRow]]:
@@ -356,18 +509,39 @@ class Journal:
 
         A full run replaces the known set (items it did not list are gone or out of scope);
         an incremental run adds and refreshes what it fetched and drops items that 404ed.
+        Totals are kept per item with their fetched_at (a failed stats part keeps the last
+        ones); records deferred or failed are queued for the next run, first.
         """
         with self._attached(catalog), transaction(self.db):
             if full:
-                self.db.execute("DELETE FROM cat.known")
+                self.db.execute("DELETE FROM cat.known WHERE article_id NOT IN "
+                                "(SELECT article_id FROM ids WHERE state<>?)", (ItemState.GONE,))
+                self.db.execute("DELETE FROM cat.queue")
             self.db.execute(
-                "INSERT INTO cat.known(article_id, sources, published, last_snapshot) "
-                "SELECT i.article_id, i.sources, r.published, ? FROM ids i "
+                "INSERT INTO cat.known(article_id, sources, published, last_snapshot, stats, "
+                "stats_at) SELECT i.article_id, i.sources, r.published, ?, r.stats, "
+                "CASE WHEN r.stats IS NULL THEN NULL ELSE r.fetched_at END FROM ids i "
                 "JOIN records r USING(article_id) WHERE i.state=? AND i.mode=? "
                 "ON CONFLICT(article_id) DO UPDATE SET sources=excluded.sources, "
-                "published=excluded.published, last_snapshot=excluded.last_snapshot",
+                "published=excluded.published, last_snapshot=excluded.last_snapshot, "
+                "stats=coalesce(excluded.stats, stats), "
+                "stats_at=coalesce(excluded.stats_at, stats_at)",
                 (snapshot_id, ItemState.DONE, FetchMode.FULL),
             )
+            self.db.execute(
+                "UPDATE cat.known AS k SET stats=r.stats, stats_at=r.fetched_at FROM records r "
+                "JOIN ids i USING(article_id) WHERE k.article_id=r.article_id AND i.state=? "
+                "AND i.mode=? AND r.stats IS NOT NULL",
+                (ItemState.DONE, FetchMode.STATS_ONLY))
+            self.db.execute(
+                "DELETE FROM cat.queue WHERE article_id IN (SELECT article_id FROM ids "
+                "WHERE mode=? AND state IN (?, ?))", (FetchMode.FULL, ItemState.DONE,
+                                                      ItemState.GONE))
+            self.db.execute(
+                "INSERT OR REPLACE INTO cat.queue(article_id, sources, reason) "
+                "SELECT article_id, sources, CASE state WHEN ? THEN 'deferred' ELSE 'failed' "
+                "END FROM ids WHERE mode=? AND state IN (?, ?)",
+                (ItemState.DEFERRED, FetchMode.FULL, ItemState.DEFERRED, ItemState.FAILED))
             self.db.execute(
                 "DELETE FROM cat.known WHERE article_id IN (SELECT article_id FROM ids "
                 "WHERE state=?)", (ItemState.GONE,)
@@ -399,6 +573,9 @@ class Journal:
         for kind, key, body, fetched_at in self.db.execute(
                 "SELECT kind, key, body, fetched_at FROM side ORDER BY kind, key").fetchall():
             yield SourceRecord(kind, key, orjson.loads(unpack(body)), fetched_at)
+
+
+_KEPT = (ItemState.DONE, ItemState.FAILED, ItemState.DEFERRED)  # states whose rows are written
 
 
 class _Attached:

@@ -6,33 +6,26 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-import hashlib
 import logging
 import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from harvester import __version__
+from harvester import budget as bud
 from harvester.catalog import Catalog, RunLock
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy, origin_of
-from harvester.config import INCREMENTAL_KINDS, Config, Source, public_view
+from harvester.config import INCREMENTAL_KINDS, Config, public_view
 from harvester.errors import HarvesterError, OutputError
-from harvester.fetch import (
-    ItemFetcher,
-    incomplete_count,
-    stamp,
-    store_outcomes,
-    unconfirm_gone,
-    utc_now,
-)
-from harvester.journal import DONE, FAILED, GONE, PENDING, Journal, Outcome
+from harvester.fetch import ItemFetcher, stamp, utc_now
+from harvester.journal import DONE, FAILED, FULL, GONE, PENDING, Journal, Outcome
 from harvester.partition import Limits
 from harvester.records import RowContext, side_rows
 from harvester.render import CHUNK_BYTES, CHUNK_RECORDS, RenderSpec, parse_stamp, render
@@ -51,8 +44,6 @@ from harvester.store import (
 
 log = logging.getLogger("harvester")
 
-COMMIT_EVERY = 200  # outcomes per journal transaction at most
-COMMIT_WITHIN = 0.05  # seconds an outcome may wait for others to share its transaction
 PENDING_CHUNK = 1_000  # ids read from the journal at a time
 
 
@@ -80,9 +71,10 @@ class PublishGuarded(HarvesterError):
 @dataclass
 class RunResult:
     snapshot: Path | str | None  # a directory, or the s3:// URL of the published snapshot
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # unpublished: what a budgeted full run has in so far
     errors: int  # ids that failed (gone ones excluded)
     truncated: bool
+    published: bool = True  # False: a budgeted full run resumes next time (LATEST unchanged)
 
 
 def user_agent(cfg: Config) -> str:
@@ -141,6 +133,7 @@ class Harvest:
         client_factory: Callable[[ClientSettings], Client] = Client,
         full: bool = False,
         accept_drop: bool = False,
+        budget: bud.Budget | None = None,
     ) -> None:
         self.cfg = cfg
         self.progress = progress or Progress()
@@ -151,6 +144,13 @@ class Harvest:
         self.force_full = full
         self.accept_drop = accept_drop  # publish even what the guard would hold back
         self.limits = Limits(page_size=cfg.http.page_size)  # shared by the run's sources
+        inc = cfg.incremental
+        if budget is None and inc is not None and inc.budget:
+            budget = bud.Budget(seconds=bud.parse_duration(inc.budget), said=inc.budget)
+        self.budget = budget
+        self.costs = bud.Costs.of(cfg)
+        self.spend = bud.Spend(None, None, lambda: 0)
+        self.schedule: bud.Schedule | None = None
         self._client: Client | None = None
         self.reports: list[SourceReport] = []
         # set when the run is cancelled (SIGINT/SIGTERM) while the journal thread writes the
@@ -162,13 +162,18 @@ class Harvest:
             # a catalog that cannot be read stops the run before it fetches, not after it
             # published (every run ends by recording itself there)
             Catalog(self.catalog_path).close()
+            started = time.monotonic()
             journal, meta = await self._open_journal()
             try:
                 async with self.client_factory(client_settings(self.cfg)) as client:
                     self._client = client
                     self.fetcher = ItemFetcher(self.cfg, client)
                     await self._enumerate(client, journal, meta)
-                    await self._fan_out(client, journal)
+                    self.schedule = await self._schedule(journal)
+                    await self._fan_out(client, journal, started)
+                    counts = await journal.call(journal.counts)
+                    if counts.get(PENDING) and meta.get("kind") == "full":
+                        return await self._unfinished(journal, meta, counts)
                     await self.fetcher.after_fan_out(journal)  # group/collection/... stats
                     metrics = client.metrics()
                 result = await self._publish(journal, meta, metrics)
@@ -180,6 +185,24 @@ class Harvest:
                 self._remove_empty_staging()
             journal.discard()
             return result
+
+    async def _unfinished(self, journal: Journal, meta: dict[str, str],
+                          counts: dict[int, int]) -> RunResult:
+        """A budgeted full run whose budget is spent: it publishes only when the listing and
+        every record are in, so the journal is kept and the next run resumes it."""
+        self._keep_requests(journal, meta)
+        journal.close()
+        total, left = sum(counts.values()), counts.get(PENDING, 0)
+        log.warning("budget %s spent: %d of %d records of the full run are in; not published "
+                    "(LATEST unchanged), the next run resumes", self.budget and self.budget.said,
+                    total - left, total)
+        manifest = {"name": self.cfg.name, "snapshot_id": meta["snapshot_id"], "kind": "full",
+                    "status": "unpublished", "runs": int(meta["runs"]),
+                    "ids": {"total": total, "fetched": counts.get(DONE, 0),
+                            "failed": counts.get(FAILED, 0), "gone": counts.get(GONE, 0),
+                            "pending": left},
+                    "budget": self._budget_view(None), "fetch": self.fetcher.report()}
+        return RunResult(None, manifest, counts.get(FAILED, 0), False, published=False)
 
     def _keep_requests(self, journal: Journal, meta: dict[str, str]) -> None:
         """A run that ends unpublished adds its requests to the journal's running total, so
@@ -239,45 +262,23 @@ class Harvest:
 
     def _choose_kind(self, now: dt.datetime) -> tuple[str, dict[str, str]]:
         """Full or incremental, and per list source the modified_since bound to ask with."""
-        inc = self.cfg.incremental
-        if inc is None or self.force_full:
+        if self.cfg.incremental is None or self.force_full:
             return "full", {}
         catalog = Catalog(self.catalog_path)
         try:
-            last_full = catalog.last_run("full")
-            marks = catalog.marks()
+            last_full, marks = catalog.last_run("full"), catalog.marks()
         finally:
             catalog.close()
-        if last_full is None:
-            log.info("no earlier full run: this one is full")
-            return "full", {}
-        age = now - parse_stamp(last_full["started_at"])
-        if age > dt.timedelta(days=inc.full_every_days):
-            log.info("last full run is %.1f days old (full_every_days: %g): this one is full",
-                     age.total_seconds() / 86400, inc.full_every_days)
-            return "full", {}
-        since: dict[str, str] = {}
-        overlap = dt.timedelta(hours=inc.overlap_hours)
-        for source in self.cfg.sources:
-            mark = marks.get(source.name)
-            if source.kind in INCREMENTAL_KINDS and mark and mark[0] == _source_fp(source):
-                since[source.name] = stamp(parse_stamp(mark[1]) - overlap)
-        return "incremental", since
-
-    def _narrowed(self, source: Source, meta: dict[str, str]) -> Source:
-        """In an incremental run, a list source asks only for what changed since its mark."""
-        bound = orjson.loads(meta.get("since", "{}")).get(source.name)
-        if bound is None:
-            return source
-        own = source.params.get("modified_since")
-        if own and own > bound:
-            return source
-        return replace(source, params={**source.params, "modified_since": bound})
+        kind, since, why = bud.choose_kind(self.cfg.incremental, self.cfg.sources, now,
+                                       last_full and last_full["started_at"], marks)
+        if why:
+            log.info("%s", why)
+        return kind, since
 
     async def _enumerate(self, client: Client, journal: Journal, meta: dict[str, str]) -> None:
         self.progress.phase = "listing"
         for idx, configured in enumerate(self.cfg.sources):
-            source = self._narrowed(configured, meta)
+            source = bud.narrowed(configured, orjson.loads(meta.get("since", "{}")))
             done = await journal.call(journal.source_done, idx)
             report = SourceReport(source.name, source.kind)
             self.reports.append(report)
@@ -299,17 +300,42 @@ class Harvest:
             log.info("source %s: %d ids listed in %d requests%s", source.name, report.listed,
                      report.requests, " (TRUNCATED)" if report.truncated else "")
         inc = self.cfg.incremental
-        if meta.get("kind") == "incremental" and inc and inc.stats != "none" \
-                and "stats_queued" not in meta:
-            after = None
-            if inc.stats == "recent":
-                after = stamp(utc_now() - dt.timedelta(days=inc.recent_days))
-            queued = await journal.call(journal.add_known_for_stats, self.catalog_path, after)
+        if meta.get("kind") == "incremental" and inc and "stats_queued" not in meta:
+            left = await journal.call(journal.add_queued, self.catalog_path)
+            if left:  # last night's deferred records go first tonight, then its failures
+                log.info("from the last run: %s", ", ".join(f"{n} {k}" for k, n in left.items()))
+            queued = 0
+            if inc.stats != "none":
+                after = None
+                if inc.stats == "recent":
+                    after = stamp(utc_now() - dt.timedelta(days=inc.recent_days))
+                queued = await journal.call(journal.add_known_for_stats, self.catalog_path,
+                                            after)
+                log.info("%d known items queued for a stats refresh (%s)", queued, inc.stats)
             meta["stats_queued"] = str(queued)
             await journal.call(journal.set_meta, meta)
-            log.info("%d known items queued for a stats refresh (%s)", queued, inc.stats)
 
-    async def _fan_out(self, client: Client, journal: Journal) -> None:
+    async def _schedule(self, journal: Journal) -> bud.Schedule:
+        """What tonight's budget holds of the work in the journal (as `plan` shows it)."""
+        records, stale, known = await journal.call(journal.workload, self.catalog_path)
+        work = bud.Workload(listing=sum(r.requests for r in self.reports), records=records,
+                        stats_times=stale, known=known, costs=self.costs,
+                        full=not stale and not known)
+        rate = client_settings(self.cfg).default_rate
+        plan = bud.schedule(work, self.budget.allowance(rate) if self.budget else None, rate)
+        if self.budget:
+            log.info("budget %s: %d requests; tonight %d records (%d deferred), %d stats "
+                     "refreshes (%d deferred)", self.budget.said, plan.allowance, plan.records,
+                     plan.records_deferred, plan.stats, plan.stats_deferred)
+        return plan
+
+    async def _fan_out(self, client: Client, journal: Journal, started: float) -> None:
+        if self.budget is not None:
+            stop = self.budget.fetch_seconds()
+            rate = client_settings(self.cfg).default_rate
+            self.spend = bud.Spend(self.budget.allowance(rate),
+                                   None if stop is None else started + stop,
+                                   lambda: sum(client.metrics()["requests"].values()))
         counts = await journal.call(journal.counts)
         p = self.progress
         p.phase = "fetching"
@@ -322,7 +348,7 @@ class Harvest:
         todo: asyncio.Queue[tuple[int, int, int] | None] = asyncio.Queue(maxsize=workers * 2)
         # small on purpose: what a kill can lose is what sits here uncommitted
         results: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=workers * 2)
-        committer = asyncio.create_task(self._commit(journal, results))
+        committer = asyncio.create_task(journal.store_from(results))
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._produce(journal, todo, workers))
@@ -336,22 +362,30 @@ class Harvest:
             await asyncio.shield(committer)
 
     async def _produce(self, journal: Journal, todo: asyncio.Queue[Any], workers: int) -> None:
-        after = -1
-        while True:
+        """Pending ids in spending order (journal.Priority), until the budget is spent."""
+        after: tuple[int, str, int] = (-1, "", -1)
+        while not self.spend.spent:
             chunk = await journal.call(journal.pending, after, PENDING_CHUNK)
             if not chunk:
                 break
             for item in chunk:
+                if self.spend.spent:
+                    break
                 await todo.put(item)
-            after = chunk[-1][0]
+            after = chunk[-1].key
         for _ in range(workers):
             await todo.put(None)
 
     async def _work(self, fetcher: ItemFetcher, todo: asyncio.Queue[Any],
                     results: asyncio.Queue[Outcome | None]) -> None:
         while (item := await todo.get()) is not None:
-            aid, sources, mode = item
-            outcome = await fetcher.fetch(aid, sources, mode)
+            cost = self.costs.record if item.mode == FULL else self.costs.stats
+            if not self.spend.admit(cost):
+                continue  # spent: the rest stays pending (deferred), in order
+            try:
+                outcome = await fetcher.fetch(item.article_id, item.sources, item.mode)
+            finally:
+                self.spend.release(cost)
             p = self.progress
             if outcome.state == DONE:
                 p.done += 1
@@ -361,43 +395,6 @@ class Harvest:
                 p.failed += 1
             await results.put(outcome)
 
-    async def _commit(self, journal: Journal, results: asyncio.Queue[Outcome | None]) -> None:
-        """Store outcomes in small transactions: an outcome waits at most COMMIT_WITHIN for
-        others to share its commit (a commit per outcome, a thread hop and a WAL write each,
-        was a sixth of an unthrottled harvest's CPU), so a kill loses at most what is in flight
-        and the last COMMIT_WITHIN seconds. Keeps draining after a failure so no worker blocks."""
-        loop = asyncio.get_running_loop()
-        batch: list[Outcome] = []
-        failure: BaseException | None = None
-        due: float | None = None  # when the oldest outcome in the batch must be stored
-        while True:
-            outcome: Outcome | None = None
-            ended = False
-            try:
-                if results.empty():  # wait for one, but not past the batch's due time
-                    async with asyncio.timeout_at(due):
-                        outcome = await results.get()
-                else:  # the busy case: no timer armed and cancelled per outcome
-                    outcome = results.get_nowait()
-            except TimeoutError:
-                pass
-            else:
-                ended = outcome is None
-            if outcome is not None:
-                batch.append(outcome)
-                due = due or loop.time() + COMMIT_WITHIN
-            if batch and (ended or len(batch) >= COMMIT_EVERY or loop.time() >= (due or 0)):
-                if failure is None:
-                    try:
-                        await journal.call(store_outcomes, journal, batch)
-                    except Exception as exc:
-                        failure = exc
-                batch, due = [], None
-            if ended:
-                if failure is not None:
-                    raise failure
-                return
-
     async def _publish(self, journal: Journal, meta: dict[str, str],
                        metrics: dict[str, Any]) -> RunResult:
         self.progress.phase = "writing"
@@ -405,15 +402,23 @@ class Harvest:
         counts = await journal.call(journal.counts)
         if counts.get(GONE) and not counts.get(DONE):
             # every id answered 404 (or failed): a wrong server, not a repository emptied
-            await journal.call(unconfirm_gone, journal)
+            await journal.call(journal.unconfirm_gone)
             counts = await journal.call(journal.counts)
         if kind == "full" and not self.accept_drop:
             refusal = await asyncio.to_thread(self._guard, counts)
             if refusal:
                 raise PublishGuarded(refusal)
+        deferred: dict[str, int] = {}
+        if kind == "incremental":  # the unrefreshed keep their last totals in the snapshot
+            deferred = await journal.call(journal.defer_pending, self.catalog_path)
+            counts = await journal.call(journal.counts)
+            if deferred.get("full"):
+                log.warning("%d new or changed records did not fit the budget: the next run "
+                            "fetches them first", deferred["full"])
         per_source = await journal.call(journal.ids_per_source, len(self.cfg.sources))
-        incomplete = await journal.call(incomplete_count, journal)
+        incomplete = counts.incomplete
         failed, gone = counts.get(FAILED, 0) + incomplete, counts.get(GONE, 0)
+        refreshed = await journal.call(journal.refreshed)
         truncated = any(r.truncated for r in self.reports)
         since = orjson.loads(meta.get("since", "{}"))
         manifest: dict[str, Any] = {
@@ -425,7 +430,7 @@ class Harvest:
             # incremental one what changed since each source's bound, plus refreshed stats
             "covers": {
                 "modified_since": since,
-                "stats_refreshed": int(meta.get("stats_queued", 0)),
+                "stats_refreshed": refreshed["stats"],
             },
             "started_at": meta["started_at"],
             "harvester_version": __version__,
@@ -442,6 +447,13 @@ class Harvest:
                 "gone": gone,
                 "incomplete": incomplete,  # records kept while their stats/files/versions failed
             },
+            "budget": self._budget_view({
+                "refreshed": refreshed,
+                "deferred": {"records": deferred.get("full", 0),
+                             "stats": deferred.get("stats_only", 0)},
+                "records_first_next_run": deferred.get("full", 0),
+                **bud.stats_age(await journal.call(journal.oldest_stats), utc_now()),
+            }),
             "errors": failed,
             # this run's requests; requests_total adds the interrupted runs it resumed
             "http": {**metrics, "requests_total": _requests_total(meta, metrics)},
@@ -472,6 +484,9 @@ class Harvest:
         self._prune()
         return RunResult(path, published, failed, truncated)
 
+    def _budget_view(self, spent: dict[str, Any] | None) -> dict[str, Any]:
+        return bud.manifest_view(self.budget, self.spend, self.schedule, spent or {})
+
     def _guard(self, counts: dict[int, int]) -> str:
         """Why this full run must not be published, or "" (a thread: reads manifests)."""
         fetched, listed = counts.get(DONE, 0), sum(counts.values())
@@ -496,13 +511,12 @@ class Harvest:
         with failed ids is asked again (from the old marks) next night."""
         catalog = Catalog(self.catalog_path)
         try:
-            catalog.add_run(meta["snapshot_id"], manifest["kind"], manifest["status"],
-                            meta["started_at"], manifest.get("finished_at", meta["started_at"]))
-            if advance:
-                catalog.set_marks({
-                    s.name: (_source_fp(s), meta["started_at"])
-                    for s in self.cfg.sources if s.kind in INCREMENTAL_KINDS
-                })
+            catalog.record_run(meta["snapshot_id"], manifest["kind"], manifest["status"],
+                               meta["started_at"], manifest.get("finished_at",
+                                                                meta["started_at"]),
+                               {s.name: (bud.source_fp(s), meta["started_at"])
+                                for s in self.cfg.sources if s.kind in INCREMENTAL_KINDS}
+                               if advance else None)
         except sqlite3.OperationalError as exc:  # a full disk: the journal is kept
             raise OutputError(f"{self.catalog_path}: cannot record the run: {exc} (snapshot "
                               f"{meta['snapshot_id']} is published; the next run finishes "
@@ -600,13 +614,6 @@ def _last_complete_full(root: Path | str, name: str) -> tuple[str, int] | None:
             if isinstance(fetched, int):
                 return str(manifest.get("snapshot_id", folder)), fetched
     return None
-
-
-def _source_fp(source: Source) -> str:
-    """A source's identity for its high-water mark: change its parameters, lose its mark."""
-    return hashlib.sha256(orjson.dumps(
-        {"kind": source.kind, "params": public_view(source.params)}, option=orjson.OPT_SORT_KEYS
-    )).hexdigest()[:16]
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:
