@@ -27,11 +27,6 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def max_child_rss_mb() -> float:
-    """The largest peak RSS of this process's ended children (the harvest's render workers)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-
 # ---- the harvester ----------------------------------------------------------------------------
 
 
@@ -61,35 +56,28 @@ def harvest(args: dict[str, Any]) -> dict[str, Any]:
         body[key] = {**body[key], **value} if isinstance(body.get(key), dict) else value
     cfg = config.parse(yaml.safe_dump(body, sort_keys=False), "<benchmark>",
                        env=args.get("env", {}))  # credentials come as ${VAR}
-    phases: dict[str, tuple[float, float, float]] = {}  # phase -> (wall, cpu, loop cpu) at start
+    phases: dict[str, float] = {}  # phase -> when it began
 
     class TimedProgress(Progress):
         def __setattr__(self, name: str, value: Any) -> None:
-            if name == "phase":  # no polling: a watcher task would cost the harvest CPU
-                # set on the event loop's thread: thread_time() is the loop's own CPU
-                phases.setdefault(value, (time.perf_counter(), time.process_time(),
-                                          time.thread_time()))
+            if name == "phase":
+                phases.setdefault(value, time.perf_counter())
             super().__setattr__(name, value)
 
     async def main() -> Any:
         return await Harvest(cfg, progress=TimedProgress()).run()
 
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
     result = asyncio.run(main())
-    t1, c1, l1 = time.perf_counter(), time.process_time(), time.thread_time()
+    t1 = time.perf_counter()
     manifest = result.manifest
     marks = sorted((t, p) for p, t in phases.items())
-    ends = [m[0] for m in marks[1:]] + [(t1, c1, l1)]
-    spans = {p: end[0] - t[0] for (t, p), end in zip(marks, ends, strict=True)}
-    cpu = {p: end[1] - t[1] for (t, p), end in zip(marks, ends, strict=True)}
-    loop_cpu = {p: end[2] - t[2] for (t, p), end in zip(marks, ends, strict=True)}
+    ends = [m[0] for m in marks[1:]] + [t1]
+    spans = {p: end - t for (t, p), end in zip(marks, ends, strict=True)}
     http = manifest.get("http", {})
     return {
         "seconds": t1 - t0,
         "phases": spans,
-        "cpu_seconds": c1 - c0,  # every thread of this process: steadier than wall time
-        "cpu_phases": cpu,
-        "loop_cpu_phases": loop_cpu,  # the event loop's thread alone (the rest: journal, writer)
         "items": manifest["ids"]["fetched"],
         "ids": manifest["ids"],
         "requests": sum(http.get("requests", {}).values()),
@@ -97,7 +85,6 @@ def harvest(args: dict[str, Any]) -> dict[str, Any]:
         "rows": {table: t["rows"] for table, t in manifest.get("tables", {}).items()},
         "snapshot": str(result.snapshot),
         "max_rss_mb": max_rss_mb(),
-        "max_worker_rss_mb": max_child_rss_mb(),
         "arrow_pool": pa.default_memory_pool().backend_name,
     }
 

@@ -42,8 +42,8 @@ from harvester.urls import SECRET_PARAMS, origin_of, sanitize_url
 
 log = logging.getLogger("harvester.client")
 
-# Starts are (per + margin) / requests apart, the margin 2.5% of `per` (at most 0.25 s): arrivals
-# jittered by up to the margin still never put requests + 1 in one window of the server's log.
+# Starts are (per + margin) / requests apart, the margin 2.5% of `per` (at most 0.25 s): half is
+# slack for late wake-ups (_Budget), half keeps jittered arrivals to `requests` per window.
 MARGIN_FRACTION = 0.025
 MARGIN_MAX = 0.25
 MAX_REDIRECTS = 10
@@ -282,7 +282,11 @@ class _Budget:
     """One rate budget: starts paced evenly, and a Retry-After hold (monotonic time)."""
 
     def __init__(self, rate: RateLimit) -> None:
-        self.limiter = AsyncLimiter(1, rate.interval)
+        # The bucket holds half the margin as slack, so a start the event loop wakes late does
+        # not push back every later one; N + 1 starts still span `per` + half the margin.
+        margin = rate.interval * rate.requests - rate.per
+        cap = 1 + margin / 2 / rate.interval  # in starts
+        self.limiter = AsyncLimiter(cap, cap * rate.interval)
         self.not_before = -math.inf
 
 

@@ -32,18 +32,21 @@ def test_quick_benchmark_run_reports_every_section(tmp_path: Path) -> None:
     assert results["quick"] is True
 
     t = results["throughput"]
-    assert len(t["runs"]) == 1 and t["items"] == 300
+    assert len(t["runs"]) == 1 and t["items"] == 300 and t["latency_ms"] == 5
     run = t["runs"][0]
     assert run["requests"] == t["requests"] > 1_200  # the bare loop sent what the harvest did
     assert run["bare_rps"] > 0 and run["harvest_rps"] > 0 and t["ratio"] == run["ratio"]
 
     w = results["workshop"]
-    assert [(r["latency_ms"], r["items"]) for r in w["rows"]] == [(0, 50), (20, 20), (100, 5)]
+    assert [(r["latency_ms"], r["items"]) for r in w["rows"]] == [(5, 50), (20, 20), (100, 5)]
     for r in w["rows"]:  # the same items, one call after another and concurrently
         assert r["workshop_requests"] == 4 * r["items"]
         assert r["harvest_requests"] >= r["workshop_requests"]  # plus complete file lists
 
-    for r in results["politeness"]["rows"]:
+    rows = results["politeness"]["rows"]
+    assert [(r["rate"], r["latency_ms"], r["concurrency"]) for r in rows] == [
+        ("20/1s", 20, 4), ("1/1s", 20, 4), ("20/1s", 300, 8)]  # slow answers, many in flight
+    for r in rows:
         assert r["peak_in_window"] <= r["limit"]
         assert r["status_429"] == 0 and r["retry_after_violations"] == 0
         assert r["requests"] >= r["in_span"] > 0
