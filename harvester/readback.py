@@ -111,10 +111,20 @@ def _views(con: duckdb.DuckDBPyConnection, snap: Path, manifest: dict[str, Any],
         parts = [snap / f for f in table_files(files, table) if (snap / f).is_file()]
         name = prefix + table
         if parts:
-            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet({_sql_list(parts)})')
+            # no hive column: the snapshot=<id> folder would add a `snapshot` copy of snapshot_id
+            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM '
+                        f'read_parquet({_sql_list(parts)}, hive_partitioning = false)')
         else:  # an older snapshot without the table: empty, with every column and its type
-            con.register(f"_{name}_empty", pa.Table.from_batches([], schema=schema))
-            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_{name}_empty"')
+            _empty_view(con, name, schema)
+
+
+def _empty_view(con: duckdb.DuckDBPyConnection, name: str, schema: pa.Schema) -> None:
+    """A view with every column and type and no row: a table, not a registered Arrow object,
+    so that a cursor (the export's CSV thread) sees it too."""
+    con.register("_empty_arrow", pa.Table.from_batches([], schema=schema))
+    con.execute(f'CREATE TABLE "_{name}_empty" AS SELECT * FROM _empty_arrow')
+    con.unregister("_empty_arrow")
+    con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_{name}_empty"')
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
@@ -160,8 +170,7 @@ def _open_warehouse(path: Path) -> Opened:
         for table, schema in SCHEMAS.items():
             cols = ", ".join(f'"{c}"' for c in schema.names)
             if f"{table}_current" not in have:
-                con.register(f"_{table}_empty", pa.Table.from_batches([], schema=schema))
-                con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM "_{table}_empty"')
+                _empty_view(con, table, schema)
                 continue
             live = " WHERE NOT withdrawn" if "article_id" in schema.names and table not in (
                 "collection_articles", "project_articles") else ""
