@@ -295,3 +295,11 @@ def manifest_view(budget: Budget | None, spend: Spend, plan: Schedule | None,
         "settles_at_age_nights": plan.settle_age if plan else None,
         **spent,
     }
+
+
+def requests_total(meta: dict[str, str], metrics: dict[str, Any]) -> dict[str, int]:
+    """Requests per host of the runs this journal saw before, plus this run's."""
+    total: dict[str, int] = dict(orjson.loads(meta.get("requests_earlier", "{}")))
+    for host, n in metrics.get("requests", {}).items():
+        total[host] = total.get(host, 0) + n
+    return dict(sorted(total.items()))

@@ -9,7 +9,8 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from harvester.errors import LockedError, OutputError
+from harvester.errors import HarvesterError, LockedError, OutputError
+from harvester.store import MANIFEST, open_store, parse_manifest
 
 _CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS known (
@@ -131,6 +132,26 @@ class Catalog:
         self.add_run(snapshot_id, kind, status, started_at, finished_at)
         if marks is not None:
             self.set_marks(marks)
+
+
+def last_complete_full(root: Path | str, name: str) -> tuple[str, int] | None:
+    """What the publish guard compares with: (snapshot id, records) of the newest complete
+    full snapshot of `name`, if any."""
+    store = open_store(root)
+    if not store.exists(name):
+        return None
+    for folder in reversed(store.snapshots(name)):
+        where = store.url(name, folder, MANIFEST)
+        try:
+            manifest = parse_manifest(store.read_bytes(name, folder, MANIFEST), where)
+        except (HarvesterError, OSError):
+            continue  # unreadable: not a snapshot to compare with
+        if manifest.get("kind") == "full" and manifest.get("status") == "complete":
+            fetched = manifest.get("ids", {}).get("fetched")
+            if isinstance(fetched, int):
+                return str(manifest.get("snapshot_id", folder)), fetched
+    return None
+
 
 
 class RunLock:

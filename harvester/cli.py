@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                     "or fewer records than guard.min_ratio of the last complete snapshot)")
     sp.add_argument("--report", metavar="FILE",
                     help="write a machine-readable JSON run report here (also on failure)")
-    with_config("plan", "list ids only and show what the full run would cost")
+    _budget_flags(sp)
+    sp = with_config("plan", "list ids only and show what the full run would cost")
+    _budget_flags(sp)
     sp = with_config("doctor", "check the service against the harvester's assumptions in a "
                      "few stated requests (exit 3 when something differs)")
     sp.add_argument("--json", action="store_true", help="the findings as one JSON object")
@@ -110,6 +112,24 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--rate-limit", help="server-side limit as N/SECONDS, e.g. 10/1")
     sp.add_argument("--no-cursor", action="store_true", help="do not offer X-Cursor paging")
     return p
+
+
+def _budget_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--budget", metavar="DURATION", help="stop fetching after this long (8h, "
+                    "90m) and publish; the stalest stats wait (overrides incremental.budget)")
+    sp.add_argument("--until", metavar="HH:MM", help="stop fetching in time to publish by then: "
+                    "local time, or with a zone (06:00 Europe/Berlin, 06:00+02:00)")
+
+
+def _budget(args: argparse.Namespace, cfg: config.Config) -> Any:
+    from harvester.budget import budget_of
+
+    try:
+        return budget_of(args.budget, args.until,
+                         cfg.incremental.budget if cfg.incremental else None)
+    except ValueError as exc:
+        flag = "--until" if args.until else "--budget"
+        raise ConfigError(f"{flag}: {exc}") from None
 
 
 def _nonempty(text: str) -> str:
@@ -307,18 +327,20 @@ def _load(args: argparse.Namespace) -> config.Config:
 async def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     _check_output_dir(cfg, args.output)
-    return await run_harvest(cfg, full=args.full, accept_drop=args.accept_drop)
+    return await run_harvest(cfg, full=args.full, accept_drop=args.accept_drop,
+                             budget=_budget(args, cfg))
 
 
 async def run_harvest(cfg: config.Config, *, full: bool = False,
-                      accept_drop: bool = False) -> int:
+                      accept_drop: bool = False, budget: Any = None) -> int:
     from harvester.doctor import learned_windows
     from harvester.pipeline import Harvest, Progress, PublishGuarded
 
     if cfg.doctor == "quick":
         await _quick_doctor(cfg)
     progress = Progress()
-    harvest = Harvest(cfg, progress=progress, full=full, accept_drop=accept_drop)
+    harvest = Harvest(cfg, progress=progress, full=full, accept_drop=accept_drop,
+                      budget=budget)
     harvest.limits.windows.update(learned_windows(cfg))  # what `doctor` measured
     log.info("harvest %s: %d sources -> %s", cfg.name, len(cfg.sources), cfg.output.dir)
     reporter = asyncio.create_task(_report_progress(progress))
@@ -333,6 +355,12 @@ async def run_harvest(cfg: config.Config, *, full: bool = False,
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
         _end_status_line()
+    if not result.published:  # a budgeted full run: resumes next time, nothing published
+        ids = result.manifest["ids"]
+        print(f"not published: {ids['fetched']:,} of {ids['total']:,} records in; the budget "
+              "is spent and the next run resumes (LATEST unchanged)")
+        _REPORT.update(published=False, manifest=result.manifest)
+        return OK
     _print_summary(result.manifest, result.snapshot, time.monotonic() - progress.started)
     _REPORT.update(snapshot=str(result.snapshot), manifest=_report_view(result.manifest))
     loaded = OK if cfg.warehouse is None else await asyncio.to_thread(_load_after_run, cfg)
@@ -431,7 +459,7 @@ async def _cmd_plan(args: argparse.Namespace) -> int:
     from harvester.doctor import learned_windows
     from harvester.journal import Journal
     from harvester.partition import Limits
-    from harvester.pipeline import client_settings
+    from harvester.pipeline import Harvest, client_settings
     from harvester.sources import SourceReport, enumerate_source
 
     cfg = _load(args)
@@ -482,7 +510,26 @@ async def _cmd_plan(args: argparse.Namespace) -> int:
     scope = "per host" if cfg.http.per_host else "shared by the API and stats hosts"
     print(f"time at {cfg.http.rate.requests} request(s) per {cfg.http.rate.per:g} s ({scope}): "
           f"about {_duration(seconds)}")
+    budget = _budget(args, cfg)
+    if budget is not None or cfg.incremental is not None:
+        _print_schedule(await Harvest(cfg, budget=budget).preview(), budget)
     return PARTIAL if any(r.truncated for r in reports) else OK
+
+
+def _print_schedule(plan: Any, budget: Any) -> None:
+    """`plan`'s schedule: what fits tonight, nights to a full stats refresh, where it settles."""
+    said = f"budget {budget.said}: {plan.allowance:,} requests" if budget else "no budget"
+    print(f"tonight ({said})")
+    print(f"  requests             {plan.requests:>10,}  (about {_duration(plan.seconds)})")
+    print(f"  records              {plan.records:>10,}  ({plan.records_deferred:,} deferred: "
+          "first next night)")
+    print(f"  stats refreshes      {plan.stats:>10,}  ({plan.stats_deferred:,} deferred: "
+          "stalest first next night)")
+    nights = "never (the budget holds none)" if plan.nights_to_full is None \
+        else f"{plan.nights_to_full:,}"
+    print(f"  nights to a full stats refresh: {nights}")
+    if plan.settle_age is not None:
+        print(f"  oldest stats once the schedule settles: {plan.settle_age:,} nights")
 
 
 async def _cmd_doctor(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import orjson
 
 from harvester import __version__
 from harvester import budget as bud
-from harvester.catalog import Catalog, RunLock
+from harvester.catalog import Catalog, RunLock, last_complete_full
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy, origin_of
 from harvester.config import INCREMENTAL_KINDS, Config, public_view
 from harvester.errors import HarvesterError, OutputError
@@ -32,13 +33,11 @@ from harvester.render import CHUNK_BYTES, CHUNK_RECORDS, RenderSpec, parse_stamp
 from harvester.sinks import SnapshotWriter
 from harvester.sources import SourceReport, enumerate_source
 from harvester.store import (
-    MANIFEST,
     STAGING,
     is_remote,
     latest_snapshot,
     list_snapshots,
     open_store,
-    parse_manifest,
     read_manifest,
 )
 
@@ -169,7 +168,7 @@ class Harvest:
                     self._client = client
                     self.fetcher = ItemFetcher(self.cfg, client)
                     await self._enumerate(client, journal, meta)
-                    self.schedule = await self._schedule(journal)
+                    self.schedule = await self._schedule(journal, meta.get("kind") == "full")
                     await self._fan_out(client, journal, started)
                     counts = await journal.call(journal.counts)
                     if counts.get(PENDING) and meta.get("kind") == "full":
@@ -193,16 +192,13 @@ class Harvest:
         self._keep_requests(journal, meta)
         journal.close()
         total, left = sum(counts.values()), counts.get(PENDING, 0)
-        log.warning("budget %s spent: %d of %d records of the full run are in; not published "
-                    "(LATEST unchanged), the next run resumes", self.budget and self.budget.said,
-                    total - left, total)
-        manifest = {"name": self.cfg.name, "snapshot_id": meta["snapshot_id"], "kind": "full",
-                    "status": "unpublished", "runs": int(meta["runs"]),
-                    "ids": {"total": total, "fetched": counts.get(DONE, 0),
-                            "failed": counts.get(FAILED, 0), "gone": counts.get(GONE, 0),
-                            "pending": left},
-                    "budget": self._budget_view(None), "fetch": self.fetcher.report()}
-        return RunResult(None, manifest, counts.get(FAILED, 0), False, published=False)
+        log.warning("budget spent: %d of %d records of the full run are in; not published "
+                    "(LATEST unchanged), the next run resumes", total - left, total)
+        return RunResult(None, {"name": self.cfg.name, "snapshot_id": meta["snapshot_id"],
+                                "kind": "full", "status": "unpublished", "runs": int(meta["runs"]),
+                                "ids": {"total": total, "fetched": counts.get(DONE, 0),
+                                        "pending": left}, "budget": self._budget_view(None)},
+                         counts.get(FAILED, 0), False, published=False)
 
     def _keep_requests(self, journal: Journal, meta: dict[str, str]) -> None:
         """A run that ends unpublished adds its requests to the journal's running total, so
@@ -210,7 +206,7 @@ class Harvest:
         if self._client is None:
             return
         with contextlib.suppress(Exception):  # never hide why the run ended
-            total = _requests_total(meta, self._client.metrics())
+            total = bud.requests_total(meta, self._client.metrics())
             meta["requests_earlier"] = orjson.dumps(total).decode()
             journal.run(journal.set_meta, {"requests_earlier": meta["requests_earlier"]})
 
@@ -301,32 +297,39 @@ class Harvest:
                      report.requests, " (TRUNCATED)" if report.truncated else "")
         inc = self.cfg.incremental
         if meta.get("kind") == "incremental" and inc and "stats_queued" not in meta:
+            # last night's deferred records first, then its failures, then stalest stats
             left = await journal.call(journal.add_queued, self.catalog_path)
-            if left:  # last night's deferred records go first tonight, then its failures
-                log.info("from the last run: %s", ", ".join(f"{n} {k}" for k, n in left.items()))
-            queued = 0
-            if inc.stats != "none":
-                after = None
-                if inc.stats == "recent":
-                    after = stamp(utc_now() - dt.timedelta(days=inc.recent_days))
-                queued = await journal.call(journal.add_known_for_stats, self.catalog_path,
-                                            after)
-                log.info("%d known items queued for a stats refresh (%s)", queued, inc.stats)
+            after = stamp(utc_now() - dt.timedelta(days=inc.recent_days)) \
+                if inc.stats == "recent" else None
+            queued = 0 if inc.stats == "none" else await journal.call(
+                journal.add_known_for_stats, self.catalog_path, after)
+            log.info("queued from the last run: %s; %d known items for a stats refresh (%s)",
+                     left or "nothing", queued, inc.stats)
             meta["stats_queued"] = str(queued)
             await journal.call(journal.set_meta, meta)
 
-    async def _schedule(self, journal: Journal) -> bud.Schedule:
+    async def preview(self) -> bud.Schedule:
+        """`plan`: tonight's listing, into a scratch journal, and what the budget holds of it."""
+        with tempfile.TemporaryDirectory(prefix="harvester-plan-") as tmp:
+            journal = Journal(Path(tmp) / "plan.sqlite")
+            journal.open()
+            try:
+                kind, since = self._choose_kind(utc_now())
+                meta = {"kind": kind, "since": orjson.dumps(since).decode()}
+                async with self.client_factory(client_settings(self.cfg)) as client:
+                    await self._enumerate(client, journal, meta)
+                return await self._schedule(journal, kind == "full")
+            finally:
+                journal.close()
+
+    async def _schedule(self, journal: Journal, full: bool) -> bud.Schedule:
         """What tonight's budget holds of the work in the journal (as `plan` shows it)."""
         records, stale, known = await journal.call(journal.workload, self.catalog_path)
-        work = bud.Workload(listing=sum(r.requests for r in self.reports), records=records,
-                        stats_times=stale, known=known, costs=self.costs,
-                        full=not stale and not known)
+        work = bud.Workload(sum(r.requests for r in self.reports), records, stale, known,
+                            self.costs, full)
         rate = client_settings(self.cfg).default_rate
         plan = bud.schedule(work, self.budget.allowance(rate) if self.budget else None, rate)
-        if self.budget:
-            log.info("budget %s: %d requests; tonight %d records (%d deferred), %d stats "
-                     "refreshes (%d deferred)", self.budget.said, plan.allowance, plan.records,
-                     plan.records_deferred, plan.stats, plan.stats_deferred)
+        log.info("tonight: %s", plan)
         return plan
 
     async def _fan_out(self, client: Client, journal: Journal, started: float) -> None:
@@ -416,8 +419,8 @@ class Harvest:
                 log.warning("%d new or changed records did not fit the budget: the next run "
                             "fetches them first", deferred["full"])
         per_source = await journal.call(journal.ids_per_source, len(self.cfg.sources))
-        incomplete = counts.incomplete
-        failed, gone = counts.get(FAILED, 0) + incomplete, counts.get(GONE, 0)
+        incomplete, gone = counts.incomplete, counts.get(GONE, 0)
+        failed = counts.get(FAILED, 0) + incomplete
         refreshed = await journal.call(journal.refreshed)
         truncated = any(r.truncated for r in self.reports)
         since = orjson.loads(meta.get("since", "{}"))
@@ -428,25 +431,17 @@ class Harvest:
             "kind": kind,
             # what the snapshot covers: a full run lists everything its sources select; an
             # incremental one what changed since each source's bound, plus refreshed stats
-            "covers": {
-                "modified_since": since,
-                "stats_refreshed": refreshed["stats"],
-            },
+            "covers": {"modified_since": since, "stats_refreshed": refreshed["stats"]},
             "started_at": meta["started_at"],
             "harvester_version": __version__,
             "config_sha256": meta["fingerprint"],
             "config": public_view(self.cfg),
             "runs": int(meta["runs"]),
-            "sources": [
-                {**r.as_dict(), "ids": per_source[i]} for i, r in enumerate(self.reports)
-            ],
-            "ids": {
-                "total": sum(counts.values()),
-                "fetched": counts.get(DONE, 0),
-                "failed": counts.get(FAILED, 0),
-                "gone": gone,
-                "incomplete": incomplete,  # records kept while their stats/files/versions failed
-            },
+            "sources": [{**r.as_dict(), "ids": n} for r, n in zip(self.reports, per_source,
+                                                                   strict=True)],
+            "ids": {"total": sum(counts.values()), "fetched": counts.get(DONE, 0),
+                    "failed": counts.get(FAILED, 0), "gone": gone,
+                    "incomplete": incomplete},  # records kept while a part of them failed
             "budget": self._budget_view({
                 "refreshed": refreshed,
                 "deferred": {"records": deferred.get("full", 0),
@@ -456,7 +451,7 @@ class Harvest:
             }),
             "errors": failed,
             # this run's requests; requests_total adds the interrupted runs it resumed
-            "http": {**metrics, "requests_total": _requests_total(meta, metrics)},
+            "http": {**metrics, "requests_total": bud.requests_total(meta, metrics)},
             "fetch": self.fetcher.report(),  # requests per item, downloads
         }
         writer = SnapshotWriter(
@@ -495,7 +490,7 @@ class Harvest:
         if listed and not fetched:
             return (f"publish guard: this full run fetched 0 records of the {listed:,} ids "
                     f"listed; {after}")
-        last = _last_complete_full(self.root, self.cfg.name)
+        last = last_complete_full(self.root, self.cfg.name)
         if last is None:
             return ""
         sid, before = last
@@ -588,32 +583,6 @@ class Harvest:
 
 class _WriteStopped(Exception):
     """The run was interrupted while its snapshot was being written (nothing is published)."""
-
-
-def _requests_total(meta: dict[str, str], metrics: dict[str, Any]) -> dict[str, int]:
-    """Requests per host of the runs this journal saw before, plus this run's."""
-    total: dict[str, int] = dict(orjson.loads(meta.get("requests_earlier", "{}")))
-    for host, n in metrics.get("requests", {}).items():
-        total[host] = total.get(host, 0) + n
-    return dict(sorted(total.items()))
-
-
-def _last_complete_full(root: Path | str, name: str) -> tuple[str, int] | None:
-    """(snapshot id, records) of the newest complete full snapshot of `name`, if any."""
-    store = open_store(root)
-    if not store.exists(name):
-        return None
-    for folder in reversed(store.snapshots(name)):
-        where = store.url(name, folder, MANIFEST)
-        try:
-            manifest = parse_manifest(store.read_bytes(name, folder, MANIFEST), where)
-        except (HarvesterError, OSError):
-            continue  # unreadable: not a snapshot to compare with
-        if manifest.get("kind") == "full" and manifest.get("status") == "complete":
-            fetched = manifest.get("ids", {}).get("fetched")
-            if isinstance(fetched, int):
-                return str(manifest.get("snapshot_id", folder)), fetched
-    return None
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:
