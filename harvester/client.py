@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import errno
-import html
-import json
 import logging
 import math
 import random
-import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Any, Literal, NamedTuple, TypeVar
 
 import aiohttp
@@ -38,53 +33,26 @@ from harvester.errors import (
     Unreachable,
     WindowExhausted,
 )
+from harvester.policy import (
+    RateLimit,
+    RetryPolicy,
+    Unkept,
+    backoff_delay,
+    http_date,
+    is_html,
+    lenient_json,
+    parse_retry_after,
+    summarize,
+)
 from harvester.urls import SECRET_PARAMS, origin_of, sanitize_url
 
 log = logging.getLogger("harvester.client")
 
-# Starts are (per + margin) / requests apart, the margin 2.5% of `per` (at most 0.25 s): half is
-# slack for late wake-ups (_Budget), half keeps jittered arrivals to `requests` per window.
-MARGIN_FRACTION = 0.025
-MARGIN_MAX = 0.25
 MAX_REDIRECTS = 10
 UNREACHABLE_AFTER = 3  # requests in a row to one origin that never connected, all retries spent
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CALLER_SECRETS = ("Authorization", "Proxy-Authorization", "Cookie")
-_TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
-_TAG = re.compile(rb"<[^>]*>?")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """At most `requests` request starts in any window of `per` seconds."""
-
-    requests: int
-    per: float
-
-    def __post_init__(self) -> None:
-        if self.requests < 1 or not self.per > 0:
-            raise ConfigError(f"rate limit needs requests >= 1 and per > 0, got {self!r}")
-
-    @property
-    def interval(self) -> float:
-        """Seconds between two starts: the window and its margin, shared out evenly."""
-        return (self.per + min(MARGIN_FRACTION * self.per, MARGIN_MAX)) / self.requests
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Which failures are retried, how often, and how long to wait between attempts."""
-
-    attempts: int = 6
-    backoff_base: float = 1.0
-    backoff_max: float = 60.0
-    retry_after_max: float = 900.0  # a longer Retry-After -> give up rather than sleep for hours
-    statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ConfigError(f"retry attempts must be >= 1, got {self.attempts}")
 
 
 class Scope(NamedTuple):
@@ -111,12 +79,12 @@ class ClientSettings:
 
     user_agent: str
     concurrency: int = 4
-    default_rate: RateLimit = RateLimit(1, 1.0)
+    default_rate: RateLimit = field(default_factory=lambda: RateLimit(1, 1.0))
     connect_timeout: float = 10
     read_timeout: float = 60
     total_timeout: float = 120
     max_body: int = 64 * 2**20  # decompressed bytes a buffered response may hold
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth_hints: Mapping[str, str] = field(default_factory=dict)
     # origins that draw on ONE rate budget: Figshare asks for 1 request per second overall
@@ -170,79 +138,6 @@ class Stream:
             raise StopAsyncIteration
         self._client._bytes += len(chunk)
         return chunk
-
-
-# ---- pure policy and presentation ----------------------------------------------------------------
-
-
-def backoff_delay(attempt: int, policy: RetryPolicy, rand: Callable[[], float]) -> float:
-    """Full-jitter wait before retry number `attempt` (1 = the first retry), capped."""
-    return rand() * min(policy.backoff_max, policy.backoff_base * 2.0 ** min(attempt - 1, 64))
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After value: delta-seconds or an HTTP-date (`now` is epoch)."""
-    text = (value or "").strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        when = _http_date(text)
-        return None if when is None else max(0.0, when - now)
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def _http_date(text: str) -> float | None:
-    try:
-        dt = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-
-
-def _is_html(raw: bytes, content_type: str) -> bool:
-    return "html" in content_type.lower() or raw.lstrip()[:1] == b"<"
-
-
-def summarize(raw: bytes, content_type: str = "") -> str:
-    """A body as a short line for an error message: an HTML page by its <title> (else its first
-    80 characters of text), anything else by its first 200 characters."""
-    head = raw[:16384]
-    if not _is_html(head, content_type):
-        return " ".join(raw[:400].decode("utf-8", "replace").split())[:200]
-    title = _TITLE.search(head)
-    text = html.unescape(_TAG.sub(b" ", title[1] if title else head).decode("utf-8", "replace"))
-    return "HTML page: " + (" ".join(text.split())[:80] or "(no text)")
-
-
-class Unkept(ValueError):
-    """JSON that Python's reader took but that cannot be kept as JSON (NaN, depth, huge ints)."""
-
-
-def lenient_json(raw: bytes) -> tuple[Any, bytes]:
-    """A body orjson refused, read by Python's json, which takes a lone UTF-16 surrogate or bytes
-    that are not UTF-8 (they become U+FFFD): (data, its JSON). ValueError when it is not JSON,
-    Unkept when it is but cannot be written back unchanged."""
-    def refuse(name: str) -> Any:
-        raise Unkept(f"{name} is not a JSON number")
-
-    try:
-        data = _mend(json.loads(raw.decode("utf-8", "replace"), parse_constant=refuse))
-    except RecursionError:
-        raise Unkept("nested too deeply") from None
-    try:
-        return data, orjson.dumps(data)
-    except TypeError as exc:  # orjson: an integer beyond 64 bits, more than 255 levels
-        raise Unkept(str(exc).lower()) from None
-
-
-def _mend(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    if isinstance(value, list):
-        return [_mend(v) for v in value]
-    if isinstance(value, dict):
-        return {_mend(k): _mend(v) for k, v in value.items()}
-    return value
 
 
 def _secrets_of(header_value: str) -> list[str]:
@@ -576,7 +471,7 @@ class Client:
             raise fail(NotFound)
         if status == 422 or (status == 400 and b"max page reached" in raw.lower()):
             raise fail(WindowExhausted)
-        if status == 403 and _is_html(raw[:64], headers.get("Content-Type", "")):
+        if status == 403 and is_html(raw[:64], headers.get("Content-Type", "")):
             self._open_circuit(host, Blocked, "circuit-open", f"blocked us earlier ({status} "
                                f"{phrase})")
             raise fail(Blocked)
@@ -671,5 +566,5 @@ def _redirect_target(call: _Call, status: int, location: str) -> URL:
 
 def _server_now(headers: Mapping[str, str]) -> float:
     """The server's Date if it sent one (an HTTP-date Retry-After is on its clock)."""
-    date = _http_date(headers.get("Date", ""))
+    date = http_date(headers.get("Date", ""))
     return time.time() if date is None else date

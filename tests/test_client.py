@@ -14,18 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from harvester.client import (
-    UNREACHABLE_AFTER,
-    Client,
-    ClientSettings,
-    RateLimit,
-    RetryPolicy,
-    backoff_delay,
-    origin_of,
-    parse_retry_after,
-    sanitize_url,
-    summarize,
-)
+from harvester.client import UNREACHABLE_AFTER, Client, ClientSettings
 from harvester.errors import (
     AuthError,
     BadResponse,
@@ -37,6 +26,8 @@ from harvester.errors import (
     Unreachable,
     WindowExhausted,
 )
+from harvester.policy import RateLimit, RetryPolicy, backoff_delay, parse_retry_after, summarize
+from harvester.urls import origin_of, sanitize_url
 
 UA = "harvester-tests/1 (mailto:test@example.org)"
 FAST = RetryPolicy(attempts=4, backoff_base=0.01, backoff_max=0.02)
