@@ -3,7 +3,7 @@
 A simulator harvest of --seed-items items (with totals, monthly timelines and yearly
 breakdowns) is copied --copies times under new article ids by DuckDB into one snapshot, so the
 big snapshot has the simulator's shapes without a long harvest. Limits (issue 21): the report
-<= 30 s and <= 5 MB, the export (CSV and XLSX) <= 60 s.
+<= 30 s and <= 5 MB, the export (CSV and XLSX, one command) <= 60 s.
 
     .venv/bin/python benchmarks/report_bench.py [--seed-items 1000] [--copies 100]
 """
@@ -100,13 +100,14 @@ def main() -> None:
         t = time.perf_counter()
         counts = export(str(big.parent), csv_dir=str(tmp / "csv"))
         csv_s = time.perf_counter() - t
-        t = time.perf_counter()
-        export(str(big.parent), xlsx=str(tmp / "m.xlsx"))
-        xlsx_s = time.perf_counter() - t
+        t = time.perf_counter()  # what `harvester export --csv DIR --xlsx FILE` does
+        export(str(big.parent), csv_dir=str(tmp / "csv2"), xlsx=str(tmp / "m.xlsx"))
+        both_s = time.perf_counter() - t
         xlsx_mb = (tmp / "m.xlsx").stat().st_size / 1e6
-        print(f"export    CSV {csv_s:.1f} s, XLSX {xlsx_s:.1f} s ({xlsx_mb:.1f} MB); limit 60 s")
+        print(f"export    CSV alone {csv_s:.1f} s; CSV and XLSX ({xlsx_mb:.1f} MB) "
+              f"{both_s:.1f} s; limit 60 s")
         print("          " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-        ok = report_s <= 30 and size <= 5_000_000 and csv_s + xlsx_s <= 60
+        ok = report_s <= 30 and size <= 5_000_000 and both_s <= 60
         print("within limits" if ok else "OVER A LIMIT")
         sys.exit(0 if ok else 1)
 
