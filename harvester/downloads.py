@@ -196,9 +196,15 @@ class Downloader:
         size = f.get("size") if isinstance(f.get("size"), int) else None
         link_only = f.get("is_link_only") is True
         raw_url = f.get("download_url") if isinstance(f.get("download_url"), str) else ""
+        try:  # a URL no client can send is that file's failure, never the run's
+            url = self.url_for(raw_url) if raw_url else ""
+            bad_url = bool(url) and (URL(url).scheme not in ("http", "https") or not URL(url).host)
+            shown = sanitize_url(raw_url) if raw_url else None
+        except ValueError:
+            url, bad_url, shown = "", True, None
         result: dict[str, Any] = {
             "file_id": fid, "name": f.get("name"), "size": size, "is_link_only": link_only,
-            "download_url": sanitize_url(raw_url) if raw_url else None,
+            "download_url": shown,
             "md5_expected": md5, "md5_source": source, "attempts": 0,
         }
 
@@ -211,6 +217,8 @@ class Downloader:
             return done(*skip)
         if not raw_url:
             return done("failed", "no-download-url")
+        if bad_url:
+            return done("failed", "bad-download-url")
         try:
             path = file_path(self.root, article_id, fid, f.get("name"))
         except (ValueError, OSError):
@@ -224,7 +232,6 @@ class Downloader:
             return done("present", path=rel, bytes=present[1], md5=present[0])
         if size and not self.budget.take(size):
             return done("budget", "max_total_bytes")
-        url = self.url_for(raw_url)
         headers = {}
         if private and self.files.private_token and self.cfg.api.token \
                 and self._on_download_host(url):  # never a link-only file's own host

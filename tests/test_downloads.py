@@ -507,3 +507,23 @@ def test_failed_downloads_past_files_max_failures_exit_3_and_reach_the_report(
                     in errors[0]
             else:
                 assert errors == []
+
+
+async def test_a_hostile_download_url_fails_that_file_only(tmp_path: Path) -> None:
+    """URLs no client can send (no host, a bad port, another scheme) fail the file, not the run."""
+    cfg = parse(f"""
+name: links
+sources: [{{kind: ids, ids: [1]}}]
+output: {{dir: {tmp_path}}}
+files: {{download: true, link_only: true}}
+""", env={})
+    urls = ["mailto:a@b.c", "data:text/plain,hi", "http:///x", "https://h:99999/x",
+            "http://[::1/x", "ftp://127.0.0.1:9/x"]
+    files = [{"id": i + 1, "name": f"f{i}.txt", "size": 2, "is_link_only": True,
+              "download_url": u, "supplied_md5": "", "computed_md5": ""}
+             for i, u in enumerate(urls)]
+    settings = ClientSettings(user_agent="t", retry=RetryPolicy(attempts=1))
+    async with Client(settings) as client:
+        rows = await Downloader(cfg, client, collections.Counter()).item(5, files)
+    assert [r["status"] for r in rows] == ["failed"] * len(urls)
+    assert all(r["reason"] for r in rows)
