@@ -685,6 +685,10 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def stream(self, value: Any) -> None:
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        _end_status_line()  # a log line starts on a clean line, not inside the status line
+        super().emit(record)
+
 
 def _setup_logging(json_logs: bool, quiet: bool) -> None:
     handler = _StderrHandler()

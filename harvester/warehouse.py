@@ -30,7 +30,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from harvester.errors import LockedError, OutputError
+from harvester.errors import ConfigError, LockedError, OutputError
 from harvester.schema import ARTICLE_TABLES, SCHEMA_VERSION, SCHEMAS
 from harvester.store import (
     ID_FORMAT,
@@ -275,8 +275,9 @@ class Warehouse:
         if row is None:
             self.con.execute("INSERT INTO _meta VALUES ('harvest', ?)", [name])
         elif row[0] != name:
-            raise OutputError(f"{self.path} holds harvest {row[0]!r}; load {name!r} into "
-                              f"another DuckDB file")
+            raise ConfigError(f"{self.path} holds harvest {row[0]!r}, and one DuckDB file "
+                              f"holds one harvest (its *_current tables key items by id): "
+                              f"load {name!r} into another file")
 
     def _load_snapshot(self, store: Store, name: str, folder: str, manifest: dict[str, Any],
                        sha: str, workdir: Path) -> Loaded:

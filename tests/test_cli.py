@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -470,3 +471,14 @@ def test_user_agent_names_the_harvester_its_version_and_the_contact(tmp_path: Pa
     assert len(seen) == 4
     assert set(seen) == {f"figshare-harvester/{__version__} "
                          "(bulk metadata harvester; mailto:data@uni.example)"}
+
+
+def test_a_log_line_clears_the_status_line_first(capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the live status line is cleared before a log line, so they never merge."""
+    cli._setup_logging(json_logs=False, quiet=False)
+    monkeypatch.setattr(cli, "_status_shown", True)  # a status line is on screen
+    logging.getLogger("harvester.test").warning("a warning mid-run")
+    err = capsys.readouterr().err
+    assert err.startswith("\r\033[K") and err.rstrip().endswith("WARNING a warning mid-run")
+    assert cli._status_shown is False

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from harvester import cli
-from harvester.errors import OutputError
+from harvester.errors import ConfigError, OutputError
 from harvester.records import RowContext, article_rows, stats_rows
 from harvester.schema import SCHEMA_VERSION, SCHEMAS
 from harvester.simulator import SimulatorThread
@@ -418,7 +418,9 @@ def test_one_file_holds_one_harvest(two, tmp_path):
     db = tmp_path / "wh.duckdb"
     load(two, NAME, db)
     (two / "other").mkdir()
-    with pytest.raises(OutputError, match="holds harvest 'nightly'; load 'other' into another"):
+    # a user's mistake (exit 2), stated with its reason and its fix where it bites
+    with pytest.raises(ConfigError, match="holds harvest 'nightly', and one DuckDB file holds "
+                       r"one harvest \(.*\): load 'other' into another file"):
         load(two, "other", db)
 
 
