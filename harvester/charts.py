@@ -35,9 +35,14 @@ def hbar(rows: Sequence[tuple[str, int | float]], title: str, value_title: str,
     return render({
         "title": title, "data": {"values": data},
         "width": WIDTH - 200, "height": {"step": 20},
+        # the browser's font may draw a long label wider than vl-convert measured it: room
+        # on the left, and the label axis's title above its labels rather than beside them
+        "padding": {"left": 40, "top": 5, "right": 5, "bottom": 5},
         "mark": {"type": "bar", "color": color, "tooltip": True},
         "encoding": {
-            "y": {"field": "label", "type": "nominal", "sort": "-x", "title": label_title},
+            "y": {"field": "label", "type": "nominal", "sort": "-x", "title": label_title,
+                  "axis": {"titleAngle": 0, "titleAlign": "right", "titleBaseline": "bottom",
+                           "titleX": -6, "titleY": -4, "labelLimit": 240}},
             "x": {"field": "value", "type": "quantitative", "title": value_title,
                   "axis": {"format": ",d", "tickMinStep": 1}},
         },
