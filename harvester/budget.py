@@ -24,6 +24,8 @@ from harvester.config import INCREMENTAL_KINDS, Config, Incremental, Source, pub
 from harvester.periods import breakdown_windows, parse_date
 
 MARGIN = 0.03  # of a time budget, kept for writing and publishing the snapshot
+WRITE_RATE = 1_000  # records a second the writing is planned at (on top of MARGIN): low, so
+#                     a night whose snapshot holds many records starts writing in time
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _CLOCK = re.compile(r"^(\d{1,2}):(\d{2})\s*(.*)$")
@@ -38,16 +40,18 @@ class Budget:
     requests: int | None = None
     said: str = ""  # as the user gave it, for messages and the manifest
 
-    def allowance(self, rate: RateLimit) -> int:
-        """Requests the fetching may send: the budget's time at the paced rate."""
+    def allowance(self, rate: RateLimit, records: int = 0) -> int:
+        """Requests the fetching may send: the budget's time at the paced rate, less the time
+        to write a snapshot of `records` records."""
         if self.requests is not None:
             return self.requests
-        assert self.seconds is not None
-        return max(0, math.floor(self.fetch_seconds() / rate.interval))
+        return max(0, math.floor((self.fetch_seconds(records) or 0) / rate.interval))
 
-    def fetch_seconds(self) -> float | None:
+    def fetch_seconds(self, records: int = 0) -> float | None:
         """When fetching must stop, counted from the start of the run (None: no clock)."""
-        return None if self.seconds is None else self.seconds * (1 - MARGIN)
+        if self.seconds is None:
+            return None
+        return max(0.0, self.seconds * (1 - MARGIN) - records / WRITE_RATE)
 
 
 def parse_duration(text: str) -> float:

@@ -150,6 +150,7 @@ class Harvest:
         self.costs = bud.Costs.of(cfg)
         self.spend = bud.Spend(None, None, lambda: 0)
         self.schedule: bud.Schedule | None = None
+        self._writing = 0  # records the snapshot will hold: writing them takes time too
         self._client: Client | None = None
         self.reports: list[SourceReport] = []
         # set when the run is cancelled (SIGINT/SIGTERM) while the journal thread writes the
@@ -324,19 +325,21 @@ class Harvest:
 
     async def _schedule(self, journal: Journal, full: bool) -> bud.Schedule:
         """What tonight's budget holds of the work in the journal (as `plan` shows it)."""
-        records, stale, known = await journal.call(journal.workload, self.catalog_path)
+        records, stale, known, self._writing = await journal.call(journal.workload,
+                                                                  self.catalog_path)
         work = bud.Workload(sum(r.requests for r in self.reports), records, stale, known,
                             self.costs, full)
         rate = client_settings(self.cfg).default_rate
-        plan = bud.schedule(work, self.budget.allowance(rate) if self.budget else None, rate)
+        allowance = self.budget.allowance(rate, self._writing) if self.budget else None
+        plan = bud.schedule(work, allowance, rate)
         log.info("tonight: %s", plan)
         return plan
 
     async def _fan_out(self, client: Client, journal: Journal, started: float) -> None:
         if self.budget is not None:
-            stop = self.budget.fetch_seconds()
+            stop = self.budget.fetch_seconds(self._writing)
             rate = client_settings(self.cfg).default_rate
-            self.spend = bud.Spend(self.budget.allowance(rate),
+            self.spend = bud.Spend(self.budget.allowance(rate, self._writing),
                                    None if stop is None else started + stop,
                                    lambda: sum(client.metrics()["requests"].values()))
         counts = await journal.call(journal.counts)
