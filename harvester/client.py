@@ -534,8 +534,8 @@ class Client:
         host.unreached += 1
         if host.unreached >= UNREACHABLE_AFTER:
             self._open_circuit(host, Unreachable, "unreachable", (
-                f"is unreachable ({host.unreached} requests in a row could not connect in "
-                f"{attempts} attempts each; the last: {last})"))
+                f"is unreachable: {host.unreached} requests in a row could not connect in "
+                f"{attempts} attempts each (the last: {last})"))
         if host.circuit is not None and host.circuit[0] is Unreachable:
             raise Unreachable(f"{host.name} {host.circuit[2]}", url=last.url,
                               reason="unreachable", attempts=attempts)

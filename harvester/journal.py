@@ -338,8 +338,11 @@ class Journal:
                 for aid, sources, mode, priority, stale in rows]
 
     def retry_failed(self) -> int:
-        """On resume, ids that failed get another chance, and deferred ones a new budget."""
+        """On resume, ids that failed, or whose record was kept while a part of it failed, get
+        another chance, and deferred ones a new budget."""
         with transaction(self.db):
+            self.db.execute("UPDATE ids SET state=? WHERE state=? AND article_id IN "
+                            "(SELECT article_id FROM errors)", (ItemState.FAILED, ItemState.DONE))
             self.db.execute("DELETE FROM errors WHERE article_id IN "
                             "(SELECT article_id FROM ids WHERE state=?)", (ItemState.FAILED,))
             return self.db.execute("UPDATE ids SET state=? WHERE state IN (?, ?)",
