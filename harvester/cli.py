@@ -13,15 +13,12 @@ import tempfile
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from harvester import __version__, config
+from harvester import __version__, config, console
 from harvester.errors import Abort, ConfigError, HarvesterError, LockedError
-
-if TYPE_CHECKING:
-    from harvester.warehouse import LoadReport
 
 log = logging.getLogger("harvester")
 
@@ -162,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE
-    _setup_logging(getattr(args, "json_logs", False), getattr(args, "quiet", False))
+    console.setup_logging(getattr(args, "json_logs", False), getattr(args, "quiet", False))
     report = getattr(args, "report", None)
     if report:
         try:
@@ -343,25 +340,25 @@ async def run_harvest(cfg: config.Config, *, full: bool = False,
                       budget=budget)
     harvest.limits.windows.update(learned_windows(cfg))  # what `doctor` measured
     log.info("harvest %s: %d sources -> %s", cfg.name, len(cfg.sources), cfg.output.dir)
-    reporter = asyncio.create_task(_report_progress(progress))
+    reporter = asyncio.create_task(console.report_progress(progress))
     try:
         result = await harvest.run()
     except PublishGuarded as exc:
-        _end_status_line()
+        console.end_status_line()
         _fail(exc)
         return PARTIAL
     finally:
         reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
-        _end_status_line()
+        console.end_status_line()
     if not result.published:  # a budgeted full run: resumes next time, nothing published
         ids = result.manifest["ids"]
         print(f"not published: {ids['fetched']:,} of {ids['total']:,} records in; the budget "
               "is spent and the next run resumes (LATEST unchanged)")
         _REPORT.update(published=False, manifest=result.manifest)
         return OK
-    _print_summary(result.manifest, result.snapshot, time.monotonic() - progress.started)
+    console.print_summary(result.manifest, result.snapshot, time.monotonic() - progress.started)
     _REPORT.update(snapshot=str(result.snapshot), manifest=_report_view(result.manifest))
     loaded = OK if cfg.warehouse is None else await asyncio.to_thread(_load_after_run, cfg)
     if result.truncated:
@@ -390,7 +387,7 @@ def _load_after_run(cfg: config.Config) -> int:
         _fail(exc, "snapshot published, but the warehouse load failed: {} "
                    "(the next run, or 'harvester load', catches up)")
         return PARTIAL
-    _print_load(report, cfg.warehouse.duckdb)
+    console.print_load(report, cfg.warehouse.duckdb)
     return OK
 
 
@@ -440,96 +437,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
         raise
     finally:
         signal.signal(signal.SIGINT, previous)
-    _print_load(report, args.duckdb)
+    console.print_load(report, args.duckdb)
     return OK
-
-
-def _print_load(report: LoadReport, duckdb_file: str) -> None:
-    if not report.loaded:
-        print(f"warehouse {duckdb_file}: up to date ({report.already} snapshots loaded before)")
-    for s in report.loaded:
-        changes = ", ".join(f"{n:,} {c}" for c, n in s.changes.items() if n)
-        print(f"loaded    {s.snapshot_id} ({s.kind}, {s.status}) into {duckdb_file}: "
-              f"{s.articles:,} articles; {changes or 'no changes'}")
-    print(f"current   {report.current:,} articles, {report.withdrawn:,} withdrawn")
-
-
-async def _cmd_plan(args: argparse.Namespace) -> int:
-    from harvester.client import Client
-    from harvester.doctor import learned_windows
-    from harvester.journal import Journal
-    from harvester.partition import Limits
-    from harvester.pipeline import Harvest, client_settings
-    from harvester.sources import SourceReport, enumerate_source
-
-    cfg = _load(args)
-    reports: list[SourceReport] = []
-    with tempfile.TemporaryDirectory(prefix="harvester-plan-") as tmp:
-        journal = Journal(Path(tmp) / "plan.sqlite")
-        journal.open()
-        try:
-            limits = Limits(page_size=cfg.http.page_size)  # windows learned serve every source
-            limits.windows.update(learned_windows(cfg))  # what `doctor` measured
-            async with Client(client_settings(cfg)) as client:
-                for idx, source in enumerate(cfg.sources):
-                    report = SourceReport(source.name, source.kind)
-                    reports.append(report)
-                    async for batch in enumerate_source(client, cfg.api.url, source, report,
-                                                        limits):
-                        await journal.call(journal.add_ids, idx, batch)
-            per_source = await journal.call(journal.ids_per_source, len(cfg.sources))
-            total = sum((await journal.call(journal.counts)).values())
-        finally:
-            journal.close()
-    listing = sum(r.requests for r in reports)
-    details = total
-    stats = total * len(cfg.stats.counters)
-    series = total * _series_requests_per_item(cfg)
-    rate = cfg.http.rate.requests / cfg.http.rate.per
-    stats += series
-    seconds = (details + stats) / rate if not cfg.http.per_host else max(details, stats) / rate
-    print(f"plan for harvest {cfg.name!r}")
-    for r, n in zip(reports, per_source, strict=True):
-        flag = "  (TRUNCATED: cannot be enumerated completely)" if r.truncated else ""
-        least = r.minimum_requests
-        floor = f" (minimum {least:,})" if least is not None else ""
-        print(f"  source {r.name:<20} {n:>10,} ids  {r.requests:>7,} list requests{floor}"
-              f"  {len(r.partitions)} partitions{flag}")
-    print(f"  distinct ids         {total:>10,}")
-    print("requests the run would make")
-    print(f"  record details       {details:>10,}  (+1 per record listing 10 or more files)")
-    print(f"  stats totals         {stats - series:>10,}  "
-          f"({', '.join(cfg.stats.counters) or 'none'})")
-    if series:
-        print(f"  timelines/breakdowns {series:>10,}  (per article; entity series come on top)")
-    if cfg.versions == "all":
-        print("  versions             +1 per record, +1 per older version")
-    if cfg.files.download:
-        print("  file downloads       +1 per file fetched (see the files: filters)")
-    print(f"  listing (done now)   {listing:>10,}")
-    scope = "per host" if cfg.http.per_host else "shared by the API and stats hosts"
-    print(f"time at {cfg.http.rate.requests} request(s) per {cfg.http.rate.per:g} s ({scope}): "
-          f"about {_duration(seconds)}")
-    budget = _budget(args, cfg)
-    if budget is not None or cfg.incremental is not None:
-        _print_schedule(await Harvest(cfg, budget=budget).preview(), budget)
-    return PARTIAL if any(r.truncated for r in reports) else OK
-
-
-def _print_schedule(plan: Any, budget: Any) -> None:
-    """`plan`'s schedule: what fits tonight, nights to a full stats refresh, where it settles."""
-    said = f"budget {budget.said}: {plan.allowance:,} requests" if budget else "no budget"
-    print(f"tonight ({said})")
-    print(f"  requests             {plan.requests:>10,}  (about {_duration(plan.seconds)})")
-    print(f"  records              {plan.records:>10,}  ({plan.records_deferred:,} deferred: "
-          "first next night)")
-    print(f"  stats refreshes      {plan.stats:>10,}  ({plan.stats_deferred:,} deferred: "
-          "stalest first next night)")
-    nights = "never (the budget holds none)" if plan.nights_to_full is None \
-        else f"{plan.nights_to_full:,}"
-    print(f"  nights to a full stats refresh: {nights}")
-    if plan.settle_age is not None:
-        print(f"  oldest stats once the schedule settles: {plan.settle_age:,} nights")
 
 
 async def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -638,148 +547,11 @@ async def _serve_simulator(settings: Any, args: argparse.Namespace) -> int:
     return OK
 
 
-def _series_requests_per_item(cfg: config.Config) -> int:
-    """Timeline and breakdown requests one article costs: one per counter for a timeline,
-    one per allowed window per counter for a breakdown (long ranges are split)."""
-    import datetime as dt
+async def _cmd_plan(args: argparse.Namespace) -> int:
+    from harvester.plan import plan
 
-    from harvester.periods import breakdown_windows, parse_date
-
-    total = 0
-    today = dt.datetime.now(dt.UTC).date()
-    for kind, series in (("timeline", cfg.stats.timeline), ("breakdown", cfg.stats.breakdown)):
-        if series is None or "article" not in series.items:
-            continue
-        start = parse_date(series.start)
-        end = parse_date(series.end) if series.end else max(start, today)
-        windows = 1 if kind == "timeline" else len(breakdown_windows(start, end,
-                                                                      series.granularity))
-        total += windows * len(series.counters)
-    return total
+    cfg = _load(args)
+    return PARTIAL if await plan(cfg, _budget(args, cfg)) else OK
 
 
 _COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "demo": _cmd_demo, "doctor": _cmd_doctor}
-
-
-# ------------------------------------------------------------------ logs, progress, summary
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return orjson.dumps({
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
-            "level": record.levelname.lower(),
-            "msg": record.getMessage(),
-            **getattr(record, "fields", {}),
-        }).decode()
-
-
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stderr is when it emits, not the one it was created with."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-    def emit(self, record: logging.LogRecord) -> None:
-        _end_status_line()  # a log line starts on a clean line, not inside the status line
-        super().emit(record)
-
-
-def _setup_logging(json_logs: bool, quiet: bool) -> None:
-    handler = _StderrHandler()
-    if json_logs:
-        handler.setFormatter(_JsonFormatter())
-    else:
-        fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
-        fmt.converter = time.gmtime
-        handler.setFormatter(fmt)
-    root = logging.getLogger("harvester")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING if quiet else logging.INFO)
-    root.propagate = False
-
-
-_status_shown = False
-
-
-def _tty() -> bool:
-    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
-
-
-async def _report_progress(progress: Any) -> None:
-    """A live status line on a terminal; a plain log line every 30 s otherwise (cron)."""
-    global _status_shown
-    interval = 0.5 if _tty() else 30.0
-    while True:
-        await asyncio.sleep(interval)
-        p = progress
-        finished = p.done + p.failed + p.gone
-        # this run's items over this run's fetching time: a resumed run's earlier items are
-        # not its speed; no ETA until an item is in
-        ours = finished - getattr(p, "earlier", 0)
-        since = getattr(p, "fetching_since", None) or p.started
-        rate = ours / max(time.monotonic() - since, 1e-6)
-        eta = f"ETA {_duration((p.total - finished) / rate)}" if ours > 0 else "ETA -"
-        if p.phase == "listing":
-            line = f"listing: {p.listed:,} ids"
-        elif p.phase == "writing":
-            line = f"writing snapshot: {p.written:,}/{p.done:,} records"
-        else:
-            line = (f"{p.phase}: {finished:,}/{p.total:,} items, {rate:.1f}/s, "
-                    f"{eta}, {p.failed:,} errors, {p.gone:,} gone")
-        if _tty():
-            sys.stderr.write("\r\033[K" + line)
-            sys.stderr.flush()
-            _status_shown = True
-        else:
-            log.info("%s", line, extra={"fields": {"progress": vars(p)}})
-
-
-def _end_status_line() -> None:
-    global _status_shown
-    if _status_shown:
-        sys.stderr.write("\r\033[K")
-        sys.stderr.flush()
-        _status_shown = False
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} hours"
-    return f"{seconds / 86400:.1f} days"
-
-
-def _print_summary(manifest: dict[str, Any], snapshot: Path | str | None,
-                   elapsed: float) -> None:
-    ids = manifest.get("ids", {})
-    http = manifest.get("http", {})
-    print(f"snapshot  {snapshot}")
-    print(f"status    {manifest.get('status')}  ({_duration(elapsed)})")
-    incomplete = ids.get("incomplete", 0)
-    print(f"ids       {ids.get('total', 0):,} distinct: {ids.get('fetched', 0):,} fetched, "
-          f"{ids.get('failed', 0):,} failed, {ids.get('gone', 0):,} gone"
-          + (f" ({incomplete:,} fetched without their stats/files/versions)"
-             if incomplete else ""))
-    for s in manifest.get("sources", []):
-        print(f"  source  {s['name']:<20} {s['ids']:>9,} ids  {s['requests']:>6,} list requests")
-    requests = http.get("requests", {})
-    if requests:
-        print("requests " + ", ".join(f"{k}: {v:,}" for k, v in requests.items()))
-    retries = http.get("retries", {})
-    if retries:
-        print("retries  " + ", ".join(f"{k}: {v:,}" for k, v in retries.items()))
-    tables = [f"{t} {info['rows']:,}" for t, info in manifest.get("tables", {}).items()
-              if info.get("rows")]
-    if tables:
-        print("tables   " + ", ".join(tables))
-    if manifest.get("errors") or ids.get("gone"):
-        print(f"errors   see {snapshot}/errors.ndjson")

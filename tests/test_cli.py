@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import pty
 import socket
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from harvester import cli
+from harvester import cli, console
 from harvester.simulator import SimulatorThread
 from harvester.simulator.settings import SimSettings
 from harvester.store import list_snapshots
@@ -385,7 +387,7 @@ def test_plan_lists_ids_and_prices_the_run(sim: SimulatorThread, tmp_path: Path,
 def test_plan_price_for_twenty_thousand_items() -> None:
     # the issue's own arithmetic: 20,000 items with two counters at 1 request/s
     seconds = (20_000 + 2 * 20_000) / 1.0
-    assert cli._duration(seconds) == "16.7 hours"
+    assert console.duration(seconds) == "16.7 hours"
 
 
 def test_simulate_prints_an_export_line_and_its_tokens_first_and_stops_on_sigint() -> None:
@@ -476,9 +478,32 @@ def test_user_agent_names_the_harvester_its_version_and_the_contact(tmp_path: Pa
 def test_a_log_line_clears_the_status_line_first(capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """On a terminal the live status line is cleared before a log line, so they never merge."""
-    cli._setup_logging(json_logs=False, quiet=False)
-    monkeypatch.setattr(cli, "_status_shown", True)  # a status line is on screen
+    console.setup_logging(json_logs=False, quiet=False)
+    monkeypatch.setattr(console, "_status_shown", True)  # a status line is on screen
     logging.getLogger("harvester.test").warning("a warning mid-run")
     err = capsys.readouterr().err
     assert err.startswith("\r\033[K") and err.rstrip().endswith("WARNING a warning mid-run")
-    assert cli._status_shown is False
+    assert console._status_shown is False
+
+
+def test_plan_shows_listing_progress_on_a_terminal(sim: SimulatorThread, tmp_path: Path) -> None:
+    """Listing can take minutes before plan prints anything: a terminal sees it counting."""
+    ids = sorted(sim.corpus.ids)
+    group = max({sim.corpus.group_of(i) for i in ids} - {0},
+                key=lambda g: sum(1 for i in ids if sim.corpus.group_of(i) == g))
+    path = config_file(tmp_path, sim.api_url, sim.stats_url, [{"kind": "group", "group": group}],
+                       http={**FAST_HTTP, "rate": {"requests": 4, "per": 1}, "page_size": 5})
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "harvester", "plan", path],
+                            stdout=subprocess.PIPE, stderr=follower,
+                            env={**os.environ, "TERM": "xterm"})
+    os.close(follower)
+    out, _ = proc.communicate(timeout=120)
+    seen = b""
+    with contextlib.suppress(OSError):  # EIO once the child has closed its end
+        while chunk := os.read(leader, 65536):
+            seen += chunk
+    os.close(leader)
+    assert proc.returncode == cli.OK, seen
+    assert b"\r\x1b[Klisting: " in seen and b" ids" in seen
+    assert b"record details" in out

@@ -1,0 +1,116 @@
+"""`harvester plan`: list the sources, then say what the run would cost and when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harvester import config
+from harvester.client import Client
+from harvester.console import duration, end_status_line, report_progress
+from harvester.doctor import learned_windows
+from harvester.journal import Journal
+from harvester.partition import Limits
+from harvester.periods import breakdown_windows, parse_date
+from harvester.pipeline import Harvest, Progress, client_settings
+from harvester.sources import SourceReport, enumerate_source
+
+
+async def plan(cfg: config.Config, budget: Any) -> bool:
+    """List every source, then print the requests and time the run would take, and with a
+    budget or incremental runs the schedule; True when a source cannot be listed completely."""
+    reports: list[SourceReport] = []
+    with tempfile.TemporaryDirectory(prefix="harvester-plan-") as tmp:
+        journal = Journal(Path(tmp) / "plan.sqlite")
+        journal.open()
+        try:
+            limits = Limits(page_size=cfg.http.page_size)  # windows learned serve every source
+            limits.windows.update(learned_windows(cfg))  # what `doctor` measured
+            progress = Progress(phase="listing")  # listing can take minutes: say so
+            shown = asyncio.create_task(report_progress(progress))
+            try:
+                async with Client(client_settings(cfg)) as client:
+                    for idx, source in enumerate(cfg.sources):
+                        report = SourceReport(source.name, source.kind)
+                        reports.append(report)
+                        async for batch in enumerate_source(client, cfg.api.url, source, report,
+                                                            limits):
+                            progress.listed += len(batch)
+                            await journal.call(journal.add_ids, idx, batch)
+            finally:
+                shown.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await shown
+                end_status_line()
+            per_source = await journal.call(journal.ids_per_source, len(cfg.sources))
+            total = sum((await journal.call(journal.counts)).values())
+        finally:
+            journal.close()
+    listing = sum(r.requests for r in reports)
+    details = total
+    stats = total * len(cfg.stats.counters)
+    series = total * series_requests_per_item(cfg)
+    rate = cfg.http.rate.requests / cfg.http.rate.per
+    stats += series
+    seconds = (details + stats) / rate if not cfg.http.per_host else max(details, stats) / rate
+    print(f"plan for harvest {cfg.name!r}")
+    for r, n in zip(reports, per_source, strict=True):
+        flag = "  (TRUNCATED: cannot be enumerated completely)" if r.truncated else ""
+        least = r.minimum_requests
+        floor = f" (minimum {least:,})" if least is not None else ""
+        print(f"  source {r.name:<20} {n:>10,} ids  {r.requests:>7,} list requests{floor}"
+              f"  {len(r.partitions)} partitions{flag}")
+    print(f"  distinct ids         {total:>10,}")
+    print("requests the run would make")
+    print(f"  record details       {details:>10,}  (+1 per record listing 10 or more files)")
+    print(f"  stats totals         {stats - series:>10,}  "
+          f"({', '.join(cfg.stats.counters) or 'none'})")
+    if series:
+        print(f"  timelines/breakdowns {series:>10,}  (per article; entity series come on top)")
+    if cfg.versions == "all":
+        print("  versions             +1 per record, +1 per older version")
+    if cfg.files.download:
+        print("  file downloads       +1 per file fetched (see the files: filters)")
+    print(f"  listing (done now)   {listing:>10,}")
+    scope = "per host" if cfg.http.per_host else "shared by the API and stats hosts"
+    print(f"time at {cfg.http.rate.requests} request(s) per {cfg.http.rate.per:g} s ({scope}): "
+          f"about {duration(seconds)}")
+    if budget is not None or cfg.incremental is not None:
+        print_schedule(await Harvest(cfg, budget=budget).preview(), budget)
+    return any(r.truncated for r in reports)
+
+
+def print_schedule(plan: Any, budget: Any) -> None:
+    """`plan`'s schedule: what fits tonight, nights to a full stats refresh, where it settles."""
+    said = f"budget {budget.said}: {plan.allowance:,} requests" if budget else "no budget"
+    print(f"tonight ({said})")
+    print(f"  requests             {plan.requests:>10,}  (about {duration(plan.seconds)})")
+    print(f"  records              {plan.records:>10,}  ({plan.records_deferred:,} deferred: "
+          "first next night)")
+    print(f"  stats refreshes      {plan.stats:>10,}  ({plan.stats_deferred:,} deferred: "
+          "stalest first next night)")
+    nights = "never (the budget holds none)" if plan.nights_to_full is None \
+        else f"{plan.nights_to_full:,}"
+    print(f"  nights to a full stats refresh: {nights}")
+    if plan.settle_age is not None:
+        print(f"  oldest stats once the schedule settles: {plan.settle_age:,} nights")
+
+
+def series_requests_per_item(cfg: config.Config) -> int:
+    """Timeline and breakdown requests one article costs: one per counter for a timeline,
+    one per allowed window per counter for a breakdown (long ranges are split)."""
+    total = 0
+    today = dt.datetime.now(dt.UTC).date()
+    for kind, series in (("timeline", cfg.stats.timeline), ("breakdown", cfg.stats.breakdown)):
+        if series is None or "article" not in series.items:
+            continue
+        start = parse_date(series.start)
+        end = parse_date(series.end) if series.end else max(start, today)
+        windows = 1 if kind == "timeline" else len(breakdown_windows(start, end,
+                                                                      series.granularity))
+        total += windows * len(series.counters)
+    return total
