@@ -221,13 +221,15 @@ class ItemFetcher:
             parts.append({**error, "message": f"{name}: {error['message']}"})
             return None
 
-    async def _all_files(self, url: str, extra: dict[str, int] | None = None) -> bytes:
-        """Every page of /files, as the served JSON arrays joined (never re-serialized)."""
+    async def _all_files(self, url: str, extra: dict[str, int] | None = None,
+                         kind: str = "files") -> bytes:
+        """Every page of /files, as the served JSON arrays joined (never re-serialized);
+        `kind`: what the manifest counts the requests as."""
         size = self.cfg.http.page_size
         chunks: list[bytes] = []
         previous: list[Any] | None = None
         for page in range(1, MAX_FILE_PAGES + 1):
-            self.requests["files"] += 1
+            self.requests[kind] += 1
             reply = await self.client.get(url, params={**(extra or {}), "page": page,
                                                        "page_size": size})
             if not isinstance(reply.data, list):
@@ -248,7 +250,8 @@ class ItemFetcher:
                           url=url, status=200, reason="bad-files")
 
     async def _versions(self, aid: int, record: dict[str, Any]) -> dict[str, Any]:
-        """GET /articles/{id}/versions, then the full record of every version but this one.
+        """GET /articles/{id}/versions, then the full record of every version but this one,
+        with its complete file list (GET .../versions/{v}/files) where its own may be capped.
 
         A draft has no public versions (404): none are recorded. A public record's 404 here
         fails this part of the item.
@@ -280,6 +283,9 @@ class ItemFetcher:
             if not isinstance(body, dict) or body.get("id") != aid:
                 raise BadResponse(f"GET {url} -> 200 but the body is not version {n} of {aid}",
                                   url=url, status=200, reason="bad-record")
+            if files_may_be_truncated(body):  # its own capped list: page that version's files
+                body["files"] = orjson.loads(await self._all_files(
+                    f"{url}/files", kind="version_files"))
             older.append(body)
         return {"list": listed, "records": older}
 

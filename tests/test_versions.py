@@ -92,3 +92,32 @@ async def test_drafts_have_no_public_versions(sim: Simulator, tmp_path: Path) ->
 def test_versions_config_is_checked(sim: Simulator, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"versions: 'every' is not one of \['latest', 'all'\]"):
         write_config(tmp_path, sim, [{"kind": "ids", "ids": [1]}], versions="every")
+
+
+async def test_an_older_versions_capped_file_list_is_paged_from_its_own_files(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    c = sim.corpus
+    # a full record lists 10 files at most: these items' older versions list exactly 10
+    ids = [i for i in c.ids if c.versions_of(i) > 1 and len(c.files(i, 1)) > 10][:2]
+    few = [i for i in c.ids if c.versions_of(i) > 1 and 0 < len(c.files(i, 1)) < 10][:2]
+    assert ids and few
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids + few}], versions="all",
+                       stats={"counters": []}, http={
+                           "rate": {"requests": 10_000, "per": 1}, "page_size": 7,
+                           "retry": {"attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02}})
+    result = await Harvest(cfg).run()
+    assert result.manifest["status"] == "complete"
+    rows = pq.read_table(result.snapshot / "article_versions").to_pylist()
+    for r in rows:
+        served = c.files(r["article_id"], r["version"])
+        assert r["file_count"] == len(served)
+        assert orjson.loads(r["raw"])["files"] == served  # the complete list, in order
+    paged = [e for e in sim.log.entries
+             if e.route == "/v2/articles/{article_id}/versions/{version_id}/files"]
+    # only versions whose own list was full are paged, 7 files a page
+    wanted = [(i, v) for i in ids for v in range(1, c.versions_of(i))]
+    assert sorted({(int(e.path.split("/")[3]), int(e.path.split("/")[5])) for e in paged}) \
+        == sorted(wanted)
+    pages = sum(len(c.files(i, v)) // 7 + 1 for i, v in wanted)
+    assert len(paged) == pages == result.manifest["fetch"]["requests"]["version_files"]

@@ -209,12 +209,13 @@ class Presenters(ItemArrays):
             raise KeyError((article_id, version))
         return self._cached(a, v, private=False, files_cap=files_cap)
 
-    def files(self, article_id: int) -> list[dict[str, Any]]:
-        """The complete public file list ([] under file embargo or confidentiality)."""
+    def files(self, article_id: int, version: int | None = None) -> list[dict[str, Any]]:
+        """The complete public file list of the latest version, or of `version` ([] under file
+        embargo or confidentiality)."""
         a = self._attrs(self._need(article_id))
         if self._access(a) != "open":
             return []
-        return self._files(a, a.nver, private=False)
+        return self._files(a, a.nver if version is None else version, private=False)
 
     def _cached(
         self, a: Attrs, v: int, private: bool, files_cap: int | None = None

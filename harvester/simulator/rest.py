@@ -173,6 +173,19 @@ async def article_version(request: web.Request) -> web.StreamResponse:
     return single(request, record, record["modified_date"])
 
 
+@route
+async def article_version_files(request: web.Request) -> web.StreamResponse:
+    _, corpus = sim_of(request)
+    article_id = _public_article_id(request)
+    version = path_int(request, "version_id")
+    if not 1 <= version <= corpus.versions_of(article_id):
+        raise not_found("ArticleVersion")
+    by_id = {f["id"]: f for f in corpus.files(article_id, version)}
+    return listing(request, dict(request.query), "version_files",
+                    lambda: (("version_files", article_id, version), lambda: list(by_id)),
+                    by_id.__getitem__, cursor=False)  # fmt: skip
+
+
 # ---- collections and projects --------------------------------------------------------------
 
 
@@ -353,5 +366,6 @@ def add_routes(app: web.Application) -> None:
     get("/v2/projects/{project_id}", project_detail)
     get("/v2/projects/{project_id}/articles", project_articles)
     get("/v2/categories", categories)
+    get("/v2/articles/{article_id}/versions/{version_id}/files", article_version_files)
     get("/v2/licenses", licenses)
     account_routes.add_routes(app)
