@@ -14,7 +14,8 @@ MAX_FILE_PAGES = 100  # /files pages of one record: 100,000 files at most (a bou
 MAX_VERSIONS = 1_000  # versions of one record fetched at most
 MAX_ID = 2**63 - 1  # ids are positive 64-bit integers (SPEC26 int64)
 
-# item_type codes (NOTES §4.1, SPEC26); an overfull time slice is split by these first
+# item_type codes (NOTES §4.1, SPEC26): what GET /item_types is expected to list, and the
+# fallback when it cannot be read; an overfull time slice is split by these first
 ITEM_TYPES = (1, 2, 3, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
               26, 27, 28, 29)
 REVIEW_STATUSES = ("pending", "approved", "rejected", "closed")  # GET /account/institution/reviews

@@ -17,18 +17,23 @@ Any 400 or 422 on a page after a query's first is a window refusal, whatever its
 offset it refused at becomes that endpoint's window for the rest of the run (`Limits`), so later
 queries page within it instead of being refused again. A page that repeats the one before ends
 its walk as truncated; listed ids that are not integers from 1 to 2^63-1 are skipped and counted.
+The item types a slice is split by are asked of GET /item_types once per run (`Limits`); when it
+cannot be read, the documented codes serve, with a warning.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from harvester.errors import BadResponse, RequestError, WindowExhausted
-from harvester.figshare import PAGE_SIZE, SPLITS, WINDOW, ListQuery, Pager, valid_id
+from harvester.errors import BadResponse, Blocked, RequestError, Unreachable, WindowExhausted
+from harvester.figshare import ITEM_TYPES, PAGE_SIZE, SPLITS, WINDOW, ListQuery, Pager, valid_id
+
+log = logging.getLogger("harvester")
 
 DAY = 86_400
 # How a lower bound is written, from the most precise to the most conservative; a server that
@@ -39,11 +44,13 @@ SKIPPED_SAMPLE = 20  # skipped list entries quoted in the manifest (the count is
 
 @dataclass
 class Limits:
-    """The run's paging limits: the page size it asks for, and the windows servers revealed
-    by refusing a page (per endpoint, ids in the path ignored), learned once per run."""
+    """The run's paging limits: the page size it asks for, the windows servers revealed
+    by refusing a page (per endpoint, ids in the path ignored), and the item types to split
+    by (GET /item_types), each learned once per run."""
 
     page_size: int = PAGE_SIZE
     windows: dict[str, int] = field(default_factory=dict)
+    item_types: tuple[int, ...] | None = None  # None: not asked yet
 
     @staticmethod
     def endpoint(query: ListQuery) -> str:
@@ -292,6 +299,8 @@ class Exhauster:
             self.truncated = True
             return
         item_key, known = SPLITS[key]
+        if key == "item_type":
+            known = await self._item_types()
         observed = seen.values.get(item_key, set())
         values = list(known or ()) + sorted(v for v in observed if v not in (known or ()))
         if known is None:
@@ -417,6 +426,31 @@ class Exhauster:
         return out
 
     # -- helpers ---------------------------------------------------------------------------
+
+    async def _item_types(self) -> tuple[int, ...]:
+        """The item type ids GET /item_types lists, asked once per run; the documented codes
+        when it fails or lists none (a split by them is then only as complete as they are)."""
+        if self.limits.item_types is not None:
+            return self.limits.item_types
+        url = self.api_url + "/item_types"
+        part = self._partition("GET /item_types", note="the item types to split by")
+        part.requests = 1
+        problem = None
+        try:
+            listed = (await self.client.get(url)).data
+        except (Blocked, Unreachable):
+            raise
+        except RequestError as exc:
+            listed, problem = None, str(exc)
+        codes = sorted({t["id"] for t in listed if isinstance(t, Mapping)
+                        and valid_id(t.get("id"))}) if isinstance(listed, list) else []
+        if not codes:
+            problem = problem or "the answer lists no item type"
+            part.note = f"unreadable ({problem[:200]}): the documented codes serve instead"
+            log.warning("GET %s failed (%s): splitting by the %d documented item types",
+                        url, problem[:200], len(ITEM_TYPES))
+        self.limits.item_types = tuple(codes) if codes else ITEM_TYPES
+        return self.limits.item_types
 
     def _skip(self, item: Any, query: ListQuery) -> None:
         """A listed entry with no usable id: counted, and the first few quoted."""

@@ -20,9 +20,10 @@ from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.config import Source
 from harvester.errors import AuthError, ConfigError, NotFound
 from harvester.figshare import ListQuery, list_query
-from harvester.partition import Exhauster, IdSet, parse_stamp
+from harvester.partition import Exhauster, IdSet, Limits, parse_stamp
 from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
+from harvester.simulator.vocab import ITEM_TYPES
 from harvester.sources import SourceReport, enumerate_source
 
 BASE = int(dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp())
@@ -258,12 +259,12 @@ async def sim() -> AsyncIterator[Simulator]:
 
 
 async def run_source(sim: Simulator, kind: str, token: str | None = None,
-                     **params: Any) -> tuple[list[int], SourceReport]:
+                     limits: Limits | None = None, **params: Any) -> tuple[list[int], SourceReport]:
     creds = {origin(sim.api_url): f"token {token}"} if token else {}
     report = SourceReport(kind, kind)
     async with fast_client(**creds) as client:
         got = [i async for b in enumerate_source(client, sim.api_url, Source(kind, kind, params),
-                                                 report) for i in b]
+                                                 report, limits) for i in b]
     return got, report
 
 
@@ -290,6 +291,35 @@ async def test_author_by_name_and_by_orcid(sim: Simulator) -> None:
 async def test_account_items_with_the_users_token(sim: Simulator) -> None:
     got, _ = await run_source(sim, "account", token=sim.settings.user_token)
     assert sorted(got) == sorted(sim.corpus.account_article_ids(sim.corpus.user))
+
+
+async def test_item_types_are_asked_once_per_run_and_fall_back_when_refused() -> None:
+    # days fuller than the window, bounds read as days, no cursor: splits by item type
+    settings = SimSettings(items=2_000, seed=21, window=100, busy_day_share=0.3,
+                           date_bounds="day", cursor=False)
+    async with Simulator(settings) as small:
+        c = small.corpus
+        api = small.api_url
+        # GET /item_types asks for a token (swagger: OAuth2): scoped to it alone here
+        creds = {api + "/item_types": f"token {small.settings.user_token}"}
+        limits = Limits(page_size=50)
+        async with fast_client(**creds) as client:
+            for inst in (c.institutions[0].id, None):
+                params = {"institution": inst} if inst else {}
+                report = SourceReport("s", "articles")
+                got = {i async for b in enumerate_source(
+                    client, api, Source("articles", "s", params), report, limits) for i in b}
+                assert got == {i for i in c.ids if inst is None or c.institution_of(i) == inst}
+        asked = [e for e in small.log.entries if e.route == "/v2/item_types"]
+        assert len(asked) == 1 and asked[0].status == 200 and asked[0].authorization
+        assert limits.item_types == tuple(sorted(ITEM_TYPES))
+        # refused (no token): the documented codes serve, the run goes on, the manifest says so
+        small.log.clear()
+        got, report = await run_source(small, "articles", limits=Limits(page_size=50))
+        assert set(got) == set(c.ids) and not report.truncated
+        assert small.log.count("api", "/v2/item_types") == 1
+        (part,) = [p for p in report.partitions if p.query == "GET /item_types"]
+        assert "401" in part.note and "documented codes serve instead" in part.note
 
 
 async def test_institution_articles_for_an_admin_include_drafts(sim: Simulator) -> None:

@@ -28,6 +28,11 @@ from harvester.simulator.restkit import (
 )
 
 
+def account_of(request: web.Request) -> Account:
+    """The token's account (401 without a known token), for public routes the spec guards."""
+    return _account(request)
+
+
 def _account(request: web.Request, *, admin: bool = False) -> Account:
     """The token's account: 401 without a known token, 403 when admin rights are needed."""
     _, corpus = sim_of(request)

@@ -31,7 +31,7 @@ from harvester.simulator.restkit import (
     single,
     str_param,
 )
-from harvester.simulator.vocab import tokens
+from harvester.simulator.vocab import ITEM_TYPES, tokens
 
 LICENSES = [
     {"value": 1, "name": "CC BY 4.0", "url": "https://creativecommons.org/licenses/by/4.0/"},
@@ -184,6 +184,17 @@ async def article_version_files(request: web.Request) -> web.StreamResponse:
     return listing(request, dict(request.query), "version_files",
                     lambda: (("version_files", article_id, version), lambda: list(by_id)),
                     by_id.__getitem__, cursor=False)  # fmt: skip
+
+
+@route
+async def item_types(request: web.Request) -> web.StreamResponse:
+    """GET /item_types: the spec asks for a token (OAuth2), so it is refused without one."""
+    account_routes.account_of(request)
+    int_param(request.query, "group_id")
+    return json_response([
+        {"id": code, "name": name, "string_id": name.replace(" ", "_"), "icon": "",
+         "public_description": "", "is_selectable": True, "url_name": name.replace(" ", "_")}
+        for code, name in sorted(ITEM_TYPES.items())])
 
 
 # ---- collections and projects --------------------------------------------------------------
@@ -355,6 +366,8 @@ def add_routes(app: web.Application) -> None:
     get("/v2/articles/{article_id}/files/{file_id}", article_file)
     get("/v2/articles/{article_id}/versions", article_versions)
     get("/v2/articles/{article_id}/versions/{version_id}", article_version)
+    get("/v2/articles/{article_id}/versions/{version_id}/files", article_version_files)
+    get("/v2/item_types", item_types)
     get("/v2/collections", collections_list)
     post("/v2/collections/search", collections_list)
     get("/v2/collections/{collection_id}", collection_detail)
@@ -366,6 +379,5 @@ def add_routes(app: web.Application) -> None:
     get("/v2/projects/{project_id}", project_detail)
     get("/v2/projects/{project_id}/articles", project_articles)
     get("/v2/categories", categories)
-    get("/v2/articles/{article_id}/versions/{version_id}/files", article_version_files)
     get("/v2/licenses", licenses)
     account_routes.add_routes(app)
