@@ -338,6 +338,7 @@ SOURCE_KINDS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         ()),
     "reviews": ({"status": ("pending", "approved", "rejected", "closed"), "group_id": "int"}, ()),
     "collection": ({"collection": "int"}, ("collection",)),
+    "collections": ({"institution": "int", "group": "int"}, ()),  # theirs, via GET /collections
     "project": ({"project": "int"}, ("project",)),
     "ids_file": ({"path": "str", "doi_match": ("doi", "any")}, ("path",)),
     "oai": ({"set": "str", "from": "date", "until": "date"}, ()),
@@ -406,6 +407,8 @@ def _check_source(ctx: Reader, kind: str, params: dict[str, Any]) -> None:
     if params.get("reconcile") == "oai" and narrowing:
         raise Invalid("reconcile", f"oai compares with the whole portal set, but {narrowing[0]} "
                       "narrows this source: drop one of the two")
+    if kind == "collections" and not {"institution", "group"} & set(params):
+        raise Invalid("institution", "give institution or group (or both): whose collections")
     if kind == "author" and ("full_name" in params) == ("orcid" in params):
         raise Invalid("full_name", "give exactly one of full_name or orcid")
     if kind == "oai" and not _OAI_SET.fullmatch(params.get("set", "portal_0")):

@@ -168,6 +168,10 @@ def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
                          max_offset=REVIEWS_MAX_OFFSET)
     if kind == "collection":
         return ListQuery("GET", f"/collections/{params['collection']}/articles", {}, cursor=False)
+    if kind == "collections":
+        # the collections themselves (their ids, not articles'); X-Cursor carries past the window
+        return ListQuery("GET", "/collections", {**filters, "order": "published_date",
+                                                 "order_direction": "asc"})
     if kind == "project":
         pid = params["project"]
         # the project listing has no filters; a search by project_id can be partitioned

@@ -58,8 +58,8 @@ class SourceReport:
     @property
     def minimum_requests(self) -> int | None:
         """The fewest list requests any enumeration could use: one per page, plus the last
-        (None for kinds that page no REST list: ids, ids_file, oai)."""
-        if self.kind in ("ids", "ids_file", "oai"):
+        (None for kinds that page no REST list, ids, ids_file, oai, or several: collections)."""
+        if self.kind in ("ids", "ids_file", "oai", "collections"):
             return None
         return self.distinct // self.page_size + 1
 
@@ -154,6 +154,10 @@ async def _enumerate(
         async for batch in _container(client, api_url, source, report, limits):
             yield batch
         return
+    if kind == "collections":
+        async for batch in _collections(client, api_url, source, report, limits):
+            yield batch
+        return
     walker = Exhauster(client, api_url, limits=limits)
     if kind == "reviews":
         walker.on_items = lambda items: report.side.extend(
@@ -171,11 +175,13 @@ async def _enumerate(
 
 
 async def _container(
-    client: Transport, api_url: str, source: Source, report: SourceReport, limits: Limits
+    client: Transport, api_url: str, source: Source, report: SourceReport, limits: Limits,
+    key: int | None = None,
 ) -> AsyncIterator[list[int]]:
-    """A collection's or a project's own record, then the articles in it."""
-    kind = source.kind
-    key = int(source.params[kind])
+    """A collection's or a project's own record, then the articles in it (`key`: the
+    collection a `collections` source listed)."""
+    kind = "collection" if key is not None else source.kind
+    key = int(source.params[kind]) if key is None else key
     url = f"{api_url}/{kind}s/{key}"
     try:
         record = (await client.get(url)).data
@@ -187,13 +193,35 @@ async def _container(
                           url=url, status=200)
     walker = Exhauster(client, api_url, limits=limits)
     members: list[int] = []
-    async for batch in walker.ids(list_query(kind, source.params)):
+    async for batch in walker.ids(list_query(kind, {kind: key})):
         members.extend(batch)
         yield batch
     report.absorb(walker)
     report.requests += 1  # the record itself
     report.side.append(SideRecord(kind, key, {"record": record,
                                               "articles": list(dict.fromkeys(members))}))
+
+
+async def _collections(
+    client: Transport, api_url: str, source: Source, report: SourceReport, limits: Limits
+) -> AsyncIterator[list[int]]:
+    """An institution's or a group's collections (GET /collections), each one's record and
+    articles as a `collection` source lists them; `distinct` counts an article once."""
+    lister = Exhauster(client, api_url, limits=limits)
+    keys: list[int] = []
+    async for batch in lister.ids(list_query("collections", source.params)):
+        keys.extend(batch)
+    report.requests += lister.requests
+    report.partitions.extend(lister.partitions)
+    report.truncated = report.truncated or lister.truncated
+    seen = IdSet()
+    for key in dict.fromkeys(keys):
+        async for batch in _container(client, api_url, source, report, limits, key):
+            for aid in batch:
+                seen.add(aid)
+            yield batch
+    report.distinct = len(seen)
+    log.info("source %s: %d collections", source.name, len(set(keys)))
 
 
 async def _reconcile_oai(

@@ -372,6 +372,25 @@ async def test_collections_and_projects_yield_their_record_and_articles(
     assert report.requests == 2  # the record and one page of articles
 
 
+@pytest.mark.parametrize("by", ["institution", "group"])
+async def test_collections_of_an_institution_or_a_group(sim: Simulator, by: str) -> None:
+    c = sim.corpus
+    metas = [c.collection_meta(i) for i in c.collection_ids]
+    index = "inst" if by == "institution" else "gidx"
+    owners = c.institutions if by == "institution" else c.groups
+    chosen = max({m[index] for m in metas} - {255},
+                 key=lambda x: sum(m[index] == x for m in metas))
+    expected = [m["id"] for m in metas if m[index] == chosen]
+    got, report = await run_source(sim, "collections", **{by: owners[chosen].id})
+    members = {a for cid in expected for a in c.collection_articles(cid)}
+    assert set(got) == members and report.distinct == len(members)
+    assert sorted(s.key for s in report.side) == sorted(expected)
+    assert all(s.kind == "collection" and sorted(s.body["articles"]) ==
+               sorted(c.collection_articles(s.key)) for s in report.side)
+    assert report.partitions[0].query.startswith(f"GET /collections [{by}=")
+    assert "minimum_requests" not in report.as_dict()
+
+
 async def test_an_unknown_collection_is_a_clear_error(sim: Simulator) -> None:
     with pytest.raises(NotFound, match="collection 1 does not exist or is not public"):
         await run_source(sim, "collection", collection=1)
@@ -459,6 +478,7 @@ def test_admin_and_account_kinds_need_a_token_at_validation() -> None:
     ("{kind: institution, institution: 1, reconcile: oai, group: 5}", "group narrows"),
     ("{kind: oai, set: portal}", "is not an OAI-PMH set"),
     ("{kind: collection}", "collection: required"),
+    ("{kind: collections}", "give institution or group"),
     ("{kind: ids_file, path: /nonexistent/ids.txt}", "is not a readable file"),
 ])
 def test_new_kinds_are_validated(source: str, problem: str) -> None:
