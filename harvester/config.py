@@ -328,7 +328,10 @@ SOURCE_KINDS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "group": (dict(_FILTERS), ("group",)),
     "institution": ({**_FILTERS, "reconcile": "str"}, ("institution",)),
     "ids": ({"ids": "ids"}, ("ids",)),
-    "account": ({}, ()),  # the token owner's items, drafts included (GET /account/articles)
+    # the token owner's items, drafts included: POST /account/articles/search, or (listing:
+    # list, no filters) GET /account/articles
+    "account": ({"listing": ("search", "list"), **{k: _FILTERS[k] for k in (
+        "published_since", "modified_since", "item_type", "group")}}, ()),
     # one author (name or ORCID), an institution's items for its admins (drafts too), its review
     # queue, a collection or a project and their articles, a file of ids or DOIs, OAI-PMH ids
     "author": ({"full_name": "str", "orcid": "str", **_FILTERS}, ()),
@@ -345,7 +348,7 @@ SOURCE_KINDS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
 }
 # list sources that accept modified_since, so an incremental run can ask for changes only
 INCREMENTAL_KINDS = frozenset({"search", "articles", "group", "institution", "author",
-                               "institution_articles"})
+                               "institution_articles", "account"})
 # ids whose full record comes from /account/articles/{id}
 ACCOUNT_KINDS = frozenset({"account", "institution_articles", "reviews"})
 MAX_SOURCES = 62
@@ -409,6 +412,9 @@ def _check_source(ctx: Reader, kind: str, params: dict[str, Any]) -> None:
                       "narrows this source: drop one of the two")
     if kind == "collections" and not {"institution", "group"} & set(params):
         raise Invalid("institution", "give institution or group (or both): whose collections")
+    if kind == "account" and params.get("listing") == "list" and len(params) > 1:
+        raise Invalid("listing", "list (GET /account/articles) takes no filters; drop them "
+                      "or use search")
     if kind == "author" and ("full_name" in params) == ("orcid" in params):
         raise Invalid("full_name", "give exactly one of full_name or orcid")
     if kind == "oai" and not _OAI_SET.fullmatch(params.get("set", "portal_0")):

@@ -159,8 +159,7 @@ def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
     """The list/search query a configured source enumerates (ids, files and OAI excluded)."""
     filters = {k: v for k, v in params.items() if v is not None}
     if kind == "account":
-        # documented with paging only: no filters, no order, no X-Cursor
-        return ListQuery("GET", "/account/articles", {}, cursor=False, auth=True)
+        return account_query(filters)
     if kind == "reviews":
         # limit/offset only; no date to bound by, but the status filter splits it
         return ListQuery("GET", "/account/institution/reviews", filters, cursor=False, auth=True,
@@ -198,6 +197,19 @@ def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
     if kind in ("articles", "group", "institution"):
         return ListQuery("GET", "/articles", filters, bound=bound, splits=("item_type", "group"))
     raise ValueError(f"source kind {kind!r} has no list query")
+
+
+def account_query(filters: Mapping[str, Any]) -> ListQuery:
+    """The token owner's items: POST /account/articles/search (PrivateArticleSearch), walked by
+    modification date (drafts have no publish date) and split by type; or, with `listing:
+    list` and no filters, GET /account/articles (paging only: no filters, order or X-Cursor)."""
+    filters = dict(filters)
+    listing = filters.pop("listing", "search")
+    if listing == "list" and not filters:
+        return ListQuery("GET", "/account/articles", {}, cursor=False, auth=True)
+    filters.update(order="modified_date", order_direction="asc")
+    return ListQuery("POST", "/account/articles/search", filters, cursor=False, auth=True,
+                     bound=MODIFIED, splits=("item_type", "group"))
 
 
 def author_terms(full_name: str | None, orcid: str | None) -> str:

@@ -250,7 +250,8 @@ async def files(sim: Simulator, tmp_path: Path) -> set[tuple[str, str, str]]:
     assert carried and carried <= private  # the token goes with private files only
     assert len(seen) >= links  # the drafts' link-only files were fetched from the third host
     assert [h for h in seen if {"authorization", "cookie"} & {k.lower() for k in h}] == []
-    return {("api", "GET", "/account/articles"), ("api", "GET", "/account/articles/{article_id}"),
+    return {("api", "POST", "/account/articles/search"),
+            ("api", "GET", "/account/articles/{article_id}"),
             ("download", "GET", "/files/{file_id}")}
 
 

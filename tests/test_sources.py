@@ -293,6 +293,32 @@ async def test_account_items_with_the_users_token(sim: Simulator) -> None:
     assert sorted(got) == sorted(sim.corpus.account_article_ids(sim.corpus.user))
 
 
+async def test_account_search_splits_past_its_window_and_asks_for_changes_only() -> None:
+    async with Simulator(SimSettings(items=2_000, seed=21, window=10)) as small:
+        c, token = small.corpus, small.settings.user_token
+        rows = c.account_items(c.user)
+        assert len(rows) > 10 and any(not r[1] for r in rows)  # past the window, drafts too
+        got, report = await run_source(small, "account", token, Limits(page_size=5))
+        assert sorted(set(got)) == sorted(r[0] for r in rows) and not report.truncated
+        assert len(report.partitions) > 1  # continued by a moving modified_date bound
+        assert {e.route for e in small.log.entries} == {"/v2/account/articles/search"}
+        assert report.partitions[0].query.startswith("POST /account/articles/search")
+        # the plain listing cannot be narrowed: it stops at the window, and says so
+        listed, plain = await run_source(small, "account", token, Limits(page_size=5),
+                                         listing="list")
+        assert plain.truncated and len(set(listed)) == 10
+        # an incremental run's bound (budget.narrowed) lists what changed since, even with
+        # listing: list
+        changed = sorted(i for i in c.account_article_ids(c.user) if c.exists(i))[:2]
+        for aid in changed:
+            c.modify(aid, dt.datetime.now(dt.UTC).replace(microsecond=0))
+        since = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for listing in ("search", "list"):
+            got, _ = await run_source(small, "account", token, Limits(page_size=5),
+                                      listing=listing, modified_since=since)
+            assert sorted(set(got)) == changed
+
+
 async def test_item_types_are_asked_once_per_run_and_fall_back_when_refused() -> None:
     # days fuller than the window, bounds read as days, no cursor: splits by item type
     settings = SimSettings(items=2_000, seed=21, window=100, busy_day_share=0.3,
@@ -479,6 +505,8 @@ def test_admin_and_account_kinds_need_a_token_at_validation() -> None:
     ("{kind: oai, set: portal}", "is not an OAI-PMH set"),
     ("{kind: collection}", "collection: required"),
     ("{kind: collections}", "give institution or group"),
+    ("{kind: account, listing: list, item_type: 3}", "takes no filters"),
+    ("{kind: account, listing: all}", "is not one of"),
     ("{kind: ids_file, path: /nonexistent/ids.txt}", "is not a readable file"),
 ])
 def test_new_kinds_are_validated(source: str, problem: str) -> None:

@@ -11,6 +11,7 @@ from aiohttp import web
 from harvester.simulator.appkeys import SIMULATOR
 from harvester.simulator.corpus import Account
 from harvester.simulator.restkit import (
+    ACCOUNT_ORDERS,
     INSTITUTION_ORDERS,
     ApiError,
     int_param,
@@ -20,6 +21,7 @@ from harvester.simulator.restkit import (
     not_found,
     order_param,
     path_int,
+    read_params,
     route,
     sim_of,
     since_param,
@@ -58,6 +60,39 @@ async def account_articles(request: web.Request) -> web.StreamResponse:
     return listing(request, dict(request.query), "account_articles",
                     lambda: (("account_articles", account.id), lambda: mine),
                     corpus.private_light, cursor=False)  # fmt: skip
+
+
+@route
+async def account_articles_search(request: web.Request) -> web.StreamResponse:
+    """POST /account/articles/search (PrivateArticleSearch): the account's own items, filtered
+    and ordered by date; search_for and the exact-match filters are not modelled."""
+    account = _account(request)
+    params = await read_params(request)
+    settings, corpus = sim_of(request)
+    days = settings.date_bounds == "day"
+
+    def query_for() -> tuple[tuple[Any, ...], Callable[[], Sequence[int]]]:
+        order, direction = order_param(params, ACCOUNT_ORDERS, "created_date")
+        published = since_param(params, "published_since", days=days)
+        modified = since_param(params, "modified_since", days=days)
+        item_type, group = int_param(params, "item_type"), int_param(params, "group")
+        col = {"published_date": 1, "modified_date": 2, "created_date": 5}[order]
+
+        def compute() -> list[int]:
+            rows = [r for r in corpus.account_items(account)
+                    if (published is None or (r[1] and r[1] >= published))
+                    and (modified is None or r[2] >= modified)
+                    and (item_type is None or r[3] == item_type)
+                    and (group is None or r[4] == group)]  # fmt: skip
+            rows.sort(key=lambda r: (r[col], r[0]), reverse=direction == "desc")
+            return [r[0] for r in rows]
+
+        key = ("account_search", account.id, order, direction, published, modified, item_type,
+               group)
+        return key, compute
+
+    return listing(request, params, "account_search", query_for, corpus.private_light,
+                   cursor=False, cache=True)
 
 
 @route
@@ -207,6 +242,7 @@ def add_routes(app: web.Application) -> None:
     """Register the /v2/account routes on the API app."""
     get = app.router.add_get
     get("/v2/account/articles", account_articles)
+    app.router.add_post("/v2/account/articles/search", account_articles_search)
     get("/v2/account/articles/{article_id}", account_article)
     get("/v2/account/articles/{article_id}/files", account_article_files)
     get("/v2/account/institution", account_institution)

@@ -31,6 +31,22 @@ class AccountViews(Presenters):
                  if self._private_owner[a.id] == account.id]  # fmt: skip
         return [i for _, i in sorted(mine, reverse=True)]
 
+    def account_items(self, account: Account) -> list[tuple[int, int, int, int, int, int]]:
+        """The account's own items as (id, published or 0, modified, item_type, group id or 0,
+        created): what its search filters and orders by."""
+        out: list[tuple[int, int, int, int, int, int]] = []
+        for k, o in self._owner.items():
+            if o == account.id and k not in self._withdrawn:
+                g = self._gidx[k]
+                out.append((self._ids[k], self._published[k],
+                            self._mod_over.get(k, self._modified[k]), self._itype[k],
+                            self.groups[g].id if g != NONE else 0, self._created[k]))
+        for a in self._private.values():
+            if self._private_owner[a.id] == account.id:
+                out.append((a.id, 0, a.modified, a.itype,
+                            self.groups[a.gidx].id if a.gidx != NONE else 0, a.created))
+        return out
+
     def _owned(self, account: Account, article_id: int) -> Attrs | None:
         if article_id in self._private:
             a = self._private[article_id]

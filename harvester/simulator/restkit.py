@@ -24,6 +24,7 @@ ARTICLE_ORDERS = ("published_date", "created_date", "modified_date", "views", "s
 COLLECTION_ORDERS = ("published_date", "created_date", "modified_date", "views", "shares", "cites")
 PROJECT_ORDERS = ("published_date", "modified_date", "views")
 INSTITUTION_ORDERS = ("published_date", "modified_date")
+ACCOUNT_ORDERS = ("published_date", "created_date", "modified_date")  # the dates we model
 MAX_PAGE_MESSAGE = "Max page reached. Please narrow down your search"
 CURSOR_TTL = 3_600.0
 HTML_404 = "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
