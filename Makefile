@@ -28,6 +28,7 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run.py $(ARGS)
+	$(BIN)/python benchmarks/nights.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -66,13 +66,15 @@ async def nights(args: argparse.Namespace, tmp: Path) -> bool:
         refreshed = dict.fromkeys(ids, 0)
         rng = random.Random(23)
         print(f"budget {args.budget:g} s = {allowance:,} requests; age bound {bound} nights")
-        print("night  wall s  limit s  requests  predicted  oldest  changed-in  values-kept")
+        print("night  wall s  limit s  requests  predicted  oldest  plan's age  changed-in  "
+              "values-kept")
         for night in range(1, args.nights + 1):
             changed = rng.sample(ids, int(len(ids) * args.changed))
             when = dt.datetime.now(dt.UTC).replace(microsecond=0)
             for aid in changed:
                 sim.corpus.modify(aid, when)
-            predicted = (await Harvest(cfg, budget=budget).preview()).requests
+            preview = await Harvest(cfg, budget=budget).preview()
+            predicted, settle = preview.requests, preview.settle_age
             sim.log.clear()
             t0 = time.monotonic()
             result = await Harvest(cfg, budget=budget).run()
@@ -89,10 +91,12 @@ async def nights(args: argparse.Namespace, tmp: Path) -> bool:
             kept = all(after.get(k) is not None and (v == 0 or after[k] != 0)
                        for k, v in before.items() if v is not None)
             good = (wall <= args.budget * 1.02 and result.manifest["status"] == "complete"
-                    and set(changed) <= got and kept and abs(predicted - sent) <= 0.05 * sent)
+                    and set(changed) <= got and kept and abs(predicted - sent) <= 0.05 * sent
+                    and (settle is None or oldest <= settle))
             ok &= good
             print(f"{night:>5}  {wall:>6.1f}  {args.budget * 1.02:>7.1f}  {sent:>8,}  "
-                  f"{predicted:>9,}  {oldest:>6}  {set(changed) <= got!s:>10}  {kept!s:>11}"
+                  f"{predicted:>9,}  {oldest:>6}  {settle!s:>10}  {set(changed) <= got!s:>10}  "
+                  f"{kept!s:>11}"
                   f"{'' if good else '  FAILED'}{'' if oldest <= bound else '  (age > bound)'}")
     return ok
 

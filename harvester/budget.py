@@ -135,6 +135,21 @@ class Spend:
         self.reserved -= cost
 
 
+def series_requests(cfg: Config, today: dt.date | None = None) -> int:
+    """Timeline and breakdown requests one article costs: one per counter for a timeline,
+    one per allowed window per counter for a breakdown (long ranges are split)."""
+    series = 0
+    today = today or dt.datetime.now(dt.UTC).date()
+    for kind, s in (("timeline", cfg.stats.timeline), ("breakdown", cfg.stats.breakdown)):
+        if s is None or "article" not in s.items:
+            continue
+        start = parse_date(s.start)
+        end = parse_date(s.end) if s.end else max(start, today)
+        windows = 1 if kind == "timeline" else len(breakdown_windows(start, end, s.granularity))
+        series += windows * len(s.counters)
+    return series
+
+
 @dataclass(frozen=True)
 class Costs:
     """Requests one item costs: its record with everything asked of it, or a stats refresh."""
@@ -145,16 +160,7 @@ class Costs:
 
     @classmethod
     def of(cls, cfg: Config, today: dt.date | None = None) -> Costs:
-        series = 0
-        today = today or dt.datetime.now(dt.UTC).date()
-        for kind, s in (("timeline", cfg.stats.timeline), ("breakdown", cfg.stats.breakdown)):
-            if s is None or "article" not in s.items:
-                continue
-            start = parse_date(s.start)
-            end = parse_date(s.end) if s.end else max(start, today)
-            windows = 1 if kind == "timeline" else len(breakdown_windows(start, end,
-                                                                         s.granularity))
-            series += windows * len(s.counters)
+        series = series_requests(cfg, today)
         counters = len(cfg.stats.counters)
         tops = cfg.stats.method == "tops"
         totals = 0 if tops else counters  # tops: a ranking per counter serves every item

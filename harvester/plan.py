@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from harvester import config
+from harvester.budget import series_requests
 from harvester.client import Client
 from harvester.console import duration, end_status_line, report_progress
 from harvester.doctor import learned_windows
 from harvester.journal import Journal
 from harvester.partition import Limits
-from harvester.periods import breakdown_windows, parse_date
 from harvester.pipeline import Harvest, Progress, client_settings
 from harvester.sources import SourceReport, enumerate_source
 
@@ -53,7 +52,7 @@ async def plan(cfg: config.Config, budget: Any) -> bool:
     listing = sum(r.requests for r in reports)
     details = total
     stats = total * len(cfg.stats.counters)
-    series = total * series_requests_per_item(cfg)
+    series = total * series_requests(cfg)
     rate = cfg.http.rate.requests / cfg.http.rate.per
     stats += series
     seconds = (details + stats) / rate if not cfg.http.per_host else max(details, stats) / rate
@@ -99,18 +98,3 @@ def print_schedule(plan: Any, budget: Any) -> None:
     if plan.settle_age is not None:
         print(f"  oldest stats once the schedule settles: {plan.settle_age:,} nights")
 
-
-def series_requests_per_item(cfg: config.Config) -> int:
-    """Timeline and breakdown requests one article costs: one per counter for a timeline,
-    one per allowed window per counter for a breakdown (long ranges are split)."""
-    total = 0
-    today = dt.datetime.now(dt.UTC).date()
-    for kind, series in (("timeline", cfg.stats.timeline), ("breakdown", cfg.stats.breakdown)):
-        if series is None or "article" not in series.items:
-            continue
-        start = parse_date(series.start)
-        end = parse_date(series.end) if series.end else max(start, today)
-        windows = 1 if kind == "timeline" else len(breakdown_windows(start, end,
-                                                                      series.granularity))
-        total += windows * len(series.counters)
-    return total
