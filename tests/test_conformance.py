@@ -292,10 +292,66 @@ async def deep_review_queue(sim: Simulator, tmp_path: Path) -> set[tuple[str, st
     return {("api", "GET", "/account/institution/reviews")}
 
 
+async def account(sim: Simulator, tmp_path: Path) -> set[tuple[str, str, str]]:
+    """The account's items by POST /account/articles/search, filtered, then a nightly run that
+    asks it for changes only; `listing: list` keeps GET /account/articles (issue 25 item 5)."""
+    c = sim.corpus
+    sources = [{"kind": "account"}, {"kind": "account", "listing": "list", "name": "listed"},
+               {"kind": "account", "item_type": 3, "published_since": "2015-01-01T00:00:00Z",
+                "group": c.groups[0].id, "name": "narrowed"}]
+    inc = {"overlap_hours": 1, "stats": "none"}
+    first = await harvest(sim, tmp_path, "account", sources, incremental=inc)
+    assert first["kind"] == "full"
+    c.modify(next(i for i in c.account_article_ids(c.user) if c.exists(i)),
+             dt.datetime.now(dt.UTC).replace(microsecond=0))
+    second = await harvest(sim, tmp_path, "account", sources, incremental=inc)
+    assert second["kind"] == "incremental"
+    nightly = [e for e in sim.log.entries if e.route == "/v2/account/articles/search"
+               and b'"modified_since"' in (e.body or b"")]
+    assert len(nightly) >= 3  # every account source asked for changes only
+    return {("api", "POST", "/account/articles/search"), ("api", "GET", "/account/articles")}
+
+
+async def collections(sim: Simulator, tmp_path: Path) -> set[tuple[str, str, str]]:
+    """Every collection of an institution, and of a group, with their articles."""
+    c = sim.corpus
+    metas = [c.collection_meta(i) for i in c.collection_ids]
+    inst = next(c.institutions[m["inst"]].id for m in metas if m["inst"] != 255)
+    group = next(c.groups[m["gidx"]].id for m in metas if m["gidx"] != 255)
+    await harvest(sim, tmp_path, "collections", [{"kind": "collections", "institution": inst},
+                                                 {"kind": "collections", "group": group}])
+    return {("api", "GET", "/collections"), ("api", "GET", "/collections/{collection_id}"),
+            ("api", "GET", "/collections/{collection_id}/articles")}
+
+
+async def version_files(sim: Simulator, tmp_path: Path) -> set[tuple[str, str, str]]:
+    """Older versions whose records list 10 files: each version's own /files, paged."""
+    c = sim.corpus
+    ids = [i for i in c.ids if c.versions_of(i) > 1 and len(c.files(i, 1)) >= 10][:3]
+    assert ids  # the corpus has what this case is about
+    await harvest(sim, tmp_path, "version-files", [{"kind": "ids", "ids": ids}], versions="all")
+    return {("api", "GET", "/articles/{article_id}/versions/{version_id}"),
+            ("api", "GET", "/articles/{article_id}/versions/{version_id}/files")}
+
+
+async def item_types(sim: Simulator, tmp_path: Path) -> set[tuple[str, str, str]]:
+    """Days fuller than the window are split by the types GET /item_types lists: asked once per
+    run, with no credential (the client scopes the token to /account/); it falls back here."""
+    await harvest(sim, tmp_path, "types", [
+        {"kind": "articles"}, {"kind": "articles", "published_since": "2019-01-01",
+                               "name": "since"}])
+    assert sim.log.count("api", "/v2/item_types") == 1
+    return {("api", "GET", "/item_types"), ("api", "GET", "/articles")}
+
+
 CASES: dict[str, tuple[SimSettings, Case]] = {
     **{f.__name__: (SETTINGS, f) for f in (lists, admin, stats_per_item, stats_tops, incremental,
-                                           files, redirected_files)},
+                                           files, redirected_files, account, collections,
+                                           version_files)},
     "deep_review_queue": (SETTINGS.with_(private_items=12_000), deep_review_queue),
+    # a few days over the window on a server that reads dates as days and offers no cursor
+    "item_types": (SETTINGS.with_(window=40, busy_day_share=0.3, date_bounds="day",
+                                  cursor=False), item_types),
 }
 
 
@@ -408,6 +464,16 @@ def sent(host: str, method: str, path: str, query: str = "", authorization: str 
     (sent("api", "GET", "/v2/oai", "verb=ListRecords&metadataPrefix=oai_dc&set=portal"),
      "documented format"),
     (sent("download", "GET", "/files/12", authorization=BASIC), "basic credential"),
+    (sent("api", "POST", "/v2/account/articles/search", authorization=TOKEN,
+          body=b'{"page_size": 1000, "order": "title"}'), "is not one of"),
+    (sent("api", "POST", "/v2/account/articles/search", authorization=TOKEN,
+          body=b'{"modified_since": "2020-01-01 00:00"}'), "documented format"),
+    (sent("api", "GET", "/v2/articles/12/versions/2/files", "page_size=2000"),
+     "above the declared maximum 1000"),
+    (sent("api", "GET", "/v2/articles/12/versions/2/files", authorization=TOKEN),
+     "to a public operation"),
+    (sent("api", "GET", "/v2/collections", "item_type=3"), "item_type is not declared"),
+    (sent("api", "GET", "/v2/item_types", "group_id=-1"), "below the declared minimum 0"),
 ])
 def test_the_checker_names_each_departure(entry: LogEntry, problem: str) -> None:
     found = spec.check(entry)
@@ -432,6 +498,15 @@ def test_the_checker_names_each_departure(entry: LogEntry, problem: str) -> None
          "&set=month_year_10_2016&from=2016-10-01T00:00:00Z"),
     sent("api", "GET", "/v2/oai", "verb=ListIdentifiers&resumptionToken=abc"),
     sent("download", "GET", "/files/12", authorization=TOKEN),
+    sent("api", "POST", "/v2/account/articles/search", authorization=TOKEN,
+         body=b'{"order": "modified_date", "order_direction": "asc", "item_type": 3, '
+              b'"modified_since": "2020-01-01T00:00:00Z", "page": 9, "page_size": 1000}'),
+    sent("api", "GET", "/v2/articles/12/versions/2/files", "page=1&page_size=1000"),
+    sent("api", "GET", "/v2/item_types"),
+    sent("api", "GET", "/v2/item_types", authorization=TOKEN),
+    sent("api", "GET", "/v2/collections", "institution=319&order=published_date"
+         "&order_direction=asc&page=2&page_size=1000"),
+    sent("api", "GET", "/v2/collections", "group=12&limit=1000", cursor="c"),
 ])
 def test_the_checker_passes_documented_requests(entry: LogEntry) -> None:
     assert spec.check(entry).problems == ()
