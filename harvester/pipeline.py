@@ -84,11 +84,12 @@ def user_agent(cfg: Config) -> str:
 def client_settings(cfg: Config) -> ClientSettings:
     """The transport's settings: rate, concurrency, retries, and each credential scoped to the
     operations that need it (NOTES §1, §9): the token to /account/, Basic to institution stats."""
-    account = cfg.api.url.rstrip("/") + "/account/"
+    api = cfg.api.url.rstrip("/")
+    tokened = (api + "/account/", api + "/item_types")  # item_types: security OAuth2 in the spec
     credentials: dict[str, str] = {}
-    hints = {account: "api.token"}
+    hints = dict.fromkeys(tokened, "api.token")
     if cfg.api.token:
-        credentials[account] = f"token {cfg.api.token}"
+        credentials.update(dict.fromkeys(tokened, f"token {cfg.api.token}"))
     if cfg.stats.institution:  # totals and /count are public in either scope; the rest is not
         inst = f"{cfg.stats.url.rstrip('/')}/{cfg.stats.institution}/"
         private = [inst + op + "/" for op in ("timeline", "breakdown", "top")]
