@@ -240,6 +240,7 @@ async def _reconcile_oai(
         "set": spec, "requests": lister.requests, "restarts": lister.restarts,
         "partitions": [p.as_dict() for p in lister.partitions],
     })
+    report.truncated = report.truncated or lister.truncated  # a cut cross-check is no check
     added = report.reconcile["only_oai"]
     report.distinct += added
     if not report.reconcile["complete"]:
