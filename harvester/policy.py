@@ -106,8 +106,15 @@ def lenient_json(raw: bytes) -> tuple[Any, bytes]:
     def refuse(name: str) -> Any:
         raise Unkept(f"{name} is not a JSON number")
 
+    def finite(text: str) -> float:  # 1e400 reads as inf, which orjson would write as null
+        value = float(text)
+        if not math.isfinite(value):
+            raise Unkept(f"{text[:40]} is beyond the range of a JSON number")
+        return value
+
     try:
-        data = _mend(json.loads(raw.decode("utf-8", "replace"), parse_constant=refuse))
+        data = _mend(json.loads(raw.decode("utf-8", "replace"), parse_constant=refuse,
+                                parse_float=finite))
     except RecursionError:
         raise Unkept("nested too deeply") from None
     try:
