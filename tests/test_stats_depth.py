@@ -256,7 +256,9 @@ async def test_tops_give_the_per_item_totals_in_fewer_requests(
     inst = sim.corpus.institutions[1]
     source = [{"kind": "institution", "institution": inst.id}]
     stats = {"institution": inst.string_id, **CREDS}
-    per_item = write_config(tmp_path, sim, source, env=ENV, name="per-item", stats=stats)
+    # "auto" (the default) would rank with tops here: ask for per-item totals by name
+    per_item = write_config(tmp_path, sim, source, env=ENV, name="per-item",
+                            stats={**stats, "method": "per-item"})
     snap_a = (await Harvest(per_item).run()).snapshot
     tops = write_config(tmp_path, sim, source, env=ENV, name="tops",
                         stats={**stats, "method": "tops", "top_count": 100_000})
@@ -296,7 +298,9 @@ async def test_a_silently_capped_ranking_is_caught_and_unranked_items_get_their_
         inst = sim.corpus.institutions[1]
         source = [{"kind": "institution", "institution": inst.id}]
         stats = {"institution": inst.string_id, **CREDS, "counters": ["views"]}
-        per_item = write_config(tmp_path, sim, source, env=ENV, name="per-item", stats=stats)
+        # "auto" (the default) would rank with tops here: ask for per-item totals by name
+        per_item = write_config(tmp_path, sim, source, env=ENV, name="per-item",
+                                stats={**stats, "method": "per-item"})
         expected = {r["article_id"]: r["total"]
                     for r in table((await Harvest(per_item).run()).snapshot, "stats")}
         tops = write_config(tmp_path, sim, source, env=ENV, name="tops", stats={
