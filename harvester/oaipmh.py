@@ -67,6 +67,8 @@ class OaiLister:
         self.restarts = 0
         self.unordered = False  # a datestamp went backwards: restarts go back to `from`
         self.truncated = False  # some ids could not be listed (see the partitions' notes)
+        self.skipped = 0  # as Exhauster: listed entries without a valid article id
+        self.skipped_sample: list[str] = []
 
     @property
     def requests(self) -> int:

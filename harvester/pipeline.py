@@ -26,7 +26,7 @@ from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy, ori
 from harvester.config import INCREMENTAL_KINDS, Config, public_view
 from harvester.errors import HarvesterError, OutputError
 from harvester.fetch import ItemFetcher, stamp, utc_now
-from harvester.journal import DONE, FAILED, FULL, GONE, PENDING, Journal, Outcome
+from harvester.journal import DONE, FAILED, FULL, GONE, PENDING, Counts, Journal, Outcome
 from harvester.partition import Limits
 from harvester.records import RowContext, side_rows
 from harvester.render import CHUNK_BYTES, CHUNK_RECORDS, RenderSpec, parse_stamp, render
@@ -188,7 +188,7 @@ class Harvest:
             return result
 
     async def _unfinished(self, journal: Journal, meta: dict[str, str],
-                          counts: dict[int, int]) -> RunResult:
+                          counts: Counts) -> RunResult:
         """A budgeted full run whose budget is spent: it publishes only when the listing and
         every record are in, so the journal is kept and the next run resumes it."""
         self._keep_requests(journal, meta)
@@ -268,7 +268,7 @@ class Harvest:
         finally:
             catalog.close()
         kind, since, why = bud.choose_kind(self.cfg.incremental, self.cfg.sources, now,
-                                       last_full and last_full["started_at"], marks)
+                                       last_full["started_at"] if last_full else None, marks)
         if why:
             log.info("%s", why)
         return kind, since
@@ -486,7 +486,7 @@ class Harvest:
     def _budget_view(self, spent: dict[str, Any] | None) -> dict[str, Any]:
         return bud.manifest_view(self.budget, self.spend, self.schedule, spent or {})
 
-    def _guard(self, counts: dict[int, int]) -> str:
+    def _guard(self, counts: Counts) -> str:
         """Why this full run must not be published, or "" (a thread: reads manifests)."""
         fetched, listed = counts.get(DONE, 0), sum(counts.values())
         after = ("LATEST not moved; the journal is kept: run again to retry, or "

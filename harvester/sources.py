@@ -99,8 +99,8 @@ class SourceReport:
         self.distinct += len(walker.seen)
         self.requests += walker.requests
         self.partitions.extend(walker.partitions)
-        self.truncated = self.truncated or bool(getattr(walker, "truncated", False))
-        skipped = getattr(walker, "skipped", 0)
+        self.truncated = self.truncated or walker.truncated
+        skipped = walker.skipped
         if skipped:
             self.skipped += skipped
             room = SKIPPED_SAMPLE - len(self.skipped_sample)
