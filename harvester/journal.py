@@ -21,13 +21,14 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 import pyarrow as pa
 
-from harvester.catalog import Catalog, damaged, transaction
+from harvester.catalog import Catalog, Validators, damaged, transaction
 from harvester.errors import OutputError
 
 T = TypeVar("T")
 
 COMMIT_EVERY = 200  # outcomes per journal transaction at most
 COMMIT_WITHIN = 0.05  # seconds an outcome may wait for others to share its transaction
+COMMIT_BYTES = 16 << 20  # record bytes per journal transaction at most (one big record alone)
 
 
 class ItemState(IntEnum):
@@ -110,7 +111,8 @@ CREATE TABLE IF NOT EXISTS side (
 """
 # columns added since: (table, column, declaration) for journals of interrupted older runs
 _ADDED = (("ids", "priority", "INTEGER NOT NULL DEFAULT 1"),
-          ("ids", "stale", "TEXT NOT NULL DEFAULT ''"))
+          ("ids", "stale", "TEXT NOT NULL DEFAULT ''"), ("records", "record_url", "TEXT"),
+          ("records", "etag", "TEXT"), ("records", "last_modified", "TEXT"))
 _EMPTY = pack(b"")  # the body of a row that carries only stats
 
 
@@ -128,6 +130,8 @@ class Outcome:
     # optional per-item payloads: timeline, breakdown, versions, downloads (see render)
     payloads: dict[str, Any] | None = None
     published: str | None = None  # the record's published_date, for "recent" stats refreshes
+    validators: Validators | None = None  # the record's ETag and Last-Modified, for next time
+    not_modified: bool = False  # the record answered 304: only its stats were fetched
 
 
 class PendingItem(NamedTuple):
@@ -414,6 +418,7 @@ class Journal:
         what is in flight and that much. Keeps draining after a failure so no worker blocks."""
         loop = asyncio.get_running_loop()
         batch: list[Outcome] = []
+        held = 0  # record bytes in the batch: 200 outcomes of 10 MB would be 2 GB
         failure: BaseException | None = None
         due: float | None = None  # when the oldest outcome in the batch must be stored
         while True:
@@ -431,14 +436,16 @@ class Journal:
                 ended = outcome is None
             if outcome is not None:
                 batch.append(outcome)
+                held += len(outcome.body) + len(outcome.files or b"")
                 due = due or loop.time() + COMMIT_WITHIN
-            if batch and (ended or len(batch) >= COMMIT_EVERY or loop.time() >= (due or 0)):
+            if batch and (ended or len(batch) >= COMMIT_EVERY or held >= COMMIT_BYTES
+                          or loop.time() >= (due or 0)):
                 if failure is None:
                     try:
                         await self.call(self.store, batch)
                     except Exception as exc:
                         failure = exc
-                batch, due = [], None
+                batch, held, due = [], 0, None
             if ended:
                 if failure is not None:
                     raise failure
@@ -450,7 +457,9 @@ class Journal:
         done = [o for o in outcomes if o.state == ItemState.DONE]
         with transaction(self.db):
             self.db.executemany(
-                "INSERT OR REPLACE INTO records VALUES(?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO records(article_id, body, files, stats, fetched_at, "
+                "extra, published, record_url, etag, last_modified) "
+                "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(
                     o.article_id,
                     pack(o.body),
@@ -459,6 +468,7 @@ class Journal:
                     o.fetched_at,
                     pack(orjson.dumps(o.payloads)) if o.payloads else None,
                     o.published,
+                    *(o.validators or (None, None, None)),
                 ) for o in done],
             )
             self.db.executemany("DELETE FROM errors WHERE article_id=?",
@@ -472,6 +482,9 @@ class Journal:
                 "UPDATE ids SET state=?, attempts=attempts+1 WHERE article_id=?",
                 [(int(o.state), o.article_id) for o in outcomes],
             )
+            self.db.executemany("UPDATE ids SET mode=? WHERE article_id=?",  # 304: stats only
+                                [(FetchMode.STATS_ONLY, o.article_id) for o in outcomes
+                                 if o.not_modified])
 
     # -- snapshot --------------------------------------------------------------------------
 
@@ -490,7 +503,7 @@ class Journal:
         about `max_bytes` stored bytes (one big record is a chunk of its own)."""
         chunk: list[JournalRow] = []
         size, after = 0, -1
-        while rows := self.rows(after, max_records):
+        while rows := self.rows(after, self._fitting(after, max_records, max_bytes)):
             for row in rows:
                 chunk.append(row)
                 size += row.size
@@ -500,6 +513,20 @@ class Journal:
             after = rows[-1].article_id
         if chunk:
             yield chunk
+
+    def _fitting(self, after: int, limit: int, max_bytes: int) -> int:
+        """How many of the next rows (at most `limit`, at least 1) hold about `max_bytes` of
+        stored blobs: 250 incompressible 10 MB records are not read at once. length() of a
+        blob reads no content."""
+        total = n = 0
+        for (stored,) in self.db.execute(
+                "SELECT length(r.body)+ifnull(length(r.files),0)+ifnull(length(r.extra),0) "
+                "FROM records r JOIN ids i USING(article_id) WHERE i.state IN (?, ?, ?) "
+                "AND r.article_id>? ORDER BY r.article_id LIMIT ?", (*_KEPT, after, limit)):
+            total, n = total + (stored or 0), n + 1
+            if total >= max_bytes:
+                break
+        return max(n, 1)
 
     def bodies(self, batch: int = 500) -> Iterator[bytes]:
         """Every fetched record's body as served, in id order (call on the journal thread)."""
@@ -524,11 +551,14 @@ class Journal:
                 self.db.execute("DELETE FROM cat.queue")
             self.db.execute(
                 "INSERT INTO cat.known(article_id, sources, published, last_snapshot, stats, "
-                "stats_at) SELECT i.article_id, i.sources, r.published, ?, r.stats, "
-                "CASE WHEN r.stats IS NULL THEN NULL ELSE r.fetched_at END FROM ids i "
+                "stats_at, record_url, etag, last_modified) SELECT i.article_id, i.sources, "
+                "r.published, ?, r.stats, CASE WHEN r.stats IS NULL THEN NULL ELSE "
+                "r.fetched_at END, r.record_url, r.etag, r.last_modified FROM ids i "
                 "JOIN records r USING(article_id) WHERE i.state=? AND i.mode=? "
                 "ON CONFLICT(article_id) DO UPDATE SET sources=excluded.sources, "
                 "published=excluded.published, last_snapshot=excluded.last_snapshot, "
+                "record_url=excluded.record_url, etag=excluded.etag, "
+                "last_modified=excluded.last_modified, "
                 "stats=coalesce(excluded.stats, stats), "
                 "stats_at=coalesce(excluded.stats_at, stats_at)",
                 (snapshot_id, ItemState.DONE, FetchMode.FULL),
@@ -538,10 +568,9 @@ class Journal:
                 "JOIN ids i USING(article_id) WHERE k.article_id=r.article_id AND i.state=? "
                 "AND i.mode=? AND r.stats IS NOT NULL",
                 (ItemState.DONE, FetchMode.STATS_ONLY))
-            self.db.execute(
+            self.db.execute(  # any mode: a queued record that answered 304 is stats-only
                 "DELETE FROM cat.queue WHERE article_id IN (SELECT article_id FROM ids "
-                "WHERE mode=? AND state IN (?, ?))", (FetchMode.FULL, ItemState.DONE,
-                                                      ItemState.GONE))
+                "WHERE state IN (?, ?))", (ItemState.DONE, ItemState.GONE))
             self.db.execute(
                 "INSERT OR REPLACE INTO cat.queue(article_id, sources, reason) "
                 "SELECT article_id, sources, CASE state WHEN ? THEN 'deferred' ELSE 'failed' "

@@ -55,6 +55,7 @@ _ROW_TYPES = {table: pa.struct(list(schema)) for table, schema in SCHEMAS.items(
 # many small buffers do not pin memory while their row group fills.
 PENDING_PIECES = 8
 PENDING_COPY = 4 << 20  # bytes
+GROUP_BYTES = 32 << 20  # rows this large make a row group of their own, however few
 FILE_ROW_GROUPS = 20  # row groups in one part file of a table (TABLE/part-NNNNN.parquet)
 
 
@@ -416,6 +417,8 @@ class SnapshotWriter:
         pending.append(arrow)
         queued = sum(t.num_rows for t in pending)
         full = queued - queued % self.row_group_rows[table]
+        if not full and sum(t.nbytes for t in pending) >= GROUP_BYTES:
+            full = queued  # 2,500 records of 10 MB would be 25 GB held for one row group
         if not full:
             return
         combined = pa.concat_tables(pending)
