@@ -165,8 +165,9 @@ class StatsFetcher:
         self.requests["stats_total"] += 1
         body = (await self.client.get(url)).data
         total = body.get("totals") if isinstance(body, dict) else None
-        if isinstance(total, bool) or not isinstance(total, int):
-            raise BadResponse(f"GET {url} -> 200 without an integer 'totals'",
+        # a total past int64 would be a silent null in the stats table: the part fails instead
+        if isinstance(total, bool) or not isinstance(total, int) or not -(2**63) <= total < 2**63:
+            raise BadResponse(f"GET {url} -> 200 without an integer 'totals' in int64",
                               url=url, status=200, reason="bad-stats")
         return total
 
