@@ -1,0 +1,146 @@
+"""Peak memory of a harvest against a hostile server: 10 MB records, gzip bombs, 100,000 tags.
+
+    python benchmarks/hostile_memory.py            # about a minute on 2 cores
+    python benchmarks/hostile_memory.py --quick    # a few ids per case: checks the script works
+
+Each harvest runs as `python -m harvester run` in a fresh process, its peak RSS read by
+os.wait4 when it exits; the server runs in this process. The target (issue 26): peak RSS within
+the baseline (the same harvest of ordinary records) plus 2x http.max_body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+
+from harvester.simulator.corpus import Corpus
+from harvester.simulator.settings import SimSettings
+
+MB = 2**20
+FIRST_ID = 1_000
+TEMPLATE = Corpus(SimSettings(items=1, seed=26))
+BASE = TEMPLATE.article(TEMPLATE.ids[0])
+HTTP = {"rate": {"requests": 10_000, "per": 1}, "concurrency": 4,
+        "retry": {"attempts": 1, "backoff_base": 0.01, "backoff_max": 0.02}}
+
+
+def record(aid: int, **fields: Any) -> bytes:
+    return orjson.dumps({**BASE, "id": aid, **fields})
+
+
+def gzip_bomb(size: int) -> bytes:
+    """A gzip body of `size` bytes of JSON text once decompressed (compressed in 1 MB steps)."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    out = [z.compress(b'{"id":1,"description":"')]
+    block = b"a" * MB
+    out += [z.compress(block) for _ in range(size // MB)]
+    out.append(z.compress(b'"}') + z.flush())
+    return b"".join(out)
+
+
+class Server:
+    """Records by id from `body(aid)`; every response carries `headers`."""
+
+    def __init__(self, body: Callable[[int], bytes], headers: dict[str, str]) -> None:
+        self.body, self.headers = body, headers
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    async def article(self, request: web.Request) -> web.Response:
+        aid = int(request.match_info["id"])
+        return web.Response(body=self.body(aid), headers=self.headers)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_get("/v2/articles/{id}", self.article)
+        runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+
+    def __enter__(self) -> Server:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def harvest(server: Server, n: int, max_body: int, root: Path) -> dict[str, Any]:
+    """One harvest of n ids in a fresh process: its exit code, peak RSS (MB) and wall time."""
+    cfg = {"name": "m", "api": {"url": server.url + "/v2"}, "stats": {"counters": []},
+           "http": {**HTTP, "max_body": max_body}, "output": {"dir": str(root / "out")},
+           "sources": [{"kind": "ids", "ids": list(range(FIRST_ID, FIRST_ID + n))}]}
+    path = root / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    start = time.monotonic()
+    child = subprocess.Popen([sys.executable, "-m", "harvester", "run", str(path),
+                              "--accept-drop"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return {"exit": child.returncode, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "seconds": round(time.monotonic() - start, 1)}
+
+
+def cases(quick: bool) -> list[tuple[str, int, Callable[[int], bytes], dict[str, str]]]:
+    scale = 4 if quick else 1
+    bomb = gzip_bomb(512 * MB // (8 if quick else 1))
+    big = base64.b64encode(random.Random(26).randbytes(10 * MB * 3 // 4)).decode()  # LZ4 keeps it
+    tags = [f"tag number {k}" for k in range(100_000)]
+    json_type = {"Content-Type": "application/json"}
+    return [
+        ("baseline (5 KB records)", 60 // scale, record, json_type),
+        ("10 MB records", 60 // scale, lambda aid: record(aid, description=big), json_type),
+        (f"gzip bombs ({len(bomb) / MB:.2f} MB -> {512 // (8 if quick else 1)} MB)",
+         20 // scale, lambda aid: bomb, {**json_type, "Content-Encoding": "gzip"}),
+        ("100,000 tags per record", 20 // scale, lambda aid: record(aid, tags=tags), json_type),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few ids per case")
+    parser.add_argument("--max-body", type=int, default=64 * MB, help="http.max_body in bytes")
+    args = parser.parse_args(argv)
+    limit_mb = args.max_body / MB
+    print(f"http.max_body {limit_mb:.0f} MB; target: peak RSS <= baseline + {2 * limit_mb:.0f} MB")
+    baseline = None
+    for name, n, body, headers in cases(args.quick):
+        with tempfile.TemporaryDirectory() as tmp, Server(body, headers) as server:
+            got = harvest(server, n, args.max_body, Path(tmp))
+        if baseline is None:
+            baseline = got["peak_rss_mb"]
+        over = got["peak_rss_mb"] - baseline
+        verdict = "ok" if over <= 2 * limit_mb else "OVER"
+        print(f"{name:<38} {n:>3} ids  exit {got['exit']}  peak {got['peak_rss_mb']:>7.1f} MB  "
+              f"baseline+{over:>6.1f} MB  {got['seconds']:>5.1f} s  {verdict}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
