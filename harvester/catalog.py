@@ -8,6 +8,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from harvester.errors import HarvesterError, LockedError, OutputError
 from harvester.store import MANIFEST, open_store, parse_manifest
@@ -27,7 +28,10 @@ CREATE TABLE IF NOT EXISTS windows (
     endpoint TEXT PRIMARY KEY, items INTEGER NOT NULL, learned_at TEXT NOT NULL);
 """
 # columns added since: (table, column, declaration), for catalogs made before them
-_ADDED = (("known", "stats", "BLOB"), ("known", "stats_at", "TEXT"))
+_ADDED = (("known", "stats", "BLOB"), ("known", "stats_at", "TEXT"),
+          # the validators of the record last fetched whole (read_validators)
+          ("known", "record_url", "TEXT"), ("known", "etag", "TEXT"),
+          ("known", "last_modified", "TEXT"))
 
 
 def damaged(exc: BaseException) -> bool:
@@ -132,6 +136,32 @@ class Catalog:
         self.add_run(snapshot_id, kind, status, started_at, finished_at)
         if marks is not None:
             self.set_marks(marks)
+
+
+class Validators(NamedTuple):
+    """What a record's 200 carried, to ask next time "changed since?" (NOTES §1): the URL it
+    came from (validators describe that representation only), its ETag and Last-Modified."""
+
+    url: str
+    etag: str | None
+    last_modified: str | None
+
+
+def read_validators(path: Path, aid: int) -> Validators | None:
+    """The validators of a known item's record, or None (unknown, none kept, unreadable: the
+    record is then asked for unconditionally, which is always safe)."""
+    try:
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT record_url, etag, last_modified FROM known "
+                             "WHERE article_id=?", (aid,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    if not row or not row[0] or not (row[1] or row[2]):
+        return None
+    return Validators(*row)
 
 
 def last_complete_full(root: Path | str, name: str) -> tuple[str, int] | None:

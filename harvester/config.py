@@ -303,6 +303,8 @@ class Incremental:
     budget: str | None = opt(None, "each run stops fetching after this long (8h, 90m) and "
                              "publishes; stalest stats wait (--budget, --until override it)",
                              check=_duration, allowed="a duration such as 8h or 1h30m")
+    conditional: bool = opt(True, "ask for known records with If-None-Match/If-Modified-Since; "
+                            "a 304 keeps the record, refreshes its stats only")
 
 
 @dataclass(frozen=True)

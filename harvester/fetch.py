@@ -7,6 +7,11 @@ hold for them too. Stats of groups, collections, projects and authors are not pe
 `after_fan_out` fetches them once per entity when every article is in, and `run_rows` hands
 their rows over.
 
+Incremental runs ask for a known record conditionally (incremental.conditional, NOTES §1):
+a 304 means the record, its files and versions are as last fetched, so only its stats are
+fetched and it is stored as a stats-only refresh. Full runs ask unconditionally: their
+snapshot holds every record whole.
+
 Only the record endpoint decides that an item is gone, and only on evidence: a 404 whose body is
 Figshare's JSON error for a missing entity. A failing stats, /files or versions request fails
 that part: the record is kept, and the item's error (its Outcome's `error`, state DONE) counts
@@ -15,14 +20,18 @@ as a failure of the run all the same.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import orjson
 
+from harvester.catalog import Validators, read_validators
 from harvester.client import Client, Reply
 from harvester.config import ACCOUNT_KINDS, Config, Source
 from harvester.downloads import Downloader
@@ -80,9 +89,13 @@ class ItemFetcher:
     One fetcher serves a whole run; `requests` counts what it sent, by kind, for the manifest.
     """
 
-    def __init__(self, cfg: Config, client: Client, *, today: dt.date | None = None) -> None:
+    def __init__(self, cfg: Config, client: Client, *, today: dt.date | None = None,
+                 catalog: Path | None = None) -> None:
         self.cfg = cfg
         self.client = client
+        # an incremental run's catalog: the validators of known records (None: unconditional)
+        self.catalog = catalog if cfg.incremental and cfg.incremental.conditional else None
+        self.not_modified = 0  # records that answered 304
         # the token owner's own items: /account/articles/{id}; the institution's items that
         # admin sources list belong to others: read as api.admin_read says (_record)
         self.account_mask = sum(1 << i for i, s in enumerate(cfg.sources) if s.kind == "account")
@@ -101,16 +114,7 @@ class ItemFetcher:
         self.items += 1
         try:
             if mode == STATS_ONLY:  # incremental runs: an unchanged known item's new numbers
-                try:
-                    series = await self.stats.item_series("article", aid)
-                    totals = await self.stats.totals(aid)
-                except Abort:
-                    raise
-                except RequestError as exc:  # stats never say an item is gone
-                    return Outcome(aid, FAILED, error=self._error(aid, sources, exc,
-                                                                  f"stats: {exc.reason}"))
-                return Outcome(aid, DONE, stats=totals, fetched_at=stamp_now(),
-                               payloads={"article_id": aid, **series} if series else None)
+                return await self._stats_only(aid, sources)
             return await self._fetch(aid, sources)
         except Abort:
             raise
@@ -122,9 +126,29 @@ class ItemFetcher:
         except RequestError as exc:
             return Outcome(aid, FAILED, error=self._error(aid, sources, exc, exc.reason))
 
+    async def _stats_only(self, aid: int, sources: int, not_modified: bool = False) -> Outcome:
+        try:
+            series = await self.stats.item_series("article", aid)
+            totals = await self.stats.totals(aid)
+        except Abort:
+            raise
+        except RequestError as exc:  # stats never say an item is gone
+            return Outcome(aid, FAILED, error=self._error(aid, sources, exc,
+                                                          f"stats: {exc.reason}"),
+                           not_modified=not_modified)
+        return Outcome(aid, DONE, stats=totals, fetched_at=stamp_now(),
+                       payloads={"article_id": aid, **series} if series else None,
+                       not_modified=not_modified)
+
     async def _fetch(self, aid: int, sources: int) -> Outcome:
         api = self.cfg.api.url
-        reply, account, as_owner = await self._record(aid, sources)
+        held = None
+        if self.catalog is not None:  # a blocking SQLite read: off the event loop
+            held = await asyncio.to_thread(read_validators, self.catalog, aid)
+        reply, account, as_owner = await self._record(aid, sources, held)
+        if reply.status == 304:  # unchanged: files, versions, downloads as last fetched
+            self.not_modified += 1
+            return await self._stats_only(aid, sources, not_modified=True)
         record = reply.data
         parts: list[dict[str, Any]] = []  # errors of the parts that failed
         files = None
@@ -151,12 +175,16 @@ class ItemFetcher:
         error = None
         if parts:  # the record is kept; the item still counts as failed
             error = {**parts[0], "message": "; ".join(p["message"] for p in parts)}
+        etag, modified = reply.headers.get("ETag"), reply.headers.get("Last-Modified")
         return Outcome(aid, DONE, body=reply.body, files=files, stats=stats,
                        fetched_at=stamp_now(),
                        published=published if isinstance(published, str) else None,
-                       payloads={"article_id": aid, **extra} if extra else None, error=error)
+                       payloads={"article_id": aid, **extra} if extra else None, error=error,
+                       validators=Validators(self._record_url(aid, account, as_owner), etag,
+                                             modified) if etag or modified else None)
 
-    async def _record(self, aid: int, sources: int) -> tuple[Reply, bool, dict[str, int]]:
+    async def _record(self, aid: int, sources: int, held: Validators | None = None
+                      ) -> tuple[Reply, bool, dict[str, int]]:
         """(the record's reply, read from /account/..., the impersonate parameter it took).
 
         Items of admin sources (api.admin_read: documented): a public one from the public
@@ -166,16 +194,16 @@ class ItemFetcher:
         own = bool(sources & self.account_mask)
         if own or not sources & self.admin_mask or self.cfg.api.admin_read == "account":
             account = own or bool(sources & self.admin_mask)
-            return await self._get_record(aid, account, {}), account, {}
+            return await self._get_record(aid, account, {}, held), account, {}
         try:
-            return await self._get_record(aid, False, {}), False, {}
+            return await self._get_record(aid, False, {}, held), False, {}
         except NotFound as exc:
             if not is_missing_entity(exc):
                 raise
         owner = await self._owner(aid)
         as_owner = {"impersonate": owner} if owner is not None else {}
         try:
-            return await self._get_record(aid, True, as_owner), True, as_owner
+            return await self._get_record(aid, True, as_owner, held), True, as_owner
         except NotFound as exc:
             if owner is not None or not is_missing_entity(exc):
                 raise
@@ -186,10 +214,24 @@ class ItemFetcher:
                 "it -> 404 (api.admin_read: account reads it where the service allows)",
                 url=exc.url, status=404, reason="private-unreadable") from None
 
-    async def _get_record(self, aid: int, account: bool, params: dict[str, int]) -> Reply:
+    def _record_url(self, aid: int, account: bool, params: dict[str, int]) -> str:
+        """The record's URL as asked for: what its validators belong to."""
         url = self.cfg.api.url + article_path(aid, account=account)
+        return f"{url}?{urlencode(params)}" if params else url
+
+    async def _get_record(self, aid: int, account: bool, params: dict[str, int],
+                          held: Validators | None = None) -> Reply:
+        """The record; a 304 Reply when `held` describes this URL and the record is unchanged.
+        If-None-Match when an ETag is held (exact), else If-Modified-Since (to the second)."""
+        url = self.cfg.api.url + article_path(aid, account=account)
+        ask: dict[str, str] = {}
+        if held is not None and held.url == self._record_url(aid, account, params):
+            ask = ({"If-None-Match": held.etag} if held.etag
+                   else {"If-Modified-Since": held.last_modified or ""})
         self.requests["record"] += 1
-        reply = await self.client.get(url, params=params or None)
+        reply = await self.client.get(url, params=params or None, headers=ask or None)
+        if reply.status == 304 and ask:
+            return reply
         record = reply.data
         if not isinstance(record, dict) or record.get("id") != aid:
             raise BadResponse(
@@ -321,6 +363,7 @@ class ItemFetcher:
         out: dict[str, Any] = {
             "items": self.items,
             "requests": dict(sorted(self.requests.items())),
+            "not_modified": self.not_modified,  # records that answered 304: stats only
             "requests_per_item": round(total / self.items, 3) if self.items else None,
         }
         if self.downloader is not None:

@@ -168,7 +168,8 @@ class Harvest:
             try:
                 async with self.client_factory(client_settings(self.cfg)) as client:
                     self._client = client
-                    self.fetcher = ItemFetcher(self.cfg, client)
+                    self.fetcher = ItemFetcher(self.cfg, client, catalog=self.catalog_path
+                                               if meta.get("kind") == "incremental" else None)
                     await self._enumerate(client, journal, meta)
                     self.schedule = await self._schedule(journal, meta.get("kind") == "full")
                     await self._fan_out(client, journal, started)
