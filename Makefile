@@ -29,6 +29,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run.py $(ARGS)
 	$(BIN)/python benchmarks/nights.py
+	$(BIN)/python benchmarks/hostile_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
