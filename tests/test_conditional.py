@@ -169,7 +169,7 @@ async def test_conditional_off_and_full_runs_fetch_every_record_whole(
     sim.log.clear()
     forced = await Harvest(cfg, full=True).run()
     assert forced.manifest["kind"] == "full"
-    assert {s for e in sim.log.entries if e.route == RECORD for s in [e.status]} == {200}
+    assert {e.status for e in sim.log.entries if e.route == RECORD} == {200}
     assert table_ids(forced.snapshot) == members
 
 
