@@ -67,6 +67,7 @@ def harvest(args: dict[str, Any]) -> dict[str, Any]:
     async def main() -> Any:
         return await Harvest(cfg, progress=TimedProgress()).run()
 
+    pa.set_memory_pool(pa.system_memory_pool())  # as harvester.cli.main does for every command
     t0 = time.perf_counter()
     result = asyncio.run(main())
     t1 = time.perf_counter()
