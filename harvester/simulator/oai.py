@@ -9,8 +9,7 @@ Choices where NOTES.md §11 is silent, and fidelity limits:
   are base64 JSON holding the query, the last record sent, the cursor and the expiry, so they
   survive restarts and stay valid until oai_token_ttl runs out (or oai_token_pages pages into
   a list). Their '+', '/' and '=' must be URL-encoded, like Figshare's.
-- oai_bulk_items gives that many records mid-list one datestamp (a bulk import); their REST
-  published_date keeps its own second.
+- oai_bulk_items: that many records mid-list share one datestamp (REST keeps their seconds).
 - ListSets is paged like the lists; set names for months are "<Month> <YYYY>" (a guess).
 - Withdrawn items simply vanish (deletedRecord "transient"); no <header status="deleted">.
 - earliestDatestamp is the corpus's earliest publish time, not Figshare's 2010-01-08T01:24:54Z.
