@@ -45,6 +45,7 @@ from harvester.figshare import (
     valid_id,
 )
 from harvester.journal import DONE, FAILED, FULL, GONE, STATS_ONLY, Journal, Outcome
+from harvester.journalrows import bodies
 from harvester.records import RowContext
 from harvester.render import series_rows
 from harvester.statsdepth import StatsFetcher
@@ -408,7 +409,7 @@ def is_missing_entity(exc: NotFound) -> bool:
 def _harvested_groups(journal: Journal) -> list[int]:
     """Group ids of the articles in the journal (runs on the journal thread)."""
     groups: set[int] = set()
-    for body in journal.bodies():
+    for body in bodies(journal.db):
         if body:
             g = orjson.loads(body).get("group_id")
             if isinstance(g, int) and not isinstance(g, bool) and g > 0:

@@ -28,7 +28,8 @@ T = TypeVar("T")
 
 COMMIT_EVERY = 200  # outcomes per journal transaction at most
 COMMIT_WITHIN = 0.05  # seconds an outcome may wait for others to share its transaction
-COMMIT_BYTES = 16 << 20  # record bytes per journal transaction at most (one big record alone)
+COMMIT_BYTES = 8 << 20  # record bytes per journal transaction at most (one big record alone)
+QUEUED_BYTES = 8 << 20  # record bytes waiting for the journal at most (one big record alone)
 
 
 class ItemState(IntEnum):
@@ -134,6 +135,31 @@ class Outcome:
     not_modified: bool = False  # the record answered 304: only its stats were fetched
 
 
+class Outcomes(asyncio.Queue["Outcome | None"]):
+    """The fan-out's outcomes on their way to the journal, bounded by count and by record
+    bytes: a worker waits while `max_bytes` are queued (a bigger record passes alone)."""
+
+    def __init__(self, maxsize: int, max_bytes: int = QUEUED_BYTES) -> None:
+        super().__init__(maxsize)
+        self.max_bytes, self.bytes = max_bytes, 0
+
+    def full(self) -> bool:
+        return self.bytes >= self.max_bytes or super().full()
+
+    def _put(self, item: Outcome | None) -> None:
+        self.bytes += _held(item)
+        super()._put(item)
+
+    def _get(self) -> Outcome | None:
+        item = super()._get()
+        self.bytes -= _held(item)
+        return item
+
+
+def _held(outcome: Outcome | None) -> int:
+    return 0 if outcome is None else len(outcome.body) + len(outcome.files or b"")
+
+
 class PendingItem(NamedTuple):
     """An id still to fetch, as the fan-out reads it (in spending order)."""
 
@@ -153,23 +179,6 @@ class Counts(dict[ItemState, int]):
     """Ids per state, and `incomplete`: records kept (DONE) while a part of them failed."""
 
     incomplete: int = 0
-
-
-class JournalRow(NamedTuple):
-    """One fetched record as stored: blobs still compressed (render unpacks them)."""
-
-    article_id: int
-    sources: int  # provenance bitmask
-    body: bytes  # pack()ed record; empty inside for a stats-only refresh
-    files: bytes | None  # pack()ed complete file list
-    stats: bytes | None  # JSON of the totals
-    fetched_at: str
-    payloads: bytes | None  # pack()ed JSON of Outcome.payloads
-
-    @property
-    def size(self) -> int:
-        """The record's bytes unpacked, as far as the blobs tell: what sizes a snapshot chunk."""
-        return sum(unpacked_size(blob) for blob in (self.body, self.files, self.payloads) if blob)
 
 
 class SourceRecord(NamedTuple):
@@ -409,7 +418,7 @@ class Journal:
         """The oldest fetched_at among the totals the snapshot holds."""
         row = self.db.execute(
             "SELECT min(r.fetched_at) FROM records r JOIN ids i USING(article_id) "
-            "WHERE r.stats IS NOT NULL AND i.state IN (?, ?, ?)", _KEPT).fetchone()
+            "WHERE r.stats IS NOT NULL AND i.state IN (?, ?, ?)", KEPT).fetchone()
         return row[0] if row else None
 
     async def store_from(self, results: asyncio.Queue[Outcome | None]) -> None:
@@ -436,7 +445,7 @@ class Journal:
                 ended = outcome is None
             if outcome is not None:
                 batch.append(outcome)
-                held += len(outcome.body) + len(outcome.files or b"")
+                held += _held(outcome)
                 due = due or loop.time() + COMMIT_WITHIN
             if batch and (ended or len(batch) >= COMMIT_EVERY or held >= COMMIT_BYTES
                           or loop.time() >= (due or 0)):
@@ -486,55 +495,7 @@ class Journal:
                                 [(FetchMode.STATS_ONLY, o.article_id) for o in outcomes
                                  if o.not_modified])
 
-    # -- snapshot --------------------------------------------------------------------------
-
-    def rows(self, after: int, limit: int) -> list[JournalRow]:
-        """Up to `limit` fetched records with ids above `after`, in id order, compressed
-        (with the stats-only rows that carry a deferred or failed item's last totals)."""
-        return [JournalRow(*row) for row in self.db.execute(
-            "SELECT r.article_id, i.sources, r.body, r.files, r.stats, r.fetched_at, r.extra "
-            "FROM records r JOIN ids i USING(article_id) "
-            "WHERE i.state IN (?, ?, ?) AND r.article_id>? ORDER BY r.article_id LIMIT ?",
-            (*_KEPT, after, limit),
-        )]
-
-    def chunks(self, max_records: int, max_bytes: int) -> Iterator[list[JournalRow]]:
-        """Every fetched record in id order, in chunks of at most `max_records` records and
-        about `max_bytes` stored bytes (one big record is a chunk of its own)."""
-        chunk: list[JournalRow] = []
-        size, after = 0, -1
-        while rows := self.rows(after, self._fitting(after, max_records, max_bytes)):
-            for row in rows:
-                chunk.append(row)
-                size += row.size
-                if len(chunk) >= max_records or size >= max_bytes:
-                    yield chunk
-                    chunk, size = [], 0
-            after = rows[-1].article_id
-        if chunk:
-            yield chunk
-
-    def _fitting(self, after: int, limit: int, max_bytes: int) -> int:
-        """How many of the next rows (at most `limit`, at least 1) hold about `max_bytes` of
-        stored blobs: 250 incompressible 10 MB records are not read at once. length() of a
-        blob reads no content."""
-        total = n = 0
-        for (stored,) in self.db.execute(
-                "SELECT length(r.body)+ifnull(length(r.files),0)+ifnull(length(r.extra),0) "
-                "FROM records r JOIN ids i USING(article_id) WHERE i.state IN (?, ?, ?) "
-                "AND r.article_id>? ORDER BY r.article_id LIMIT ?", (*_KEPT, after, limit)):
-            total, n = total + (stored or 0), n + 1
-            if total >= max_bytes:
-                break
-        return max(n, 1)
-
-    def bodies(self, batch: int = 500) -> Iterator[bytes]:
-        """Every fetched record's body as served, in id order (call on the journal thread)."""
-        after = -1
-        while rows := self.rows(after, batch):
-            for row in rows:
-                yield unpack(row.body)
-            after = rows[-1].article_id
+    # -- after the snapshot ----------------------------------------------------------------
 
     def update_catalog(self, catalog: Path, snapshot_id: str, full: bool) -> None:
         """After a publish: the catalog knows what this run fetched and forgets what is gone.
@@ -609,7 +570,7 @@ class Journal:
             yield SourceRecord(kind, key, orjson.loads(unpack(body)), fetched_at)
 
 
-_KEPT = (ItemState.DONE, ItemState.FAILED, ItemState.DEFERRED)  # states whose rows are written
+KEPT = (ItemState.DONE, ItemState.FAILED, ItemState.DEFERRED)  # their records are written
 
 
 class _Attached:

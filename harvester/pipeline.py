@@ -26,7 +26,8 @@ from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy, ori
 from harvester.config import INCREMENTAL_KINDS, Config, public_view
 from harvester.errors import HarvesterError, OutputError
 from harvester.fetch import ItemFetcher, stamp, utc_now
-from harvester.journal import DONE, FAILED, FULL, GONE, PENDING, Counts, Journal, Outcome
+from harvester.journal import DONE, FAILED, FULL, GONE, PENDING, Counts, Journal, Outcome, Outcomes
+from harvester.journalrows import chunks
 from harvester.partition import Limits
 from harvester.records import RowContext, side_rows
 from harvester.render import CHUNK_BYTES, CHUNK_RECORDS, RenderSpec, parse_stamp, render
@@ -354,8 +355,7 @@ class Harvest:
             return
         workers = self.cfg.http.concurrency
         todo: asyncio.Queue[tuple[int, int, int] | None] = asyncio.Queue(maxsize=workers * 2)
-        # small on purpose: what a kill can lose is what sits here uncommitted
-        results: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=workers * 2)
+        results = Outcomes(workers * 2)  # small: a kill loses what sits here uncommitted
         committer = asyncio.create_task(journal.store_from(results))
         try:
             async with asyncio.TaskGroup() as tg:
@@ -558,7 +558,7 @@ class Harvest:
         writer.open()
         try:
             # records in id order, a chunk of bounded size at a time
-            for rows in journal.chunks(CHUNK_RECORDS, CHUNK_BYTES):
+            for rows in chunks(journal.db, CHUNK_RECORDS, CHUNK_BYTES):
                 self._check_stop()
                 chunk = render(spec, rows)
                 writer.add_rendered(chunk)

@@ -55,7 +55,7 @@ _ROW_TYPES = {table: pa.struct(list(schema)) for table, schema in SCHEMAS.items(
 # many small buffers do not pin memory while their row group fills.
 PENDING_PIECES = 8
 PENDING_COPY = 4 << 20  # bytes
-GROUP_BYTES = 32 << 20  # rows this large make a row group of their own, however few
+GROUP_BYTES = 16 << 20  # rows this large make a row group of their own, however few
 FILE_ROW_GROUPS = 20  # row groups in one part file of a table (TABLE/part-NNNNN.parquet)
 
 

@@ -16,7 +16,8 @@ import yaml
 from aiohttp import web
 
 from harvester import render
-from harvester.journal import DONE, Journal, JournalRow, Outcome, pack, unpack
+from harvester.journal import DONE, Journal, Outcome, pack, unpack
+from harvester.journalrows import JournalRow, chunks
 from harvester.pipeline import Harvest
 from harvester.render import RenderSpec
 from harvester.schema import SCHEMAS
@@ -77,7 +78,7 @@ def journal_chunks(tmp_path: Path, n: int, size: int) -> list[list[JournalRow]]:
     """Journal rows of n synthetic records, as the journal hands them to render."""
     journal = journal_of(tmp_path, synthetic(n))
     try:
-        return journal.run(lambda: list(journal.chunks(size, 1 << 30)))
+        return journal.run(lambda: list(chunks(journal.db, size, 1 << 30)))
     finally:
         journal.close()
 
@@ -85,9 +86,9 @@ def journal_chunks(tmp_path: Path, n: int, size: int) -> list[list[JournalRow]]:
 def test_chunks_end_at_a_record_count_or_a_byte_size(tmp_path: Path) -> None:
     journal = journal_of(tmp_path, synthetic(30, pad=100_000))
     try:
-        by_count = journal.run(lambda: [len(c) for c in journal.chunks(7, 1 << 30)])
-        by_bytes = journal.run(lambda: [len(c) for c in journal.chunks(1_000, 1)])
-        one_mb = journal.run(lambda: [sum(r.size for r in c) for c in journal.chunks(1_000,
+        by_count = journal.run(lambda: [len(c) for c in chunks(journal.db, 7, 1 << 30)])
+        by_bytes = journal.run(lambda: [len(c) for c in chunks(journal.db, 1_000, 1)])
+        one_mb = journal.run(lambda: [sum(r.size for r in c) for c in chunks(journal.db, 1_000,
                                                                                    1 << 20)])
     finally:
         journal.close()
@@ -125,12 +126,12 @@ def test_journal_blobs_round_trip_smaller(data: bytes) -> None:
 
 def test_a_journal_of_zlib_blobs_still_renders(tmp_path: Path) -> None:
     """Journals written before the LZ4 blobs (an interrupted run, resumed after an upgrade)."""
-    chunks = journal_chunks(tmp_path, 30, 10)
+    chunked = journal_chunks(tmp_path, 30, 10)
     legacy = [[row._replace(body=zlib.compress(unpack(row.body), 1)) for row in chunk]
-              for chunk in chunks]
+              for chunk in chunked]
     assert legacy[0][0].body[:1] == b"\x78"
     assert flat([render.render(SPEC, c) for c in legacy]) == \
-        flat([render.render(SPEC, c) for c in chunks])
+        flat([render.render(SPEC, c) for c in chunked])
 
 
 def test_a_corrupt_journal_blob_fails_loudly() -> None:
