@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             else [(LATENCY_MS, 1_000), (20, 250), (100, 60)], c),
         # (requests, per, span, latency ms, concurrency); the last: slow answers, many in flight
         "politeness": lambda: politeness(
-            [(20, 1.0, 3, 20, 4), (1, 1.0, 3, 20, 4), (20, 1.0, 3, 300, 8)] if q
+            [(20, 1.0, 2, 20, 4), (1, 1.0, 2, 20, 4), (20, 1.0, 2, 300, 8)] if q
             else [(20, 1.0, 60, 20, 4), (1, 1.0, 30, 20, 4), (20, 1.0, 60, 300, 8)]),
         "memory": lambda: memory(
             [1_000, 3_000] if q else [10_000, 100_000, *([1_000_000] if args.big else [])], c),
