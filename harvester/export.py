@@ -35,11 +35,14 @@ TABLES: dict[str, tuple[str, str]] = {
 STATS = "stats"
 _DROP = {"snapshot_id", "raw"}  # one value for the whole file; the record's JSON is in NDJSON
 # Columns the workbook leaves to the CSV files (docs/REPORT.md says why): long text that a
-# cell cuts at 32,767 characters, the harvester's bookkeeping, and what a child row repeats
-# from its item's row. An author's position is the byline's order, so it stays.
+# cell cuts at 32,767 characters, the harvester's bookkeeping, machine fields no one reads in a
+# cell (checksums, taxonomy ids), and what a child row repeats from its item's row. An author's
+# position is the byline's order, so it stays.
 _CSV_ONLY: dict[str, set[str]] = {
     "items": {"description", "citation", "content_hash", "fetched_at"},
     "authors": {"version"},
+    "files": {"version", "position", "supplied_md5", "computed_md5"},
+    "categories": {"version", "position", "source_id", "taxonomy_id"},
     "*": {"version", "position"},
 }
 EXCEL_ROWS = 1_048_576  # rows per sheet, the header's included
