@@ -152,7 +152,8 @@ async def test_gone_and_failed_ids_land_in_errors(sim: Simulator, tmp_path: Path
 
     sim.update(fault_rate=1.0, fault_kinds=("503",))
     cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ok}], name="failing",
-                       http={"retry": {"attempts": 2, "backoff_base": 0.01, "backoff_max": 0.01}})
+                       http={"rate": {"requests": 10_000, "per": 1},
+                             "retry": {"attempts": 2, "backoff_base": 0.01, "backoff_max": 0.01}})
     # nothing fetched: the publish guard holds it back; --accept-drop publishes the failures
     with pytest.raises(PublishGuarded, match="fetched 0 records of the 3 ids"):
         await Harvest(cfg).run()
