@@ -68,8 +68,8 @@ _last_stamp: tuple[int, str] = (-1, "")
 
 
 def stamp_now() -> str:
-    """stamp(utc_now()), formatted once a second: every outcome carries one (strftime of a
-    datetime is 2 us, a fiftieth of an unthrottled request's event-loop time)."""
+    """stamp(utc_now()), formatted at most once a second: every outcome carries one, so the
+    formatting stays off the per-request path."""
     global _last_stamp
     second = int(time.time())
     if second != _last_stamp[0]:
