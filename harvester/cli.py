@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _system_allocator() -> None:
     """Snapshots are rendered in this process: Arrow's system allocator hands freed buffers back
-    to the OS, where its default pool kept ~60 MB more at 100,000 items (benchmarks/README.md)."""
+    to the OS, where its default pool keeps them (benchmarks/README.md has the figures)."""
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())
