@@ -10,7 +10,6 @@ catalog, where later runs start from it.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import functools
 import itertools
 import logging
@@ -24,7 +23,7 @@ from harvester.catalog import Catalog
 from harvester.client import Client, RetryPolicy
 from harvester.config import Config
 from harvester.errors import Blocked, RequestError, Unreachable
-from harvester.fetch import is_missing_entity
+from harvester.fetch import is_missing_entity, stamp_now
 from harvester.figshare import WINDOW, ListQuery, article_path, files_path, list_query
 from harvester.partition import DAY, Limits, iso_second, parse_stamp
 from harvester.pipeline import client_settings
@@ -553,8 +552,7 @@ async def run_doctor(cfg: Config, *, quick: bool = False,
     if report.learned:
         catalog = Catalog(cfg.state_path() / "catalog.sqlite")
         try:
-            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            catalog.set_windows(report.learned, now)
+            catalog.set_windows(report.learned, stamp_now())
         finally:
             catalog.close()
     return report
