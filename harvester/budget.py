@@ -20,14 +20,19 @@ from typing import Any
 import orjson
 
 from harvester.client import RateLimit
-from harvester.config import INCREMENTAL_KINDS, Config, Incremental, Source, public_view
+from harvester.config import (
+    INCREMENTAL_KINDS,
+    Config,
+    Incremental,
+    Source,
+    parse_duration,
+    public_view,
+)
 from harvester.periods import breakdown_windows, parse_date
 
 MARGIN = 0.03  # of a time budget, kept for writing and publishing the snapshot
 WRITE_RATE = 1_000  # records a second the writing is planned at (on top of MARGIN): low, so
 #                     a night whose snapshot holds many records starts writing in time
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
-_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _CLOCK = re.compile(r"^(\d{1,2}):(\d{2})\s*(.*)$")
 STAMP = "%Y-%m-%dT%H:%M:%SZ"  # the UTC times the journal and catalog keep
 
@@ -52,18 +57,6 @@ class Budget:
         if self.seconds is None:
             return None
         return max(0.0, self.seconds * (1 - MARGIN) - records / WRITE_RATE)
-
-
-def parse_duration(text: str) -> float:
-    """'8h', '90m', '1h30m', '45s', '1.5h' -> seconds (ValueError naming what is wrong)."""
-    compact = text.strip().lower().replace(" ", "")
-    parts = _DURATION.findall(compact)
-    if not compact or "".join(n + u for n, u in parts) != compact:
-        raise ValueError(f"{text!r} is not a duration such as 8h, 90m or 1h30m")
-    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds <= 0:
-        raise ValueError(f"{text!r} is not a duration longer than 0")
-    return seconds
 
 
 def parse_until(text: str, now: dt.datetime | None = None) -> float:

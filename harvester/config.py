@@ -103,9 +103,23 @@ def _day(value: str) -> str:
     return check_date(value, day_only=True)
 
 
-def _duration(value: str) -> str:
-    from harvester.budget import parse_duration
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
+
+def parse_duration(text: str) -> float:
+    """'8h', '90m', '1h30m', '45s', '1.5h' -> seconds (ValueError naming what is wrong)."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _DURATION.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise ValueError(f"{text!r} is not a duration such as 8h, 90m or 1h30m")
+    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} is not a duration longer than 0")
+    return seconds
+
+
+def _duration(value: str) -> str:
     parse_duration(value)
     return value
 

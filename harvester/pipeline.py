@@ -23,7 +23,7 @@ from harvester import __version__
 from harvester import budget as bud
 from harvester.catalog import Catalog, RunLock, last_complete_full
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy, origin_of
-from harvester.config import INCREMENTAL_KINDS, Config, public_view
+from harvester.config import INCREMENTAL_KINDS, Config, parse_duration, public_view
 from harvester.errors import HarvesterError, OutputError
 from harvester.fetch import ItemFetcher, stamp, utc_now
 from harvester.journal import DONE, FAILED, FULL, GONE, PENDING, Counts, Journal, Outcome, Outcomes
@@ -147,7 +147,7 @@ class Harvest:
         self.limits = Limits(page_size=cfg.http.page_size)  # shared by the run's sources
         inc = cfg.incremental
         if budget is None and inc is not None and inc.budget:
-            budget = bud.Budget(seconds=bud.parse_duration(inc.budget), said=inc.budget)
+            budget = bud.Budget(seconds=parse_duration(inc.budget), said=inc.budget)
         self.budget = budget
         self.costs = bud.Costs.of(cfg)
         self.spend = bud.Spend(None, None, lambda: 0)

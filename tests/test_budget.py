@@ -23,12 +23,12 @@ from harvester.budget import (
     Spend,
     Workload,
     budget_of,
-    parse_duration,
     parse_until,
     schedule,
     settle_age,
 )
 from harvester.client import RateLimit
+from harvester.config import parse_duration
 from harvester.pipeline import Harvest
 from harvester.simulator import Simulator
 from harvester.simulator.settings import SimSettings
