@@ -121,6 +121,16 @@ def _public_article_id(request: web.Request) -> int:
     return article_id
 
 
+def _public_version(request: web.Request) -> tuple[int, int]:
+    """(article id, version) of a version route; 404 unless that version exists."""
+    _, corpus = sim_of(request)
+    article_id = _public_article_id(request)
+    version = path_int(request, "version_id")
+    if not 1 <= version <= corpus.versions_of(article_id):
+        raise not_found("ArticleVersion")
+    return article_id, version
+
+
 @route
 async def article_detail(request: web.Request) -> web.StreamResponse:
     settings, corpus = sim_of(request)
@@ -165,10 +175,7 @@ async def article_versions(request: web.Request) -> web.StreamResponse:
 @route
 async def article_version(request: web.Request) -> web.StreamResponse:
     settings, corpus = sim_of(request)
-    article_id = _public_article_id(request)
-    version = path_int(request, "version_id")
-    if not 1 <= version <= corpus.versions_of(article_id):
-        raise not_found("ArticleVersion")
+    article_id, version = _public_version(request)
     record = corpus.article(article_id, version, settings.full_record_files_cap)
     return single(request, record, record["modified_date"])
 
@@ -176,10 +183,7 @@ async def article_version(request: web.Request) -> web.StreamResponse:
 @route
 async def article_version_files(request: web.Request) -> web.StreamResponse:
     _, corpus = sim_of(request)
-    article_id = _public_article_id(request)
-    version = path_int(request, "version_id")
-    if not 1 <= version <= corpus.versions_of(article_id):
-        raise not_found("ArticleVersion")
+    article_id, version = _public_version(request)
     by_id = {f["id"]: f for f in corpus.files(article_id, version)}
     return listing(request, dict(request.query), "version_files",
                     lambda: (("version_files", article_id, version), lambda: list(by_id)),
