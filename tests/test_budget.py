@@ -130,6 +130,7 @@ async def test_six_budgeted_nights_stay_in_budget_and_refresh_the_stalest(
         db = str(tmp_path / "w.duckdb")
         warehouse.load(cfg.output.dir, cfg.name, db)
         refreshed_at = dict.fromkeys(ids, 0)  # the night each item's totals were fetched
+        oldest_seen = 0
         bound = math.ceil(ITEMS * 3 / NIGHT)
         rng = random.Random(23)
         for night in range(1, 7):
@@ -153,6 +154,7 @@ async def test_six_budgeted_nights_stay_in_budget_and_refresh_the_stalest(
                 refreshed_at[aid] = night
             oldest = max(night - n for n in refreshed_at.values())
             assert oldest <= bound, (night, oldest)
+            oldest_seen = max(oldest_seen, oldest)
             assert m["budget"]["refreshed"]["records"] >= len(changed)
             stats = pq.read_table(snap / "stats").to_pylist()
             assert {r["article_id"] for r in stats} == set(ids)  # complete, carried or fresh
@@ -162,7 +164,9 @@ async def test_six_budgeted_nights_stay_in_budget_and_refresh_the_stalest(
             after = dict(_current(db))
             for key, total in before.items():
                 assert after.get(key) is not None and (total == 0 or after[key] != 0), key
-        assert oldest == bound  # the stalest reached the bound, and not past it
+        # the stalest reached the bound, and never passed it (which night reaches it depends on
+        # where the rotation stands when a night's budget runs out, which concurrency can shift)
+        assert oldest_seen == bound
 
 
 def _current(db: str) -> list[tuple[tuple[int, str], int]]:
