@@ -27,17 +27,9 @@ DEFAULT_API_URL = "https://api.figshare.com/v2"
 DEFAULT_STATS_URL = "https://stats.figshare.com"
 DEFAULT_DOWNLOAD_URL = "https://ndownloader.figshare.com"
 COUNTERS = ("views", "downloads", "shares")
-STATS_ITEMS = ("article", "author", "collection", "group", "project")
-GRANULARITIES = ("day", "month", "year", "total")
-STATS_METHODS = ("auto", "per-item", "tops")
-STATS_REFRESH = ("all", "recent", "none")
-VERSION_MODES = ("latest", "all")
 DOCTOR_MODES = ("off", "quick")
-ADMIN_READS = ("documented", "account")
 FORMATS = ("ndjson", "parquet")
 S3_SCHEME = "s3://"
-ORDERS = ("published_date", "created_date", "modified_date", "views", "shares", "downloads",
-          "cites")
 
 
 # ---------------------------------------------------------------- checks of one string each
@@ -166,18 +158,20 @@ class Api:
     admin_read: str = opt("documented", "institution_articles/reviews records: documented (public "
                           "ones from /articles/{id}, private ones as their owner via "
                           "impersonate) or account (GET /account/articles/{id} for all, where "
-                          "the service allows it)", choices=ADMIN_READS)
+                          "the service allows it)", choices=("documented", "account"))
 
 
 @dataclass(frozen=True)
 class Series:
     """stats.timeline or stats.breakdown: granularity, date range, which items and counters."""
 
-    granularity: str = opt(doc="one number per period", choices=GRANULARITIES)
+    granularity: str = opt(doc="one number per period",
+                           choices=("day", "month", "year", "total"))
     start: str = opt(doc="the first day", check=_day, allowed="YYYY-MM-DD")
     end: str | None = opt(None, "the last day; unset: the day the run starts (UTC)", check=_day,
                           allowed="YYYY-MM-DD, not before start")
-    items: tuple[str, ...] = opt(("article",), "whose series", choices=STATS_ITEMS, nonempty=True)
+    items: tuple[str, ...] = opt(("article",), "whose series", nonempty=True, choices=(
+        "article", "author", "collection", "group", "project"))
     counters: tuple[str, ...] = opt(COUNTERS, "which counters", choices=COUNTERS)
 
     def __post_init__(self) -> None:
@@ -205,7 +199,7 @@ class Stats:
     password: Secret | None = opt(None, "HTTP Basic password, with user")
     method: str = opt("auto", "tops: one ranking per counter (institution scope); auto: tops "
                       "for institution-wide sources with user/password, else per-item",
-                      choices=STATS_METHODS)
+                      choices=("auto", "per-item", "tops"))
     top_count: int = opt(10_000, "`count` asked of /top; a full ranking falls back to per-item",
                          min=1, max=1_000_000)
     top_verify: int = opt(3, "unranked items whose per-item total must be 0 before a ranking "
@@ -237,11 +231,10 @@ class Stats:
                               "stats.timeline.items nor stats.breakdown.items")
 
 
-def _extensions(ctx: Reader, value: Any, key: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(e, str) and e.strip(". ")
-                                              for e in value):
-        raise ctx.fail(key, "expected a list of extensions such as [csv, zip]")
-    return tuple(dict.fromkeys(e.strip(". ").lower() for e in value))
+def _extension(value: str) -> str:
+    if not value.strip(". "):
+        raise ValueError("expected a list of extensions such as [csv, zip]")
+    return value.strip(". ").lower()
 
 
 def _doctor(ctx: Reader, value: Any, key: str) -> str:
@@ -262,7 +255,7 @@ class Files:
     url: str = opt(DEFAULT_DOWNLOAD_URL, "the download host; FIGSHARE_DOWNLOAD_URL overrides it",
                    check=check_url, allowed="http(s) URL")
     extensions: tuple[str, ...] = opt((), "only these (no dot, any case); []: every file",
-                                      read=_extensions)
+                                      check=_extension)
     max_size: int | None = opt(None, "bytes; larger files are recorded, not fetched", min=1)
     max_total_bytes: int | None = opt(None, "bytes one run may download; the rest skipped", min=1)
     link_only: bool = opt(False, "fetch files hosted elsewhere (no md5 to check) too")
@@ -297,11 +290,8 @@ class Guard:
 
 @dataclass(frozen=True)
 class Warehouse:
-    duckdb: str = opt(doc="the DuckDB file every published snapshot is loaded into")
-
-    def __post_init__(self) -> None:
-        if not self.duckdb:
-            raise Invalid("duckdb", "give the DuckDB file to load snapshots into")
+    duckdb: str = opt(doc="the DuckDB file every published snapshot is loaded into",
+                      nonempty=True)
 
 
 @dataclass(frozen=True)
@@ -309,7 +299,8 @@ class Incremental:
     """Nightly runs fetch only what changed since the last good run; stats for known items."""
 
     overlap_hours: float = opt(24.0, "ask again this far before the last good run's start", min=0)
-    stats: str = opt("all", "refresh totals of unchanged known items", choices=STATS_REFRESH)
+    stats: str = opt("all", "refresh totals of unchanged known items",
+                     choices=("all", "recent", "none"))
     recent_days: int = opt(90, "with stats: recent, items published within this many days",
                            min=1)
     full_every_days: float = opt(7.0, "a full run (which sees deletions) at least this often",
@@ -336,7 +327,8 @@ class Source:
 _FILTERS: dict[str, Any] = {  # accepted by GET /articles and POST /articles/search (NOTES 4.1)
     "institution": "int", "group": "int", "item_type": "int", "published_since": "date",
     "modified_since": "date", "doi": "str", "handle": "str", "resource_doi": "str",
-    "order": ORDERS, "order_direction": ("asc", "desc")}
+    "order": ("published_date", "created_date", "modified_date", "views", "shares", "downloads",
+              "cites"), "order_direction": ("asc", "desc")}
 SOURCE_KINDS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     # kind: (parameters and their types, required parameters)
     "search": ({"search_for": "str", "project_id": "int", **_FILTERS}, ()),
@@ -483,7 +475,7 @@ class Config:
     warehouse: Warehouse | None = opt(None, "present: load each published snapshot into DuckDB")
     files: Files = opt(Files, "file downloads")
     versions: str = opt("latest", "all: every version's full record too (article_versions)",
-                        choices=VERSION_MODES)
+                        choices=("latest", "all"))
     guard: Guard = opt(Guard, "the publish guard")
     doctor: str = opt("off", "quick: each run starts with `harvester doctor`'s cheap checks",
                       choices=DOCTOR_MODES, read=_doctor)

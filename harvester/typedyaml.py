@@ -164,6 +164,8 @@ class Reader:
         if tp is str:
             if isinstance(value, bool) or not isinstance(value, str | int | float):
                 raise self.fail(key, f"expected a string, got {_kind(value)}")
+            if rules.get("nonempty") and not str(value).strip():
+                raise self.fail(key, "must not be empty")
             if "choices" in rules and str(value) not in rules["choices"]:
                 raise self.fail(key, f"{value!r} is not one of {list(rules['choices'])}")
             try:
