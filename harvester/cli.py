@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return USAGE
     started = time.time()
     _REPORT.clear()
-    code = _dispatch(args)
+    code = _dispatch(_COMMANDS[args.command], args)
     if report:
         _write_report(Path(report), args, code, started)
     return code
@@ -184,31 +184,23 @@ def _system_allocator() -> None:
     pa.set_memory_pool(pa.system_memory_pool())
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+# a failure's exit code and how it is said; the first class that matches wins
+_FAILURES: tuple[tuple[type[HarvesterError], int, str], ...] = (
+    (ConfigError, USAGE, "{}"),
+    (LockedError, LOCKED, "{}"),
+    (Abort, ABORTED, "aborted: {} (what was fetched is kept; the next run resumes)"),
+    (HarvesterError, ABORTED, "{}"),
+)
+
+
+def _dispatch(command: Any, args: argparse.Namespace) -> int:
     try:
-        if args.command == "validate":
-            cfg = config.load(args.config)
-            print(f"{args.config}: ok ({len(cfg.sources)} sources, harvest {cfg.name!r})")
-            return OK
-        if args.command == "simulate":
-            return _simulate(args)
-        if args.command == "load":
-            return _cmd_load(args)
-        if args.command in ("report", "export"):
-            return _cmd_report(args)
-        return _run_async(_COMMANDS[args.command](args))
-    except ConfigError as exc:
-        _fail(exc)
-        return USAGE
-    except LockedError as exc:
-        _fail(exc)
-        return LOCKED
-    except Abort as exc:
-        _fail(exc, "aborted: {} (what was fetched is kept; the next run resumes)")
-        return ABORTED
+        code = command(args)
+        return _run_async(code) if asyncio.iscoroutine(code) else int(code)
     except HarvesterError as exc:
-        _fail(exc)
-        return ABORTED
+        code, template = next((c, t) for cls, c, t in _FAILURES if isinstance(exc, cls))
+        _fail(exc, template)
+        return int(code)
     except KeyboardInterrupt:
         log.error("interrupted; run the same command again to resume")
         return INTERRUPTED
@@ -244,44 +236,29 @@ def _report_view(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_file_path(path: Path, flag: str) -> None:
-    """Before the command: --report or --duckdb names a file in a folder we can write (made if
-    missing), so a typo costs nothing rather than the report of a whole night's run."""
+    """--report or --duckdb names a file in a folder we can write (made if missing)."""
     if path.is_dir():
         raise ConfigError(f"{flag} {path}: is a directory, not a file")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ConfigError(f"{flag} {path}: a file stands where its folder would be") from None
-    except OSError as exc:
-        raise ConfigError(f"{flag} {path}: cannot create its folder: "
-                          f"{exc.strerror or exc}") from None
-    if not _writable(path.parent):  # a test write: root passes os.access even in /proc
-        raise ConfigError(f"{flag} {path}: its folder is not writable")
+    _check_folder(path.parent, f"{flag} {path}", "a file stands where its folder would be",
+                  "its folder is not writable")
 
 
 def _check_output_dir(cfg: config.Config, flag: str | None) -> None:
-    """Before the run: a local output folder is one we can make and write in (exit 2 naming
-    --output or output.dir), not a failure after the first requests."""
-    if cfg.output.dir.startswith(config.S3_SCHEME):
-        return
-    name = f"--output {flag}" if flag else f"{cfg.path}: output.dir {cfg.output.dir}"
-    folder = Path(cfg.output.dir)
+    if not cfg.output.dir.startswith(config.S3_SCHEME):
+        name = f"--output {flag}" if flag else f"{cfg.path}: output.dir {cfg.output.dir}"
+        _check_folder(Path(cfg.output.dir), name, "is a file, not a folder", "cannot write there")
+
+
+def _check_folder(folder: Path, name: str, is_file: str, unwritable: str) -> None:
+    """Before the command, so that a typo costs nothing rather than a whole night's run."""
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{name}: is a file, not a folder")
+        raise ConfigError(f"{name}: {is_file}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # a test write: root passes os.access in /proc
+            pass
     except OSError as exc:
-        raise ConfigError(f"{name}: cannot write there: {exc.strerror or exc}") from None
-    if not _writable(folder):
-        raise ConfigError(f"{name}: cannot write there")
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
+        raise ConfigError(f"{name}: {unwritable}: {exc.strerror or exc}") from None
 
 
 def _write_report(path: Path, args: argparse.Namespace, code: int, started: float) -> None:
@@ -563,4 +540,12 @@ async def _cmd_plan(args: argparse.Namespace) -> int:
     return PARTIAL if await plan(cfg, _budget(args, cfg)) else OK
 
 
-_COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "demo": _cmd_demo, "doctor": _cmd_doctor}
+def _cmd_validate(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    print(f"{args.config}: ok ({len(cfg.sources)} sources, harvest {cfg.name!r})")
+    return OK
+
+
+_COMMANDS = {"run": _cmd_run, "plan": _cmd_plan, "demo": _cmd_demo, "doctor": _cmd_doctor,
+             "validate": _cmd_validate, "simulate": _simulate, "load": _cmd_load,
+             "report": _cmd_report, "export": _cmd_report}

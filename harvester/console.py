@@ -39,18 +39,11 @@ class _JsonFormatter(logging.Formatter):
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stderr is when it emits, not the one it was created with."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
+    """Writes to whatever sys.stderr is when it emits, on a line of its own."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        end_status_line()  # a log line starts on a clean line, not inside the status line
+        end_status_line()
+        self.stream = sys.stderr
         super().emit(record)
 
 
