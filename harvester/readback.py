@@ -1,8 +1,7 @@
-"""A published snapshot, or a warehouse file, opened as DuckDB views named after the tables.
+"""A snapshot, or a warehouse's current rows, as DuckDB views named after the tables.
 
-The report and the export query `articles`, `authors`, ..., `stats` without knowing where the rows
-live: a snapshot's Parquet part files, or a warehouse's `*_current` tables (withdrawn rows left
-out), which also give `stats_history`. `prev_*` views hold the previous snapshot, when there is one.
+The report and the export query `articles`, `stats`, ... wherever the rows live; `prev_*` views
+hold the previous snapshot, and a warehouse adds `stats_history` and `changes`.
 """
 
 from __future__ import annotations
@@ -16,11 +15,18 @@ import pyarrow as pa
 
 from harvester.errors import ConfigError, HarvesterError
 from harvester.schema import SCHEMAS
-from harvester.store import PREFIX, is_remote, list_snapshots, read_manifest, table_files
+from harvester.store import (
+    PREFIX,
+    is_remote,
+    latest_snapshot,
+    list_snapshots,
+    read_manifest,
+    table_files,
+    why,
+)
+from harvester.warehouse import KEYS, read_parquet
 
 WAREHOUSE = "warehouse:"
-# The tables the previous snapshot is opened for: enough for the headline's changes.
-_PREVIOUS = ("articles", "authors", "files", "stats")
 
 
 @dataclass
@@ -72,25 +78,19 @@ def open_target(target: str, snapshot: str | None = None) -> Opened:
 def _choose(base: Path, snapshot: str | None) -> Path:
     try:
         snapshots = list_snapshots(base.parent, base.name)
+        latest = latest_snapshot(base.parent, base.name)
     except HarvesterError as exc:
         raise ConfigError(str(exc)) from None
-    if not snapshots:
+    if latest is None:
         raise ConfigError(f"{base}: no published snapshot here (a harvest folder holds "
                           "snapshot=<id>/ folders with a manifest.json)")
-    if snapshot:
-        wanted = snapshot if snapshot.startswith(PREFIX) else PREFIX + snapshot
-        for s in snapshots:
-            if s.name == wanted:
-                return s
-        raise ConfigError(f"{base}: no published snapshot {wanted!r} "
-                          f"(newest: {snapshots[-1].name})")
-    latest = base / "LATEST"
-    try:
-        pointed = latest.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        pointed = ""
-    named = [s for s in snapshots if s.name == pointed]
-    return named[0] if named else snapshots[-1]
+    if not snapshot:
+        return latest
+    wanted = snapshot if snapshot.startswith(PREFIX) else PREFIX + snapshot
+    for s in snapshots:
+        if s.name == wanted:
+            return s
+    raise ConfigError(f"{base}: no published snapshot {wanted!r} (newest: {snapshots[-1].name})")
 
 
 def _manifest(snap: Path) -> dict[str, Any]:
@@ -100,30 +100,21 @@ def _manifest(snap: Path) -> dict[str, Any]:
         raise ConfigError(str(exc)) from None
 
 
-def _sql_list(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
-
-
 def _views(con: duckdb.DuckDBPyConnection, snap: Path, manifest: dict[str, Any],
            prefix: str = "") -> None:
     files = manifest.get("files") or {}
     for table, schema in SCHEMAS.items():
         parts = [snap / f for f in table_files(files, table) if (snap / f).is_file()]
-        name = prefix + table
         if parts:
-            # no hive column: the snapshot=<id> folder would add a `snapshot` copy of snapshot_id
-            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM '
-                        f'read_parquet({_sql_list(parts)}, hive_partitioning = false)')
+            con.execute(f'CREATE VIEW "{prefix}{table}" AS SELECT * FROM {read_parquet(parts)}')
         else:  # an older snapshot without the table: empty, with every column and its type
-            _empty_view(con, name, schema)
+            _empty_view(con, prefix + table, schema)
 
 
 def _empty_view(con: duckdb.DuckDBPyConnection, name: str, schema: pa.Schema) -> None:
     """A view with every column and type and no row: a table, not a registered Arrow object,
     so that a cursor (the export's CSV thread) sees it too."""
-    con.register("_empty_arrow", pa.Table.from_batches([], schema=schema))
-    con.execute(f'CREATE TABLE "_{name}_empty" AS SELECT * FROM _empty_arrow')
-    con.unregister("_empty_arrow")
+    con.from_arrow(schema.empty_table()).create(f"_{name}_empty")
     con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_{name}_empty"')
 
 
@@ -151,7 +142,10 @@ def _open_snapshot(base: Path, snap: Path) -> Opened:
                     break
     except duckdb.Error as exc:
         con.close()
-        raise ConfigError(f"{snap}: cannot read its tables: {_first_line(exc)}") from None
+        raise ConfigError(f"{snap}: cannot read its tables: {why(exc)}") from None
+    except ConfigError:
+        con.close()
+        raise
     return Opened(con, label=str(manifest.get("name") or base.name),
                   snapshot_id=snap.name[len(PREFIX):], previous_id=previous,
                   manifest=manifest, source=str(snap))
@@ -168,12 +162,11 @@ def _open_warehouse(path: Path) -> Opened:
         if "loaded_snapshots" not in have:
             raise ConfigError(f"{path}: not a harvester warehouse (no loaded_snapshots table)")
         for table, schema in SCHEMAS.items():
-            cols = ", ".join(f'"{c}"' for c in schema.names)
             if f"{table}_current" not in have:
                 _empty_view(con, table, schema)
                 continue
-            live = " WHERE NOT withdrawn" if "article_id" in schema.names and table not in (
-                "collection_articles", "project_articles") else ""
+            cols = ", ".join(f'"{c}"' for c in schema.names)
+            live = " WHERE NOT withdrawn" if KEYS[table] == ("article_id",) else ""
             con.execute(f'CREATE VIEW "{table}" AS SELECT {cols} FROM w."{table}_current"{live}')
         con.execute("CREATE VIEW stats_history AS SELECT * FROM w.stats_history")
         con.execute("CREATE VIEW changes AS SELECT * FROM w.changes")
@@ -181,7 +174,7 @@ def _open_warehouse(path: Path) -> Opened:
                              "ORDER BY snapshot_id DESC LIMIT 2").fetchall()
     except duckdb.Error as exc:
         con.close()
-        raise ConfigError(f"{path}: cannot read the warehouse: {_first_line(exc)}") from None
+        raise ConfigError(f"{path}: cannot read the warehouse: {why(exc)}") from None
     except ConfigError:
         con.close()
         raise
@@ -193,19 +186,19 @@ def _open_warehouse(path: Path) -> Opened:
                   history=True, source=str(path))
 
 
+def one_scope(table: str) -> str:
+    """SQL: the one scope to count, "public" when the table has it (an institution's totals
+    would count the same events again)."""
+    return (f"scope = (SELECT CASE WHEN bool_or(scope = 'public') THEN 'public' "
+            f"ELSE min(scope) END FROM {table})")
+
+
 def stats_wide(table: str = "stats") -> str:
-    """SQL: one row per article with its views, downloads and shares, from one scope: "public"
-    when the snapshot has it (an institution's totals would count the same events again)."""
+    """SQL: one row per article with its views, downloads and shares, from one scope."""
     return f"""
         SELECT article_id,
                sum(total) FILTER (WHERE counter = 'views') AS views,
                sum(total) FILTER (WHERE counter = 'downloads') AS downloads,
                sum(total) FILTER (WHERE counter = 'shares') AS shares
-        FROM {table}
-        WHERE scope = (SELECT CASE WHEN bool_or(scope = 'public') THEN 'public'
-                                   ELSE min(scope) END FROM {table})
+        FROM {table} WHERE {one_scope(table)}
         GROUP BY article_id"""
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

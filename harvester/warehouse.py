@@ -1,16 +1,7 @@
-"""Published snapshots -> a DuckDB warehouse: `*_current`, `stats_history` and `changes`.
+"""`harvester load`: published snapshots -> DuckDB `*_current`, `stats_history` and `changes`.
 
-    <table>_current    one per snapshot table: the rows of the newest loaded snapshot holding
-                       the entity; article-keyed ones carry `withdrawn` and `withdrawn_at`
-    stats_history      one total per (article, counter, scope, snapshot date); the later wins
-    changes            per snapshot: articles added, changed (content_hash), withdrawn, tombstone
-    loaded_snapshots   what was loaded, with the manifest's sha256: loading again changes nothing
-    _meta              schema and warehouse versions, and the one harvest this file holds
-
-Column types are derived from `schema.SCHEMAS` by DuckDB itself; a newer schema version adds
-columns with ALTER TABLE. Each snapshot is loaded in one transaction, in id order, by DuckDB
-reading the Parquet files (downloaded first from s3://) after their sha256 matched the manifest.
-docs/TABLES.md documents every table.
+Column types come from schema.SCHEMAS (a newer schema version adds columns); docs/TABLES.md
+documents every table. A snapshot loads in one transaction, once its files match the manifest.
 """
 
 from __future__ import annotations
@@ -19,7 +10,6 @@ import contextlib
 import hashlib
 import logging
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -28,7 +18,6 @@ from typing import Any
 
 import duckdb
 import orjson
-import pyarrow as pa
 
 from harvester.errors import ConfigError, LockedError, OutputError
 from harvester.schema import ARTICLE_TABLES, SCHEMA_VERSION, SCHEMAS
@@ -40,6 +29,7 @@ from harvester.store import (
     open_store,
     parse_manifest,
     table_files,
+    why,
 )
 
 log = logging.getLogger("harvester")
@@ -106,8 +96,6 @@ WITHDRAWN_COLUMNS = [("withdrawn", "BOOLEAN", False), ("withdrawn_at", "VARCHAR"
 
 @dataclass
 class Loaded:
-    """One snapshot loaded now."""
-
     snapshot_id: str
     kind: str
     status: str
@@ -130,15 +118,10 @@ def load(output: Path | str, name: str, duckdb_file: Path | str) -> LoadReport:
         return wh.load_harvest(store, name)
 
 
-def _read(paths: list[Path]) -> str:
-    """DuckDB's scan of a table's Parquet files (no hive columns from the snapshot=<id>
-    folder)."""
+def read_parquet(paths: list[Path]) -> str:
+    """DuckDB's scan of a table's Parquet files (no hive column from the snapshot=<id> folder)."""
     quoted = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
     return f"read_parquet([{quoted}], hive_partitioning = false)"
-
-
-def _duck_error(e: duckdb.Error) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 class Warehouse:
@@ -149,12 +132,10 @@ class Warehouse:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.con = duckdb.connect(str(self.path))
-        except duckdb.IOException as e:
-            if "lock" in str(e).lower():
-                raise LockedError(f"{self.path}: another process is using this DuckDB file") from e
-            raise OutputError(f"cannot open {self.path}: {_duck_error(e)}") from e
         except (duckdb.Error, OSError) as e:
-            raise OutputError(f"cannot open {self.path}: {_why(e)}") from e
+            if isinstance(e, duckdb.IOException) and "lock" in str(e).lower():
+                raise LockedError(f"{self.path}: another process is using this DuckDB file") from e
+            raise OutputError(f"cannot open {self.path}: {why(e)}") from e
         try:
             self._migrate()
         except BaseException:
@@ -172,22 +153,16 @@ class Warehouse:
         self.con.close()
 
     def _rollback(self) -> None:
-        """Undo the snapshot's transaction, if there still is one (an interrupt may come just
-        after the commit: the snapshot is then loaded, and loading again changes nothing)."""
+        # An interrupt may come just after the commit: the snapshot is loaded, nothing to undo.
         with contextlib.suppress(duckdb.TransactionException):
             self.con.rollback()
-
-    # -- tables -----------------------------------------------------------------------------
 
     def current_columns(self, table: str) -> list[tuple[str, str, bool]]:
         """(name, DuckDB type, nullable) of `<table>_current`, derived from the Arrow schema."""
         schema = SCHEMAS[table]
-        self.con.register("_arrow_schema", schema.empty_table())
-        try:
-            described = self.con.execute("DESCRIBE SELECT * FROM _arrow_schema").fetchall()
-        finally:
-            self.con.unregister("_arrow_schema")
-        cols = [(n, t, schema.field(n).nullable) for n, t, *_ in described]
+        rel = self.con.from_arrow(schema.empty_table())
+        cols = [(n, str(t), schema.field(n).nullable)
+                for n, t in zip(rel.columns, rel.types, strict=True)]
         return cols + WITHDRAWN_COLUMNS if KEYS[table] == ("article_id",) else cols
 
     def _migrate(self) -> None:
@@ -199,8 +174,7 @@ class Warehouse:
             if int(meta.get(key, 0)) > ours:
                 raise OutputError(f"{self.path}: written by a newer harvester ({key} "
                                   f"{meta[key]}, this one knows {ours}); upgrade the harvester")
-        wanted = {name: cols for name, cols in FIXED.items()}
-        wanted |= {f"{t}_current": self.current_columns(t) for t in SCHEMAS}
+        wanted = FIXED | {f"{t}_current": self.current_columns(t) for t in SCHEMAS}
         try:
             con.begin()
             for table, cols in wanted.items():
@@ -212,29 +186,24 @@ class Warehouse:
             con.commit()
         except duckdb.Error as e:
             con.rollback()
-            raise OutputError(f"{self.path}: cannot create the tables: {_duck_error(e)}") from e
+            raise OutputError(f"{self.path}: cannot create the tables: {why(e)}") from e
 
     def _create_or_migrate(self, table: str, cols: list[tuple[str, str, bool]]) -> None:
         have = dict(self.con.execute(
             "SELECT column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = 'main' AND table_name = ?", [table]).fetchall())
         if not have:
-            body = ", ".join(
-                f'"{n}" {t}' + ("" if null else " NOT NULL")
-                + (" DEFAULT false" if n == "withdrawn" else "")
-                for n, t, null in cols)
+            body = ", ".join(f'"{n}" {t}' + ("" if null else " NOT NULL") + _default(n)
+                             for n, t, null in cols)
             self.con.execute(f'CREATE TABLE "{table}" ({body})')
             return
         for n, t, _ in cols:
             if n not in have:
                 # A column a newer schema version added: rows loaded before it are null.
-                default = " DEFAULT false" if n == "withdrawn" else ""
-                self.con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{n}" {t}{default}')
+                self.con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{n}" {t}{_default(n)}')
             elif have[n] != t:
                 raise OutputError(f"{self.path}: column {table}.{n} is {have[n]} here but {t} "
                                   f"in schema version {SCHEMA_VERSION}; load into a new file")
-
-    # -- loading ----------------------------------------------------------------------------
 
     def load_harvest(self, store: Store, name: str) -> LoadReport:
         """Load the complete snapshots of `name` not loaded yet, oldest first."""
@@ -304,17 +273,16 @@ class Warehouse:
         try:
             con.begin()
             self._apply(sid, files, tombstones, full, day)
-            articles = con.execute("SELECT count(*) FROM _present").fetchone()
+            (articles,) = con.execute("SELECT count(*) FROM _present").fetchone() or (0,)
             con.execute("INSERT INTO loaded_snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-                sid, name, kind, status, version, sha, articles[0] if articles else 0, where,
-                datetime.now(UTC)])
+                sid, name, kind, status, version, sha, articles, where, datetime.now(UTC)])
             counts = dict(con.execute(
                 "SELECT change, count(*) FROM changes WHERE snapshot_id = ? GROUP BY change",
                 [sid]).fetchall())
             con.commit()
         except duckdb.Error as e:
             self._rollback()
-            raise OutputError(f"{where}: cannot load into {self.path}: {_duck_error(e)}") from e
+            raise OutputError(f"{where}: cannot load into {self.path}: {why(e)}") from e
         except BaseException:
             self._rollback()  # an interrupt (SIGINT/SIGTERM) among them
             raise
@@ -322,8 +290,7 @@ class Warehouse:
             for temp in ("_present", "_tomb", "_gone", "_stats"):
                 with contextlib.suppress(duckdb.Error):  # not a new error on the way out
                     con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
-        loaded = Loaded(sid, kind, status, articles[0] if articles else 0,
-                        {c: counts.get(c, 0) for c in CHANGES})
+        loaded = Loaded(sid, kind, status, articles, {c: counts.get(c, 0) for c in CHANGES})
         log.info("loaded snapshot %s (%s, %s): %d articles; %s", sid, kind, status,
                  loaded.articles, ", ".join(f"{n} {c}" for c, n in loaded.changes.items()))
         return loaded
@@ -338,23 +305,22 @@ class Warehouse:
             owner = files.get(_OWNED[table][0])
             if owner is None:
                 return
-            held = f"SELECT DISTINCT {key[0]} FROM {_read(owner)}"
+            held = f"SELECT DISTINCT {key[0]} FROM {read_parquet(owner)}"
         elif key:
-            held = f"SELECT DISTINCT {', '.join(key)} FROM {_read(paths)}"
+            held = f"SELECT DISTINCT {', '.join(key)} FROM {read_parquet(paths)}"
         else:
-            held = f"SELECT 1 FROM {_read(paths)} LIMIT 1"
+            held = f"SELECT 1 FROM {read_parquet(paths)} LIMIT 1"
         match = " AND ".join(f'c."{k}" = h."{k}"' for k in key) or "true"
         self.con.execute(f"DELETE FROM {table}_current c USING ({held}) h WHERE {match}")
-        self.con.execute(f"INSERT INTO {table}_current BY NAME SELECT * FROM {_read(paths)}")
+        self.con.execute(f"INSERT INTO {table}_current BY NAME SELECT * FROM {read_parquet(paths)}")
         if key == ("article_id",):
             self.con.execute(f"UPDATE {table}_current SET withdrawn = true, withdrawn_at = ? "
                              "WHERE article_id IN (SELECT article_id FROM _gone)", [sid])
 
     def _fetch_verified(self, store: Store, name: str, folder: str, listed: dict[str, Any],
                         workdir: Path) -> tuple[dict[str, list[Path]], Path | None]:
-        """Local paths of the files the load reads, each checked against the manifest: every
-        table's Parquet files (a table an older schema version did not have is left out)
-        and errors.ndjson, if there is one."""
+        """Every table's Parquet files and errors.ndjson, fetched and checked against the
+        manifest (a table an older schema version did not have is left out)."""
 
         def fetch(file: str) -> Path:
             entry = listed[file]
@@ -370,18 +336,14 @@ class Warehouse:
                   if (parts := table_files(listed, t))}
         return tables, fetch("errors.ndjson") if "errors.ndjson" in listed else None
 
-    def _apply(self, sid: str, files: dict[str, list[Path]], tombstones: Iterable[int],
+    def _apply(self, sid: str, files: dict[str, list[Path]], tombstones: set[int],
                full: bool, day: date) -> None:
         """The snapshot's effect on every table; runs inside the caller's transaction."""
         con = self.con
         con.execute("CREATE OR REPLACE TEMP TABLE _present AS SELECT article_id, content_hash "
-                    f"FROM {_read(files['articles'])}")
-        con.register("_tomb_ids", pa.table({"article_id": pa.array(sorted(set(tombstones)),
-                                                                   pa.int64())}))
-        try:
-            con.execute("CREATE OR REPLACE TEMP TABLE _tomb AS SELECT article_id FROM _tomb_ids")
-        finally:
-            con.unregister("_tomb_ids")
+                    f"FROM {read_parquet(files['articles'])}")
+        con.execute("CREATE OR REPLACE TEMP TABLE _tomb AS "
+                    "SELECT unnest(?::BIGINT[]) AS article_id", [sorted(tombstones)])
         # What changed, against the current rows before this snapshot is applied.
         con.execute("""
             INSERT INTO changes
@@ -407,7 +369,7 @@ class Warehouse:
                 self._replace(table, paths, files, sid)
         stats = files.get("stats")
         con.execute("CREATE OR REPLACE TEMP TABLE _stats AS SELECT article_id, counter, scope, "
-                    "total FROM " + (_read(stats) if stats else "stats_current WHERE false"))
+                    "total FROM " + (read_parquet(stats) if stats else "stats_current WHERE false"))
         # Two snapshots on one day: the later one's totals stand for that day.
         con.execute("""
             DELETE FROM stats_history h USING _stats s
@@ -431,10 +393,14 @@ def _not_found(path: Path | None, where: str) -> set[int]:
             raise OutputError(f"{where}/errors.ndjson line {n}: {e}") from e
         if not isinstance(error, dict) or error.get("reason") != "not-found":
             continue
-        aid = error.get("id", error.get("article_id"))
+        aid = error.get("id")
         if isinstance(aid, int) and not isinstance(aid, bool):
             ids.add(aid)
     return ids
+
+
+def _default(column: str) -> str:
+    return " DEFAULT false" if column == "withdrawn" else ""
 
 
 def _snapshot_date(sid: str, manifest: dict[str, Any], where: str) -> date:
@@ -446,7 +412,3 @@ def _snapshot_date(sid: str, manifest: dict[str, Any], where: str) -> date:
             continue
     raise OutputError(f"{where}: cannot tell the snapshot's date from its id or started_at")
 
-
-def _why(e: BaseException) -> str:
-    text = getattr(e, "strerror", None) or str(e)
-    return text.splitlines()[0] if text else type(e).__name__
