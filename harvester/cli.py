@@ -40,23 +40,36 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    logs = argparse.ArgumentParser(add_help=False)  # flag groups that several commands share
+    logs.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
+    logs.add_argument("--quiet", action="store_true", help="warnings and errors only")
+    budget = argparse.ArgumentParser(add_help=False)
+    budget.add_argument("--budget", metavar="DURATION", help="stop fetching after this long (8h, "
+                        "90m) and publish; the stalest stats wait (overrides incremental.budget)")
+    budget.add_argument("--until", metavar="HH:MM", help="stop fetching in time to publish by "
+                        "then: local time, or with a zone (06:00 Europe/Berlin, 06:00+02:00)")
+    configured = argparse.ArgumentParser(add_help=False, parents=[logs])
+    configured.add_argument("config", help="path to the harvest's YAML config")
+    configured.add_argument("--api-url", type=_nonempty,
+                            help="REST API base URL (overrides config and FIGSHARE_API_URL)")
+    configured.add_argument("--stats-url", type=_nonempty,
+                            help="stats base URL (overrides config and FIGSHARE_STATS_URL)")
+    configured.add_argument("--output", type=_nonempty,
+                            help="output directory (overrides output.dir)")
+    snapshot = argparse.ArgumentParser(add_help=False)
+    snapshot.add_argument("harvest", metavar="OUTPUT/NAME", help="harvest folder or warehouse:FILE")
+    snapshot.add_argument("--snapshot", metavar="ID", help="this snapshot instead of LATEST")
+
     p = _ArgumentParser(prog="harvester", description="Bulk harvester for the Figshare APIs.")
     p.add_argument("--version", action="version", version=f"harvester {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
 
-    def with_config(name: str, help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
-        sp.add_argument("config", help="path to the harvest's YAML config")
-        sp.add_argument("--api-url", type=_nonempty,
-                        help="REST API base URL (overrides config and FIGSHARE_API_URL)")
-        sp.add_argument("--stats-url", type=_nonempty,
-                        help="stats base URL (overrides config and FIGSHARE_STATS_URL)")
-        sp.add_argument("--output", type=_nonempty,
-                        help="output directory (overrides output.dir)")
-        _log_flags(sp)
-        return sp
+    def command(name: str, help_: str, *parents: argparse.ArgumentParser,
+                description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=description or help_,
+                              parents=parents)
 
-    sp = with_config("run", "run a harvest and publish a snapshot")
+    sp = command("run", "run a harvest and publish a snapshot", configured, budget)
     sp.add_argument("--full", action="store_true",
                     help="a full run even when the config asks for incremental ones")
     sp.add_argument("--accept-drop", action="store_true",
@@ -64,41 +77,33 @@ def _parser() -> argparse.ArgumentParser:
                     "or fewer records than guard.min_ratio of the last complete snapshot)")
     sp.add_argument("--report", metavar="FILE",
                     help="write a machine-readable JSON run report here (also on failure)")
-    _budget_flags(sp)
-    sp = with_config("plan", "list ids only and show what the full run would cost")
-    _budget_flags(sp)
-    sp = with_config("doctor", "check the service against the harvester's assumptions in a "
-                     "few stated requests (exit 3 when something differs)")
+    command("plan", "list ids only and show what the full run would cost", configured, budget)
+    sp = command("doctor", "check the service against the harvester's assumptions in a few "
+                 "stated requests (exit 3 when something differs)", configured)
     sp.add_argument("--json", action="store_true", help="the findings as one JSON object")
-    sp = sub.add_parser("validate", help="check a config without touching the network")
+    sp = command("validate", "check a config without touching the network")
     sp.add_argument("config")
-    sp = sub.add_parser("load", help="load a harvest's snapshots into a DuckDB warehouse",
-                        description="Load every complete snapshot of OUTPUT/NAME not loaded yet "
-                        "into a DuckDB file (created or migrated); loading again changes nothing.")
+    sp = command("load", "load a harvest's snapshots into a DuckDB warehouse", logs,
+                 description="Load every complete snapshot of OUTPUT/NAME not loaded yet into a "
+                 "DuckDB file (created or migrated); loading again changes nothing.")
     sp.add_argument("harvest", metavar="OUTPUT/NAME",
                     help="the harvest's folder: a directory or s3://bucket/prefix/NAME")
     sp.add_argument("--duckdb", required=True, metavar="FILE", help="the warehouse file")
-    _log_flags(sp)
-    sp = sub.add_parser("report", help="write an offline HTML report of a harvest",
-                        description="One self-contained HTML page (no network needed) of a "
-                        "harvest's latest snapshot, or of a warehouse: warehouse:FILE.")
-    sp.add_argument("harvest", metavar="OUTPUT/NAME", help="harvest folder or warehouse:FILE")
-    sp.add_argument("--snapshot", metavar="ID", help="this snapshot instead of LATEST")
+    sp = command("report", "write an offline HTML report of a harvest", snapshot,
+                 description="One self-contained HTML page (no network needed) of a harvest's "
+                 "latest snapshot, or of a warehouse: warehouse:FILE.")
     sp.add_argument("--out", metavar="FILE.html",
                     help="where to write it (default: OUTPUT/NAME/report.html)")
-    sp = sub.add_parser("export", help="write a harvest's tables as CSV files and/or XLSX",
-                        description="Items, authors, categories, tags, funding, files and "
-                        "per-item stats as spreadsheets.")
-    sp.add_argument("harvest", metavar="OUTPUT/NAME", help="harvest folder or warehouse:FILE")
-    sp.add_argument("--snapshot", metavar="ID", help="this snapshot instead of LATEST")
+    sp = command("export", "write a harvest's tables as CSV files and/or XLSX", snapshot,
+                 description="Items, authors, categories, tags, funding, files and per-item "
+                 "stats as spreadsheets.")
     sp.add_argument("--csv", metavar="DIR", help="write one CSV file per table here")
     sp.add_argument("--xlsx", metavar="FILE", help="write one workbook, a sheet per table")
-    sp = sub.add_parser("demo", help="harvest the built-in simulator with configs/demo.yaml")
+    sp = command("demo", "harvest the built-in simulator with configs/demo.yaml", logs)
     sp.add_argument("--output", type=_nonempty, default="output",
                     help="output directory (default: output)")
     sp.add_argument("--items", type=int, default=2_000, help="simulated repository size")
-    _log_flags(sp)
-    sp = sub.add_parser("simulate", help="serve a Figshare-compatible simulator on loopback")
+    sp = command("simulate", "serve a Figshare-compatible simulator on loopback")
     sp.add_argument("--items", type=int, default=10_000)
     sp.add_argument("--seed", type=int, default=1)
     sp.add_argument("--api-port", type=_port, default=0, help="0 picks a free port")
@@ -109,13 +114,6 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--rate-limit", help="server-side limit as N/SECONDS, e.g. 10/1")
     sp.add_argument("--no-cursor", action="store_true", help="do not offer X-Cursor paging")
     return p
-
-
-def _budget_flags(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--budget", metavar="DURATION", help="stop fetching after this long (8h, "
-                    "90m) and publish; the stalest stats wait (overrides incremental.budget)")
-    sp.add_argument("--until", metavar="HH:MM", help="stop fetching in time to publish by then: "
-                    "local time, or with a zone (06:00 Europe/Berlin, 06:00+02:00)")
 
 
 def _budget(args: argparse.Namespace, cfg: config.Config) -> Any:
@@ -143,11 +141,6 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
     return port
-
-
-def _log_flags(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
-    sp.add_argument("--quiet", action="store_true", help="warnings and errors only")
 
 
 _REPORT: dict[str, Any] = {}
