@@ -149,6 +149,26 @@ def test_every_probe_of_a_rich_config_stays_within_thirty_and_shows_no_credentia
     assert set(found.values()) <= {"ok", "unknown"}
 
 
+@pytest.mark.parametrize(("admin_read", "verdict", "asked"), [
+    ("documented", "ok", "?impersonate={owner}"),  # as the owner its review names
+    ("account", "differs", " -> "),  # the service reads only the token's own items there
+])
+def test_admin_reads_are_probed_the_way_the_config_reads_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        admin_read: str, verdict: str, asked: str) -> None:
+    settings = SimSettings(items=600, seed=6, admin_reads_any=False)
+    monkeypatch.setenv("TOKEN", settings.admin_token)
+    with SimulatorThread(settings) as sim:
+        path = config(tmp_path, sim, [{"kind": "institution_articles"}],
+                      api={"token": "${TOKEN}", "admin_read": admin_read})
+        code, report = doctor(path, capsys)
+        assert len(sim.log.entries) == report["requests"] <= report["budget"] <= BUDGET
+    read = next(f for f in report["findings"] if f["probe"] == "admin reads institution items")
+    assert read["verdict"] == verdict
+    assert read["evidence"].startswith("GET /account/articles/{id}" + asked)
+    assert code == (cli.OK if verdict == "ok" else cli.PARTIAL)
+
+
 def test_doctor_quick_opens_every_run_and_the_run_pages_within_what_it_learned(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = SimSettings(items=1_200, seed=4, window=1_000, window_message=OTHER_WORDS)
