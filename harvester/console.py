@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
+    from harvester.pipeline import Progress
     from harvester.warehouse import LoadReport
 
 log = logging.getLogger("harvester")
@@ -68,19 +69,17 @@ def _tty() -> bool:
     return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
 
 
-async def report_progress(progress: Any) -> None:
+async def report_progress(p: Progress) -> None:
     """A live status line on a terminal; a plain log line every 30 s otherwise (cron)."""
     global _status_shown
     interval = 0.5 if _tty() else 30.0
     while True:
         await asyncio.sleep(interval)
-        p = progress
         finished = p.done + p.failed + p.gone
         # this run's items over this run's fetching time: a resumed run's earlier items are
         # not its speed; no ETA until an item is in
-        ours = finished - getattr(p, "earlier", 0)
-        since = getattr(p, "fetching_since", None) or p.started
-        rate = ours / max(time.monotonic() - since, 1e-6)
+        ours = finished - p.earlier
+        rate = ours / max(time.monotonic() - (p.fetching_since or p.started), 1e-6)
         eta = f"ETA {duration((p.total - finished) / rate)}" if ours > 0 else "ETA -"
         if p.phase == "listing":
             line = f"listing: {p.listed:,} ids"

@@ -49,13 +49,11 @@ async def plan(cfg: config.Config, budget: Any) -> bool:
             total = sum((await journal.call(journal.counts)).values())
         finally:
             journal.close()
-    listing = sum(r.requests for r in reports)
-    details = total
     stats = total * len(cfg.stats.counters)
     series = total * series_requests(cfg)
     rate = cfg.http.rate.requests / cfg.http.rate.per
-    stats += series
-    seconds = (details + stats) / rate if not cfg.http.per_host else max(details, stats) / rate
+    # per host, the API's details and the stats host's requests are paid in parallel
+    seconds = (max(total, stats + series) if cfg.http.per_host else total + stats + series) / rate
     print(f"plan for harvest {cfg.name!r}")
     for r, n in zip(reports, per_source, strict=True):
         flag = "  (TRUNCATED: cannot be enumerated completely)" if r.truncated else ""
@@ -65,8 +63,8 @@ async def plan(cfg: config.Config, budget: Any) -> bool:
               f"  {len(r.partitions)} partitions{flag}")
     print(f"  distinct ids         {total:>10,}")
     print("requests the run would make")
-    print(f"  record details       {details:>10,}  (+1 per record listing 10 or more files)")
-    print(f"  stats totals         {stats - series:>10,}  "
+    print(f"  record details       {total:>10,}  (+1 per record listing 10 or more files)")
+    print(f"  stats totals         {stats:>10,}  "
           f"({', '.join(cfg.stats.counters) or 'none'})")
     if series:
         print(f"  timelines/breakdowns {series:>10,}  (per article; entity series come on top)")
@@ -74,7 +72,7 @@ async def plan(cfg: config.Config, budget: Any) -> bool:
         print("  versions             +1 per record, +1 per older version")
     if cfg.files.download:
         print("  file downloads       +1 per file fetched (see the files: filters)")
-    print(f"  listing (done now)   {listing:>10,}")
+    print(f"  listing (done now)   {sum(r.requests for r in reports):>10,}")
     scope = "per host" if cfg.http.per_host else "shared by the API and stats hosts"
     print(f"time at {cfg.http.rate.requests} request(s) per {cfg.http.rate.per:g} s ({scope}): "
           f"about {duration(seconds)}")
