@@ -9,7 +9,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -50,8 +50,6 @@ log = logging.getLogger("harvester.client")
 
 MAX_REDIRECTS = 10
 UNREACHABLE_AFTER = 3  # requests in a row to one origin that never connected, all retries spent
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_CALLER_SECRETS = ("Authorization", "Proxy-Authorization", "Cookie")
 T = TypeVar("T")
 
 
@@ -68,8 +66,8 @@ class Scope(NamedTuple):
 
 def scopes(prefixes: Mapping[str, str]) -> tuple[Scope, ...]:
     """URL prefix -> value as Scopes; ValueError for a prefix that is not an absolute URL."""
-    return tuple(Scope(origin_of(u), u.raw_path.rstrip("/") + "/", str(v))
-                 for u, v in ((URL(p), v) for p, v in prefixes.items()))
+    return tuple(Scope(origin_of(p), URL(p).raw_path.rstrip("/") + "/", str(v))
+                 for p, v in prefixes.items())
 
 
 @dataclass(frozen=True)
@@ -91,10 +89,6 @@ class ClientSettings:
     shared_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
-        if not self.user_agent.strip():
-            raise ConfigError("user_agent must not be empty")
         try:
             scopes({**self.credentials, **self.auth_hints})
             shared = tuple(dict.fromkeys(origin_of(o) for o in self.shared_origins))
@@ -117,27 +111,18 @@ class Reply:
         return self.data if self.data is not None else orjson.loads(self.body)
 
 
+@dataclass(frozen=True)
 class Stream:
     """A 2xx body read chunk by chunk (`async for chunk in stream`); a connection lost mid-body
     raises RetryableError ("truncated", "reset", "timeout") and the caller decides what next."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, call: _Call, client: Client,
-                 chunk_size: int) -> None:
-        self.status, self.headers, self.url = resp.status, resp.headers, call.safe_url
-        self._resp, self._call, self._client, self._chunk_size = resp, call, client, chunk_size
+    status: int
+    headers: Mapping[str, str]
+    url: str
+    chunks: AsyncIterator[bytes]
 
-    def __aiter__(self) -> Stream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            chunk = await self._resp.content.read(self._chunk_size)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._client._transport_error(self._call, exc) from None
-        if not chunk:
-            raise StopAsyncIteration
-        self._client._bytes += len(chunk)
-        return chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.chunks
 
 
 def _secrets_of(header_value: str) -> list[str]:
@@ -159,18 +144,16 @@ class _Call:
     def safe_url(self) -> str:
         return sanitize_url(self.url)
 
-    def mask(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return " ".join(text.split())
-
     def fail(self, cls: type[RequestError], reason: str, detail: str = "", *,
              status: int | None = None, phrase: str = "", body: str = "",
              **kw: Any) -> RequestError:
         """`reason` is the label callers and metrics see; `phrase` the HTTP reason phrase."""
         head = f"{status} {phrase or reason}" if status is not None else reason
-        return cls(self.mask(f"{self.method} {self.safe_url} -> {head}: {detail}"),
-                   url=self.safe_url, status=status, reason=reason, body=self.mask(body), **kw)
+        message, body = f"{self.method} {self.safe_url} -> {head}: {detail}", body
+        for secret in self.secrets:
+            message, body = message.replace(secret, "***"), body.replace(secret, "***")
+        return cls(" ".join(message.split()), url=self.safe_url, status=status, reason=reason,
+                   body=" ".join(body.split()), **kw)
 
 
 class _Budget:
@@ -194,9 +177,6 @@ class _Host:
         self.unreached = 0  # requests in a row that never connected, all retries spent
 
 
-# ---- the client ----------------------------------------------------------------------------------
-
-
 class Client:
     """The run's HTTP transport. Use as `async with Client(settings) as client:`."""
 
@@ -206,7 +186,7 @@ class Client:
         s = self.settings = settings
         self._clock, self._sleep, self._rand = clock, sleep, rand
         self._session: aiohttp.ClientSession | None = None
-        self._sem: asyncio.Semaphore | None = None
+        self._sem = asyncio.Semaphore(s.concurrency)
         self._scopes, self._hints = scopes(s.credentials), scopes(s.auth_hints)
         self._secrets = [x for scope in self._scopes for x in _secrets_of(scope.value)]
         self._hosts: dict[str, _Host] = {}
@@ -223,7 +203,6 @@ class Client:
         self._circuits: list[str] = []
 
     async def __aenter__(self) -> Client:
-        self._sem = asyncio.Semaphore(self.settings.concurrency)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),  # the semaphore is the one concurrency cap
             timeout=self._timeout, headers={"User-Agent": self.settings.user_agent},
@@ -236,9 +215,6 @@ class Client:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -269,10 +245,12 @@ class Client:
                 hop = call.hop()
                 async with AsyncExitStack() as stack:
                     resp = await stack.enter_async_context(
-                        self._open(hop, headers, None, self._stream_timeout))
+                        self._exchange(hop, headers, None, self._stream_timeout))
                     if 200 <= resp.status < 300:
                         outer.push_async_exit(stack.pop_all())
-                        return Stream(resp, hop, self, chunk_size)
+                        chunks = self._chunks(hop, resp.content.iter_chunked(chunk_size))
+                        outer.push_async_callback(chunks.aclose)
+                        return Stream(resp.status, resp.headers, hop.safe_url, chunks)
                     self._classify(hop, resp, await self._read(hop, resp), "bytes")
                 raise hop.fail(BadResponse, "unexpected-status", "no body to stream",
                                status=resp.status, phrase=resp.reason or "")
@@ -286,18 +264,14 @@ class Client:
                 "retry_after_wait_s": round(self._held, 3),
                 "circuits_opened": list(self._circuits), "json_mended": self._mended}
 
-    # -- one request: attempts, hops, admission ---------------------------------------------------
-
     async def _request(self, method: str, url: str, params: Mapping[str, Any] | None,
                        headers: Mapping[str, str] | None, body: bytes | None,
                        expect: str) -> Reply:
-        if expect not in ("json", "bytes"):
-            raise ValueError(f"expect must be 'json' or 'bytes', not {expect!r}")
         call = self._call(method, url, params, headers)
 
         async def attempt() -> Reply:
             hop = call.hop()
-            async with self._open(hop, headers, body, self._timeout) as resp:
+            async with self._exchange(hop, headers, body, self._timeout) as resp:
                 raw = await self._read(hop, resp)
             return self._classify(hop, resp, raw, expect)
 
@@ -346,44 +320,43 @@ class Client:
                 raise
 
     @asynccontextmanager
-    async def _open(self, call: _Call, headers: Mapping[str, str] | None, body: bytes | None,
-                    timeout: aiohttp.ClientTimeout) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One attempt up to its final response head, body unread. Redirects are followed here:
-        each hop admitted by its own budget and given only the credentials of its URL."""
-        session, sem = self._session, self._sem
-        if session is None or sem is None:
+    async def _exchange(self, call: _Call, headers: Mapping[str, str] | None,
+                        body: bytes | None, timeout: aiohttp.ClientTimeout,
+                        ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One attempt up to its final response head, body unread, in a concurrency slot.
+        aiohttp follows redirects (and drops the caller's secrets once they leave the origin);
+        each later hop is admitted by its own budget and given the credential of its scope."""
+        session = self._session
+        if session is None:
             raise call.fail(Abort, "closed", "the client was closed")
-        given = CIMultiDict(headers or {})
-        first = self._host(call.url)
-        await self._hold(call, first)  # a Retry-After hold is waited out without a slot
-        async with sem:
-            for _ in range(MAX_REDIRECTS + 1):
-                host = self._host(call.url)
-                if host is not first:  # the caller's secrets were for the first origin only
-                    for name in _CALLER_SECRETS:
-                        given.popall(name, None)
+        await self._hold(call, self._host(call.url))  # waited out without a slot
+        hops = 0
+
+        async def hop(req: aiohttp.ClientRequest,
+                      send: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+            nonlocal hops
+            call.url, host = req.url, self._host(req.url)
+            if hops:  # the first was admitted before aiohttp's total timeout started
                 await self._admit(call, host)
-                try:
-                    resp = await session.request(
-                        call.method, call.url, headers=self._credentials(call.url, given),
-                        data=body, allow_redirects=False, timeout=timeout)
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    raise self._transport_error(call, exc) from None
-                host.unreached = 0  # it answers
-                self._statuses[str(resp.status)] += 1
-                location = resp.headers.get("Location")
-                if resp.status not in _REDIRECTS or not location:
-                    try:
-                        yield resp
-                    finally:
-                        resp.release()
-                    return
-                resp.release()
-                call.url = _redirect_target(call, resp.status, location)
-                if resp.status == 303 or (resp.status in (301, 302) and call.method == "POST"):
-                    call.method, body = "GET", None
-                    given.popall("Content-Type", None)
-        raise call.fail(RequestError, "redirects", f"more than {MAX_REDIRECTS} redirects")
+            hops += 1
+            scope = next((s for s in self._scopes if s.covers(req.url)), None)
+            if scope is not None and "Authorization" not in req.headers:
+                req.headers["Authorization"] = scope.value
+            resp = await send(req)
+            host.unreached = 0  # it answers
+            self._statuses[str(resp.status)] += 1
+            return resp
+
+        async with self._sem:
+            await self._admit(call, self._host(call.url))
+            try:
+                resp = await session.request(
+                    call.method, call.url, headers=headers, data=body, timeout=timeout,
+                    max_redirects=MAX_REDIRECTS + 1, middlewares=(hop,))
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise self._transport_error(call, exc) from None
+            async with resp:
+                yield resp
 
     async def _hold(self, call: _Call, host: _Host) -> None:
         """Wait out the budget's Retry-After hold; refuse when the host's circuit is open."""
@@ -411,14 +384,6 @@ class Client:
                 break  # else a hold began while we queued: wait it out and queue again
         self._started[host.name] += 1
 
-    def _credentials(self, url: URL, given: CIMultiDict[str]) -> CIMultiDict[str]:
-        """The caller's headers, plus the credential whose scope covers `url` (if any)."""
-        hdrs = given.copy()
-        scope = next((s for s in self._scopes if s.covers(url)), None)
-        if scope is not None and "Authorization" not in hdrs:
-            hdrs["Authorization"] = scope.value
-        return hdrs
-
     def _host(self, url: URL) -> _Host:
         name = origin_of(url)
         if name not in self._hosts:
@@ -428,23 +393,32 @@ class Client:
             self._hosts[name] = _Host(name, self._budgets[key])
         return self._hosts[name]
 
+    async def _chunks(self, call: _Call, source: AsyncIterator[bytes],
+                      ) -> AsyncGenerator[bytes]:
+        """A streamed body's chunks, counted; a connection lost on the way is RetryableError."""
+        try:
+            async for chunk in source:
+                self._bytes += len(chunk)
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._transport_error(call, exc) from None
+
     async def _read(self, call: _Call, resp: aiohttp.ClientResponse) -> bytes:
-        """The decompressed body, read in chunks and refused past max_body: memory stays near the
-        cap whatever the server sends (a gzip bomb included)."""
-        cap, size, parts = self.settings.max_body, 0, []
+        """The decompressed body, refused past max_body: memory stays near the cap whatever
+        the server sends (a gzip bomb included)."""
+        cap, body = self.settings.max_body, bytearray()
         try:
             async for chunk in resp.content.iter_any():
-                size += len(chunk)
-                if size > cap:
+                if len(body) + len(chunk) > cap:
                     raise call.fail(RequestError, "too-large", f"body over {cap:,} bytes "
                                     "(http.max_body)", status=resp.status,
                                     phrase=resp.reason or "")
-                parts.append(chunk)
+                body += chunk
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(call, exc) from None
         finally:
-            self._bytes += size
-        return b"".join(parts)
+            self._bytes += len(body)
+        return bytes(body)
 
     def _classify(self, call: _Call, resp: aiohttp.ClientResponse, raw: bytes,
                   expect: str) -> Reply:
@@ -457,16 +431,16 @@ class Client:
         host = self._host(call.url)
         summary = summarize(raw, headers.get("Content-Type", ""))
 
-        def fail(cls: type[RequestError], label: str = "", detail: str = summary,
-                 **kw: Any) -> RequestError:
-            return call.fail(cls, label or phrase or str(status), detail, status=status,
-                             phrase=phrase, body=summary, **kw)
+        def fail(cls: type[RequestError], detail: str = summary,
+                 reason: str = phrase or str(status), **kw: Any) -> RequestError:
+            return call.fail(cls, reason, detail, status=status, phrase=phrase, body=summary,
+                             **kw)
 
         if status in self.settings.retry.statuses:
             wait = parse_retry_after(headers.get("Retry-After"), _server_now(headers))
             if wait is not None:  # the whole budget waits, not only this request
                 host.budget.not_before = max(host.budget.not_before, self._clock() + wait)
-            raise fail(RetryableError, str(status), retry_after=wait)
+            raise fail(RetryableError, reason=str(status), retry_after=wait)
         if status == 404:
             raise fail(NotFound)
         if status == 422 or (status == 400 and b"max page reached" in raw.lower()):
@@ -477,7 +451,7 @@ class Client:
             raise fail(Blocked)
         if status in (401, 403):
             hint = next((h.value for h in self._hints if h.covers(call.url)), None)
-            raise fail(AuthError, detail=f"{summary} (check {hint})" if hint else summary)
+            raise fail(AuthError, f"{summary} (check {hint})" if hint else summary)
         raise fail(RequestError)
 
     def _json(self, call: _Call, status: int, phrase: str, raw: bytes) -> tuple[Any, bytes]:
@@ -513,8 +487,6 @@ class Client:
             (TimeoutError, "timeout", f"timed out after {s.total_timeout:g} s in all"),
             (aiohttp.ClientPayloadError, "truncated", "the connection closed inside the body"),
             (aiohttp.ClientConnectorDNSError, "connect", f"DNS lookup failed for {host}"),
-            (aiohttp.ClientConnectorCertificateError, "connect",
-             f"TLS handshake failed with {host}: its certificate is not trusted"),
             (aiohttp.ClientSSLError, "connect", f"TLS handshake failed with {host}"),
             (aiohttp.ClientConnectorError, "connect", f"connection refused by {where}"
              if refused else f"could not connect to {where}"),
@@ -524,6 +496,11 @@ class Client:
         ):
             if isinstance(exc, kind):
                 return call.fail(RetryableError, reason, words)
+        if isinstance(exc, aiohttp.TooManyRedirects):
+            return call.fail(RequestError, "redirects", f"more than {MAX_REDIRECTS} redirects")
+        if isinstance(exc, aiohttp.RedirectClientError):
+            return call.fail(RequestError, "bad-redirect", f"Location {str(exc)[:200]!r} is not "
+                             "an http(s) URL")
         message = getattr(exc, "message", "") or str(exc)
         return call.fail(RequestError, "client-error", f"not a usable HTTP response: {message}")
 
@@ -550,18 +527,6 @@ class Client:
 def _final(cls: type[RequestError], last: RequestError, attempts: int, why: str) -> RequestError:
     return cls(f"{last} ({why})", url=last.url, status=last.status, reason=last.reason,
                body=last.body, attempts=attempts)
-
-
-def _redirect_target(call: _Call, status: int, location: str) -> URL:
-    """Where a redirect leads; only another http(s) URL is followed (RequestError otherwise)."""
-    try:
-        target: URL | None = call.url.join(URL(location))
-    except ValueError:
-        target = None
-    if target is None or target.scheme not in ("http", "https") or not target.host:
-        raise call.fail(RequestError, "bad-redirect", f"Location {location[:200]!r} is not an "
-                        "http(s) URL", status=status)
-    return target
 
 
 def _server_now(headers: Mapping[str, str]) -> float:
