@@ -144,7 +144,7 @@ class Doctor:
         self.api = cfg.api.url.rstrip("/")
         self.page_size = cfg.http.page_size
         self.limits = Limits(page_size=self.page_size)
-        self.pages: dict[str, tuple[ListQuery, Answer]] = {}  # endpoint -> its page 1
+        self.first: tuple[ListQuery, Answer] | None = None  # page 1 of the first endpoint
         self.oai_id: int | None = None  # an id OAI-PMH listed, for configs without a list
         self.steps, self.skipped = self._plan()
         self.report = Report(budget=sum(cost for _, cost, _ in self.steps))
@@ -226,7 +226,7 @@ class Doctor:
                 return [Finding(name, DIFFERS if one.refused else UNKNOWN,
                                 f"page 1 with page_size={ps} -> {one.shown()}",
                                 "lower http.page_size" if one.refused else "")]
-            self.pages[endpoint] = (q, one)
+            self.first = (q, one)
             listed = len(one.items)
         edge = max(WINDOW // ps, 2)
         last = await self.page(q, edge)
@@ -270,9 +270,9 @@ class Doctor:
 
     async def _cursor(self) -> list[Finding]:
         name = "X-Cursor"
-        q, first = next(((q, a) for q, a in self.pages.values() if q.cursor), (None, None))
-        if q is None or first is None:
+        if self.first is None:
             return [Finding(name, UNKNOWN, "no list page to take a cursor from")]
+        q, first = self.first
         token = first.headers.get("X-Cursor", "").strip()
         if not token:
             return [Finding(name, DIFFERS, f"page 1 of {q.describe()} -> {first.shown()} "
@@ -298,12 +298,13 @@ class Doctor:
                       "deletions; full runs are unaffected")]
 
     def _known_id(self) -> tuple[int, bool] | None:
-        """A listed item (from a query with a date bound if possible), and whether fetch reads
-        it at /account/... (under api.admin_read: documented, a public institution item is
-        read at the public path); else one the config or OAI-PMH names."""
-        documented = self.cfg.api.admin_read == "documented"
-        for q, answer in sorted(self.pages.values(), key=lambda p: p[0].bound is None):
-            public = documented and q.path.startswith("/account/institution/")
+        """An item page 1 listed, and whether fetch reads it at /account/... (under
+        api.admin_read: documented, a public institution item is read at the public path);
+        else one the config or OAI-PMH names."""
+        if self.first is not None:
+            q, answer = self.first
+            public = (self.cfg.api.admin_read == "documented"
+                      and q.path.startswith("/account/institution/"))
             items = [i for i in answer.items
                      if i.get(q.id_key) and (i.get("published_date") or not public)]
             if items:
@@ -315,10 +316,11 @@ class Doctor:
 
     async def _dates(self) -> list[Finding]:
         name = "date bounds"
-        q, answer = next(((q, a) for q, a in self.pages.values() if q.bound), (None, None))
-        if q is None or q.bound is None or answer is None:
+        by = self.first[0].bound if self.first else None
+        if self.first is None or by is None:
             return [Finding(name, UNKNOWN, "no listed page to take an item from")]
-        key, param, order = q.bound.key, q.bound.param, q.bound.order
+        q, answer = self.first
+        key, param = by.key, by.param
         dated: list[tuple[int, Any]] = sorted(
             (s, i.get(q.id_key)) for i in answer.items
             if (s := parse_stamp(i.get(key))) is not None)
@@ -331,7 +333,7 @@ class Doctor:
         listed, shown = [], []
         for bound in (stamp, stamp + 1):
             since = iso_second(bound)
-            ans = await self.page(q, 1, {"order": order, "order_direction": "asc", param: since})
+            ans = await self.page(q, 1, {"order": by.order, "order_direction": "asc", param: since})
             if not isinstance(ans.data, list):
                 return [Finding(name, UNKNOWN, f"{param}={since} -> {ans.shown()}")]
             low = min((s for i in ans.items if (s := parse_stamp(i.get(key))) is not None),
