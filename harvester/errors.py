@@ -23,79 +23,64 @@ from __future__ import annotations
 
 
 class HarvesterError(Exception):
-    """Root of every error the harvester raises on purpose."""
+    pass
 
 
 class ConfigError(HarvesterError):
-    """The configuration or the command line is wrong; the message names file and key."""
+    pass
 
 
 class OutputError(HarvesterError):
-    """The output directory (or object store) cannot be written or is not what we expect."""
+    pass
 
 
 class LockedError(HarvesterError):
-    """Another run of the same harvest name holds the lock."""
+    pass
 
 
 class RequestError(HarvesterError):
-    """One HTTP exchange failed. `url` is sanitized (no query credentials); `attempts` is how
-    many times it was sent before the client stopped (errors.ndjson reports it)."""
+    """`url` is sanitized; `attempts` is how many times it was sent (errors.ndjson says it)."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        url: str = "",
-        status: int | None = None,
-        reason: str = "",
-        body: str = "",
-        attempts: int = 1,
-    ) -> None:
+    def __init__(self, message: str, *, url: str = "", status: int | None = None,
+                 reason: str = "", body: str = "", attempts: int = 1,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
-        self.url = url
-        self.status = status
+        self.url, self.status, self.body, self.attempts = url, status, body[:200], attempts
         self.reason = reason or (str(status) if status is not None else "error")
-        self.body = body[:200]
-        self.attempts = attempts
+        self.retry_after = retry_after  # seconds a RetryableError asks to wait, if it says
 
 
 class RetryableError(RequestError):
-    """A transient failure: the policy may try again (after `retry_after` seconds if given)."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
-        super().__init__(message, **kw)  # type: ignore[arg-type]
-        self.retry_after = retry_after
+    pass
 
 
 class GiveUp(RequestError):
-    """A request kept failing until the retry budget ran out."""
+    pass
 
 
 class NotFound(RequestError):
-    """404: the entity does not exist or is not visible with these credentials."""
+    pass
 
 
 class WindowExhausted(RequestError):
-    """The server refused to page further into this query: narrow the query and go on."""
+    pass
 
 
 class BadResponse(RequestError):
-    """A success status with a body that is not what the endpoint documents."""
+    pass
 
 
 class Abort(RequestError):
-    """Nothing more should be sent for this source or host."""
+    pass
 
 
 class AuthError(Abort):
-    """401, or 403 with a JSON body: credentials are missing, wrong or lack rights."""
+    pass
 
 
 class Blocked(Abort):
-    """403 with an HTML body from a public endpoint: the client is being blocked."""
+    pass
 
 
 class Unreachable(Abort):
-    """Connections to the host kept failing (refused, unresolvable, timed out) through every
-    retry of several requests in a row: the host is down, or not reachable from here."""
+    pass

@@ -14,8 +14,6 @@ from typing import Any
 
 import orjson
 
-from harvester.errors import ConfigError
-
 # Starts are (per + margin) / requests apart, the margin 2.5% of `per` (at most 0.25 s): half is
 # slack for late wake-ups (_Budget), half keeps jittered arrivals to `requests` per window.
 MARGIN_FRACTION = 0.025
@@ -30,10 +28,6 @@ class RateLimit:
 
     requests: int
     per: float
-
-    def __post_init__(self) -> None:
-        if self.requests < 1 or not self.per > 0:
-            raise ConfigError(f"rate limit needs requests >= 1 and per > 0, got {self!r}")
 
     @property
     def interval(self) -> float:
@@ -50,10 +44,6 @@ class RetryPolicy:
     backoff_max: float = 60.0
     retry_after_max: float = 900.0  # a longer Retry-After -> give up rather than sleep for hours
     statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ConfigError(f"retry attempts must be >= 1, got {self.attempts}")
 
 
 def backoff_delay(attempt: int, policy: RetryPolicy, rand: Callable[[], float]) -> float:
