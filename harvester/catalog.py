@@ -13,10 +13,15 @@ from typing import NamedTuple
 from harvester.errors import HarvesterError, LockedError, OutputError
 from harvester.store import MANIFEST, open_store, parse_manifest
 
+# Bumped whenever a state file's tables change: a file of another version is refused, never
+# migrated (the project has not been released).
+STATE_VERSION = 2
+
 _CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS known (
     article_id INTEGER PRIMARY KEY, sources INTEGER NOT NULL, published TEXT,
-    last_snapshot TEXT NOT NULL, stats BLOB, stats_at TEXT);
+    last_snapshot TEXT NOT NULL, stats BLOB, stats_at TEXT, record_url TEXT, etag TEXT,
+    last_modified TEXT);
 CREATE TABLE IF NOT EXISTS queue (
     article_id INTEGER PRIMARY KEY, sources INTEGER NOT NULL, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS marks (
@@ -27,16 +32,26 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS windows (
     endpoint TEXT PRIMARY KEY, items INTEGER NOT NULL, learned_at TEXT NOT NULL);
 """
-# columns added since: (table, column, declaration), for catalogs made before them
-_ADDED = (("known", "stats", "BLOB"), ("known", "stats_at", "TEXT"),
-          # the validators of the record last fetched whole (read_validators)
-          ("known", "record_url", "TEXT"), ("known", "etag", "TEXT"),
-          ("known", "last_modified", "TEXT"))
 
 
-def damaged(exc: BaseException) -> bool:
-    """SQLite could open the file but not read it as a database: not a permission problem."""
-    return type(exc) is sqlite3.DatabaseError
+def open_state(path: Path, schema: str, what: str, then: str) -> sqlite3.Connection:
+    """An SQLite state file with `schema`, made if new. One this build cannot read (damaged,
+    or of another STATE_VERSION) is refused with one line that says how to go on."""
+    db = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            db.executescript(f"BEGIN; {schema} PRAGMA user_version={STATE_VERSION}; COMMIT;")
+        elif db.execute("PRAGMA user_version").fetchone()[0] != STATE_VERSION:
+            raise sqlite3.DatabaseError("written by another version of the harvester")
+        return db
+    except (OSError, sqlite3.Error) as exc:
+        if db is not None:
+            db.close()
+        hint = (f" (move {path.name}* aside and {then}; published snapshots are not affected)"
+                if type(exc) is sqlite3.DatabaseError else "")
+        raise OutputError(f"{path}: cannot open the {what}: {exc}{hint}") from None
 
 
 @contextlib.contextmanager
@@ -60,22 +75,7 @@ class Catalog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        db = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None)
-            db.executescript(_CATALOG_SCHEMA)
-            for table, column, declaration in _ADDED:
-                names = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                if column not in names:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-            self.db = db
-        except (OSError, sqlite3.Error) as exc:
-            if db is not None:
-                db.close()
-            hint = (f" (damaged: move {path.name}* aside and the next run is a full one; "
-                    "published snapshots are not affected)" if damaged(exc) else "")
-            raise OutputError(f"{path}: cannot open the harvest catalog: {exc}{hint}") from None
+        self.db = open_state(path, _CATALOG_SCHEMA, "harvest catalog", "the next run is a full one")
 
     def close(self) -> None:
         self.db.close()
@@ -120,15 +120,6 @@ class Catalog:
 
     def known_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM known").fetchone()[0])
-
-    def stats_times(self) -> list[str]:
-        """Each known item's stats fetched_at ('' when it has none yet), oldest first."""
-        return [t for (t,) in self.db.execute(
-            "SELECT coalesce(stats_at, '') AS t FROM known ORDER BY t, article_id")]
-
-    def queued(self) -> dict[str, int]:
-        """Records the last run left for the next: 'deferred' (budget spent), 'failed'."""
-        return dict(self.db.execute("SELECT reason, count(*) FROM queue GROUP BY reason"))
 
     def record_run(self, snapshot_id: str, kind: str, status: str, started_at: str,
                    finished_at: str, marks: dict[str, tuple[str, str]] | None) -> None:

@@ -9,8 +9,8 @@ often the run was interrupted. All access goes through one thread: SQLite never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 import pyarrow as pa
 
-from harvester.catalog import Catalog, Validators, damaged, transaction
+from harvester.catalog import Catalog, Validators, open_state, transaction
 from harvester.errors import OutputError
 
 T = TypeVar("T")
@@ -60,39 +60,24 @@ class Priority(IntEnum):
 
 PENDING, DONE, FAILED, GONE, DEFERRED = ItemState
 FULL, STATS_ONLY = FetchMode
-
-# Record blobs are LZ4 frames with their size in front (cheaper than zlib for the same job);
-# journals written before used zlib, whose streams never start with this byte: they still read.
-_LZ4 = pa.Codec("lz4") if pa.Codec.is_available("lz4") else None
-_LZ4_TAG = b"\x00"
+KEPT = (DONE, FAILED, DEFERRED)  # their records are written
+_LZ4 = pa.Codec("lz4")
 
 
 def pack(data: bytes) -> bytes:
-    """A journal blob of `data` (see unpack)."""
-    if _LZ4 is None:
-        return zlib.compress(data, 1)
-    return _LZ4_TAG + len(data).to_bytes(8, "little") + _LZ4.compress(data, asbytes=True)
+    """A journal blob: `data` as an LZ4 frame, its size in front (see unpacked_size)."""
+    return len(data).to_bytes(8, "little") + _LZ4.compress(data, asbytes=True)
 
 
 def unpacked_size(blob: bytes) -> int:
-    """What unpack(blob) returns, in bytes (an old zlib blob: its packed size)."""
-    return int.from_bytes(blob[1:9], "little") if blob[:1] == _LZ4_TAG else len(blob)
+    return int.from_bytes(blob[:8], "little")
 
 
 def unpack(blob: bytes) -> bytes:
-    """The bytes a journal blob holds: an LZ4 blob of pack(), or an older journal's zlib one."""
-    if blob[:1] != _LZ4_TAG:
-        return zlib.decompress(blob)
-    size = int.from_bytes(blob[1:9], "little")
-    if not size:
-        return b""
-    if _LZ4 is None:
-        raise OutputError("the run journal holds LZ4 blobs and this pyarrow has no LZ4 codec")
-    return _LZ4.decompress(blob[9:], decompressed_size=size, asbytes=True)
+    size = unpacked_size(blob)
+    return _LZ4.decompress(blob[8:], decompressed_size=size, asbytes=True) if size else b""
 
 
-# The on-disk names stay as they were (`extra`, `side`): a journal of an interrupted run
-# resumes after an upgrade.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
@@ -104,16 +89,13 @@ CREATE TABLE IF NOT EXISTS ids (
     priority INTEGER NOT NULL DEFAULT 1, stale TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS records (
     article_id INTEGER PRIMARY KEY, body BLOB NOT NULL, files BLOB, stats BLOB,
-    fetched_at TEXT NOT NULL, extra BLOB, published TEXT);
+    fetched_at TEXT NOT NULL, payloads BLOB, published TEXT, record_url TEXT, etag TEXT,
+    last_modified TEXT);
 CREATE TABLE IF NOT EXISTS errors (article_id INTEGER PRIMARY KEY, error BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS side (
+CREATE TABLE IF NOT EXISTS source_records (
     kind TEXT NOT NULL, key INTEGER NOT NULL, source INTEGER NOT NULL, body BLOB NOT NULL,
     fetched_at TEXT NOT NULL, PRIMARY KEY (kind, key));
 """
-# columns added since: (table, column, declaration) for journals of interrupted older runs
-_ADDED = (("ids", "priority", "INTEGER NOT NULL DEFAULT 1"),
-          ("ids", "stale", "TEXT NOT NULL DEFAULT ''"), ("records", "record_url", "TEXT"),
-          ("records", "etag", "TEXT"), ("records", "last_modified", "TEXT"))
 _EMPTY = pack(b"")  # the body of a row that carries only stats
 
 
@@ -198,30 +180,13 @@ class Journal:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._db: sqlite3.Connection | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------
-
     def open(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._pool.submit(self._connect).result()
-        except (OSError, sqlite3.Error) as exc:
-            hint = (f" (damaged: move {self.path.name}* aside and the run starts over; "
-                    "published snapshots are not affected)" if damaged(exc) else "")
-            raise OutputError(f"{self.path}: cannot open the run journal: {exc}{hint}") from None
+        self._pool.submit(self._connect).result()
 
     def _connect(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = open_state(self.path, _SCHEMA, "run journal", "the run starts over")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, fast
-        try:
-            db.executescript(_SCHEMA)
-            for table, column, declaration in _ADDED:
-                names = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                if column not in names:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise OutputError(f"{self.path}: not a harvester journal ({exc})") from None
         self._db = db
 
     def close(self) -> None:
@@ -430,17 +395,13 @@ class Journal:
         held = 0  # record bytes in the batch: 200 outcomes of 10 MB would be 2 GB
         failure: BaseException | None = None
         due: float | None = None  # when the oldest outcome in the batch must be stored
-        while True:
-            outcome: Outcome | None = None
-            ended = False
+        ended = False
+        while not ended:
             try:
-                if results.empty():  # wait for one, but not past the batch's due time
-                    async with asyncio.timeout_at(due):
-                        outcome = await results.get()
-                else:  # the busy case: no timer armed and cancelled per outcome
-                    outcome = results.get_nowait()
+                async with asyncio.timeout_at(due):
+                    outcome = await results.get()
             except TimeoutError:
-                pass
+                outcome = None
             else:
                 ended = outcome is None
             if outcome is not None:
@@ -455,10 +416,8 @@ class Journal:
                     except Exception as exc:
                         failure = exc
                 batch, held, due = [], 0, None
-            if ended:
-                if failure is not None:
-                    raise failure
-                return
+        if failure is not None:
+            raise failure
 
     def store(self, outcomes: list[Outcome]) -> None:
         """Records, states and errors of a batch of outcomes, in one transaction; a record
@@ -467,7 +426,7 @@ class Journal:
         with transaction(self.db):
             self.db.executemany(
                 "INSERT OR REPLACE INTO records(article_id, body, files, stats, fetched_at, "
-                "extra, published, record_url, etag, last_modified) "
+                "payloads, published, record_url, etag, last_modified) "
                 "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(
                     o.article_id,
@@ -542,8 +501,15 @@ class Journal:
                 "WHERE state=?)", (ItemState.GONE,)
             )
 
-    def _attached(self, catalog: Path) -> _Attached:
-        return _Attached(self.db, catalog)
+    @contextlib.contextmanager
+    def _attached(self, catalog: Path) -> Iterator[None]:
+        """The catalog attached to the journal's connection as `cat`, for SQL across both."""
+        Catalog(catalog).close()  # make sure it exists with its schema
+        self.db.execute("ATTACH DATABASE ? AS cat", (str(catalog),))
+        try:
+            yield
+        finally:
+            self.db.execute("DETACH DATABASE cat")
 
     def errors(self) -> list[dict[str, Any]]:
         return [
@@ -558,7 +524,7 @@ class Journal:
         """Records a source yields besides ids, as (kind, key, JSON body); re-listing replaces."""
         with transaction(self.db):
             self.db.executemany(
-                "INSERT OR REPLACE INTO side VALUES(?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO source_records VALUES(?, ?, ?, ?, ?)",
                 [(kind, key, idx, pack(orjson.dumps(body)), fetched_at)
                  for kind, key, body in records],
             )
@@ -566,22 +532,7 @@ class Journal:
     def source_records(self) -> Iterator[SourceRecord]:
         """Every source record in kind and key order (call on the journal thread)."""
         for kind, key, body, fetched_at in self.db.execute(
-                "SELECT kind, key, body, fetched_at FROM side ORDER BY kind, key").fetchall():
+                "SELECT kind, key, body, fetched_at FROM source_records ORDER BY kind, key"
+        ).fetchall():
             yield SourceRecord(kind, key, orjson.loads(unpack(body)), fetched_at)
 
-
-KEPT = (ItemState.DONE, ItemState.FAILED, ItemState.DEFERRED)  # their records are written
-
-
-class _Attached:
-    """The catalog attached to the journal's connection as `cat` for cross-database SQL."""
-
-    def __init__(self, db: sqlite3.Connection, catalog: Path) -> None:
-        self.db, self.catalog = db, catalog
-
-    def __enter__(self) -> None:
-        Catalog(self.catalog).close()  # make sure it exists with its schema
-        self.db.execute("ATTACH DATABASE ? AS cat", (str(self.catalog),))
-
-    def __exit__(self, *exc: object) -> None:
-        self.db.execute("DETACH DATABASE cat")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,10 @@ import pytest
 import yaml
 from aiohttp import web
 
-from harvester import render
+from harvester.errors import OutputError
 from harvester.journal import DONE, Journal, Outcome, pack, unpack
-from harvester.journalrows import JournalRow, chunks
+from harvester.journalrows import chunks
 from harvester.pipeline import Harvest
-from harvester.render import RenderSpec
 from harvester.schema import SCHEMAS
 from harvester.simulator import Simulator
 from harvester.store import list_snapshots
@@ -74,15 +73,6 @@ def synthetic(n: int, pad: int = 0) -> list[bytes]:
             for i in range(1, n + 1)]
 
 
-def journal_chunks(tmp_path: Path, n: int, size: int) -> list[list[JournalRow]]:
-    """Journal rows of n synthetic records, as the journal hands them to render."""
-    journal = journal_of(tmp_path, synthetic(n))
-    try:
-        return journal.run(lambda: list(chunks(journal.db, size, 1 << 30)))
-    finally:
-        journal.close()
-
-
 def test_chunks_end_at_a_record_count_or_a_byte_size(tmp_path: Path) -> None:
     journal = journal_of(tmp_path, synthetic(30, pad=100_000))
     try:
@@ -99,19 +89,6 @@ def test_chunks_end_at_a_record_count_or_a_byte_size(tmp_path: Path) -> None:
                                     for size in one_mb[:-1])
 
 
-SPEC = RenderSpec(snapshot_id="20261127T050000Z", sources=("s",), scope="public", ndjson=True,
-                  parquet=True)
-
-
-def flat(results: list[render.Rendered]) -> tuple[bytes, dict[str, list[Any]]]:
-    lines = b"".join(r.lines["articles.ndjson"] for r in results)
-    rows: dict[str, list[Any]] = {}
-    for r in results:
-        for table, t in r.tables.items():
-            rows.setdefault(table, []).extend(t.to_pylist())
-    return lines, rows
-
-
 BIG_LIST = orjson.dumps([{"id": i, "name": f"f{i}"} for i in range(50_000)])
 
 
@@ -119,19 +96,24 @@ BIG_LIST = orjson.dumps([{"id": i, "name": f"f{i}"} for i in range(50_000)])
 def test_journal_blobs_round_trip_smaller(data: bytes) -> None:
     blob = pack(data)
     assert unpack(blob) == data
-    assert blob[:1] == b"\x00"  # LZ4, not zlib (whose streams start with 0x78)
     if len(data) > 1_000:
         assert len(blob) < len(data) / 3
 
 
-def test_a_journal_of_zlib_blobs_still_renders(tmp_path: Path) -> None:
-    """Journals written before the LZ4 blobs (an interrupted run, resumed after an upgrade)."""
-    chunked = journal_chunks(tmp_path, 30, 10)
-    legacy = [[row._replace(body=zlib.compress(unpack(row.body), 1)) for row in chunk]
-              for chunk in chunked]
-    assert legacy[0][0].body[:1] == b"\x78"
-    assert flat([render.render(SPEC, c) for c in legacy]) == \
-        flat([render.render(SPEC, c) for c in chunked])
+def test_a_journal_of_another_version_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    """Journals are never migrated: one of another version is refused, and says what to do."""
+    path = tmp_path / "journal.sqlite"
+    journal_of(tmp_path, synthetic(1)).close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version=1")
+    with pytest.raises(OutputError, match=r"journal\.sqlite: cannot open the run journal: "
+                       r"written by another version .* \(move journal\.sqlite\* aside and the "
+                       "run starts over"):
+        journal = Journal(path)
+        try:
+            journal.open()
+        finally:
+            journal.close()
 
 
 def test_a_corrupt_journal_blob_fails_loudly() -> None:
