@@ -14,12 +14,9 @@ import fcntl
 import hashlib
 import os
 import shutil
-from collections import deque
 from collections.abc import Collection, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import orjson
@@ -29,6 +26,7 @@ import pyarrow.parquet as pq
 
 from harvester.config import FORMATS
 from harvester.errors import OutputError
+from harvester.records import Columns, columns
 from harvester.schema import NO_STATISTICS, SCHEMA_VERSION, SCHEMAS
 from harvester.store import (
     BUFFER,
@@ -49,7 +47,6 @@ from harvester.urls import redact, sanitize_url
 ERROR_KEYS = ("id", "source", "url", "status", "reason", "message", "attempts", "at")
 NDJSON_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 _OWN_METHOD = {"articles": "add_article", "stats": "add_stats"}
-_ROW_TYPES = {table: pa.struct(list(schema)) for table, schema in SCHEMAS.items()}
 
 # Rows waiting for their row group are copied into one piece once this many are queued, so
 # many small buffers do not pin memory while their row group fills.
@@ -57,9 +54,6 @@ PENDING_PIECES = 8
 PENDING_COPY = 4 << 20  # bytes
 GROUP_BYTES = 16 << 20  # rows this large make a row group of their own, however few
 FILE_ROW_GROUPS = 20  # row groups in one part file of a table (TABLE/part-NNNNN.parquet)
-
-
-# --- local staging: the few filesystem operations a snapshot's files need --------------------
 
 
 def _mkdirs(path: Path) -> None:
@@ -117,27 +111,12 @@ def _lock(path: Path) -> int:
     return fd
 
 
-def _unlock(fd: int, path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
-        os.close(fd)
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-# --- the writer ------------------------------------------------------------------------------
-
-
 class SnapshotWriter:
     """Writes one snapshot: open -> add_* -> publish (or abort). Also a context manager.
 
-    Rows are buffered per table and written as one Parquet row group per `row_group_size`
-    rows (tables that keep each record's JSON, a few KB a row) or `narrow_row_group_size` rows
-    (the others, a few hundred bytes a row), so memory is bounded by the row group size, not by
-    the number of records. Leaving the `with` block without `publish` (or with an exception)
-    aborts: nothing is published.
+    Rows go out as Parquet row groups of `row_group_size` rows (tables that keep each record's
+    JSON) or `narrow_row_group_size` rows (the others), so memory is bounded by a row group, not
+    by the number of records. Leaving the `with` block without `publish` aborts.
 
     `root` is a local directory or `s3://bucket/prefix`. Work in progress goes to
     `staging_dir` (default: ROOT/NAME/.staging, so publishing is a rename); an s3:// root needs
@@ -178,35 +157,28 @@ class SnapshotWriter:
         # a row group's footer entry stays in memory until its file closes: few, large groups
         self.row_group_rows = {t: row_group_size if "raw" in schema.names
                                else narrow_row_group_size for t, schema in SCHEMAS.items()}
-        # a table is a folder of part files: closing one frees its footer
+        # a table is a folder of part files: closing one frees its footers
         self.file_row_groups = file_row_groups
         self._part: dict[str, int] = {}  # table -> number of its part file being written
         self._part_groups: dict[str, int] = {}  # table -> row groups in that part so far
         self.staging = staging_root / self.snapshot_id
         self.folder = f"{PREFIX}{self.snapshot_id}"
-        # Where the snapshot is published: a local directory, or its s3:// URL.
-        url = self.store.url(name, self.folder)
+        url = self.store.url(name, self.folder)  # where it is published
         self.path: Path | str = url if self.store.remote else Path(url)
         self._state = "new"
         self._lock_path = staging_root / f"{self.snapshot_id}.lock"
         self._lock: int | None = None  # held from open() to publish/abort
         self._lines: dict[str, IO[bytes]] = {}
         self._parquet: dict[str, pq.ParquetWriter] = {}
-        self._buffers: dict[str, list[dict[str, Any]]] = {t: [] for t in SCHEMAS}
-        # converted rows not yet in a row group, in order (after any rows in _buffers' past)
+        self._rows: dict[str, list[dict[str, Any]]] = {t: [] for t in SCHEMAS}  # to convert
+        # converted rows not yet in a row group, in order (after those in _rows' past)
         self._pending: dict[str, list[pa.Table]] = {t: [] for t in SCHEMAS}
-        # Parquet encoding releases the GIL: row groups are written on threads of their own
-        # while the caller shapes the next rows, one batch at a time (keeping their order).
-        self._io: ThreadPoolExecutor | None = None
-        self._io_jobs: deque[Future[None]] = deque()
 
     def is_published(self) -> bool:
         """The snapshot is out (its directory, or its s3:// manifest, is there)."""
         if self.store.remote:
             return self.store.is_complete(self.name, self.folder)
         return self.store.taken(self.name, self.folder)
-
-    # -- lifecycle ------------------------------------------------------------------------
 
     def open(self) -> SnapshotWriter:
         if self._state != "new":
@@ -218,7 +190,7 @@ class SnapshotWriter:
         try:
             # Nobody else holds the lock, so a staging dir with this id is what a killed run
             # left (a resumed run keeps its snapshot id): start it afresh.
-            _remove_tree(self.staging)
+            shutil.rmtree(self.staging, ignore_errors=True)
             _mkdir_new(self.staging)
             self._state = "open"
             names = ["errors.ndjson"]  # the error log is kept whatever the data formats
@@ -227,7 +199,6 @@ class SnapshotWriter:
             for n in names:
                 self._lines[n] = _open(self.staging / n)
             if "parquet" in self.formats:
-                self._io = ThreadPoolExecutor(4, thread_name_prefix="parquet")
                 for table in SCHEMAS:  # every table has a first part, rows or not
                     _mkdir_new(self.staging / table)
                     self._open_part(table, 0)
@@ -239,12 +210,7 @@ class SnapshotWriter:
     def __enter__(self) -> SnapshotWriter:
         return self.open()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._state != "published":
             self.abort()
 
@@ -257,9 +223,7 @@ class SnapshotWriter:
         self._require_open()
         self._state = "publishing"
         self._close_writers()
-        listed = list_files(self.staging)
-        with ThreadPoolExecutor(min(4, len(listed) or 1), thread_name_prefix="describe") as pool:
-            files = dict(zip(listed, pool.map(_describe, listed.values()), strict=True))
+        files = {name: _describe(path) for name, path in list_files(self.staging).items()}
         tables = {t: {"rows": sum(files[f]["rows"] for f in parts), "files": parts}
                   for t in SCHEMAS if (parts := table_files(files, t))}
         doc = {
@@ -274,7 +238,7 @@ class SnapshotWriter:
         write_atomic(self.staging / MANIFEST, body + b"\n")
         self.store.publish(self.staging, self.name, self.snapshot_id)
         if self.store.remote:
-            _remove_tree(self.staging)  # uploaded: the local copy has done its job
+            shutil.rmtree(self.staging, ignore_errors=True)  # uploaded: the local copy is done
         self._state = "published"
         self._release()
         return self.path
@@ -284,20 +248,16 @@ class SnapshotWriter:
         if self._state in ("published", "aborted"):
             return
         self._state = "aborted"
-        self._stop_io(wait=False)
         # The files are being thrown away: a close that fails changes nothing.
-        for f in self._lines.values():
+        for f in [*self._lines.values(), *self._parquet.values()]:
             with contextlib.suppress(OSError):
                 f.close()
-        for w in self._parquet.values():
-            with contextlib.suppress(OSError):
-                w.close()
         self._lines.clear()
         self._parquet.clear()
-        self._buffers = {t: [] for t in SCHEMAS}
+        self._rows = {t: [] for t in SCHEMAS}
         self._pending = {t: [] for t in SCHEMAS}
         if self._lock is not None:  # never remove a staging dir another writer holds
-            _remove_tree(self.staging)
+            shutil.rmtree(self.staging, ignore_errors=True)
             self._release()
 
     # -- writing --------------------------------------------------------------------------
@@ -308,17 +268,17 @@ class SnapshotWriter:
         unknown = set(rows) - set(SCHEMAS)
         if unknown:
             raise ValueError(f"unknown tables {sorted(unknown)}; valid: {sorted(SCHEMAS)}")
-        self._line("articles.ndjson", orjson.dumps(record))
+        self._write("articles.ndjson", orjson.dumps(record) + b"\n")
         for table, table_rows in rows.items():
-            self._buffer(table, table_rows)
+            self._add(table, table_rows)
 
     def add_stats(self, rows: Iterable[dict[str, Any]]) -> None:
         """`stats` rows (from records.stats_rows): stats.ndjson lines and the stats table."""
         self._require_open()
         rows = list(rows)
         for row in rows:
-            self._line("stats.ndjson", orjson.dumps(row, option=NDJSON_OPTS))
-        self._buffer("stats", rows)
+            self._write("stats.ndjson", orjson.dumps(row, option=NDJSON_OPTS) + b"\n")
+        self._add("stats", rows)
 
     def add_rows(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
         """Rows of a table fed outside add_article/add_stats: collections, projects, versions..."""
@@ -327,7 +287,7 @@ class SnapshotWriter:
             raise ValueError(f"unknown table {table!r}; valid: {sorted(SCHEMAS)}")
         if table in _OWN_METHOD:
             raise ValueError(f"rows of {table!r} are added with {_OWN_METHOD[table]}()")
-        self._buffer(table, list(rows))
+        self._add(table, list(rows))
 
     def add_rendered(self, chunk: Any) -> None:
         """A chunk from render.render: its NDJSON lines and its tables, after what came before.
@@ -346,8 +306,7 @@ class SnapshotWriter:
                 continue
             if not arrow.schema.equals(SCHEMAS[table]):
                 raise ValueError(f"a rendered {table!r} table does not have the table's schema")
-            if self._buffers[table]:  # rows added one by one before it come first
-                self._flush_rows(table)
+            self._convert(table)  # rows added one by one before it come first
             self._append(table, arrow)
 
     def add_error(self, error: Mapping[str, Any]) -> None:
@@ -360,54 +319,46 @@ class SnapshotWriter:
             line["message"] = redact(line["message"])
         if line["at"] is None:
             line["at"] = datetime.now(UTC)
-        self._line("errors.ndjson", orjson.dumps(line, option=NDJSON_OPTS, default=str))
+        self._write("errors.ndjson", orjson.dumps(line, option=NDJSON_OPTS, default=str) + b"\n")
 
     # -- internals ------------------------------------------------------------------------
 
     def _release(self) -> None:
         if self._lock is not None:
-            _unlock(self._lock, self._lock_path)
+            with contextlib.suppress(OSError):
+                self._lock_path.unlink(missing_ok=True)
+                os.close(self._lock)
             self._lock = None
 
     def _require_open(self) -> None:
         if self._state != "open":
             raise RuntimeError(f"snapshot writer is {self._state}, not open")
 
-    def _line(self, name: str, data: bytes) -> None:
-        self._write(name, data + b"\n")
-
     def _write(self, name: str, data: bytes) -> None:
-        """Bytes of whole lines into an NDJSON file."""
+        """Bytes of whole lines into an NDJSON file (if that format was asked for)."""
         f = self._lines.get(name)
-        if f is None:
-            return  # this format was not asked for
-        try:
-            f.write(data)
-        except OSError as e:
-            self._failed()
-            raise fail("write", self.staging / name, e) from e
+        if f is not None:
+            try:
+                f.write(data)
+            except OSError as e:
+                self._state = "failed"  # the snapshot is incomplete: only abort() is left
+                raise fail("write", self.staging / name, e) from e
 
-    def _buffer(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if table not in self._parquet:
-            return
-        buf = self._buffers[table]
-        buf.extend(rows)
-        if len(buf) >= self.row_group_rows[table]:
-            self._flush_rows(table)
+    def _add(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Row dicts wait in bulk: converting each record's few rows alone is slow."""
+        if table in self._parquet:
+            self._rows[table].extend(rows)
+            if len(self._rows[table]) >= self.row_group_rows[table]:
+                self._convert(table)
 
-    def _failed(self) -> None:
-        # A row group that could not be written leaves the snapshot incomplete: only abort().
-        self._state = "failed"
-
-    def _flush_rows(self, table: str) -> None:
-        """Convert the rows buffered for `table` and queue them for its row groups."""
-        rows, self._buffers[table] = self._buffers[table], []
-        try:
-            arrow = rows_to_table(table, rows, self.snapshot_id)
-        except ValueError:
-            self._failed()
-            raise
-        self._append(table, arrow)
+    def _convert(self, table: str) -> None:
+        rows, self._rows[table] = self._rows[table], []
+        if rows:
+            try:
+                self._append(table, rows_to_table(table, rows, self.snapshot_id))
+            except ValueError:
+                self._state = "failed"
+                raise
 
     def _append(self, table: str, arrow: pa.Table) -> None:
         """Queue converted rows; write every full row group."""
@@ -419,18 +370,11 @@ class SnapshotWriter:
         full = queued - queued % self.row_group_rows[table]
         if not full and sum(t.nbytes for t in pending) >= GROUP_BYTES:
             full = queued  # 2,500 records of 10 MB would be 25 GB held for one row group
-        if not full:
-            return
-        combined = pa.concat_tables(pending)
-        rest = combined.slice(full)
-        self._pending[table] = [rest] if rest.num_rows else []
-        # the previous batch must be written first: at most one in flight
-        self._drain()
-        self._submit(table, combined.slice(0, full))
-
-    def _submit(self, table: str, arrow: pa.Table) -> None:
-        assert self._io is not None
-        self._io_jobs.append(self._io.submit(self._write_groups, table, arrow))
+        if full:
+            combined = pa.concat_tables(pending)
+            rest = combined.slice(full)
+            self._pending[table] = [rest] if rest.num_rows else []
+            self._write_groups(table, combined.slice(0, full))
 
     def _part_path(self, table: str) -> Path:
         return self.staging / table_part(table, self._part[table])
@@ -449,8 +393,8 @@ class SnapshotWriter:
             raise fail("create", path, e) from e
 
     def _write_groups(self, table: str, arrow: pa.Table) -> None:
-        """On the Parquet thread: row groups of `arrow` into `table`'s part files, the next
-        part begun (and the full one closed) every `file_row_groups` row groups."""
+        """Row groups of `arrow` into `table`'s part files, the next part begun (and the full
+        one closed) every `file_row_groups` row groups."""
         group = self.row_group_rows[table]
         done = 0
         while done < arrow.num_rows:
@@ -462,50 +406,24 @@ class SnapshotWriter:
             try:
                 self._parquet[table].write_table(piece, row_group_size=group)
             except OSError as e:
+                self._state = "failed"
                 raise fail("write", self._part_path(table), e) from e
             self._part_groups[table] += -(-piece.num_rows // group)
             done += piece.num_rows
 
     def _close_part(self, table: str) -> None:
-        # closed in place, not taken out: the caller's thread reads `table in self._parquet`
-        # as "this snapshot has Parquet" while the Parquet thread moves on to the next part
         try:
             self._parquet[table].close()
         except OSError as e:
             raise fail("write", self._part_path(table), e) from e
 
-    def _drain(self) -> None:
-        """Wait for every queued row-group write; raise the first failure."""
-        while self._io_jobs:
-            try:
-                self._io_jobs.popleft().result()
-            except BaseException:
-                self._failed()
-                raise
-
-    def _stop_io(self, *, wait: bool) -> None:
-        """Finish (or, when aborting, give up on) queued writes and end the Parquet threads."""
-        io, self._io = self._io, None
-        if io is None:
-            return
-        try:
-            if wait:
-                self._drain()
-        finally:  # a write under way always ends first
-            io.shutdown(wait=True, cancel_futures=not wait)
-            self._io_jobs.clear()
-
     def _close_writers(self) -> None:
         for table in self._parquet:
-            if self._buffers[table]:
-                self._flush_rows(table)
-        self._buffers = {t: [] for t in SCHEMAS}
-        self._drain()
-        for table, pending in self._pending.items():  # last row groups: side by side
-            if pending:
-                self._submit(table, pa.concat_tables(pending))
+            self._convert(table)
+        for table, pending in self._pending.items():
+            if pending and table in self._parquet:
+                self._write_groups(table, pa.concat_tables(pending))
         self._pending = {t: [] for t in SCHEMAS}
-        self._stop_io(wait=True)
         for name, f in list(self._lines.items()):
             try:
                 f.close()
@@ -519,14 +437,17 @@ class SnapshotWriter:
 
 def rows_to_table(table: str, rows: list[dict[str, Any]],
                   snapshot_id: str | None = None) -> pa.Table:
-    """Row dicts -> an Arrow table with `table`'s schema, checked: every value fits its column,
+    """Row dicts -> an Arrow table, as columns_to_table."""
+    return columns_to_table(table, columns(table, rows), snapshot_id)
+
+
+def columns_to_table(table: str, cols: Columns, snapshot_id: str | None = None) -> pa.Table:
+    """Columns -> an Arrow table with `table`'s schema, checked: every value fits its column,
     no nulls in required columns, and (if given) every row of `snapshot_id`. ValueError names
     what is wrong."""
     schema = SCHEMAS[table]
     try:
-        # One struct array converts the row dicts in C++; Table.from_pylist would first build a
-        # Python list per column (same coercions and errors, a third slower).
-        arrow = pa.Table.from_struct_array(pa.array(rows, type=_ROW_TYPES[table]))
+        arrow = pa.Table.from_pydict(cols, schema=schema)
     except (pa.ArrowException, TypeError, ValueError, ArithmeticError) as e:
         raise ValueError(f"rows for table {table!r} do not fit its schema: {why(e)}") from e
     # The conversion does not enforce nullability; Parquet's REQUIRED columns must not see nulls.
@@ -548,7 +469,7 @@ def clean_staging(root: Path | str, name: str) -> list[Path]:
     removed = sorted(staging.iterdir())
     for p in removed:
         if p.is_dir():
-            _remove_tree(p)
+            shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
     return removed
