@@ -6,16 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from harvester.typedyaml import MAX_ID
+
 PAGE_SIZE = 1_000  # the documented maximum page_size: fewest requests per id
 WINDOW = 9_000  # items one query can page through with page/offset (NOTES §3.2, strictest workable)
 FILES_CAP = 10  # a full record lists at most this many files (SPEC26); page /files beyond it
 MAX_PAGES = 100_000  # loop guard: 100 million items per query is beyond any repository
 MAX_FILE_PAGES = 100  # /files pages of one record: 100,000 files at most (a bound, not a need)
 MAX_VERSIONS = 1_000  # versions of one record fetched at most
-MAX_ID = 2**63 - 1  # ids are positive 64-bit integers (SPEC26 int64)
-
-# item_type codes (NOTES §4.1, SPEC26): what GET /item_types is expected to list, and the
-# fallback when it cannot be read; an overfull time slice is split by these first
+# item_type codes (NOTES §4.1, SPEC26): the fallback when GET /item_types cannot be read
 ITEM_TYPES = (1, 2, 3, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
               26, 27, 28, 29)
 REVIEW_STATUSES = ("pending", "approved", "rejected", "closed")  # GET /account/institution/reviews
@@ -34,13 +33,14 @@ class Bound:
 PUBLISHED = Bound("published_date", "published_since", "published_date")
 MODIFIED = Bound("modified_date", "modified_since", "modified_date")
 
-# filter -> (the listed item's key holding its value, the complete list of values or None when
-# the values can only be learned from the items seen)
+# split filter -> (the listed item's key holding its value, every value, or None when the
+# values can only be learned from the items seen)
 SPLITS: dict[str, tuple[str, tuple[Any, ...] | None]] = {
     "item_type": ("defined_type", ITEM_TYPES),
     "group": ("group_id", None),
     "status": ("status", REVIEW_STATUSES),
 }
+BY_TYPE_AND_GROUP = ("item_type", "group")
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,8 @@ class ListQuery:
     def ascending(self, since: str | None) -> ListQuery:
         """The same query in ascending order of its bound date, from `since` on."""
         assert self.bound is not None
-        filters = {**self.filters, "order": self.bound.order, "order_direction": "asc"}
-        if since is not None:
-            filters[self.bound.param] = since
-        return replace(self, filters=filters)
+        since_filter = {} if since is None else {self.bound.param: since}
+        return self.narrowed(order=self.bound.order, order_direction="asc", **since_filter)
 
     def is_ascending(self) -> bool:
         return (self.bound is not None and self.filters.get("order") == self.bound.order
@@ -83,10 +81,8 @@ class ListQuery:
 class Pager:
     """Paging state machine: page/page_size (or offset/limit) inside the window, then X-Cursor.
 
-    The page window is the documented, well-trodden path, so it is used first; the cursor
-    (documented but with an unverified handshake) only carries a query past 9,000 items.
-    `request()` gives the next (params, headers) or None when done; `advance()` takes the
-    reply. A loop guard stops a server that keeps answering full pages with the same cursor.
+    The page window is the well-trodden path; the cursor only carries a query past it. A cursor
+    seen before is a loop, not progress.
     """
 
     page_size: int = PAGE_SIZE
@@ -102,6 +98,7 @@ class Pager:
     truncated: bool = False  # the window filled and the cursor could not carry on
 
     def request(self) -> tuple[dict[str, int], dict[str, str]] | None:
+        """The next page's (params, headers), or None when done."""
         if self.done:
             return None
         if self.cursor is not None:
@@ -115,16 +112,13 @@ class Pager:
         self.items += count
         if count < self.page_size or self.requests >= MAX_PAGES:
             self.done = True
-            return
-        if self.cursor is not None or self.page * self.page_size >= self.window:
-            # past (or at the edge of) the window: only a fresh cursor can carry on
-            if not (self.use_cursor and cursor) or cursor in self.seen_cursors:
-                self.done = self.truncated = True
-                return
+        elif self.cursor is None and self.page * self.page_size < self.window:
+            self.page += 1
+        elif self.use_cursor and cursor and cursor not in self.seen_cursors:
             self.seen_cursors.add(cursor)
             self.cursor = cursor
-            return
-        self.page += 1
+        else:
+            self.refused()
 
     def refused(self) -> None:
         """The server refused the next page (window cap or a cursor it no longer knows)."""
@@ -158,8 +152,7 @@ def files_may_be_truncated(record: Mapping[str, Any]) -> bool:
 def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
     """The list/search query a configured source enumerates (ids, files and OAI excluded)."""
     filters = {k: v for k, v in params.items() if v is not None}
-    if kind == "account":
-        return account_query(filters)
+    filters.pop("reconcile", None)
     if kind == "reviews":
         # limit/offset only; no date to bound by, but the status filter splits it
         return ListQuery("GET", "/account/institution/reviews", filters, cursor=False, auth=True,
@@ -175,41 +168,31 @@ def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
         pid = params["project"]
         # the project listing has no filters; a search by project_id can be partitioned
         search = ListQuery("POST", "/articles/search", {"project_id": pid}, bound=PUBLISHED,
-                           splits=("item_type", "group")).ascending(None)
+                           splits=BY_TYPE_AND_GROUP).ascending(None)
         return ListQuery("GET", f"/projects/{pid}/articles", {}, cursor=False, fallback=search)
-    filters.pop("reconcile", None)
+    if kind == "account":
+        if filters.pop("listing", "search") == "list" and not filters:
+            return ListQuery("GET", "/account/articles", {}, cursor=False, auth=True)
+        # drafts have no publish date: the token owner's items are walked by modification date
+        return ListQuery("POST", "/account/articles/search", filters, cursor=False, auth=True,
+                         bound=MODIFIED, splits=BY_TYPE_AND_GROUP).ascending(None)
+    if kind == "institution_articles":
+        filters.setdefault("order", "modified_date")  # drafts have no publish date either
+        filters.setdefault("order_direction", "asc")
+        return ListQuery("GET", "/account/institution/articles", filters, cursor=False, auth=True,
+                         bound=MODIFIED, splits=BY_TYPE_AND_GROUP)
     if kind == "author":
         filters["search_for"] = author_terms(filters.pop("full_name", None),
                                               filters.pop("orcid", None))
-    # Ascending order keeps pages stable while new items are published mid-harvest.
-    if kind == "institution_articles":
-        # Drafts have no publish date, so the admin listing is walked by modification date.
-        filters.setdefault("order", "modified_date")
-        filters.setdefault("order_direction", "asc")
-        return ListQuery("GET", "/account/institution/articles", filters, cursor=False, auth=True,
-                         bound=MODIFIED, splits=("item_type", "group"))
+    # ascending order keeps pages stable while new items are published mid-harvest
     filters.setdefault("order", "published_date")
     filters.setdefault("order_direction", "asc")
     bound = MODIFIED if filters["order"] == "modified_date" else PUBLISHED
     if kind in ("search", "author"):
-        return ListQuery("POST", "/articles/search", filters, bound=bound,
-                         splits=("item_type", "group"))
+        return ListQuery("POST", "/articles/search", filters, bound=bound, splits=BY_TYPE_AND_GROUP)
     if kind in ("articles", "group", "institution"):
-        return ListQuery("GET", "/articles", filters, bound=bound, splits=("item_type", "group"))
+        return ListQuery("GET", "/articles", filters, bound=bound, splits=BY_TYPE_AND_GROUP)
     raise ValueError(f"source kind {kind!r} has no list query")
-
-
-def account_query(filters: Mapping[str, Any]) -> ListQuery:
-    """The token owner's items: POST /account/articles/search (PrivateArticleSearch), walked by
-    modification date (drafts have no publish date) and split by type; or, with `listing:
-    list` and no filters, GET /account/articles (paging only: no filters, order or X-Cursor)."""
-    filters = dict(filters)
-    listing = filters.pop("listing", "search")
-    if listing == "list" and not filters:
-        return ListQuery("GET", "/account/articles", {}, cursor=False, auth=True)
-    filters.update(order="modified_date", order_direction="asc")
-    return ListQuery("POST", "/account/articles/search", filters, cursor=False, auth=True,
-                     bound=MODIFIED, splits=("item_type", "group"))
 
 
 def author_terms(full_name: str | None, orcid: str | None) -> str:

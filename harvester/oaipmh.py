@@ -1,12 +1,7 @@
 """OAI-PMH id discovery (NOTES §11): ListIdentifiers by set and date range, through the Client.
 
-Figshare's OAI-PMH lists the latest version of every public article with no depth cap, so it
-is an enumeration independent of the REST paging window: an alternative source of ids for a
-full export, and the cross-check that proves one complete. Resumption tokens expire (60 min on
-Figshare). An expired one restarts the list from the datestamp of the last header seen (`from`
-is inclusive, so that second is listed again), or from the source's own `from` once datestamps
-were seen going backwards (nothing promises datestamp order). Ids are yielded once each. A
-restart that lists no new id counts towards MAX_STALLED; past it the source is `truncated`.
+An enumeration independent of the REST paging window. Expired resumption tokens restart the list;
+a restart that lists no new id counts towards MAX_STALLED, past which the source is `truncated`.
 """
 
 from __future__ import annotations
@@ -14,11 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 from xml.etree import ElementTree as ET
 
+from harvester.client import Client
 from harvester.errors import BadResponse
-from harvester.partition import IdSet, Partition, iso_second, parse_stamp
+from harvester.partition import Lister, Partition, iso_second, parse_stamp
 
 NS = "{http://www.openarchives.org/OAI/2.0/}"
 ID_PREFIX = "oai:figshare.com:article/"
@@ -48,37 +43,29 @@ class _Pass:
     expired: bool = False
 
 
-class OaiLister:
-    """Lists the article ids of one OAI-PMH query, keeping what it took as partitions."""
+class OaiLister(Lister):
+    """Lists the article ids of one OAI-PMH query, keeping what it took as partitions.
 
-    def __init__(self, client: Any, base_url: str, *, set_spec: str | None = None,
-                 from_: str | None = None, until: str | None = None,
-                 prefix: str = "oai_dc") -> None:
+    An expired token restarts from the last datestamp seen (`from` is inclusive, so that second
+    is listed again), or from the source's own `from` once datestamps were seen going backwards.
+    """
+
+    def __init__(self, client: Client, base_url: str, *, set_spec: str | None = None,
+                 from_: str | None = None, until: str | None = None) -> None:
+        super().__init__()
         self.client = client
         self.base_url = base_url
         self.set_spec = set_spec
         self.from_ = _seconds(from_, until=False)
         self.until = _seconds(until, until=True)
-        self.prefix = prefix
-        self.partitions: list[Partition] = []
-        self.seen = IdSet()
-        self.listed = 0  # headers listed, repeats across restarts included
         self.deleted = 0  # headers marked deleted (skipped)
         self.restarts = 0
         self.unordered = False  # a datestamp went backwards: restarts go back to `from`
-        self.truncated = False  # some ids could not be listed (see the partitions' notes)
-        self.skipped = 0  # as Exhauster: listed entries without a valid article id
-        self.skipped_sample: list[str] = []
 
-    @property
-    def requests(self) -> int:
-        return sum(p.requests for p in self.partitions)
-
-    def _describe(self, start: str | None) -> str:
-        args = [f"metadataPrefix={self.prefix}"]
-        args += [f"{k}={v}" for k, v in (("set", self.set_spec), ("from", start),
-                                         ("until", self.until)) if v]
-        return "OAI-PMH ListIdentifiers [" + ", ".join(args) + "]"
+    def _params(self, start: str | None) -> dict[str, str]:
+        params = {"verb": "ListIdentifiers", "metadataPrefix": "oai_dc", "set": self.set_spec,
+                  "from": start, "until": self.until}
+        return {k: v for k, v in params.items() if v}
 
     async def ids(self) -> AsyncIterator[list[int]]:
         """Batches of ids not yielded before (so counts of them are distinct ids)."""
@@ -86,8 +73,8 @@ class OaiLister:
         stalled = 0
         skipped = False  # a restart began after `from`: an unordered list may have lost ids
         while True:
-            part = Partition(self._describe(start))
-            self.partitions.append(part)
+            shown = ", ".join(f"{k}={v}" for k, v in self._params(start).items() if k != "verb")
+            part = self._partition(f"OAI-PMH ListIdentifiers [{shown}]")
             run = _Pass()
             async for batch in self._pass(start, part, run):
                 yield batch
@@ -102,12 +89,12 @@ class OaiLister:
             stalled = 0 if part.new else stalled + 1
             if stalled >= MAX_STALLED:
                 if self.unordered or run.last is None:
-                    self._give_up(part, "resumption tokens expire before the list gets past "
+                    self._stalled(part, "resumption tokens expire before the list gets past "
                                         "what it already listed, and datestamps are not in "
                                         "order, so no restart can resume it")
                     return
                 # More headers share this second than one token reaches: skip the second.
-                self._give_up(part, f"more headers share datestamp {iso_second(run.last)} than "
+                self._stalled(part, f"more headers share datestamp {iso_second(run.last)} than "
                                     "one resumption token reaches; the rest of that second "
                                     "was skipped")
                 if self.until is not None and (parse_stamp(self.until) or 0) <= run.last:
@@ -124,17 +111,13 @@ class OaiLister:
                     start = iso_second(run.last)
                     skipped = skipped or start != self.from_
 
-    def _give_up(self, part: Partition, why: str) -> None:
-        part.truncated = self.truncated = True
-        part.note = f"truncated after {MAX_STALLED} restarts that listed no new id: {why}"
+    def _stalled(self, part: Partition, why: str) -> None:
+        self._give_up(part, f"truncated after {MAX_STALLED} restarts that listed no new id: {why}")
 
     async def _pass(self, start: str | None, part: Partition,
                     run: _Pass) -> AsyncIterator[list[int]]:
         """One list from `start` until it ends or its token expires (run.expired)."""
-        params: dict[str, str] = {"verb": "ListIdentifiers", "metadataPrefix": self.prefix}
-        for key, value in (("set", self.set_spec), ("from", start), ("until", self.until)):
-            if value:
-                params[key] = value
+        params = self._params(start)
         while True:
             reply = await self.client.get(self.base_url, params=params, expect="bytes")
             part.requests += 1

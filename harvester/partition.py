@@ -1,24 +1,7 @@
 """One list query -> every id it selects, past the 9,000-item window (NOTES §3.2-3.4).
 
-A query is paged inside its window and carried on with X-Cursor where the server offers one.
-When the window still fills (no cursor, or a refused one: a 400/422 is a cap, never the end),
-the query is walked again in ascending order of a date (published, or modified for the admin
-listing) with a moving lower bound: every item dated up to the *floor* has been listed, and the
-next window asks for everything after it. Each window restarts one second before the last date
-seen, so the boundary second is listed twice and ids are deduplicated: neither inclusive nor
-exclusive bound semantics lose an item. Every continuation must overlap the window before it;
-if it does not, the server reads the bound differently than asked (whole days, or exclusive
-days) and the bound is re-sent in a more conservative form. When more than a window of items
-share one slice of time (one second, or one day on a server that reads dates only), that slice
-is split by item type, then by group, each piece enumerated the same way. What still cannot be
-narrowed under the window is reported as truncated, never dropped in silence.
-
-Any 400 or 422 on a page after a query's first is a window refusal, whatever its wording: the
-offset it refused at becomes that endpoint's window for the rest of the run (`Limits`), so later
-queries page within it instead of being refused again. A page that repeats the one before ends
-its walk as truncated; listed ids that are not integers from 1 to 2^63-1 are skipped and counted.
-The item types a slice is split by are asked of GET /item_types once per run (`Limits`); when it
-cannot be read, the documented codes serve, with a warning.
+Pages, then X-Cursor; when the window still fills, a moving lower date bound, and a slice of time
+over the window is split by item type, then group. What cannot be narrowed is reported truncated.
 """
 
 from __future__ import annotations
@@ -26,10 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
+from harvester.client import Client
 from harvester.errors import BadResponse, Blocked, RequestError, Unreachable, WindowExhausted
 from harvester.figshare import ITEM_TYPES, PAGE_SIZE, SPLITS, WINDOW, ListQuery, Pager, valid_id
 
@@ -40,17 +24,17 @@ DAY = 86_400
 # answers a form unexpectedly moves the enumeration one step down this ladder.
 FORMS = ("second", "day", "day before")
 SKIPPED_SAMPLE = 20  # skipped list entries quoted in the manifest (the count is exact)
+UNBOUNDED = "the server does not honour the date bound: cannot continue"
 
 
 @dataclass
 class Limits:
-    """The run's paging limits: the page size it asks for, the windows servers revealed
-    by refusing a page (per endpoint, ids in the path ignored), and the item types to split
-    by (GET /item_types), each learned once per run."""
+    """The run's paging limits, shared by its sources: the page size, the windows servers
+    revealed by refusing a page (per endpoint), and the item types to split by."""
 
     page_size: int = PAGE_SIZE
     windows: dict[str, int] = field(default_factory=dict)
-    item_types: tuple[int, ...] | None = None  # None: not asked yet
+    item_types: tuple[int, ...] | None = None  # None: GET /item_types not asked yet
 
     @staticmethod
     def endpoint(query: ListQuery) -> str:
@@ -70,12 +54,6 @@ class Limits:
         self.windows[key] = min(self.windows.get(key, WINDOW), offset)
 
 
-class Transport(Protocol):
-    async def get(self, url: str, *, params: Any = None, headers: Any = None) -> Any: ...
-    async def post(self, url: str, *, json: Any = None, params: Any = None,
-                   headers: Any = None) -> Any: ...
-
-
 @dataclass
 class Partition:
     """One query (or window of a query) as it was sent, and what it produced."""
@@ -88,10 +66,9 @@ class Partition:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"query": self.query, "ids": self.ids, "new": self.new, "requests": self.requests,
-               "truncated": self.truncated}
-        if self.note:
-            out["note"] = self.note
+        out = asdict(self)
+        if not self.note:
+            del out["note"]
         return out
 
 
@@ -105,20 +82,21 @@ class IdSet:
 
     def add(self, aid: int) -> bool:
         """Add an id; True if it was not there yet."""
+        if aid in self:
+            return False
+        self.count += 1
         if aid < 0 or aid >= 1 << 34:
-            if aid in self._big:
-                return False
             self._big.add(aid)
-            self.count += 1
             return True
-        byte, bit = aid >> 3, 1 << (aid & 7)
+        byte = aid >> 3
         if byte >= len(self._bits):
             self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits) // 2)))
-        if self._bits[byte] & bit:
-            return False
-        self._bits[byte] |= bit
-        self.count += 1
+        self._bits[byte] |= 1 << (aid & 7)
         return True
+
+    def update(self, ids: Iterable[int]) -> None:
+        for aid in ids:
+            self.add(aid)
 
     def __contains__(self, aid: object) -> bool:
         if not isinstance(aid, int):
@@ -135,10 +113,7 @@ class IdSet:
         """Ascending ids."""
         for m in re.finditer(rb"[^\x00]", self._bits):
             byte = m.start()
-            value = self._bits[byte]
-            for bit in range(8):
-                if value & (1 << bit):
-                    yield (byte << 3) | bit
+            yield from ((byte << 3) | bit for bit in range(8) if self._bits[byte] & (1 << bit))
         yield from sorted(self._big)
 
 
@@ -163,6 +138,31 @@ def iso_day(stamp: int) -> str:
     return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%d")
 
 
+class Lister:
+    """What enumerating a source's lists took: partitions, distinct ids, skipped entries."""
+
+    def __init__(self) -> None:
+        self.partitions: list[Partition] = []
+        self.seen = IdSet()
+        self.listed = 0  # entries listed, repeats included
+        self.truncated = False  # some ids could not be listed (see the partitions' notes)
+        self.skipped = 0  # listed entries without a valid article id: skipped, counted
+        self.skipped_sample: list[str] = []
+
+    @property
+    def requests(self) -> int:
+        return sum(p.requests for p in self.partitions)
+
+    def _partition(self, query: str, *, note: str = "") -> Partition:
+        part = Partition(query, note=note)
+        self.partitions.append(part)
+        return part
+
+    def _give_up(self, part: Partition, note: str) -> None:
+        part.truncated = self.truncated = True
+        part.note = note
+
+
 @dataclass
 class _Window:
     """What one walk of a query showed: its date range and the values of its split keys."""
@@ -177,29 +177,22 @@ class _Window:
     unsplittable: int = 0  # items without a value for the next split key
 
 
-class Exhauster:
-    """Enumerates list queries for one source; keeps its partitions and its distinct ids."""
+class Exhauster(Lister):
+    """Enumerates list queries for one source; keeps its partitions and its distinct ids.
 
-    def __init__(self, client: Transport, api_url: str, *, limits: Limits | None = None) -> None:
+    Any 400 or 422 on a page after a query's first is a window refusal, whatever its wording:
+    the offset refused becomes that endpoint's window for the run (`Limits`).
+    """
+
+    def __init__(self, client: Client, api_url: str, *, limits: Limits | None = None) -> None:
+        super().__init__()
         self.client = client
         self.api_url = api_url
         self.limits = limits if limits is not None else Limits()
-        self.partitions: list[Partition] = []
-        self.seen = IdSet()
-        self.listed = 0
-        self.truncated = False
-        self.skipped = 0  # listed entries without a valid id: skipped, counted
-        self.skipped_sample: list[str] = []
         self.cursor = True  # cleared once the server refuses a cursor: do not offer it again
         self.form = 0  # index into FORMS
         self.inclusive = False  # seen: a date-time bound lists items dated exactly at it
         self.on_items: Callable[[list[Mapping[str, Any]]], None] | None = None  # sees each page
-
-    @property
-    def requests(self) -> int:
-        return sum(p.requests for p in self.partitions)
-
-    # -- the three ways through a query ----------------------------------------------------
 
     async def ids(self, query: ListQuery) -> AsyncIterator[list[int]]:
         """Every id of `query` (batches; an id may repeat, the journal deduplicates)."""
@@ -227,15 +220,14 @@ class Exhauster:
             async for batch in self.ids(query.fallback):
                 yield batch
         else:
-            part.truncated = self.truncated = True
-            part.note = "window full and the endpoint offers no way to narrow it"
+            self._give_up(part, "window full and the endpoint offers no way to narrow it")
 
     async def _range(self, query: ListQuery, floor: int | None, hi: int | None,
                      overlap: int | None) -> AsyncIterator[list[int]]:
         """Items of `query` dated after `floor` and up to `hi` (None: open), by a moving bound.
 
-        `overlap`: the last date of the window this one continues; the server must list it
-        again, or it read the bound differently than it was meant.
+        Each window restarts one second before the last date seen (`overlap`), so the server
+        must list that date again, or it read the bound differently than it was meant.
         """
         previous: str | None = None
         last = _Window()  # the window the next request continues
@@ -248,27 +240,21 @@ class Exhauster:
                 seen = _Window()
                 async for batch in self._walk(bounded, part, seen, floor, hi, overlap):
                     yield batch
-                if seen.ignored:
-                    part.truncated = self.truncated = True
-                    part.note = "the server does not honour the date bound: cannot continue"
+                if seen.ignored or (seen.gap and self.form + 1 == len(FORMS)):
+                    self._give_up(part, UNBOUNDED)
                     return
                 if seen.retry:
                     continue
                 if seen.gap:
-                    if self.form + 1 < len(FORMS):
-                        self.form += 1
-                        part.note = ("no overlap with the window before: the bound is now "
-                                     f"sent as a {FORMS[self.form]}")
-                        continue
-                    part.truncated = self.truncated = True
-                    part.note = "the server does not honour the date bound: cannot continue"
-                    return
+                    self.form += 1
+                    part.note = ("no overlap with the window before: the bound is now "
+                                 f"sent as a {FORMS[self.form]}")
+                    continue
                 if seen.beyond or not part.truncated:
                     return
                 part.truncated = False
                 if seen.top is None:
-                    part.truncated = self.truncated = True
-                    part.note = "window full of items without a date"
+                    self._give_up(part, "window full of items without a date")
                     return
                 previous, overlap, last = since, seen.top, seen
                 if floor is None or seen.top - 1 > floor:
@@ -294,9 +280,8 @@ class Exhauster:
         where = query.describe() + (f" ({iso_second(floor)}, {iso_second(hi)}]"
                                     if floor is not None and hi is not None else "")
         if key is None:
-            self._partition(where, truncated=True,
-                            note="more than a window of items and nothing left to split by")
-            self.truncated = True
+            self._give_up(self._partition(where),
+                          "more than a window of items and nothing left to split by")
             return
         item_key, known = SPLITS[key]
         if key == "item_type":
@@ -306,20 +291,14 @@ class Exhauster:
         if known is None:
             # The values come from the items seen: pieces with other values (or none, which no
             # filter selects) may exist beyond the window, so completeness cannot be proven.
-            self._partition(where, truncated=True, note=(
+            self._give_up(self._partition(where), (
                 f"split by the {len(values)} {key} values seen in the window "
                 f"({seen.unsplittable} items without one): items beyond it may be missing"))
-            self.truncated = True
         for value in values:
             piece = query.narrowed(**{key: value})
-            if query.bound is None:
-                async for batch in self.ids(piece):
-                    yield batch
-            else:
-                async for batch in self._range(piece, floor, hi, None):
-                    yield batch
-
-    # -- one walk: pages, then cursor -------------------------------------------------------
+            walk = self.ids(piece) if query.bound is None else self._range(piece, floor, hi, None)
+            async for batch in walk:
+                yield batch
 
     async def _walk(self, query: ListQuery, part: Partition, seen: _Window, floor: int | None,
                     hi: int | None, overlap: int | None) -> AsyncIterator[list[int]]:
@@ -337,6 +316,7 @@ class Exhauster:
         previous: list[Any] | None = None  # the ids of the page before: a repeat is a loop
         while (req := pager.request()) is not None:
             params, headers = req
+            part.requests += 1
             try:
                 if query.method == "GET":
                     reply = await self.client.get(url, params={**query.filters, **params},
@@ -345,7 +325,6 @@ class Exhauster:
                     reply = await self.client.post(url, json={**query.filters, **params},
                                                    headers=headers)
             except RequestError as exc:
-                part.requests += 1
                 if not _refusal(exc, first=pager.requests == 0):
                     raise
                 if pager.cursor is not None:
@@ -357,7 +336,6 @@ class Exhauster:
                     part.note = f"the server refused offset {offset}: its window is {offset}"
                 pager.refused()
                 break
-            part.requests += 1
             items = reply.data
             if not isinstance(items, list):
                 raise BadResponse(
@@ -384,7 +362,7 @@ class Exhauster:
                         if sent is not None and stamp == sent and self.form == 0:
                             self.inclusive = True  # then floor + 1 s is bound enough
                         if sent is not None and stamp < sent:
-                            if stamp < sent - sent % DAY:
+                            if stamp < _start_of_day(sent):
                                 seen.ignored = True
                                 break
                             if self.form == 0:
@@ -400,7 +378,10 @@ class Exhauster:
                 kept.append(item)
             if self.on_items is not None and kept:
                 self.on_items(kept)
-            batch = self._take(kept, query, part)
+            batch = [item[query.id_key] for item in kept]
+            part.new += sum(self.seen.add(aid) for aid in batch)
+            part.ids += len(batch)
+            self.listed += len(batch)
             if batch:
                 yield batch
             if seen.beyond or seen.ignored:
@@ -414,19 +395,6 @@ class Exhauster:
                 return
         part.truncated = pager.truncated
 
-    def _take(self, items: list[Mapping[str, Any]], query: ListQuery, part: Partition) -> list[int]:
-        out = []
-        for item in items:
-            aid = item[query.id_key]  # valid: _walk skipped the others
-            out.append(aid)
-            if self.seen.add(aid):
-                part.new += 1
-        part.ids += len(out)
-        self.listed += len(out)
-        return out
-
-    # -- helpers ---------------------------------------------------------------------------
-
     async def _item_types(self) -> tuple[int, ...]:
         """The item type ids GET /item_types lists, asked once per run; the documented codes
         when it fails or lists none (a split by them is then only as complete as they are)."""
@@ -435,7 +403,7 @@ class Exhauster:
         url = self.api_url + "/item_types"
         part = self._partition("GET /item_types", note="the item types to split by")
         part.requests = 1
-        problem = None
+        problem = "the answer lists no item type"
         try:
             listed = (await self.client.get(url)).data
         except (Blocked, Unreachable):
@@ -445,11 +413,10 @@ class Exhauster:
         codes = sorted({t["id"] for t in listed if isinstance(t, Mapping)
                         and valid_id(t.get("id"))}) if isinstance(listed, list) else []
         if not codes:
-            problem = problem or "the answer lists no item type"
             part.note = f"unreadable ({problem[:200]}): the documented codes serve instead"
             log.warning("GET %s failed (%s): splitting by the %d documented item types",
                         url, problem[:200], len(ITEM_TYPES))
-        self.limits.item_types = tuple(codes) if codes else ITEM_TYPES
+        self.limits.item_types = tuple(codes) or ITEM_TYPES
         return self.limits.item_types
 
     def _skip(self, item: Any, query: ListQuery) -> None:
@@ -459,31 +426,21 @@ class Exhauster:
             shown = item.get(query.id_key) if isinstance(item, Mapping) else item
             self.skipped_sample.append(f"{query.id_key}={str(shown)[:60]}")
 
-    def _partition(self, query: str, *, truncated: bool = False, note: str = "") -> Partition:
-        part = Partition(query, truncated=truncated, note=note)
-        self.partitions.append(part)
-        return part
-
     def _since(self, query: ListQuery, floor: int | None) -> str | None:
-        """The lower bound that selects at least every item dated after `floor`.
-
-        Never earlier than the query's own bound: a window must not reach outside the query.
-        """
+        """The lower bound that selects at least every item dated after `floor`; never
+        earlier than the query's own bound: a window must not reach outside the query."""
         if floor is None:
             return None
         assert query.bound is not None
-        form = FORMS[self.form]
-        if form == "second":
+        if FORMS[self.form] == "second":
             at = floor + 1 if self.inclusive else floor
             since = iso_second(at)
         else:
-            day = _start_of_day(floor + 1) - (DAY if form == "day before" else 0)
-            since, at = iso_day(day), day
+            at = _start_of_day(floor + 1) - (DAY if FORMS[self.form] == "day before" else 0)
+            since = iso_day(at)
         own = query.filters.get(query.bound.param)
-        own_at = parse_stamp(own) if own is not None else None
-        if own_at is not None and at <= own_at:
-            return str(own)
-        return since
+        own_at = parse_stamp(own)
+        return str(own) if own_at is not None and at <= own_at else since
 
 
 def _refusal(exc: RequestError, *, first: bool) -> bool:

@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harvester.config import Source
-from harvester.errors import AuthError, BadResponse, ConfigError, NotFound
+from harvester.client import Client
+from harvester.config import Source, read_ids_file
+from harvester.errors import AuthError, BadResponse, NotFound
 from harvester.figshare import PAGE_SIZE, list_query, valid_id
 from harvester.oaipmh import OaiLister, portal_set
-from harvester.partition import SKIPPED_SAMPLE, Exhauster, IdSet, Limits, Partition, Transport
-from harvester.reconcile import compare
+from harvester.partition import SKIPPED_SAMPLE, Exhauster, IdSet, Limits, Lister, Partition
 
 log = logging.getLogger("harvester")
 
 ADMIN_KINDS = frozenset({"institution_articles", "reviews"})
 DOI_LOOKUPS_AT_ONCE = 16  # DOI -> id lookups in flight (the client's limits still apply)
-SAMPLE = 1_000  # unresolved lines listed in the manifest (the count is exact)
-_DOI = re.compile(r"10\.\d{4,9}/\S+")
+SAMPLE = 1_000  # unresolved lines, or ids only one side listed, quoted (the counts are exact)
 # the GET /articles filters a DOI line is looked up by, in order (doi_match: any); NOTES §4.1
 DOI_FIELDS = ("doi", "resource_doi", "handle")
+COUNTS = ("listed", "distinct", "requests", "truncated")
+# manifest key -> SourceReport attribute, written only when it holds something
+OPTIONAL = {"unresolved": "unresolved_count", "unresolved_lines": "unresolved",
+            "reconcile": "reconcile", "skipped": "skipped", "skipped_sample": "skipped_sample"}
 
 
 @dataclass
@@ -64,54 +66,39 @@ class SourceReport:
         return self.distinct // self.page_size + 1
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "name": self.name, "kind": self.kind, "listed": self.listed,
-            "distinct": self.distinct, "requests": self.requests, "truncated": self.truncated,
-            "partitions": [p.as_dict() for p in self.partitions],
-        }
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind,
+                               **{k: getattr(self, k) for k in COUNTS},
+                               "partitions": [p.as_dict() for p in self.partitions]}
         if self.minimum_requests is not None:
             out["minimum_requests"] = self.minimum_requests
-        if self.unresolved_count:
-            out["unresolved"] = self.unresolved_count
-            out["unresolved_lines"] = self.unresolved
-        if self.reconcile is not None:
-            out["reconcile"] = self.reconcile
-        if self.skipped:
-            out["skipped"] = self.skipped
-            out["skipped_sample"] = self.skipped_sample
+        out.update((key, getattr(self, attr)) for key, attr in OPTIONAL.items()
+                   if getattr(self, attr))
         return out
 
     def restore(self, info: Mapping[str, Any]) -> None:
         """Take back what a finished source reported (a resumed run's manifest shows it too)."""
-        self.listed = info.get("listed", 0)
-        self.distinct = info.get("distinct", 0)
-        self.requests = info.get("requests", 0)
-        self.truncated = info.get("truncated", False)
+        for key, attr in [*zip(COUNTS, COUNTS, strict=True), *OPTIONAL.items()]:
+            if key in info:
+                setattr(self, attr, info[key])
         self.partitions = [Partition(**p) for p in info.get("partitions", ())]
-        self.unresolved_count = info.get("unresolved", 0)
-        self.unresolved = list(info.get("unresolved_lines", ()))
-        self.reconcile = info.get("reconcile")
-        self.skipped = info.get("skipped", 0)
-        self.skipped_sample = list(info.get("skipped_sample", ()))
 
-    def absorb(self, walker: Exhauster | OaiLister) -> None:
+    def absorb(self, walker: Lister) -> None:
         self.listed += walker.listed
         self.distinct += len(walker.seen)
         self.requests += walker.requests
         self.partitions.extend(walker.partitions)
         self.truncated = self.truncated or walker.truncated
-        skipped = walker.skipped
-        if skipped:
-            self.skipped += skipped
+        if walker.skipped:
+            self.skipped += walker.skipped
             room = SKIPPED_SAMPLE - len(self.skipped_sample)
             self.skipped_sample.extend(walker.skipped_sample[:room])
             log.warning("source %s: %d listed entries without a valid article id skipped "
-                        "(e.g. %s); see the manifest's sources", self.name, skipped,
+                        "(e.g. %s); see the manifest's sources", self.name, walker.skipped,
                         ", ".join(walker.skipped_sample[:3]))
 
 
 async def enumerate_source(
-    client: Transport, api_url: str, source: Source, report: SourceReport,
+    client: Client, api_url: str, source: Source, report: SourceReport,
     limits: Limits | None = None,
 ) -> AsyncIterator[list[int]]:
     """Yield batches of ids for one source, filling `report` as it goes. `limits`: the run's
@@ -129,14 +116,13 @@ async def enumerate_source(
 
 
 async def _enumerate(
-    client: Transport, api_url: str, source: Source, report: SourceReport, limits: Limits
+    client: Client, api_url: str, source: Source, report: SourceReport, limits: Limits
 ) -> AsyncIterator[list[int]]:
     kind, params = source.kind, source.params
     if kind == "ids":
-        ids = list(params["ids"])
-        report.listed = len(ids)
-        report.distinct = len(set(ids))
-        yield ids
+        report.listed = len(params["ids"])
+        report.distinct = len(set(params["ids"]))
+        yield list(params["ids"])
         return
     if kind == "ids_file":
         fields = DOI_FIELDS if params.get("doi_match") == "any" else DOI_FIELDS[:1]
@@ -175,7 +161,7 @@ async def _enumerate(
 
 
 async def _container(
-    client: Transport, api_url: str, source: Source, report: SourceReport, limits: Limits,
+    client: Client, api_url: str, source: Source, report: SourceReport, limits: Limits,
     key: int | None = None,
 ) -> AsyncIterator[list[int]]:
     """A collection's or a project's own record, then the articles in it (`key`: the
@@ -203,7 +189,7 @@ async def _container(
 
 
 async def _collections(
-    client: Transport, api_url: str, source: Source, report: SourceReport, limits: Limits
+    client: Client, api_url: str, source: Source, report: SourceReport, limits: Limits
 ) -> AsyncIterator[list[int]]:
     """An institution's or a group's collections (GET /collections), each one's record and
     articles as a `collection` source lists them; `distinct` counts an article once."""
@@ -217,65 +203,52 @@ async def _collections(
     seen = IdSet()
     for key in dict.fromkeys(keys):
         async for batch in _container(client, api_url, source, report, limits, key):
-            for aid in batch:
-                seen.add(aid)
+            seen.update(batch)
             yield batch
     report.distinct = len(seen)
     log.info("source %s: %d collections", source.name, len(set(keys)))
 
 
 async def _reconcile_oai(
-    client: Transport, api_url: str, source: Source, rest: IdSet, report: SourceReport
+    client: Client, api_url: str, source: Source, rest: IdSet, report: SourceReport
 ) -> AsyncIterator[list[int]]:
-    """List the institution's portal set over OAI-PMH; add and report what REST did not list."""
+    """List the institution's portal set over OAI-PMH, an enumeration independent of REST's:
+    add what REST did not list, and report both differences (completeness is not assumed)."""
     spec = portal_set(int(source.params["institution"]))
     since = source.params.get("published_since")
     lister = OaiLister(client, api_url + "/oai", set_spec=spec,
                        from_=str(since) if since is not None else None)
     async for batch in lister.ids():
-        extra = [i for i in batch if i not in rest]
-        if extra:
-            yield extra
-    report.reconcile = compare(rest, lister.seen, names=("rest", "oai"), detail={
-        "set": spec, "requests": lister.requests, "restarts": lister.restarts,
+        only_oai = [i for i in batch if i not in rest]
+        if only_oai:
+            yield only_oai
+    only_rest = [i for i in rest if i not in lister.seen]
+    only_oai = [i for i in lister.seen if i not in rest]
+    report.reconcile = {
+        "against": "oai", "set": spec, "requests": lister.requests, "restarts": lister.restarts,
         "partitions": [p.as_dict() for p in lister.partitions],
-    })
+        "rest": len(rest), "oai": len(lister.seen),
+        "only_rest": len(only_rest), "only_oai": len(only_oai),
+        "only_rest_ids": only_rest[:SAMPLE], "only_oai_ids": only_oai[:SAMPLE],
+        "complete": not only_rest and not only_oai,
+    }
     report.truncated = report.truncated or lister.truncated  # a cut cross-check is no check
-    added = report.reconcile["only_oai"]
-    report.distinct += added
-    if not report.reconcile["complete"]:
+    report.distinct += len(only_oai)
+    if only_rest or only_oai:
         log.warning("source %s: REST and OAI-PMH disagree: %d ids only in REST, %d only in "
                     "OAI-PMH (added to the harvest); see the manifest's reconcile entry",
-                    source.name, report.reconcile["only_rest"], added)
+                    source.name, len(only_rest), len(only_oai))
 
 
 async def _ids_file(
-    client: Transport, api_url: str, path: Path, report: SourceReport,
-    fields: tuple[str, ...] = DOI_FIELDS[:1],
+    client: Client, api_url: str, path: Path, report: SourceReport, fields: tuple[str, ...]
 ) -> AsyncIterator[list[int]]:
     """Article ids and DOIs from a file, one a line; a DOI resolved by GET /articles?doi=,
     then (doi_match: any) as the paper an item supplements (resource_doi), then as a handle."""
-    text = await asyncio.to_thread(_read, path)
-    ids: list[int] = []
-    dois: list[str] = []
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if line.isdigit():
-            if not valid_id(int(line)):
-                raise ConfigError(f"{path}:{n}: {line[:80]!r} is not an article id "
-                                  "(1 to 2^63-1)")
-            ids.append(int(line))
-            continue
-        doi = _doi(line)
-        if doi is None:
-            raise ConfigError(f"{path}:{n}: {line[:80]!r} is neither an article id nor a DOI")
-        dois.append(doi)
-    report.listed += len(ids)
+    ids, dois = await asyncio.to_thread(read_ids_file, path)
     seen = IdSet()
-    for i in ids:
-        seen.add(i)
+    seen.update(ids)
+    report.listed += len(ids)
     if ids:
         yield ids
     for start in range(0, len(dois), DOI_LOOKUPS_AT_ONCE):
@@ -289,8 +262,7 @@ async def _ids_file(
                 if len(report.unresolved) < SAMPLE:
                     report.unresolved.append(doi)
             batch.extend(hits)
-        for i in batch:
-            seen.add(i)
+        seen.update(batch)
         report.listed += len(batch)
         if batch:
             yield batch
@@ -300,19 +272,7 @@ async def _ids_file(
                     path, report.unresolved_count)
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the ids file: {exc}") from None
-
-
-def _doi(line: str) -> str | None:
-    m = _DOI.search(line)
-    return m.group(0).rstrip(".,;") if m else None
-
-
-async def _resolve(client: Transport, api_url: str, doi: str,
+async def _resolve(client: Client, api_url: str, doi: str,
                    fields: tuple[str, ...]) -> tuple[list[int], int]:
     """The ids the first field in `fields` that knows `doi` gives, and the requests it took."""
     for n, name in enumerate(fields, 1):
