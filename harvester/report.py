@@ -1,9 +1,7 @@
 """`harvester report`: one self-contained HTML page summarizing a snapshot or a warehouse.
 
-Every figure is a DuckDB query over the tables (readback.py); Python only formats the answers.
-Charts are inline static SVG (charts.py) and the page carries a Content-Security-Policy that
-forbids every fetch, so it opens offline, from a mail attachment as from a file share. A section
-appears only when its table has rows; docs/REPORT.md lists them and where each number comes from.
+Every figure is a DuckDB query over the tables (readback.py); charts are inline static SVG
+(charts.py) and a Content-Security-Policy forbids every fetch, so the page opens offline.
 """
 
 from __future__ import annotations
@@ -11,12 +9,13 @@ from __future__ import annotations
 import html
 import os
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from harvester import charts
 from harvester.errors import ConfigError
-from harvester.readback import Opened, open_target, stats_wide
+from harvester.readback import Opened, one_scope, open_target, stats_wide
 
 _TITLE = "regexp_replace(coalesce({0}, '(untitled)'), '<[^>]+>', '', 'g')"
 _LINK = "coalesce(a.url_public_html, a.figshare_url)"
@@ -24,6 +23,24 @@ _AUTHOR_KEY = "coalesce(CAST(author_id AS VARCHAR), 'name:' || full_name)"
 _EXT = r"lower(regexp_extract(name, '\.([A-Za-z0-9]{1,10})$', 1))"
 _SIZES = [(1_000, "< 1 KB"), (1_000_000, "1 KB-1 MB"), (100_000_000, "1-100 MB"),
           (1_000_000_000, "100 MB-1 GB"), (10_000_000_000, "1-10 GB"), (None, ">= 10 GB")]
+_FIGURES = {"items": "items", "authors": "authors", "files": "files", "bytes": "bytes in files",
+            "views": "views", "downloads": "downloads", "shares": "shares"}
+# The four lists the tops section ranks: (name, SQL of (article_id, label), axis title).
+_DIMENSIONS = [
+    ("categories", "SELECT DISTINCT article_id, title AS label FROM categories "
+                   "WHERE title IS NOT NULL", "category"),
+    ("tags", "SELECT DISTINCT article_id, tag AS label FROM tags", "tag"),
+    ("funders", "SELECT DISTINCT article_id, funder_name AS label FROM funding "
+                "WHERE funder_name IS NOT NULL", "funder"),
+    ("groups", "SELECT article_id, 'group ' || group_id AS label FROM articles "
+               "WHERE group_id IS NOT NULL", "group"),
+]
+_EMPTY = ('<section id="empty"><h2>Nothing to show</h2><p class="empty">This snapshot holds no '
+          "items: its sources selected nothing, or the run fetched no record. There is nothing "
+          "to chart.</p></section>")
+_INCREMENTAL = ('<p class="note">An incremental snapshot: it holds only the items changed since '
+                "the previous run. Report a warehouse (<code>warehouse:FILE</code>) for the whole "
+                "repository.</p>")
 
 
 def write_report(target: str, snapshot: str | None = None, out: str | None = None) -> Path:
@@ -33,7 +50,10 @@ def write_report(target: str, snapshot: str | None = None, out: str | None = Non
         page = build(opened)
     finally:
         opened.close()
-    path = Path(out) if out else _default_out(target, opened)
+    source = Path(opened.source)  # by default beside the warehouse file, or in the harvest
+    default = (source.with_name(source.stem + "-report.html") if opened.history
+               else source.parent / "report.html")
+    path = Path(out) if out else default
     if path.is_dir():
         raise ConfigError(f"--out {path}: is a directory, not a file")
     try:
@@ -47,77 +67,65 @@ def write_report(target: str, snapshot: str | None = None, out: str | None = Non
     return path
 
 
-def _default_out(target: str, opened: Opened) -> Path:
-    if opened.history:  # beside the warehouse file
-        source = Path(opened.source)
-        return source.with_name(source.stem + "-report.html")
-    base = Path(opened.source).parent  # the harvest folder
-    return base / "report.html"
-
-
-# ------------------------------------------------------------------------------ the page
-
-
 def build(db: Opened, now: datetime | None = None) -> str:
     """The whole page as text."""
-    db.con.execute(f"CREATE OR REPLACE TEMP VIEW item_stats AS {stats_wide()}")
-    has_stats = bool(db.one("SELECT count(*) FROM item_stats"))
-    items = db.one("SELECT count(*) FROM articles")
-    sections: list[str] = []
-    for make in _SECTIONS:
-        part = make(db, has_stats)
-        if part:
-            sections.append(part)
-    if not items and not db.one("SELECT count(*) FROM reviews"):
-        sections = ['<section id="empty"><h2>Nothing to show</h2><p class="empty">This '
-                    "snapshot holds no items: its sources selected nothing, or the run "
-                    "fetched no record. There is nothing to chart.</p></section>"]
+    if db.one("SELECT count(*) FROM articles") or db.one("SELECT count(*) FROM reviews"):
+        db.con.execute(f"CREATE OR REPLACE TEMP VIEW item_stats AS {stats_wide()}")
+        has_stats = bool(db.one("SELECT count(*) FROM item_stats"))
+        sections = [part for make in _SECTIONS if (part := make(db, has_stats))]
+    else:
+        sections = [_EMPTY]
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
-    kind = db.manifest.get("kind")
-    note = ""
-    if kind == "incremental":
-        note = ('<p class="note">An incremental snapshot: it holds only the items changed '
-                "since the previous run. Report a warehouse (<code>warehouse:FILE</code>) for "
-                "the whole repository.</p>")
-    source = "warehouse" if db.history else "snapshot"
+    compared = f", compared with {db.previous_id}" if db.previous_id else ""
     return _PAGE.format(
         title=_e(f"Figshare harvest {db.label}"),
         label=_e(db.label),
-        meta=_e(f"{source} {db.snapshot_id}"
-                + (f", compared with {db.previous_id}" if db.previous_id else "")
-                + f"; written {stamp}"),
-        note=note,
+        meta=_e(f"{'warehouse' if db.history else 'snapshot'} {db.snapshot_id}{compared}; "
+                f"written {stamp}"),
+        note=_INCREMENTAL if db.manifest.get("kind") == "incremental" else "",
         body="\n".join(sections),
         css=_CSS,
     )
 
 
-# ------------------------------------------------------------------------------ sections
+def _figures(db: Opened, prefix: str = "") -> dict[str, Any]:
+    """The headline's figures, of the current tables or of the previous snapshot's (`prev_`)."""
+    db.con.execute(f"CREATE OR REPLACE TEMP VIEW {prefix}item_stats AS "
+                   f"{stats_wide(prefix + 'stats')}")
+    row = db.rows(f"""
+        SELECT (SELECT count(*) FROM {prefix}articles),
+               (SELECT count(DISTINCT {_AUTHOR_KEY}) FROM {prefix}authors),
+               (SELECT count(*) FROM {prefix}files), (SELECT sum(size) FROM {prefix}files),
+               sum(views), sum(downloads), sum(shares)
+        FROM {prefix}item_stats""")[0]
+    return dict(zip(_FIGURES, row, strict=True))
+
+
+def _previous_figures(db: Opened) -> dict[str, Any]:
+    if db.history:  # a warehouse: the totals of stats_history's previous snapshot date
+        return dict(db.rows(f"""
+            SELECT counter, sum(total) FROM stats_history
+            WHERE snapshot_date = (SELECT DISTINCT snapshot_date FROM stats_history
+                                   ORDER BY 1 DESC LIMIT 1 OFFSET 1)
+              AND {one_scope('stats_history')}
+            GROUP BY counter"""))
+    return _figures(db, "prev_") if db.previous_id else {}
 
 
 def _headline(db: Opened, has_stats: bool) -> str | None:
-    figures: list[tuple[str, str, int | None]] = [
-        ("items", "items", db.one("SELECT count(*) FROM articles")),
-        ("authors", "authors", db.one(f"SELECT count(DISTINCT {_AUTHOR_KEY}) FROM authors")),
-        ("files", "files", db.one("SELECT count(*) FROM files")),
-        ("bytes", "bytes in files", db.one("SELECT sum(size) FROM files")),
-    ]
-    if has_stats:
-        row = db.rows("SELECT sum(views), sum(downloads), sum(shares) FROM item_stats")[0]
-        figures += [(k, k, v) for k, v in zip(("views", "downloads", "shares"), row,
-                                                strict=True)]
-    if not figures[0][2]:
+    figures = _figures(db)
+    if not figures["items"]:
         return None
     before = _previous_figures(db)
     cards = []
-    for key, label, value in figures:
+    for key, label in _FIGURES.items():
+        value = figures[key]
         if value is None:
             continue
         shown = _bytes(value) if key == "bytes" else f"{value:,}"
         delta = ""
-        earlier = before.get(key)
-        if earlier is not None:
-            diff = value - earlier
+        if before.get(key) is not None:
+            diff = value - before[key]
             text = (("+" if diff > 0 else "\u2212" if diff < 0 else "\u00b1")
                     + (_bytes(abs(diff)) if key == "bytes" else f"{abs(diff):,}"))
             delta = (f'<span class="delta" data-delta="{diff}">{text} since '
@@ -125,48 +133,14 @@ def _headline(db: Opened, has_stats: bool) -> str | None:
         cards.append(f'<div class="figure" data-metric="{key}" data-value="{value}">'
                      f'<span class="value" title="{value:,}">{shown}</span>'
                      f'<span class="label">{label}</span>{delta}</div>')
-    changes = _changes_line(db)
     return (f'<section id="headline"><h2>Headline figures</h2><div class="figures">'
-            f'{"".join(cards)}</div>{changes}</section>')
-
-
-def _previous_figures(db: Opened) -> dict[str, int | None]:
-    if db.history:  # a warehouse: the previous snapshot date of stats_history
-        db.con.execute(f"CREATE OR REPLACE TEMP VIEW prev_hist AS {_history_day(1)}")
-        out: dict[str, int | None] = {}
-        for counter in ("views", "downloads", "shares"):
-            out[counter] = db.one("SELECT sum(total) FROM prev_hist WHERE counter = ?", counter)
-        return out
-    if not db.previous_id:
-        return {}
-    db.con.execute(f"CREATE OR REPLACE TEMP VIEW prev_item_stats AS {stats_wide('prev_stats')}")
-    prev = {
-        "items": db.one("SELECT count(*) FROM prev_articles"),
-        "authors": db.one(f"SELECT count(DISTINCT {_AUTHOR_KEY}) FROM prev_authors"),
-        "files": db.one("SELECT count(*) FROM prev_files"),
-        "bytes": db.one("SELECT sum(size) FROM prev_files"),
-    }
-    if db.one("SELECT count(*) FROM prev_item_stats"):
-        row = db.rows("SELECT sum(views), sum(downloads), sum(shares) FROM prev_item_stats")[0]
-        prev.update(zip(("views", "downloads", "shares"), row, strict=True))
-    return prev
-
-
-def _history_day(back: int) -> str:
-    """SQL: stats_history's totals on its `back`-th latest date (0: the latest), one scope."""
-    return f"""
-        SELECT counter, total FROM stats_history
-        WHERE snapshot_date = (SELECT DISTINCT snapshot_date FROM stats_history
-                               ORDER BY 1 DESC LIMIT 1 OFFSET {back})
-          AND scope = (SELECT CASE WHEN bool_or(scope = 'public') THEN 'public'
-                              ELSE min(scope) END FROM stats_history)"""
+            f'{"".join(cards)}</div>{_changes_line(db)}</section>')
 
 
 def _changes_line(db: Opened) -> str:
     if db.history:
-        rows = db.rows("SELECT change, count(*) FROM changes WHERE snapshot_id = ? "
-                       "GROUP BY change ORDER BY change", db.snapshot_id)
-        counts = dict(rows)
+        counts = dict(db.rows("SELECT change, count(*) FROM changes WHERE snapshot_id = ? "
+                              "GROUP BY change ORDER BY change", db.snapshot_id))
     elif db.previous_id:
         counts = dict(db.rows("""
             SELECT CASE WHEN p.article_id IS NULL THEN 'added'
@@ -204,61 +178,46 @@ def _published(db: Opened, has_stats: bool) -> str | None:
 
 
 def _tops(db: Opened, has_stats: bool) -> str | None:
-    dims = [
-        ("categories", "SELECT DISTINCT article_id, title AS label FROM categories "
-                       "WHERE title IS NOT NULL", "category"),
-        ("tags", "SELECT DISTINCT article_id, tag AS label FROM tags", "tag"),
-        ("funders", "SELECT DISTINCT article_id, funder_name AS label FROM funding "
-                    "WHERE funder_name IS NOT NULL", "funder"),
-        ("groups", "SELECT article_id, 'group ' || group_id AS label FROM articles "
-                   "WHERE group_id IS NOT NULL", "group"),
-    ]
     figures = []
-    for name, sql, label in dims:
+    for name, sql, label in _DIMENSIONS:
         by_items = db.rows(f"SELECT label, count(*) AS n FROM ({sql}) GROUP BY label "
                            "ORDER BY n DESC, label LIMIT 10")
         if not by_items:
             continue
         figures.append(charts.hbar(by_items, f"Top 10 {name} by items", "items", label))
-        if has_stats:
-            by_views = db.rows(f"""
-                SELECT label, sum(s.views) AS v FROM ({sql}) JOIN item_stats s USING (article_id)
-                WHERE s.views IS NOT NULL GROUP BY label ORDER BY v DESC, label LIMIT 10""")
-            if by_views:
-                figures.append(charts.hbar(by_views, f"Top 10 {name} by views", "views",
-                                           label, color="#f58518"))
+        by_views = has_stats and db.rows(f"""
+            SELECT label, sum(s.views) AS v FROM ({sql}) JOIN item_stats s USING (article_id)
+            WHERE s.views IS NOT NULL GROUP BY label ORDER BY v DESC, label LIMIT 10""")
+        if by_views:
+            figures.append(charts.hbar(by_views, f"Top 10 {name} by views", "views", label,
+                                       color="#f58518"))
     return _section("tops", "Top categories, tags, funders and groups", figures)
 
 
 def _top_items(db: Opened, has_stats: bool) -> str | None:
-    if not has_stats:
-        return None
     parts = []
-    for counter in ("views", "downloads"):
+    for counter in ("views", "downloads") if has_stats else ():
         rows = db.rows(f"""
             SELECT {_TITLE.format('a.title')}, {_LINK}, a.defined_type_name,
-                   strftime(a.published_date, '%Y-%m-%d'), s.views, s.downloads, a.article_id
+                   strftime(a.published_date, '%Y-%m-%d'), s.views, s.downloads
             FROM articles a JOIN item_stats s USING (article_id)
             WHERE s.{counter} IS NOT NULL
             ORDER BY s.{counter} DESC, a.article_id LIMIT 20""")
-        if not rows:
-            continue
         body = [[str(i), _link(t, url), _e(kind or ""), _e(day or ""), _n(v), _n(d)]
-                for i, (t, url, kind, day, v, d, _) in enumerate(rows, 1)]
-        parts.append(_table(f"Top 20 items by {counter}", f"top-{counter}",
-                            ["#", "title", "type", "published", "views", "downloads"], body,
-                            numeric={0, 4, 5}))
+                for i, (t, url, kind, day, v, d) in enumerate(rows, 1)]
+        if body:
+            parts.append(_table(f"Top 20 items by {counter}", f"top-{counter}",
+                                ["#", "title", "type", "published", "views", "downloads"],
+                                body, numeric={0, 4, 5}))
     return _section("top-items", "Most viewed and downloaded items", parts)
 
 
 def _over_time(db: Opened, has_stats: bool) -> str | None:
     figures = []
     if db.history and db.one("SELECT count(DISTINCT snapshot_date) FROM stats_history") > 1:
-        rows = db.rows("""
+        rows = db.rows(f"""
             SELECT strftime(snapshot_date, '%Y-%m-%d'), counter, sum(total) FROM stats_history
-            WHERE scope = (SELECT CASE WHEN bool_or(scope = 'public') THEN 'public'
-                                  ELSE min(scope) END FROM stats_history)
-              AND counter IN ('views', 'downloads')
+            WHERE {one_scope('stats_history')} AND counter IN ('views', 'downloads')
             GROUP BY ALL ORDER BY 1, 2""")
         figures.append(charts.lines(rows, "All-time views and downloads, as harvested each "
                                     "night (stats_history)", "snapshot date (UTC)",
@@ -268,11 +227,10 @@ def _over_time(db: Opened, has_stats: bool) -> str | None:
         GROUP BY granularity
         ORDER BY CASE granularity WHEN 'month' THEN 0 WHEN 'day' THEN 1 ELSE 2 END LIMIT 1""")
     if granularity:
-        rows = db.rows("""
+        rows = db.rows(f"""
             SELECT strftime(period_start, '%Y-%m-%d'), counter, sum(count) FROM stats_timeline
             WHERE item = 'article' AND granularity = ? AND counter IN ('views', 'downloads')
-              AND scope = (SELECT CASE WHEN bool_or(scope = 'public') THEN 'public'
-                                  ELSE min(scope) END FROM stats_timeline)
+              AND {one_scope('stats_timeline')}
             GROUP BY ALL ORDER BY 1, 2""", granularity)
         figures.append(charts.lines(rows, f"Views and downloads per {granularity}, all "
                                     "harvested items (stats_timeline)",
@@ -283,7 +241,7 @@ def _over_time(db: Opened, has_stats: bool) -> str | None:
 
 def _countries(db: Opened, has_stats: bool) -> str | None:
     figures = []
-    for counter in ("views", "downloads"):
+    for counter, color in (("views", "#e15759"), ("downloads", "#76b7b2")):
         rows = db.rows("""
             SELECT country, sum(count) AS n FROM stats_breakdown
             WHERE item = 'article' AND city IS NULL AND counter = ?
@@ -293,8 +251,8 @@ def _countries(db: Opened, has_stats: bool) -> str | None:
         first, last = db.rows("SELECT min(range_start), max(range_end) FROM stats_breakdown "
                               "WHERE item = 'article' AND counter = ?", counter)[0]
         figures.append(charts.hbar(rows, f"{counter.capitalize()} by country, top 15 "
-                                   f"({_day(first)} to {_day(last)})", counter, "country",
-                                   color="#e15759" if counter == "views" else "#76b7b2"))
+                                   f"({first or '?'} to {last or '?'})", counter, "country",
+                                   color=color))
     return _section("countries", "Views by country", figures)
 
 
@@ -318,11 +276,11 @@ def _authors(db: Opened, has_stats: bool) -> str | None:
 
 
 def _files(db: Opened, has_stats: bool) -> str | None:
-    if not db.one("SELECT count(*) FROM files"):
-        return None
     formats = db.rows(f"""
         SELECT coalesce(nullif({_EXT}, ''), '(none)') AS ext, count(*) AS n, sum(size)
         FROM files GROUP BY ext ORDER BY n DESC, ext LIMIT 12""")
+    if not formats:
+        return None
     cases = " ".join(f"WHEN size < {limit} THEN {i}" for i, (limit, _) in enumerate(_SIZES)
                      if limit is not None)
     counts = dict(db.rows(f"SELECT CASE {cases} ELSE {len(_SIZES) - 1} END AS b, count(*) "
@@ -340,9 +298,8 @@ def _files(db: Opened, has_stats: bool) -> str | None:
 
 
 def _author_report(db: Opened, has_stats: bool) -> str | None:
-    sources = (db.manifest.get("config") or {}).get("sources") or []
     parts = []
-    for source in sources:
+    for source in (db.manifest.get("config") or {}).get("sources") or []:
         if not isinstance(source, dict) or source.get("kind") != "author":
             continue
         params = source.get("params") or {}
@@ -353,8 +310,8 @@ def _author_report(db: Opened, has_stats: bool) -> str | None:
             FROM articles a LEFT JOIN item_stats s USING (article_id)
             WHERE list_contains(a.sources, ?)
             ORDER BY a.published_date DESC NULLS LAST, a.article_id""", source.get("name"))
-        body = [[_link(t, url), _doi(doi), _e(day or ""), _n(v), _n(d)]
-                for t, url, doi, day, v, d in rows]
+        body = [[_link(t, url), _link(doi, f"https://doi.org/{doi}") if doi else "",
+                 _e(day or ""), _n(v), _n(d)] for t, url, doi, day, v, d in rows]
         parts.append(_table(f"Every record of {who} ({len(rows):,} items)",
                             f"author-{_e(str(source.get('name')))}",
                             ["title", "DOI", "published", "views", "downloads"], body,
@@ -391,9 +348,6 @@ _SECTIONS: list[Callable[[Opened, bool], str | None]] = [
     _author_report, _reviews]
 
 
-# ------------------------------------------------------------------------------ formatting
-
-
 def _e(text: str) -> str:
     return html.escape(text, quote=True)
 
@@ -406,17 +360,12 @@ def _id(value: int | None) -> str:  # ids are names, not amounts: no digit group
     return "" if value is None else str(value)
 
 
-def _day(value: date | None) -> str:
-    return value.isoformat() if value else "?"
-
-
 def _bytes(value: int) -> str:
-    size = float(value)
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{value:,} bytes" if unit == "bytes" else f"{size:,.1f} {unit}"
+    size, unit = float(value), 0
+    while size >= 1000 and unit < 4:
         size /= 1000
-    return f"{value:,} bytes"  # pragma: no cover
+        unit += 1
+    return f"{value:,} bytes" if unit == 0 else f"{size:,.1f} {('KB', 'MB', 'GB', 'TB')[unit - 1]}"
 
 
 def _link(text: str, url: str | None) -> str:
@@ -425,15 +374,9 @@ def _link(text: str, url: str | None) -> str:
     return _e(text)
 
 
-def _doi(doi: str | None) -> str:
-    return _link(doi, f"https://doi.org/{doi}") if doi else ""
-
-
 def _orcid(orcid: str | None) -> str:
-    if not orcid:
-        return ""
-    bare = orcid.rsplit("/", 1)[-1]
-    return _link(bare, f"https://orcid.org/{bare}")
+    bare = (orcid or "").rsplit("/", 1)[-1]
+    return _link(bare, f"https://orcid.org/{bare}") if bare else ""
 
 
 def _table(caption: str, ident: str, head: Sequence[str], body: Sequence[Sequence[str]],

@@ -17,7 +17,6 @@ from types import TracebackType
 from typing import Any
 
 import duckdb
-import orjson
 
 from harvester.errors import ConfigError, LockedError, OutputError
 from harvester.schema import ARTICLE_TABLES, SCHEMA_VERSION, SCHEMAS
@@ -120,8 +119,12 @@ def load(output: Path | str, name: str, duckdb_file: Path | str) -> LoadReport:
 
 def read_parquet(paths: list[Path]) -> str:
     """DuckDB's scan of a table's Parquet files (no hive column from the snapshot=<id> folder)."""
-    quoted = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
+    quoted = ", ".join(f"'{_quote(p)}'" for p in paths)
     return f"read_parquet([{quoted}], hive_partitioning = false)"
+
+
+def _quote(path: Path) -> str:
+    return str(path).replace("'", "''")
 
 
 class Warehouse:
@@ -267,12 +270,11 @@ class Warehouse:
         kind, status = str(manifest.get("kind", "unknown")), str(manifest.get("status", "unknown"))
         # Only a complete full harvest says "everything that exists": absence means withdrawn.
         full = kind == "full" and status == "complete"
-        tombstones = _not_found(errors, where)
-        day = _snapshot_date(sid, manifest, where)
+        day = _snapshot_date(sid, where)
         con = self.con
         try:
             con.begin()
-            self._apply(sid, files, tombstones, full, day)
+            self._apply(sid, files, errors, full, day)
             (articles,) = con.execute("SELECT count(*) FROM _present").fetchone() or (0,)
             con.execute("INSERT INTO loaded_snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 sid, name, kind, status, version, sha, articles, where, datetime.now(UTC)])
@@ -287,7 +289,7 @@ class Warehouse:
             self._rollback()  # an interrupt (SIGINT/SIGTERM) among them
             raise
         finally:
-            for temp in ("_present", "_tomb", "_gone", "_stats"):
+            for temp in ("_present", "_tomb", "_gone"):
                 with contextlib.suppress(duckdb.Error):  # not a new error on the way out
                     con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
         loaded = Loaded(sid, kind, status, articles, {c: counts.get(c, 0) for c in CHANGES})
@@ -336,14 +338,18 @@ class Warehouse:
                   if (parts := table_files(listed, t))}
         return tables, fetch("errors.ndjson") if "errors.ndjson" in listed else None
 
-    def _apply(self, sid: str, files: dict[str, list[Path]], tombstones: set[int],
+    def _apply(self, sid: str, files: dict[str, list[Path]], errors: Path | None,
                full: bool, day: date) -> None:
         """The snapshot's effect on every table; runs inside the caller's transaction."""
         con = self.con
         con.execute("CREATE OR REPLACE TEMP TABLE _present AS SELECT article_id, content_hash "
                     f"FROM {read_parquet(files['articles'])}")
-        con.execute("CREATE OR REPLACE TEMP TABLE _tomb AS "
-                    "SELECT unnest(?::BIGINT[]) AS article_id", [sorted(tombstones)])
+        # Tombstones: the items errors.ndjson lists as "not-found" now answer 404.
+        lines = ("SELECT NULL::BIGINT AS id, NULL AS reason" if errors is None else
+                 f"SELECT * FROM read_json('{_quote(errors)}', format = 'newline_delimited', "
+                 "columns = {id: 'BIGINT', reason: 'VARCHAR'})")
+        con.execute("CREATE OR REPLACE TEMP TABLE _tomb AS SELECT DISTINCT id AS article_id "
+                    f"FROM ({lines}) WHERE reason = 'not-found'")
         # What changed, against the current rows before this snapshot is applied.
         con.execute("""
             INSERT INTO changes
@@ -367,48 +373,26 @@ class Warehouse:
             paths = files.get(table)
             if paths is not None:
                 self._replace(table, paths, files, sid)
-        stats = files.get("stats")
-        con.execute("CREATE OR REPLACE TEMP TABLE _stats AS SELECT article_id, counter, scope, "
-                    "total FROM " + (read_parquet(stats) if stats else "stats_current WHERE false"))
+        if "stats" not in files:
+            return
+        stats = read_parquet(files["stats"])
         # Two snapshots on one day: the later one's totals stand for that day.
-        con.execute("""
-            DELETE FROM stats_history h USING _stats s
+        con.execute(f"""
+            DELETE FROM stats_history h USING {stats} s
             WHERE h.snapshot_date = ? AND h.article_id = s.article_id
               AND h.counter = s.counter AND h.scope = s.scope""", [day])
         con.execute("INSERT INTO stats_history SELECT article_id, counter, scope, ?, ?, total "
-                    "FROM _stats ORDER BY article_id, counter, scope", [day, sid])
-
-
-def _not_found(path: Path | None, where: str) -> set[int]:
-    """Ids errors.ndjson lists with reason "not-found": the items now answer 404."""
-    ids: set[int] = set()
-    if path is None:
-        return ids
-    for n, line in enumerate(path.read_bytes().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            error = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            raise OutputError(f"{where}/errors.ndjson line {n}: {e}") from e
-        if not isinstance(error, dict) or error.get("reason") != "not-found":
-            continue
-        aid = error.get("id")
-        if isinstance(aid, int) and not isinstance(aid, bool):
-            ids.add(aid)
-    return ids
+                    f"FROM {stats} ORDER BY article_id, counter, scope", [day, sid])
 
 
 def _default(column: str) -> str:
     return " DEFAULT false" if column == "withdrawn" else ""
 
 
-def _snapshot_date(sid: str, manifest: dict[str, Any], where: str) -> date:
+def _snapshot_date(sid: str, where: str) -> date:
     """The UTC day a snapshot stands for: its id's date (the run's start)."""
-    for text, fmt in ((sid, ID_FORMAT), (str(manifest.get("started_at")), "%Y-%m-%dT%H:%M:%SZ")):
-        try:
-            return datetime.strptime(text, fmt).replace(tzinfo=UTC).date()
-        except ValueError:
-            continue
-    raise OutputError(f"{where}: cannot tell the snapshot's date from its id or started_at")
+    try:
+        return datetime.strptime(sid, ID_FORMAT).date()
+    except ValueError:
+        raise OutputError(f"{where}: cannot tell the snapshot's date from its id") from None
 
