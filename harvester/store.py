@@ -2,8 +2,6 @@
 
     ROOT/NAME/snapshot=<id>/     one published snapshot; complete once manifest.json is in it
     ROOT/NAME/LATEST             "snapshot=<id>", replaced whole after the snapshot is out
-
-Every reader here ignores a `snapshot=` folder without its manifest (an interrupted upload).
 """
 
 from __future__ import annotations
@@ -44,7 +42,6 @@ def fail(action: str, path: Path | str, e: OSError) -> OutputError:
 
 
 def is_remote(root: Path | str) -> bool:
-    """True for an `s3://bucket/prefix` output location."""
     return str(root).startswith(S3_SCHEME)
 
 
@@ -67,13 +64,11 @@ def table_files(files: Collection[str], table: str) -> list[str]:
 def split_harvest(path: Path | str) -> tuple[str, str]:
     """`OUTPUT/NAME` (a directory or an s3:// URL) -> (OUTPUT, NAME)."""
     text = str(path).rstrip("/")
-    body = text[len(S3_SCHEME):] if is_remote(text) else text
-    root, _, name = body.rpartition("/")
-    if not name or not SAFE_NAME.match(name) or (is_remote(text) and not root):
+    remote = is_remote(text)
+    root, _, name = text.removeprefix(S3_SCHEME).rpartition("/")
+    if not name or not SAFE_NAME.match(name) or (remote and not root):
         raise ValueError(f"{path!s}: expected OUTPUT/NAME, the folder of one harvest")
-    if is_remote(text):
-        return S3_SCHEME + root, name
-    return root or ".", name
+    return (S3_SCHEME + root, name) if remote else (root or ".", name)
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
@@ -156,7 +151,10 @@ def list_files(path: Path) -> dict[str, Path]:
 
 
 class Store:
-    """Published snapshots under one output location, local or `s3://`, read and written alike."""
+    """Published snapshots under one output location, local or `s3://`, read and written alike.
+
+    Every reader here ignores a `snapshot=` folder without its manifest (an interrupted upload).
+    """
 
     def __init__(self, root: Path | str) -> None:
         self.remote = is_remote(root)
@@ -206,9 +204,8 @@ class Store:
                                                             allow_not_found=True))
         except OSError as e:
             raise fail("list", self.url(name), e) from e
-        folders = (info.base_name for info in infos if info.type == pafs.FileType.Directory)
-        return sorted(f for f in folders if f.startswith(PREFIX)
-                      and SAFE_NAME.match(f[len(PREFIX):]) and self.is_complete(name, f))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+                      and _is_folder(i.base_name) and self.is_complete(name, i.base_name))
 
     def latest(self, name: str) -> str | None:
         """The snapshot LATEST names if it is complete, else the newest complete one."""
@@ -216,8 +213,7 @@ class Store:
             pointed = self.read_bytes(name, LATEST).decode("utf-8").strip()
         except (OutputError, UnicodeDecodeError):
             pointed = ""
-        if (pointed.startswith(PREFIX) and SAFE_NAME.match(pointed[len(PREFIX):])
-                and self.is_complete(name, pointed)):
+        if _is_folder(pointed) and self.is_complete(name, pointed):
             return pointed
         found = self.snapshots(name)
         return found[-1] if found else None
@@ -241,18 +237,17 @@ class Store:
 
     def fetch(self, name: str, folder: str, file: str, workdir: Path) -> tuple[Path, str]:
         """A local copy of one file (a local store's own file, not copied) and its sha256."""
-        local = not self.remote
-        dest = Path(self._path(name, folder, file)) if local else workdir / file
+        dest = workdir / file if self.remote else Path(self._path(name, folder, file))
         try:
-            if not local:
-                dest.parent.mkdir(parents=True, exist_ok=True)
             with self.fs.open_input_stream(self._path(name, folder, file)) as src:
-                if local:
+                if not self.remote:
                     return dest, hash_copy(src, None)
+                dest.parent.mkdir(parents=True, exist_ok=True)
                 with open(dest, "wb") as dst:
                     return dest, hash_copy(src, dst)
         except OSError as e:
-            raise fail("read" if local else "download", self.url(name, folder, file), e) from e
+            raise fail("download" if self.remote else "read", self.url(name, folder, file),
+                       e) from e
 
     def publish(self, staging: Path, name: str, snapshot_id: str) -> str:
         """Put a finished local staging directory in place, then point LATEST at it.
@@ -263,11 +258,19 @@ class Store:
         if self.is_complete(name, folder) or (not self.remote and self.taken(name, folder)):
             raise OutputError(f"cannot publish {self.url(name, folder)}: it already exists")
         if self.remote:
-            for file, p in list_files(staging).items():
-                if file != MANIFEST:
-                    self._upload(p, name, folder, file)
-            self._upload(staging / MANIFEST, name, folder, MANIFEST)
-            self._put(f"{folder}\n".encode(), name, LATEST)
+            files = list_files(staging)
+            for file in sorted(files, key=lambda f: f == MANIFEST):  # the manifest last
+                try:
+                    with open(files[file], "rb") as src, \
+                            self.fs.open_output_stream(self._path(name, folder, file)) as dst:
+                        hash_copy(src, dst)
+                except OSError as e:
+                    raise fail("upload", self.url(name, folder, file), e) from e
+            try:
+                with self.fs.open_output_stream(self._path(name, LATEST)) as dst:
+                    dst.write(f"{folder}\n".encode())
+            except OSError as e:
+                raise fail("write", self.url(name, LATEST), e) from e
             return self.url(name, folder)
         dest = Path(self._path(name, folder))
         try:
@@ -279,50 +282,39 @@ class Store:
         write_atomic(dest.parent / LATEST, f"{folder}\n".encode())
         return self.url(name, folder)
 
-    def _upload(self, local: Path, *parts: str) -> None:
-        try:
-            with open(local, "rb") as src, self.fs.open_output_stream(self._path(*parts)) as dst:
-                hash_copy(src, dst)
-        except OSError as e:
-            raise fail("upload", self.url(*parts), e) from e
-
-    def _put(self, data: bytes, *parts: str) -> None:
-        try:
-            with self.fs.open_output_stream(self._path(*parts)) as dst:
-                dst.write(data)
-        except OSError as e:
-            raise fail("write", self.url(*parts), e) from e
-
 
 def open_store(root: Path | str) -> Store:
     """The store of an output location: a local directory or `s3://bucket/prefix`."""
     return Store(root)
 
 
+def _is_folder(name: str) -> bool:
+    """A snapshot folder's name: `snapshot=<id>`."""
+    return name.startswith(PREFIX) and bool(SAFE_NAME.match(name[len(PREFIX):]))
+
+
 def list_snapshots(root: Path | str, name: str) -> list[Path]:
     """Published snapshots of a local output (directories holding a manifest), oldest first."""
-    _local_only(root)
-    return [Path(root) / name / f for f in Store(root).snapshots(name)]
+    return [Path(root) / name / f for f in _local(root).snapshots(name)]
 
 
 def latest_snapshot(root: Path | str, name: str) -> Path | None:
     """The local snapshot LATEST names if complete, else the newest complete one, else None."""
-    _local_only(root)
-    folder = Store(root).latest(name)
+    folder = _local(root).latest(name)
     return Path(root) / name / folder if folder else None
 
 
-def _local_only(root: Path | str) -> None:
+def _local(root: Path | str) -> Store:
     if is_remote(root):
         raise ValueError(f"{root} is object storage: read it with open_store(root)")
+    return Store(root)
 
 
 def read_manifest(path: Path | str) -> dict[str, Any]:
     """A snapshot's manifest; `path` is the snapshot directory (or its s3:// URL) or the
     manifest file itself."""
     text = str(path).rstrip("/")
-    remote = is_remote(text)
-    if Path(text).is_dir() if not remote else not text.endswith(f"/{MANIFEST}"):
+    if not text.endswith(f"/{MANIFEST}") if is_remote(text) else Path(text).is_dir():
         text = f"{text}/{MANIFEST}"
     root, _, file = text.rpartition("/")
     return parse_manifest(Store(root or ".").read_bytes(file, what="manifest"), text)
