@@ -1,9 +1,7 @@
-"""The run journal (SQLite): ids, fetched records, errors; flat memory and resumable runs.
+"""The run journal (SQLite, OUTPUT/NAME/.state/journal.sqlite): ids, fetched records, errors.
 
-One journal per harvest name, at OUTPUT/NAME/.state/journal.sqlite. Enumeration inserts ids
-(provenance as a bitmask of source indexes); the fan-out stores each result; the snapshot is
-written from the journal in id order, so its content does not depend on concurrency or on how
-often the run was interrupted. All access goes through one thread: SQLite never blocks the loop.
+The snapshot is written from it in id order, so its content depends neither on concurrency nor
+on interruptions. All access goes through one thread: SQLite never blocks the event loop.
 """
 
 from __future__ import annotations
@@ -202,29 +200,26 @@ class Journal:
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except sqlite3.OperationalError as exc:
-            raise self._cannot(exc) from None
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._guarded, fn,
+                                                                *args)
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run on the journal thread from synchronous code (CLI, tests)."""
-        try:
-            return self._pool.submit(fn, *args).result()
-        except sqlite3.OperationalError as exc:
-            raise self._cannot(exc) from None
+        return self._pool.submit(self._guarded, fn, *args).result()
 
-    def _cannot(self, exc: sqlite3.OperationalError) -> OutputError:
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
         """A full disk or an I/O error: what was committed is intact and the run resumes."""
-        return OutputError(f"{self.path.parent}: cannot write the run's state (journal, "
-                           f"catalog): {exc}; what was fetched is kept for the next run")
+        try:
+            return fn(*args)
+        except sqlite3.OperationalError as exc:
+            raise OutputError(f"{self.path.parent}: cannot write the run's state (journal, "
+                              f"catalog): {exc}; what was fetched is kept for the next run"
+                              ) from None
 
     @property
     def db(self) -> sqlite3.Connection:
         assert self._db is not None, "journal not open"
         return self._db
-
-    # -- meta ------------------------------------------------------------------------------
 
     def get_meta(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
@@ -236,8 +231,6 @@ class Journal:
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 list(values.items()),
             )
-
-    # -- enumeration -----------------------------------------------------------------------
 
     def source_done(self, idx: int) -> dict[str, Any] | None:
         row = self.db.execute("SELECT done, info FROM sources WHERE idx=?", (idx,)).fetchone()
@@ -293,8 +286,6 @@ class Journal:
             self.db.execute("SELECT count(*) FROM ids WHERE sources & ?", (1 << i,)).fetchone()[0]
             for i in range(count)
         ]
-
-    # -- fan-out ---------------------------------------------------------------------------
 
     def counts(self) -> Counts:
         rows = self.db.execute("SELECT state, count(*) FROM ids GROUP BY state").fetchall()
@@ -454,8 +445,6 @@ class Journal:
                                 [(FetchMode.STATS_ONLY, o.article_id) for o in outcomes
                                  if o.not_modified])
 
-    # -- after the snapshot ----------------------------------------------------------------
-
     def update_catalog(self, catalog: Path, snapshot_id: str, full: bool) -> None:
         """After a publish: the catalog knows what this run fetched and forgets what is gone.
 
@@ -512,12 +501,8 @@ class Journal:
             self.db.execute("DETACH DATABASE cat")
 
     def errors(self) -> list[dict[str, Any]]:
-        return [
-            orjson.loads(e)
-            for (e,) in self.db.execute("SELECT error FROM errors ORDER BY article_id").fetchall()
-        ]
-
-    # -- source-level records: collections, projects, reviews -------------------------------
+        rows = self.db.execute("SELECT error FROM errors ORDER BY article_id").fetchall()
+        return [orjson.loads(e) for (e,) in rows]
 
     def add_source_records(self, idx: int, records: Iterable[tuple[str, int, Any]],
                            fetched_at: str) -> None:

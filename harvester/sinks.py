@@ -1,10 +1,7 @@
-"""Writing one snapshot: NDJSON and Parquet files, the manifest, an atomic publish.
+"""Writing one snapshot: NDJSON and Parquet files in local staging, the manifest, a publish.
 
-    OUTPUT/NAME/.staging/<id>/        everything is written here first (local disk)
-    OUTPUT/NAME/snapshot=<id>/        published by store.Store once manifest.json is in it
-
-A run killed at any point leaves only its staging directory behind. Format (NDJSON lines,
-Parquet row groups) is kept apart from the destination (store.py, local or s3:// alike).
+A run killed at any point leaves only OUTPUT/NAME/.staging/<id>/ behind. Format is kept apart
+from the destination (store.py, local or s3:// alike).
 """
 
 from __future__ import annotations
@@ -56,20 +53,13 @@ GROUP_BYTES = 16 << 20  # rows this large make a row group of their own, however
 FILE_ROW_GROUPS = 20  # row groups in one part file of a table (TABLE/part-NNNNN.parquet)
 
 
-def _mkdirs(path: Path) -> None:
+def _mkdir(path: Path, *, parents: bool = False) -> None:
+    """A new directory; with `parents`, those above it too, and it may be there already."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise fail("create directory", path, e) from e
-    if not path.is_dir():
-        raise OutputError(f"cannot create directory {path}: a file is in the way")
-
-
-def _mkdir_new(path: Path) -> None:
-    try:
-        path.mkdir()
+        path.mkdir(parents=parents, exist_ok=parents)
     except FileExistsError as e:
-        raise OutputError(f"cannot create directory {path}: it already exists") from e
+        problem = "a file is in the way" if parents else "it already exists"
+        raise OutputError(f"cannot create directory {path}: {problem}") from e
     except OSError as e:
         raise fail("create directory", path, e) from e
 
@@ -185,13 +175,13 @@ class SnapshotWriter:
             raise RuntimeError(f"snapshot writer is {self._state}, cannot open it again")
         if self.is_published():
             raise OutputError(f"cannot write snapshot {self.path}: it already exists")
-        _mkdirs(self.staging.parent)
+        _mkdir(self.staging.parent, parents=True)
         self._lock = _lock(self._lock_path)
         try:
             # Nobody else holds the lock, so a staging dir with this id is what a killed run
             # left (a resumed run keeps its snapshot id): start it afresh.
             shutil.rmtree(self.staging, ignore_errors=True)
-            _mkdir_new(self.staging)
+            _mkdir(self.staging)
             self._state = "open"
             names = ["errors.ndjson"]  # the error log is kept whatever the data formats
             if "ndjson" in self.formats:
@@ -200,7 +190,7 @@ class SnapshotWriter:
                 self._lines[n] = _open(self.staging / n)
             if "parquet" in self.formats:
                 for table in SCHEMAS:  # every table has a first part, rows or not
-                    _mkdir_new(self.staging / table)
+                    _mkdir(self.staging / table)
                     self._open_part(table, 0)
         except BaseException:
             self.abort()
