@@ -1,8 +1,7 @@
-"""Charts as static SVG: Vega-Lite specs rendered by vl-convert, inlined in the report.
+"""Charts as static SVG: Vega-Lite specs (plain dicts) rendered by vl-convert for the report.
 
 Static SVG needs no script, so the page opens offline with nothing to load and nothing to fail;
-hover text comes from a `<title>` per mark (the browser's own tooltip). The specs are plain
-dicts: six chart shapes do not need altair's builder, and its pandas-era dependencies.
+hover text comes from a `<title>` per mark (the browser's own tooltip).
 """
 
 from __future__ import annotations
@@ -23,6 +22,10 @@ _CONFIG = {
     "title": {"fontSize": 14, "anchor": "start", "offset": 10},
     "axis": {"labelFontSize": 11, "titleFontSize": 12, "labelLimit": 260},
     "legend": {"labelFontSize": 11, "titleFontSize": 12},
+    "numberFormat": ",d",  # every value counts events
+    "axisQuantitative": {"tickMinStep": 1},
+    "range": {"category": {"scheme": "tableau10"}},
+    "mark": {"tooltip": True},
     "view": {"stroke": None},
     "background": "white",
 }
@@ -38,13 +41,12 @@ def hbar(rows: Sequence[tuple[str, int | float]], title: str, value_title: str,
         # the browser's font may draw a long label wider than vl-convert measured it: room
         # on the left, and the label axis's title above its labels rather than beside them
         "padding": {"left": 40, "top": 5, "right": 5, "bottom": 5},
-        "mark": {"type": "bar", "color": color, "tooltip": True},
+        "mark": {"type": "bar", "color": color},
         "encoding": {
             "y": {"field": "label", "type": "nominal", "sort": "-x", "title": label_title,
                   "axis": {"titleAngle": 0, "titleAlign": "right", "titleBaseline": "bottom",
                            "titleX": -6, "titleY": -4, "labelLimit": 240}},
-            "x": {"field": "value", "type": "quantitative", "title": value_title,
-                  "axis": {"format": ",d", "tickMinStep": 1}},
+            "x": {"field": "value", "type": "quantitative", "title": value_title},
         },
     })
 
@@ -55,14 +57,13 @@ def columns(rows: Sequence[tuple[str, str, int]], title: str, period_title: str,
     data = [{"period": p, "series": s or "(none)", "value": v} for p, s, v in rows]
     return render({
         "title": title, "data": {"values": data}, "width": WIDTH, "height": 220,
-        "mark": {"type": "bar", "tooltip": True},
+        "mark": {"type": "bar"},
         "encoding": {
             "x": {"field": "period", "type": "ordinal", "title": period_title,
                   "axis": {"labelAngle": -45, "labelOverlap": "greedy"}},
             "y": {"field": "value", "type": "quantitative", "title": value_title,
-                  "stack": "zero", "axis": {"format": ",d", "tickMinStep": 1}},
-            "color": {"field": "series", "type": "nominal", "title": series_title,
-                      "scale": {"scheme": "tableau10"}},
+                  "stack": "zero"},
+            "color": {"field": "series", "type": "nominal", "title": series_title},
         },
     })
 
@@ -72,17 +73,14 @@ def lines(rows: Sequence[tuple[str, str, int]], title: str, date_title: str,
     """One line per series over dates (ISO text): a counter over time."""
     data = [{"date": d, "series": s, "value": v} for d, s, v in rows]
     fmt = {"year": "%Y", "month": "%Y-%m"}.get(time_unit or "", "%Y-%m-%d")
-    x: dict[str, Any] = {"field": "date", "type": "temporal", "title": date_title,
-                         "axis": {"format": fmt, "labelAngle": -45, "labelOverlap": "greedy"}}
     return render({
         "title": title, "data": {"values": data}, "width": WIDTH, "height": 220,
-        "mark": {"type": "line", "point": len(data) <= 60, "tooltip": True},
+        "mark": {"type": "line", "point": len(data) <= 60},
         "encoding": {
-            "x": x,
-            "y": {"field": "value", "type": "quantitative", "title": value_title,
-                  "axis": {"format": ",d", "tickMinStep": 1}},
-            "color": {"field": "series", "type": "nominal", "title": series_title,
-                      "scale": {"scheme": "tableau10"}},
+            "x": {"field": "date", "type": "temporal", "title": date_title,
+                  "axis": {"format": fmt, "labelAngle": -45, "labelOverlap": "greedy"}},
+            "y": {"field": "value", "type": "quantitative", "title": value_title},
+            "color": {"field": "series", "type": "nominal", "title": series_title},
         },
     })
 
@@ -93,12 +91,11 @@ def ordered_bars(rows: Sequence[tuple[str, int]], title: str, label_title: str,
     data = [{"label": label, "value": value, "order": i} for i, (label, value) in enumerate(rows)]
     return render({
         "title": title, "data": {"values": data}, "width": WIDTH - 160, "height": 200,
-        "mark": {"type": "bar", "color": "#59a14f", "tooltip": True},
+        "mark": {"type": "bar", "color": "#59a14f"},
         "encoding": {
             "x": {"field": "label", "type": "ordinal", "title": label_title,
                   "sort": {"field": "order"}, "axis": {"labelAngle": 0}},
-            "y": {"field": "value", "type": "quantitative", "title": value_title,
-                  "axis": {"format": ",d", "tickMinStep": 1}},
+            "y": {"field": "value", "type": "quantitative", "title": value_title},
         },
     })
 

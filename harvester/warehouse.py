@@ -282,14 +282,13 @@ class Warehouse:
                 "SELECT change, count(*) FROM changes WHERE snapshot_id = ? GROUP BY change",
                 [sid]).fetchall())
             con.commit()
-        except duckdb.Error as e:
+        except BaseException as e:  # an interrupt (SIGINT/SIGTERM) among them
             self._rollback()
-            raise OutputError(f"{where}: cannot load into {self.path}: {why(e)}") from e
-        except BaseException:
-            self._rollback()  # an interrupt (SIGINT/SIGTERM) among them
+            if isinstance(e, duckdb.Error):
+                raise OutputError(f"{where}: cannot load into {self.path}: {why(e)}") from e
             raise
         finally:
-            for temp in ("_present", "_tomb", "_gone"):
+            for temp in ("_present", "_gone"):
                 with contextlib.suppress(duckdb.Error):  # not a new error on the way out
                     con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
         loaded = Loaded(sid, kind, status, articles, {c: counts.get(c, 0) for c in CHANGES})
@@ -345,11 +344,9 @@ class Warehouse:
         con.execute("CREATE OR REPLACE TEMP TABLE _present AS SELECT article_id, content_hash "
                     f"FROM {read_parquet(files['articles'])}")
         # Tombstones: the items errors.ndjson lists as "not-found" now answer 404.
-        lines = ("SELECT NULL::BIGINT AS id, NULL AS reason" if errors is None else
-                 f"SELECT * FROM read_json('{_quote(errors)}', format = 'newline_delimited', "
-                 "columns = {id: 'BIGINT', reason: 'VARCHAR'})")
-        con.execute("CREATE OR REPLACE TEMP TABLE _tomb AS SELECT DISTINCT id AS article_id "
-                    f"FROM ({lines}) WHERE reason = 'not-found'")
+        tomb = ("SELECT NULL::BIGINT AS id WHERE false" if errors is None else
+                f"SELECT id FROM read_json('{_quote(errors)}', format = 'newline_delimited', "
+                "columns = {id: 'BIGINT', reason: 'VARCHAR'}) WHERE reason = 'not-found'")
         # What changed, against the current rows before this snapshot is applied.
         con.execute("""
             INSERT INTO changes
@@ -359,14 +356,15 @@ class Warehouse:
             FROM _present n LEFT JOIN articles_current c USING (article_id)
             WHERE c.article_id IS NULL OR c.withdrawn OR c.content_hash <> n.content_hash
             ORDER BY n.article_id""", [sid])
-        con.execute("""
+        con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _gone AS
             SELECT c.article_id, c.content_hash,
-                   CASE WHEN t.article_id IS NULL THEN 'withdrawn' ELSE 'tombstone' END AS change
-            FROM articles_current c LEFT JOIN _tomb t USING (article_id)
+                   CASE WHEN t.id IS NULL THEN 'withdrawn' ELSE 'tombstone' END AS change
+            FROM articles_current c LEFT JOIN (SELECT DISTINCT id FROM ({tomb})) t
+                 ON t.id = c.article_id
             WHERE NOT c.withdrawn
               AND NOT EXISTS (SELECT 1 FROM _present n WHERE n.article_id = c.article_id)
-              AND (t.article_id IS NOT NULL OR ?)""", [full])
+              AND (t.id IS NOT NULL OR ?)""", [full])
         con.execute("INSERT INTO changes SELECT ?, article_id, change, content_hash, NULL "
                     "FROM _gone ORDER BY article_id", [sid])
         for table in SCHEMAS:
