@@ -40,15 +40,15 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    logs = argparse.ArgumentParser(add_help=False)  # flag groups that several commands share
+    logs = _ArgumentParser(add_help=False)  # flag groups that several commands share
     logs.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
     logs.add_argument("--quiet", action="store_true", help="warnings and errors only")
-    budget = argparse.ArgumentParser(add_help=False)
+    budget = _ArgumentParser(add_help=False)
     budget.add_argument("--budget", metavar="DURATION", help="stop fetching after this long (8h, "
                         "90m) and publish; the stalest stats wait (overrides incremental.budget)")
     budget.add_argument("--until", metavar="HH:MM", help="stop fetching in time to publish by "
                         "then: local time, or with a zone (06:00 Europe/Berlin, 06:00+02:00)")
-    configured = argparse.ArgumentParser(add_help=False, parents=[logs])
+    configured = _ArgumentParser(add_help=False, parents=[logs])
     configured.add_argument("config", help="path to the harvest's YAML config")
     configured.add_argument("--api-url", type=_nonempty,
                             help="REST API base URL (overrides config and FIGSHARE_API_URL)")
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                             help="stats base URL (overrides config and FIGSHARE_STATS_URL)")
     configured.add_argument("--output", type=_nonempty,
                             help="output directory (overrides output.dir)")
-    snapshot = argparse.ArgumentParser(add_help=False)
+    snapshot = _ArgumentParser(add_help=False)
     snapshot.add_argument("harvest", metavar="OUTPUT/NAME", help="harvest folder or warehouse:FILE")
     snapshot.add_argument("--snapshot", metavar="ID", help="this snapshot instead of LATEST")
 
@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"harvester {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
 
-    def command(name: str, help_: str, *parents: argparse.ArgumentParser,
+    def command(name: str, help_: str, *parents: _ArgumentParser,
                 description: str | None = None) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=description or help_,
                               parents=parents)
