@@ -16,7 +16,7 @@ from harvester.errors import BadResponse
 from harvester.partition import Lister, Partition, iso_second, parse_stamp
 
 NS = "{http://www.openarchives.org/OAI/2.0/}"
-ID_PREFIX = "oai:figshare.com:article/"
+_ARTICLE = re.compile(r"oai:figshare\.com:article/([0-9]+)")
 MAX_STALLED = 5  # restarts in a row that list no new id before a start is given up
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -171,7 +171,5 @@ def _parse(body: bytes, url: str) -> ET.Element:
 
 
 def _article_id(identifier: str | None) -> int | None:
-    if not identifier:
-        return None
-    tail = identifier.strip().removeprefix(ID_PREFIX)
-    return int(tail) if tail != identifier.strip() and tail.isdigit() else None
+    m = _ARTICLE.fullmatch((identifier or "").strip())
+    return int(m.group(1)) if m else None

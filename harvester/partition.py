@@ -317,13 +317,12 @@ class Exhauster(Lister):
         while (req := pager.request()) is not None:
             params, headers = req
             part.requests += 1
+            ask = {**query.filters, **params}
             try:
                 if query.method == "GET":
-                    reply = await self.client.get(url, params={**query.filters, **params},
-                                                  headers=headers)
+                    reply = await self.client.get(url, params=ask, headers=headers)
                 else:
-                    reply = await self.client.post(url, json={**query.filters, **params},
-                                                   headers=headers)
+                    reply = await self.client.post(url, json=ask, headers=headers)
             except RequestError as exc:
                 if not _refusal(exc, first=pager.requests == 0):
                     raise

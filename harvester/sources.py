@@ -105,8 +105,10 @@ async def enumerate_source(
     page size and learned windows, shared by its sources (default: the documented ones)."""
     limits = limits if limits is not None else Limits()
     report.page_size = limits.page_size
+    walk = {"ids": _ids, "ids_file": _ids_file, "oai": _oai, "collection": _container,
+            "project": _container, "collections": _collections}.get(source.kind, _listed)
     try:
-        async for batch in _enumerate(client, api_url, source, report, limits):
+        async for batch in walk(client, api_url, source, report, limits):
             yield batch
     except AuthError as exc:
         need = ("an institution administrator's token" if source.kind in ADMIN_KINDS
@@ -115,35 +117,27 @@ async def enumerate_source(
                         url=exc.url, status=exc.status, reason=exc.reason) from None
 
 
-async def _enumerate(
-    client: Client, api_url: str, source: Source, report: SourceReport, limits: Limits
-) -> AsyncIterator[list[int]]:
+async def _ids(client: Client, api_url: str, source: Source, report: SourceReport,
+               limits: Limits) -> AsyncIterator[list[int]]:
+    ids = list(source.params["ids"])
+    report.listed, report.distinct = len(ids), len(set(ids))
+    yield ids
+
+
+async def _oai(client: Client, api_url: str, source: Source, report: SourceReport,
+               limits: Limits) -> AsyncIterator[list[int]]:
+    params = source.params
+    lister = OaiLister(client, api_url + "/oai", set_spec=params.get("set"),
+                       from_=params.get("from"), until=params.get("until"))
+    async for batch in lister.ids():
+        yield batch
+    report.absorb(lister)
+
+
+async def _listed(client: Client, api_url: str, source: Source, report: SourceReport,
+                  limits: Limits) -> AsyncIterator[list[int]]:
+    """A list or search query, walked past the window; `reconcile: oai` checks it."""
     kind, params = source.kind, source.params
-    if kind == "ids":
-        report.listed = len(params["ids"])
-        report.distinct = len(set(params["ids"]))
-        yield list(params["ids"])
-        return
-    if kind == "ids_file":
-        fields = DOI_FIELDS if params.get("doi_match") == "any" else DOI_FIELDS[:1]
-        async for batch in _ids_file(client, api_url, Path(params["path"]), report, fields):
-            yield batch
-        return
-    if kind == "oai":
-        lister = OaiLister(client, api_url + "/oai", set_spec=params.get("set"),
-                           from_=params.get("from"), until=params.get("until"))
-        async for batch in lister.ids():
-            yield batch
-        report.absorb(lister)
-        return
-    if kind in ("collection", "project"):
-        async for batch in _container(client, api_url, source, report, limits):
-            yield batch
-        return
-    if kind == "collections":
-        async for batch in _collections(client, api_url, source, report, limits):
-            yield batch
-        return
     walker = Exhauster(client, api_url, limits=limits)
     if kind == "reviews":
         walker.on_items = lambda items: report.side.extend(
@@ -240,11 +234,12 @@ async def _reconcile_oai(
                     source.name, len(only_rest), len(only_oai))
 
 
-async def _ids_file(
-    client: Client, api_url: str, path: Path, report: SourceReport, fields: tuple[str, ...]
-) -> AsyncIterator[list[int]]:
+async def _ids_file(client: Client, api_url: str, source: Source, report: SourceReport,
+                   limits: Limits) -> AsyncIterator[list[int]]:
     """Article ids and DOIs from a file, one a line; a DOI resolved by GET /articles?doi=,
     then (doi_match: any) as the paper an item supplements (resource_doi), then as a handle."""
+    path = Path(source.params["path"])
+    fields = DOI_FIELDS if source.params.get("doi_match") == "any" else DOI_FIELDS[:1]
     ids, dois = await asyncio.to_thread(read_ids_file, path)
     seen = IdSet()
     seen.update(ids)
