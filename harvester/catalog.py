@@ -94,14 +94,10 @@ class Catalog:
             )
 
     def last_run(self, kind: str | None = None) -> dict[str, str] | None:
-        sql = "SELECT snapshot_id, kind, status, started_at, finished_at FROM runs"
-        args: tuple[str, ...] = ()
-        if kind:
-            sql += " WHERE kind=?"
-            args = (kind,)
-        row = self.db.execute(sql + " ORDER BY started_at DESC LIMIT 1", args).fetchone()
-        keys = ("snapshot_id", "kind", "status", "started_at", "finished_at")
-        return dict(zip(keys, row, strict=True)) if row else None
+        cursor = self.db.execute("SELECT * FROM runs WHERE ?1 IS NULL OR kind=?1 "
+                                 "ORDER BY started_at DESC LIMIT 1", (kind,))
+        row = cursor.fetchone()
+        return dict(zip([c[0] for c in cursor.description], row, strict=True)) if row else None
 
     def add_run(self, snapshot_id: str, kind: str, status: str, started_at: str,
                 finished_at: str) -> None:
@@ -174,41 +170,23 @@ def last_complete_full(root: Path | str, name: str) -> tuple[str, int] | None:
     return None
 
 
-
-class RunLock:
+@contextlib.contextmanager
+def run_lock(path: Path) -> Iterator[None]:
     """One run per harvest name: an flock the kernel releases when the process dies."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot create the run lock: {exc}") from None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create the run lock: {exc}") from None
+    try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(fd)
             raise LockedError(
-                f"{self.path}: another run of this harvest is in progress (pid {holder})"
-            ) from None
+                f"{path}: another run of this harvest is in progress (pid {holder})") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+        yield
+    finally:
+        os.close(fd)  # which releases the lock

@@ -21,7 +21,7 @@ import orjson
 
 from harvester import __version__
 from harvester import budget as bud
-from harvester.catalog import Catalog, RunLock, last_complete_full
+from harvester.catalog import Catalog, last_complete_full, run_lock
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy, origin_of
 from harvester.config import INCREMENTAL_KINDS, Config, parse_duration, public_view
 from harvester.errors import HarvesterError, OutputError
@@ -160,7 +160,7 @@ class Harvest:
         self._stop_write = threading.Event()
 
     async def run(self) -> RunResult:
-        with RunLock(self.state_dir / "lock"):
+        with run_lock(self.state_dir / "lock"):
             # a catalog that cannot be read stops the run before it fetches, not after it
             # published (every run ends by recording itself there)
             Catalog(self.catalog_path).close()
