@@ -86,11 +86,11 @@ def _choose(base: Path, snapshot: str | None) -> Path:
                           "snapshot=<id>/ folders with a manifest.json)")
     if not snapshot:
         return latest
-    wanted = snapshot if snapshot.startswith(PREFIX) else PREFIX + snapshot
-    for s in snapshots:
-        if s.name == wanted:
-            return s
-    raise ConfigError(f"{base}: no published snapshot {wanted!r} (newest: {snapshots[-1].name})")
+    wanted = base / (snapshot if snapshot.startswith(PREFIX) else PREFIX + snapshot)
+    if wanted in snapshots:
+        return wanted
+    raise ConfigError(f"{base}: no published snapshot {wanted.name!r} "
+                      f"(newest: {snapshots[-1].name})")
 
 
 def _manifest(snap: Path) -> dict[str, Any]:
@@ -172,15 +172,15 @@ def _open_warehouse(path: Path) -> Opened:
         con.execute("CREATE VIEW changes AS SELECT * FROM w.changes")
         loaded = con.execute("SELECT snapshot_id, name FROM w.loaded_snapshots "
                              "ORDER BY snapshot_id DESC LIMIT 2").fetchall()
+        if not loaded:
+            raise ConfigError(f"{path}: the warehouse holds no snapshot yet "
+                              "(run 'harvester load')")
     except duckdb.Error as exc:
         con.close()
         raise ConfigError(f"{path}: cannot read the warehouse: {why(exc)}") from None
     except ConfigError:
         con.close()
         raise
-    if not loaded:
-        con.close()
-        raise ConfigError(f"{path}: the warehouse holds no snapshot yet (run 'harvester load')")
     return Opened(con, label=loaded[0][1], snapshot_id=loaded[0][0],
                   previous_id=loaded[1][0] if len(loaded) > 1 else None,
                   history=True, source=str(path))

@@ -61,34 +61,19 @@ def table_key(table: str) -> tuple[str, ...]:
 KEYS: dict[str, tuple[str, ...]] = {t: table_key(t) for t in SCHEMAS}
 CHANGES = ("added", "changed", "withdrawn", "tombstone")
 
-# Tables with no Arrow counterpart: (name, type, nullable).
-FIXED: dict[str, list[tuple[str, str, bool]]] = {
-    "loaded_snapshots": [
-        ("snapshot_id", "VARCHAR", False),
-        ("name", "VARCHAR", False),
-        ("kind", "VARCHAR", False),
-        ("status", "VARCHAR", False),
-        ("schema_version", "INTEGER", False),
-        ("manifest_sha256", "VARCHAR", False),
-        ("articles", "BIGINT", False),
-        ("source", "VARCHAR", False),
-        ("loaded_at", "TIMESTAMP WITH TIME ZONE", False),
-    ],
-    "stats_history": [
-        ("article_id", "BIGINT", False),
-        ("counter", "VARCHAR", False),
-        ("scope", "VARCHAR", False),
-        ("snapshot_date", "DATE", False),
-        ("snapshot_id", "VARCHAR", False),
-        ("total", "BIGINT", True),
-    ],
-    "changes": [
-        ("snapshot_id", "VARCHAR", False),
-        ("article_id", "BIGINT", False),
-        ("change", "VARCHAR", False),
-        ("previous_hash", "VARCHAR", True),
-        ("content_hash", "VARCHAR", True),
-    ],
+# Tables with no Arrow counterpart; WAREHOUSE_VERSION is their layout.
+FIXED = {
+    "loaded_snapshots": """
+        snapshot_id VARCHAR NOT NULL, name VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+        status VARCHAR NOT NULL, schema_version INTEGER NOT NULL,
+        manifest_sha256 VARCHAR NOT NULL, articles BIGINT NOT NULL, source VARCHAR NOT NULL,
+        loaded_at TIMESTAMP WITH TIME ZONE NOT NULL""",
+    "stats_history": """
+        article_id BIGINT NOT NULL, counter VARCHAR NOT NULL, scope VARCHAR NOT NULL,
+        snapshot_date DATE NOT NULL, snapshot_id VARCHAR NOT NULL, total BIGINT""",
+    "changes": """
+        snapshot_id VARCHAR NOT NULL, article_id BIGINT NOT NULL, change VARCHAR NOT NULL,
+        previous_hash VARCHAR, content_hash VARCHAR""",
 }
 WITHDRAWN_COLUMNS = [("withdrawn", "BOOLEAN", False), ("withdrawn_at", "VARCHAR", True)]
 
@@ -177,11 +162,12 @@ class Warehouse:
             if int(meta.get(key, 0)) > ours:
                 raise OutputError(f"{self.path}: written by a newer harvester ({key} "
                                   f"{meta[key]}, this one knows {ours}); upgrade the harvester")
-        wanted = FIXED | {f"{t}_current": self.current_columns(t) for t in SCHEMAS}
         try:
             con.begin()
-            for table, cols in wanted.items():
-                self._create_or_migrate(table, cols)
+            for table, ddl in FIXED.items():
+                con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({ddl})")
+            for table in SCHEMAS:
+                self._create_or_migrate(f"{table}_current", self.current_columns(table))
             con.executemany("INSERT OR REPLACE INTO _meta VALUES (?, ?)", [
                 ("schema_version", str(SCHEMA_VERSION)),
                 ("warehouse_version", str(WAREHOUSE_VERSION)),
