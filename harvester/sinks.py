@@ -165,10 +165,7 @@ class SnapshotWriter:
         self._pending: dict[str, list[pa.Table]] = {t: [] for t in SCHEMAS}
 
     def is_published(self) -> bool:
-        """The snapshot is out (its directory, or its s3:// manifest, is there)."""
-        if self.store.remote:
-            return self.store.is_complete(self.name, self.folder)
-        return self.store.taken(self.name, self.folder)
+        return self.store.published(self.name, self.folder)
 
     def open(self) -> SnapshotWriter:
         if self._state != "new":

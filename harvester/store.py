@@ -193,6 +193,10 @@ class Store:
         """This snapshot folder holds its manifest."""
         return self._info(name, folder, MANIFEST).type == pafs.FileType.File
 
+    def published(self, name: str, folder: str) -> bool:
+        """Out already: renamed into place locally, or uploaded up to its manifest."""
+        return self.is_complete(name, folder) if self.remote else self.taken(name, folder)
+
     def taken(self, name: str, folder: str) -> bool:
         """Anything under this snapshot folder (complete or not)."""
         return self._info(name, folder).type != pafs.FileType.NotFound
@@ -255,7 +259,7 @@ class Store:
         Local: one rename. Object storage: the data files, then manifest.json, then LATEST;
         a retry after an interrupted upload overwrites what the first try left."""
         folder = f"{PREFIX}{snapshot_id}"
-        if self.is_complete(name, folder) or (not self.remote and self.taken(name, folder)):
+        if self.published(name, folder):
             raise OutputError(f"cannot publish {self.url(name, folder)}: it already exists")
         if self.remote:
             files = list_files(staging)
