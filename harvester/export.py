@@ -18,12 +18,12 @@ import pyarrow as pa
 import xlsxwriter
 
 from harvester.errors import ConfigError
-from harvester.readback import Opened, open_target, stats_wide
+from harvester.readback import Opened, open_target
 from harvester.store import why
 
-# name in the export -> snapshot table; `stats` is made wide: one row per item
+# name in the export -> the table (readback's view) it is made from
 TABLES = {"items": "articles", "authors": "authors", "categories": "categories", "tags": "tags",
-          "funding": "funding", "files": "files", "stats": "stats"}
+          "funding": "funding", "files": "files", "stats": "item_stats"}
 _DROP = {"snapshot_id", "raw"}  # one value for the whole file; the record's JSON is in NDJSON
 # Columns the workbook leaves to the CSV files (docs/REPORT.md says why).
 _CSV_ONLY: dict[str, set[str]] = {
@@ -61,10 +61,6 @@ class _Column:
 def _columns(db: Opened, table: str, sheet: bool) -> list[_Column]:
     """The columns of one export table; a `sheet` leaves out the CSV-only ones and gets dates
     as Excel day numbers (what write_datetime would compute, without a datetime per cell)."""
-    if table == "stats":
-        return [_Column("item_id", "article_id", "id")] + [  # sum() gives a DECIMAL
-            _Column(f"total_{c}", f"CAST({c} AS BIGINT)", "int")
-            for c in ("views", "downloads", "shares")]
     skip = _DROP | (_CSV_ONLY.get(table, _CSV_ONLY["*"]) if sheet else set())
     cols = []
     for name, sql_type, *_ in db.rows(f"DESCRIBE {TABLES[table]}"):
@@ -94,8 +90,6 @@ def _columns(db: Opened, table: str, sheet: bool) -> list[_Column]:
 def _select(db: Opened, table: str, sheet: bool = False) -> str:
     """SQL of one export table: renamed, typed for spreadsheets, neutralized, in item order."""
     cols = ", ".join(f'{c.expr} AS "{c.name}"' for c in _columns(db, table, sheet))
-    if table == "stats":
-        return f"SELECT {cols} FROM ({stats_wide()}) ORDER BY article_id"
     names = {r[0] for r in db.rows(f"DESCRIBE {TABLES[table]}")}
     order = ", ".join(c for c in ("article_id", "position") if c in names)
     return f"SELECT {cols} FROM {TABLES[table]}" + (f" ORDER BY {order}" if order else "")

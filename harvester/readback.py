@@ -1,7 +1,7 @@
 """A snapshot, or a warehouse's current rows, as DuckDB views named after the tables.
 
-The report and the export query `articles`, `stats`, ... wherever the rows live; `prev_*` views
-hold the previous snapshot, and a warehouse adds `stats_history` and `changes`.
+The report and the export query `articles`, `stats`, ..., `item_stats` wherever the rows live;
+`prev_*` views hold the previous snapshot, and a warehouse adds `stats_history` and `changes`.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def _views(con: duckdb.DuckDBPyConnection, snap: Path, manifest: dict[str, Any],
             con.execute(f'CREATE VIEW "{prefix}{table}" AS SELECT * FROM {read_parquet(parts)}')
         else:  # an older snapshot without the table: empty, with every column and its type
             _empty_view(con, prefix + table, schema)
+    _item_stats(con, prefix)
 
 
 def _empty_view(con: duckdb.DuckDBPyConnection, name: str, schema: pa.Schema) -> None:
@@ -168,6 +169,7 @@ def _open_warehouse(path: Path) -> Opened:
             cols = ", ".join(f'"{c}"' for c in schema.names)
             live = " WHERE NOT withdrawn" if KEYS[table] == ("article_id",) else ""
             con.execute(f'CREATE VIEW "{table}" AS SELECT {cols} FROM w."{table}_current"{live}')
+        _item_stats(con)
         con.execute("CREATE VIEW stats_history AS SELECT * FROM w.stats_history")
         con.execute("CREATE VIEW changes AS SELECT * FROM w.changes")
         loaded = con.execute("SELECT snapshot_id, name FROM w.loaded_snapshots "
@@ -193,12 +195,9 @@ def one_scope(table: str) -> str:
             f"ELSE min(scope) END FROM {table})")
 
 
-def stats_wide(table: str = "stats") -> str:
-    """SQL: one row per article with its views, downloads and shares, from one scope."""
-    return f"""
-        SELECT article_id,
-               sum(total) FILTER (WHERE counter = 'views') AS views,
-               sum(total) FILTER (WHERE counter = 'downloads') AS downloads,
-               sum(total) FILTER (WHERE counter = 'shares') AS shares
-        FROM {table} WHERE {one_scope(table)}
-        GROUP BY article_id"""
+def _item_stats(con: duckdb.DuckDBPyConnection, prefix: str = "") -> None:
+    """`item_stats`: one row per article with its total views, downloads and shares."""
+    totals = ", ".join(f"CAST(sum(total) FILTER (WHERE counter = '{c}') AS BIGINT) AS total_{c}"
+                       for c in ("views", "downloads", "shares"))
+    con.execute(f"CREATE VIEW {prefix}item_stats AS SELECT article_id, {totals} "
+                f"FROM {prefix}stats WHERE {one_scope(prefix + 'stats')} GROUP BY article_id")

@@ -15,7 +15,7 @@ from typing import Any
 
 from harvester import charts
 from harvester.errors import ConfigError
-from harvester.readback import Opened, one_scope, open_target, stats_wide
+from harvester.readback import Opened, one_scope, open_target
 
 _TITLE = "regexp_replace(coalesce({0}, '(untitled)'), '<[^>]+>', '', 'g')"
 _LINK = "coalesce(a.url_public_html, a.figshare_url)"
@@ -70,7 +70,6 @@ def write_report(target: str, snapshot: str | None = None, out: str | None = Non
 def build(db: Opened, now: datetime | None = None) -> str:
     """The whole page as text."""
     if db.one("SELECT count(*) FROM articles") or db.one("SELECT count(*) FROM reviews"):
-        db.con.execute(f"CREATE OR REPLACE TEMP VIEW item_stats AS {stats_wide()}")
         has_stats = bool(db.one("SELECT count(*) FROM item_stats"))
         sections = [part for make in _SECTIONS if (part := make(db, has_stats))]
     else:
@@ -90,13 +89,11 @@ def build(db: Opened, now: datetime | None = None) -> str:
 
 def _figures(db: Opened, prefix: str = "") -> dict[str, Any]:
     """The headline's figures, of the current tables or of the previous snapshot's (`prev_`)."""
-    db.con.execute(f"CREATE OR REPLACE TEMP VIEW {prefix}item_stats AS "
-                   f"{stats_wide(prefix + 'stats')}")
     row = db.rows(f"""
         SELECT (SELECT count(*) FROM {prefix}articles),
                (SELECT count(DISTINCT {_AUTHOR_KEY}) FROM {prefix}authors),
                (SELECT count(*) FROM {prefix}files), (SELECT sum(size) FROM {prefix}files),
-               sum(views), sum(downloads), sum(shares)
+               sum(total_views), sum(total_downloads), sum(total_shares)
         FROM {prefix}item_stats""")[0]
     return dict(zip(_FIGURES, row, strict=True))
 
@@ -186,8 +183,8 @@ def _tops(db: Opened, has_stats: bool) -> str | None:
             continue
         figures.append(charts.hbar(by_items, f"Top 10 {name} by items", "items", label))
         by_views = has_stats and db.rows(f"""
-            SELECT label, sum(s.views) AS v FROM ({sql}) JOIN item_stats s USING (article_id)
-            WHERE s.views IS NOT NULL GROUP BY label ORDER BY v DESC, label LIMIT 10""")
+            SELECT label, sum(total_views) AS v FROM ({sql}) JOIN item_stats USING (article_id)
+            WHERE total_views IS NOT NULL GROUP BY label ORDER BY v DESC, label LIMIT 10""")
         if by_views:
             figures.append(charts.hbar(by_views, f"Top 10 {name} by views", "views", label,
                                        color="#f58518"))
@@ -199,10 +196,10 @@ def _top_items(db: Opened, has_stats: bool) -> str | None:
     for counter in ("views", "downloads") if has_stats else ():
         rows = db.rows(f"""
             SELECT {_TITLE.format('a.title')}, {_LINK}, a.defined_type_name,
-                   strftime(a.published_date, '%Y-%m-%d'), s.views, s.downloads
+                   strftime(a.published_date, '%Y-%m-%d'), s.total_views, s.total_downloads
             FROM articles a JOIN item_stats s USING (article_id)
-            WHERE s.{counter} IS NOT NULL
-            ORDER BY s.{counter} DESC, a.article_id LIMIT 20""")
+            WHERE s.total_{counter} IS NOT NULL
+            ORDER BY s.total_{counter} DESC, a.article_id LIMIT 20""")
         body = [[str(i), _link(t, url), _e(kind or ""), _e(day or ""), _n(v), _n(d)]
                 for i, (t, url, kind, day, v, d) in enumerate(rows, 1)]
         if body:
@@ -265,8 +262,9 @@ def _authors(db: Opened, has_stats: bool) -> str | None:
             SELECT article_id, {_AUTHOR_KEY} AS key, any_value(full_name) AS name,
                    max(orcid_id) AS orcid
             FROM authors GROUP BY article_id, key)
-        SELECT any_value(name), max(orcid), count(*) AS items, sum(s.views), sum(s.downloads)
-        FROM per LEFT JOIN item_stats s USING (article_id)
+        SELECT any_value(name), max(orcid), count(*) AS items, sum(total_views),
+               sum(total_downloads)
+        FROM per LEFT JOIN item_stats USING (article_id)
         GROUP BY key ORDER BY items DESC, 4 DESC NULLS LAST, 1 LIMIT 25""")
     body = [[_e(name or ""), _orcid(orcid), _n(items), _n(views), _n(downloads)]
             for name, orcid, items, views, downloads in rows]
@@ -306,7 +304,7 @@ def _author_report(db: Opened, has_stats: bool) -> str | None:
         who = params.get("full_name") or params.get("orcid") or source.get("name")
         rows = db.rows(f"""
             SELECT {_TITLE.format('a.title')}, {_LINK}, a.doi,
-                   strftime(a.published_date, '%Y-%m-%d'), s.views, s.downloads
+                   strftime(a.published_date, '%Y-%m-%d'), s.total_views, s.total_downloads
             FROM articles a LEFT JOIN item_stats s USING (article_id)
             WHERE list_contains(a.sources, ?)
             ORDER BY a.published_date DESC NULLS LAST, a.article_id""", source.get("name"))
