@@ -181,9 +181,9 @@ def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
         filters.setdefault("order_direction", "asc")
         return ListQuery("GET", "/account/institution/articles", filters, cursor=False, auth=True,
                          bound=MODIFIED, splits=BY_TYPE_AND_GROUP)
-    if kind == "author":
-        filters["search_for"] = author_terms(filters.pop("full_name", None),
-                                              filters.pop("orcid", None))
+    if kind == "author":  # config requires exactly one of the two
+        orcid, full_name = filters.pop("orcid", None), filters.pop("full_name", None)
+        filters["search_for"] = f":orcid: {orcid}" if orcid else f':author: "{full_name}"'
     # ascending order keeps pages stable while new items are published mid-harvest
     filters.setdefault("order", "published_date")
     filters.setdefault("order_direction", "asc")
@@ -194,11 +194,3 @@ def list_query(kind: str, params: Mapping[str, Any]) -> ListQuery:
         return ListQuery("GET", "/articles", filters, bound=bound, splits=BY_TYPE_AND_GROUP)
     raise ValueError(f"source kind {kind!r} has no list query")
 
-
-def author_terms(full_name: str | None, orcid: str | None) -> str:
-    """search_for terms for one author's records: `:author: "Full Name"` or `:orcid: <id>`."""
-    if orcid:
-        return f":orcid: {orcid}"
-    if not full_name:
-        raise ValueError("an author needs a full_name or an orcid")
-    return f':author: "{full_name}"'
