@@ -70,8 +70,7 @@ def write_report(target: str, snapshot: str | None = None, out: str | None = Non
 def build(db: Opened, now: datetime | None = None) -> str:
     """The whole page as text."""
     if db.one("SELECT count(*) FROM articles") or db.one("SELECT count(*) FROM reviews"):
-        has_stats = bool(db.one("SELECT count(*) FROM item_stats"))
-        sections = [part for make in _SECTIONS if (part := make(db, has_stats))]
+        sections = [part for make in _SECTIONS if (part := make(db))]
     else:
         sections = [_EMPTY]
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
@@ -109,7 +108,7 @@ def _previous_figures(db: Opened) -> dict[str, Any]:
     return _figures(db, "prev_") if db.previous_id else {}
 
 
-def _headline(db: Opened, has_stats: bool) -> str | None:
+def _headline(db: Opened) -> str | None:
     figures = _figures(db)
     if not figures["items"]:
         return None
@@ -119,16 +118,15 @@ def _headline(db: Opened, has_stats: bool) -> str | None:
         value = figures[key]
         if value is None:
             continue
-        shown = _bytes(value) if key == "bytes" else f"{value:,}"
+        show = _bytes if key == "bytes" else "{:,}".format
         delta = ""
         if before.get(key) is not None:
             diff = value - before[key]
-            text = (("+" if diff > 0 else "\u2212" if diff < 0 else "\u00b1")
-                    + (_bytes(abs(diff)) if key == "bytes" else f"{abs(diff):,}"))
-            delta = (f'<span class="delta" data-delta="{diff}">{text} since '
+            sign = "+" if diff > 0 else "\u2212" if diff < 0 else "\u00b1"
+            delta = (f'<span class="delta" data-delta="{diff}">{sign}{show(abs(diff))} since '
                      f"{_e(db.previous_id or '')}</span>")
         cards.append(f'<div class="figure" data-metric="{key}" data-value="{value}">'
-                     f'<span class="value" title="{value:,}">{shown}</span>'
+                     f'<span class="value" title="{value:,}">{show(value)}</span>'
                      f'<span class="label">{label}</span>{delta}</div>')
     return (f'<section id="headline"><h2>Headline figures</h2><div class="figures">'
             f'{"".join(cards)}</div>{_changes_line(db)}</section>')
@@ -153,7 +151,7 @@ def _changes_line(db: Opened) -> str:
     return f'<p class="changes">Items since {_e(db.previous_id or "")}: {text}.</p>'
 
 
-def _published(db: Opened, has_stats: bool) -> str | None:
+def _published(db: Opened) -> str | None:
     per_year = db.rows("""
         SELECT strftime(published_date, '%Y'), coalesce(defined_type_name, 'unknown'), count(*)
         FROM articles WHERE published_date IS NOT NULL GROUP BY ALL ORDER BY 1, 2""")
@@ -174,7 +172,7 @@ def _published(db: Opened, has_stats: bool) -> str | None:
     ])
 
 
-def _tops(db: Opened, has_stats: bool) -> str | None:
+def _tops(db: Opened) -> str | None:
     figures = []
     for name, sql, label in _DIMENSIONS:
         by_items = db.rows(f"SELECT label, count(*) AS n FROM ({sql}) GROUP BY label "
@@ -182,7 +180,7 @@ def _tops(db: Opened, has_stats: bool) -> str | None:
         if not by_items:
             continue
         figures.append(charts.hbar(by_items, f"Top 10 {name} by items", "items", label))
-        by_views = has_stats and db.rows(f"""
+        by_views = db.rows(f"""
             SELECT label, sum(total_views) AS v FROM ({sql}) JOIN item_stats USING (article_id)
             WHERE total_views IS NOT NULL GROUP BY label ORDER BY v DESC, label LIMIT 10""")
         if by_views:
@@ -191,9 +189,9 @@ def _tops(db: Opened, has_stats: bool) -> str | None:
     return _section("tops", "Top categories, tags, funders and groups", figures)
 
 
-def _top_items(db: Opened, has_stats: bool) -> str | None:
+def _top_items(db: Opened) -> str | None:
     parts = []
-    for counter in ("views", "downloads") if has_stats else ():
+    for counter in ("views", "downloads"):
         rows = db.rows(f"""
             SELECT {_TITLE.format('a.title')}, {_LINK}, a.defined_type_name,
                    strftime(a.published_date, '%Y-%m-%d'), s.total_views, s.total_downloads
@@ -209,7 +207,7 @@ def _top_items(db: Opened, has_stats: bool) -> str | None:
     return _section("top-items", "Most viewed and downloaded items", parts)
 
 
-def _over_time(db: Opened, has_stats: bool) -> str | None:
+def _over_time(db: Opened) -> str | None:
     figures = []
     if db.history and db.one("SELECT count(DISTINCT snapshot_date) FROM stats_history") > 1:
         rows = db.rows(f"""
@@ -236,7 +234,7 @@ def _over_time(db: Opened, has_stats: bool) -> str | None:
     return _section("over-time", "Views and downloads over time", figures)
 
 
-def _countries(db: Opened, has_stats: bool) -> str | None:
+def _countries(db: Opened) -> str | None:
     figures = []
     for counter, color in (("views", "#e15759"), ("downloads", "#76b7b2")):
         rows = db.rows("""
@@ -253,7 +251,7 @@ def _countries(db: Opened, has_stats: bool) -> str | None:
     return _section("countries", "Views by country", figures)
 
 
-def _authors(db: Opened, has_stats: bool) -> str | None:
+def _authors(db: Opened) -> str | None:
     total = db.one(f"SELECT count(DISTINCT {_AUTHOR_KEY}) FROM authors")
     if not total:
         return None
@@ -273,7 +271,7 @@ def _authors(db: Opened, has_stats: bool) -> str | None:
         ["author", "ORCID", "items", "views", "downloads"], body, numeric={2, 3, 4})])
 
 
-def _files(db: Opened, has_stats: bool) -> str | None:
+def _files(db: Opened) -> str | None:
     formats = db.rows(f"""
         SELECT coalesce(nullif({_EXT}, ''), '(none)') AS ext, count(*) AS n, sum(size)
         FROM files GROUP BY ext ORDER BY n DESC, ext LIMIT 12""")
@@ -295,7 +293,7 @@ def _files(db: Opened, has_stats: bool) -> str | None:
     ])
 
 
-def _author_report(db: Opened, has_stats: bool) -> str | None:
+def _author_report(db: Opened) -> str | None:
     parts = []
     for source in (db.manifest.get("config") or {}).get("sources") or []:
         if not isinstance(source, dict) or source.get("kind") != "author":
@@ -317,7 +315,7 @@ def _author_report(db: Opened, has_stats: bool) -> str | None:
     return _section("author-report", "Author report", parts)
 
 
-def _reviews(db: Opened, has_stats: bool) -> str | None:
+def _reviews(db: Opened) -> str | None:
     total = db.one("SELECT count(*) FROM reviews")
     if not total:
         return None
@@ -341,7 +339,7 @@ def _reviews(db: Opened, has_stats: bool) -> str | None:
     ])
 
 
-_SECTIONS: list[Callable[[Opened, bool], str | None]] = [
+_SECTIONS: list[Callable[[Opened], str | None]] = [
     _headline, _published, _tops, _top_items, _over_time, _countries, _authors, _files,
     _author_report, _reviews]
 
