@@ -18,6 +18,7 @@ from harvester.partition import Lister, Partition, iso_second, parse_stamp
 NS = "{http://www.openarchives.org/OAI/2.0/}"
 _ARTICLE = re.compile(r"oai:figshare\.com:article/([0-9]+)")
 MAX_STALLED = 5  # restarts in a row that list no new id before a start is given up
+MAX_IDLE_PAGES = 100  # pages in a row that list no new id before a list is given up
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -41,6 +42,7 @@ class _Pass:
 
     last: int | None = None  # the latest datestamp seen
     expired: bool = False
+    ended: bool = False  # given up: a resumption token repeated, or pages stopped listing new ids
 
 
 class OaiLister(Lister):
@@ -78,6 +80,8 @@ class OaiLister(Lister):
             run = _Pass()
             async for batch in self._pass(start, part, run):
                 yield batch
+            if run.ended:
+                return
             if not run.expired:
                 if self.unordered and skipped:
                     part.note = ("datestamps out of order: listed again from the source's "
@@ -118,6 +122,8 @@ class OaiLister(Lister):
                     run: _Pass) -> AsyncIterator[list[int]]:
         """One list from `start` until it ends or its token expires (run.expired)."""
         params = self._params(start)
+        tokens: set[str] = set()
+        idle = 0  # pages in a row without a new id
         while True:
             reply = await self.client.get(self.base_url, params=params, expect="bytes")
             part.requests += 1
@@ -155,11 +161,19 @@ class OaiLister(Lister):
                 if self.seen.add(aid):
                     batch.append(aid)
             part.new += len(batch)
+            idle = 0 if batch else idle + 1
             if batch:
                 yield batch
             token = (body.findtext(f"{NS}resumptionToken") or "").strip()
             if not token:
                 return
+            if token in tokens or idle >= MAX_IDLE_PAGES:
+                why = ("the server sent a resumption token again" if token in tokens else
+                       f"{MAX_IDLE_PAGES} pages in a row listed no new id")
+                self._give_up(part, f"truncated: {why}, so the list would never end")
+                run.ended = True
+                return
+            tokens.add(token)
             params = {"verb": "ListIdentifiers", "resumptionToken": token}
 
 

@@ -16,7 +16,7 @@ from harvester import cli
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.errors import BadResponse
 from harvester.figshare import list_query
-from harvester.oaipmh import MAX_STALLED, OaiLister, portal_set
+from harvester.oaipmh import MAX_IDLE_PAGES, MAX_STALLED, OaiLister, portal_set
 from harvester.partition import Exhauster
 from harvester.simulator import Simulator
 from harvester.simulator.settings import SimSettings
@@ -218,3 +218,36 @@ async def test_an_unordered_list_whose_tokens_never_reach_its_end_is_truncated(
     assert source["truncated"] is True and source["distinct"] == 30
     assert "datestamps are not in order" in source["partitions"][-1]["note"]
     print(f"unordered, no reach: truncated after {lister.requests} requests")
+
+
+@pytest.mark.parametrize("fresh_tokens", [False, True], ids=["same-token", "new-token-same-ids"])
+async def test_a_list_that_never_ends_is_truncated_not_followed_forever(fresh_tokens: bool) -> None:
+    """A server that repeats its token, or mints new ones over the same page, ends the list."""
+    calls = itertools.count(1)
+
+    async def handler(request: web.Request) -> web.Response:
+        n = next(calls)
+        token = f"t{n}" if fresh_tokens else "again"
+        body = (
+            "<?xml version='1.0' encoding='utf-8'?>"
+            '<OAI-PMH xmlns="http://www.openarchives.org/OAI/2.0/"><ListIdentifiers>'
+            "<header><identifier>oai:figshare.com:article/123</identifier>"
+            "<datestamp>2020-01-01T00:00:00Z</datestamp></header>"
+            f"<resumptionToken>{token}</resumptionToken></ListIdentifiers></OAI-PMH>")
+        return web.Response(body=body.encode(), content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_get("/v2/oai", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with client() as c:
+            lister = OaiLister(c, f"http://127.0.0.1:{runner.addresses[0][1]}/v2/oai")
+            got = [i async for b in lister.ids() for i in b]
+        assert got == [123] and lister.truncated
+        expected = MAX_IDLE_PAGES + 1 if fresh_tokens else 2
+        assert lister.requests == expected == next(calls) - 1
+        assert "never end" in lister.partitions[-1].note
+    finally:
+        await runner.cleanup()
