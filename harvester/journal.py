@@ -24,9 +24,6 @@ from harvester.errors import OutputError
 
 T = TypeVar("T")
 
-COMMIT_EVERY = 200  # outcomes per journal transaction at most
-COMMIT_WITHIN = 0.05  # seconds an outcome may wait for others to share its transaction
-COMMIT_BYTES = 8 << 20  # record bytes per journal transaction at most (one big record alone)
 QUEUED_BYTES = 8 << 20  # record bytes waiting for the journal at most (one big record alone)
 
 
@@ -377,36 +374,23 @@ class Journal:
             "WHERE r.stats IS NOT NULL AND i.state IN (?, ?, ?)", KEPT).fetchone()
         return row[0] if row else None
 
-    async def store_from(self, results: asyncio.Queue[Outcome | None]) -> None:
-        """Store the fan-out's outcomes in small transactions until None comes: an outcome
-        waits at most COMMIT_WITHIN for others to share its commit, so a kill loses at most
-        what is in flight and that much. Keeps draining after a failure so no worker blocks."""
-        loop = asyncio.get_running_loop()
-        batch: list[Outcome] = []
-        held = 0  # record bytes in the batch: 200 outcomes of 10 MB would be 2 GB
+    async def store_from(self, results: Outcomes) -> None:
+        """Store the fan-out's outcomes until None comes, each commit taking all that waits
+        (the queue's bounds bound it), so a kill loses only what is in flight. Keeps draining
+        after a failure so no worker blocks."""
         failure: BaseException | None = None
-        due: float | None = None  # when the oldest outcome in the batch must be stored
         ended = False
         while not ended:
-            try:
-                async with asyncio.timeout_at(due):
-                    outcome = await results.get()
-            except TimeoutError:
-                outcome = None
-            else:
-                ended = outcome is None
-            if outcome is not None:
-                batch.append(outcome)
-                held += _held(outcome)
-                due = due or loop.time() + COMMIT_WITHIN
-            if batch and (ended or len(batch) >= COMMIT_EVERY or held >= COMMIT_BYTES
-                          or loop.time() >= (due or 0)):
-                if failure is None:
-                    try:
-                        await self.call(self.store, batch)
-                    except Exception as exc:
-                        failure = exc
-                batch, held, due = [], 0, None
+            batch = [await results.get()]
+            while batch[-1] is not None and not results.empty():
+                batch.append(results.get_nowait())
+            ended = batch[-1] is None
+            outcomes = [o for o in batch if o is not None]
+            if outcomes and failure is None:
+                try:
+                    await self.call(self.store, outcomes)
+                except Exception as exc:
+                    failure = exc
         if failure is not None:
             raise failure
 
