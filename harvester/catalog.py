@@ -85,14 +85,6 @@ class Catalog:
         rows = self.db.execute("SELECT source, fingerprint, hwm FROM marks").fetchall()
         return {name: (fp, hwm) for name, fp, hwm in rows}
 
-    def set_marks(self, marks: dict[str, tuple[str, str]]) -> None:
-        with transaction(self.db):
-            self.db.executemany(
-                "INSERT INTO marks VALUES(?, ?, ?) ON CONFLICT(source) DO UPDATE SET "
-                "fingerprint=excluded.fingerprint, hwm=excluded.hwm",
-                [(name, fp, hwm) for name, (fp, hwm) in marks.items()],
-            )
-
     def last_run(self, kind: str | None = None) -> dict[str, str] | None:
         cursor = self.db.execute("SELECT * FROM runs WHERE ?1 IS NULL OR kind=?1 "
                                  "ORDER BY started_at DESC LIMIT 1", (kind,))
@@ -122,7 +114,10 @@ class Catalog:
         """A published run, and the high-water marks it earned (None: they stay)."""
         self.add_run(snapshot_id, kind, status, started_at, finished_at)
         if marks is not None:
-            self.set_marks(marks)
+            with transaction(self.db):
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO marks VALUES(?, ?, ?)",
+                    [(name, fp, hwm) for name, (fp, hwm) in marks.items()])
 
 
 class Validators(NamedTuple):

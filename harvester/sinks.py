@@ -87,6 +87,11 @@ def _describe(path: Path) -> dict[str, Any]:
     return {"rows": rows, "sha256": digest.hexdigest(), "bytes": size}
 
 
+def _known(tables: Iterable[str]) -> None:
+    if unknown := set(tables) - set(SCHEMAS):
+        raise ValueError(f"unknown tables {sorted(unknown)}; valid: {sorted(SCHEMAS)}")
+
+
 def _lock(path: Path) -> int:
     """Hold an exclusive lock on `path` (released by close, or by the process dying)."""
     try:
@@ -247,14 +252,10 @@ class SnapshotWriter:
             shutil.rmtree(self.staging, ignore_errors=True)
             self._release()
 
-    # -- writing --------------------------------------------------------------------------
-
     def add_article(self, record: Mapping[str, Any], rows: Mapping[str, list[dict]]) -> None:
         """One full record: a line in articles.ndjson (exactly as given) and its table rows."""
         self._require_open()
-        unknown = set(rows) - set(SCHEMAS)
-        if unknown:
-            raise ValueError(f"unknown tables {sorted(unknown)}; valid: {sorted(SCHEMAS)}")
+        _known(rows)
         self._write("articles.ndjson", orjson.dumps(record) + b"\n")
         for table, table_rows in rows.items():
             self._add(table, table_rows)
@@ -270,8 +271,7 @@ class SnapshotWriter:
     def add_rows(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
         """Rows of a table fed outside add_article/add_stats: collections, projects, versions..."""
         self._require_open()
-        if table not in SCHEMAS:
-            raise ValueError(f"unknown table {table!r}; valid: {sorted(SCHEMAS)}")
+        _known([table])
         if table in _OWN_METHOD:
             raise ValueError(f"rows of {table!r} are added with {_OWN_METHOD[table]}()")
         self._add(table, list(rows))
@@ -286,9 +286,8 @@ class SnapshotWriter:
             if name not in ("articles.ndjson", "stats.ndjson"):
                 raise ValueError(f"unknown NDJSON file {name!r}")
             self._write(name, data)
+        _known(chunk.tables)
         for table, arrow in chunk.tables.items():
-            if table not in SCHEMAS:
-                raise ValueError(f"unknown table {table!r}; valid: {sorted(SCHEMAS)}")
             if table not in self._parquet or not arrow.num_rows:
                 continue
             if not arrow.schema.equals(SCHEMAS[table]):
@@ -307,8 +306,6 @@ class SnapshotWriter:
         if line["at"] is None:
             line["at"] = datetime.now(UTC)
         self._write("errors.ndjson", orjson.dumps(line, option=NDJSON_OPTS, default=str) + b"\n")
-
-    # -- internals ------------------------------------------------------------------------
 
     def _release(self) -> None:
         if self._lock is not None:
