@@ -1,30 +1,26 @@
 """Full Figshare records -> normalized rows that fit `schema.SCHEMAS`.
 
-Values are normalized one way everywhere:
-
-* text: "" and null both become null (Figshare sends either for "absent"); everything else is
-  kept as served (HTML included); a number where text is expected becomes its decimal string.
-* ids (`*_id`, `group_id`, `defined_type`, ...): 0, "", null and non-numbers become null.
-* counts and sizes: kept as served (0 stays 0); non-numbers become null.
-* booleans: true/false, 1/0 and "true"/"false" are read; anything else is null.
-* timestamps: any ISO 8601 date or date-time; a bare date is midnight UTC, a time without a zone
-  is UTC; unparseable values are null. All are `timestamp[us, tz=UTC]`.
-
-Unknown keys are ignored by the columns but kept verbatim in `raw` (and in articles.ndjson).
+A column is read from the record at the `source` its schema documents and made to fit its type
+(docs/TABLES.md, "How values are normalized"); unknown keys are kept only in `raw`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any
 
-from harvester import served
+import pyarrow as pa
 
-_I32_RANGE = (-(2**31), 2**31 - 1)
-_I64_RANGE = (-(2**63), 2**63 - 1)
+from harvester import served
+from harvester.schema import SCHEMAS
+
+Columns = dict[str, list[Any]]
+"""One table's values column by column: a child row costs a few pointers, not a dict."""
 
 
 @dataclass(frozen=True)
@@ -37,22 +33,16 @@ class RowContext:
 
     def __post_init__(self) -> None:
         # A naive fetch time is taken as UTC so rows never depend on the machine's zone.
-        at = self.fetched_at
-        object.__setattr__(
-            self, "fetched_at", at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-        )
+        object.__setattr__(self, "fetched_at", parse_timestamp(self.fetched_at))
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
 
 
-# --- value coercion: every row value is made to fit its column, so a row group never fails ---
+# --- one coercion per column type: every value is made to fit, so a row group never fails ---
 
 
 def _str(v: Any) -> str | None:
-    if type(v) is str:  # the common case first: this runs a few hundred times per record
-        return v or None
-    if v is None:
-        return None
-    if isinstance(v, str):
+    """"" and null both mean absent; a number or bool becomes its text, anything else JSON."""
+    if v is None or isinstance(v, str):
         return v or None
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -62,34 +52,25 @@ def _str(v: Any) -> str | None:
 
 
 def _int(v: Any, bits: int = 64) -> int | None:
-    if type(v) is int:  # the common case first (bool is a subclass, never exactly int)
-        lo, hi = _I32_RANGE if bits == 32 else _I64_RANGE
-        return v if lo <= v <= hi else None
-    if v is None or isinstance(v, bool):
-        return None
-    if isinstance(v, float):
-        n = int(v) if v.is_integer() else None
-    elif isinstance(v, int):
-        n = v
-    elif isinstance(v, str):
+    """An integral number or numeric text that fits `bits`, else None."""
+    if isinstance(v, str):
         try:
-            n = int(v.strip())
+            v = int(v.strip())
         except ValueError:
             try:
-                f = float(v)
+                v = float(v)
             except ValueError:
                 return None
-            n = int(f) if f.is_integer() else None
-    else:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
         return None
-    lo, hi = _I32_RANGE if bits == 32 else _I64_RANGE
-    return n if n is not None and lo <= n <= hi else None
+    return v if -(2 ** (bits - 1)) <= v < 2 ** (bits - 1) else None
 
 
 def _id(v: Any, bits: int = 64) -> int | None:
     """An identifier: 0 means "none" in Figshare's listings, so it becomes null."""
-    n = _int(v, bits)
-    return None if n == 0 else n
+    return _int(v, bits) or None
 
 
 def _bool(v: Any) -> bool | None:
@@ -104,36 +85,98 @@ def _bool(v: Any) -> bool | None:
 
 def parse_timestamp(v: Any) -> datetime | None:
     """ISO date or date-time (any precision Figshare uses) -> aware UTC datetime, else None."""
-    if isinstance(v, datetime):
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
-    if isinstance(v, date):
-        return datetime(v.year, v.month, v.day, tzinfo=UTC)
-    if not isinstance(v, str) or not (s := v.strip()):
+    if isinstance(v, date) and not isinstance(v, datetime):
+        v = datetime(v.year, v.month, v.day)
+    elif isinstance(v, str) and (s := v.strip()):
+        try:
+            v = datetime.fromisoformat(s)
+        except ValueError:
+            # Timeline values have no fixed precision: "2021-07" and "2021" occur too.
+            for fmt in ("%Y-%m", "%Y"):
+                try:
+                    v = datetime.strptime(s, fmt)
+                    break
+                except ValueError:
+                    continue
+    if not isinstance(v, datetime):
         return None
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        # Timeline values have no fixed precision: "2021-07" and "2021" occur too.
-        for fmt in ("%Y-%m", "%Y"):
-            try:
-                dt = datetime.strptime(s, fmt)
-                break
-            except ValueError:
-                continue
+    return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+
+
+def _coercion(field: pa.Field) -> Callable[[Any], Any]:
+    typ = field.type
+    if pa.types.is_integer(typ):
+        ident = field.name.endswith("_id") or field.name in ("defined_type", "assigned_to")
+        coerce = partial(_id if ident else _int, bits=typ.bit_width)
+        return coerce if field.nullable else lambda v: coerce(v) or 0
+    return {pa.string(): _str, pa.bool_(): _bool}.get(typ, parse_timestamp)
+
+
+# --- the table-driven core ---
+
+_PATH = re.compile(r"\w+(\.\w+)?")  # a source that is a key (path) of the record
+_Reader = tuple[str, tuple[str, ...] | None, Callable[[Any], Any]]
+
+
+def _readers(table: str, prefix: str = "") -> list[_Reader]:
+    """(column, key path or None, coercion) of `table`: the path is its documented source."""
+    out: list[_Reader] = []
+    for field in SCHEMAS[table]:
+        src = field.metadata[b"source"].decode()
+        path = src.removeprefix(prefix) if src.startswith(prefix) else ""
+        keys = tuple(path.split(".")) if _PATH.fullmatch(path) and path != "harvester" else None
+        out.append((field.name, keys, _coercion(field)))
+    return out
+
+
+_READERS = {t: _readers(t) for t in SCHEMAS}
+_ELEMENTS = {  # child table -> the record's list its rows come from
+    "authors": "authors", "files": "files", "categories": "categories",
+    "funding": "funding_list", "custom_fields": "custom_fields",
+    "related_materials": "related_materials",
+}
+_READERS |= {t: _readers(t, f"{key}[].") for t, key in _ELEMENTS.items()}
+_READERS["downloads"] = [(name, (name,), f) for name, _, f in _readers("downloads")]
+
+
+def _get(item: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        item = item.get(key) if isinstance(item, Mapping) else None
+    return item
+
+
+def _columns(table: str, items: Sequence[Any], given: Mapping[str, Any]) -> Columns:
+    """`table`'s columns, one row per item: `given` columns as they are (a list, or one value
+    for every row), every other one read from the item at its source and coerced."""
+    cols: Columns = {}
+    for name, keys, coerce in _READERS[table]:
+        if name not in given:
+            if keys is None:
+                raise KeyError(f"{table}.{name} has no source in the record: give it")
+            cols[name] = [coerce(_get(item, keys)) for item in items]
+        elif isinstance(given[name], list):
+            cols[name] = given[name]
         else:
-            return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+            cols[name] = [given[name]] * len(items)
+    return cols
 
 
-def _dict(v: Any) -> Mapping[str, Any]:
-    return v if type(v) is dict or isinstance(v, Mapping) else {}
+def to_rows(columns: Columns) -> list[dict[str, Any]]:
+    """Row dicts of columns (the inverse of `columns`)."""
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
-def _dicts(v: Any) -> list[tuple[int, Mapping[str, Any]]]:
+def columns(table: str, rows: Sequence[Mapping[str, Any]]) -> Columns:
+    """`table`'s columns of row dicts (a missing key is null)."""
+    return {name: [r.get(name) for r in rows] for name in SCHEMAS[table].names}
+
+
+def _elements(v: Any) -> list[tuple[int, Mapping[str, Any]]]:
     """(position, element) for the mapping elements of a list; anything else is no elements."""
     if not isinstance(v, list):
         return []
-    return [(i, d) for i, d in enumerate(v) if type(d) is dict or isinstance(d, Mapping)]
+    return [(i, d) for i, d in enumerate(v) if isinstance(d, Mapping)]
 
 
 def content_hash(record: Mapping[str, Any], text: bytes | None = None) -> str:
@@ -152,218 +195,116 @@ def _entity_id(record: Any, kind: str) -> int:
     return n
 
 
-def _key(record: Mapping[str, Any], ctx: RowContext) -> dict[str, Any]:
-    return {
+def _full(table: str, records: Sequence[Mapping[str, Any]], ctx: RowContext,
+          given: Mapping[str, Any], text: bytes | None = None) -> Columns:
+    """Columns of full records (articles, collections, ...): their hash, raw text and fetch."""
+    return _columns(table, records, {
         "snapshot_id": ctx.snapshot_id,
-        "article_id": _entity_id(record, "article"),
-        "version": _int(record.get("version"), 32),
-    }
-
-
-# --- one pure function per table ---
-
-
-def _articles(record: Mapping[str, Any], ctx: RowContext, key: dict[str, Any],
-              text: bytes | None = None) -> list[dict[str, Any]]:
-    lic = _dict(record.get("license"))
-    timeline = _dict(record.get("timeline"))
-    files = record.get("files")
-    g = record.get
-    return [{
-        **key,
-        "title": _str(g("title")),
-        "doi": _str(g("doi")),
-        "handle": _str(g("handle")),
-        "url_public_html": _str(g("url_public_html")),
-        "url_public_api": _str(g("url_public_api")),
-        "defined_type": _id(g("defined_type"), 32),
-        "defined_type_name": _str(g("defined_type_name")),
-        "group_id": _id(g("group_id")),
-        "published_date": parse_timestamp(g("published_date")),
-        "created_date": parse_timestamp(g("created_date")),
-        "modified_date": parse_timestamp(g("modified_date")),
-        "embargo_date": parse_timestamp(g("embargo_date")),
-        "is_public": _bool(g("is_public")),
-        "is_embargoed": _bool(g("is_embargoed")),
-        "is_confidential": _bool(g("is_confidential")),
-        "is_metadata_record": _bool(g("is_metadata_record")),
-        "has_linked_file": _bool(g("has_linked_file")),
-        "download_disabled": _bool(g("download_disabled")),
-        "status": _str(g("status")),
-        "license_name": _str(lic.get("name")),
-        "license_url": _str(lic.get("url")),
-        "license_value": _int(lic.get("value"), 32),
-        "size": _int(g("size")),
-        "citation": _str(g("citation")),
-        "description": _str(g("description")),
-        "funding": _str(g("funding")),
-        "resource_title": _str(g("resource_title")),
-        "resource_doi": _str(g("resource_doi")),
-        "figshare_url": _str(g("figshare_url")),
-        "file_count": len(files) if isinstance(files, list) else None,
-        "timeline_posted": parse_timestamp(timeline.get("posted")),
-        "timeline_first_online": parse_timestamp(timeline.get("firstOnline")),
-        "timeline_publisher_publication": parse_timestamp(timeline.get("publisherPublication")),
-        "timeline_publisher_acceptance": parse_timestamp(timeline.get("publisherAcceptance")),
-        "timeline_submission": parse_timestamp(timeline.get("submission")),
-        "timeline_revision": parse_timestamp(timeline.get("revision")),
-        "embargo_type": _str(g("embargo_type")),
-        "embargo_title": _str(g("embargo_title")),
-        "embargo_reason": _str(g("embargo_reason")),
-        "embargo_options": _str(g("embargo_options")),  # a list -> its compact JSON
-        "confidential_reason": _str(g("confidential_reason")),
-        "thumb": _str(g("thumb")),
-        "is_active": _bool(g("is_active")),
-        "sources": list(ctx.sources),
-        "content_hash": content_hash(record, text),
+        "content_hash": [content_hash(r, text) for r in records],
         "fetched_at": ctx.fetched_at,
-        "raw": (text if text is not None else served.dumps(record)).decode(),
-    }]
+        "raw": [(text if text is not None else served.dumps(r)).decode() for r in records],
+        **given,
+    })
 
 
-def _authors(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{
-        **key,
-        "position": i,
-        "author_id": _id(a.get("id")),
-        "full_name": _str(a.get("full_name")),
-        "first_name": _str(a.get("first_name")),
-        "last_name": _str(a.get("last_name")),
-        "orcid_id": _str(a.get("orcid_id")),
-        "is_active": _bool(a.get("is_active")),
-        "url_name": _str(a.get("url_name")),
-    } for i, a in _dicts(record.get("authors"))]
+def _articles(table: str, records: Sequence[Mapping[str, Any]], ctx: RowContext,
+              text: bytes | None = None) -> Columns:
+    ids = [_entity_id(r, "article") for r in records]
+    files = [r.get("files") for r in records]
+    return _full(table, records, ctx, {
+        "article_id": ids,
+        "file_count": [len(f) if isinstance(f, list) else None for f in files],
+        "sources": [list(ctx.sources) for _ in records],
+    }, text)
 
 
-def _files(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{
-        **key,
-        "position": i,
-        "file_id": _id(f.get("id")),
-        "name": _str(f.get("name")),
-        "size": _int(f.get("size")),
-        "is_link_only": _bool(f.get("is_link_only")),
-        "download_url": _str(f.get("download_url")),
-        "supplied_md5": _str(f.get("supplied_md5")),
-        "computed_md5": _str(f.get("computed_md5")),
-        "mimetype": _str(f.get("mimetype")),
-    } for i, f in _dicts(record.get("files"))]
+def _children(table: str, record: Mapping[str, Any], key: Mapping[str, Any]) -> Columns:
+    pairs = _elements(record.get(_ELEMENTS[table]))
+    return _columns(table, [d for _, d in pairs], {**key, "position": [i for i, _ in pairs]})
 
 
-def _categories(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{
-        **key,
-        "position": i,
-        "category_id": _id(c.get("id")),
-        "title": _str(c.get("title")),
-        "parent_id": _id(c.get("parent_id")),
-        "path": _str(c.get("path")),
-        "source_id": _str(c.get("source_id")),
-        "taxonomy_id": _id(c.get("taxonomy_id")),
-    } for i, c in _dicts(record.get("categories"))]
-
-
-def _tags(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for field, kind in (("tags", "tag"), ("keywords", "keyword")):
+def _texts(record: Mapping[str, Any], column: str, kinds: Mapping[str, str]) -> Columns:
+    """Position, text (as `column`) and kind of the strings in the record's lists `kinds` (list
+    -> kind); null and "" skipped. Built by appending: a record may hold 100,000 tags."""
+    cols: Columns = {"position": [], column: [], "kind": []}
+    for field, kind in kinds.items():
         values = record.get(field)
         for i, v in enumerate(values if isinstance(values, list) else ()):
-            if (tag := _str(v)) is not None:
-                rows.append({**key, "tag": tag, "kind": kind, "position": i})
-    return rows
+            if (text := _str(v)) is not None:
+                cols["position"].append(i)
+                cols[column].append(text)
+                cols["kind"].append(kind)
+    return cols
 
 
-def _references(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
-    values = record.get("references")
-    return [{**key, "position": i, "url": url}
-            for i, v in enumerate(values if isinstance(values, list) else ())
-            if (url := _str(v)) is not None]
-
-
-def _funding(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{
-        **key,
-        "position": i,
-        "funding_id": _id(f.get("id")),
-        "title": _str(f.get("title")),
-        "grant_code": _str(f.get("grant_code")),
-        "funder_name": _str(f.get("funder_name")),
-        "is_user_defined": _bool(f.get("is_user_defined")),
-        "url": _str(f.get("url")),
-    } for i, f in _dicts(record.get("funding_list"))]
-
-
-def _custom_fields(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for i, f in _dicts(record.get("custom_fields")):
-        base = {**key, "name": _str(f.get("name")), "position": i,
-                "field_type": _str(f.get("field_type"))}
+def _custom_fields(record: Mapping[str, Any], key: Mapping[str, Any]) -> Columns:
+    rows: list[tuple[int, Mapping[str, Any], int | None, Any, bool]] = []
+    for i, f in _elements(record.get("custom_fields")):
         value = f.get("value")
         if not isinstance(value, list):
-            rows.append({**base, "value_index": 0, "value": _str(value), "is_list": False})
-        elif not value:
-            # Keep the field visible: an empty list is one row with no value.
-            rows.append({**base, "value_index": None, "value": None, "is_list": True})
+            rows.append((i, f, 0, value, False))
+        elif not value:  # keep the field visible: an empty list is one row with no value
+            rows.append((i, f, None, None, True))
         else:
-            rows.extend(
-                {**base, "value_index": j, "value": _str(v), "is_list": True}
-                for j, v in enumerate(value)
-            )
-    return rows
-
-
-def _related_materials(record: Mapping[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{
-        **key,
-        "material_id": _id(m.get("id")),
-        "identifier": _str(m.get("identifier")),
-        "title": _str(m.get("title")),
-        "relation": _str(m.get("relation")),
-        "identifier_type": _str(m.get("identifier_type")),
-        "is_linkout": _bool(m.get("is_linkout")),
-        "link": _str(m.get("link")),
-    } for _, m in _dicts(record.get("related_materials"))]
+            rows += [(i, f, j, v, True) for j, v in enumerate(value)]
+    positions, fields, indexes, values, lists = zip(*rows, strict=True) if rows else ((),) * 5
+    return _columns("custom_fields", fields, {
+        **key, "position": list(positions), "value_index": list(indexes),
+        "value": [_str(v) for v in values], "is_list": list(lists)})
 
 
 def version_rows(
     article_id: int, versions: Sequence[Mapping[str, Any]], ctx: RowContext
 ) -> list[dict[str, Any]]:
     """Rows of the `versions` table from a GET /articles/{id}/versions answer."""
-    return [{
-        "snapshot_id": ctx.snapshot_id,
-        "article_id": article_id,
-        "version": _int(v.get("version"), 32),
-        "url": _str(v.get("url")),
-    } for _, v in _dicts(list(versions))]
+    return to_rows(_versions(article_id, versions, ctx))
 
 
-def article_rows(
+def _versions(article_id: int, versions: Sequence[Mapping[str, Any]], ctx: RowContext) -> Columns:
+    listed = [v for _, v in _elements(list(versions))]
+    return {"snapshot_id": [ctx.snapshot_id] * len(listed),
+            "article_id": [article_id] * len(listed),
+            "version": [_int(v.get("version"), 32) for v in listed],
+            "url": [_str(v.get("url")) for v in listed]}
+
+
+def article_columns(
     record: Mapping[str, Any],
     ctx: RowContext,
     *,
     versions: Sequence[Mapping[str, Any]] | None = None,
     text: bytes | None = None,
-) -> dict[str, list[dict[str, Any]]]:
-    """Every table's rows for one full article record (all ARTICLE_TABLES keys, maybe empty).
+) -> dict[str, Columns]:
+    """Every table's columns for one full article record (all ARTICLE_TABLES keys, maybe empty).
 
     `record["files"]` should already hold the complete file list when the pipeline paged
     /articles/{id}/files; `versions` is the /articles/{id}/versions answer when fetched.
     `text` is the record's JSON as served where orjson would change it (served.parse).
     Raises ValueError when the record is not an object or has no usable `id`.
     """
-    key = _key(record, ctx)  # every row of the record starts with it (copied: rows are own)
+    articles = _articles("articles", [record], ctx, text)
+    key = {"snapshot_id": ctx.snapshot_id, "article_id": articles["article_id"][0],
+           "version": articles["version"][0]}
+    tags = _texts(record, "tag", {"tags": "tag", "keywords": "keyword"})
+    refs = _texts(record, "url", {"references": ""})
     return {
-        "articles": _articles(record, ctx, key, text),
-        "authors": _authors(record, key),
-        "files": _files(record, key),
-        "categories": _categories(record, key),
-        "tags": _tags(record, key),
-        "funding": _funding(record, key),
+        "articles": articles,
+        **{t: _children(t, record, key) for t in ("authors", "files", "categories")},
+        "tags": _columns("tags", tags["tag"], {**key, **tags}),
+        "funding": _children("funding", record, key),
         "custom_fields": _custom_fields(record, key),
-        "related_materials": _related_materials(record, key),
-        "references": _references(record, key),
-        "versions": version_rows(key["article_id"], versions or (), ctx),
+        "related_materials": _children("related_materials", record, key),
+        "references": _columns("references", refs["url"], {**key, **refs}),
+        "versions": _versions(key["article_id"], versions or (), ctx),
     }
+
+
+def article_rows(record: Mapping[str, Any], ctx: RowContext, *,
+                 versions: Sequence[Mapping[str, Any]] | None = None,
+                 text: bytes | None = None) -> dict[str, list[dict[str, Any]]]:
+    """article_columns as row dicts."""
+    columns = article_columns(record, ctx, versions=versions, text=text)
+    return {table: to_rows(cols) for table, cols in columns.items()}
 
 
 def stats_rows(
@@ -384,17 +325,14 @@ def article_version_rows(
     records: Iterable[Mapping[str, Any]], ctx: RowContext
 ) -> list[dict[str, Any]]:
     """`article_versions` rows: older full records (GET /articles/{id}/versions/{v})."""
-    return [row for record in records for row in _articles(record, ctx, _key(record, ctx))]
+    return to_rows(_articles("article_versions", list(records), ctx))
 
 
-def _period_start(key: str, first: date) -> date:
-    """The first day of a period key inside the range (keys the host may add are parsed)."""
-    ts = None if key == "total" else parse_timestamp(key)
-    return max(first, ts.date()) if ts is not None else first
-
-
-def _series_key(payload: Mapping[str, Any], counter: str, period: str, first: date,
+def _series_key(payload: Mapping[str, Any], counter: str, period: str,
                 ctx: RowContext) -> dict[str, Any]:
+    first = date.fromisoformat(payload["start"])
+    # the first day of a period key inside the range (keys the host may add are parsed)
+    ts = None if period == "total" else parse_timestamp(period)
     return {
         "snapshot_id": ctx.snapshot_id,
         "item": str(payload["item"]),
@@ -403,8 +341,13 @@ def _series_key(payload: Mapping[str, Any], counter: str, period: str, first: da
         "scope": str(payload["scope"]),
         "granularity": str(payload["granularity"]),
         "period": period,
-        "period_start": _period_start(period, first),
+        "period_start": max(first, ts.date()) if ts is not None else first,
     }
+
+
+def _series_tail(payload: Mapping[str, Any], ctx: RowContext) -> dict[str, Any]:
+    return {"range_start": date.fromisoformat(payload["start"]),
+            "range_end": date.fromisoformat(payload["end"]), "fetched_at": ctx.fetched_at}
 
 
 def timeline_rows(
@@ -416,16 +359,12 @@ def timeline_rows(
     `payload`: item, item_id, scope, granularity, start, end (ISO dates) and
     counters {counter: {period: n}} (statsdepth.StatsFetcher builds it).
     """
-    first, last = date.fromisoformat(payload["start"]), date.fromisoformat(payload["end"])
-    tail = {"range_start": first, "range_end": last, "fetched_at": ctx.fetched_at}
-    rows = []
-    for counter, counts in payload["counters"].items():
-        keys = [k for k, _ in periods]
-        keys += sorted(set(counts) - set(keys))
-        for key in keys:
-            rows.append({**_series_key(payload, counter, key, first, ctx),
-                         "count": _int(counts.get(key, 0)) or 0, **tail})
-    return rows
+    tail = _series_tail(payload, ctx)
+    keys = [k for k, _ in periods]
+    return [{**_series_key(payload, counter, key, ctx), "count": _int(counts.get(key, 0)) or 0,
+             **tail}
+            for counter, counts in payload["counters"].items()
+            for key in keys + sorted(set(counts) - set(keys))]
 
 
 def breakdown_rows(payload: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
@@ -434,22 +373,19 @@ def breakdown_rows(payload: Mapping[str, Any], ctx: RowContext) -> list[dict[str
 
     `payload` as for timeline_rows, with counters {counter: {period: {country: {city: n}}}}.
     """
-    first, last = date.fromisoformat(payload["start"]), date.fromisoformat(payload["end"])
-    tail = {"range_start": first, "range_end": last, "fetched_at": ctx.fetched_at}
+    tail = _series_tail(payload, ctx)
     rows = []
     for counter, by_period in payload["counters"].items():
         for period in sorted(by_period):
-            key = _series_key(payload, counter, period, first, ctx)
+            key = _series_key(payload, counter, period, ctx)
             for country in sorted(by_period[period]):
-                cities = by_period[period][country]
-                total = cities.get("total")
-                if total is None:  # not served: the listed cities are all there is
-                    total = sum(n for c, n in cities.items() if c != "total")
-                rows.append({**key, "country": country, "city": None,
-                             "count": _int(total) or 0, **tail})
-                rows.extend({**key, "country": country, "city": city,
-                             "count": _int(n) or 0, **tail}
-                            for city, n in sorted(cities.items()) if city != "total")
+                cities = dict(by_period[period][country])
+                # not served: the listed cities are all there is
+                total = cities.pop("total", None)
+                if total is None:
+                    total = sum(cities.values())
+                rows += [{**key, "country": country, "city": city, "count": _int(n) or 0, **tail}
+                         for city, n in [(None, total), *sorted(cities.items())]]
     return rows
 
 
@@ -457,34 +393,19 @@ def download_rows(
     article_id: int, results: Iterable[Mapping[str, Any]], ctx: RowContext
 ) -> list[dict[str, Any]]:
     """`downloads` rows from the downloader's per-file results (see harvester.downloads)."""
-    return [{
-        "snapshot_id": ctx.snapshot_id,
-        "article_id": article_id,
-        "file_id": int(r["file_id"]),
-        "name": _str(r.get("name")),
-        "path": _str(r.get("path")),
-        "size": _int(r.get("size")),
-        "bytes": _int(r.get("bytes")),
-        "md5": _str(r.get("md5")),
-        "md5_expected": _str(r.get("md5_expected")),
-        "md5_source": _str(r.get("md5_source")),
-        "status": str(r["status"]),
-        "reason": _str(r.get("reason")),
-        "attempts": _int(r.get("attempts"), 32) or 0,
-        "is_link_only": _bool(r.get("is_link_only")),
-        "download_url": _str(r.get("download_url")),
-        "checked_at": parse_timestamp(r.get("checked_at")) or ctx.fetched_at,
-    } for r in results]
+    results = list(results)
+    return to_rows(_columns("downloads", results, {
+        "snapshot_id": ctx.snapshot_id, "article_id": article_id,
+        "file_id": [int(r["file_id"]) for r in results],
+        "checked_at": [parse_timestamp(r.get("checked_at")) or ctx.fetched_at for r in results],
+    }))
 
 
 def _members(column: str, owner: int, ids: Iterable[Any], ctx: RowContext) -> list[dict[str, Any]]:
-    rows = []
-    for a in ids:
-        # Accept ids or the light article dicts the listing endpoints return.
-        n = _id(a.get("id") if isinstance(a, Mapping) else a)
-        if n is not None:
-            rows.append({"snapshot_id": ctx.snapshot_id, column: owner, "article_id": n})
-    return rows
+    # ids, or the light article dicts the listing endpoints return
+    found = (_id(a.get("id") if isinstance(a, Mapping) else a) for a in ids)
+    return [{"snapshot_id": ctx.snapshot_id, column: owner, "article_id": n}
+            for n in found if n is not None]
 
 
 def collection_rows(
@@ -495,30 +416,8 @@ def collection_rows(
     `article_ids` are the ids (or light article dicts) from GET /collections/{id}/articles.
     """
     cid = _entity_id(record, "collection")
-    g = record.get
-    row = {
-        "snapshot_id": ctx.snapshot_id,
-        "collection_id": cid,
-        "version": _int(g("version"), 32),
-        "title": _str(g("title")),
-        "doi": _str(g("doi")),
-        "handle": _str(g("handle")),
-        "url": _str(g("url")),
-        "published_date": parse_timestamp(g("published_date")),
-        "created_date": parse_timestamp(g("created_date")),
-        "modified_date": parse_timestamp(g("modified_date")),
-        "description": _str(g("description")),
-        "citation": _str(g("citation")),
-        "institution_id": _id(g("institution_id")),
-        "group_id": _id(g("group_id")),
-        "articles_count": _int(g("articles_count")),
-        "is_public": _bool(g("public")),
-        "content_hash": content_hash(record),
-        "fetched_at": ctx.fetched_at,
-        "raw": served.dumps(record).decode(),
-    }
     return {
-        "collections": [row],
+        "collections": to_rows(_full("collections", [record], ctx, {"collection_id": cid})),
         "collection_articles": _members("collection_id", cid, article_ids, ctx),
     }
 
@@ -531,53 +430,16 @@ def project_rows(
     `article_ids` are the ids (or light article dicts) from GET /projects/{id}/articles.
     """
     pid = _entity_id(record, "project")
-    g = record.get
-    row = {
-        "snapshot_id": ctx.snapshot_id,
-        "project_id": pid,
-        "title": _str(g("title")),
-        "url": _str(g("url")),
-        "figshare_url": _str(g("figshare_url")),
-        "published_date": parse_timestamp(g("published_date")),
-        "created_date": parse_timestamp(g("created_date")),
-        "modified_date": parse_timestamp(g("modified_date")),
-        "description": _str(g("description")),
-        "funding": _str(g("funding")),
-        "institution_id": _id(g("institution_id")),
-        "group_id": _id(g("group_id")),
-        "content_hash": content_hash(record),
-        "fetched_at": ctx.fetched_at,
-        "raw": served.dumps(record).decode(),
-    }
     return {
-        "projects": [row],
+        "projects": to_rows(_full("projects", [record], ctx, {"project_id": pid})),
         "project_articles": _members("project_id", pid, article_ids, ctx),
     }
 
 
 def review_rows(review: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
     """The `reviews` row of one Curation from GET /account/institution/reviews."""
-    g = review.get
     rid = _entity_id(review, "review")
-    return [{
-        "snapshot_id": ctx.snapshot_id,
-        "review_id": rid,
-        "article_id": _id(g("article_id")) or 0,
-        "version": _int(g("version"), 32),
-        "group_id": _id(g("group_id")),
-        "account_id": _id(g("account_id")),
-        "assigned_to": _id(g("assigned_to")),
-        "status": _str(g("status")),
-        "comments_count": _int(g("comments_count"), 32),
-        "request_number": _int(g("request_number")),
-        "created_date": parse_timestamp(g("created_date")),
-        "modified_date": parse_timestamp(g("modified_date")),
-        "review_date": parse_timestamp(g("review_date")),
-        "resolution_comment": _str(g("resolution_comment")),
-        "content_hash": content_hash(review),
-        "fetched_at": ctx.fetched_at,
-        "raw": served.dumps(review).decode(),
-    }]
+    return to_rows(_full("reviews", [review], ctx, {"review_id": rid}))
 
 
 def side_rows(kind: str, body: Mapping[str, Any],

@@ -17,23 +17,26 @@ from harvester import served
 from harvester.journal import unpack
 from harvester.journalrows import JournalRow
 from harvester.records import (
+    Columns,
     RowContext,
-    article_rows,
+    article_columns,
     article_version_rows,
     breakdown_rows,
+    columns,
     download_rows,
     stats_rows,
     timeline_rows,
     version_rows,
 )
-from harvester.sinks import NDJSON_OPTS, rows_to_table
+from harvester.schema import SCHEMAS
+from harvester.sinks import NDJSON_OPTS, columns_to_table
 
 # A chunk ends at whichever comes first: enough records that per-table conversion costs stay
 # small, or enough record bytes that a few huge records do not multiply memory (a record this
-# big is rendered alone). Row dicts are converted to Arrow once CHUNK_ROWS of them wait: a
-# record with 100,000 tags is 100,000 dicts of ~0.5 KB.
+# big, e.g. 100,000 tags in 1.8 MB, is rendered alone). Rows wait as columns, converted to Arrow
+# once CHUNK_ROWS of them wait.
 CHUNK_RECORDS = 250
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 20
 CHUNK_ROWS = 50_000
 
 
@@ -69,8 +72,8 @@ def _provenance(sources: tuple[str, ...], mask: int) -> tuple[str, ...]:
 
 def render(spec: RenderSpec, chunk: list[JournalRow]) -> Rendered:
     """Rows of every table and the NDJSON lines for a chunk of journal rows, in id order."""
-    rows: dict[str, list[dict[str, Any]]] = {}
-    waiting = 0  # row dicts in `rows`
+    rows: dict[str, Columns] = {}
+    waiting = 0  # rows in `rows`
     converted: dict[str, list[pa.Table]] = {}
     articles: list[bytes] = []
     stats: list[bytes] = []
@@ -85,15 +88,14 @@ def render(spec: RenderSpec, chunk: list[JournalRow]) -> Rendered:
                              sources=_provenance(spec.sources, row.sources))
         if row.stats is not None:
             shaped = stats_rows(row.article_id, orjson.loads(row.stats), ctx, scope=spec.scope)
-            rows.setdefault("stats", []).extend(shaped)
+            waiting += _gather(rows, "stats", columns("stats", shaped))
             if spec.ndjson:
                 stats.extend(orjson.dumps(r, option=NDJSON_OPTS) for r in shaped)
-            waiting += len(shaped)
-        record_rows: dict[str, list[dict[str, Any]]] = {}
         body = unpack(row.body)
         if body:  # else a stats-only refresh of an unchanged item
             record = served.parse(body)
-            record_rows = _record_rows(record, row.files, ctx)
+            for table, cols in _record_columns(record, row.files, ctx).items():
+                waiting += _gather(rows, table, cols)
             if spec.ndjson:  # the record as served (its own, possibly capped, file list)
                 articles.append(record.text)
             out.duplicate_keys += bool(record.duplicate_keys)
@@ -101,12 +103,7 @@ def render(spec: RenderSpec, chunk: list[JournalRow]) -> Rendered:
             del record, body  # the rows hold what the tables need
         payloads = orjson.loads(unpack(row.payloads)) if row.payloads is not None else None
         for table, table_rows in payload_rows(payloads, ctx).items():
-            record_rows.setdefault(table, []).extend(table_rows)
-        for table, table_rows in record_rows.items():
-            if table_rows:
-                rows.setdefault(table, []).extend(table_rows)
-                waiting += len(table_rows)
-        del record_rows
+            waiting += _gather(rows, table, columns(table, table_rows))
         if waiting >= CHUNK_ROWS:
             _convert(rows, converted, spec.parquet)
             waiting = 0
@@ -118,25 +115,32 @@ def render(spec: RenderSpec, chunk: list[JournalRow]) -> Rendered:
     return out
 
 
-def _convert(rows: dict[str, list[dict[str, Any]]], into: dict[str, list[pa.Table]],
-             parquet: bool) -> None:
-    """Move the waiting row dicts into Arrow pieces (dropped when no Parquet is written)."""
-    for table, table_rows in rows.items():
-        if parquet and table_rows:
+def _gather(rows: dict[str, Columns], table: str, cols: Columns) -> int:
+    """Append a piece's columns to its table's waiting columns; returns the piece's rows."""
+    waiting = rows.setdefault(table, {name: [] for name in SCHEMAS[table].names})
+    for name, values in cols.items():
+        waiting[name] += values
+    return len(cols["snapshot_id"])
+
+
+def _convert(rows: dict[str, Columns], into: dict[str, list[pa.Table]], parquet: bool) -> None:
+    """Move the waiting columns into Arrow pieces (dropped when no Parquet is written)."""
+    for table, cols in rows.items():
+        if parquet and cols["snapshot_id"]:
             # every row's snapshot_id is spec.snapshot_id by construction (ctx): not checked
-            into.setdefault(table, []).append(rows_to_table(table, table_rows))
+            into.setdefault(table, []).append(columns_to_table(table, cols))
     rows.clear()
 
 
-def _record_rows(record: served.Served, files_z: bytes | None,
-                 ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
-    """One record's table rows, with the complete file list when its own was capped."""
+def _record_columns(record: served.Served, files_z: bytes | None,
+                    ctx: RowContext) -> dict[str, Columns]:
+    """One record's table columns, with the complete file list when its own was capped."""
     # `raw` and content_hash come from the text as served wherever orjson would change it
     text = None if record.canonical else record.text
     if files_z is None:
-        return article_rows(record.record, ctx, text=text)
+        return article_columns(record.record, ctx, text=text)
     complete = {**record.record, "files": orjson.loads(unpack(files_z))}
-    return article_rows(complete, ctx, text=None if text is None else served.dumps(complete))
+    return article_columns(complete, ctx, text=None if text is None else served.dumps(complete))
 
 
 def _lines(items: list[bytes]) -> tuple[bytes, ...]:
