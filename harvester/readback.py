@@ -64,8 +64,6 @@ def open_target(target: str, snapshot: str | None = None) -> Opened:
         raise ConfigError(f"{target}: reports and exports read a local harvest folder "
                           "(load it into a warehouse, or copy it here, first)")
     path = Path(target)
-    if path.is_file():
-        return _open_warehouse(path)
     if not path.is_dir():
         raise ConfigError(f"{target}: no such harvest folder")
     if path.name.startswith(PREFIX):
