@@ -106,15 +106,14 @@ def _views(con: duckdb.DuckDBPyConnection, snap: Path, manifest: dict[str, Any],
         if parts:
             con.execute(f'CREATE VIEW "{prefix}{table}" AS SELECT * FROM {read_parquet(parts)}')
         else:  # an older snapshot without the table: empty, with every column and its type
-            _empty_view(con, prefix + table, schema)
+            _empty(con, prefix + table, schema)
     _item_stats(con, prefix)
 
 
-def _empty_view(con: duckdb.DuckDBPyConnection, name: str, schema: pa.Schema) -> None:
-    """A view with every column and type and no row: a table, not a registered Arrow object,
-    so that a cursor (the export's CSV thread) sees it too."""
-    con.from_arrow(schema.empty_table()).create(f"_{name}_empty")
-    con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_{name}_empty"')
+def _empty(con: duckdb.DuckDBPyConnection, name: str, schema: pa.Schema) -> None:
+    """A table with every column and no row: not a registered Arrow object, which a cursor (the
+    export's CSV thread) would not see."""
+    con.from_arrow(schema.empty_table()).create(name)
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
@@ -162,7 +161,7 @@ def _open_warehouse(path: Path) -> Opened:
             raise ConfigError(f"{path}: not a harvester warehouse (no loaded_snapshots table)")
         for table, schema in SCHEMAS.items():
             if f"{table}_current" not in have:
-                _empty_view(con, table, schema)
+                _empty(con, table, schema)
                 continue
             cols = ", ".join(f'"{c}"' for c in schema.names)
             live = " WHERE NOT withdrawn" if KEYS[table] == ("article_id",) else ""
