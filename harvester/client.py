@@ -406,19 +406,20 @@ class Client:
     async def _read(self, call: _Call, resp: aiohttp.ClientResponse) -> bytes:
         """The decompressed body, refused past max_body: memory stays near the cap whatever
         the server sends (a gzip bomb included)."""
-        cap, body = self.settings.max_body, bytearray()
+        cap, size, parts = self.settings.max_body, 0, []
         try:
             async for chunk in resp.content.iter_any():
-                if len(body) + len(chunk) > cap:
+                size += len(chunk)
+                if size > cap:
                     raise call.fail(RequestError, "too-large", f"body over {cap:,} bytes "
                                     "(http.max_body)", status=resp.status,
                                     phrase=resp.reason or "")
-                body += chunk
+                parts.append(chunk)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._transport_error(call, exc) from None
         finally:
-            self._bytes += len(body)
-        return bytes(body)
+            self._bytes += size
+        return b"".join(parts)  # one allocation the body's size: growing a buffer makes many
 
     def _classify(self, call: _Call, resp: aiohttp.ClientResponse, raw: bytes,
                   expect: str) -> Reply:

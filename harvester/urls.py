@@ -12,8 +12,8 @@ SECRET_PARAMS = frozenset({
     "refresh_token", "code", "private_link", "signature", "x-amz-signature",
     "x-amz-credential", "x-amz-security-token",
 })
-_SECRET_TEXT = re.compile(
-    r"(?i)\b((?:access_token|token|password|secret|private_link|api_key)=)[^&\s\"']+"
+_SECRET_TEXT = re.compile(  # the same names in free text, and Authorization-style values
+    rf"(?i)\b((?:{'|'.join(map(re.escape, SECRET_PARAMS))})=)[^&\s\"']+"
     r"|\b((?:token|basic|bearer)\s+)[A-Za-z0-9._~+/=-]{8,}"
 )
 
