@@ -36,14 +36,13 @@ from harvester.errors import (
 from harvester.policy import (
     RateLimit,
     RetryPolicy,
-    Unkept,
     backoff_delay,
     http_date,
     is_html,
-    lenient_json,
     parse_retry_after,
     summarize,
 )
+from harvester.served import Unkept, lenient_json
 from harvester.urls import SECRET_PARAMS, origin_of, sanitize_url
 
 log = logging.getLogger("harvester.client")

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import email.utils
 import html
-import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any
-
-import orjson
 
 # Starts are (per + margin) / requests apart, the margin 2.5% of `per` (at most 0.25 s): half is
 # slack for late wake-ups (_Budget), half keeps jittered arrivals to `requests` per window.
@@ -83,41 +79,3 @@ def summarize(raw: bytes, content_type: str = "") -> str:
     title = _TITLE.search(head)
     text = html.unescape(_TAG.sub(b" ", title[1] if title else head).decode("utf-8", "replace"))
     return "HTML page: " + (" ".join(text.split())[:80] or "(no text)")
-
-
-class Unkept(ValueError):
-    """JSON that Python's reader took but that cannot be kept as JSON (NaN, depth, huge ints)."""
-
-
-def lenient_json(raw: bytes) -> tuple[Any, bytes]:
-    """A body orjson refused, read by Python's json, which takes a lone UTF-16 surrogate or bytes
-    that are not UTF-8 (they become U+FFFD): (data, its JSON). ValueError when it is not JSON,
-    Unkept when it is but cannot be written back unchanged."""
-    def refuse(name: str) -> Any:
-        raise Unkept(f"{name} is not a JSON number")
-
-    def finite(text: str) -> float:  # 1e400 reads as inf, which orjson would write as null
-        value = float(text)
-        if not math.isfinite(value):
-            raise Unkept(f"{text[:40]} is beyond the range of a JSON number")
-        return value
-
-    try:
-        data = _mend(json.loads(raw.decode("utf-8", "replace"), parse_constant=refuse,
-                                parse_float=finite))
-    except RecursionError:
-        raise Unkept("nested too deeply") from None
-    try:
-        return data, orjson.dumps(data)
-    except TypeError as exc:  # orjson: an integer beyond 64 bits, more than 255 levels
-        raise Unkept(str(exc).lower()) from None
-
-
-def _mend(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    if isinstance(value, list):
-        return [_mend(v) for v in value]
-    if isinstance(value, dict):
-        return {_mend(k): _mend(v) for k, v in value.items()}
-    return value

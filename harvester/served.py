@@ -1,16 +1,18 @@
-"""A record's JSON text exactly as served: the NDJSON line, exact values, duplicate keys.
+"""JSON exactly as served: the NDJSON line, exact values, duplicate keys, bodies orjson refuses.
 
-orjson reads integers beyond 64 bits as floats, keeps the last of duplicate keys silently and
-writes no more than 255 levels back, so a record's text is kept as served (minified) and its
-values re-read with the standard library wherever orjson's round trip would change them.
+orjson reads integers beyond 64 bits as floats, keeps the last of duplicate keys and writes at most
+255 levels, so the text is kept as served and re-read by the stdlib where orjson would change it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,14 +80,51 @@ def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
                               separators=(",", ":"), allow_nan=False).encode()
 
 
-class _deep:
+@contextmanager
+def _deep() -> Iterator[None]:
     """Lets the stdlib's JSON code recurse as deep as orjson reads (a thread at a time)."""
+    with _depth_lock:
+        before = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(before, _DEPTH))
+        try:
+            yield
+        finally:
+            sys.setrecursionlimit(before)
 
-    def __enter__(self) -> None:
-        _depth_lock.acquire()
-        self.before = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(self.before, _DEPTH))
 
-    def __exit__(self, *exc: object) -> None:
-        sys.setrecursionlimit(self.before)
-        _depth_lock.release()
+class Unkept(ValueError):
+    """JSON that Python's reader took but that cannot be kept as JSON (NaN, depth, huge ints)."""
+
+
+def lenient_json(raw: bytes) -> tuple[Any, bytes]:
+    """A body orjson refused, read by Python's json, which takes a lone UTF-16 surrogate or bytes
+    that are not UTF-8 (they become U+FFFD): (data, its JSON). ValueError when it is not JSON,
+    Unkept when it is but cannot be written back unchanged."""
+    def refuse(name: str) -> Any:
+        raise Unkept(f"{name} is not a JSON number")
+
+    def finite(text: str) -> float:  # 1e400 reads as inf, which orjson would write as null
+        value = float(text)
+        if not math.isfinite(value):
+            raise Unkept(f"{text[:40]} is beyond the range of a JSON number")
+        return value
+
+    try:
+        data = _mend(json.loads(raw.decode("utf-8", "replace"), parse_constant=refuse,
+                                parse_float=finite))
+    except RecursionError:
+        raise Unkept("nested too deeply") from None
+    try:
+        return data, orjson.dumps(data)
+    except TypeError as exc:  # orjson: an integer beyond 64 bits, more than 255 levels
+        raise Unkept(str(exc).lower()) from None
+
+
+def _mend(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_mend(v) for v in value]
+    if isinstance(value, dict):
+        return {_mend(k): _mend(v) for k, v in value.items()}
+    return value
