@@ -148,7 +148,7 @@ class _Call:
              **kw: Any) -> RequestError:
         """`reason` is the label callers and metrics see; `phrase` the HTTP reason phrase."""
         head = f"{status} {phrase or reason}" if status is not None else reason
-        message, body = f"{self.method} {self.safe_url} -> {head}: {detail}", body
+        message = f"{self.method} {self.safe_url} -> {head}: {detail}"
         for secret in self.secrets:
             message, body = message.replace(secret, "***"), body.replace(secret, "***")
         return cls(" ".join(message.split()), url=self.safe_url, status=status, reason=reason,
@@ -167,13 +167,14 @@ class _Budget:
         self.not_before = -math.inf
 
 
+@dataclass
 class _Host:
     """One origin: its budget, and its circuit once open (the error every later send gets)."""
 
-    def __init__(self, name: str, budget: _Budget) -> None:
-        self.name, self.budget = name, budget
-        self.circuit: tuple[type[Abort], str, str] | None = None  # class, reason, why
-        self.unreached = 0  # requests in a row that never connected, all retries spent
+    name: str
+    budget: _Budget
+    circuit: tuple[type[Abort], str, str] | None = None  # class, reason, why
+    unreached: int = 0  # requests in a row that never connected, all retries spent
 
 
 class Client:
