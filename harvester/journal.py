@@ -430,13 +430,9 @@ class Journal:
                                  if o.not_modified])
 
     def update_catalog(self, catalog: Path, snapshot_id: str, full: bool) -> None:
-        """After a publish: the catalog knows what this run fetched and forgets what is gone.
-
-        A full run replaces the known set (items it did not list are gone or out of scope);
-        an incremental run adds and refreshes what it fetched and drops items that 404ed.
-        Totals are kept per item with their fetched_at (a failed stats part keeps the last
-        ones); records deferred or failed are queued for the next run, first.
-        """
+        """After a publish: a full run replaces the known set, an incremental one adds what
+        it fetched and drops what 404ed. Totals keep their fetched_at (a failed stats part keeps
+        the last ones); records deferred or failed are queued for the next run, first."""
         with self._attached(catalog), transaction(self.db):
             if full:
                 self.db.execute("DELETE FROM cat.known WHERE article_id NOT IN "

@@ -107,16 +107,9 @@ def _lock(path: Path) -> int:
 
 
 class SnapshotWriter:
-    """Writes one snapshot: open -> add_* -> publish (or abort). Also a context manager.
-
-    Rows go out as Parquet row groups of `row_group_size` rows (tables that keep each record's
-    JSON) or `narrow_row_group_size` rows (the others), so memory is bounded by a row group, not
-    by the number of records. Leaving the `with` block without `publish` aborts.
-
-    `root` is a local directory or `s3://bucket/prefix`. Work in progress goes to
-    `staging_dir` (default: ROOT/NAME/.staging, so publishing is a rename); an s3:// root needs
-    a local `staging_dir`, and publishing uploads it (see `Store.publish`).
-    """
+    """open -> add_* -> publish, or abort (also on leaving a `with` block unpublished). Memory
+    is bounded by a row group, not by the records; work in progress is in local `staging_dir`
+    (default ROOT/NAME/.staging, publishing is a rename; an s3:// root uploads it)."""
 
     def __init__(
         self,
@@ -207,11 +200,8 @@ class SnapshotWriter:
             self.abort()
 
     def publish(self, manifest: Mapping[str, Any]) -> Path | str:
-        """Finish every file, write manifest.json last, rename into place, point LATEST at it.
-
-        The caller's manifest is kept; `files`, `snapshot_id` and `schema_version` are set here.
-        Returns `self.path`: the snapshot directory, or its s3:// URL (uploaded, manifest last).
-        """
+        """Finish every file, write manifest.json (the caller's, with `files`, `snapshot_id`
+        and `schema_version`) last, publish; returns `self.path` (a directory or s3:// URL)."""
         self._require_open()
         self._state = "publishing"
         self._close_writers()

@@ -72,11 +72,9 @@ def split_harvest(path: Path | str) -> tuple[str, str]:
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
-    """pyarrow's S3 filesystem configured from the standard AWS environment only.
-
-    Credentials come from the AWS SDK's own chain; AWS_REGION or AWS_DEFAULT_REGION names the
-    region, and AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL points at another S3 API (MinIO, moto).
-    """
+    """pyarrow's S3 filesystem from the standard AWS environment: the SDK's credential chain,
+    AWS_REGION or AWS_DEFAULT_REGION, and AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL for another
+    S3 API (MinIO, moto), which pyarrow does not read by itself."""
     kw: dict[str, Any] = {}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
