@@ -61,7 +61,7 @@ def table_key(table: str) -> tuple[str, ...]:
 KEYS: dict[str, tuple[str, ...]] = {t: table_key(t) for t in SCHEMAS}
 CHANGES = ("added", "changed", "withdrawn", "tombstone")
 
-# Tables with no Arrow counterpart; WAREHOUSE_VERSION is their layout.
+# Tables with no Arrow counterpart, created once (WAREHOUSE_VERSION names their layout).
 FIXED = {
     "loaded_snapshots": """
         snapshot_id VARCHAR NOT NULL, name VARCHAR NOT NULL, kind VARCHAR NOT NULL,
