@@ -328,8 +328,8 @@ def article_version_rows(
     return to_rows(_articles("article_versions", list(records), ctx))
 
 
-def _series_key(payload: Mapping[str, Any], counter: str, period: str,
-                ctx: RowContext) -> dict[str, Any]:
+def _series_row(payload: Mapping[str, Any], ctx: RowContext, counter: str, period: str,
+                **values: Any) -> dict[str, Any]:
     first = date.fromisoformat(payload["start"])
     # the first day of a period key inside the range (keys the host may add are parsed)
     ts = None if period == "total" else parse_timestamp(period)
@@ -342,12 +342,11 @@ def _series_key(payload: Mapping[str, Any], counter: str, period: str,
         "granularity": str(payload["granularity"]),
         "period": period,
         "period_start": max(first, ts.date()) if ts is not None else first,
+        **values,
+        "range_start": first,
+        "range_end": date.fromisoformat(payload["end"]),
+        "fetched_at": ctx.fetched_at,
     }
-
-
-def _series_tail(payload: Mapping[str, Any], ctx: RowContext) -> dict[str, Any]:
-    return {"range_start": date.fromisoformat(payload["start"]),
-            "range_end": date.fromisoformat(payload["end"]), "fetched_at": ctx.fetched_at}
 
 
 def timeline_rows(
@@ -359,10 +358,8 @@ def timeline_rows(
     `payload`: item, item_id, scope, granularity, start, end (ISO dates) and
     counters {counter: {period: n}} (statsdepth.StatsFetcher builds it).
     """
-    tail = _series_tail(payload, ctx)
     keys = [k for k, _ in periods]
-    return [{**_series_key(payload, counter, key, ctx), "count": _int(counts.get(key, 0)) or 0,
-             **tail}
+    return [_series_row(payload, ctx, counter, key, count=_int(counts.get(key, 0)) or 0)
             for counter, counts in payload["counters"].items()
             for key in keys + sorted(set(counts) - set(keys))]
 
@@ -373,18 +370,16 @@ def breakdown_rows(payload: Mapping[str, Any], ctx: RowContext) -> list[dict[str
 
     `payload` as for timeline_rows, with counters {counter: {period: {country: {city: n}}}}.
     """
-    tail = _series_tail(payload, ctx)
     rows = []
     for counter, by_period in payload["counters"].items():
         for period in sorted(by_period):
-            key = _series_key(payload, counter, period, ctx)
             for country in sorted(by_period[period]):
                 cities = dict(by_period[period][country])
-                # not served: the listed cities are all there is
                 total = cities.pop("total", None)
-                if total is None:
+                if total is None:  # not served: the listed cities are all there is
                     total = sum(cities.values())
-                rows += [{**key, "country": country, "city": city, "count": _int(n) or 0, **tail}
+                rows += [_series_row(payload, ctx, counter, period, country=country, city=city,
+                                     count=_int(n) or 0)
                          for city, n in [(None, total), *sorted(cities.items())]]
     return rows
 
@@ -401,54 +396,18 @@ def download_rows(
     }))
 
 
-def _members(column: str, owner: int, ids: Iterable[Any], ctx: RowContext) -> list[dict[str, Any]]:
-    # ids, or the light article dicts the listing endpoints return
-    found = (_id(a.get("id") if isinstance(a, Mapping) else a) for a in ids)
-    return [{"snapshot_id": ctx.snapshot_id, column: owner, "article_id": n}
-            for n in found if n is not None]
-
-
-def collection_rows(
-    record: Mapping[str, Any], ctx: RowContext, *, article_ids: Iterable[Any] = ()
-) -> dict[str, list[dict[str, Any]]]:
-    """`collections` and `collection_articles` rows for one full collection record.
-
-    `article_ids` are the ids (or light article dicts) from GET /collections/{id}/articles.
-    """
-    cid = _entity_id(record, "collection")
-    return {
-        "collections": to_rows(_full("collections", [record], ctx, {"collection_id": cid})),
-        "collection_articles": _members("collection_id", cid, article_ids, ctx),
-    }
-
-
-def project_rows(
-    record: Mapping[str, Any], ctx: RowContext, *, article_ids: Iterable[Any] = ()
-) -> dict[str, list[dict[str, Any]]]:
-    """`projects` and `project_articles` rows for one full project record.
-
-    `article_ids` are the ids (or light article dicts) from GET /projects/{id}/articles.
-    """
-    pid = _entity_id(record, "project")
-    return {
-        "projects": to_rows(_full("projects", [record], ctx, {"project_id": pid})),
-        "project_articles": _members("project_id", pid, article_ids, ctx),
-    }
-
-
-def review_rows(review: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
-    """The `reviews` row of one Curation from GET /account/institution/reviews."""
-    rid = _entity_id(review, "review")
-    return to_rows(_full("reviews", [review], ctx, {"review_id": rid}))
-
-
 def side_rows(kind: str, body: Mapping[str, Any],
               ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
-    """Rows of a record a source yields besides ids (see sources.SideRecord)."""
-    if kind == "collection":
-        return collection_rows(body["record"], ctx, article_ids=body.get("articles", ()))
-    if kind == "project":
-        return project_rows(body["record"], ctx, article_ids=body.get("articles", ()))
-    if kind == "review":
-        return {"reviews": review_rows(body, ctx)}
-    raise ValueError(f"unknown side record kind {kind!r}")
+    """Rows of a record a source yields besides ids (see sources.SideRecord): a collection or
+    project as {"record", "articles": ids or light article dicts}, or a review (a Curation)."""
+    if kind not in ("collection", "project", "review"):
+        raise ValueError(f"unknown side record kind {kind!r}")
+    record = body if kind == "review" else body["record"]
+    key = _entity_id(record, kind)
+    rows = {f"{kind}s": to_rows(_full(f"{kind}s", [record], ctx, {f"{kind}_id": key}))}
+    if kind != "review":
+        members = (_id(a.get("id") if isinstance(a, Mapping) else a)
+                   for a in body.get("articles", ()))
+        rows[f"{kind}_articles"] = [{"snapshot_id": ctx.snapshot_id, f"{kind}_id": key,
+                                     "article_id": n} for n in members if n is not None]
+    return rows

@@ -14,10 +14,9 @@ import pytest
 from harvester.records import (
     RowContext,
     article_rows,
-    collection_rows,
     content_hash,
     parse_timestamp,
-    project_rows,
+    side_rows,
     stats_rows,
     version_rows,
 )
@@ -684,7 +683,8 @@ def test_collection_rows():
         "group_id": 4242, "articles_count": 2, "public": True, "version": 2,
         "authors": [{"id": 1, "full_name": "Ann Smith"}],
     }
-    rows = collection_rows(record, CTX, article_ids=[24681357, {"id": 31415926}, 0, None])
+    rows = side_rows("collection", {"record": record,
+                                    "articles": [24681357, {"id": 31415926}, 0, None]}, CTX)
     (c,) = rows["collections"]
     assert (c["collection_id"], c["version"], c["handle"], c["institution_id"], c["group_id"],
             c["articles_count"], c["is_public"]) == (6100001, 2, None, None, 4242, 2, True)
@@ -705,7 +705,7 @@ def test_project_rows():
         "collaborators": [{"role_name": "Owner", "user_id": 1, "name": "Ann"}],
         "custom_fields": [],
     }
-    rows = project_rows(record, CTX, article_ids=[8327074])
+    rows = side_rows("project", {"record": record, "articles": [8327074]}, CTX)
     (p,) = rows["projects"]
     assert (p["project_id"], p["funding"], p["institution_id"], p["figshare_url"]) == (
         88001, None, None, "https://figshare.com/projects/Ants/88001")
@@ -714,4 +714,4 @@ def test_project_rows():
     for table, table_rows in rows.items():
         pa.Table.from_pylist(table_rows, schema=SCHEMAS[table])
     with pytest.raises(ValueError, match="project record has no usable 'id'"):
-        project_rows({"title": "x"}, CTX)
+        side_rows("project", {"record": {"title": "x"}}, CTX)

@@ -20,7 +20,7 @@ import pytest
 
 from harvester import sinks
 from harvester.errors import OutputError
-from harvester.records import RowContext, article_rows, collection_rows, project_rows, stats_rows
+from harvester.records import RowContext, article_rows, side_rows, stats_rows
 from harvester.schema import NO_STATISTICS, SCHEMA_VERSION, SCHEMAS
 from harvester.sinks import SnapshotWriter, clean_staging, rows_to_table
 from harvester.store import Store, latest_snapshot, list_snapshots, read_manifest, table_files
@@ -535,10 +535,11 @@ def test_collections_and_projects_through_add_rows(tmp_path):
         ctx = RowContext(writer.snapshot_id, T0)
         coll = {"id": 6100001, "title": "Lake District", "public": True, "articles_count": 2,
                 "published_date": "2023-01-02T03:04:05Z", "group_id": 0}
-        for table, rows in collection_rows(coll, ctx, article_ids=[1, 2]).items():
+        for table, rows in side_rows("collection", {"record": coll, "articles": [1, 2]},
+                                     ctx).items():
             writer.add_rows(table, rows)
-        for table, rows in project_rows({"id": 88001, "title": "Ants"}, ctx,
-                                        article_ids=[{"id": 3}]).items():
+        for table, rows in side_rows("project", {"record": {"id": 88001, "title": "Ants"},
+                                                 "articles": [{"id": 3}]}, ctx).items():
             writer.add_rows(table, rows)
         with pytest.raises(ValueError, match="add_article"):
             writer.add_rows("articles", [])
