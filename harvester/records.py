@@ -109,6 +109,7 @@ def _coercion(field: pa.Field) -> Callable[[Any], Any]:
         ident = field.name.endswith("_id") or field.name in ("defined_type", "assigned_to")
         coerce = partial(_id if ident else _int, bits=typ.bit_width)
         return coerce if field.nullable else lambda v: coerce(v) or 0
+    # list and date columns are never read from a record: always given
     return {pa.string(): _str, pa.bool_(): _bool}.get(typ, parse_timestamp)
 
 
@@ -136,7 +137,9 @@ _ELEMENTS = {  # child table -> the record's list its rows come from
     "related_materials": "related_materials",
 }
 _READERS |= {t: _readers(t, f"{key}[].") for t, key in _ELEMENTS.items()}
-_READERS["downloads"] = [(name, (name,), f) for name, _, f in _readers("downloads")]
+# the downloader's results and the versions answer: keyed by column name
+_READERS |= {t: [(name, (name,), f) for name, _, f in _readers(t)]
+             for t in ("downloads", "versions")}
 
 
 def _get(item: Any, keys: tuple[str, ...]) -> Any:
@@ -253,19 +256,15 @@ def _custom_fields(record: Mapping[str, Any], key: Mapping[str, Any]) -> Columns
         "value": [_str(v) for v in values], "is_list": list(lists)})
 
 
-def version_rows(
-    article_id: int, versions: Sequence[Mapping[str, Any]], ctx: RowContext
-) -> list[dict[str, Any]]:
-    """Rows of the `versions` table from a GET /articles/{id}/versions answer."""
-    return to_rows(_versions(article_id, versions, ctx))
-
-
 def _versions(article_id: int, versions: Sequence[Mapping[str, Any]], ctx: RowContext) -> Columns:
+    """The `versions` table from a GET /articles/{id}/versions answer."""
     listed = [v for _, v in _elements(list(versions))]
-    return {"snapshot_id": [ctx.snapshot_id] * len(listed),
-            "article_id": [article_id] * len(listed),
-            "version": [_int(v.get("version"), 32) for v in listed],
-            "url": [_str(v.get("url")) for v in listed]}
+    return _columns("versions", listed, {"snapshot_id": ctx.snapshot_id, "article_id": article_id})
+
+
+def version_rows(article_id: int, versions: Sequence[Mapping[str, Any]],
+                 ctx: RowContext) -> list[dict[str, Any]]:
+    return to_rows(_versions(article_id, versions, ctx))
 
 
 def article_columns(

@@ -1,6 +1,7 @@
 """The versioned Arrow schema of every table: columns, types, sources and descriptions.
 
-docs/TABLES.md is the same information for readers; records.py fills these columns.
+A source that is a key path (`title`, `license.name`, `authors[].id`) is where records.py reads
+the column; docs/TABLES.md is the same information for readers.
 """
 
 from __future__ import annotations
