@@ -488,6 +488,8 @@ class Client:
             (TimeoutError, "timeout", f"timed out after {s.total_timeout:g} s in all"),
             (aiohttp.ClientPayloadError, "truncated", "the connection closed inside the body"),
             (aiohttp.ClientConnectorDNSError, "connect", f"DNS lookup failed for {host}"),
+            (aiohttp.ClientConnectorCertificateError, "connect",
+             f"TLS handshake failed with {host}: its certificate is not trusted"),
             (aiohttp.ClientSSLError, "connect", f"TLS handshake failed with {host}"),
             (aiohttp.ClientConnectorError, "connect", f"connection refused by {where}"
              if refused else f"could not connect to {where}"),
@@ -499,9 +501,9 @@ class Client:
                 return call.fail(RetryableError, reason, words)
         if isinstance(exc, aiohttp.TooManyRedirects):
             return call.fail(RequestError, "redirects", f"more than {MAX_REDIRECTS} redirects")
-        if isinstance(exc, aiohttp.RedirectClientError):
-            return call.fail(RequestError, "bad-redirect", f"Location {str(exc)[:200]!r} is not "
-                             "an http(s) URL")
+        if isinstance(exc, aiohttp.RedirectClientError):  # its first argument: the Location
+            return call.fail(RequestError, "bad-redirect", f"Location {str(exc.args[0])[:200]!r} "
+                             "is not an http(s) URL")
         message = getattr(exc, "message", "") or str(exc)
         return call.fail(RequestError, "client-error", f"not a usable HTTP response: {message}")
 
