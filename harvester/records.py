@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from harvester import served
+from harvester.periods import periods
 from harvester.schema import SCHEMAS
 
 Columns = dict[str, list[Any]]
@@ -348,16 +349,16 @@ def _series_row(payload: Mapping[str, Any], ctx: RowContext, counter: str, perio
     }
 
 
-def timeline_rows(
-    payload: Mapping[str, Any], periods: Sequence[tuple[str, date]], ctx: RowContext
-) -> list[dict[str, Any]]:
-    """`stats_timeline` rows: every period of the range (`periods`, zeros included), counter by
-    counter, plus any other period the host answered.
+def timeline_rows(payload: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
+    """`stats_timeline` rows: every period of the range (zeros included), counter by counter,
+    plus any other period the host answered.
 
     `payload`: item, item_id, scope, granularity, start, end (ISO dates) and
     counters {counter: {period: n}} (statsdepth.StatsFetcher builds it).
     """
-    keys = [k for k, _ in periods]
+    span = periods(date.fromisoformat(payload["start"]), date.fromisoformat(payload["end"]),
+                   payload["granularity"])
+    keys = [k for k, _ in span]
     return [_series_row(payload, ctx, counter, key, count=_int(counts.get(key, 0)) or 0)
             for counter, counts in payload["counters"].items()
             for key in keys + sorted(set(counts) - set(keys))]

@@ -152,11 +152,7 @@ def series_rows(payload: dict[str, Any], ctx: RowContext) -> dict[str, list[dict
     """`stats_timeline` or `stats_breakdown` rows of one series payload (see StatsFetcher)."""
     if payload["kind"] == "breakdown":
         return {"stats_breakdown": breakdown_rows(payload, ctx)}
-    from harvester.periods import parse_date, periods
-
-    span = periods(parse_date(payload["start"]), parse_date(payload["end"]),
-                   payload["granularity"])
-    return {"stats_timeline": timeline_rows(payload, span, ctx)}
+    return {"stats_timeline": timeline_rows(payload, ctx)}
 
 
 def payload_rows(payloads: dict[str, Any] | None,
