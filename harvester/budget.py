@@ -1,8 +1,7 @@
-"""A run's budget, pure: what fits tonight, the order it is spent in, nights to a full refresh.
+"""A night's request budget, pure: what fits, the spend order, nights to a full refresh.
 
-A time budget (`--budget 8h`, `--until 06:00`, `incremental.budget`) becomes requests at the
-configured rate, as the transport paces them, less MARGIN kept for writing and publishing. The
-run spends it in `journal.Priority` order and stops fetching when it is spent (`Spend`).
+A time budget becomes requests at the paced rate, less MARGIN kept for writing and publishing;
+the run spends it in `journal.Priority` order and stops fetching once it is spent (`Spend`).
 """
 
 from __future__ import annotations
@@ -13,13 +12,15 @@ import math
 import re
 import time
 import zoneinfo
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
-from harvester.client import RateLimit
 from harvester.config import (
     INCREMENTAL_KINDS,
     Config,
@@ -29,12 +30,29 @@ from harvester.config import (
     public_view,
 )
 from harvester.periods import breakdown_windows, parse_date
+from harvester.policy import RateLimit
 
 MARGIN = 0.03  # of a time budget, kept for writing and publishing the snapshot
 WRITE_RATE = 1_000  # records a second the writing is planned at (on top of MARGIN): low, so
 #                     a night whose snapshot holds many records starts writing in time
+STAMP = "%Y-%m-%dT%H:%M:%SZ"  # the UTC times the journal, catalog and errors keep
 _CLOCK = re.compile(r"^(\d{1,2}):(\d{2})\s*(.*)$")
-STAMP = "%Y-%m-%dT%H:%M:%SZ"  # the UTC times the journal and catalog keep
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def stamp(t: dt.datetime) -> str:
+    return t.strftime(STAMP)
+
+
+def stamp_now() -> str:
+    return stamp(utc_now())
+
+
+def parse_stamp(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, STAMP).replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -68,23 +86,18 @@ def parse_until(text: str, now: dt.datetime | None = None) -> float:
     hour, minute, zone_text = int(match[1]), int(match[2]), match[3].strip()
     if hour > 23 or minute > 59:
         raise ValueError(f"{text!r} is not a time of day (00:00 to 23:59)")
-    zone: dt.tzinfo | None
-    if not zone_text:
-        zone = None  # local time
-    elif zone_text.upper() in ("Z", "UTC"):
+    zone: dt.tzinfo | None = None  # None: the machine's local time
+    if zone_text.upper() in ("Z", "UTC"):
         zone = dt.UTC
     elif re.fullmatch(r"[+-]\d{2}:?\d{2}", zone_text):
-        sign = -1 if zone_text[0] == "-" else 1
-        digits = zone_text[1:].replace(":", "")
-        zone = dt.timezone(sign * dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
-    else:
+        zone = dt.datetime.strptime(zone_text, "%z").tzinfo
+    elif zone_text:
         try:
             zone = zoneinfo.ZoneInfo(zone_text)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"{text!r}: {zone_text!r} is not a time zone such as "
                              "Europe/Berlin, UTC or +02:00") from None
-    now = now or dt.datetime.now(dt.UTC)
-    here = now.astimezone(zone)  # zone None: the machine's local time
+    here = (now or utc_now()).astimezone(zone)
     end = here.replace(hour=hour, minute=minute, second=0, microsecond=0)
     if end <= here:
         end += dt.timedelta(days=1)
@@ -102,37 +115,60 @@ def budget_of(budget: str | None, until: str | None, configured: str | None,
     return Budget(seconds=parse_duration(text), said=text) if text else None
 
 
+@dataclass(eq=False)  # each item is itself, whatever it has left
+class _InFlight:
+    left: int  # requests of the item's estimated cost not sent yet
+
+
+_ITEM: ContextVar[_InFlight | None] = ContextVar("budget_item", default=None)
+
+
+def count_estimated(requests: Counter[str], kind: str) -> None:
+    """Count a request that `Costs` estimates: the item this task fetches no longer expects
+    it, since the client's counter holds it now (so Spend counts it once)."""
+    requests[kind] += 1
+    item = _ITEM.get()
+    if item is not None:
+        item.left -= 1
+
+
 class Spend:
-    """The fetching's side of a budget: an item starts only if its estimated cost still fits
-    beside the requests already sent and those reserved by items in flight; once one does
-    not fit, or the clock says stop, nothing else starts (spending order is kept)."""
+    """The fetching's side of a budget: an item starts only if its estimated cost fits beside
+    the requests sent and those the items in flight have yet to send; from the first that does
+    not fit, or once the clock says stop, none starts (spending order is kept)."""
 
     def __init__(self, allowance: int | None, stop_at: float | None,
                  sent: Callable[[], int], clock: Callable[[], float] = time.monotonic) -> None:
         self.allowance, self.stop_at, self.sent, self.clock = allowance, stop_at, sent, clock
-        self.reserved = 0
         self.spent = False
+        self._flying: list[_InFlight] = []
 
     def admit(self, cost: int) -> bool:
         if not self.spent:
+            expected = sum(max(0, item.left) for item in self._flying)
             over = self.allowance is not None and \
-                self.sent() + self.reserved + cost > self.allowance
-            late = self.stop_at is not None and self.clock() >= self.stop_at
-            self.spent = over or late
-        if self.spent:
-            return False
-        self.reserved += cost
-        return True
+                self.sent() + expected + cost > self.allowance
+            self.spent = over or (self.stop_at is not None and self.clock() >= self.stop_at)
+        return not self.spent
 
-    def release(self, cost: int) -> None:
-        self.reserved -= cost
+    @contextmanager
+    def fetching(self, cost: int) -> Iterator[None]:
+        """An admitted item in flight (in this task): what it has yet to send stays reserved."""
+        item = _InFlight(cost)
+        self._flying.append(item)
+        token = _ITEM.set(item)
+        try:
+            yield
+        finally:
+            _ITEM.reset(token)
+            self._flying.remove(item)
 
 
 def series_requests(cfg: Config, today: dt.date | None = None) -> int:
     """Timeline and breakdown requests one article costs: one per counter for a timeline,
     one per allowed window per counter for a breakdown (long ranges are split)."""
     series = 0
-    today = today or dt.datetime.now(dt.UTC).date()
+    today = today or utc_now().date()
     for kind, s in (("timeline", cfg.stats.timeline), ("breakdown", cfg.stats.breakdown)):
         if s is None or "article" not in s.items:
             continue
@@ -244,7 +280,7 @@ def choose_kind(inc: Incremental, sources: Sequence[Source], now: dt.datetime,
     """(full or incremental, per list source the modified_since bound to ask with, why)."""
     if last_full is None:
         return "full", {}, "no earlier full run: this one is full"
-    age = now - _parse(last_full)
+    age = now - parse_stamp(last_full)
     if age > dt.timedelta(days=inc.full_every_days):
         return "full", {}, (f"last full run is {age.total_seconds() / 86400:.1f} days old "
                             f"(full_every_days: {inc.full_every_days:g}): this one is full")
@@ -253,7 +289,7 @@ def choose_kind(inc: Incremental, sources: Sequence[Source], now: dt.datetime,
     for source in sources:
         mark = marks.get(source.name)
         if source.kind in INCREMENTAL_KINDS and mark and mark[0] == source_fp(source):
-            since[source.name] = (_parse(mark[1]) - overlap).strftime(STAMP)
+            since[source.name] = stamp(parse_stamp(mark[1]) - overlap)
     return "incremental", since, ""
 
 
@@ -277,32 +313,12 @@ def stats_age(oldest: str | None, now: dt.datetime) -> dict[str, Any]:
     """The oldest totals a snapshot holds: when they were fetched, and how many days ago."""
     if not oldest:
         return {"oldest_stats_at": None, "oldest_stats_age_days": None}
-    age = (now - _parse(oldest)).total_seconds() / 86400
+    age = (now - parse_stamp(oldest)).total_seconds() / 86400
     return {"oldest_stats_at": oldest, "oldest_stats_age_days": round(age, 3)}
-
-
-def _parse(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, STAMP).replace(tzinfo=dt.UTC)
-
-
-def manifest_view(budget: Budget | None, spend: Spend, plan: Schedule | None,
-                  spent: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's `budget`: what was allowed, what tonight's schedule held, and how it
-    went (`spent`: refreshed, deferred, the oldest totals left)."""
-    return {
-        "said": budget.said if budget else None,
-        "requests": spend.allowance,
-        "stopped_fetching": spend.spent,  # the budget ran out before the work did
-        "predicted_requests": plan.requests if plan else None,
-        "nights_to_full_refresh": plan.nights_to_full if plan else None,
-        "settles_at_age_nights": plan.settle_age if plan else None,
-        **spent,
-    }
 
 
 def requests_total(meta: dict[str, str], metrics: dict[str, Any]) -> dict[str, int]:
     """Requests per host of the runs this journal saw before, plus this run's."""
-    total: dict[str, int] = dict(orjson.loads(meta.get("requests_earlier", "{}")))
-    for host, n in metrics.get("requests", {}).items():
-        total[host] = total.get(host, 0) + n
+    total: Counter[str] = Counter(orjson.loads(meta.get("requests_earlier", "{}")))
+    total.update(metrics.get("requests", {}))
     return dict(sorted(total.items()))

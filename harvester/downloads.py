@@ -1,20 +1,13 @@
-"""File downloads: filters, safe paths, streamed `.part` files, md5 checks, resume with Range.
+"""File downloads into one persistent tree, FILES/<article id>/<file id>/<safe name>.
 
-Files live in one persistent tree, FILES/<article id>/<file id>/<safe name> (FILES is
-`Config.files_path()`, by default OUTPUT/NAME/files beside the snapshots): files are large and
-stable, so each nightly snapshot lists them in its `downloads` table instead of copying them. A
-file already stored with the right md5 is not fetched again. Bytes go to `<name>.part` first and
-are renamed into place only once their size and md5 match the record, so the tree never holds a
-half-written or unverified file under its final name. File names from the server are untrusted:
-only a sanitized last path component is used, inside a directory named by the file id, and the
-final path is checked to lie inside FILES.
+Bytes go to `<name>.part` (resumed with Range) and are renamed into place only once their size
+and md5 match the record; a file stored with the right md5 is not fetched again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hashlib
 import os
 import re
@@ -27,7 +20,8 @@ from typing import Any, BinaryIO
 import orjson
 from yarl import URL
 
-from harvester.client import Client, origin_of, sanitize_url
+from harvester.budget import stamp_now
+from harvester.client import Client
 from harvester.config import DEFAULT_DOWNLOAD_URL, Config
 from harvester.errors import (
     Abort,
@@ -37,6 +31,7 @@ from harvester.errors import (
     RequestError,
     RetryableError,
 )
+from harvester.urls import origin_of, sanitize_url
 
 MD5_ATTEMPTS = 3  # whole-file attempts when the bytes do not match the record's md5
 _DISCARD = frozenset({"size-mismatch", "max_size", "max_total_bytes"})
@@ -49,9 +44,6 @@ _RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)),
              *(f"LPT{i}" for i in range(10))}
 _UNPORTABLE = re.compile(r'[<>:"|?*]')
 _MD5 = re.compile(r"[0-9a-f]{32}")
-
-
-# ---------------------------------------------------------------- names and paths (pure)
 
 
 def safe_name(name: Any, file_id: int) -> str:
@@ -106,48 +98,20 @@ def expected_md5(f: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
-# ---------------------------------------------------------------- the budget
-
-
-class Budget:
-    """Bytes one run may still download (files.max_total_bytes); None: no limit."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def take(self, n: int) -> bool:
-        if self.limit is not None and self.used + n > self.limit:
-            return False
-        self.used += n
-        return True
-
-    def give_back(self, n: int) -> None:
-        self.used = max(0, self.used - n)
-
-
 class _Failed(Exception):
-    """One file could not be stored; `reason` goes to the downloads table."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-# ---------------------------------------------------------------- the downloader
+    """One file could not be stored; its text is the reason the downloads table gives."""
 
 
 class Downloader:
     """Downloads the files of one article at a time (workers run several articles at once)."""
 
-    def __init__(self, cfg: Config, client: Client, requests: Counter[str],
-                 budget: Budget | None = None) -> None:
+    def __init__(self, cfg: Config, client: Client, requests: Counter[str]) -> None:
         self.cfg = cfg
         self.files = cfg.files
         self.client = client
         self.root = cfg.files_path()
         self.requests = requests
-        self.budget = budget or Budget(cfg.files.max_total_bytes)
+        self.bytes_taken = 0  # of files.max_total_bytes, by files stored or being fetched
         self.summary: Counter[str] = Counter()  # status -> files, plus "bytes" downloaded
         self._figshare = origin_of(DEFAULT_DOWNLOAD_URL)
         self._download_host = origin_of(cfg.files.url)
@@ -175,19 +139,21 @@ class Downloader:
             out.append(result)
         return out
 
-    @property
-    def failed(self) -> int:
-        """Files of this run that could not be stored (files.max_failures is their limit)."""
-        return self.summary["failed"]
+    def _take(self, n: int) -> bool:
+        """Whether `n` more bytes fit files.max_total_bytes (and if so, they are taken)."""
+        limit = self.files.max_total_bytes
+        if limit is not None and self.bytes_taken + n > limit:
+            return False
+        self.bytes_taken += n
+        return True
 
-    def url_for(self, download_url: str) -> str:
+    def _url_for(self, download_url: str) -> str:
         """Figshare's download host moved to files.url (a mirror, the simulator); others kept."""
         url = URL(download_url)
         if self.files.url == DEFAULT_DOWNLOAD_URL or not url.absolute \
                 or origin_of(url) != self._figshare:
             return download_url
-        base = URL(self.files.url)
-        return str(base.with_path(base.path.rstrip("/") + url.path).with_query(url.query))
+        return self.files.url + url.raw_path_qs
 
     async def _one(self, article_id: int, f: Mapping[str, Any], private: bool) -> dict[str, Any]:
         fid = _as_id(f.get("id"))
@@ -197,7 +163,7 @@ class Downloader:
         link_only = f.get("is_link_only") is True
         raw_url = f.get("download_url") if isinstance(f.get("download_url"), str) else ""
         try:  # a URL no client can send is that file's failure, never the run's
-            url = self.url_for(raw_url) if raw_url else ""
+            url = self._url_for(raw_url) if raw_url else ""
             bad_url = bool(url) and (URL(url).scheme not in ("http", "https") or not URL(url).host)
             shown = sanitize_url(raw_url) if raw_url else None
         except ValueError:
@@ -209,12 +175,16 @@ class Downloader:
         }
 
         def done(status: str, reason: str | None = None, **more: Any) -> dict[str, Any]:
-            result.update(status=status, reason=reason, checked_at=_now(), **more)
+            result.update(status=status, reason=reason, checked_at=stamp_now(), **more)
             return result
 
-        skip = self._skip(f, size, link_only)
-        if skip is not None:
-            return done(*skip)
+        max_size = self.files.max_size
+        if link_only and not self.files.link_only:
+            return done("link-only", "files.link_only is false")
+        if self.files.extensions and extension(f.get("name")) not in self.files.extensions:
+            return done("filtered", "extension")
+        if max_size is not None and size is not None and size > max_size:
+            return done("filtered", "max_size")
         if not raw_url:
             return done("failed", "no-download-url")
         if bad_url:
@@ -230,39 +200,21 @@ class Downloader:
             return done("failed", f"disk: {exc.strerror or exc}")
         if present is not None:
             return done("present", path=rel, bytes=present[1], md5=present[0])
-        if size and not self.budget.take(size):
+        if size and not self._take(size):
             return done("budget", "max_total_bytes")
         headers = {}
         if private and self.files.private_token and self.cfg.api.token \
-                and self._on_download_host(url):  # never a link-only file's own host
+                and origin_of(url) == self._download_host:  # never a link-only file's host
             headers["Authorization"] = f"token {self.cfg.api.token}"
         try:
             got_md5, nbytes = await self._download(url, path, size, md5, headers, result)
         except _Failed as exc:
-            if size:
-                self.budget.give_back(size)
-            return done("failed", exc.reason)
+            self.bytes_taken -= size or 0
+            return done("failed", str(exc))
         except OSError as exc:  # a full or read-only disk fails every file: stop the run
             raise OutputError(f"cannot store {path}: {exc.strerror or exc}") from None
         self.summary["bytes"] += nbytes
         return done("downloaded", path=rel, bytes=nbytes, md5=got_md5)
-
-    def _on_download_host(self, url: str) -> bool:
-        try:
-            return origin_of(url) == self._download_host
-        except ValueError:  # not an absolute URL: nowhere a credential may go
-            return False
-
-    def _skip(self, f: Mapping[str, Any], size: int | None, link_only: bool
-              ) -> tuple[str, str] | None:
-        if link_only and not self.files.link_only:
-            return "link-only", "files.link_only is false"
-        exts = self.files.extensions
-        if exts and extension(f.get("name")) not in exts:
-            return "filtered", "extension"
-        if self.files.max_size is not None and size is not None and size > self.files.max_size:
-            return "filtered", "max_size"
-        return None
 
     async def _download(self, url: str, path: Path, size: int | None, md5: str | None,
                         headers: dict[str, str], result: dict[str, Any]) -> tuple[str, int]:
@@ -274,7 +226,7 @@ class Downloader:
             try:
                 got, nbytes = await self._fetch_part(url, part, size, headers, result)
             except _Failed as exc:
-                if exc.reason in _DISCARD:  # what arrived is no prefix of the right file
+                if str(exc) in _DISCARD:  # what arrived is no prefix of the right file
                     await asyncio.to_thread(part.unlink, missing_ok=True)
                 raise
             if size and not result["is_link_only"] and nbytes != size:
@@ -340,7 +292,7 @@ class Downloader:
             async for chunk in stream:
                 if limit is not None and sink.written + len(buf) + len(chunk) > limit:
                     raise _Failed("size-mismatch" if size else "max_size")
-                if not size and not self.budget.take(len(chunk)):
+                if not size and not self._take(len(chunk)):
                     raise _Failed("max_total_bytes")
                 buf += chunk
                 if len(buf) >= WRITE_BATCH:
@@ -366,16 +318,11 @@ class _Sink:
 
     def __init__(self, part: Path, start: int) -> None:
         self.md5 = hashlib.md5()
-        self.f: BinaryIO
-        if start:
+        if start:  # resuming: the md5 goes on from the bytes already there
             with open(part, "rb") as f:
-                while chunk := f.read(WRITE_BATCH):
-                    self.md5.update(chunk)
-            self.f = open(part, "r+b")  # noqa: SIM115 - closed by close()
-            self.f.truncate(start)
-            self.f.seek(start)
-        else:
-            self.f = open(part, "wb")  # noqa: SIM115 - closed by close()
+                self.md5 = hashlib.file_digest(f, "md5")
+        self.f: BinaryIO = open(part, "r+b" if start else "wb")  # noqa: SIM115 - finish() closes
+        self.f.seek(start)
         self.written = start
 
     def write(self, data: bytes) -> None:
@@ -391,15 +338,8 @@ class _Sink:
         self.f.close()
 
 
-# ---------------------------------------------------------------- blocking helpers (threads)
-
-
 def _as_id(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _size_of(path: Path) -> int:
@@ -410,11 +350,8 @@ def _size_of(path: Path) -> int:
 
 
 def _hash_file(path: Path) -> str:
-    md5 = hashlib.md5()
     with open(path, "rb") as f:
-        while chunk := f.read(WRITE_BATCH):
-            md5.update(chunk)
-    return md5.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _read_sidecar(directory: Path) -> dict[str, Any]:

@@ -1,39 +1,24 @@
-"""Per-item requests: record, files, versions, stats, downloads; what one item costs.
+"""Per-item requests (record, files, versions, stats, downloads) -> an Outcome for the journal.
 
-Optional per-item payloads (timelines, breakdowns, older versions, download results) travel in
-`Outcome.payloads`, are stored compressed in the journal with the record and become table rows
-through `render.payload_rows` when the snapshot is written, so resume and snapshot determinism
-hold for them too. Stats of groups, collections, projects and authors are not per article:
-`after_fan_out` fetches them once per entity when every article is in, and `run_rows` hands
-their rows over.
-
-Incremental runs ask for a known record conditionally (incremental.conditional, NOTES §1):
-a 304 means the record, its files and versions are as last fetched, so only its stats are
-fetched and it is stored as a stats-only refresh. Full runs ask unconditionally: their
-snapshot holds every record whole.
-
-Only the record endpoint decides that an item is gone, and only on evidence: a 404 whose body is
-Figshare's JSON error for a missing entity. A failing stats, /files or versions request fails
-that part: the record is kept, and the item's error (its Outcome's `error`, state DONE) counts
-as a failure of the run all the same.
+Only the record endpoint decides that an item is gone, and only on Figshare's JSON 404: a failing
+secondary request fails that part, the record is kept and the item counts as failed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import time
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import orjson
 
+from harvester.budget import count_estimated, stamp_now, utc_now
 from harvester.catalog import Validators, read_validators
 from harvester.client import Client, Reply
-from harvester.config import ACCOUNT_KINDS, Config, Source
+from harvester.config import ACCOUNT_KINDS, Config
 from harvester.downloads import Downloader
 from harvester.errors import Abort, BadResponse, GiveUp, NotFound, RequestError
 from harvester.figshare import (
@@ -46,55 +31,22 @@ from harvester.figshare import (
 )
 from harvester.journal import DONE, FAILED, FULL, GONE, STATS_ONLY, Journal, Outcome
 from harvester.journalrows import bodies
-from harvester.records import RowContext
-from harvester.render import series_rows
 from harvester.statsdepth import StatsFetcher
 
 T = TypeVar("T")
 
 
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-STAMP = "%Y-%m-%dT%H:%M:%SZ"  # the UTC times the journal, catalog and errors keep
-
-
-def stamp(t: dt.datetime) -> str:
-    return t.strftime(STAMP)
-
-
-_last_stamp: tuple[int, str] = (-1, "")
-
-
-def stamp_now() -> str:
-    """stamp(utc_now()), formatted at most once a second: every outcome carries one, so the
-    formatting stays off the per-request path."""
-    global _last_stamp
-    second = int(time.time())
-    if second != _last_stamp[0]:
-        _last_stamp = (second, time.strftime(STAMP, time.gmtime(second)))
-    return _last_stamp[1]
-
-
-def source_names(sources: Sequence[Source], mask: int) -> list[str]:
-    """Provenance: the configured sources whose bit is set in `mask`."""
-    return [s.name for i, s in enumerate(sources) if mask & (1 << i)]
-
-
 class ItemFetcher:
-    """Fetches everything the config asks for about one article and says how it went.
+    """Fetches what the config asks about one article; one fetcher serves a whole run.
 
-    Never raises for a single item's trouble (404, retries exhausted, a malformed body): that
-    becomes an Outcome for errors.ndjson. Raises only Abort: the host or credentials are gone.
-    One fetcher serves a whole run; `requests` counts what it sent, by kind, for the manifest.
+    Never raises for one item's trouble (that becomes the Outcome's error), only Abort: the host
+    or the credentials are gone. `requests` counts what it sent, by kind, for the manifest.
     """
 
-    def __init__(self, cfg: Config, client: Client, *, today: dt.date | None = None,
-                 catalog: Path | None = None) -> None:
+    def __init__(self, cfg: Config, client: Client, *, catalog: Path | None = None) -> None:
         self.cfg = cfg
         self.client = client
-        # an incremental run's catalog: the validators of known records (None: unconditional)
+        # an incremental run's catalog: known records are asked for conditionally
         self.catalog = catalog if cfg.incremental and cfg.incremental.conditional else None
         self.not_modified = 0  # records that answered 304
         # the token owner's own items: /account/articles/{id}; the institution's items that
@@ -105,10 +57,10 @@ class ItemFetcher:
         ) & ~self.account_mask
         self.requests: Counter[str] = Counter()
         self.items = 0  # ids fetched in this run (resumed runs count only their own)
-        self.stats = StatsFetcher(cfg, client, self.requests, today)
+        self.stats = StatsFetcher(cfg, client, self.requests)
         self.downloader = Downloader(cfg, client, self.requests) if cfg.files.download else None
-        self._entities: list[dict[str, Any]] = []
-        self._entities_at = utc_now()
+        self.entities: list[dict[str, Any]] = []  # series of groups, collections, ...: run-wide
+        self.entities_at = utc_now()
         self._group_counts: dict[str, int] = {}
 
     async def fetch(self, aid: int, sources: int, mode: int = FULL) -> Outcome:
@@ -134,15 +86,13 @@ class ItemFetcher:
         except Abort:
             raise
         except RequestError as exc:  # stats never say an item is gone
-            return Outcome(aid, FAILED, error=self._error(aid, sources, exc,
-                                                          f"stats: {exc.reason}"),
-                           not_modified=not_modified)
+            error = self._error(aid, sources, exc, f"stats: {exc.reason}")
+            return Outcome(aid, FAILED, error=error, not_modified=not_modified)
         return Outcome(aid, DONE, stats=totals, fetched_at=stamp_now(),
                        payloads={"article_id": aid, **series} if series else None,
                        not_modified=not_modified)
 
     async def _fetch(self, aid: int, sources: int) -> Outcome:
-        api = self.cfg.api.url
         held = None
         if self.catalog is not None:  # a blocking SQLite read: off the event loop
             held = await asyncio.to_thread(read_validators, self.catalog, aid)
@@ -152,45 +102,55 @@ class ItemFetcher:
             return await self._stats_only(aid, sources, not_modified=True)
         record = reply.data
         parts: list[dict[str, Any]] = []  # errors of the parts that failed
+
+        async def part(name: str, work: Awaitable[T]) -> T | None:
+            try:
+                return await work
+            except Abort:
+                raise
+            except RequestError as exc:
+                error = self._error(aid, sources, exc, f"{name}-failed")
+                parts.append({**error, "message": f"{name}: {error['message']}"})
+                return None
+
         files = None
         if files_may_be_truncated(record):
-            files = await self._part(parts, aid, sources, "files", self._all_files(
-                api + files_path(aid, account=account), as_owner))
-        stats = await self._part(parts, aid, sources, "stats", self.stats.totals(aid))
-        extra: dict[str, Any] = await self._part(
-            parts, aid, sources, "stats", self.stats.item_series("article", aid)) or {}
+            url = self.cfg.api.url + files_path(aid, account=account)
+            files = await part("files", self._all_files(url, as_owner))
+        stats = await part("stats", self.stats.totals(aid))
+        payloads: dict[str, Any] = await part("stats", self.stats.item_series("article", aid)) or {}
         if self.cfg.versions == "all":
-            versions = await self._part(parts, aid, sources, "versions",
-                                        self._versions(aid, record))
+            versions = await part("versions", self._versions(aid, record))
             if versions is not None:
-                extra["versions"] = versions
+                payloads["versions"] = versions
         if self.downloader is not None:
             listed = orjson.loads(files) if files is not None else record.get("files")
+            # not for everyone's eyes: a draft, or files under embargo or confidential
+            private = account and (record.get("is_public") is not True
+                                   or record.get("is_embargoed") is True
+                                   or record.get("is_confidential") is True)
             if isinstance(listed, list):
-                # not for everyone's eyes: a draft, or files under embargo or confidential
-                private = account and (record.get("is_public") is not True
-                                       or record.get("is_embargoed") is True
-                                       or record.get("is_confidential") is True)
-                extra["downloads"] = await self.downloader.item(aid, listed, private=private)
+                payloads["downloads"] = await self.downloader.item(aid, listed, private=private)
         published = record.get("published_date")
         error = None
         if parts:  # the record is kept; the item still counts as failed
             error = {**parts[0], "message": "; ".join(p["message"] for p in parts)}
         etag, modified = reply.headers.get("ETag"), reply.headers.get("Last-Modified")
+        url = self.cfg.api.url + article_path(aid, account=account)
         return Outcome(aid, DONE, body=reply.body, files=files, stats=stats,
                        fetched_at=stamp_now(),
                        published=published if isinstance(published, str) else None,
-                       payloads={"article_id": aid, **extra} if extra else None, error=error,
-                       validators=Validators(self._record_url(aid, account, as_owner), etag,
-                                             modified) if etag or modified else None)
+                       payloads={"article_id": aid, **payloads} if payloads else None,
+                       error=error,
+                       validators=Validators(_with_query(url, as_owner), etag, modified)
+                       if etag or modified else None)
 
-    async def _record(self, aid: int, sources: int, held: Validators | None = None
+    async def _record(self, aid: int, sources: int, held: Validators | None
                       ) -> tuple[Reply, bool, dict[str, int]]:
         """(the record's reply, read from /account/..., the impersonate parameter it took).
 
-        Items of admin sources (api.admin_read: documented): a public one from the public
-        endpoint, no token; a private one as its owner, `impersonate=<account_id>` (NOTES §1),
-        the owner named by its curation review. With no review, /account/articles/{id} as is.
+        An admin source's item (api.admin_read): public from the public endpoint, else as its
+        owner (`impersonate`, named by its curation review), else /account/articles/{id} as is.
         """
         own = bool(sources & self.account_mask)
         if own or not sources & self.admin_mask or self.cfg.api.admin_read == "account":
@@ -215,65 +175,45 @@ class ItemFetcher:
                 "it -> 404 (api.admin_read: account reads it where the service allows)",
                 url=exc.url, status=404, reason="private-unreadable") from None
 
-    def _record_url(self, aid: int, account: bool, params: dict[str, int]) -> str:
-        """The record's URL as asked for: what its validators belong to."""
-        url = self.cfg.api.url + article_path(aid, account=account)
-        return f"{url}?{urlencode(params)}" if params else url
-
     async def _get_record(self, aid: int, account: bool, params: dict[str, int],
-                          held: Validators | None = None) -> Reply:
+                          held: Validators | None) -> Reply:
         """The record; a 304 Reply when `held` describes this URL and the record is unchanged.
         If-None-Match when an ETag is held (exact), else If-Modified-Since (to the second)."""
         url = self.cfg.api.url + article_path(aid, account=account)
         ask: dict[str, str] = {}
-        if held is not None and held.url == self._record_url(aid, account, params):
+        if held is not None and held.url == _with_query(url, params):
             ask = ({"If-None-Match": held.etag} if held.etag
                    else {"If-Modified-Since": held.last_modified or ""})
-        self.requests["record"] += 1
+        count_estimated(self.requests, "record")
         reply = await self.client.get(url, params=params or None, headers=ask or None)
         if reply.status == 304 and ask:
             return reply
         record = reply.data
         if not isinstance(record, dict) or record.get("id") != aid:
-            raise BadResponse(
-                f"GET {url} -> 200 but the body is not the record of article {aid}",
-                url=url, status=reply.status, reason="bad-record",
-            )
+            raise BadResponse(f"GET {url} -> 200 but the body is not the record of article {aid}",
+                              url=url, status=reply.status, reason="bad-record")
         return reply
 
     async def _owner(self, aid: int) -> int | None:
         """The account owning a private institution item, from its latest curation review."""
         url = self.cfg.api.url + "/account/institution/reviews"
         self.requests["owner"] += 1
-        listed = (await self.client.get(url, params={"article_id": aid, "offset": 0,
-                                                     "limit": 100})).data
+        params = {"article_id": aid, "offset": 0, "limit": 100}
+        listed = (await self.client.get(url, params=params)).data
         owners = sorted((r["id"], r["account_id"]) for r in listed if isinstance(r, dict)
                         and r.get("article_id") == aid and valid_id(r.get("id"))
                         and valid_id(r.get("account_id"))) if isinstance(listed, list) else []
         return owners[-1][1] if owners else None
 
-    async def _part(self, parts: list[dict[str, Any]], aid: int, sources: int, name: str,
-                    work: Coroutine[Any, Any, T]) -> T | None:
-        """A secondary request's result, or None with its error noted in `parts`."""
-        try:
-            return await work
-        except Abort:
-            raise
-        except RequestError as exc:
-            error = self._error(aid, sources, exc, f"{name}-failed")
-            parts.append({**error, "message": f"{name}: {error['message']}"})
-            return None
-
-    async def _all_files(self, url: str, extra: dict[str, int] | None = None,
-                         kind: str = "files") -> bytes:
-        """Every page of /files, as the served JSON arrays joined (never re-serialized);
-        `kind`: what the manifest counts the requests as."""
+    async def _all_files(self, url: str, params: dict[str, int], kind: str = "files") -> bytes:
+        """Every page of /files, as the served JSON arrays joined (never re-serialized), with
+        a page limit and a repeat guard; `kind`: what the manifest counts the requests as."""
         size = self.cfg.http.page_size
         chunks: list[bytes] = []
         previous: list[Any] | None = None
         for page in range(1, MAX_FILE_PAGES + 1):
             self.requests[kind] += 1
-            reply = await self.client.get(url, params={**(extra or {}), "page": page,
+            reply = await self.client.get(url, params={**params, "page": page,
                                                        "page_size": size})
             if not isinstance(reply.data, list):
                 raise BadResponse(f"GET {url} -> expected a list of files", url=url,
@@ -284,8 +224,7 @@ class ItemFetcher:
                                   "ignores paging", url=url, status=reply.status,
                                   reason="bad-files")
             previous = ids
-            inner = reply.body.strip()[1:-1].strip()
-            if inner:
+            if inner := reply.body.strip()[1:-1].strip():
                 chunks.append(inner)
             if len(reply.data) < size:
                 return b"[" + b",".join(chunks) + b"]"
@@ -293,14 +232,12 @@ class ItemFetcher:
                           url=url, status=200, reason="bad-files")
 
     async def _versions(self, aid: int, record: dict[str, Any]) -> dict[str, Any]:
-        """GET /articles/{id}/versions, then the full record of every version but this one,
-        with its complete file list (GET .../versions/{v}/files) where its own may be capped.
+        """The version list, and the full record (files complete) of every version but this.
 
-        A draft has no public versions (404): none are recorded. A public record's 404 here
-        fails this part of the item.
+        A draft has no public versions (404: none recorded); a public record's 404 fails this part.
         """
         base = f"{self.cfg.api.url}/articles/{aid}/versions"
-        self.requests["versions"] += 1
+        count_estimated(self.requests, "versions")
         try:
             listed = (await self.client.get(base)).data
         except NotFound:
@@ -327,36 +264,25 @@ class ItemFetcher:
                 raise BadResponse(f"GET {url} -> 200 but the body is not version {n} of {aid}",
                                   url=url, status=200, reason="bad-record")
             if files_may_be_truncated(body):  # its own capped list: page that version's files
-                body["files"] = orjson.loads(await self._all_files(
-                    f"{url}/files", kind="version_files"))
+                body["files"] = orjson.loads(await self._all_files(f"{url}/files", {},
+                                                                   "version_files"))
             older.append(body)
         return {"list": listed, "records": older}
 
-    # -- after every article is in ------------------------------------------------------------
-
     async def after_fan_out(self, journal: Journal) -> None:
-        """Stats of groups, collections, projects and authors, once per entity (held until
-        the snapshot is written: a handful of entities, each a few series)."""
+        """Stats of groups, collections, projects and authors, once per entity, when every
+        article is in (held for the writer: a handful of entities, each a few series)."""
         wanted = self.stats.entity_ids(())
         if not wanted:
             return
         groups: list[int] = []
         if "group" in wanted and self.cfg.stats.entities.group is None:
             groups = await journal.call(_harvested_groups, journal)
-        self._entities_at = utc_now()
-        self._entities = await self.stats.entities(groups)
+        self.entities_at = utc_now()
+        self.entities = await self.stats.entities(groups)
         if "group" in wanted:
             self._group_counts = await self.stats.group_counts(
                 self.stats.entity_ids(groups)["group"])
-
-    def run_rows(self, snapshot_id: str) -> dict[str, list[dict[str, Any]]]:
-        """Rows fetched once per run (entity timelines and breakdowns), for the writer."""
-        ctx = RowContext(snapshot_id=snapshot_id, fetched_at=self._entities_at)
-        rows: dict[str, list[dict[str, Any]]] = {}
-        for payload in self._entities:
-            for table, table_rows in series_rows(payload, ctx).items():
-                rows.setdefault(table, []).extend(table_rows)
-        return rows
 
     def report(self) -> dict[str, Any]:
         """The manifest's `fetch` entry: requests by kind and per item, downloads, counts."""
@@ -376,11 +302,11 @@ class ItemFetcher:
 
     def _error(self, aid: int, sources: int, exc: RequestError, reason: str) -> dict[str, Any]:
         """One errors.ndjson line (keys: sinks.ERROR_KEYS)."""
-        attempts = max(getattr(exc, "attempts", 1),
+        attempts = max(exc.attempts,
                        self.cfg.http.retry.attempts if isinstance(exc, GiveUp) else 1)
         return {
             "id": aid,
-            "source": source_names(self.cfg.sources, sources),
+            "source": [s.name for i, s in enumerate(self.cfg.sources) if sources & (1 << i)],
             "url": exc.url,
             "status": exc.status,
             "reason": reason,
@@ -388,6 +314,11 @@ class ItemFetcher:
             "attempts": attempts,
             "at": stamp_now(),
         }
+
+
+def _with_query(url: str, params: dict[str, int]) -> str:
+    """The URL as asked for: what a record's validators belong to."""
+    return f"{url}?{urlencode(params)}" if params else url
 
 
 def is_missing_entity(exc: NotFound) -> bool:
@@ -412,6 +343,6 @@ def _harvested_groups(journal: Journal) -> list[int]:
     for body in bodies(journal.db):
         if body:
             g = orjson.loads(body).get("group_id")
-            if isinstance(g, int) and not isinstance(g, bool) and g > 0:
+            if valid_id(g):
                 groups.add(g)
     return sorted(groups)

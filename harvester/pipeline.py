@@ -21,16 +21,18 @@ import orjson
 
 from harvester import __version__
 from harvester import budget as bud
+from harvester.budget import parse_stamp, stamp, utc_now
 from harvester.catalog import Catalog, last_complete_full, run_lock
-from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy, origin_of
+from harvester.client import Client, ClientSettings
 from harvester.config import INCREMENTAL_KINDS, Config, parse_duration, public_view
 from harvester.errors import HarvesterError, OutputError
-from harvester.fetch import ItemFetcher, stamp, utc_now
+from harvester.fetch import ItemFetcher
 from harvester.journal import DONE, FAILED, FULL, GONE, PENDING, Counts, Journal, Outcome, Outcomes
 from harvester.journalrows import chunks
 from harvester.partition import Limits
+from harvester.policy import RateLimit, RetryPolicy
 from harvester.records import RowContext, side_rows
-from harvester.render import CHUNK_BYTES, CHUNK_RECORDS, RenderSpec, parse_stamp, render
+from harvester.render import CHUNK_BYTES, CHUNK_RECORDS, RenderSpec, render, series_rows
 from harvester.sinks import SnapshotWriter
 from harvester.sources import SourceReport, enumerate_source
 from harvester.store import (
@@ -41,6 +43,7 @@ from harvester.store import (
     open_store,
     read_manifest,
 )
+from harvester.urls import origin_of
 
 log = logging.getLogger("harvester")
 
@@ -77,22 +80,17 @@ class RunResult:
     published: bool = True  # False: a budgeted full run resumes next time (LATEST unchanged)
 
 
-def user_agent(cfg: Config) -> str:
-    contact = f"; {cfg.contact}" if cfg.contact else ""
-    return f"figshare-harvester/{__version__} (bulk metadata harvester{contact})"
-
-
 def client_settings(cfg: Config) -> ClientSettings:
     """The transport's settings: rate, concurrency, retries, and each credential scoped to the
     operations that need it (NOTES §1, §9): the token to /account/, Basic to institution stats."""
-    api = cfg.api.url.rstrip("/")
+    api = cfg.api.url
     tokened = (api + "/account/", api + "/item_types")  # item_types: security OAuth2 in the spec
     credentials: dict[str, str] = {}
     hints = dict.fromkeys(tokened, "api.token")
     if cfg.api.token:
         credentials.update(dict.fromkeys(tokened, f"token {cfg.api.token}"))
     if cfg.stats.institution:  # totals and /count are public in either scope; the rest is not
-        inst = f"{cfg.stats.url.rstrip('/')}/{cfg.stats.institution}/"
+        inst = f"{cfg.stats.url}/{cfg.stats.institution}/"
         private = [inst + op + "/" for op in ("timeline", "breakdown", "top")]
         hints.update(dict.fromkeys(private, "stats.user and stats.password"))
         if cfg.stats.user and cfg.stats.password:
@@ -104,8 +102,9 @@ def client_settings(cfg: Config) -> ClientSettings:
         shared += (origin_of(cfg.stats.url),)
     if cfg.files.download and cfg.files.share_rate:  # else the download host has its own budget
         shared += (origin_of(cfg.files.url),)
+    contact = f"; {cfg.contact}" if cfg.contact else ""
     return ClientSettings(
-        user_agent=user_agent(cfg),
+        user_agent=f"figshare-harvester/{__version__} (bulk metadata harvester{contact})",
         concurrency=cfg.http.concurrency,
         default_rate=rate,
         shared_origins=shared if len(shared) > 1 else (),
@@ -161,21 +160,21 @@ class Harvest:
 
     async def run(self) -> RunResult:
         with run_lock(self.state_dir / "lock"):
-            # a catalog that cannot be read stops the run before it fetches, not after it
-            # published (every run ends by recording itself there)
+            # unreadable, it stops the run before it fetches, not after it published
             Catalog(self.catalog_path).close()
             started = time.monotonic()
             journal, meta = await self._open_journal()
+            full = meta["kind"] == "full"
             try:
                 async with self.client_factory(client_settings(self.cfg)) as client:
                     self._client = client
-                    self.fetcher = ItemFetcher(self.cfg, client, catalog=self.catalog_path
-                                               if meta.get("kind") == "incremental" else None)
+                    self.fetcher = ItemFetcher(self.cfg, client,
+                                               catalog=None if full else self.catalog_path)
                     await self._enumerate(client, journal, meta)
-                    self.schedule = await self._schedule(journal, meta.get("kind") == "full")
+                    self.schedule = await self._schedule(journal, full)
                     await self._fan_out(client, journal, started)
                     counts = await journal.call(journal.counts)
-                    if counts.get(PENDING) and meta.get("kind") == "full":
+                    if counts.get(PENDING) and full:
                         return await self._unfinished(journal, meta, counts)
                     await self.fetcher.after_fan_out(journal)  # group/collection/... stats
                     metrics = client.metrics()
@@ -191,22 +190,21 @@ class Harvest:
 
     async def _unfinished(self, journal: Journal, meta: dict[str, str],
                           counts: Counts) -> RunResult:
-        """A budgeted full run whose budget is spent: it publishes only when the listing and
-        every record are in, so the journal is kept and the next run resumes it."""
+        """A budgeted full run publishes only once every record is in: the next run resumes."""
         self._keep_requests(journal, meta)
         journal.close()
         total, left = sum(counts.values()), counts.get(PENDING, 0)
         log.warning("budget spent: %d of %d records of the full run are in; not published "
                     "(LATEST unchanged), the next run resumes", total - left, total)
-        return RunResult(None, {"name": self.cfg.name, "snapshot_id": meta["snapshot_id"],
-                                "kind": "full", "status": "unpublished", "runs": int(meta["runs"]),
-                                "ids": {"total": total, "fetched": counts.get(DONE, 0),
-                                        "pending": left}, "budget": self._budget_view(None)},
-                         counts.get(FAILED, 0), False, published=False)
+        ids = {"total": total, "fetched": counts.get(DONE, 0), "pending": left}
+        manifest = {"name": self.cfg.name, "snapshot_id": meta["snapshot_id"], "kind": "full",
+                    "status": "unpublished", "runs": int(meta["runs"]), "ids": ids,
+                    "budget": self._budget_view({})}
+        return RunResult(None, manifest, counts.get(FAILED, 0), False, published=False)
 
     def _keep_requests(self, journal: Journal, meta: dict[str, str]) -> None:
-        """A run that ends unpublished adds its requests to the journal's running total, so
-        the run that publishes reports every request the snapshot cost."""
+        """An unpublished run's requests join the journal's total: the publishing run reports
+        every request the snapshot cost."""
         if self._client is None:
             return
         with contextlib.suppress(Exception):  # never hide why the run ended
@@ -241,7 +239,7 @@ class Harvest:
             journal.open()
             meta = {}
         if meta:
-            meta["runs"] = str(int(meta.get("runs", "1")) + 1)
+            meta["runs"] = str(int(meta["runs"]) + 1)
             retried = await journal.call(journal.retry_failed)
             log.info("resuming snapshot %s (run %s; %d failed ids get another try)",
                      meta["snapshot_id"], meta["runs"], retried)
@@ -278,7 +276,7 @@ class Harvest:
     async def _enumerate(self, client: Client, journal: Journal, meta: dict[str, str]) -> None:
         self.progress.phase = "listing"
         for idx, configured in enumerate(self.cfg.sources):
-            source = bud.narrowed(configured, orjson.loads(meta.get("since", "{}")))
+            source = bud.narrowed(configured, orjson.loads(meta["since"]))
             done = await journal.call(journal.source_done, idx)
             report = SourceReport(source.name, source.kind)
             self.reports.append(report)
@@ -300,7 +298,7 @@ class Harvest:
             log.info("source %s: %d ids listed in %d requests%s", source.name, report.listed,
                      report.requests, " (TRUNCATED)" if report.truncated else "")
         inc = self.cfg.incremental
-        if meta.get("kind") == "incremental" and inc and "stats_queued" not in meta:
+        if meta["kind"] == "incremental" and inc and "stats_queued" not in meta:
             # last night's deferred records first, then its failures, then stalest stats
             left = await journal.call(journal.add_queued, self.catalog_path)
             after = stamp(utc_now() - dt.timedelta(days=inc.recent_days)) \
@@ -362,9 +360,8 @@ class Harvest:
                 tg.create_task(self._produce(journal, todo, workers))
                 for _ in range(workers):
                     tg.create_task(self._work(self.fetcher, todo, results))
-        except BaseExceptionGroup as group:
-            # surface the first meaningful error (an Abort, usually), not the group
-            raise _first(group) from None
+        except BaseExceptionGroup as group:  # the first error (an Abort, usually), not the group
+            raise group.exceptions[0] from None
         finally:
             await asyncio.shield(results.put(None))
             await asyncio.shield(committer)
@@ -390,10 +387,8 @@ class Harvest:
             cost = self.costs.record if item.mode == FULL else self.costs.stats
             if not self.spend.admit(cost):
                 continue  # spent: the rest stays pending (deferred), in order
-            try:
+            with self.spend.fetching(cost):
                 outcome = await fetcher.fetch(item.article_id, item.sources, item.mode)
-            finally:
-                self.spend.release(cost)
             p = self.progress
             if outcome.state == DONE:
                 p.done += 1
@@ -406,7 +401,7 @@ class Harvest:
     async def _publish(self, journal: Journal, meta: dict[str, str],
                        metrics: dict[str, Any]) -> RunResult:
         self.progress.phase = "writing"
-        kind = meta.get("kind", "full")
+        kind = meta["kind"]
         counts = await journal.call(journal.counts)
         if counts.get(GONE) and not counts.get(DONE):
             # every id answered 404 (or failed): a wrong server, not a repository emptied
@@ -424,11 +419,9 @@ class Harvest:
                 log.warning("%d new or changed records did not fit the budget: the next run "
                             "fetches them first", deferred["full"])
         per_source = await journal.call(journal.ids_per_source, len(self.cfg.sources))
-        incomplete, gone = counts.incomplete, counts.get(GONE, 0)
-        failed = counts.get(FAILED, 0) + incomplete
+        failed = counts.get(FAILED, 0) + counts.incomplete
         refreshed = await journal.call(journal.refreshed)
         truncated = any(r.truncated for r in self.reports)
-        since = orjson.loads(meta.get("since", "{}"))
         manifest: dict[str, Any] = {
             "name": self.cfg.name,
             "snapshot_id": meta["snapshot_id"],
@@ -436,7 +429,8 @@ class Harvest:
             "kind": kind,
             # what the snapshot covers: a full run lists everything its sources select; an
             # incremental one what changed since each source's bound, plus refreshed stats
-            "covers": {"modified_since": since, "stats_refreshed": refreshed["stats"]},
+            "covers": {"modified_since": orjson.loads(meta["since"]),
+                       "stats_refreshed": refreshed["stats"]},
             "started_at": meta["started_at"],
             "harvester_version": __version__,
             "config_sha256": meta["fingerprint"],
@@ -445,8 +439,8 @@ class Harvest:
             "sources": [{**r.as_dict(), "ids": n} for r, n in zip(self.reports, per_source,
                                                                    strict=True)],
             "ids": {"total": sum(counts.values()), "fetched": counts.get(DONE, 0),
-                    "failed": counts.get(FAILED, 0), "gone": gone,
-                    "incomplete": incomplete},  # records kept while a part of them failed
+                    "failed": counts.get(FAILED, 0), "gone": counts.get(GONE, 0),
+                    "incomplete": counts.incomplete},  # records kept while a part of them failed
             "budget": self._budget_view({
                 "refreshed": refreshed,
                 "deferred": {"records": deferred.get("full", 0),
@@ -484,8 +478,19 @@ class Harvest:
         self._prune()
         return RunResult(path, published, failed, truncated)
 
-    def _budget_view(self, spent: dict[str, Any] | None) -> dict[str, Any]:
-        return bud.manifest_view(self.budget, self.spend, self.schedule, spent or {})
+    def _budget_view(self, spent: dict[str, Any]) -> dict[str, Any]:
+        """The manifest's `budget`: what was allowed, what tonight's schedule held, and how it
+        went (`spent`: refreshed, deferred, the oldest totals left)."""
+        plan = self.schedule
+        return {
+            "said": self.budget.said if self.budget else None,
+            "requests": self.spend.allowance,
+            "stopped_fetching": self.spend.spent,  # the budget ran out before the work did
+            "predicted_requests": plan.requests if plan else None,
+            "nights_to_full_refresh": plan.nights_to_full if plan else None,
+            "settles_at_age_nights": plan.settle_age if plan else None,
+            **spent,
+        }
 
     def _guard(self, counts: Counts) -> str:
         """Why this full run must not be published, or "" (a thread: reads manifests)."""
@@ -512,8 +517,7 @@ class Harvest:
         catalog = Catalog(self.catalog_path)
         try:
             catalog.record_run(meta["snapshot_id"], manifest["kind"], manifest["status"],
-                               meta["started_at"], manifest.get("finished_at",
-                                                                meta["started_at"]),
+                               meta["started_at"], manifest["finished_at"],
                                {s.name: (bud.source_fp(s), meta["started_at"])
                                 for s in self.cfg.sources if s.kind in INCREMENTAL_KINDS}
                                if advance else None)
@@ -564,8 +568,10 @@ class Harvest:
                 writer.add_rendered(chunk)
                 self.progress.written += chunk.articles
                 duplicate_keys += chunk.duplicate_keys
-            for table, once in self.fetcher.run_rows(snapshot_id).items():
-                writer.add_rows(table, once)  # group/collection/... series, fetched once each
+            run_ctx = RowContext(snapshot_id=snapshot_id, fetched_at=self.fetcher.entities_at)
+            for payload in self.fetcher.entities:  # group/collection/... series, once each
+                for table, series in series_rows(payload, run_ctx).items():
+                    writer.add_rows(table, series)
             for source_record in journal.source_records():
                 side_ctx = RowContext(snapshot_id=snapshot_id,
                                       fetched_at=parse_stamp(source_record.fetched_at))
@@ -589,11 +595,3 @@ class Harvest:
 class _WriteStopped(Exception):
     """The run was interrupted while its snapshot was being written (nothing is published)."""
 
-
-def _first(group: BaseExceptionGroup) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return group.exceptions[0]

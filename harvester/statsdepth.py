@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import datetime as dt
 import logging
 from array import array
 from collections import Counter
@@ -16,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from harvester.budget import count_estimated, utc_now
 from harvester.client import Client
 from harvester.config import Config, Series
 from harvester.errors import BadResponse
@@ -30,8 +30,6 @@ from harvester.periods import (
 
 log = logging.getLogger("harvester")
 
-# ---------------------------------------------------------------- answers
-
 
 def _count(value: Any, url: str, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -40,27 +38,27 @@ def _count(value: Any, url: str, what: str) -> int:
     return value
 
 
-def timeline_answer(body: Any, url: str) -> dict[str, int]:
-    """{"timeline": {period: n}} -> {period: n}; a null or empty timeline is no events."""
-    tl = body.get("timeline") if isinstance(body, dict) else None
-    if tl is None and isinstance(body, dict) and "timeline" in body:
+def _object(body: Any, key: str, url: str) -> dict[Any, Any]:
+    """The answer's `key` object; a null one is no events."""
+    value = body.get(key) if isinstance(body, dict) else None
+    if value is None and isinstance(body, dict) and key in body:
         return {}
-    if not isinstance(tl, dict):
-        raise BadResponse(f"GET {url} -> 200 without a 'timeline' object", url=url, status=200,
+    if not isinstance(value, dict):
+        raise BadResponse(f"GET {url} -> 200 without a '{key}' object", url=url, status=200,
                           reason="bad-stats")
-    return {str(k): _count(n, url, "timeline count") for k, n in tl.items()}
+    return value
+
+
+def timeline_answer(body: Any, url: str) -> dict[str, int]:
+    """{"timeline": {period: n}} -> {period: n}."""
+    return {str(k): _count(n, url, "timeline count")
+            for k, n in _object(body, "timeline", url).items()}
 
 
 def breakdown_answer(body: Any, url: str) -> Breakdown:
     """{"breakdown": {period: {country: {city: n, "total": n}}}} checked and copied."""
-    bd = body.get("breakdown") if isinstance(body, dict) else None
-    if bd is None and isinstance(body, dict) and "breakdown" in body:
-        return {}
-    if not isinstance(bd, dict):
-        raise BadResponse(f"GET {url} -> 200 without a 'breakdown' object", url=url, status=200,
-                          reason="bad-stats")
     out: Breakdown = {}
-    for period, countries in bd.items():
+    for period, countries in _object(body, "breakdown", url).items():
         if not isinstance(countries, dict):
             raise BadResponse(f"GET {url} -> 200 with a malformed breakdown period", url=url,
                               status=200, reason="bad-stats")
@@ -69,9 +67,6 @@ def breakdown_answer(body: Any, url: str) -> Breakdown:
             for country, cities in countries.items() if isinstance(cities, dict)
         }
     return out
-
-
-# ---------------------------------------------------------------- requests
 
 
 def _prefix(institution: str | None) -> str:
@@ -99,16 +94,21 @@ class Tops:
     confirmed: int = 0
     cut: bool = False
 
+    def _find(self, item_id: int) -> int | None:
+        i = bisect.bisect_left(self.ids, item_id)
+        return i if i < len(self.ids) and self.ids[i] == item_id else None
+
     def get(self, item_id: int, verify: int) -> int | None:
         """The count, 0 for an absent id of a ranking known to be complete, None when unknown."""
-        i = bisect.bisect_left(self.ids, item_id)
-        if i < len(self.ids) and self.ids[i] == item_id:
+        i = self._find(item_id)
+        if i is not None:
             return self.counts[i]
         return 0 if self.short and not self.cut and self.confirmed >= verify else None
 
     def check(self, item_id: int, total: int, verify: int) -> bool:
         """Take an unranked item's per-item total as evidence; True when it proves a cut."""
-        if not self.short or self.cut or self.confirmed >= verify or item_id in self:
+        if not self.short or self.cut or self.confirmed >= verify \
+                or self._find(item_id) is not None:
             return False
         if total:
             self.cut = True
@@ -116,30 +116,19 @@ class Tops:
         self.confirmed += 1
         return False
 
-    def __contains__(self, item_id: int) -> bool:
-        i = bisect.bisect_left(self.ids, item_id)
-        return i < len(self.ids) and self.ids[i] == item_id
-
 
 class StatsFetcher:
-    """Requests to the stats host beyond one total: series, tops, group counts.
+    """Requests to the stats host, in the institution scope (stats.institution) throughout;
+    `requests` counts them by kind for the manifest."""
 
-    `requests` counts requests by kind (for the manifest's requests per item). The institution
-    scope (stats.institution) is used throughout; its Basic credentials are attached by the
-    transport to the stats origin only.
-    """
-
-    def __init__(self, cfg: Config, client: Client, requests: Counter[str],
-                 today: dt.date | None = None) -> None:
+    def __init__(self, cfg: Config, client: Client, requests: Counter[str]) -> None:
         self.cfg = cfg
         self.client = client
         self.requests = requests
         self.scope = cfg.stats.institution or "public"
-        self.today = today or dt.datetime.now(dt.UTC).date()
+        self.today = utc_now().date()
         self._tops: dict[str, Tops] | None = None
         self._tops_lock = asyncio.Lock()
-
-    # -- totals ---------------------------------------------------------------------------
 
     async def totals(self, aid: int) -> dict[str, int]:
         """All-time totals of one article per configured counter (tops first when asked)."""
@@ -162,7 +151,7 @@ class StatsFetcher:
     async def total(self, counter: str, item: str, item_id: int) -> int:
         url = self.cfg.stats.url + stats_total_path(counter, item, item_id,
                                                     self.cfg.stats.institution)
-        self.requests["stats_total"] += 1
+        count_estimated(self.requests, "stats_total")
         body = (await self.client.get(url)).data
         total = body.get("totals") if isinstance(body, dict) else None
         # a total past int64 would be a silent null in the stats table: the part fails instead
@@ -175,10 +164,8 @@ class StatsFetcher:
         """GET /{institution}/top/{counter}/article?count=N once per counter, on first use."""
         async with self._tops_lock:
             if self._tops is None:
-                tops: dict[str, Tops] = {}
-                for counter in self.cfg.stats.counters:
-                    tops[counter] = await self._top(counter)
-                self._tops = tops
+                self._tops = {counter: await self._top(counter)
+                              for counter in self.cfg.stats.counters}
         return self._tops
 
     async def _top(self, counter: str) -> Tops:
@@ -195,34 +182,27 @@ class StatsFetcher:
         return Tops(array("q", (k for k, _ in pairs)), array("q", (v for _, v in pairs)),
                     short=len(pairs) < n)
 
-    # -- timelines and breakdowns ---------------------------------------------------------
-
-    def window(self, series: Series) -> tuple[dt.date, dt.date]:
-        """The configured [start, end]; end defaults to the day this run started (UTC)."""
-        start = parse_date(series.start)
-        return start, parse_date(series.end) if series.end else max(start, self.today)
-
     async def item_series(self, item: str, item_id: int) -> dict[str, Any]:
         """{"timeline": payload, "breakdown": payload} for what the config asks of this item."""
         out: dict[str, Any] = {}
-        stats = self.cfg.stats
-        if stats.timeline is not None and item in stats.timeline.items:
-            out["timeline"] = await self._series("timeline", stats.timeline, item, item_id)
-        if stats.breakdown is not None and item in stats.breakdown.items:
-            out["breakdown"] = await self._series("breakdown", stats.breakdown, item, item_id)
+        for kind in ("timeline", "breakdown"):
+            series: Series | None = getattr(self.cfg.stats, kind)
+            if series is not None and item in series.items:
+                out[kind] = await self._series(kind, series, item, item_id)
         return out
 
     async def _series(self, kind: str, series: Series, item: str, item_id: int) -> dict[str, Any]:
-        start, end = self.window(series)
+        start = parse_date(series.start)
+        end = parse_date(series.end) if series.end else max(start, self.today)
         g = series.granularity
         windows = [(start, end)] if kind == "timeline" else breakdown_windows(start, end, g)
         counters: dict[str, Any] = {}
         for counter in series.counters:
-            path = series_path(kind, g, counter, item, item_id, self.cfg.stats.institution)
-            url = self.cfg.stats.url + path
+            url = self.cfg.stats.url + series_path(kind, g, counter, item, item_id,
+                                                   self.cfg.stats.institution)
             bodies = []
             for s, e in windows:
-                self.requests[f"stats_{kind}"] += 1
+                count_estimated(self.requests, f"stats_{kind}")
                 params = {"start_date": s.isoformat(), "end_date": e.isoformat()}
                 bodies.append((await self.client.get(url, params=params)).data)
             if kind == "timeline":
@@ -234,29 +214,21 @@ class StatsFetcher:
             "start": start.isoformat(), "end": end.isoformat(), "counters": counters,
         }
 
-    # -- entities (groups, collections, projects, authors): once each, after the fan-out --
-
     async def entities(self, discovered_groups: Iterable[int]) -> list[dict[str, Any]]:
-        """Series payloads of every configured entity, in (item, id) order.
-
-        Groups: stats.entities.group if given, else the groups of the harvested articles.
-        """
-        wanted = self.entity_ids(discovered_groups)
+        """Series payloads of every configured entity, in (item, id) order; groups are
+        stats.entities.group if given, else the groups of the harvested articles."""
         out: list[dict[str, Any]] = []
-        for item, ids in sorted(wanted.items()):
+        for item, ids in sorted(self.entity_ids(discovered_groups).items()):
             for item_id in ids:
-                payload = await self.item_series(item, item_id)
-                out.extend(payload[k] for k in ("timeline", "breakdown") if k in payload)
+                out.extend((await self.item_series(item, item_id)).values())
         return out
 
     def entity_ids(self, discovered_groups: Iterable[int]) -> dict[str, list[int]]:
         stats = self.cfg.stats
         kinds = {i for s in (stats.timeline, stats.breakdown) if s is not None for i in s.items}
-        kinds.discard("article")
-        ents = stats.entities
         wanted: dict[str, list[int]] = {}
-        for kind in sorted(kinds):
-            ids = getattr(ents, kind)
+        for kind in sorted(kinds - {"article"}):
+            ids = getattr(stats.entities, kind)
             if kind == "group" and ids is None:
                 ids = discovered_groups
             wanted[kind] = sorted(set(ids or ()))

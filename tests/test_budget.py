@@ -6,9 +6,11 @@ budgets at full size are measured by benchmarks/nights.py.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 import random
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -23,6 +25,7 @@ from harvester.budget import (
     Spend,
     Workload,
     budget_of,
+    count_estimated,
     parse_until,
     schedule,
     settle_age,
@@ -68,9 +71,13 @@ def test_a_time_budget_is_requests_at_the_paced_rate_less_the_margin() -> None:
 def test_spend_admits_in_order_and_stops_at_the_first_that_does_not_fit() -> None:
     sent = [0]
     spend = Spend(10, None, lambda: sent[0])
-    assert spend.admit(4) and spend.admit(4)
-    assert not spend.admit(4)  # 8 reserved + 4 > 10
-    assert not spend.admit(1)  # once spent, nothing cheaper jumps the queue
+    with spend.fetching(4):
+        count_estimated(Counter(), "record")  # one of its 4 sent: counted once, as sent
+        sent[0] = 1
+        assert spend.admit(4)
+        with spend.fetching(4):
+            assert not spend.admit(3)  # 1 sent + 3 + 4 still expected + 3 > 10
+            assert not spend.admit(1)  # once spent, nothing cheaper jumps the queue
     clock = [0.0]
     timed = Spend(None, 5.0, lambda: 0, clock=lambda: clock[0])
     assert timed.admit(100)
@@ -130,7 +137,6 @@ async def test_six_budgeted_nights_stay_in_budget_and_refresh_the_stalest(
         db = str(tmp_path / "w.duckdb")
         warehouse.load(cfg.output.dir, cfg.name, db)
         refreshed_at = dict.fromkeys(ids, 0)  # the night each item's totals were fetched
-        oldest_seen = 0
         bound = math.ceil(ITEMS * 3 / NIGHT)
         rng = random.Random(23)
         for night in range(1, 7):
@@ -138,6 +144,10 @@ async def test_six_budgeted_nights_stay_in_budget_and_refresh_the_stalest(
             when = dt.datetime.now(dt.UTC).replace(microsecond=0)
             for aid in changed:
                 sim.corpus.modify(aid, when)
+            # marks keep whole seconds: tonight's run starts in a later second than the changes,
+            # so tomorrow's listing (modified since tonight's start) does not list them again
+            while dt.datetime.now(dt.UTC).replace(microsecond=0) <= when:
+                await asyncio.sleep(0.02)
             predicted = (await Harvest(cfg, budget=Budget(requests=NIGHT)).preview()).requests
             sim.log.clear()
             result = await Harvest(cfg, budget=Budget(requests=NIGHT)).run()
@@ -154,7 +164,6 @@ async def test_six_budgeted_nights_stay_in_budget_and_refresh_the_stalest(
                 refreshed_at[aid] = night
             oldest = max(night - n for n in refreshed_at.values())
             assert oldest <= bound, (night, oldest)
-            oldest_seen = max(oldest_seen, oldest)
             assert m["budget"]["refreshed"]["records"] >= len(changed)
             stats = pq.read_table(snap / "stats").to_pylist()
             assert {r["article_id"] for r in stats} == set(ids)  # complete, carried or fresh
@@ -164,9 +173,8 @@ async def test_six_budgeted_nights_stay_in_budget_and_refresh_the_stalest(
             after = dict(_current(db))
             for key, total in before.items():
                 assert after.get(key) is not None and (total == 0 or after[key] != 0), key
-        # the stalest reached the bound, and never passed it (which night reaches it depends on
-        # where the rotation stands when a night's budget runs out, which concurrency can shift)
-        assert oldest_seen == bound
+        # the stalest settled where the plan said they would (at most the bound, as checked)
+        assert oldest == m["budget"]["settles_at_age_nights"], (oldest, m["budget"])
 
 
 def _current(db: str) -> list[tuple[tuple[int, str], int]]:
