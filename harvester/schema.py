@@ -314,4 +314,4 @@ ARTICLE_TABLES: tuple[str, ...] = (
     "articles", "authors", "files", "categories", "tags", "funding", "custom_fields",
     "related_materials", "references", "versions",
 )
-"""The tables `article_rows` returns (always all of them, possibly empty)."""
+"""The tables `records.article_columns` returns (always all of them, possibly empty)."""
