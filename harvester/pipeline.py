@@ -96,7 +96,6 @@ def client_settings(cfg: Config) -> ClientSettings:
         if cfg.stats.user and cfg.stats.password:
             pair = base64.b64encode(f"{cfg.stats.user}:{cfg.stats.password}".encode()).decode()
             credentials.update(dict.fromkeys(private, f"Basic {pair}"))
-    rate = RateLimit(cfg.http.rate.requests, cfg.http.rate.per)
     shared: tuple[str, ...] = (origin_of(cfg.api.url),)
     if not cfg.http.per_host:  # Figshare asks for one budget over the API and stats hosts
         shared += (origin_of(cfg.stats.url),)
@@ -106,7 +105,7 @@ def client_settings(cfg: Config) -> ClientSettings:
     return ClientSettings(
         user_agent=f"figshare-harvester/{__version__} (bulk metadata harvester{contact})",
         concurrency=cfg.http.concurrency,
-        default_rate=rate,
+        default_rate=RateLimit(cfg.http.rate.requests, cfg.http.rate.per),
         shared_origins=shared if len(shared) > 1 else (),
         connect_timeout=cfg.http.timeout.connect,
         read_timeout=cfg.http.timeout.read,
@@ -149,6 +148,7 @@ class Harvest:
             budget = bud.Budget(seconds=parse_duration(inc.budget), said=inc.budget)
         self.budget = budget
         self.costs = bud.Costs.of(cfg)
+        self.rate = RateLimit(cfg.http.rate.requests, cfg.http.rate.per)
         self.spend = bud.Spend(None, None, lambda: 0)
         self.schedule: bud.Schedule | None = None
         self._writing = 0  # records the snapshot will hold: writing them takes time too
@@ -165,6 +165,7 @@ class Harvest:
             started = time.monotonic()
             journal, meta = await self._open_journal()
             full = meta["kind"] == "full"
+            result = None
             try:
                 async with self.client_factory(client_settings(self.cfg)) as client:
                     self._client = client
@@ -175,24 +176,21 @@ class Harvest:
                     await self._fan_out(client, journal, started)
                     counts = await journal.call(journal.counts)
                     if counts.get(PENDING) and full:
-                        return await self._unfinished(journal, meta, counts)
+                        return self._unfinished(meta, counts)
                     await self.fetcher.after_fan_out(journal)  # group/collection/... stats
                     metrics = client.metrics()
                 result = await self._publish(journal, meta, metrics)
-            except BaseException:
-                self._keep_requests(journal, meta)
-                journal.close()  # kept: the next run with the same config resumes from here
-                raise
+                return result
             finally:
+                if result is None:  # kept: the next run with the same config resumes from here
+                    self._keep_requests(journal, meta)
+                    journal.close()
+                else:
+                    journal.discard()
                 self._remove_empty_staging()
-            journal.discard()
-            return result
 
-    async def _unfinished(self, journal: Journal, meta: dict[str, str],
-                          counts: Counts) -> RunResult:
+    def _unfinished(self, meta: dict[str, str], counts: Counts) -> RunResult:
         """A budgeted full run publishes only once every record is in: the next run resumes."""
-        self._keep_requests(journal, meta)
-        journal.close()
         total, left = sum(counts.values()), counts.get(PENDING, 0)
         log.warning("budget spent: %d of %d records of the full run are in; not published "
                     "(LATEST unchanged), the next run resumes", total - left, total)
@@ -330,17 +328,15 @@ class Harvest:
                                                                   self.catalog_path)
         work = bud.Workload(sum(r.requests for r in self.reports), records, stale, known,
                             self.costs, full)
-        rate = client_settings(self.cfg).default_rate
-        allowance = self.budget.allowance(rate, self._writing) if self.budget else None
-        plan = bud.schedule(work, allowance, rate)
+        allowance = self.budget.allowance(self.rate, self._writing) if self.budget else None
+        plan = bud.schedule(work, allowance, self.rate)
         log.info("tonight: %s", plan)
         return plan
 
     async def _fan_out(self, client: Client, journal: Journal, started: float) -> None:
         if self.budget is not None:
             stop = self.budget.fetch_seconds(self._writing)
-            rate = client_settings(self.cfg).default_rate
-            self.spend = bud.Spend(self.budget.allowance(rate, self._writing),
+            self.spend = bud.Spend(self.budget.allowance(self.rate, self._writing),
                                    None if stop is None else started + stop,
                                    lambda: sum(client.metrics()["requests"].values()))
         counts = await journal.call(journal.counts)
