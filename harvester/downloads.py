@@ -266,7 +266,6 @@ class Downloader:
                 resumes += 1
                 if resumes >= self.cfg.http.retry.attempts:
                     raise _Failed("bad-range")
-                continue
             except RetryableError:
                 resumes += 1  # cut off mid-body: go on from what arrived
                 if resumes >= self.cfg.http.retry.attempts:
@@ -278,10 +277,9 @@ class Downloader:
             except NotFound:
                 raise _Failed("not-found") from None
             except RequestError as exc:
-                if exc.status == 416 and have:  # the partial file is no prefix it knows
-                    await asyncio.to_thread(part.unlink, missing_ok=True)
-                    continue
-                raise _Failed(exc.reason) from None
+                if exc.status != 416 or not have:
+                    raise _Failed(exc.reason) from None
+                await asyncio.to_thread(part.unlink, missing_ok=True)  # no prefix the host knows
 
     async def _write(self, stream: Any, part: Path, start: int, size: int | None,
                      result: dict[str, Any]) -> tuple[str, int]:

@@ -91,6 +91,7 @@ class Tops:
     ids: array[int]
     counts: array[int]
     short: bool  # fewer entries than asked
+    verify: int  # stats.top_verify
     confirmed: int = 0
     cut: bool = False
 
@@ -98,16 +99,16 @@ class Tops:
         i = bisect.bisect_left(self.ids, item_id)
         return i if i < len(self.ids) and self.ids[i] == item_id else None
 
-    def get(self, item_id: int, verify: int) -> int | None:
+    def get(self, item_id: int) -> int | None:
         """The count, 0 for an absent id of a ranking known to be complete, None when unknown."""
         i = self._find(item_id)
         if i is not None:
             return self.counts[i]
-        return 0 if self.short and not self.cut and self.confirmed >= verify else None
+        return 0 if self.short and not self.cut and self.confirmed >= self.verify else None
 
-    def check(self, item_id: int, total: int, verify: int) -> bool:
+    def check(self, item_id: int, total: int) -> bool:
         """Take an unranked item's per-item total as evidence; True when it proves a cut."""
-        if not self.short or self.cut or self.confirmed >= verify \
+        if not self.short or self.cut or self.confirmed >= self.verify \
                 or self._find(item_id) is not None:
             return False
         if total:
@@ -133,14 +134,13 @@ class StatsFetcher:
     async def totals(self, aid: int) -> dict[str, int]:
         """All-time totals of one article per configured counter (tops first when asked)."""
         tops = await self._rankings() if self.cfg.stats.method == "tops" else {}
-        verify = self.cfg.stats.top_verify
         stats: dict[str, int] = {}
         for counter in self.cfg.stats.counters:
             top = tops.get(counter)
-            known = top.get(aid, verify) if top is not None else None
+            known = top.get(aid) if top is not None else None
             if known is None:
                 known = await self.total(counter, "article", aid)
-                if top is not None and top.check(aid, known, verify):
+                if top is not None and top.check(aid, known):
                     log.warning("stats: the %s ranking gave %d of the %d asked, yet article %d, "
                                 "not in it, has %d: the ranking is cut; unranked items get "
                                 "per-item totals", counter, len(top.ids),
@@ -180,7 +180,7 @@ class StatsFetcher:
         pairs = sorted((int(k), _count(v, url, "top count")) for k, v in top.items()
                        if str(k).isdigit())
         return Tops(array("q", (k for k, _ in pairs)), array("q", (v for _, v in pairs)),
-                    short=len(pairs) < n)
+                    short=len(pairs) < n, verify=self.cfg.stats.top_verify)
 
     async def item_series(self, item: str, item_id: int) -> dict[str, Any]:
         """{"timeline": payload, "breakdown": payload} for what the config asks of this item."""
