@@ -29,30 +29,13 @@ from harvester.config import (
     parse_duration,
     public_view,
 )
-from harvester.periods import breakdown_windows, parse_date
+from harvester.periods import breakdown_windows, parse_date, parse_stamp, stamp, utc_now
 from harvester.policy import RateLimit
 
 MARGIN = 0.03  # of a time budget, kept for writing and publishing the snapshot
 WRITE_RATE = 1_000  # records a second the writing is planned at (on top of MARGIN): low, so
 #                     a night whose snapshot holds many records starts writing in time
-STAMP = "%Y-%m-%dT%H:%M:%SZ"  # the UTC times the journal, catalog and errors keep
 _CLOCK = re.compile(r"^(\d{1,2}):(\d{2})\s*(.*)$")
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def stamp(t: dt.datetime) -> str:
-    return t.strftime(STAMP)
-
-
-def stamp_now() -> str:
-    return stamp(utc_now())
-
-
-def parse_stamp(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, STAMP).replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)

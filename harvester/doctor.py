@@ -18,10 +18,11 @@ from harvester.catalog import Catalog
 from harvester.client import Client, RetryPolicy
 from harvester.config import Config
 from harvester.errors import Blocked, NotFound, RequestError, Unreachable
-from harvester.fetch import is_missing_entity, stamp_now
+from harvester.fetch import is_missing_entity
 from harvester.figshare import WINDOW, ListQuery, article_path, list_query
 from harvester.oaipmh import NS, portal_set
 from harvester.partition import DAY, Limits, iso_second, parse_stamp
+from harvester.periods import stamp_now
 from harvester.pipeline import client_settings
 from harvester.statsdepth import series_path
 

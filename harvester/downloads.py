@@ -20,7 +20,6 @@ from typing import Any, BinaryIO
 import orjson
 from yarl import URL
 
-from harvester.budget import stamp_now
 from harvester.client import Client
 from harvester.config import DEFAULT_DOWNLOAD_URL, Config
 from harvester.errors import (
@@ -31,6 +30,7 @@ from harvester.errors import (
     RequestError,
     RetryableError,
 )
+from harvester.periods import stamp_now
 from harvester.urls import origin_of, sanitize_url
 
 MD5_ATTEMPTS = 3  # whole-file attempts when the bytes do not match the record's md5

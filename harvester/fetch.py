@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from harvester.budget import count_estimated, stamp_now, utc_now
+from harvester.budget import count_estimated
 from harvester.catalog import Validators, read_validators
 from harvester.client import Client, Reply
 from harvester.config import ACCOUNT_KINDS, Config
@@ -31,6 +31,7 @@ from harvester.figshare import (
 )
 from harvester.journal import DONE, FAILED, FULL, GONE, STATS_ONLY, Journal, Outcome
 from harvester.journalrows import bodies
+from harvester.periods import stamp_now, utc_now
 from harvester.statsdepth import StatsFetcher
 
 T = TypeVar("T")

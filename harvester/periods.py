@@ -9,10 +9,27 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 
+STAMP = "%Y-%m-%dT%H:%M:%SZ"  # the UTC times the journal, catalog and errors keep
 BREAKDOWN_MAX_YEARS = {"day": 1, "month": 2, "year": 5, "total": 1}
 ONE_DAY = dt.timedelta(days=1)
 
 Breakdown = dict[str, dict[str, dict[str, int]]]  # period -> country -> city (or "total") -> n
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def stamp(t: dt.datetime) -> str:
+    return t.strftime(STAMP)
+
+
+def stamp_now() -> str:
+    return stamp(utc_now())
+
+
+def parse_stamp(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, STAMP).replace(tzinfo=dt.UTC)
 
 
 def add_years(day: dt.date, years: int) -> dt.date:

@@ -21,7 +21,6 @@ import orjson
 
 from harvester import __version__
 from harvester import budget as bud
-from harvester.budget import parse_stamp, stamp, utc_now
 from harvester.catalog import Catalog, last_complete_full, run_lock
 from harvester.client import Client, ClientSettings
 from harvester.config import INCREMENTAL_KINDS, Config, parse_duration, public_view
@@ -30,6 +29,7 @@ from harvester.fetch import ItemFetcher
 from harvester.journal import DONE, FAILED, FULL, GONE, PENDING, Counts, Journal, Outcome, Outcomes
 from harvester.journalrows import chunks
 from harvester.partition import Limits
+from harvester.periods import parse_stamp, stamp, utc_now
 from harvester.policy import RateLimit, RetryPolicy
 from harvester.records import RowContext, side_rows
 from harvester.render import CHUNK_BYTES, CHUNK_RECORDS, RenderSpec, render, series_rows

@@ -6,7 +6,6 @@ snapshot is the same byte for byte however the journal was chunked.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ import pyarrow as pa
 from harvester import served
 from harvester.journal import unpack
 from harvester.journalrows import JournalRow
+from harvester.periods import parse_stamp
 from harvester.records import (
     Columns,
     RowContext,
@@ -59,11 +59,6 @@ class Rendered:
     lines: dict[str, bytes] = field(default_factory=dict)  # NDJSON file name -> its lines
     articles: int = 0  # full records in the chunk (stats-only refreshes excluded)
     duplicate_keys: int = 0  # records whose served JSON gives a key twice
-
-
-def parse_stamp(text: str) -> dt.datetime:
-    """A UTC stamp as the journal and catalog keep them (fetch.stamp) -> aware datetime."""
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
 def _provenance(sources: tuple[str, ...], mask: int) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from harvester.budget import count_estimated, utc_now
+from harvester.budget import count_estimated
 from harvester.client import Client
 from harvester.config import Config, Series
 from harvester.errors import BadResponse
@@ -26,6 +26,7 @@ from harvester.periods import (
     merge_breakdowns,
     merge_counts,
     parse_date,
+    utc_now,
 )
 
 log = logging.getLogger("harvester")
