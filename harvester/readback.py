@@ -64,6 +64,9 @@ def open_target(target: str, snapshot: str | None = None) -> Opened:
         raise ConfigError(f"{target}: reports and exports read a local harvest folder "
                           "(load it into a warehouse, or copy it here, first)")
     path = Path(target)
+    if path.is_file():
+        raise ConfigError(f"{target}: is a file, not a harvest folder "
+                          f"(a DuckDB warehouse reads as {WAREHOUSE}{target})")
     if not path.is_dir():
         raise ConfigError(f"{target}: no such harvest folder")
     if path.name.startswith(PREFIX):

@@ -95,6 +95,9 @@ CASES: list[tuple[str, str | None, list[str], str]] = [
      "--duckdb TMP/ids.txt/w.duckdb: a file stands where its folder would be"),
     ("--duckdb is a folder", None, ["load", "TMP/h/t", "--duckdb", "TMP"],
      "--duckdb TMP: is a directory, not a file"),
+    ("report: a file without warehouse:", None, ["report", "TMP/ids.txt"],
+     "TMP/ids.txt: is a file, not a harvest folder (a DuckDB warehouse reads as "
+     "warehouse:TMP/ids.txt)"),
 ]
 
 
