@@ -70,7 +70,8 @@ def unpacked_size(blob: bytes) -> int:
 
 def unpack(blob: bytes) -> bytes:
     size = unpacked_size(blob)
-    return _LZ4.decompress(blob[8:], decompressed_size=size, asbytes=True) if size else b""
+    return (_LZ4.decompress(memoryview(blob)[8:], decompressed_size=size, asbytes=True)
+            if size else b"")
 
 
 _SCHEMA = """
@@ -113,24 +114,27 @@ class Outcome:
 
 
 class Outcomes(asyncio.Queue["Outcome | None"]):
-    """The fan-out's outcomes on their way to the journal, bounded by count and by record
-    bytes: a worker waits while `max_bytes` are queued (a bigger record passes alone)."""
+    """The fan-out's outcomes on their way to the journal, bounded by count. `room` bounds
+    record bytes fetched but not yet stored: while `max_bytes` are, no worker starts another
+    item, so big records are not held by every worker at once."""
 
     def __init__(self, maxsize: int, max_bytes: int = QUEUED_BYTES) -> None:
         super().__init__(maxsize)
         self.max_bytes, self.bytes = max_bytes, 0
+        self._room = asyncio.Condition()
 
-    def full(self) -> bool:
-        return self.bytes >= self.max_bytes or super().full()
+    async def room(self) -> None:
+        async with self._room:
+            await self._room.wait_for(lambda: self.bytes < self.max_bytes)
 
     def _put(self, item: Outcome | None) -> None:
         self.bytes += _held(item)
         super()._put(item)
 
-    def _get(self) -> Outcome | None:
-        item = super()._get()
-        self.bytes -= _held(item)
-        return item
+    async def stored(self, outcomes: list[Outcome]) -> None:
+        self.bytes -= sum(map(_held, outcomes))
+        async with self._room:
+            self._room.notify_all()
 
 
 def _held(outcome: Outcome | None) -> int:
@@ -391,6 +395,7 @@ class Journal:
                     await self.call(self.store, outcomes)
                 except Exception as exc:
                     failure = exc
+            await results.stored(outcomes)
         if failure is not None:
             raise failure
 
@@ -399,21 +404,27 @@ class Journal:
         kept while a part of it failed (DONE with an error) keeps that error."""
         done = [o for o in outcomes if o.state == ItemState.DONE]
         with transaction(self.db):
-            self.db.executemany(
-                "INSERT OR REPLACE INTO records(article_id, body, files, stats, fetched_at, "
-                "payloads, published, record_url, etag, last_modified) "
-                "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(
-                    o.article_id,
-                    pack(o.body),
-                    pack(o.files) if o.files is not None else None,
-                    orjson.dumps(o.stats) if o.stats is not None else None,
-                    o.fetched_at,
-                    pack(orjson.dumps(o.payloads)) if o.payloads else None,
-                    o.published,
-                    *(o.validators or (None, None, None)),
-                ) for o in done],
-            )
+            for o in done:
+                # the body is packed straight into a zeroblob: SQLite copies a bound value
+                # twice, and a record near http.max_body makes each copy that big
+                body = _LZ4.compress(o.body)
+                self.db.execute(
+                    "INSERT OR REPLACE INTO records(article_id, body, files, stats, fetched_at, "
+                    "payloads, published, record_url, etag, last_modified) "
+                    "VALUES(?, zeroblob(?), ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        o.article_id,
+                        8 + body.size,
+                        pack(o.files) if o.files is not None else None,
+                        orjson.dumps(o.stats) if o.stats is not None else None,
+                        o.fetched_at,
+                        pack(orjson.dumps(o.payloads)) if o.payloads else None,
+                        o.published,
+                        *(o.validators or (None, None, None)),
+                    ))
+                with self.db.blobopen("records", "body", o.article_id) as blob:
+                    blob.write(len(o.body).to_bytes(8, "little"))
+                    blob.write(body)
             self.db.executemany("DELETE FROM errors WHERE article_id=?",
                                 [(o.article_id,) for o in done if o.error is None])
             self.db.executemany(

@@ -14,17 +14,17 @@ from harvester.journal import KEPT, unpack, unpacked_size
 
 # the records a snapshot holds, with the stats-only rows that carry a deferred or failed
 # item's last totals
-_KEPT_RECORDS = ("SELECT r.article_id, i.sources, r.body, r.files, r.stats, r.fetched_at, "
+_KEPT_RECORDS = ("SELECT r.article_id, i.sources, r.files, r.stats, r.fetched_at, "
                  "r.payloads FROM records r JOIN ids i USING(article_id) "
                  "WHERE i.state IN (?, ?, ?) ORDER BY r.article_id")
 
 
 class JournalRow(NamedTuple):
-    """One fetched record as stored: blobs still compressed (render unpacks them)."""
+    """One fetched record as stored: its body unpacked, the other blobs still compressed."""
 
     article_id: int
     sources: int  # provenance bitmask
-    body: bytes  # pack()ed record; empty inside for a stats-only refresh
+    body: bytes  # the record as served; empty for a stats-only refresh
     files: bytes | None  # pack()ed complete file list
     stats: bytes | None  # JSON of the totals
     fetched_at: str
@@ -33,7 +33,7 @@ class JournalRow(NamedTuple):
     @property
     def size(self) -> int:
         """The record's bytes unpacked: what sizes a snapshot chunk."""
-        return sum(unpacked_size(blob) for blob in (self.body, self.files, self.payloads) if blob)
+        return len(self.body) + sum(unpacked_size(b) for b in (self.files, self.payloads) if b)
 
 
 def chunks(db: sqlite3.Connection, max_records: int, max_bytes: int
@@ -42,7 +42,7 @@ def chunks(db: sqlite3.Connection, max_records: int, max_bytes: int
     about `max_bytes` unpacked bytes (one big record is a chunk of its own)."""
     chunk: list[JournalRow] = []
     size = 0
-    for row in map(JournalRow._make, db.execute(_KEPT_RECORDS, KEPT)):
+    for row in _rows(db):
         chunk.append(row)
         size += row.size
         if len(chunk) >= max_records or size >= max_bytes:
@@ -54,5 +54,14 @@ def chunks(db: sqlite3.Connection, max_records: int, max_bytes: int
 
 def bodies(db: sqlite3.Connection) -> Iterator[bytes]:
     """Every fetched record's body as served, in id order."""
-    for row in map(JournalRow._make, db.execute(_KEPT_RECORDS, KEPT)):
-        yield unpack(row.body)
+    for row in _rows(db):
+        yield row.body
+
+
+def _rows(db: sqlite3.Connection) -> Iterator[JournalRow]:
+    """The kept records. A body is read through a blob handle, which copies it once where a
+    SELECT copies it twice, and unpacked at once: a record may be http.max_body big."""
+    for aid, sources, *rest in db.execute(_KEPT_RECORDS, KEPT):
+        with db.blobopen("records", "body", aid, readonly=True) as blob:
+            body = unpack(blob.read())
+        yield JournalRow(aid, sources, body, *rest)

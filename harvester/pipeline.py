@@ -26,7 +26,7 @@ from harvester.client import Client, ClientSettings
 from harvester.config import INCREMENTAL_KINDS, Config, parse_duration, public_view
 from harvester.errors import HarvesterError, OutputError
 from harvester.fetch import ItemFetcher
-from harvester.journal import DONE, FAILED, FULL, GONE, PENDING, Counts, Journal, Outcome, Outcomes
+from harvester.journal import DONE, FAILED, FULL, GONE, PENDING, Counts, Journal, Outcomes
 from harvester.journalrows import chunks
 from harvester.partition import Limits
 from harvester.periods import parse_stamp, stamp, utc_now
@@ -378,8 +378,9 @@ class Harvest:
             await todo.put(None)
 
     async def _work(self, fetcher: ItemFetcher, todo: asyncio.Queue[Any],
-                    results: asyncio.Queue[Outcome | None]) -> None:
+                    results: Outcomes) -> None:
         while (item := await todo.get()) is not None:
+            await results.room()
             cost = self.costs.record if item.mode == FULL else self.costs.stats
             if not self.spend.admit(cost):
                 continue  # spent: the rest stays pending (deferred), in order
@@ -564,6 +565,7 @@ class Harvest:
                 writer.add_rendered(chunk)
                 self.progress.written += chunk.articles
                 duplicate_keys += chunk.duplicate_keys
+                del rows, chunk  # one may be a record near http.max_body: not kept for the next
             run_ctx = RowContext(snapshot_id=snapshot_id, fetched_at=self.fetcher.entities_at)
             for payload in self.fetcher.entities:  # group/collection/... series, once each
                 for table, series in series_rows(payload, run_ctx).items():

@@ -86,7 +86,7 @@ def render(spec: RenderSpec, chunk: list[JournalRow]) -> Rendered:
             waiting += _gather(rows, "stats", columns("stats", shaped))
             if spec.ndjson:
                 stats.extend(orjson.dumps(r, option=NDJSON_OPTS) for r in shaped)
-        body = unpack(row.body)
+        body = row.body
         if body:  # else a stats-only refresh of an unchanged item
             record = served.parse(body)
             for table, cols in _record_columns(record, row.files, ctx).items():
