@@ -24,7 +24,7 @@ from harvester.errors import OutputError
 
 T = TypeVar("T")
 
-QUEUED_BYTES = 8 << 20  # record bytes waiting for the journal at most (one big record alone)
+QUEUED_BYTES = 8 << 20  # record bytes fetched, not yet stored, past which no item starts
 
 
 class ItemState(IntEnum):
