@@ -184,7 +184,8 @@ def politeness(plan: list[tuple[int, float, float, float, int]]) -> dict[str, An
     rows = []
     for requests, per, span, latency_ms, concurrency in plan:
         wanted = requests / per * span
-        items = math.ceil(wanted * 1.05 / (1 + len(COUNTERS))) + 1  # keep it busy past the span
+        # keep it busy past the span: by 5%, or by one `per` of requests when that is more
+        items = math.ceil(max(wanted * 1.05, wanted + requests) / (1 + len(COUNTERS)))
         with Sim(items=2_000, seed=1, latency_ms=latency_ms, latency_jitter_ms=latency_ms / 2,
                  rate_limit=[requests, per]) as sim, scratch() as tmp:
             ids = sim.ask("corpus", limit=items)["ids"]
