@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import orjson
@@ -96,6 +96,23 @@ async def test_an_unknown_set_or_bad_argument_is_one_clear_error(sim: Simulator)
         await listed(sim, from_="2021-13-45")
 
 
+async def listed_from(
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+) -> tuple[list[int], OaiLister]:
+    """What an OaiLister lists from an inline server answering /v2/oai with `handler`."""
+    app = web.Application()
+    app.router.add_get("/v2/oai", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with client() as c:
+            lister = OaiLister(c, f"http://127.0.0.1:{runner.addresses[0][1]}/v2/oai")
+            return [i async for b in lister.ids() for i in b], lister
+    finally:
+        await runner.cleanup()
+
+
 async def test_deleted_headers_and_foreign_identifiers_are_skipped() -> None:
     def header(identifier: str, day: int, deleted: bool = False) -> str:
         status = ' status="deleted"' if deleted else ""
@@ -117,18 +134,8 @@ async def test_deleted_headers_and_foreign_identifiers_are_skipped() -> None:
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="text/xml")
 
-    app = web.Application()
-    app.router.add_get("/v2/oai", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        async with client() as c:
-            lister = OaiLister(c, f"http://127.0.0.1:{runner.addresses[0][1]}/v2/oai")
-            got = [i async for b in lister.ids() for i in b]
-        assert got == [123] and lister.deleted == 1
-    finally:
-        await runner.cleanup()
+    got, lister = await listed_from(handler)
+    assert got == [123] and lister.deleted == 1
 
 
 # --- restarts that cannot resume: a bulk second, a list in no datestamp order --------------
@@ -236,18 +243,8 @@ async def test_a_list_that_never_ends_is_truncated_not_followed_forever(fresh_to
             f"<resumptionToken>{token}</resumptionToken></ListIdentifiers></OAI-PMH>")
         return web.Response(body=body.encode(), content_type="text/xml")
 
-    app = web.Application()
-    app.router.add_get("/v2/oai", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        async with client() as c:
-            lister = OaiLister(c, f"http://127.0.0.1:{runner.addresses[0][1]}/v2/oai")
-            got = [i async for b in lister.ids() for i in b]
-        assert got == [123] and lister.truncated
-        expected = MAX_IDLE_PAGES + 1 if fresh_tokens else 2
-        assert lister.requests == expected == next(calls) - 1
-        assert "never end" in lister.partitions[-1].note
-    finally:
-        await runner.cleanup()
+    got, lister = await listed_from(handler)
+    assert got == [123] and lister.truncated
+    expected = MAX_IDLE_PAGES + 1 if fresh_tokens else 2
+    assert lister.requests == expected == next(calls) - 1
+    assert "never end" in lister.partitions[-1].note
