@@ -11,14 +11,12 @@ the baseline (the same harvest of ordinary records) plus 2x http.max_body.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import os
 import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -29,6 +27,7 @@ import orjson
 import yaml
 from aiohttp import web
 
+from harvester.simulator import ThreadedApp
 from harvester.simulator.corpus import Corpus
 from harvester.simulator.settings import SimSettings
 
@@ -54,43 +53,16 @@ def gzip_bomb(size: int) -> bytes:
     return b"".join(out)
 
 
-class Server:
-    """Records by id from `body(aid)`; every response carries `headers`."""
+def serving(body: Callable[[int], bytes], headers: dict[str, str]) -> ThreadedApp:
+    """A server of records by id from `body(aid)`; every response carries `headers`."""
 
-    def __init__(self, body: Callable[[int], bytes], headers: dict[str, str]) -> None:
-        self.body, self.headers = body, headers
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+    async def article(request: web.Request) -> web.Response:
+        return web.Response(body=body(int(request.match_info["id"])), headers=headers)
 
-    async def article(self, request: web.Request) -> web.Response:
-        aid = int(request.match_info["id"])
-        return web.Response(body=self.body(aid), headers=self.headers)
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_get("/v2/articles/{id}", self.article)
-        runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(runner.cleanup())
-
-    def __enter__(self) -> Server:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+    return ThreadedApp(lambda app: app.router.add_get("/v2/articles/{id}", article))
 
 
-def harvest(server: Server, n: int, max_body: int, root: Path) -> dict[str, Any]:
+def harvest(server: ThreadedApp, n: int, max_body: int, root: Path) -> dict[str, Any]:
     """One harvest of n ids in a fresh process: its exit code, peak RSS (MB) and wall time."""
     cfg = {"name": "m", "api": {"url": server.url + "/v2"}, "stats": {"counters": []},
            "http": {**HTTP, "max_body": max_body}, "output": {"dir": str(root / "out")},
@@ -131,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"http.max_body {limit_mb:.0f} MB; target: peak RSS <= baseline + {2 * limit_mb:.0f} MB")
     baseline = None
     for name, n, body, headers in cases(args.quick):
-        with tempfile.TemporaryDirectory() as tmp, Server(body, headers) as server:
+        with tempfile.TemporaryDirectory() as tmp, serving(body, headers) as server:
             got = harvest(server, n, args.max_body, Path(tmp))
         if baseline is None:
             baseline = got["peak_rss_mb"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -10,7 +9,6 @@ import pty
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,49 +20,13 @@ import yaml
 from aiohttp import web
 
 from harvester import cli, console
-from harvester.simulator import SimulatorThread
+from harvester.simulator import SimulatorThread, ThreadedApp
 from harvester.simulator.settings import SimSettings
 from harvester.store import list_snapshots
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_HTTP = {"rate": {"requests": 10_000, "per": 1}, "concurrency": 4,
              "retry": {"attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02}}
-
-
-class ThreadedApp:
-    """An inline aiohttp.web app served on loopback from its own thread (cli.main is sync)."""
-
-    def __init__(self, routes: Callable[[web.Application], None], port: int = 0) -> None:
-        self.port = port
-        self.app = web.Application()
-        routes(self.app)
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        runner = web.AppRunner(self.app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", self.port)
-        self._loop.run_until_complete(site.start())
-        port = runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-        self._runner = runner
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(runner.cleanup())
-        self._loop.close()
-
-    def __enter__(self) -> ThreadedApp:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 @pytest.fixture

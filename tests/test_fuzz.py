@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from harvester import cli
+from harvester.simulator import ThreadedApp
 from harvester.simulator.corpus import Corpus
 from harvester.simulator.settings import SimSettings
 from harvester.store import list_snapshots
-from tests.test_cli import ThreadedApp
 
 CORPUS = Corpus(SimSettings(items=12, seed=26))
 IDS = list(CORPUS.ids)

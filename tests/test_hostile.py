@@ -18,8 +18,9 @@ from aiohttp import web
 from harvester import cli
 from harvester.figshare import list_query
 from harvester.partition import Exhauster, Limits
+from harvester.simulator import ThreadedApp
 from harvester.store import list_snapshots
-from tests.test_cli import ThreadedApp, one_error_line
+from tests.test_cli import one_error_line
 from tests.test_sources import fast_client
 
 BASE = int(dt.datetime(2021, 1, 1, tzinfo=dt.UTC).timestamp())

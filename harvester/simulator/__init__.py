@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import fields
 from importlib import import_module
 from types import ModuleType, TracebackType
@@ -280,3 +281,38 @@ async def _serve_until_signalled(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+class ThreadedApp:
+    """An inline aiohttp.web app served on loopback from its own thread, for synchronous callers
+    (tests of cli.main, benchmarks whose harvest runs in a child process)."""
+
+    def __init__(self, routes: Callable[[web.Application], None], port: int = 0) -> None:
+        self.port = port
+        self.app = web.Application()
+        routes(self.app)
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        runner = web.AppRunner(self.app, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", self.port)
+        self._loop.run_until_complete(site.start())
+        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+        self._loop.close()
+
+    def __enter__(self) -> ThreadedApp:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
