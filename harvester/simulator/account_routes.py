@@ -28,6 +28,7 @@ from harvester.simulator.restkit import (
     single,
     str_param,
 )
+from harvester.simulator.settings import SimSettings
 
 
 def account_of(request: web.Request) -> Account:
@@ -69,30 +70,42 @@ async def account_articles_search(request: web.Request) -> web.StreamResponse:
     account = _account(request)
     params = await read_params(request)
     settings, corpus = sim_of(request)
-    days = settings.date_bounds == "day"
 
     def query_for() -> tuple[tuple[Any, ...], Callable[[], Sequence[int]]]:
-        order, direction = order_param(params, ACCOUNT_ORDERS, "created_date")
-        published = since_param(params, "published_since", days=days)
-        modified = since_param(params, "modified_since", days=days)
-        item_type, group = int_param(params, "item_type"), int_param(params, "group")
-        col = {"published_date": 1, "modified_date": 2, "created_date": 5}[order]
-
-        def compute() -> list[int]:
-            rows = [r for r in corpus.account_items(account)
-                    if (published is None or (r[1] and r[1] >= published))
-                    and (modified is None or r[2] >= modified)
-                    and (item_type is None or r[3] == item_type)
-                    and (group is None or r[4] == group)]  # fmt: skip
-            rows.sort(key=lambda r: (r[col], r[0]), reverse=direction == "desc")
-            return [r[0] for r in rows]
-
-        key = ("account_search", account.id, order, direction, published, modified, item_type,
-               group)
-        return key, compute
+        key, compute = _selection(params, ACCOUNT_ORDERS, "created_date", settings,
+                                  partial(corpus.account_items, account),
+                                  lambda r, since: bool(r[1]) and r[1] >= since)
+        return ("account_search", account.id, *key), compute
 
     return listing(request, params, "account_search", query_for, corpus.private_light,
                    cursor=False, cache=True)
+
+
+_COLUMN = {"published_date": 1, "modified_date": 2, "created_date": 5}  # of accounts.py's rows
+
+
+def _selection(params: dict[str, Any], orders: Sequence[str], default: str, settings: SimSettings,
+               rows: Callable[[], Sequence[tuple[Any, ...]]],
+               published_ok: Callable[[tuple[Any, ...], int], bool],
+               ) -> tuple[tuple[Any, ...], Callable[[], list[int]]]:
+    """Item rows (accounts.py's tuples) filtered by date, type and group and ordered by a date,
+    as a cache key and the ids' computation for listing()."""
+    days = settings.date_bounds == "day"
+    order, direction = order_param(params, orders, default)
+    published = since_param(params, "published_since", days=days)
+    modified = since_param(params, "modified_since", days=days)
+    item_type, group = int_param(params, "item_type"), int_param(params, "group")
+
+    def compute() -> list[int]:
+        picked = [r for r in rows()
+                  if (published is None or published_ok(r, published))
+                  and (modified is None or r[2] >= modified)
+                  and (item_type is None or r[3] == item_type)
+                  and (group is None or r[4] == group)]  # fmt: skip
+        picked.sort(key=lambda r: (r[_COLUMN[order]], r[0]), reverse=direction == "desc")
+        return [r[0] for r in picked]
+
+    return (order, direction, published, modified, item_type, group), compute
 
 
 @route
@@ -167,30 +180,13 @@ async def institution_articles(request: web.Request) -> web.StreamResponse:
     _account(request, admin=True)
     params = dict(request.query)
     settings, corpus = sim_of(request)
-    days = settings.date_bounds == "day"
 
     def query_for() -> tuple[tuple[Any, ...], Callable[[], Sequence[int]]]:
-        order, direction = order_param(params, INSTITUTION_ORDERS, "published_date")
-        published = since_param(params, "published_since", days=days)
-        modified = since_param(params, "modified_since", days=days)
-        item_type, group = int_param(params, "item_type"), int_param(params, "group")
+        key, compute = _selection(params, INSTITUTION_ORDERS, "published_date", settings,
+                                  corpus.institution_items,
+                                  lambda r, since: bool(r[6]) and r[1] >= since)
         int_param(params, "status")  # validated; the meaning of its codes is not documented
-        col = 1 if order == "published_date" else 2
-
-        def compute() -> list[int]:
-            rows = [
-                r
-                for r in corpus.institution_items()
-                if (published is None or (r[6] and r[1] >= published))
-                and (modified is None or r[2] >= modified)
-                and (item_type is None or r[3] == item_type)
-                and (group is None or r[4] == group)
-            ]
-            rows.sort(key=lambda r: (r[col], r[0]), reverse=direction == "desc")
-            return [r[0] for r in rows]
-
-        key = ("institution_articles", order, direction, published, modified, item_type, group)
-        return key, compute
+        return ("institution_articles", *key), compute
 
     return listing(request, params, "institution_articles", query_for,
                     corpus.institution_light, cursor=False, cache=True)  # fmt: skip
