@@ -59,9 +59,14 @@ KEPT = (DONE, FAILED, DEFERRED)  # their records are written
 _LZ4 = pa.Codec("lz4")
 
 
+def _packed(data: bytes) -> tuple[bytes, pa.Buffer]:
+    """A journal blob in its two parts: the unpacked size (see unpacked_size), the LZ4 frame."""
+    return len(data).to_bytes(8, "little"), _LZ4.compress(data)
+
+
 def pack(data: bytes) -> bytes:
-    """A journal blob: `data` as an LZ4 frame, its size in front (see unpacked_size)."""
-    return len(data).to_bytes(8, "little") + _LZ4.compress(data, asbytes=True)
+    size, frame = _packed(data)
+    return size + frame
 
 
 def unpacked_size(blob: bytes) -> int:
@@ -407,14 +412,14 @@ class Journal:
             for o in done:
                 # the body is packed straight into a zeroblob: SQLite copies a bound value
                 # twice, and a record near http.max_body makes each copy that big
-                body = _LZ4.compress(o.body)
+                size, frame = _packed(o.body)
                 self.db.execute(
                     "INSERT OR REPLACE INTO records(article_id, body, files, stats, fetched_at, "
                     "payloads, published, record_url, etag, last_modified) "
                     "VALUES(?, zeroblob(?), ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         o.article_id,
-                        8 + body.size,
+                        len(size) + frame.size,
                         pack(o.files) if o.files is not None else None,
                         orjson.dumps(o.stats) if o.stats is not None else None,
                         o.fetched_at,
@@ -423,8 +428,8 @@ class Journal:
                         *(o.validators or (None, None, None)),
                     ))
                 with self.db.blobopen("records", "body", o.article_id) as blob:
-                    blob.write(len(o.body).to_bytes(8, "little"))
-                    blob.write(body)
+                    blob.write(size)
+                    blob.write(frame)
             self.db.executemany("DELETE FROM errors WHERE article_id=?",
                                 [(o.article_id,) for o in done if o.error is None])
             self.db.executemany(
