@@ -187,7 +187,7 @@ class Workload:
 
     listing: int  # requests the listing took
     records: int  # records to fetch: carried from last night, listed tonight, retried
-    stats_times: Sequence[str]  # each stats-only item's last fetched_at, stalest first
+    stats: int  # stats-only refreshes waiting (spent stalest first)
     known: int  # items the catalog knows (the ones a full refresh covers)
     costs: Costs
     full: bool = False
@@ -216,7 +216,7 @@ def schedule(work: Workload, allowance: int | None, rate: RateLimit) -> Schedule
     records = work.records if left is None else max(0, min(work.records, left // c.record))
     if left is not None:
         left -= records * c.record
-    wanted = len(work.stats_times)
+    wanted = work.stats
     stats = wanted if left is None else max(0, min(wanted, left // c.stats))
     requests = work.listing + c.once + records * c.record + stats * c.stats
     per_night = stats if left is None else max(0, left // c.stats)

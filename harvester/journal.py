@@ -356,19 +356,18 @@ class Journal:
                                    (ItemState.DEFERRED,)).fetchall()
         return {FetchMode(mode).name.lower(): n for mode, n in rows}
 
-    def workload(self, catalog: Path) -> tuple[int, list[str], int, int]:
-        """(records to fetch, each pending stats refresh's last fetched_at in spending order,
-        items the catalog knows, records the snapshot will hold): what a budget plans with."""
+    def workload(self, catalog: Path) -> tuple[int, int, int, int]:
+        """(records to fetch, stats-only refreshes to fetch, items the catalog knows, records
+        the snapshot will hold): what a budget plans with."""
         records = self.db.execute("SELECT count(*) FROM ids WHERE state=? AND mode=?",
                                   (ItemState.PENDING, FetchMode.FULL)).fetchone()[0]
         writing = self.db.execute("SELECT count(*) FROM ids WHERE state<>? AND mode=?",
                                   (ItemState.GONE, FetchMode.FULL)).fetchone()[0]
-        stale = [t for (t,) in self.db.execute(
-            "SELECT stale FROM ids WHERE state=? AND mode=? ORDER BY priority, stale, article_id",
-            (ItemState.PENDING, FetchMode.STATS_ONLY))]
+        stats = self.db.execute("SELECT count(*) FROM ids WHERE state=? AND mode=?",
+                                (ItemState.PENDING, FetchMode.STATS_ONLY)).fetchone()[0]
         with self._attached(catalog):
             known = self.db.execute("SELECT count(*) FROM cat.known").fetchone()[0]
-        return int(records), stale, int(known), int(writing)
+        return int(records), int(stats), int(known), int(writing)
 
     def refreshed(self) -> dict[str, int]:
         """Fetched tonight: records (with their stats), and stats-only refreshes."""

@@ -324,9 +324,9 @@ class Harvest:
 
     async def _schedule(self, journal: Journal, full: bool) -> bud.Schedule:
         """What tonight's budget holds of the work in the journal (as `plan` shows it)."""
-        records, stale, known, self._writing = await journal.call(journal.workload,
+        records, stats, known, self._writing = await journal.call(journal.workload,
                                                                   self.catalog_path)
-        work = bud.Workload(sum(r.requests for r in self.reports), records, stale, known,
+        work = bud.Workload(sum(r.requests for r in self.reports), records, stats, known,
                             self.costs, full)
         allowance = self.budget.allowance(self.rate, self._writing) if self.budget else None
         plan = bud.schedule(work, allowance, self.rate)

@@ -88,7 +88,7 @@ def test_spend_admits_in_order_and_stops_at_the_first_that_does_not_fit() -> Non
 def test_schedule_spends_records_first_then_stalest_stats() -> None:
     costs = Costs(record=4, stats=3)
     rate = RateLimit(1, 1.0)
-    work = Workload(listing=20, records=1_000, stats_times=[""] * 19_000, known=20_000,
+    work = Workload(listing=20, records=1_000, stats=19_000, known=20_000,
                     costs=costs)
     plan = schedule(work, 12_000, rate)
     assert plan.records == 1_000 and plan.records_deferred == 0
