@@ -147,7 +147,8 @@ class Http:
     timeout: Timeouts = opt(Timeouts, "per attempt")
     retry: Retry = opt(Retry, "an id still failing after them goes to errors.ndjson")
     page_size: int = opt(1000, "items asked per list page", min=1, max=1000)
-    max_body: int = opt(64 * 2**20, "bytes one buffered answer may hold (64 MiB)", min=1024)
+    max_body: int = opt(64 * 2**20, "bytes one buffered answer may hold (64 MiB)", min=1024,
+                    max=2**30)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
@@ -119,20 +119,37 @@ class Outcome:
 
 
 class Outcomes(asyncio.Queue["Outcome | None"]):
-    """The fan-out's outcomes on their way to the journal, bounded by count. `room` bounds
-    record bytes fetched but not yet stored: while `max_bytes` are, no worker starts another
-    item, so big records are not held by every worker at once."""
+    """The fan-out's outcomes on their way to the journal, bounded by count and by bytes. An
+    item starts (`slot`) only while the record bytes not yet stored, plus one record as big as
+    the last for it and for each item in flight, stay under `max_bytes`, or nothing is held:
+    records near http.max_body are fetched and stored one at a time."""
 
     def __init__(self, maxsize: int, max_bytes: int = QUEUED_BYTES) -> None:
         super().__init__(maxsize)
         self.max_bytes, self.bytes = max_bytes, 0
+        self.in_flight, self.expected = 0, max_bytes  # the first item starts alone
         self._room = asyncio.Condition()
 
-    async def room(self) -> None:
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Held while one item is fetched and put here."""
         async with self._room:
-            await self._room.wait_for(lambda: self.bytes < self.max_bytes)
+            await self._room.wait_for(self._fits)
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            async with self._room:
+                self._room.notify_all()
+
+    def _fits(self) -> bool:
+        held = self.bytes + (self.in_flight + 1) * self.expected
+        return held <= self.max_bytes or (self.in_flight == 0 and self.bytes == 0)
 
     def _put(self, item: Outcome | None) -> None:
+        if item is not None and item.body:
+            self.expected = _held(item)
         self.bytes += _held(item)
         super()._put(item)
 

@@ -380,20 +380,20 @@ class Harvest:
     async def _work(self, fetcher: ItemFetcher, todo: asyncio.Queue[Any],
                     results: Outcomes) -> None:
         while (item := await todo.get()) is not None:
-            await results.room()
-            cost = self.costs.record if item.mode == FULL else self.costs.stats
-            if not self.spend.admit(cost):
-                continue  # spent: the rest stays pending (deferred), in order
-            with self.spend.fetching(cost):
-                outcome = await fetcher.fetch(item.article_id, item.sources, item.mode)
-            p = self.progress
-            if outcome.state == DONE:
-                p.done += 1
-            elif outcome.state == GONE:
-                p.gone += 1
-            else:
-                p.failed += 1
-            await results.put(outcome)
+            async with results.slot():
+                cost = self.costs.record if item.mode == FULL else self.costs.stats
+                if not self.spend.admit(cost):
+                    continue  # spent: the rest stays pending (deferred), in order
+                with self.spend.fetching(cost):
+                    outcome = await fetcher.fetch(item.article_id, item.sources, item.mode)
+                p = self.progress
+                if outcome.state == DONE:
+                    p.done += 1
+                elif outcome.state == GONE:
+                    p.gone += 1
+                else:
+                    p.failed += 1
+                await results.put(outcome)
 
     async def _publish(self, journal: Journal, meta: dict[str, str],
                        metrics: dict[str, Any]) -> RunResult:

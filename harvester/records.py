@@ -200,26 +200,29 @@ def _entity_id(record: Any, kind: str) -> int:
 
 
 def _full(table: str, records: Sequence[Mapping[str, Any]], ctx: RowContext,
-          given: Mapping[str, Any], text: bytes | None = None) -> Columns:
-    """Columns of full records (articles, collections, ...): their hash, raw text and fetch."""
+          given: Mapping[str, Any], text: bytes | None = None, canonical: bool = True) -> Columns:
+    """Columns of full records (articles, collections, ...): their hash, raw text and fetch.
+    `raw` is bytes of JSON text: Arrow takes them as UTF-8 without another copy of a big record."""
+    texts = [text if text is not None else served.dumps(r) for r in records]
     return _columns(table, records, {
         "snapshot_id": ctx.snapshot_id,
-        "content_hash": [content_hash(r, text) for r in records],
+        "content_hash": [content_hash(r, None if canonical else t) for r, t in zip(records, texts,
+                                                                                  strict=True)],
         "fetched_at": ctx.fetched_at,
-        "raw": [(text if text is not None else served.dumps(r)).decode() for r in records],
+        "raw": texts,
         **given,
     })
 
 
 def _articles(table: str, records: Sequence[Mapping[str, Any]], ctx: RowContext,
-              text: bytes | None = None) -> Columns:
+              text: bytes | None = None, canonical: bool = True) -> Columns:
     ids = [_entity_id(r, "article") for r in records]
     files = [r.get("files") for r in records]
     return _full(table, records, ctx, {
         "article_id": ids,
         "file_count": [len(f) if isinstance(f, list) else None for f in files],
         "sources": [list(ctx.sources) for _ in records],
-    }, text)
+    }, text, canonical)
 
 
 def _children(table: str, record: Mapping[str, Any], key: Mapping[str, Any]) -> Columns:
@@ -274,15 +277,17 @@ def article_columns(
     *,
     versions: Sequence[Mapping[str, Any]] | None = None,
     text: bytes | None = None,
+    canonical: bool = True,
 ) -> dict[str, Columns]:
     """Every table's columns for one full article record (all ARTICLE_TABLES keys, maybe empty).
 
     `record["files"]` should already hold the complete file list when the pipeline paged
     /articles/{id}/files; `versions` is the /articles/{id}/versions answer when fetched.
-    `text` is the record's JSON as served where orjson would change it (served.parse).
+    `text` is the record's JSON as served (`raw`); unless `canonical` (served.parse), orjson's
+    reading would change it, so it is hashed instead of the canonical form.
     Raises ValueError when the record is not an object or has no usable `id`.
     """
-    articles = _articles("articles", [record], ctx, text)
+    articles = _articles("articles", [record], ctx, text, canonical)
     key = {"snapshot_id": ctx.snapshot_id, "article_id": articles["article_id"][0],
            "version": articles["version"][0]}
     tags = _texts(record, "tag", {"tags": "tag", "keywords": "keyword"})
@@ -301,9 +306,10 @@ def article_columns(
 
 def article_rows(record: Mapping[str, Any], ctx: RowContext, *,
                  versions: Sequence[Mapping[str, Any]] | None = None,
-                 text: bytes | None = None) -> dict[str, list[dict[str, Any]]]:
+                 text: bytes | None = None, canonical: bool = True,
+                 ) -> dict[str, list[dict[str, Any]]]:
     """article_columns as row dicts."""
-    columns = article_columns(record, ctx, versions=versions, text=text)
+    columns = article_columns(record, ctx, versions=versions, text=text, canonical=canonical)
     return {table: to_rows(cols) for table, cols in columns.items()}
 
 

@@ -56,7 +56,8 @@ class Rendered:
     """One chunk, ready for SnapshotWriter.add_rendered."""
 
     tables: dict[str, pa.Table] = field(default_factory=dict)
-    lines: dict[str, bytes] = field(default_factory=dict)  # NDJSON file name -> its lines
+    # NDJSON file name -> its lines, each without its newline (not joined: a line may be huge)
+    lines: dict[str, list[bytes]] = field(default_factory=dict)
     articles: int = 0  # full records in the chunk (stats-only refreshes excluded)
     duplicate_keys: int = 0  # records whose served JSON gives a key twice
 
@@ -103,8 +104,7 @@ def render(spec: RenderSpec, chunk: list[JournalRow]) -> Rendered:
             _convert(rows, converted, spec.parquet)
             waiting = 0
     if spec.ndjson:
-        out.lines["articles.ndjson"] = b"".join(_lines(articles))
-        out.lines["stats.ndjson"] = b"".join(_lines(stats))
+        out.lines = {"articles.ndjson": articles, "stats.ndjson": stats}
     _convert(rows, converted, spec.parquet)
     out.tables = {t: pa.concat_tables(pieces) for t, pieces in converted.items()}
     return out
@@ -130,17 +130,10 @@ def _convert(rows: dict[str, Columns], into: dict[str, list[pa.Table]], parquet:
 def _record_columns(record: served.Served, files_z: bytes | None,
                     ctx: RowContext) -> dict[str, Columns]:
     """One record's table columns, with the complete file list when its own was capped."""
-    # `raw` and content_hash come from the text as served wherever orjson would change it
-    text = None if record.canonical else record.text
-    if files_z is None:
-        return article_columns(record.record, ctx, text=text)
+    if files_z is None:  # `raw` is the text as served
+        return article_columns(record.record, ctx, text=record.text, canonical=record.canonical)
     complete = {**record.record, "files": orjson.loads(unpack(files_z))}
-    return article_columns(complete, ctx, text=None if text is None else served.dumps(complete))
-
-
-def _lines(items: list[bytes]) -> tuple[bytes, ...]:
-    """NDJSON: every item, each followed by a newline (joined without a copy per line)."""
-    return (b"\n".join(items), b"\n") if items else ()
+    return article_columns(complete, ctx, canonical=record.canonical)
 
 
 def series_rows(payload: dict[str, Any], ctx: RowContext) -> dict[str, list[dict[str, Any]]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import os
 import shutil
 from collections.abc import Collection, Iterable, Mapping
@@ -269,13 +270,15 @@ class SnapshotWriter:
     def add_rendered(self, chunk: Any) -> None:
         """A chunk from render.render: its NDJSON lines and its tables, after what came before.
 
-        `chunk` has `lines` (NDJSON file name -> bytes of whole lines) and `tables` (table name
-        -> Arrow table with exactly that table's schema, rows of this snapshot)."""
+        `chunk` has `lines` (NDJSON file name -> its lines without newlines) and `tables`
+        (table name -> Arrow table with exactly that table's schema, rows of this snapshot)."""
         self._require_open()
-        for name, data in chunk.lines.items():
+        for name, lines in chunk.lines.items():
             if name not in ("articles.ndjson", "stats.ndjson"):
                 raise ValueError(f"unknown NDJSON file {name!r}")
-            self._write(name, data)
+            for line in lines:
+                self._write(name, line)
+                self._write(name, b"\n")
         _known(chunk.tables)
         for table, arrow in chunk.tables.items():
             if table not in self._parquet or not arrow.num_rows:
@@ -421,6 +424,8 @@ def columns_to_table(table: str, cols: Columns, snapshot_id: str | None = None) 
     what is wrong."""
     schema = SCHEMAS[table]
     try:
+        if "raw" in cols:
+            cols = {**cols, "raw": _text_array(cols["raw"])}
         arrow = pa.Table.from_pydict(cols, schema=schema)
     except (pa.ArrowException, TypeError, ValueError, ArithmeticError) as e:
         raise ValueError(f"rows for table {table!r} do not fit its schema: {why(e)}") from e
@@ -433,6 +438,17 @@ def columns_to_table(table: str, cols: Columns, snapshot_id: str | None = None) 
         raise ValueError(f"rows for table {table!r} belong to another snapshot than "
                          f"{snapshot_id!r} (build RowContext from writer.snapshot_id)")
     return arrow
+
+
+def _text_array(texts: list[bytes]) -> pa.Array:
+    """UTF-8 JSON texts as a string array over their bytes, not a copy of them: a record near
+    http.max_body is not held twice."""
+    offsets = pa.array(itertools.accumulate(map(len, texts), initial=0), pa.int32())
+    data = texts[0] if len(texts) == 1 else b"".join(texts)
+    array = pa.Array.from_buffers(pa.string(), len(texts), [None, offsets.buffers()[1],
+                                                           pa.py_buffer(data)])
+    array.validate(full=True)
+    return array
 
 
 def clean_staging(root: Path | str, name: str) -> list[Path]:

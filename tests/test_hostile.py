@@ -3,6 +3,7 @@ unchanged or an exact id set, and the exit code the README's table gives."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import socket
 from collections import Counter
@@ -312,6 +313,33 @@ def test_page_size_follows_the_config(tmp_path: Path) -> None:
     assert snapshot_ids(tmp_path) == repo.ids
     assert repo.hits["list"] == 450 // 100 + 1
     assert manifest(tmp_path)["sources"][0]["minimum_requests"] == 5
+
+
+@pytest.mark.parametrize(("size", "n", "at_once"), [(100, 8, 4), (9 << 20, 3, 1)])
+def test_records_too_big_to_hold_together_are_fetched_one_at_a_time(
+        tmp_path: Path, size: int, n: int, at_once: int) -> None:
+    """Four workers share the bytes not yet stored: the server sees every worker at once
+    with small records, one request at a time once a record alone is past that bound."""
+    ids = list(range(1, n + 1))
+    seen = {"now": 0, "most": 0}
+
+    async def article(request: web.Request) -> web.Response:
+        seen["now"] += 1
+        seen["most"] = max(seen["most"], seen["now"])
+        await asyncio.sleep(0.05)
+        seen["now"] -= 1
+        aid = int(request.match_info["id"])
+        return web.Response(body=orjson.dumps({"id": aid, "description": "x" * size}),
+                            content_type="application/json")
+
+    with ThreadedApp(lambda app: app.router.add_get("/v2/articles/{id}", article)) as server:
+        path = write(tmp_path, server.url, [{"kind": "ids", "ids": ids}],
+                     stats={"counters": []})
+        assert cli.main(["run", path]) == cli.OK
+    assert seen["most"] == at_once
+    snap = list_snapshots(tmp_path / "out", "t")[-1]
+    lines = (snap / "articles.ndjson").read_bytes().splitlines()
+    assert [len(orjson.loads(line)["description"]) for line in lines] == [size] * len(ids)
 
 
 class WindowServer:
