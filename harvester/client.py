@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -67,6 +68,13 @@ def scopes(prefixes: Mapping[str, str]) -> tuple[Scope, ...]:
     """URL prefix -> value as Scopes; ValueError for a prefix that is not an absolute URL."""
     return tuple(Scope(origin_of(p), URL(p).raw_path.rstrip("/") + "/", str(v))
                  for p, v in prefixes.items())
+
+
+# A body past LARGE_BODY bytes waits for the turn its caller set here (journal.Outcomes.item):
+# one such body at a time is read and held, whatever the concurrency.
+LARGE_BODY = 1 << 20
+large_body_turn: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "large_body_turn", default=None)
 
 
 @dataclass(frozen=True)
@@ -407,8 +415,12 @@ class Client:
         """The decompressed body, refused past max_body: memory stays near the cap whatever
         the server sends (a gzip bomb included)."""
         cap, size, parts = self.settings.max_body, 0, []
+        turn = large_body_turn.get()
         try:
             async for chunk in resp.content.iter_any():
+                if turn is not None and size + len(chunk) > LARGE_BODY:
+                    await turn()
+                    turn = None
                 size += len(chunk)
                 if size > cap:
                     raise call.fail(RequestError, "too-large", f"body over {cap:,} bytes "

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import io
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
@@ -145,42 +145,52 @@ class Outcome:
 
 
 class Outcomes(asyncio.Queue["Outcome | None"]):
-    """The fan-out's outcomes on their way to the journal, bounded by count and by bytes. An
-    item starts (`slot`) only while the record bytes not yet stored, plus one record as big as
-    the last for it and for each item in flight, stay under `max_bytes`, or nothing is held:
-    records near http.max_body are fetched and stored one at a time."""
+    """The fan-out's outcomes on their way to the journal, bounded by count and by bytes: while
+    `max_bytes` of records are not yet stored, no worker starts another item (`room`). A record
+    past LARGE_BODY is one at a time from its first byte until it is stored (`item`), so records
+    near http.max_body are never held by every worker at once, whatever came before them."""
 
     def __init__(self, maxsize: int, max_bytes: int = QUEUED_BYTES) -> None:
         super().__init__(maxsize)
         self.max_bytes, self.bytes = max_bytes, 0
-        self.in_flight, self.expected = 0, max_bytes  # the first item starts alone
         self._room = asyncio.Condition()
+        self._large = asyncio.Lock()
+        self._unstored: set[int] = set()  # ids of outcomes put here, not yet stored
+
+    async def room(self) -> None:
+        async with self._room:
+            await self._room.wait_for(lambda: self.bytes < self.max_bytes)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Held while one item is fetched and put here."""
-        async with self._room:
-            await self._room.wait_for(self._fits)
-            self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            async with self._room:
-                self._room.notify_all()
+    async def item(self, article_id: int) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+        """One item's fetch. What it yields waits for the turn of a large body (the client
+        calls it, see client.LARGE_BODY); a turn taken is given up once the item is stored."""
+        held = False
 
-    def _fits(self) -> bool:
-        held = self.bytes + (self.in_flight + 1) * self.expected
-        return held <= self.max_bytes or (self.in_flight == 0 and self.bytes == 0)
+        async def turn() -> None:
+            nonlocal held
+            if not held:
+                await self._large.acquire()
+                held = True
+
+        try:
+            yield turn
+            if held:
+                async with self._room:
+                    await self._room.wait_for(lambda: article_id not in self._unstored)
+        finally:
+            if held:
+                self._large.release()
 
     def _put(self, item: Outcome | None) -> None:
-        if item is not None and item.body:
-            self.expected = _held(item)
+        if item is not None:
+            self._unstored.add(item.article_id)
         self.bytes += _held(item)
         super()._put(item)
 
     async def stored(self, outcomes: list[Outcome]) -> None:
         self.bytes -= sum(map(_held, outcomes))
+        self._unstored.difference_update(o.article_id for o in outcomes)
         async with self._room:
             self._room.notify_all()
 

@@ -22,7 +22,7 @@ import orjson
 from harvester import __version__
 from harvester import budget as bud
 from harvester.catalog import Catalog, last_complete_full, run_lock
-from harvester.client import Client, ClientSettings
+from harvester.client import Client, ClientSettings, large_body_turn
 from harvester.config import INCREMENTAL_KINDS, Config, parse_duration, public_view
 from harvester.errors import HarvesterError, OutputError
 from harvester.fetch import ItemFetcher
@@ -380,12 +380,15 @@ class Harvest:
     async def _work(self, fetcher: ItemFetcher, todo: asyncio.Queue[Any],
                     results: Outcomes) -> None:
         while (item := await todo.get()) is not None:
-            async with results.slot():
-                cost = self.costs.record if item.mode == FULL else self.costs.stats
-                if not self.spend.admit(cost):
-                    continue  # spent: the rest stays pending (deferred), in order
+            await results.room()
+            cost = self.costs.record if item.mode == FULL else self.costs.stats
+            if not self.spend.admit(cost):
+                continue  # spent: the rest stays pending (deferred), in order
+            async with results.item(item.article_id) as turn:
+                token = large_body_turn.set(turn)
                 with self.spend.fetching(cost):
                     outcome = await fetcher.fetch(item.article_id, item.sources, item.mode)
+                large_body_turn.reset(token)
                 p = self.progress
                 if outcome.state == DONE:
                     p.done += 1
@@ -394,6 +397,7 @@ class Harvest:
                 else:
                     p.failed += 1
                 await results.put(outcome)
+                del outcome  # its body may be near http.max_body: not held until the next item
 
     async def _publish(self, journal: Journal, meta: dict[str, str],
                        metrics: dict[str, Any]) -> RunResult:

@@ -17,7 +17,9 @@ import yaml
 from aiohttp import web
 
 from harvester import cli
+from harvester.client import LARGE_BODY, Client, large_body_turn
 from harvester.figshare import list_query
+from harvester.journal import ItemState, Outcome, Outcomes
 from harvester.partition import Exhauster, Limits
 from harvester.simulator import ThreadedApp
 from harvester.store import list_snapshots
@@ -315,31 +317,46 @@ def test_page_size_follows_the_config(tmp_path: Path) -> None:
     assert manifest(tmp_path)["sources"][0]["minimum_requests"] == 5
 
 
-@pytest.mark.parametrize(("size", "n", "at_once"), [(100, 8, 4), (9 << 20, 3, 1)])
-def test_records_too_big_to_hold_together_are_fetched_one_at_a_time(
-        tmp_path: Path, size: int, n: int, at_once: int) -> None:
-    """Four workers share the bytes not yet stored: the server sees every worker at once
-    with small records, one request at a time once a record alone is past that bound."""
-    ids = list(range(1, n + 1))
-    seen = {"now": 0, "most": 0}
+@pytest.mark.parametrize(("size", "together"), [(100, 4), (LARGE_BODY + 1, 1)])
+async def test_a_large_body_is_held_alone_from_its_first_byte_until_stored(
+        size: int, together: int) -> None:
+    """Four fetches at once, each in its Outcomes.item as the fan-out runs them: small bodies
+    are held together; a body past LARGE_BODY waits its turn, which lasts until it is stored."""
+    body = orjson.dumps({"id": 1, "description": "x" * size})
 
     async def article(request: web.Request) -> web.Response:
-        seen["now"] += 1
-        seen["most"] = max(seen["most"], seen["now"])
-        await asyncio.sleep(0.05)
-        seen["now"] -= 1
-        aid = int(request.match_info["id"])
-        return web.Response(body=orjson.dumps({"id": aid, "description": "x" * size}),
-                            content_type="application/json")
+        return web.Response(body=body, content_type="application/json")
 
-    with ThreadedApp(lambda app: app.router.add_get("/v2/articles/{id}", article)) as server:
-        path = write(tmp_path, server.url, [{"kind": "ids", "ids": ids}],
-                     stats={"counters": []})
-        assert cli.main(["run", path]) == cli.OK
-    assert seen["most"] == at_once
-    snap = list_snapshots(tmp_path / "out", "t")[-1]
-    lines = (snap / "articles.ndjson").read_bytes().splitlines()
-    assert [len(orjson.loads(line)["description"]) for line in lines] == [size] * len(ids)
+    def routes(app: web.Application) -> None:
+        app.router.add_get("/v2/articles/{id}", article)
+
+    results = Outcomes(8)
+    held = {"now": 0, "most": 0}
+
+    async def fetch(client: Client, url: str, aid: int) -> None:
+        async with results.item(aid) as turn:
+            large_body_turn.set(turn)
+            reply = await client.get(f"{url}/articles/{aid}")
+            held["now"] += 1
+            held["most"] = max(held["most"], held["now"])
+            await results.put(Outcome(aid, ItemState.DONE, body=reply.body))
+
+    async def journal() -> None:
+        while (outcome := await results.get()) is not None:
+            await asyncio.sleep(0.05)  # writing it
+            held["now"] -= 1
+            await results.stored([outcome])
+
+    runner, url = await serve(routes)
+    try:
+        async with fast_client() as client:
+            storing = asyncio.create_task(journal())
+            await asyncio.gather(*(fetch(client, url, aid) for aid in range(1, 5)))
+            await results.put(None)
+            await storing
+    finally:
+        await runner.cleanup()
+    assert held == {"now": 0, "most": together}
 
 
 class WindowServer:
