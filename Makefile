@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 	$(BIN)/harvester report output/demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet ruff mypy
