@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -78,31 +77,6 @@ def unpack(blob: bytes) -> bytes:
     size = unpacked_size(blob)
     return (_LZ4.decompress(memoryview(blob)[8:], decompressed_size=size, asbytes=True)
             if size else b"")
-
-
-def unpack_from(blob: sqlite3.Blob) -> bytes:
-    """unpack() streamed from a blob handle: a record near http.max_body is neither read
-    packed into memory nor copied after it is unpacked."""
-    size = unpacked_size(blob.read(8))
-    if not size:
-        return b""
-    with pa.CompressedInputStream(pa.PythonFile(_Reader(blob), mode="r"), "lz4") as stream:
-        return stream.read(size)
-
-
-class _Reader(io.RawIOBase):
-    """A blob handle as the file object pyarrow reads from."""
-
-    def __init__(self, blob: sqlite3.Blob) -> None:
-        self.blob = blob
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.blob.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
 
 _SCHEMA = """

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from harvester.journal import KEPT, unpack_from, unpacked_size
+from harvester.journal import KEPT, unpack, unpacked_size
 
 # the records a snapshot holds, with the stats-only rows that carry a deferred or failed
 # item's last totals
@@ -59,9 +59,9 @@ def bodies(db: sqlite3.Connection) -> Iterator[bytes]:
 
 
 def _rows(db: sqlite3.Connection) -> Iterator[JournalRow]:
-    """The kept records. A body is unpacked straight from a blob handle: a SELECT would copy
-    it twice, packed, and a record may be http.max_body big."""
+    """The kept records. A body is read through a blob handle, which copies it once where a
+    SELECT copies it twice, and unpacked at once: a record may be http.max_body big."""
     for aid, sources, *rest in db.execute(_KEPT_RECORDS, KEPT):
         with db.blobopen("records", "body", aid, readonly=True) as blob:
-            body = unpack_from(blob)
+            body = unpack(blob.read())
         yield JournalRow(aid, sources, body, *rest)
