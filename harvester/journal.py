@@ -25,6 +25,7 @@ from harvester.errors import OutputError
 T = TypeVar("T")
 
 QUEUED_BYTES = 8 << 20  # record bytes fetched, not yet stored, past which no item starts
+LARGE_BLOB = 1 << 20  # a journal blob this big is written and read through a blob handle
 
 
 class ItemState(IntEnum):
@@ -436,16 +437,19 @@ class Journal:
         done = [o for o in outcomes if o.state == ItemState.DONE]
         with transaction(self.db):
             for o in done:
-                # the body is packed straight into a zeroblob: SQLite copies a bound value
-                # twice, and a record near http.max_body makes each copy that big
+                # a large body is packed straight into a zeroblob: SQLite copies a bound value
+                # twice, and a record near http.max_body makes each copy that big. Only a large
+                # one: Python 3.11 keeps a weak reference to every blob handle until the
+                # connection closes (a million records, a million of them)
                 size, frame = _packed(o.body)
+                large = frame.size > LARGE_BLOB
                 self.db.execute(
                     "INSERT OR REPLACE INTO records(article_id, body, files, stats, fetched_at, "
                     "payloads, published, record_url, etag, last_modified) "
-                    "VALUES(?, zeroblob(?), ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"VALUES(?, {'zeroblob(?)' if large else '?'}, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         o.article_id,
-                        len(size) + frame.size,
+                        len(size) + frame.size if large else size + frame,
                         pack(o.files) if o.files is not None else None,
                         orjson.dumps(o.stats) if o.stats is not None else None,
                         o.fetched_at,
@@ -453,9 +457,10 @@ class Journal:
                         o.published,
                         *(o.validators or (None, None, None)),
                     ))
-                with self.db.blobopen("records", "body", o.article_id) as blob:
-                    blob.write(size)
-                    blob.write(frame)
+                if large:
+                    with self.db.blobopen("records", "body", o.article_id) as blob:
+                        blob.write(size)
+                        blob.write(frame)
             self.db.executemany("DELETE FROM errors WHERE article_id=?",
                                 [(o.article_id,) for o in done if o.error is None])
             self.db.executemany(

@@ -10,12 +10,12 @@ import sqlite3
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from harvester.journal import KEPT, unpack, unpacked_size
+from harvester.journal import KEPT, LARGE_BLOB, unpack, unpacked_size
 
 # the records a snapshot holds, with the stats-only rows that carry a deferred or failed
 # item's last totals
 _KEPT_RECORDS = ("SELECT r.article_id, i.sources, r.files, r.stats, r.fetched_at, "
-                 "r.payloads FROM records r JOIN ids i USING(article_id) "
+                 "r.payloads, length(r.body) FROM records r JOIN ids i USING(article_id) "
                  "WHERE i.state IN (?, ?, ?) ORDER BY r.article_id")
 
 
@@ -59,9 +59,13 @@ def bodies(db: sqlite3.Connection) -> Iterator[bytes]:
 
 
 def _rows(db: sqlite3.Connection) -> Iterator[JournalRow]:
-    """The kept records. A body is read through a blob handle, which copies it once where a
-    SELECT copies it twice, and unpacked at once: a record may be http.max_body big."""
-    for aid, sources, *rest in db.execute(_KEPT_RECORDS, KEPT):
-        with db.blobopen("records", "body", aid, readonly=True) as blob:
-            body = unpack(blob.read())
-        yield JournalRow(aid, sources, body, *rest)
+    """The kept records, each body unpacked at once. A large one is read through a blob
+    handle, which copies it once where a SELECT copies it twice (see Journal.store)."""
+    for aid, sources, *rest, size in db.execute(_KEPT_RECORDS, KEPT):
+        if size > LARGE_BLOB:
+            with db.blobopen("records", "body", aid, readonly=True) as blob:
+                packed = blob.read()
+        else:
+            packed = db.execute("SELECT body FROM records WHERE article_id=?", (aid,)
+                                ).fetchone()[0]
+        yield JournalRow(aid, sources, unpack(packed), *rest)
