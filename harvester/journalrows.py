@@ -13,9 +13,11 @@ from typing import NamedTuple
 from harvester.journal import KEPT, LARGE_BLOB, unpack, unpacked_size
 
 # the records a snapshot holds, with the stats-only rows that carry a deferred or failed
-# item's last totals
-_KEPT_RECORDS = ("SELECT r.article_id, i.sources, r.files, r.stats, r.fetched_at, "
-                 "r.payloads, length(r.body) FROM records r JOIN ids i USING(article_id) "
+# item's last totals; a body past LARGE_BLOB comes as NULL (a body is never NULL), to be read
+# through a blob handle
+_KEPT_RECORDS = ("SELECT r.article_id, i.sources, r.files, r.stats, r.fetched_at, r.payloads, "
+                 "CASE WHEN length(r.body) > ? THEN NULL ELSE r.body END "
+                 "FROM records r JOIN ids i USING(article_id) "
                  "WHERE i.state IN (?, ?, ?) ORDER BY r.article_id")
 
 
@@ -61,11 +63,8 @@ def bodies(db: sqlite3.Connection) -> Iterator[bytes]:
 def _rows(db: sqlite3.Connection) -> Iterator[JournalRow]:
     """The kept records, each body unpacked at once. A large one is read through a blob
     handle, which copies it once where a SELECT copies it twice (see Journal.store)."""
-    for aid, sources, *rest, size in db.execute(_KEPT_RECORDS, KEPT):
-        if size > LARGE_BLOB:
+    for aid, sources, *rest, packed in db.execute(_KEPT_RECORDS, (LARGE_BLOB, *KEPT)):
+        if packed is None:
             with db.blobopen("records", "body", aid, readonly=True) as blob:
                 packed = blob.read()
-        else:
-            packed = db.execute("SELECT body FROM records WHERE article_id=?", (aid,)
-                                ).fetchone()[0]
         yield JournalRow(aid, sources, unpack(packed), *rest)

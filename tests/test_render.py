@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import random
 import sqlite3
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ import yaml
 from aiohttp import web
 
 from harvester.errors import OutputError
-from harvester.journal import DONE, Journal, Outcome, pack, unpack
+from harvester.journal import DONE, LARGE_BLOB, Journal, Outcome, pack, unpack
 from harvester.journalrows import chunks
 from harvester.pipeline import Harvest
 from harvester.schema import SCHEMAS
@@ -87,6 +89,22 @@ def test_chunks_end_at_a_record_count_or_a_byte_size(tmp_path: Path) -> None:
     # a chunk ends at the record that reaches the bound: at most one record (100 KB) past it
     assert len(one_mb) == 3 and all((1 << 20) <= size < (1 << 20) + 101_000
                                     for size in one_mb[:-1])
+
+
+def test_large_and_small_bodies_read_back_as_stored(tmp_path: Path) -> None:
+    """Bodies past LARGE_BLOB go through blob handles, the rest through bound values."""
+    noise = base64.b64encode(random.Random(7).randbytes(LARGE_BLOB)).decode()  # LZ4 keeps it
+    bodies = [orjson.dumps({"id": i, "title": f"t{i}", "pad": noise if i % 2 else ""})
+              for i in range(1, 5)]
+    journal = journal_of(tmp_path, bodies)
+    try:
+        stored = journal.run(lambda: journal.db.execute(
+            "SELECT length(body) > ? FROM records ORDER BY article_id", (LARGE_BLOB,)).fetchall())
+        read = journal.run(lambda: [r.body for c in chunks(journal.db, 1_000, 1 << 30) for r in c])
+    finally:
+        journal.close()
+    assert [large for (large,) in stored] == [1, 0, 1, 0]
+    assert read == bodies
 
 
 BIG_LIST = orjson.dumps([{"id": i, "name": f"f{i}"} for i in range(50_000)])
