@@ -208,6 +208,13 @@ class Schedule:
     nights_to_full: int | None  # None: the budget holds no stats refresh at all
     settle_age: int | None  # nights: the oldest totals once the schedule settles
 
+    def __str__(self) -> str:
+        """One log line: what tonight holds and what waits for the next night."""
+        held = "no budget" if self.allowance is None else f"budget {self.allowance:,} requests"
+        return (f"{self.requests:,} requests ({held}): {self.records:,} records "
+                f"({self.records_deferred:,} deferred), {self.stats:,} stats refreshes "
+                f"({self.stats_deferred:,} deferred)")
+
 
 def schedule(work: Workload, allowance: int | None, rate: RateLimit) -> Schedule:
     """Spend `allowance` in order: records first, then stats stalest first."""

@@ -96,6 +96,8 @@ def test_schedule_spends_records_first_then_stalest_stats() -> None:
     assert plan.nights_to_full == math.ceil(20_000 / (plan.stats + 1_000))
     small = schedule(work, 2_020, rate)  # not even tonight's records fit
     assert (small.records, small.records_deferred, small.stats) == (500, 500, 0)
+    assert str(small) == ("2,020 requests (budget 2,020 requests): 500 records (500 deferred), "
+                          "0 stats refreshes (19,000 deferred)")
     assert settle_age(20_000, 4_000, 0) == 4  # refreshed every 5th night: 0..4 nights old
     assert settle_age(20_000, 0, 1_000) is None  # unchanged items would never be refreshed
 
