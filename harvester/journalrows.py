@@ -67,4 +67,6 @@ def _rows(db: sqlite3.Connection) -> Iterator[JournalRow]:
         if packed is None:
             with db.blobopen("records", "body", aid, readonly=True) as blob:
                 packed = blob.read()
-        yield JournalRow(aid, sources, unpack(packed), *rest)
+        body = unpack(packed)
+        del packed  # else the generator holds it while the record is rendered and written
+        yield JournalRow(aid, sources, body, *rest)
