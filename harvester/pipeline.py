@@ -33,7 +33,7 @@ from harvester.periods import parse_stamp, stamp, utc_now
 from harvester.policy import RateLimit, RetryPolicy
 from harvester.records import RowContext, side_rows
 from harvester.render import CHUNK_BYTES, CHUNK_RECORDS, RenderSpec, render, series_rows
-from harvester.sinks import SnapshotWriter
+from harvester.sinks import SnapshotWriter, clean_staging
 from harvester.sources import SourceReport, enumerate_source
 from harvester.store import (
     STAGING,
@@ -187,7 +187,7 @@ class Harvest:
                     journal.close()
                 else:
                     journal.discard()
-                self._remove_empty_staging()
+                self._clean_staging()
 
     def _unfinished(self, meta: dict[str, str], counts: Counts) -> RunResult:
         """A budgeted full run publishes only once every record is in: the next run resumes."""
@@ -210,11 +210,14 @@ class Harvest:
             meta["requests_earlier"] = orjson.dumps(total).decode()
             journal.run(journal.set_meta, {"requests_earlier": meta["requests_earlier"]})
 
-    def _remove_empty_staging(self) -> None:
+    def _clean_staging(self) -> None:
+        """Killed runs' half-written snapshots go: the journal is what resumes."""
         staging = self.state_dir / "staging" if is_remote(self.root) \
             else Path(self.root) / self.cfg.name / STAGING
         with contextlib.suppress(OSError):
-            staging.rmdir()  # only when empty: a killed run's leftovers stay for the next
+            for left in (p for p in clean_staging(staging) if p.suffix != ".lock"):
+                log.info("removed %s, left by a killed run", left)
+            staging.rmdir()  # if empty
 
     # -- phases ----------------------------------------------------------------------------
 

@@ -451,15 +451,25 @@ def _text_array(texts: list[bytes]) -> pa.Array:
     return array
 
 
-def clean_staging(root: Path | str, name: str) -> list[Path]:
-    """Remove what killed runs left in OUTPUT/NAME/.staging; call it while holding the lock."""
-    staging = Path(root) / name / STAGING
+def clean_staging(staging: Path) -> list[Path]:
+    """Remove what killed runs left in a staging directory, but never a snapshot whose writer
+    is alive (it holds the lock); returns what was removed."""
     if not staging.is_dir():
         return []
-    removed = sorted(staging.iterdir())
-    for p in removed:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+    removed: list[Path] = []
+    for work in sorted(p for p in staging.iterdir() if p.suffix != ".lock"):
+        lock = work.with_name(work.name + ".lock")
+        try:
+            fd = _lock(lock)
+        except OutputError:
+            continue  # another writer is using it
+        try:
+            if work.is_dir():
+                shutil.rmtree(work, ignore_errors=True)
+            else:
+                work.unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)
+            removed += [work, lock]
+        finally:
+            os.close(fd)
     return removed

@@ -238,6 +238,34 @@ def test_killed_run_resumes_to_the_same_snapshot(
     )
     refetched = sum(n - 1 for n in fetched.values())
     assert refetched <= 4 * 3  # bounded by concurrency (workers + queued results)
+    assert not (out / "t" / ".staging").exists()  # the killed write's files went with it
+
+
+def test_a_killed_writes_leftovers_go_even_when_the_journal_starts_over(
+    threaded_sim: SimulatorThread, tmp_path: Path
+) -> None:
+    """The config changed after the kill: a new snapshot id, so no writer ever reopens the
+    old staging directory; the next run removes it all the same."""
+    sim = threaded_sim
+    ids = sorted(sim.corpus.ids)
+    out = tmp_path / "out"
+    http = {"rate": {"requests": 10_000, "per": 1}, "concurrency": 4}
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids[:30]}], http=http)
+    sim.update(latency_ms=20)
+    try:
+        killed = kill_when(cfg.path, lambda: any((out / "t" / ".staging").glob(
+            "*/articles.ndjson")))
+    finally:
+        sim.update(latency_ms=0)
+    assert killed == -signal.SIGKILL
+    [left] = [p for p in (out / "t" / ".staging").iterdir() if p.is_dir()]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids[:31]}], http=http)
+    done = run_cli(cfg.path)
+    assert done.returncode == 0, done.stderr.decode()
+    assert not (out / "t" / ".staging").exists()
+    [snapshot] = list_snapshots(out, "t")
+    assert snapshot.name != f"snapshot={left.name}"
+    assert len(pq.read_table(snapshot / "articles")) == 31
 
 
 def test_killed_after_publishing_the_rerun_finishes_that_snapshot(

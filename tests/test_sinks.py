@@ -366,8 +366,14 @@ def test_a_killed_run_leaves_only_staging(tmp_path):
     done = subprocess.run([sys.executable, "-c", CRASH, str(tmp_path), "20990103T000000Z"],
                           cwd=ROOT_DIR, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 9, done.stderr
-    leftovers = clean_staging(tmp_path, NAME)
-    assert [p.name for p in leftovers] == ["20990103T000000Z", "20990103T000000Z.lock"]
+    with SnapshotWriter(tmp_path, NAME, snapshot_id="20990104T000000Z") as alive:
+        leftovers = clean_staging(tmp_path / NAME / ".staging")
+        assert [p.name for p in leftovers] == ["20990103T000000Z", "20990103T000000Z.lock"]
+        assert sorted(p.name for p in (tmp_path / NAME / ".staging").iterdir()) == [
+            "20990104T000000Z", "20990104T000000Z.lock"]  # a live writer's: kept
+        rec = record(6)
+        alive.add_article(rec, article_rows(rec, RowContext(alive.snapshot_id, T0)))
+        alive.publish({})
     assert list((tmp_path / NAME / ".staging").iterdir()) == []
 
 
