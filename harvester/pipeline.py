@@ -219,8 +219,6 @@ class Harvest:
                 log.info("removed %s, left by a killed run", left)
             staging.rmdir()  # if empty
 
-    # -- phases ----------------------------------------------------------------------------
-
     async def _open_journal(self) -> tuple[Journal, dict[str, str]]:
         """The interrupted run's journal if the config is unchanged, else a fresh one."""
         path = self.state_dir / "journal.sqlite"
@@ -565,7 +563,6 @@ class Harvest:
         duplicate_keys = 0
         writer.open()
         try:
-            # records in id order, a chunk of bounded size at a time
             for rows in chunks(journal.db, CHUNK_RECORDS, CHUNK_BYTES):
                 self._check_stop()
                 chunk = render(spec, rows)
