@@ -156,7 +156,7 @@ class _Call:
              **kw: Any) -> RequestError:
         """`reason` is the label callers and metrics see; `phrase` the HTTP reason phrase."""
         head = f"{status} {phrase or reason}" if status is not None else reason
-        message = f"{self.method} {self.safe_url} -> {head}: {detail}"
+        message = f"{self.method} {self.safe_url} -> {head}" + (f": {detail}" if detail else "")
         for secret in self.secrets:
             message, body = message.replace(secret, "***"), body.replace(secret, "***")
         return cls(" ".join(message.split()), url=self.safe_url, status=status, reason=reason,

@@ -531,6 +531,19 @@ class Journal:
         rows = self.db.execute("SELECT error FROM errors ORDER BY article_id").fetchall()
         return [orjson.loads(e) for (e,) in rows]
 
+    def failure_summary(self) -> str:
+        """The commonest reasons ids failed, with one message of the first: what a refusal to
+        publish says, when no errors.ndjson is published to read."""
+        rows = self.db.execute(
+            "SELECT reason, count(*), min(message) FROM (SELECT json_extract(CAST(error AS TEXT),"
+            " '$.reason') reason, json_extract(CAST(error AS TEXT), '$.message') message "
+            "FROM errors) GROUP BY reason ORDER BY count(*) DESC, reason LIMIT 3").fetchall()
+        if not rows:
+            return ""
+        (_, _, example), *_ = rows
+        return (f"failed: {', '.join(f'{n:,} {reason}' for reason, n, _ in rows)}, such as "
+                f"{example}")
+
     def add_source_records(self, idx: int, records: Iterable[tuple[str, int, Any]],
                            fetched_at: str) -> None:
         """Records a source yields besides ids, as (kind, key, JSON body); re-listing replaces."""

@@ -412,7 +412,11 @@ class Harvest:
         if kind == "full" and not self.accept_drop:
             refusal = await asyncio.to_thread(self._guard, counts)
             if refusal:
-                raise PublishGuarded(refusal)
+                failed = await journal.call(journal.failure_summary)
+                why = f"{refusal}; {failed}" if failed else refusal
+                raise PublishGuarded(f"publish guard: {why}; LATEST not moved; the journal is "
+                                     "kept: run again to retry, or 'harvester run "
+                                     "--accept-drop' to publish it")
         deferred: dict[str, int] = {}
         if kind == "incremental":  # the unrefreshed keep their last totals in the snapshot
             deferred = await journal.call(journal.defer_pending, self.catalog_path)
@@ -497,20 +501,16 @@ class Harvest:
     def _guard(self, counts: Counts) -> str:
         """Why this full run must not be published, or "" (a thread: reads manifests)."""
         fetched, listed = counts.get(DONE, 0), sum(counts.values())
-        after = ("LATEST not moved; the journal is kept: run again to retry, or "
-                 "'harvester run --accept-drop' to publish it")
         if listed and not fetched:
-            return (f"publish guard: this full run fetched 0 records of the {listed:,} ids "
-                    f"listed; {after}")
+            return f"this full run fetched 0 records of the {listed:,} ids listed"
         last = last_complete_full(self.root, self.cfg.name)
         if last is None:
             return ""
         sid, before = last
         ratio = self.cfg.guard.min_ratio
         if fetched < ratio * before:
-            return (f"publish guard: this full run fetched {fetched:,} records, fewer than "
-                    f"{ratio:g} x the {before:,} of snapshot {sid}, the last complete one; "
-                    f"{after}")
+            return (f"this full run fetched {fetched:,} records, fewer than {ratio:g} x the "
+                    f"{before:,} of snapshot {sid}, the last complete one")
         return ""
 
     def _remember(self, meta: dict[str, str], manifest: dict[str, Any], *, advance: bool) -> None:

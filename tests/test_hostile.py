@@ -143,9 +143,15 @@ IDS = [{"kind": "ids", "ids": list(range(1, 21))}]
 # ---- everything fails: the guard holds LATEST ------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["html404", "empty404", "500", "html200", "json404"])
+@pytest.mark.parametrize(("mode", "failed"), [
+    ("html404", "failed: 20 404-unconfirmed, such as GET http://127.0.0.1:"),
+    ("empty404", "failed: 20 404-unconfirmed, such as GET http://127.0.0.1:"),
+    ("500", "failed: 20 500, such as GET http://127.0.0.1:"),
+    ("html200", "failed: 20 bad-json, such as GET http://127.0.0.1:"),
+    ("json404", "failed: 20 404-for-every-id, such as every id of the run answered 404"),
+])
 def test_a_server_failing_every_record_never_moves_latest(
-    tmp_path: Path, mode: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, mode: str, failed: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     repo = Repo()
     before = publish_good(tmp_path, repo, IDS)
@@ -156,6 +162,7 @@ def test_a_server_failing_every_record_never_moves_latest(
     assert code == cli.PARTIAL
     line = one_error_line(capsys.readouterr().err)
     assert "publish guard" in line and "fetched 0 records of the 20 ids" in line
+    assert failed in line  # why, since no errors.ndjson is published to say it
     assert latest(tmp_path) == before and len(list_snapshots(tmp_path / "out", "t")) == 1
     assert (tmp_path / "out" / "t" / ".state" / "journal.sqlite").exists()  # kept
     assert not (tmp_path / "out" / "t" / ".staging").exists()
