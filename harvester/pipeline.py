@@ -412,8 +412,8 @@ class Harvest:
         if kind == "full" and not self.accept_drop:
             refusal = await asyncio.to_thread(self._guard, counts)
             if refusal:
-                failed = await journal.call(journal.failure_summary)
-                why = f"{refusal}; {failed}" if failed else refusal
+                reasons = await journal.call(journal.failure_summary)
+                why = f"{refusal}; {reasons}" if reasons else refusal
                 raise PublishGuarded(f"publish guard: {why}; LATEST not moved; the journal is "
                                      "kept: run again to retry, or 'harvester run "
                                      "--accept-drop' to publish it")
