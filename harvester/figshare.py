@@ -110,8 +110,10 @@ class Pager:
     def advance(self, count: int, cursor: str | None) -> None:
         self.requests += 1
         self.items += count
-        if count < self.page_size or self.requests >= MAX_PAGES:
+        if count < self.page_size:
             self.done = True
+        elif self.requests >= MAX_PAGES:  # a loop guard, not an end: what is left is unlisted
+            self.refused()
         elif self.cursor is None and self.page * self.page_size < self.window:
             self.page += 1
         elif self.use_cursor and cursor and cursor not in self.seen_cursors:

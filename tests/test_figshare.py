@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from harvester.figshare import Pager, files_may_be_truncated, list_query
 
 
@@ -45,6 +47,16 @@ def test_repeated_cursor_is_a_loop_not_progress() -> None:
     drive(p, [1000] * 12, [None] * 8 + ["same", "same", "same", "same"])
     assert p.truncated
     assert p.requests == 10
+
+
+def test_a_server_paging_forever_is_cut_off_as_truncated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full pages and fresh cursors without end: the page guard stops the listing, and what
+    it did not list is reported unlisted, never taken for the end of the repository."""
+    monkeypatch.setattr("harvester.figshare.MAX_PAGES", 12)
+    p = Pager()
+    drive(p, [1000] * 20, [f"c{i}" for i in range(20)])
+    assert p.requests == 12 and p.items == 12_000
+    assert p.done and p.truncated
 
 
 def test_refused_page_marks_truncation() -> None:
