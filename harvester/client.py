@@ -464,7 +464,8 @@ class Client:
             raise fail(Blocked)
         if status in (401, 403):
             hint = next((h.value for h in self._hints if h.covers(call.url)), None)
-            raise fail(AuthError, f"{summary} (check {hint})" if hint else summary)
+            raise fail(AuthError, f"{summary} (check {hint})" if hint else f"{summary} (a "
+                       "public operation, sent without credentials: is this the right host?)")
         raise fail(RequestError)
 
     def _json(self, call: _Call, status: int, phrase: str, raw: bytes) -> tuple[Any, bytes]:

@@ -672,6 +672,9 @@ async def test_client_errors_are_not_retried(
     assert info.value.status == status and info.value.attempts == 1
     assert str(info.value).startswith(f"GET {server.url}/v2/articles?page=10 -> {status} ")
     assert len(server.seen) == 1
+    if exc is AuthError:  # no credential scoped here: a wrong host more likely than a bad token
+        assert str(info.value).endswith("(a public operation, sent without credentials: is "
+                                        "this the right host?)")
 
 
 # ---- credentials, redirects, secrecy ------------------------------------------------------------
