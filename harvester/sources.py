@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harvester.client import Client
-from harvester.config import Source, read_ids_file
+from harvester.config import DEFAULT_API_URL, Source, read_ids_file
 from harvester.errors import AuthError, BadResponse, NotFound
 from harvester.figshare import PAGE_SIZE, list_query, valid_id
 from harvester.oaipmh import OaiLister, portal_set
@@ -142,8 +142,12 @@ async def _listed(client: Client, api_url: str, source: Source, report: SourceRe
     if kind == "reviews":
         walker.on_items = lambda items: report.side.extend(
             SideRecord("review", r["id"], dict(r)) for r in items if isinstance(r.get("id"), int))
-    async for batch in walker.ids(list_query(kind, params)):
-        yield batch
+    try:
+        async for batch in walker.ids(list_query(kind, params)):
+            yield batch
+    except NotFound as exc:  # a listing is never missing: the base URL is wrong
+        raise NotFound(f"{exc} (no such listing: is api.url the API's base, as Figshare's "
+                       f"{DEFAULT_API_URL}?)", url=exc.url, status=404) from None
     report.absorb(walker)
     if params.get("reconcile") == "oai":
         if "modified_since" in params:

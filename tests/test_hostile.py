@@ -208,6 +208,25 @@ def test_a_rerun_publishes_once_the_server_is_back(tmp_path: Path) -> None:
     assert snapshot_ids(tmp_path) == repo.ids and manifest(tmp_path)["status"] == "complete"
 
 
+def test_an_api_url_without_v2_is_named_and_never_moves_latest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = Repo()
+    before = publish_good(tmp_path, repo, [{"kind": "articles"}])
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, [{"kind": "articles"}])
+        body = yaml.safe_load(Path(path).read_text())
+        body["api"]["url"] = server.url  # /v2 left out: every listing answers 404
+        Path(path).write_text(yaml.safe_dump(body))
+        capsys.readouterr()
+        code = cli.main(["run", path])
+    assert code == cli.ABORTED
+    line = one_error_line(capsys.readouterr().err)
+    assert f"GET {server.url}/articles?" in line and "-> 404 Not Found" in line
+    assert line.endswith("(no such listing: is api.url the API's base, as Figshare's "
+                         "https://api.figshare.com/v2?)")
+    assert latest(tmp_path) == before and repo.hits["list"] == 1  # the healthy run's only
+
+
 def test_a_closed_port_never_moves_latest(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     before = publish_good(tmp_path, Repo(), IDS)
