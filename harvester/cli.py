@@ -344,8 +344,10 @@ async def run_harvest(cfg: config.Config, *, full: bool = False,
         log.error("some source could not be enumerated completely; see the manifest's partitions")
         return PARTIAL
     if result.errors > cfg.max_errors:
-        log.error("%d ids failed (max_errors: %d); see errors.ndjson", result.errors,
-                  cfg.max_errors)
+        reasons = result.manifest.get("errors_by_reason", {})
+        said = ", ".join(f"{n:,} {r}" for r, n in reasons.items())
+        log.error("%d ids failed (max_errors: %d): %s; see errors.ndjson", result.errors,
+                  cfg.max_errors, said)
         return PARTIAL
     files_failed = int(result.manifest.get("fetch", {}).get("downloads", {}).get("failed", 0))
     if files_failed > cfg.files.max_failures:

@@ -531,18 +531,23 @@ class Journal:
         rows = self.db.execute("SELECT error FROM errors ORDER BY article_id").fetchall()
         return [orjson.loads(e) for (e,) in rows]
 
-    def failure_summary(self) -> str:
-        """The commonest reasons ids failed, with one message of the first: what a refusal to
-        publish says, when no errors.ndjson is published to read."""
-        rows = self.db.execute(
+    def failure_reasons(self) -> list[tuple[str, int, str]]:
+        """Failed ids (and records kept without a part) by reason, commonest first, gone ones
+        left out: (reason, ids, one message)."""
+        return self.db.execute(
             "SELECT reason, count(*), min(message) FROM (SELECT json_extract(CAST(error AS TEXT),"
             " '$.reason') reason, json_extract(CAST(error AS TEXT), '$.message') message "
-            "FROM errors) GROUP BY reason ORDER BY count(*) DESC, reason LIMIT 3").fetchall()
-        if not rows:
+            "FROM errors JOIN ids USING(article_id) WHERE state != ?) GROUP BY reason "
+            "ORDER BY count(*) DESC, reason", (ItemState.GONE,)).fetchall()
+
+    def failure_summary(self) -> str:
+        """The commonest reasons, with a message of the first: what a refusal to publish says,
+        when no errors.ndjson is published to read."""
+        reasons = self.failure_reasons()[:3]
+        if not reasons:
             return ""
-        (_, _, example), *_ = rows
-        return (f"failed: {', '.join(f'{n:,} {reason}' for reason, n, _ in rows)}, such as "
-                f"{example}")
+        counted = ", ".join(f"{n:,} {reason}" for reason, n, _ in reasons)
+        return f"failed: {counted}, such as {reasons[0][2]}"
 
     def add_source_records(self, idx: int, records: Iterable[tuple[str, int, Any]],
                            fetched_at: str) -> None:

@@ -433,8 +433,7 @@ class Harvest:
             "snapshot_id": meta["snapshot_id"],
             "status": "complete" if not failed and not truncated else "partial",
             "kind": kind,
-            # what the snapshot covers: a full run lists everything its sources select; an
-            # incremental one what changed since each source's bound, plus refreshed stats
+            # a full run: all its sources select; incremental: changes since, refreshed stats
             "covers": {"modified_since": orjson.loads(meta["since"]),
                        "stats_refreshed": refreshed["stats"]},
             "started_at": meta["started_at"],
@@ -455,6 +454,7 @@ class Harvest:
                 **bud.stats_age(await journal.call(journal.oldest_stats), utc_now()),
             }),
             "errors": failed,
+            "errors_by_reason": {r: n for r, n, _ in await journal.call(journal.failure_reasons)},
             # this run's requests; requests_total adds the interrupted runs it resumed
             "http": {**metrics, "requests_total": bud.requests_total(meta, metrics)},
             "fetch": self.fetcher.report(),  # requests per item, downloads

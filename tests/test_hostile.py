@@ -281,17 +281,21 @@ def test_a_guarded_run_leaves_the_warehouse_unchanged(tmp_path: Path) -> None:
 # ---- a failing part keeps the record ---------------------------------------------------------
 
 
-def test_a_stats_404_keeps_the_record_and_fails_the_item(tmp_path: Path) -> None:
+def test_a_stats_404_keeps_the_record_and_fails_the_item(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     repo = Repo(4)
     repo.mode = "stats404"
     with ThreadedApp(repo.routes) as server:
         path = write(tmp_path, server.url, [{"kind": "ids", "ids": repo.ids}],
                      stats={"counters": ["views", "downloads"]})
         assert cli.main(["run", path]) == cli.PARTIAL  # max_errors 0
+    assert one_error_line(capsys.readouterr().err).endswith(
+        "ERROR 4 ids failed (max_errors: 0): 4 stats-failed; see errors.ndjson")
     assert snapshot_ids(tmp_path) == repo.ids
     m = manifest(tmp_path)
     assert m["ids"] == {"total": 4, "fetched": 4, "failed": 0, "gone": 0, "incomplete": 4}
     assert m["status"] == "partial" and m["errors"] == 4
+    assert m["errors_by_reason"] == {"stats-failed": 4}
     assert {e["reason"] for e in errors(tmp_path).values()} == {"stats-failed"}
     db = str(tmp_path / "w.duckdb")
     assert cli.main(["load", str(tmp_path / "out" / "t"), "--duckdb", db]) == cli.OK

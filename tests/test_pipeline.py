@@ -149,6 +149,7 @@ async def test_gone_and_failed_ids_land_in_errors(sim: Simulator, tmp_path: Path
     assert errors[0]["source"] == ["ids-1"]
     assert article_ids(result.snapshot) == ok
     assert result.manifest["ids"]["gone"] == 1
+    assert result.manifest["errors_by_reason"] == {}  # gone is not a failure
 
     sim.update(fault_rate=1.0, fault_kinds=("503",))
     cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ok}], name="failing",
@@ -164,6 +165,7 @@ async def test_gone_and_failed_ids_land_in_errors(sim: Simulator, tmp_path: Path
     assert sorted(e["id"] for e in errors) == ok
     assert all(e["attempts"] == 2 for e in errors)
     assert all(e["status"] == 503 for e in errors)
+    assert result.manifest["errors_by_reason"] == {"503": 3}
 
 
 @pytest.mark.parametrize("faults", [0.0, 0.15])
