@@ -217,7 +217,7 @@ _MEANING = {OK: "ok", INTERNAL: "internal-error", USAGE: "usage-error", PARTIAL:
 
 def _report_view(manifest: dict[str, Any]) -> dict[str, Any]:
     keys = ("name", "snapshot_id", "status", "kind", "covers", "started_at", "finished_at",
-            "ids", "errors", "sources", "runs")
+            "ids", "errors", "errors_by_reason", "sources", "runs")
     out = {k: manifest[k] for k in keys if k in manifest}
     http = manifest.get("http", {})
     out["requests"] = http.get("requests", {})

@@ -288,9 +288,11 @@ def test_a_stats_404_keeps_the_record_and_fails_the_item(
     with ThreadedApp(repo.routes) as server:
         path = write(tmp_path, server.url, [{"kind": "ids", "ids": repo.ids}],
                      stats={"counters": ["views", "downloads"]})
-        assert cli.main(["run", path]) == cli.PARTIAL  # max_errors 0
+        assert cli.main(["run", path, "--report", str(tmp_path / "r.json")]) == cli.PARTIAL
     assert one_error_line(capsys.readouterr().err).endswith(
         "ERROR 4 ids failed (max_errors: 0): 4 stats-failed; see errors.ndjson")
+    report = orjson.loads((tmp_path / "r.json").read_bytes())  # for monitoring
+    assert report["manifest"]["errors_by_reason"] == {"stats-failed": 4}
     assert snapshot_ids(tmp_path) == repo.ids
     m = manifest(tmp_path)
     assert m["ids"] == {"total": 4, "fetched": 4, "failed": 0, "gone": 0, "incomplete": 4}
