@@ -8,16 +8,19 @@ import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import duckdb
 import pytest
+from aiohttp import web
 
 from harvester import warehouse
 from harvester.cli import main
 from harvester.pipeline import Harvest
 from harvester.report import write_report
-from harvester.simulator import Simulator
+from harvester.simulator import Simulator, ThreadedApp
+from harvester.simulator.corpus import Corpus
 from harvester.simulator.settings import SimSettings
 from tests.conftest import write_config
 
@@ -198,3 +201,65 @@ def test_the_page_in_a_real_browser(harvest: dict[str, Any], tmp_path: Path) -> 
     assert image.height > 2000  # the whole page, not a blank first screen
     colours = image.getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50
+
+
+# ---- records written by anyone: shown as text, never run ---------------------------------------
+
+HOSTILE = '</title><script>alert("title")</script><img src=x onerror=alert("img")>'
+
+
+def _hostile_records(routes: web.Application) -> None:
+    """Three records whose every shown text is markup and whose link is javascript:."""
+    template = Corpus(SimSettings(items=1, seed=5))
+    base = template.article(template.ids[0])
+
+    def record(aid: int) -> dict[str, Any]:
+        return {**base, "id": aid, "title": f"{HOSTILE} {aid}",
+                "url_public_html": 'javascript:alert("link")',
+                "tags": ['<b onmouseover=alert("tag")>tag</b>'],
+                "categories": [{**base["categories"][0],
+                                "title": "</style><svg onload=alert(1)>"}],
+                "authors": [{**base["authors"][0],
+                             "full_name": "<iframe src=javascript:alert(2)>"}]}
+
+    async def article(request: web.Request) -> web.Response:
+        return web.json_response(record(int(request.match_info["id"])))
+
+    async def total(request: web.Request) -> web.Response:
+        return web.json_response({"totals": int(request.match_info["id"])})
+
+    routes.router.add_get("/v2/articles/{id}", article)
+    routes.router.add_get("/total/{counter}/article/{id}", total)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (.ci/run installs it)")
+def test_markup_in_records_is_shown_as_text_in_a_real_browser(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with ThreadedApp(_hostile_records) as server:
+        hosts = SimpleNamespace(api_url=server.url + "/v2", stats_url=server.url)
+        cfg = write_config(tmp_path, hosts, [{"kind": "ids", "ids": [1, 2, 3]}],
+                           stats={"counters": ["views"]})
+        assert main(["run", cfg.path]) == 0
+    out = write_report(str(tmp_path / "out" / "t"), out=str(tmp_path / "report.html"))
+    assert "<script" not in out.read_text()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page()
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(out.as_uri(), wait_until="load")
+            page.hover("#top-views tbody tr td")  # a mouseover handler would fire now
+            text = page.inner_text("body")
+            hrefs = page.eval_on_selector_all("a", "links => links.map(a => a.href)")
+            elements = page.eval_on_selector_all(
+                "body script, body img, body iframe, body b", "found => found.length")
+        finally:
+            browser.close()
+    assert dialogs == [] and elements == 0
+    assert '\talert("title") 3\t' in text  # a title's tags are dropped (Figshare allows <i>)
+    for literal in ('<b onmouseover=alert("tag")>tag</b>', "</style><svg onload=alert(1)>",
+                    "<iframe src=javascript:alert(2)>"):
+        assert literal in text  # other text as its author wrote it, in letters
+    assert not any(h.startswith("javascript:") for h in hrefs)
