@@ -18,7 +18,8 @@ demo: $(VENV)/.installed
 	$(BIN)/harvester report output/demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 -m "not timing"
+	$(BIN)/python -m pytest -q -m timing
 
 lint: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet ruff mypy

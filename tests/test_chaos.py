@@ -72,6 +72,7 @@ def harvest(sim: SimulatorThread, tmp_path: Path, name: str) -> Path:
     return snapshot
 
 
+@pytest.mark.timing
 def test_ten_percent_faults_of_every_kind_lose_nothing(
     sim: SimulatorThread, tmp_path: Path
 ) -> None:

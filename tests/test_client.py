@@ -181,6 +181,7 @@ def test_sanitize_origin_summary_and_settings() -> None:
 # ---- admission: even pace, shared budgets, Retry-After -------------------------------------------
 
 
+@pytest.mark.timing
 async def test_pace_on_the_servers_clock_with_retries(
     serve: Callable[..., Awaitable[Server]],
 ) -> None:
@@ -203,6 +204,7 @@ async def test_pace_on_the_servers_clock_with_retries(
     assert utilization(arrivals, rate) >= 0.9
 
 
+@pytest.mark.timing
 async def test_shared_origins_draw_on_one_budget_with_latency(
     serve: Callable[..., Awaitable[Server]],
 ) -> None:

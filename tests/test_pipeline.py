@@ -168,6 +168,7 @@ async def test_gone_and_failed_ids_land_in_errors(sim: Simulator, tmp_path: Path
     assert result.manifest["errors_by_reason"] == {"503": 3}
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("faults", [0.0, 0.15])
 async def test_rate_guarantee_holds_with_and_without_faults(
     tmp_path: Path, faults: float
