@@ -428,15 +428,14 @@ async def _cmd_doctor(args: argparse.Namespace) -> int:
     cfg = _load(args)
     said = (lambda line: log.info("%s", line)) if args.json else print
     report = await run_doctor(cfg, said=said)
-    code = PARTIAL if report.differs else OK
+    code = PARTIAL if report.failed else OK
     _REPORT["doctor"] = report.as_dict()
     if args.json:
         print(orjson.dumps({"harvest": cfg.name, **report.as_dict(), "exit_code": code},
                            option=orjson.OPT_INDENT_2).decode())
     else:
         print("\n".join(report.lines()))
-        print(f"doctor: {report.requests} requests; {len(report.differs)} differ"
-              + (" (exit 3)" if code else ", everything the config relies on holds"))
+        print(report.summary())
     return code
 
 
@@ -448,6 +447,7 @@ async def _quick_doctor(cfg: config.Config) -> None:
     report = await run_doctor(cfg, quick=True, said=lambda line: log.info("%s", line))
     for line in report.lines():
         (log.warning if line.startswith("differs") else log.info)("doctor %s", line)
+    (log.warning if report.failed else log.info)("%s", report.summary())
     _REPORT["doctor"] = report.as_dict()
 
 

@@ -66,11 +66,29 @@ class Report:
     def differs(self) -> list[Finding]:
         return [f for f in self.findings if f.verdict == DIFFERS]
 
+    @property
+    def unknown(self) -> int:
+        return sum(f.verdict == UNKNOWN for f in self.findings)
+
+    @property
+    def failed(self) -> bool:
+        """Something differs, or nothing could be checked (a wrong URL answers no probe)."""
+        return bool(self.differs) or self.unknown == len(self.findings)
+
+    def summary(self) -> str:
+        said = f"doctor: {self.requests} requests; {len(self.differs)} differ"
+        if self.unknown:
+            said += f", {self.unknown} could not be checked"
+        if self.failed:
+            return said + (" (exit 3)" if self.differs else ": nothing answered as Figshare "
+                           "does, is the URL right? (exit 3)")
+        return said + (", the rest holds" if self.unknown else
+                       ", everything the config relies on holds")
+
     def as_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "requests": self.requests,
                 "findings": [f.as_dict() for f in self.findings], "learned": self.learned,
-                "differs": len(self.differs),
-                "unknown": sum(f.verdict == UNKNOWN for f in self.findings)}
+                "differs": len(self.differs), "unknown": self.unknown}
 
     def lines(self) -> list[str]:
         out = []

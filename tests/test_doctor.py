@@ -4,15 +4,17 @@ counted from the simulator's log, never timed."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 import yaml
+from aiohttp import web
 
 from harvester import cli
 from harvester.doctor import BUDGET
-from harvester.simulator import SimulatorThread
+from harvester.simulator import SimulatorThread, ThreadedApp
 from harvester.simulator.settings import SimSettings
 
 FAST = {"rate": {"requests": 10_000, "per": 1}, "concurrency": 4,
@@ -47,6 +49,31 @@ def refused(sim: SimulatorThread) -> int:
 
 
 ARTICLES = [{"kind": "articles"}]
+
+
+def test_a_website_instead_of_the_api_is_never_said_to_hold(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """api.url pointed at a web page: every probe answers HTML, so nothing is known, and
+    doctor says so with exit 3 instead of "everything holds"."""
+    page = "<html><head><title>figshare - credit for all your research</title></head></html>"
+
+    def routes(app: web.Application) -> None:
+        async def html(request: web.Request) -> web.Response:
+            return web.Response(text=page, content_type="text/html")
+        app.router.add_route("*", "/{tail:.*}", html)
+
+    with ThreadedApp(routes) as site:
+        path = config(tmp_path, SimpleNamespace(api_url=site.url, stats_url=site.url),
+                      ARTICLES, stats={"counters": ["views"]})
+        capsys.readouterr()
+        code = cli.main(["doctor", path])
+        out = capsys.readouterr().out.splitlines()
+        json_code, report = doctor(path, capsys)
+    assert code == json_code == cli.PARTIAL
+    assert out[-1].startswith("doctor: ") and out[-1].endswith(
+        "0 differ, 6 could not be checked: nothing answered as Figshare does, is the URL "
+        "right? (exit 3)")
+    assert report["unknown"] == len(report["findings"]) == 6 and report["exit_code"] == 3
 
 
 def test_the_documented_service_holds_within_the_stated_budget(
