@@ -86,3 +86,19 @@ def test_quick_benchmark_run_reports_every_other_section(tmp_path: Path) -> None
     for figure in ("harvest / bare loop (requests/s)", "speed-up over the workshop loop",
                    "peak RSS growth", "requests per item"):
         assert figure in printed
+
+
+@pytest.mark.slow
+def test_hostile_memory_script_runs_every_case() -> None:
+    """Peaks depend on the machine: only checked to be there. What each harvest ends with
+    does not: gzip bombs are refused at max_body (exit 3), every other case is kept."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hostile_memory.py"),
+                           "--quick"], capture_output=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    rows = [line for line in done.stdout.decode().splitlines() if " ids  exit " in line]
+    expected = [("baseline", 0), ("10 MB records  ", 0), ("gzip bombs", 3),
+                ("100,000 tags", 0), ("10 MB records, fixed mmap threshold", 0)]
+    assert len(rows) == len(expected)
+    for line, (case, code) in zip(rows, expected, strict=True):
+        assert line.startswith(case) and f" exit {code} " in line, line
+        assert float(line.split("peak ")[1].split(" MB")[0]) > 50  # the harvester's own peak
