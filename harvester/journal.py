@@ -535,8 +535,9 @@ class Journal:
         """Failed ids (and records kept without a part) by reason, commonest first, gone ones
         left out: (reason, ids, one message)."""
         return self.db.execute(
-            "SELECT reason, count(*), min(message) FROM (SELECT json_extract(CAST(error AS TEXT),"
-            " '$.reason') reason, json_extract(CAST(error AS TEXT), '$.message') message "
+            "SELECT reason, count(*), min(message) FROM (SELECT coalesce(json_extract(CAST(error "
+            "AS TEXT), '$.reason'), 'unknown') reason, json_extract(CAST(error AS TEXT), "
+            "'$.message') message "
             "FROM errors JOIN ids USING(article_id) WHERE state != ?) GROUP BY reason "
             "ORDER BY count(*) DESC, reason", (ItemState.GONE,)).fetchall()
 

@@ -18,7 +18,7 @@ import yaml
 from aiohttp import web
 
 from harvester.errors import OutputError
-from harvester.journal import DONE, LARGE_BLOB, Journal, Outcome, pack, unpack
+from harvester.journal import DONE, FAILED, GONE, LARGE_BLOB, Journal, Outcome, pack, unpack
 from harvester.journalrows import chunks
 from harvester.pipeline import Harvest
 from harvester.schema import SCHEMAS
@@ -66,6 +66,23 @@ def journal_of(tmp_path: Path, bodies: list[bytes]) -> Journal:
         Outcome(i, DONE, body=b, stats={"views": i}, fetched_at="2026-11-27T05:00:00Z")
         for i, b in zip(ids, bodies, strict=True)])
     return journal
+
+
+def test_failure_reasons_leave_gone_ids_out_and_name_a_missing_reason(tmp_path: Path) -> None:
+    journal = journal_of(tmp_path, synthetic(1))
+    try:
+        journal.run(journal.add_ids, 0, [2, 3, 4, 5])
+        journal.run(journal.store, [
+            Outcome(2, FAILED, error={"reason": "500", "message": "GET b -> 500"}),
+            Outcome(3, FAILED, error={"reason": "500", "message": "GET a -> 500"}),
+            Outcome(4, FAILED),  # no error said: still counted, never a null key
+            Outcome(5, GONE, error={"reason": "not-found", "message": "GET c -> 404"})])
+        assert journal.run(journal.failure_reasons) == [
+            ("500", 2, "GET a -> 500"), ("unknown", 1, None)]
+        assert journal.run(journal.failure_summary) == (
+            "failed: 2 500, 1 unknown, such as GET a -> 500")
+    finally:
+        journal.close()
 
 
 def synthetic(n: int, pad: int = 0) -> list[bytes]:
