@@ -531,7 +531,7 @@ class Journal:
         rows = self.db.execute("SELECT error FROM errors ORDER BY article_id").fetchall()
         return [orjson.loads(e) for (e,) in rows]
 
-    def failure_reasons(self) -> list[tuple[str, int, str]]:
+    def failure_reasons(self) -> list[tuple[str, int, str | None]]:
         """Failed ids (and records kept without a part) by reason, commonest first, gone ones
         left out: (reason, ids, one message)."""
         return self.db.execute(
