@@ -548,7 +548,8 @@ class Journal:
         if not reasons:
             return ""
         counted = ", ".join(f"{n:,} {reason}" for reason, n, _ in reasons)
-        return f"failed: {counted}, such as {reasons[0][2]}"
+        example = reasons[0][2]
+        return f"failed: {counted}, such as {example}" if example else f"failed: {counted}"
 
     def add_source_records(self, idx: int, records: Iterable[tuple[str, int, Any]],
                            fetched_at: str) -> None:

@@ -81,6 +81,8 @@ def test_failure_reasons_leave_gone_ids_out_and_name_a_missing_reason(tmp_path: 
             ("500", 2, "GET a -> 500"), ("unknown", 1, None)]
         assert journal.run(journal.failure_summary) == (
             "failed: 2 500, 1 unknown, such as GET a -> 500")
+        journal.run(journal.store, [Outcome(i, FAILED) for i in (2, 3)])  # retried: no reason
+        assert journal.run(journal.failure_summary) == "failed: 3 unknown"
     finally:
         journal.close()
 
