@@ -73,7 +73,7 @@ class Report:
     @property
     def failed(self) -> bool:
         """Something differs, or nothing could be checked (a wrong URL answers no probe)."""
-        return bool(self.differs) or self.unknown == len(self.findings)
+        return bool(self.differs) or 0 < self.unknown == len(self.findings)
 
     def summary(self) -> str:
         said = f"doctor: {self.requests} requests; {len(self.differs)} differ"
