@@ -316,10 +316,10 @@ class Doctor:
                       "(404-unconfirmed), never as gone, so incremental runs cannot record "
                       "deletions; full runs are unaffected")]
 
-    def _known_id(self) -> tuple[int, bool] | None:
-        """An item page 1 listed, and whether fetch reads it at /account/... (under
-        api.admin_read: documented, a public institution item is read at the public path);
-        else one the config or OAI-PMH names."""
+    def _known_id(self) -> tuple[int, bool, bool] | None:
+        """An item page 1 listed, whether fetch reads it at /account/... (under
+        api.admin_read: documented, a public institution item is read at the public path), and
+        True for listed; else one the config or OAI-PMH names (which may not exist)."""
         if self.first is not None:
             q, answer = self.first
             public = (self.cfg.api.admin_read == "documented"
@@ -327,11 +327,11 @@ class Doctor:
             items = [i for i in answer.items
                      if i.get(q.id_key) and (i.get("published_date") or not public)]
             if items:
-                return int(items[len(items) // 2][q.id_key]), q.auth and not public
+                return int(items[len(items) // 2][q.id_key]), q.auth and not public, True
         for source in self.cfg.sources:
             if source.kind == "ids":
-                return int(source.params["ids"][0]), False
-        return (self.oai_id, False) if self.oai_id is not None else None
+                return int(source.params["ids"][0]), False, False
+        return (self.oai_id, False, False) if self.oai_id is not None else None
 
     async def _dates(self) -> list[Finding]:
         name = "date bounds"
@@ -380,6 +380,8 @@ class Doctor:
         shown = f"GET {path} page 1 -> {ans.shown()}"
         if isinstance(ans.data, list):
             return [Finding("/files paging", OK, f"{shown}: {len(ans.data)} files")]
+        if ans.status == 404 and not known[2]:  # an id the config names may not exist
+            return [Finding("/files paging", UNKNOWN, f"{shown} (is item {known[0]} there?)")]
         return [Finding("/files paging", DIFFERS if ans.status else UNKNOWN, shown,
                         "records listing 10 or more files will miss their other files")]
 

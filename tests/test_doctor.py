@@ -77,6 +77,17 @@ def test_a_website_instead_of_the_api_is_never_said_to_hold(
     assert not Report(budget=BUDGET).failed  # no probe asked: nothing was found wanting
 
 
+def test_an_id_the_config_names_that_does_not_exist_is_not_a_service_difference(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with SimulatorThread(SimSettings(items=50, seed=3)) as sim:
+        missing = max(sim.corpus.ids) + 1_000
+        code, report = doctor(config(tmp_path, sim, [{"kind": "ids", "ids": [missing]}]),
+                              capsys)
+    files = next(f for f in report["findings"] if f["probe"] == "/files paging")
+    assert files["verdict"] == "unknown" and f"is item {missing} there?" in files["evidence"]
+    assert code == cli.OK and report["differs"] == 0
+
+
 def test_the_documented_service_holds_within_the_stated_budget(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with SimulatorThread(SimSettings(items=1_500, seed=3)) as sim:
