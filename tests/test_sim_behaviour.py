@@ -242,7 +242,7 @@ async def test_stall_fault_times_the_client_out() -> None:
             started = time.monotonic()
             with pytest.raises(asyncio.TimeoutError):
                 await fetch(http, api(sim, "/_test/ok"))
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < knobs["stall_seconds"]  # gave up, never waited
         await wait_for_entries(sim, 1)
     assert [(e.status, e.fault) for e in sim.log.entries] == [(0, "stall")]
 
@@ -267,7 +267,7 @@ async def test_stop_is_quick_with_a_stalled_request_pending() -> None:
             await asyncio.sleep(0.01)
         started = time.monotonic()
         await sim.stop()
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 10.0  # not the 30 s stall
         with pytest.raises(aiohttp.ClientError):
             await pending
     assert [(e.status, e.fault) for e in sim.log.entries] == [(0, "stall")]
