@@ -39,17 +39,17 @@ HTTP = {"rate": {"requests": 10_000, "per": 1}, "concurrency": 4,
         "retry": {"attempts": 1, "backoff_base": 0.01, "backoff_max": 0.02}}
 
 
-# `python -m harvester ARGS` that writes its peak RSS (KiB) to a file as it exits: wait4's
-# ru_maxrss would include this process's own peak, which a child inherits at exec
+# `python -m harvester ARGS` that writes its own peak RSS (MB, workloads.max_rss_mb) to a file
+# as it exits: wait4's ru_maxrss would include this process's peak, inherited at exec
 PEAK_AT_EXIT = """
 import atexit, runpy, sys
-def peak(path=sys.argv[1]):
-    with open("/proc/self/status") as status:
-        kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+sys.path.insert(0, sys.argv[1])
+from workloads import max_rss_mb
+def peak(path=sys.argv[2]):
     with open(path, "w") as out:
-        out.write(kib)
+        out.write(str(max_rss_mb()))
 atexit.register(peak)
-sys.argv = ["harvester", *sys.argv[2:]]
+sys.argv = ["harvester", *sys.argv[3:]]
 runpy.run_module("harvester", run_name="__main__")
 """
 
@@ -87,11 +87,12 @@ def harvest(server: ThreadedApp, n: int, max_body: int, root: Path,
     path.write_text(yaml.safe_dump(cfg))
     peak = root / "peak"
     start = time.monotonic()
-    child = subprocess.run([sys.executable, "-c", PEAK_AT_EXIT, str(peak), "run", str(path),
-                            "--accept-drop"], stdout=subprocess.DEVNULL,
+    child = subprocess.run([sys.executable, "-c", PEAK_AT_EXIT, str(Path(__file__).parent),
+                            str(peak), "run", str(path), "--accept-drop"],
+                           stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
                            check=False)
-    return {"exit": child.returncode, "peak_rss_mb": round(int(peak.read_text()) / 1024, 1),
+    return {"exit": child.returncode, "peak_rss_mb": round(float(peak.read_text()), 1),
             "seconds": round(time.monotonic() - start, 1)}
 
 

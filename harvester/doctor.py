@@ -10,7 +10,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from xml.etree import ElementTree as ET
 
 from harvester import figshare
@@ -100,6 +100,14 @@ class Report:
                 "runs page within it)" for endpoint, items in self.learned.items()
                 if items < WINDOW]  # the documented window: nothing to tell
         return out
+
+
+class KnownItem(NamedTuple):
+    """An item to probe with, how fetch reads it, and whether a listing showed it exists."""
+
+    id: int
+    account: bool  # read at /account/...
+    listed: bool  # False: named by the config or OAI-PMH, and may not exist
 
 
 @dataclass
@@ -316,10 +324,9 @@ class Doctor:
                       "(404-unconfirmed), never as gone, so incremental runs cannot record "
                       "deletions; full runs are unaffected")]
 
-    def _known_id(self) -> tuple[int, bool, bool] | None:
-        """An item page 1 listed, whether fetch reads it at /account/... (under
-        api.admin_read: documented, a public institution item is read at the public path), and
-        True for listed; else one the config or OAI-PMH names (which may not exist)."""
+    def _known_id(self) -> KnownItem | None:
+        """An item page 1 listed (under api.admin_read: documented, a public institution item
+        is read at the public path); else one the config or OAI-PMH names."""
         if self.first is not None:
             q, answer = self.first
             public = (self.cfg.api.admin_read == "documented"
@@ -327,11 +334,11 @@ class Doctor:
             items = [i for i in answer.items
                      if i.get(q.id_key) and (i.get("published_date") or not public)]
             if items:
-                return int(items[len(items) // 2][q.id_key]), q.auth and not public, True
+                return KnownItem(int(items[len(items) // 2][q.id_key]), q.auth and not public, True)
         for source in self.cfg.sources:
             if source.kind == "ids":
-                return int(source.params["ids"][0]), False, False
-        return (self.oai_id, False, False) if self.oai_id is not None else None
+                return KnownItem(int(source.params["ids"][0]), False, False)
+        return KnownItem(self.oai_id, False, False) if self.oai_id is not None else None
 
     async def _dates(self) -> list[Finding]:
         name = "date bounds"
@@ -375,13 +382,13 @@ class Doctor:
         known = self._known_id()
         if known is None:
             return [Finding("/files paging", UNKNOWN, "no item id to ask about")]
-        path = figshare.files_path(known[0], account=known[1])
+        path = figshare.files_path(known.id, account=known.account)
         ans = await self.send(path, params={"page": 1, "page_size": self.page_size})
         shown = f"GET {path} page 1 -> {ans.shown()}"
         if isinstance(ans.data, list):
             return [Finding("/files paging", OK, f"{shown}: {len(ans.data)} files")]
-        if ans.status == 404 and not known[2]:  # an id the config names may not exist
-            return [Finding("/files paging", UNKNOWN, f"{shown} (is item {known[0]} there?)")]
+        if ans.status == 404 and not known.listed:  # an id the config names may not exist
+            return [Finding("/files paging", UNKNOWN, f"{shown} (is item {known.id} there?)")]
         return [Finding("/files paging", DIFFERS if ans.status else UNKNOWN, shown,
                         "records listing 10 or more files will miss their other files")]
 
@@ -390,7 +397,7 @@ class Doctor:
         if known is None:
             return [Finding("stats totals", UNKNOWN, "no item id to ask about")]
         s = self.cfg.stats
-        path = figshare.stats_total_path(s.counters[0], "article", known[0], s.institution)
+        path = figshare.stats_total_path(s.counters[0], "article", known.id, s.institution)
         ans = await self.send(path, base=s.url.rstrip("/"))
         total = ans.data.get("totals") if isinstance(ans.data, dict) else None
         holds = ans.ok and isinstance(total, int) and not isinstance(total, bool)
@@ -412,7 +419,7 @@ class Doctor:
         known = self._known_id()
         if known is None:
             return [Finding(name, UNKNOWN, "no item id to ask about")]
-        path = series_path("timeline", "total", "views", "article", known[0], s.institution)
+        path = series_path("timeline", "total", "views", "article", known.id, s.institution)
         ans = await self.send(path, base=s.url.rstrip("/"))
         return [judge(name, ans.ok, f"GET {path} with Basic credentials -> {ans.shown()}",
                       "institution timelines and breakdowns fail: check stats.user, "
