@@ -10,15 +10,14 @@ import random
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple, TypeVar
 
 import aiohttp
 import orjson
 from aiolimiter import AsyncLimiter
-from multidict import CIMultiDict
 from yarl import URL
 
 from harvester.errors import (
@@ -125,7 +124,6 @@ class Stream:
 
     status: int
     headers: Mapping[str, str]
-    url: str
     chunks: AsyncIterator[bytes]
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -138,14 +136,13 @@ def _secrets_of(header_value: str) -> list[str]:
     return [header_value, parts[-1]] if len(parts) > 1 else [header_value]
 
 
+@dataclass
 class _Call:
     """The request being made (its current hop), as error messages may show it."""
 
-    def __init__(self, method: str, url: URL, secrets: list[str]) -> None:
-        self.method, self.url, self.secrets = method, url, secrets
-
-    def hop(self) -> _Call:
-        return _Call(self.method, self.url, self.secrets)
+    method: str
+    url: URL
+    secrets: list[str]
 
     @property
     def safe_url(self) -> str:
@@ -215,7 +212,7 @@ class Client:
             connector=aiohttp.TCPConnector(limit=0),  # the semaphore is the one concurrency cap
             timeout=self._timeout, headers={"User-Agent": self.settings.user_agent},
             cookie_jar=aiohttp.DummyCookieJar(),  # cookies are credentials too; we need none
-            trust_env=False)
+            json_serialize=lambda value: orjson.dumps(value).decode(), trust_env=False)
         # aiohttp resends an idempotent request at once when a kept-alive connection drops, past
         # the budget; our own retry waits its turn instead.
         if hasattr(self._session, "_retry_connection"):
@@ -233,32 +230,27 @@ class Client:
         return await self._request("GET", url, params, headers, None, expect)
 
     async def post(self, url: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
-                   headers: Mapping[str, str] | None = None,
-                   expect: Literal["json", "bytes"] = "json") -> Reply:
-        hdrs = CIMultiDict(headers or {})
-        if json is not None:
-            hdrs.setdefault("Content-Type", "application/json")
-        body = None if json is None else orjson.dumps(json)
-        return await self._request("POST", url, params, hdrs, body, expect)
+                   headers: Mapping[str, str] | None = None) -> Reply:
+        return await self._request("POST", url, params, headers, json, "json")
 
     @asynccontextmanager
-    async def stream(self, url: str, *, headers: Mapping[str, str] | None = None,
-                     chunk_size: int = 1 << 16) -> AsyncIterator[Stream]:
+    async def stream(self, url: str, *,
+                     headers: Mapping[str, str] | None = None) -> AsyncIterator[Stream]:
         """GET a 2xx body in chunks, uncapped (files): up to the response head as get(); the
         concurrency slot is held until the block ends; no total timeout."""
         call = self._call("GET", url, None, headers)
         async with AsyncExitStack() as outer:
 
             async def attempt() -> Stream:
-                hop = call.hop()
+                hop = replace(call)
                 async with AsyncExitStack() as stack:
                     resp = await stack.enter_async_context(
                         self._exchange(hop, headers, None, self._stream_timeout))
                     if 200 <= resp.status < 300:
                         outer.push_async_exit(stack.pop_all())
-                        chunks = self._chunks(hop, resp.content.iter_chunked(chunk_size))
+                        chunks = self._chunks(hop, resp.content.iter_chunked(1 << 16))
                         outer.push_async_callback(chunks.aclose)
-                        return Stream(resp.status, resp.headers, hop.safe_url, chunks)
+                        return Stream(resp.status, resp.headers, chunks)
                     self._classify(hop, resp, await self._read(hop, resp), "bytes")
                 raise hop.fail(BadResponse, "unexpected-status", "no body to stream",
                                status=resp.status, phrase=resp.reason or "")
@@ -273,13 +265,12 @@ class Client:
                 "circuits_opened": list(self._circuits), "json_mended": self._mended}
 
     async def _request(self, method: str, url: str, params: Mapping[str, Any] | None,
-                       headers: Mapping[str, str] | None, body: bytes | None,
-                       expect: str) -> Reply:
+                       headers: Mapping[str, str] | None, json: Any, expect: str) -> Reply:
         call = self._call(method, url, params, headers)
 
         async def attempt() -> Reply:
-            hop = call.hop()
-            async with self._exchange(hop, headers, body, self._timeout) as resp:
+            hop = replace(call)
+            async with self._exchange(hop, headers, json, self._timeout) as resp:
                 raw = await self._read(hop, resp)
             return self._classify(hop, resp, raw, expect)
 
@@ -305,8 +296,7 @@ class Client:
         return call
 
     async def _retrying(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
-        """Attempts while they fail with RetryableError, per the policy; every error that leaves
-        carries the number of attempts made."""
+        """Attempts while they fail with RetryableError, per the policy; errors carry how many."""
         policy, attempt = self.settings.retry, 1
         while True:
             try:
@@ -329,7 +319,7 @@ class Client:
 
     @asynccontextmanager
     async def _exchange(self, call: _Call, headers: Mapping[str, str] | None,
-                        body: bytes | None, timeout: aiohttp.ClientTimeout,
+                        json: Any, timeout: aiohttp.ClientTimeout,
                         ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One attempt up to its final response head, body unread, in a concurrency slot.
         aiohttp follows redirects (and drops the caller's secrets once they leave the origin);
@@ -359,7 +349,7 @@ class Client:
             await self._admit(call, self._host(call.url))
             try:
                 resp = await session.request(
-                    call.method, call.url, headers=headers, data=body, timeout=timeout,
+                    call.method, call.url, headers=headers, json=json, timeout=timeout,
                     max_redirects=MAX_REDIRECTS + 1, middlewares=(hop,))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise self._transport_error(call, exc) from None
@@ -412,12 +402,11 @@ class Client:
             raise self._transport_error(call, exc) from None
 
     async def _read(self, call: _Call, resp: aiohttp.ClientResponse) -> bytes:
-        """The decompressed body, refused past max_body: memory stays near the cap whatever
-        the server sends (a gzip bomb included)."""
+        """The decompressed body, refused past max_body (a gzip bomb included)."""
         cap, size, parts = self.settings.max_body, 0, []
         turn = large_body_turn.get()
-        try:
-            async for chunk in resp.content.iter_any():
+        async with aclosing(self._chunks(call, resp.content.iter_any())) as chunks:
+            async for chunk in chunks:
                 if turn is not None and size + len(chunk) > LARGE_BODY:
                     await turn()
                     turn = None
@@ -427,11 +416,7 @@ class Client:
                                     "(http.max_body)", status=resp.status,
                                     phrase=resp.reason or "")
                 parts.append(chunk)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise self._transport_error(call, exc) from None
-        finally:
-            self._bytes += size
-        return b"".join(parts)  # one allocation the body's size: growing a buffer makes many
+        return b"".join(parts)
 
     def _classify(self, call: _Call, resp: aiohttp.ClientResponse, raw: bytes,
                   expect: str) -> Reply:
@@ -450,7 +435,8 @@ class Client:
                              **kw)
 
         if status in self.settings.retry.statuses:
-            wait = parse_retry_after(headers.get("Retry-After"), _server_now(headers))
+            now = http_date(headers.get("Date", "")) or time.time()  # an HTTP-date is on its clock
+            wait = parse_retry_after(headers.get("Retry-After"), now)
             if wait is not None:  # the whole budget waits, not only this request
                 host.budget.not_before = max(host.budget.not_before, self._clock() + wait)
             raise fail(RetryableError, reason=str(status), retry_after=wait)
@@ -544,8 +530,3 @@ def _final(cls: type[RequestError], last: RequestError, attempts: int, why: str)
     return cls(f"{last} ({why})", url=last.url, status=last.status, reason=last.reason,
                body=last.body, attempts=attempts)
 
-
-def _server_now(headers: Mapping[str, str]) -> float:
-    """The server's Date if it sent one (an HTTP-date Retry-After is on its clock)."""
-    date = http_date(headers.get("Date", ""))
-    return time.time() if date is None else date

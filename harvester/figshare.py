@@ -79,11 +79,8 @@ class ListQuery:
 
 @dataclass
 class Pager:
-    """Paging state machine: page/page_size (or offset/limit) inside the window, then X-Cursor.
-
-    The page window is the well-trodden path; the cursor only carries a query past it. A cursor
-    seen before is a loop, not progress.
-    """
+    """Paging state machine: page/page_size (or offset/limit) inside the window, then X-Cursor
+    only to carry a query past it. A cursor seen before is a loop, not progress."""
 
     page_size: int = PAGE_SIZE
     window: int = WINDOW

@@ -10,10 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 
-# Starts are (per + margin) / requests apart, the margin 2.5% of `per` (at most 0.25 s): half is
-# slack for late wake-ups (_Budget), half keeps jittered arrivals to `requests` per window.
-MARGIN_FRACTION = 0.025
-MARGIN_MAX = 0.25
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(rb"<[^>]*>?")
 
@@ -28,7 +24,9 @@ class RateLimit:
     @property
     def interval(self) -> float:
         """Seconds between two starts: the window and its margin, shared out evenly."""
-        return (self.per + min(MARGIN_FRACTION * self.per, MARGIN_MAX)) / self.requests
+        # The margin is 2.5% of `per` (at most 0.25 s): half is slack for late wake-ups
+        # (client._Budget), half keeps jittered arrivals to `requests` per window.
+        return (self.per + min(0.025 * self.per, 0.25)) / self.requests
 
 
 @dataclass(frozen=True)

@@ -35,14 +35,6 @@ class Served:
     duplicate_keys: int = 0  # objects in the text that give a key twice
 
 
-def minify(text: bytes) -> bytes:
-    """`text` without whitespace outside strings; a raw line break inside a string (which
-    JSON forbids) is escaped, so the text is always one NDJSON line."""
-    out = _STRING_OR_SPACE.sub(rb"\1", text)
-    return out.replace(b"\n", b"\\n").replace(b"\r", b"\\r") if b"\n" in out or b"\r" in out \
-        else out
-
-
 def parse(body: bytes) -> Served:
     """The record in `body` (JSON that orjson reads), its text as served and its oddities."""
     record = orjson.loads(body)
@@ -50,10 +42,11 @@ def parse(body: bytes) -> Served:
         compact: bytes | None = orjson.dumps(record)
     except orjson.JSONEncodeError:  # nested beyond 255 levels
         compact = None
-    if compact == body:  # served compact, and nothing orjson could have changed
+    if compact == body:  # served compact: no second copy of a large body
         return Served(record, body, canonical=True)
-    text = minify(body)
-    if compact == text:
+    # no whitespace outside strings, and a raw line break inside one escaped: one NDJSON line
+    text = _STRING_OR_SPACE.sub(rb"\1", body).replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+    if compact == text:  # nothing orjson could have changed
         return Served(record, text, canonical=True)
     duplicates = 0
 
