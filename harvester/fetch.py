@@ -1,12 +1,12 @@
 """Per-item requests (record, files, versions, stats, downloads) -> an Outcome for the journal.
 
-Only the record endpoint decides that an item is gone, and only on Figshare's JSON 404: a failing
-secondary request fails that part, the record is kept and the item counts as failed.
+Only the record's JSON 404 says an item is gone; a failing secondary request fails that part.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Awaitable
 from pathlib import Path
@@ -50,8 +50,7 @@ class ItemFetcher:
         # an incremental run's catalog: known records are asked for conditionally
         self.catalog = catalog if cfg.incremental and cfg.incremental.conditional else None
         self.not_modified = 0  # records that answered 304
-        # the token owner's own items: /account/articles/{id}; the institution's items that
-        # admin sources list belong to others: read as api.admin_read says (_record)
+        # account sources list the token owner's items; admin sources others' (see _record)
         self.account_mask = sum(1 << i for i, s in enumerate(cfg.sources) if s.kind == "account")
         self.admin_mask = sum(
             1 << i for i, s in enumerate(cfg.sources) if s.kind in ACCOUNT_KINDS
@@ -137,14 +136,12 @@ class ItemFetcher:
         if parts:  # the record is kept; the item still counts as failed
             error = {**parts[0], "message": "; ".join(p["message"] for p in parts)}
         etag, modified = reply.headers.get("ETag"), reply.headers.get("Last-Modified")
-        url = self.cfg.api.url + article_path(aid, account=account)
+        url = _with_query(self.cfg.api.url + article_path(aid, account=account), as_owner)
         return Outcome(aid, DONE, body=reply.body, files=files, stats=stats,
-                       fetched_at=stamp_now(),
+                       fetched_at=stamp_now(), error=error,
                        published=published if isinstance(published, str) else None,
                        payloads={"article_id": aid, **payloads} if payloads else None,
-                       error=error,
-                       validators=Validators(_with_query(url, as_owner), etag, modified)
-                       if etag or modified else None)
+                       validators=Validators(url, etag, modified) if etag or modified else None)
 
     async def _record(self, aid: int, sources: int, held: Validators | None
                       ) -> tuple[Reply, bool, dict[str, int]]:
@@ -178,8 +175,8 @@ class ItemFetcher:
 
     async def _get_record(self, aid: int, account: bool, params: dict[str, int],
                           held: Validators | None) -> Reply:
-        """The record; a 304 Reply when `held` describes this URL and the record is unchanged.
-        If-None-Match when an ETag is held (exact), else If-Modified-Since (to the second)."""
+        """The record, or a 304 Reply when `held` is this URL's and the record is unchanged
+        (If-None-Match when an ETag is held: exact; else If-Modified-Since: to the second)."""
         url = self.cfg.api.url + article_path(aid, account=account)
         ask: dict[str, str] = {}
         if held is not None and held.url == _with_query(url, params):
@@ -191,8 +188,8 @@ class ItemFetcher:
             return reply
         record = reply.data
         if not isinstance(record, dict) or record.get("id") != aid:
-            raise BadResponse(f"GET {url} -> 200 but the body is not the record of article {aid}",
-                              url=url, status=reply.status, reason="bad-record")
+            raise _bad(f"GET {url} -> 200 but the body is not the record of article {aid}",
+                       url, "bad-record", reply.status)
         return reply
 
     async def _owner(self, aid: int) -> int | None:
@@ -207,8 +204,8 @@ class ItemFetcher:
         return owners[-1][1] if owners else None
 
     async def _all_files(self, url: str, params: dict[str, int], kind: str = "files") -> bytes:
-        """Every page of /files, as the served JSON arrays joined (never re-serialized), with
-        a page limit and a repeat guard; `kind`: what the manifest counts the requests as."""
+        """Every page of /files, the served JSON arrays joined (never re-serialized); `kind`:
+        what the manifest counts the requests as."""
         size = self.cfg.http.page_size
         chunks: list[bytes] = []
         previous: list[Any] | None = None
@@ -217,26 +214,22 @@ class ItemFetcher:
             reply = await self.client.get(url, params={**params, "page": page,
                                                        "page_size": size})
             if not isinstance(reply.data, list):
-                raise BadResponse(f"GET {url} -> expected a list of files", url=url,
-                                  status=reply.status, reason="bad-files")
+                raise _bad(f"GET {url} -> expected a list of files", url, "bad-files",
+                           reply.status)
             ids = [f.get("id") if isinstance(f, dict) else f for f in reply.data]
             if reply.data and ids == previous:
-                raise BadResponse(f"GET {url} page {page} repeats page {page - 1}: the server "
-                                  "ignores paging", url=url, status=reply.status,
-                                  reason="bad-files")
+                raise _bad(f"GET {url} page {page} repeats page {page - 1}: the server ignores "
+                           "paging", url, "bad-files", reply.status)
             previous = ids
             if inner := reply.body.strip()[1:-1].strip():
                 chunks.append(inner)
             if len(reply.data) < size:
                 return b"[" + b",".join(chunks) + b"]"
-        raise BadResponse(f"GET {url} -> more than {MAX_FILE_PAGES} pages of files",
-                          url=url, status=200, reason="bad-files")
+        raise _bad(f"GET {url} -> more than {MAX_FILE_PAGES} pages of files", url, "bad-files")
 
     async def _versions(self, aid: int, record: dict[str, Any]) -> dict[str, Any]:
         """The version list, and the full record (files complete) of every version but this.
-
-        A draft has no public versions (404: none recorded); a public record's 404 fails this part.
-        """
+        A draft has no public versions (404: none recorded); a public record's 404 fails."""
         base = f"{self.cfg.api.url}/articles/{aid}/versions"
         count_estimated(self.requests, "versions")
         try:
@@ -246,14 +239,12 @@ class ItemFetcher:
                 raise
             return {"list": [], "records": []}
         if not isinstance(listed, list):
-            raise BadResponse(f"GET {base} -> expected a list of versions", url=base, status=200,
-                              reason="bad-versions")
+            raise _bad(f"GET {base} -> expected a list of versions", base, "bad-versions")
         numbers = sorted({v["version"] for v in listed if isinstance(v, dict)
                           and isinstance(v.get("version"), int)})
         if len(numbers) > MAX_VERSIONS:
-            raise BadResponse(f"GET {base} -> {len(numbers)} versions, more than the "
-                              f"{MAX_VERSIONS} fetched at most", url=base, status=200,
-                              reason="bad-versions")
+            raise _bad(f"GET {base} -> {len(numbers)} versions, more than the {MAX_VERSIONS} "
+                       "fetched at most", base, "bad-versions")
         older = []
         for n in numbers:
             if n == record.get("version"):
@@ -262,8 +253,8 @@ class ItemFetcher:
             self.requests["version_record"] += 1
             body = (await self.client.get(url)).data
             if not isinstance(body, dict) or body.get("id") != aid:
-                raise BadResponse(f"GET {url} -> 200 but the body is not version {n} of {aid}",
-                                  url=url, status=200, reason="bad-record")
+                raise _bad(f"GET {url} -> 200 but the body is not version {n} of {aid}", url,
+                           "bad-record")
             if files_may_be_truncated(body):  # its own capped list: page that version's files
                 body["files"] = orjson.loads(await self._all_files(f"{url}/files", {},
                                                                    "version_files"))
@@ -271,19 +262,17 @@ class ItemFetcher:
         return {"list": listed, "records": older}
 
     async def after_fan_out(self, journal: Journal) -> None:
-        """Stats of groups, collections, projects and authors, once per entity, when every
-        article is in (held for the writer: a handful of entities, each a few series)."""
+        """Stats of groups, collections, projects and authors, once per entity, once every
+        article is in (held for the writer: a handful of entities)."""
         wanted = self.stats.entity_ids(())
+        if "group" in wanted and self.cfg.stats.entities.group is None:
+            wanted = self.stats.entity_ids(await journal.call(_harvested_groups, journal))
         if not wanted:
             return
-        groups: list[int] = []
-        if "group" in wanted and self.cfg.stats.entities.group is None:
-            groups = await journal.call(_harvested_groups, journal)
         self.entities_at = utc_now()
-        self.entities = await self.stats.entities(groups)
+        self.entities = await self.stats.entities(wanted)
         if "group" in wanted:
-            self._group_counts = await self.stats.group_counts(
-                self.stats.entity_ids(groups)["group"])
+            self._group_counts = await self.stats.group_counts(wanted["group"])
 
     def report(self) -> dict[str, Any]:
         """The manifest's `fetch` entry: requests by kind and per item, downloads, counts."""
@@ -317,6 +306,10 @@ class ItemFetcher:
         }
 
 
+def _bad(message: str, url: str, reason: str, status: int = 200) -> BadResponse:
+    return BadResponse(message, url=url, status=status, reason=reason)
+
+
 def _with_query(url: str, params: dict[str, int]) -> str:
     """The URL as asked for: what a record's validators belong to."""
     return f"{url}?{urlencode(params)}" if params else url
@@ -325,25 +318,17 @@ def _with_query(url: str, params: dict[str, int]) -> str:
 def is_missing_entity(exc: NotFound) -> bool:
     """The 404 carries Figshare's JSON error for a missing entity (NOTES.md: `{"message":
     "Entity not found: article", "code": "EntityNotFound"}`, or the older "... does not exist")."""
-    try:
+    with contextlib.suppress(orjson.JSONDecodeError):
         body = orjson.loads(exc.body)
-    except orjson.JSONDecodeError:
-        return False
-    if not isinstance(body, dict):
-        return False
-    if body.get("code") == "EntityNotFound":
-        return True
-    message = body.get("message")
-    return isinstance(message, str) and any(
-        words in message.lower() for words in ("not found", "does not exist"))
+        if isinstance(body, dict):
+            message = body.get("message")
+            text = message.lower() if isinstance(message, str) else ""
+            return body.get("code") == "EntityNotFound" or any(
+                words in text for words in ("not found", "does not exist"))
+    return False
 
 
 def _harvested_groups(journal: Journal) -> list[int]:
     """Group ids of the articles in the journal (runs on the journal thread)."""
-    groups: set[int] = set()
-    for body in bodies(journal.db):
-        if body:
-            g = orjson.loads(body).get("group_id")
-            if valid_id(g):
-                groups.add(g)
-    return sorted(groups)
+    groups = (orjson.loads(body).get("group_id") for body in bodies(journal.db) if body)
+    return sorted({g for g in groups if valid_id(g)})

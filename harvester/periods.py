@@ -1,12 +1,13 @@
-"""Pure date periods of the stats host: period keys, breakdown windows, summing answers.
+"""Pure dates: period keys, breakdown windows, summing stats answers; the UTC stamps we keep.
 
-The stats host silently clamps an over-long breakdown range (NOTES §10: day 1 year, month 2 years,
-year 5 years, total 1 year), so a long range is split into windows cut at period boundaries.
+The stats host silently clamps an over-long breakdown range (NOTES §10), so a long range is
+split into windows cut at period boundaries.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 STAMP = "%Y-%m-%dT%H:%M:%SZ"  # the UTC times the journal, catalog and errors keep
@@ -32,20 +33,15 @@ def parse_stamp(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, STAMP).replace(tzinfo=dt.UTC)
 
 
+def parse_date(text: str) -> dt.date:
+    return dt.date.fromisoformat(text[:10])
+
+
 def add_years(day: dt.date, years: int) -> dt.date:
     try:
         return day.replace(year=day.year + years)
     except ValueError:  # 29 February
         return day.replace(year=day.year + years, day=28)
-
-
-def period_start(day: dt.date, granularity: str) -> dt.date:
-    """First day of the day/month/year containing `day` (`total`: the day itself)."""
-    if granularity == "month":
-        return day.replace(day=1)
-    if granularity == "year":
-        return day.replace(month=1, day=1)
-    return day
 
 
 def next_period(day: dt.date, granularity: str) -> dt.date:
@@ -80,21 +76,18 @@ def breakdown_windows(
 ) -> list[tuple[dt.date, dt.date]]:
     """[start, end] as consecutive windows the stats host answers without clamping.
 
-    A window never spans more than the limit (its end stays a day short of start + N years)
-    and, for month and year, ends at a period boundary whenever the range goes on, so no
-    period is split across two answers (their top-10 city lists could not be merged exactly).
+    A window stays a day short of start + N years and, for month and year, ends at a period
+    end while the range goes on: a period split over two answers (top-10 city lists) could
+    not be merged exactly.
     """
-    if end < start:
-        return []
-    years = BREAKDOWN_MAX_YEARS[granularity]
     windows: list[tuple[dt.date, dt.date]] = []
     s = start
     while s <= end:
-        e = min(end, add_years(s, years) - ONE_DAY)
-        if e < end and granularity in ("month", "year"):
-            aligned = period_start(e + ONE_DAY, granularity) - ONE_DAY
-            if aligned >= s:
-                e = aligned
+        e = min(end, add_years(s, BREAKDOWN_MAX_YEARS[granularity]) - ONE_DAY)
+        if e < end and granularity in ("month", "year"):  # back to the last period end
+            after = e + ONE_DAY
+            e = after.replace(day=1) if granularity == "month" else after.replace(month=1, day=1)
+            e -= ONE_DAY
         windows.append((s, e))
         s = e + ONE_DAY
     return windows
@@ -102,11 +95,10 @@ def breakdown_windows(
 
 def merge_counts(parts: Iterable[Mapping[str, int]]) -> dict[str, int]:
     """Sum {key: n} answers; a key missing from one answer counts 0 there."""
-    out: dict[str, int] = {}
+    total: Counter[str] = Counter()
     for part in parts:
-        for key, n in part.items():
-            out[key] = out.get(key, 0) + n
-    return out
+        total.update(part)
+    return dict(total)
 
 
 def merge_breakdowns(parts: Iterable[Breakdown]) -> Breakdown:
@@ -118,7 +110,3 @@ def merge_breakdowns(parts: Iterable[Breakdown]) -> Breakdown:
             for country, cities in countries.items():
                 into[country] = merge_counts([into.get(country, {}), cities])
     return out
-
-
-def parse_date(text: str) -> dt.date:
-    return dt.date.fromisoformat(text[:10])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import shutil
@@ -81,14 +82,12 @@ class RunResult:
 
 
 def client_settings(cfg: Config) -> ClientSettings:
-    """The transport's settings: rate, concurrency, retries, and each credential scoped to the
-    operations that need it (NOTES §1, §9): the token to /account/, Basic to institution stats."""
+    """The transport's settings, each credential scoped to the operations that need it
+    (NOTES §1, §9): the token to /account/, Basic to institution stats."""
     api = cfg.api.url
     tokened = (api + "/account/", api + "/item_types")  # item_types: security OAuth2 in the spec
-    credentials: dict[str, str] = {}
     hints = dict.fromkeys(tokened, "api.token")
-    if cfg.api.token:
-        credentials.update(dict.fromkeys(tokened, f"token {cfg.api.token}"))
+    credentials = dict.fromkeys(tokened, f"token {cfg.api.token}") if cfg.api.token else {}
     if cfg.stats.institution:  # totals and /count are public in either scope; the rest is not
         inst = f"{cfg.stats.url}/{cfg.stats.institution}/"
         private = [inst + op + "/" for op in ("timeline", "breakdown", "top")]
@@ -111,11 +110,7 @@ def client_settings(cfg: Config) -> ClientSettings:
         read_timeout=cfg.http.timeout.read,
         total_timeout=cfg.http.timeout.total,
         max_body=cfg.http.max_body,
-        retry=RetryPolicy(
-            attempts=cfg.http.retry.attempts,
-            backoff_base=cfg.http.retry.backoff_base,
-            backoff_max=cfg.http.retry.backoff_max,
-        ),
+        retry=RetryPolicy(**dataclasses.asdict(cfg.http.retry)),
         credentials=credentials,
         auth_hints=hints,
     )
@@ -124,16 +119,9 @@ def client_settings(cfg: Config) -> ClientSettings:
 class Harvest:
     """Runs one configured harvest end to end. `run()` is safe to repeat after a crash."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        *,
-        progress: Progress | None = None,
-        client_factory: Callable[[ClientSettings], Client] = Client,
-        full: bool = False,
-        accept_drop: bool = False,
-        budget: bud.Budget | None = None,
-    ) -> None:
+    def __init__(self, cfg: Config, *, progress: Progress | None = None,
+                 client_factory: Callable[[ClientSettings], Client] = Client, full: bool = False,
+                 accept_drop: bool = False, budget: bud.Budget | None = None) -> None:
         self.cfg = cfg
         self.progress = progress or Progress()
         self.root = cfg.output.dir  # a directory or s3://bucket/prefix
@@ -154,9 +142,11 @@ class Harvest:
         self._writing = 0  # records the snapshot will hold: writing them takes time too
         self._client: Client | None = None
         self.reports: list[SourceReport] = []
-        # set when the run is cancelled (SIGINT/SIGTERM) while the journal thread writes the
-        # snapshot: the write gives up at its next chunk instead of finishing and publishing
+        # a cancelled run (SIGINT/SIGTERM) tells the journal thread writing the snapshot to
+        # give up at its next chunk instead of publishing
         self._stop_write = threading.Event()
+        # object storage: stage on local disk beside the journal, then upload
+        self._staging = self.state_dir / "staging" if is_remote(self.root) else None
 
     async def run(self) -> RunResult:
         with run_lock(self.state_dir / "lock"):
@@ -212,8 +202,7 @@ class Harvest:
 
     def _clean_staging(self) -> None:
         """Killed runs' half-written snapshots go: the journal is what resumes."""
-        staging = self.state_dir / "staging" if is_remote(self.root) \
-            else Path(self.root) / self.cfg.name / STAGING
+        staging = self._staging or Path(self.root) / self.cfg.name / STAGING
         with contextlib.suppress(OSError):
             for left in (p for p in clean_staging(staging) if p.suffix != ".lock"):
                 log.info("removed %s, left by a killed run", left)
@@ -261,11 +250,8 @@ class Harvest:
         """Full or incremental, and per list source the modified_since bound to ask with."""
         if self.cfg.incremental is None or self.force_full:
             return "full", {}
-        catalog = Catalog(self.catalog_path)
-        try:
+        with contextlib.closing(Catalog(self.catalog_path)) as catalog:
             last_full, marks = catalog.last_run("full"), catalog.marks()
-        finally:
-            catalog.close()
         kind, since, why = bud.choose_kind(self.cfg.incremental, self.cfg.sources, now,
                                        last_full["started_at"] if last_full else None, marks)
         if why:
@@ -292,8 +278,7 @@ class Harvest:
                 await journal.call(journal.add_source_records, idx,
                                    [(s.kind, s.key, s.body) for s in report.side],
                                    stamp(utc_now()))
-            info = report.as_dict()
-            await journal.call(journal.finish_source, idx, info)
+            await journal.call(journal.finish_source, idx, report.as_dict())
             log.info("source %s: %d ids listed in %d requests%s", source.name, report.listed,
                      report.requests, " (TRUNCATED)" if report.truncated else "")
         inc = self.cfg.incremental
@@ -356,7 +341,7 @@ class Harvest:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._produce(journal, todo, workers))
                 for _ in range(workers):
-                    tg.create_task(self._work(self.fetcher, todo, results))
+                    tg.create_task(self._work(todo, results))
         except BaseExceptionGroup as group:  # the first error (an Abort, usually), not the group
             raise group.exceptions[0] from None
         finally:
@@ -366,20 +351,17 @@ class Harvest:
     async def _produce(self, journal: Journal, todo: asyncio.Queue[Any], workers: int) -> None:
         """Pending ids in spending order (journal.Priority), until the budget is spent."""
         after: tuple[int, str, int] = (-1, "", -1)
-        while not self.spend.spent:
+        while not self.spend.spent:  # once spent, the workers skip what is queued (in order)
             chunk = await journal.call(journal.pending, after, PENDING_CHUNK)
             if not chunk:
                 break
             for item in chunk:
-                if self.spend.spent:
-                    break
                 await todo.put(item)
             after = chunk[-1].key
         for _ in range(workers):
             await todo.put(None)
 
-    async def _work(self, fetcher: ItemFetcher, todo: asyncio.Queue[Any],
-                    results: Outcomes) -> None:
+    async def _work(self, todo: asyncio.Queue[Any], results: Outcomes) -> None:
         while (item := await todo.get()) is not None:
             await results.room()
             cost = self.costs.record if item.mode == FULL else self.costs.stats
@@ -388,7 +370,7 @@ class Harvest:
             async with results.item(item.article_id) as turn:
                 token = large_body_turn.set(turn)
                 with self.spend.fetching(cost):
-                    outcome = await fetcher.fetch(item.article_id, item.sources, item.mode)
+                    outcome = await self.fetcher.fetch(item.article_id, item.sources, item.mode)
                 large_body_turn.reset(token)
                 p = self.progress
                 if outcome.state == DONE:
@@ -459,12 +441,9 @@ class Harvest:
             "http": {**metrics, "requests_total": bud.requests_total(meta, metrics)},
             "fetch": self.fetcher.report(),  # requests per item, downloads
         }
-        writer = SnapshotWriter(
-            self.root, self.cfg.name, snapshot_id=meta["snapshot_id"],
-            formats=frozenset(self.cfg.output.formats),
-            # object storage: stage on local disk beside the journal, then upload
-            staging_dir=self.state_dir / "staging" if is_remote(self.root) else None,
-        )
+        writer = SnapshotWriter(self.root, self.cfg.name, snapshot_id=meta["snapshot_id"],
+                                formats=frozenset(self.cfg.output.formats),
+                                staging_dir=self._staging)
         if await journal.call(writer.is_published):
             # an earlier run was killed between publishing and forgetting its journal: the
             # snapshot is complete, only what follows publishing is left to do
@@ -485,8 +464,7 @@ class Harvest:
         return RunResult(path, published, failed, truncated)
 
     def _budget_view(self, spent: dict[str, Any]) -> dict[str, Any]:
-        """The manifest's `budget`: what was allowed, what tonight's schedule held, and how it
-        went (`spent`: refreshed, deferred, the oldest totals left)."""
+        """The manifest's `budget`: what was allowed, what tonight's schedule held, how it went."""
         plan = self.schedule
         return {
             "said": self.budget.said if self.budget else None,
@@ -503,10 +481,7 @@ class Harvest:
         fetched, listed = counts.get(DONE, 0), sum(counts.values())
         if listed and not fetched:
             return f"this full run fetched 0 records of the {listed:,} ids listed"
-        last = last_complete_full(self.root, self.cfg.name)
-        if last is None:
-            return ""
-        sid, before = last
+        sid, before = last_complete_full(self.root, self.cfg.name) or ("", 0)
         ratio = self.cfg.guard.min_ratio
         if fetched < ratio * before:
             return (f"this full run fetched {fetched:,} records, fewer than {ratio:g} x the "
@@ -516,19 +491,17 @@ class Harvest:
     def _remember(self, meta: dict[str, str], manifest: dict[str, Any], *, advance: bool) -> None:
         """Record the run; move the high-water marks only when nothing was lost, so a run
         with failed ids is asked again (from the old marks) next night."""
-        catalog = Catalog(self.catalog_path)
-        try:
-            catalog.record_run(meta["snapshot_id"], manifest["kind"], manifest["status"],
-                               meta["started_at"], manifest["finished_at"],
-                               {s.name: (bud.source_fp(s), meta["started_at"])
-                                for s in self.cfg.sources if s.kind in INCREMENTAL_KINDS}
-                               if advance else None)
-        except sqlite3.OperationalError as exc:  # a full disk: the journal is kept
-            raise OutputError(f"{self.catalog_path}: cannot record the run: {exc} (snapshot "
-                              f"{meta['snapshot_id']} is published; the next run finishes "
-                              "recording it)") from None
-        finally:
-            catalog.close()
+        marks = {s.name: (bud.source_fp(s), meta["started_at"])
+                 for s in self.cfg.sources if s.kind in INCREMENTAL_KINDS}
+        with contextlib.closing(Catalog(self.catalog_path)) as catalog:
+            try:
+                catalog.record_run(meta["snapshot_id"], manifest["kind"], manifest["status"],
+                                   meta["started_at"], manifest["finished_at"],
+                                   marks if advance else None)
+            except sqlite3.OperationalError as exc:  # a full disk: the journal is kept
+                raise OutputError(f"{self.catalog_path}: cannot record the run: {exc} "
+                                  f"(snapshot {meta['snapshot_id']} is published; the next run "
+                                  "finishes recording it)") from None
 
     def _prune(self) -> None:
         """Keep the newest `output.keep` complete snapshots; never the one LATEST names."""
@@ -553,16 +526,11 @@ class Harvest:
                manifest: dict[str, Any]) -> Path | str:
         """Runs on the journal thread: records in id order -> the snapshot's files."""
         snapshot_id = manifest["snapshot_id"]
-        spec = RenderSpec(
-            snapshot_id=snapshot_id,
-            sources=tuple(s.name for s in self.cfg.sources),
-            scope=self.cfg.stats.institution or "public",
-            ndjson="ndjson" in writer.formats,
-            parquet="parquet" in writer.formats,
-        )
+        spec = RenderSpec(snapshot_id=snapshot_id, sources=tuple(s.name for s in self.cfg.sources),
+                          scope=self.cfg.stats.institution or "public",
+                          ndjson="ndjson" in writer.formats, parquet="parquet" in writer.formats)
         duplicate_keys = 0
-        writer.open()
-        try:
+        with writer:  # aborted unless published
             for rows in chunks(journal.db, CHUNK_RECORDS, CHUNK_BYTES):
                 self._check_stop()
                 chunk = render(spec, rows)
@@ -570,15 +538,13 @@ class Harvest:
                 self.progress.written += chunk.articles
                 duplicate_keys += chunk.duplicate_keys
                 del rows, chunk  # one may be a record near http.max_body: not kept for the next
-            run_ctx = RowContext(snapshot_id=snapshot_id, fetched_at=self.fetcher.entities_at)
+            ctx = RowContext(snapshot_id=snapshot_id, fetched_at=self.fetcher.entities_at)
             for payload in self.fetcher.entities:  # group/collection/... series, once each
-                for table, series in series_rows(payload, run_ctx).items():
+                for table, series in series_rows(payload, ctx).items():
                     writer.add_rows(table, series)
-            for source_record in journal.source_records():
-                side_ctx = RowContext(snapshot_id=snapshot_id,
-                                      fetched_at=parse_stamp(source_record.fetched_at))
-                for table, shaped in side_rows(source_record.kind, source_record.body,
-                                               side_ctx).items():
+            for side in journal.source_records():
+                ctx = RowContext(snapshot_id=snapshot_id, fetched_at=parse_stamp(side.fetched_at))
+                for table, shaped in side_rows(side.kind, side.body, ctx).items():
                     writer.add_rows(table, shaped)
             for error in journal.errors():
                 writer.add_error(error)
@@ -589,9 +555,6 @@ class Harvest:
             manifest["finished_at"] = stamp(utc_now())
             self._check_stop()
             return writer.publish(manifest)
-        except BaseException:
-            writer.abort()
-            raise
 
 
 class _WriteStopped(Exception):

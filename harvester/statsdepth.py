@@ -1,8 +1,4 @@
-"""Stats beyond per-item totals: timelines, geolocation breakdowns, tops and group counts.
-
-A breakdown's long range is fetched window by window (periods.breakdown_windows) and summed;
-timelines have no documented limit, so they take one request.
-"""
+"""Stats requests: totals, timelines, breakdowns (window by window, summed), tops, counts."""
 
 from __future__ import annotations
 
@@ -32,10 +28,14 @@ from harvester.periods import (
 log = logging.getLogger("harvester")
 
 
+def _bad(url: str, what: str, method: str = "GET") -> BadResponse:
+    return BadResponse(f"{method} {url} -> 200 {what}"[:300], url=url, status=200,
+                       reason="bad-stats")
+
+
 def _count(value: Any, url: str, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadResponse(f"GET {url} -> 200 with a non-integer {what}: {value!r}"[:300],
-                          url=url, status=200, reason="bad-stats")
+        raise _bad(url, f"with a non-integer {what}: {value!r}")
     return value
 
 
@@ -45,8 +45,7 @@ def _object(body: Any, key: str, url: str) -> dict[Any, Any]:
     if value is None and isinstance(body, dict) and key in body:
         return {}
     if not isinstance(value, dict):
-        raise BadResponse(f"GET {url} -> 200 without a '{key}' object", url=url, status=200,
-                          reason="bad-stats")
+        raise _bad(url, f"without a '{key}' object")
     return value
 
 
@@ -61,8 +60,7 @@ def breakdown_answer(body: Any, url: str) -> Breakdown:
     out: Breakdown = {}
     for period, countries in _object(body, "breakdown", url).items():
         if not isinstance(countries, dict):
-            raise BadResponse(f"GET {url} -> 200 with a malformed breakdown period", url=url,
-                              status=200, reason="bad-stats")
+            raise _bad(url, "with a malformed breakdown period")
         out[str(period)] = {
             str(country): {str(c): _count(n, url, "breakdown count") for c, n in cities.items()}
             for country, cities in countries.items() if isinstance(cities, dict)
@@ -96,21 +94,16 @@ class Tops:
     confirmed: int = 0
     cut: bool = False
 
-    def _find(self, item_id: int) -> int | None:
-        i = bisect.bisect_left(self.ids, item_id)
-        return i if i < len(self.ids) and self.ids[i] == item_id else None
-
     def get(self, item_id: int) -> int | None:
         """The count, 0 for an absent id of a ranking known to be complete, None when unknown."""
-        i = self._find(item_id)
-        if i is not None:
+        i = bisect.bisect_left(self.ids, item_id)
+        if i < len(self.ids) and self.ids[i] == item_id:
             return self.counts[i]
         return 0 if self.short and not self.cut and self.confirmed >= self.verify else None
 
-    def check(self, item_id: int, total: int) -> bool:
-        """Take an unranked item's per-item total as evidence; True when it proves a cut."""
-        if not self.short or self.cut or self.confirmed >= self.verify \
-                or self._find(item_id) is not None:
+    def check(self, total: int) -> bool:
+        """Take the per-item total of an item `get` did not know; True when it proves a cut."""
+        if not self.short or self.cut:
             return False
         if total:
             self.cut = True
@@ -141,7 +134,7 @@ class StatsFetcher:
             known = top.get(aid) if top is not None else None
             if known is None:
                 known = await self.total(counter, "article", aid)
-                if top is not None and top.check(aid, known):
+                if top is not None and top.check(known):
                     log.warning("stats: the %s ranking gave %d of the %d asked, yet article %d, "
                                 "not in it, has %d: the ranking is cut; unranked items get "
                                 "per-item totals", counter, len(top.ids),
@@ -157,8 +150,7 @@ class StatsFetcher:
         total = body.get("totals") if isinstance(body, dict) else None
         # a total past int64 would be a silent null in the stats table: the part fails instead
         if isinstance(total, bool) or not isinstance(total, int) or not -(2**63) <= total < 2**63:
-            raise BadResponse(f"GET {url} -> 200 without an integer 'totals' in int64",
-                              url=url, status=200, reason="bad-stats")
+            raise _bad(url, "without an integer 'totals' in int64")
         return total
 
     async def _rankings(self) -> dict[str, Tops]:
@@ -176,8 +168,7 @@ class StatsFetcher:
         body = (await self.client.get(url, params={"count": n})).data
         top = body.get("top") if isinstance(body, dict) else None
         if not isinstance(top, dict):
-            raise BadResponse(f"GET {url} -> 200 without a 'top' object", url=url, status=200,
-                              reason="bad-stats")
+            raise _bad(url, "without a 'top' object")
         pairs = sorted((int(k), _count(v, url, "top count")) for k, v in top.items()
                        if str(k).isdigit())
         return Tops(array("q", (k for k, _ in pairs)), array("q", (v for _, v in pairs)),
@@ -215,16 +206,16 @@ class StatsFetcher:
             "start": start.isoformat(), "end": end.isoformat(), "counters": counters,
         }
 
-    async def entities(self, discovered_groups: Iterable[int]) -> list[dict[str, Any]]:
-        """Series payloads of every configured entity, in (item, id) order; groups are
-        stats.entities.group if given, else the groups of the harvested articles."""
+    async def entities(self, wanted: dict[str, list[int]]) -> list[dict[str, Any]]:
+        """Series payloads of the entities `entity_ids` names, in (item, id) order."""
         out: list[dict[str, Any]] = []
-        for item, ids in sorted(self.entity_ids(discovered_groups).items()):
+        for item, ids in wanted.items():
             for item_id in ids:
                 out.extend((await self.item_series(item, item_id)).values())
         return out
 
     def entity_ids(self, discovered_groups: Iterable[int]) -> dict[str, list[int]]:
+        """Ids per entity kind the series ask for; groups default to `discovered_groups`."""
         stats = self.cfg.stats
         kinds = {i for s in (stats.timeline, stats.breakdown) if s is not None for i in s.items}
         wanted: dict[str, list[int]] = {}
@@ -235,15 +226,13 @@ class StatsFetcher:
             wanted[kind] = sorted(set(ids or ()))
         return wanted
 
-    async def group_counts(self, group_ids: Iterable[int]) -> dict[str, int]:
+    async def group_counts(self, ids: list[int]) -> dict[str, int]:
         """POST /count/articles: public articles per group, all groups in one request."""
-        ids = sorted(set(group_ids))
         if not ids:
             return {}
         url = self.cfg.stats.url + "/count/articles"
         self.requests["stats_count"] += 1
         body = (await self.client.post(url, json={"groups": [{"id": g} for g in ids]})).data
         if not isinstance(body, dict):
-            raise BadResponse(f"POST {url} -> 200 without an object", url=url, status=200,
-                              reason="bad-stats")
+            raise _bad(url, "without an object", "POST")
         return {str(k): _count(v, url, "article count") for k, v in sorted(body.items())}
