@@ -13,8 +13,7 @@ from typing import NamedTuple
 from harvester.errors import HarvesterError, LockedError, OutputError
 from harvester.store import MANIFEST, open_store, parse_manifest
 
-# Bumped whenever a state file's tables change: a file of another version is refused, never
-# migrated (the project has not been released).
+# Bumped whenever a state file's tables change: another version is refused, never migrated.
 STATE_VERSION = 2
 
 _CATALOG_SCHEMA = """
@@ -35,8 +34,8 @@ CREATE TABLE IF NOT EXISTS windows (
 
 
 def open_state(path: Path, schema: str, what: str, then: str) -> sqlite3.Connection:
-    """An SQLite state file with `schema`, made if new. One this build cannot read (damaged,
-    or of another STATE_VERSION) is refused with one line that says how to go on."""
+    """An SQLite state file with `schema`, made if new; one that is damaged or of another
+    STATE_VERSION is refused with one line that says how to go on."""
     db = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,10 +67,8 @@ def transaction(db: sqlite3.Connection) -> Iterator[None]:
 
 
 class Catalog:
-    """Known ids, per-source high-water marks and past runs, at OUTPUT/NAME/.state/catalog.sqlite.
-
-    It survives every run (the journal does not); opened briefly, never held.
-    """
+    """Known ids, high-water marks and past runs (OUTPUT/NAME/.state/catalog.sqlite): it
+    survives every run, unlike the journal; opened briefly, never held."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -121,8 +118,8 @@ class Catalog:
 
 
 class Validators(NamedTuple):
-    """What a record's 200 carried, to ask next time "changed since?" (NOTES §1): the URL it
-    came from (validators describe that representation only), its ETag and Last-Modified."""
+    """What a record's 200 carried, to ask next time "changed since?" (NOTES §1); validators
+    describe the representation at that URL only."""
 
     url: str
     etag: str | None
@@ -130,8 +127,8 @@ class Validators(NamedTuple):
 
 
 def read_validators(path: Path, aid: int) -> Validators | None:
-    """The validators of a known item's record, or None (unknown, none kept, unreadable: the
-    record is then asked for unconditionally, which is always safe)."""
+    """The validators of a known item's record, or None: the record is then asked for
+    unconditionally, which is always safe."""
     try:
         db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
         try:
@@ -147,8 +144,8 @@ def read_validators(path: Path, aid: int) -> Validators | None:
 
 
 def last_complete_full(root: Path | str, name: str) -> tuple[str, int] | None:
-    """What the publish guard compares with: (snapshot id, records) of the newest complete
-    full snapshot of `name`, if any."""
+    """(snapshot id, records) of the newest complete full snapshot: the publish guard's
+    reference."""
     store = open_store(root)
     if not store.exists(name):
         return None

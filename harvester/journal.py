@@ -61,7 +61,7 @@ _LZ4 = pa.Codec("lz4")
 
 
 def _packed(data: bytes) -> tuple[bytes, pa.Buffer]:
-    """A journal blob in its two parts: the unpacked size (see unpacked_size), the LZ4 frame."""
+    """A journal blob in its two parts: the unpacked size, the LZ4 frame."""
     return len(data).to_bytes(8, "little"), _LZ4.compress(data)
 
 
@@ -120,10 +120,9 @@ class Outcome:
 
 
 class Outcomes(asyncio.Queue["Outcome | None"]):
-    """The fan-out's outcomes on their way to the journal, bounded by count and by bytes: while
-    `max_bytes` of records are not yet stored, no worker starts another item (`room`). A record
-    past LARGE_BODY is one at a time from its first byte until it is stored (`item`), so records
-    near http.max_body are never held by every worker at once, whatever came before them."""
+    """Outcomes on their way to the journal, bounded by count and by bytes (`room`); a record
+    past client.LARGE_BODY is fetched one at a time until stored (`item`), so records near
+    http.max_body are never held by every worker at once."""
 
     def __init__(self, maxsize: int, max_bytes: int = QUEUED_BYTES) -> None:
         super().__init__(maxsize)
@@ -138,8 +137,7 @@ class Outcomes(asyncio.Queue["Outcome | None"]):
 
     @contextlib.asynccontextmanager
     async def item(self, article_id: int) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-        """One item's fetch. What it yields waits for the turn of a large body (the client
-        calls it, see client.LARGE_BODY); a turn taken is given up once the item is stored."""
+        """One item's fetch; it yields what waits for a large body's turn, held until stored."""
         held = False
 
         async def turn() -> None:
@@ -234,8 +232,7 @@ class Journal:
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._guarded, fn,
-                                                                *args)
+        return await asyncio.wrap_future(self._pool.submit(self._guarded, fn, *args))
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run on the journal thread from synchronous code (CLI, tests)."""
@@ -260,20 +257,14 @@ class Journal:
 
     def set_meta(self, values: dict[str, str]) -> None:
         with transaction(self.db):
-            self.db.executemany(
-                "INSERT INTO meta(key, value) VALUES(?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                list(values.items()),
-            )
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES(?, ?)", list(values.items()))
 
     def source_done(self, idx: int) -> dict[str, Any] | None:
         row = self.db.execute("SELECT done, info FROM sources WHERE idx=?", (idx,)).fetchone()
         return orjson.loads(row[1]) if row and row[0] else None
 
     def start_source(self, idx: int, name: str) -> None:
-        self.db.execute(
-            "INSERT INTO sources(idx, name) VALUES(?, ?) ON CONFLICT(idx) DO NOTHING", (idx, name)
-        )
+        self.db.execute("INSERT OR IGNORE INTO sources(idx, name) VALUES(?, ?)", (idx, name))
 
     def add_ids(self, idx: int, ids: Iterable[int]) -> None:
         bit = 1 << idx
@@ -287,8 +278,8 @@ class Journal:
             )
 
     def add_known_for_stats(self, catalog: Path, published_after: str | None) -> int:
-        """Queue the catalog's known ids for a stats-only refresh, stalest first (listed ids
-        keep FULL); an id never refreshed sorts before every timestamp."""
+        """Queue the catalog's known ids for a stats-only refresh, never refreshed or stalest
+        first (listed ids keep FULL)."""
         with self._attached(catalog), transaction(self.db):
             return self.db.execute(
                 "INSERT INTO ids(article_id, sources, mode, priority, stale) "
@@ -311,15 +302,12 @@ class Journal:
                 "SELECT reason, count(*) FROM cat.queue GROUP BY reason").fetchall())
 
     def finish_source(self, idx: int, info: dict[str, Any]) -> None:
-        self.db.execute(
-            "UPDATE sources SET done=1, info=? WHERE idx=?", (orjson.dumps(info).decode(), idx)
-        )
+        self.db.execute("UPDATE sources SET done=1, info=? WHERE idx=?",
+                        (orjson.dumps(info).decode(), idx))
 
     def ids_per_source(self, count: int) -> list[int]:
-        return [
-            self.db.execute("SELECT count(*) FROM ids WHERE sources & ?", (1 << i,)).fetchone()[0]
-            for i in range(count)
-        ]
+        query = "SELECT count(*) FROM ids WHERE sources & ?"
+        return [self.db.execute(query, (1 << i,)).fetchone()[0] for i in range(count)]
 
     def counts(self) -> Counts:
         rows = self.db.execute("SELECT state, count(*) FROM ids GROUP BY state").fetchall()
@@ -341,8 +329,8 @@ class Journal:
                 for aid, sources, mode, priority, stale in rows]
 
     def retry_failed(self) -> int:
-        """On resume, ids that failed, or whose record was kept while a part of it failed, get
-        another chance, and deferred ones a new budget."""
+        """On resume, failed ids (and records kept without a part) get another chance, and
+        deferred ones a new budget."""
         with transaction(self.db):
             self.db.execute("UPDATE ids SET state=? WHERE state=? AND article_id IN "
                             "(SELECT article_id FROM errors)", (ItemState.FAILED, ItemState.DONE))
@@ -353,24 +341,21 @@ class Journal:
                                     ItemState.DEFERRED)).rowcount
 
     def unconfirm_gone(self) -> None:
-        """No id of the run was fetched, yet some answered 404: a wrong server or a broken
-        proxy looks like that, a repository emptied overnight does not. Those ids become
-        failures, to be tried again, never tombstones."""
+        """No id was fetched, yet some answered 404: a wrong server or a broken proxy, not a
+        repository emptied overnight. Those ids become failures to retry, never tombstones."""
         with transaction(self.db):
-            rows = self.db.execute(
-                "SELECT article_id, error FROM errors JOIN ids USING(article_id) "
-                "WHERE ids.state=?", (ItemState.GONE,)).fetchall()
-            self.db.executemany("UPDATE errors SET error=? WHERE article_id=?", [(
-                orjson.dumps({**orjson.loads(error), "reason": "404-for-every-id",
-                              "message": "every id of the run answered 404: not taken for a "
-                              "deletion"}), aid) for aid, error in rows])
+            self.db.execute(
+                "UPDATE errors SET error=json_set(CAST(error AS TEXT), '$.reason', ?, "
+                "'$.message', ?) WHERE article_id IN (SELECT article_id FROM ids WHERE state=?)",
+                ("404-for-every-id", "every id of the run answered 404: not taken for a deletion",
+                 ItemState.GONE))
             self.db.execute("UPDATE ids SET state=? WHERE state=?",
                             (ItemState.FAILED, ItemState.GONE))
 
     def defer_pending(self, catalog: Path) -> dict[str, int]:
-        """The budget is spent: what is still pending is deferred, and every known item not
-        refreshed tonight carries its last totals with their own fetched_at into the snapshot
-        (a stats-only row), never a 0 or a gap. Returns the deferred ids by mode."""
+        """The budget is spent: pending ids are deferred, and each known item not refreshed
+        keeps its last totals and their fetched_at in the snapshot (never a 0 or a gap).
+        Returns the deferred ids by mode."""
         with self._attached(catalog), transaction(self.db):
             self.db.execute("UPDATE ids SET state=? WHERE state=?",
                             (ItemState.DEFERRED, ItemState.PENDING))
@@ -380,40 +365,39 @@ class Journal:
                 "JOIN cat.known k USING(article_id) WHERE i.state IN (?, ?) "
                 "AND k.stats IS NOT NULL AND k.stats_at IS NOT NULL",
                 (_EMPTY, ItemState.DEFERRED, ItemState.FAILED))
-            rows = self.db.execute("SELECT mode, count(*) FROM ids WHERE state=? GROUP BY mode",
-                                   (ItemState.DEFERRED,)).fetchall()
-        return {FetchMode(mode).name.lower(): n for mode, n in rows}
+            return self._by_mode(ItemState.DEFERRED)
 
     def workload(self, catalog: Path) -> tuple[int, int, int, int]:
         """(records to fetch, stats-only refreshes to fetch, items the catalog knows, records
         the snapshot will hold): what a budget plans with."""
-        records = self.db.execute("SELECT count(*) FROM ids WHERE state=? AND mode=?",
-                                  (ItemState.PENDING, FetchMode.FULL)).fetchone()[0]
-        writing = self.db.execute("SELECT count(*) FROM ids WHERE state<>? AND mode=?",
-                                  (ItemState.GONE, FetchMode.FULL)).fetchone()[0]
-        stats = self.db.execute("SELECT count(*) FROM ids WHERE state=? AND mode=?",
-                                (ItemState.PENDING, FetchMode.STATS_ONLY)).fetchone()[0]
         with self._attached(catalog):
-            known = self.db.execute("SELECT count(*) FROM cat.known").fetchone()[0]
-        return int(records), int(stats), int(known), int(writing)
+            return self.db.execute(
+                "SELECT count(*) FILTER (WHERE state=?1 AND mode=?2), "
+                "count(*) FILTER (WHERE state=?1 AND mode=?3), (SELECT count(*) FROM cat.known), "
+                "count(*) FILTER (WHERE state<>?4 AND mode=?2) FROM ids",
+                (ItemState.PENDING, FetchMode.FULL, FetchMode.STATS_ONLY, ItemState.GONE),
+            ).fetchone()
+
+    def _by_mode(self, state: ItemState) -> dict[str, int]:
+        """Ids in `state` per fetch mode: {"full": n, "stats_only": n}, modes with none left out."""
+        rows = self.db.execute("SELECT mode, count(*) FROM ids WHERE state=? GROUP BY mode",
+                               (state,)).fetchall()
+        return {FetchMode(mode).name.lower(): n for mode, n in rows}
 
     def refreshed(self) -> dict[str, int]:
         """Fetched tonight: records (with their stats), and stats-only refreshes."""
-        rows = dict(self.db.execute("SELECT mode, count(*) FROM ids WHERE state=? GROUP BY mode",
-                                    (ItemState.DONE,)).fetchall())
-        return {"records": rows.get(FetchMode.FULL, 0), "stats": rows.get(FetchMode.STATS_ONLY, 0)}
+        done = self._by_mode(ItemState.DONE)
+        return {"records": done.get("full", 0), "stats": done.get("stats_only", 0)}
 
     def oldest_stats(self) -> str | None:
         """The oldest fetched_at among the totals the snapshot holds."""
-        row = self.db.execute(
+        return self.db.execute(
             "SELECT min(r.fetched_at) FROM records r JOIN ids i USING(article_id) "
-            "WHERE r.stats IS NOT NULL AND i.state IN (?, ?, ?)", KEPT).fetchone()
-        return row[0] if row else None
+            "WHERE r.stats IS NOT NULL AND i.state IN (?, ?, ?)", KEPT).fetchone()[0]
 
     async def store_from(self, results: Outcomes) -> None:
-        """Store the fan-out's outcomes until None comes, each commit taking all that waits
-        (the queue's bounds bound it), so a kill loses only what is in flight. Keeps draining
-        after a failure so no worker blocks."""
+        """Store outcomes until None comes, each commit taking all that waits, so a kill loses
+        only what is in flight. Keeps draining after a failure so no worker blocks."""
         failure: BaseException | None = None
         ended = False
         while not ended:
@@ -432,15 +416,12 @@ class Journal:
             raise failure
 
     def store(self, outcomes: list[Outcome]) -> None:
-        """Records, states and errors of a batch of outcomes, in one transaction; a record
-        kept while a part of it failed (DONE with an error) keeps that error."""
+        """A batch of outcomes in one transaction; a DONE record with an error keeps it."""
         done = [o for o in outcomes if o.state == ItemState.DONE]
         with transaction(self.db):
             for o in done:
-                # a large body is packed straight into a zeroblob: SQLite copies a bound value
-                # twice, and a record near http.max_body makes each copy that big. Only a large
-                # one: Python 3.11 keeps a weak reference to every blob handle until the
-                # connection closes (a million records, a million of them)
+                # a large body goes straight into a zeroblob (SQLite copies a bound value twice);
+                # only a large one: Python 3.11 keeps every blob handle until the connection closes
                 size, frame = _packed(o.body)
                 large = frame.size > LARGE_BLOB
                 self.db.execute(
@@ -463,23 +444,19 @@ class Journal:
                         blob.write(frame)
             self.db.executemany("DELETE FROM errors WHERE article_id=?",
                                 [(o.article_id,) for o in done if o.error is None])
-            self.db.executemany(
-                "INSERT OR REPLACE INTO errors VALUES(?, ?)",
-                [(o.article_id, orjson.dumps(o.error or {})) for o in outcomes
-                 if o.state != ItemState.DONE or o.error is not None],
-            )
-            self.db.executemany(
-                "UPDATE ids SET state=?, attempts=attempts+1 WHERE article_id=?",
-                [(int(o.state), o.article_id) for o in outcomes],
-            )
-            self.db.executemany("UPDATE ids SET mode=? WHERE article_id=?",  # 304: stats only
-                                [(FetchMode.STATS_ONLY, o.article_id) for o in outcomes
-                                 if o.not_modified])
+            self.db.executemany("INSERT OR REPLACE INTO errors VALUES(?, ?)",
+                                [(o.article_id, orjson.dumps(o.error or {})) for o in outcomes
+                                 if o.state != ItemState.DONE or o.error is not None])
+            self.db.executemany(  # a record that answered 304 becomes a stats-only refresh
+                "UPDATE ids SET state=?, attempts=attempts+1, mode=coalesce(?, mode) "
+                "WHERE article_id=?",
+                [(int(o.state), FetchMode.STATS_ONLY if o.not_modified else None, o.article_id)
+                 for o in outcomes])
 
     def update_catalog(self, catalog: Path, snapshot_id: str, full: bool) -> None:
-        """After a publish: a full run replaces the known set, an incremental one adds what
-        it fetched and drops what 404ed. Totals keep their fetched_at (a failed stats part keeps
-        the last ones); records deferred or failed are queued for the next run, first."""
+        """After a publish: a full run replaces the known set, an incremental one adds what it
+        fetched and drops what 404ed. A failed stats part keeps the last totals; deferred or
+        failed records are queued for the next run, first."""
         with self._attached(catalog), transaction(self.db):
             if full:
                 self.db.execute("DELETE FROM cat.known WHERE article_id NOT IN "
@@ -512,10 +489,8 @@ class Journal:
                 "SELECT article_id, sources, CASE state WHEN ? THEN 'deferred' ELSE 'failed' "
                 "END FROM ids WHERE mode=? AND state IN (?, ?)",
                 (ItemState.DEFERRED, FetchMode.FULL, ItemState.DEFERRED, ItemState.FAILED))
-            self.db.execute(
-                "DELETE FROM cat.known WHERE article_id IN (SELECT article_id FROM ids "
-                "WHERE state=?)", (ItemState.GONE,)
-            )
+            self.db.execute("DELETE FROM cat.known WHERE article_id IN "
+                            "(SELECT article_id FROM ids WHERE state=?)", (ItemState.GONE,))
 
     @contextlib.contextmanager
     def _attached(self, catalog: Path) -> Iterator[None]:
@@ -532,8 +507,8 @@ class Journal:
         return [orjson.loads(e) for (e,) in rows]
 
     def failure_reasons(self) -> list[tuple[str, int, str | None]]:
-        """Failed ids (and records kept without a part) by reason, commonest first, gone ones
-        left out: (reason, ids, one message)."""
+        """(reason, ids, one message) of failed ids and records kept without a part, commonest
+        first, gone ones left out."""
         return self.db.execute(
             "SELECT reason, count(*), min(message) FROM (SELECT coalesce(json_extract(CAST(error "
             "AS TEXT), '$.reason'), 'unknown') reason, json_extract(CAST(error AS TEXT), "
@@ -542,8 +517,7 @@ class Journal:
             "ORDER BY count(*) DESC, reason", (ItemState.GONE,)).fetchall()
 
     def failure_summary(self) -> str:
-        """The commonest reasons, with a message of the first: what a refusal to publish says,
-        when no errors.ndjson is published to read."""
+        """The commonest reasons and an example: a refusal to publish has no errors.ndjson."""
         reasons = self.failure_reasons()[:3]
         if not reasons:
             return ""
@@ -553,18 +527,16 @@ class Journal:
 
     def add_source_records(self, idx: int, records: Iterable[tuple[str, int, Any]],
                            fetched_at: str) -> None:
-        """Records a source yields besides ids, as (kind, key, JSON body); re-listing replaces."""
+        """(kind, key, JSON body) a source yields besides ids; re-listing replaces."""
         with transaction(self.db):
-            self.db.executemany(
-                "INSERT OR REPLACE INTO source_records VALUES(?, ?, ?, ?, ?)",
-                [(kind, key, idx, pack(orjson.dumps(body)), fetched_at)
-                 for kind, key, body in records],
-            )
+            self.db.executemany("INSERT OR REPLACE INTO source_records VALUES(?, ?, ?, ?, ?)",
+                                [(kind, key, idx, pack(orjson.dumps(body)), fetched_at)
+                                 for kind, key, body in records])
 
     def source_records(self) -> Iterator[SourceRecord]:
         """Every source record in kind and key order (call on the journal thread)."""
-        for kind, key, body, fetched_at in self.db.execute(
-                "SELECT kind, key, body, fetched_at FROM source_records ORDER BY kind, key"
-        ).fetchall():
+        rows = self.db.execute("SELECT kind, key, body, fetched_at FROM source_records "
+                               "ORDER BY kind, key").fetchall()
+        for kind, key, body, fetched_at in rows:
             yield SourceRecord(kind, key, orjson.loads(unpack(body)), fetched_at)
 

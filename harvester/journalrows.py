@@ -1,7 +1,7 @@
 """The journal's fetched records read back for the snapshot: in id order, a bounded chunk at a time.
 
 SQLite steps the cursor a row at a time, so a few huge records never sit in memory together;
-call these on the journal's thread (`Journal.run`/`call`, or the writing thread that owns it).
+call these on the journal's thread.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from typing import NamedTuple
 
 from harvester.journal import KEPT, LARGE_BLOB, unpack, unpacked_size
 
-# the records a snapshot holds, with the stats-only rows that carry a deferred or failed
-# item's last totals; a body past LARGE_BLOB comes as NULL (a body is never NULL), to be read
-# through a blob handle
+# the records a snapshot holds, with the stats-only rows of deferred or failed items; a body
+# past LARGE_BLOB comes as NULL (a body never is), to be read through a blob handle
 _KEPT_RECORDS = ("SELECT r.article_id, i.sources, r.files, r.stats, r.fetched_at, r.payloads, "
                  "CASE WHEN length(r.body) > ? THEN NULL ELSE r.body END "
                  "FROM records r JOIN ids i USING(article_id) "
@@ -22,7 +21,7 @@ _KEPT_RECORDS = ("SELECT r.article_id, i.sources, r.files, r.stats, r.fetched_at
 
 
 class JournalRow(NamedTuple):
-    """One fetched record as stored: its body unpacked, the other blobs still compressed."""
+    """One fetched record as stored: its body unpacked, the other blobs still packed."""
 
     article_id: int
     sources: int  # provenance bitmask
@@ -34,7 +33,6 @@ class JournalRow(NamedTuple):
 
     @property
     def size(self) -> int:
-        """The record's bytes unpacked: what sizes a snapshot chunk."""
         return len(self.body) + sum(unpacked_size(b) for b in (self.files, self.payloads) if b)
 
 
@@ -56,13 +54,12 @@ def chunks(db: sqlite3.Connection, max_records: int, max_bytes: int
 
 def bodies(db: sqlite3.Connection) -> Iterator[bytes]:
     """Every fetched record's body as served, in id order."""
-    for row in _rows(db):
-        yield row.body
+    return (row.body for row in _rows(db))
 
 
 def _rows(db: sqlite3.Connection) -> Iterator[JournalRow]:
-    """The kept records, each body unpacked at once. A large one is read through a blob
-    handle, which copies it once where a SELECT copies it twice (see Journal.store)."""
+    """The kept records, each body unpacked; a large one read through a blob handle, which
+    copies it once where a SELECT copies it twice."""
     for aid, sources, *rest, packed in db.execute(_KEPT_RECORDS, (LARGE_BLOB, *KEPT)):
         if packed is None:
             with db.blobopen("records", "body", aid, readonly=True) as blob:

@@ -31,10 +31,8 @@ from harvester.records import (
 from harvester.schema import SCHEMAS
 from harvester.sinks import NDJSON_OPTS, columns_to_table
 
-# A chunk ends at whichever comes first: enough records that per-table conversion costs stay
-# small, or enough record bytes that a few huge records do not multiply memory (a record this
-# big, e.g. 100,000 tags in 1.8 MB, is rendered alone). Rows wait as columns, converted to Arrow
-# once CHUNK_ROWS of them wait.
+# A chunk ends at whichever comes first, so a few huge records do not multiply memory (a record
+# past CHUNK_BYTES is rendered alone). Rows wait as columns, converted once CHUNK_ROWS wait.
 CHUNK_RECORDS = 250
 CHUNK_BYTES = 1 << 20
 CHUNK_ROWS = 50_000
@@ -62,67 +60,50 @@ class Rendered:
     duplicate_keys: int = 0  # records whose served JSON gives a key twice
 
 
-def _provenance(sources: tuple[str, ...], mask: int) -> tuple[str, ...]:
-    return tuple(name for i, name in enumerate(sources) if mask & (1 << i))
-
-
 def render(spec: RenderSpec, chunk: list[JournalRow]) -> Rendered:
     """Rows of every table and the NDJSON lines for a chunk of journal rows, in id order."""
     rows: dict[str, Columns] = {}
-    waiting = 0  # rows in `rows`
     converted: dict[str, list[pa.Table]] = {}
-    articles: list[bytes] = []
-    stats: list[bytes] = []
-    out = Rendered()
-    ctx: RowContext | None = None
-    ctx_of: tuple[str, int] = ("", -1)
+    out = Rendered(lines={"articles.ndjson": [], "stats.ndjson": []} if spec.ndjson else {})
     for row in chunk:
-        if ctx is None or ctx_of != (row.fetched_at, row.sources):
-            # neighbours in id order were mostly fetched in the same second
-            ctx_of = (row.fetched_at, row.sources)
-            ctx = RowContext(snapshot_id=spec.snapshot_id, fetched_at=parse_stamp(row.fetched_at),
-                             sources=_provenance(spec.sources, row.sources))
+        provenance = tuple(s for i, s in enumerate(spec.sources) if row.sources & (1 << i))
+        ctx = RowContext(spec.snapshot_id, parse_stamp(row.fetched_at), provenance)
         if row.stats is not None:
             shaped = stats_rows(row.article_id, orjson.loads(row.stats), ctx, scope=spec.scope)
-            waiting += _gather(rows, "stats", columns("stats", shaped))
+            _gather(rows, "stats", columns("stats", shaped))
             if spec.ndjson:
-                stats.extend(orjson.dumps(r, option=NDJSON_OPTS) for r in shaped)
-        body = row.body
-        if body:  # else a stats-only refresh of an unchanged item
-            record = served.parse(body)
+                out.lines["stats.ndjson"] += (orjson.dumps(r, option=NDJSON_OPTS) for r in shaped)
+        if row.body:  # else a stats-only refresh of an unchanged item
+            record = served.parse(row.body)
             for table, cols in _record_columns(record, row.files, ctx).items():
-                waiting += _gather(rows, table, cols)
+                _gather(rows, table, cols)
             if spec.ndjson:  # the record as served (its own, possibly capped, file list)
-                articles.append(record.text)
+                out.lines["articles.ndjson"].append(record.text)
             out.duplicate_keys += bool(record.duplicate_keys)
             out.articles += 1
-            del record, body  # the rows hold what the tables need
-        payloads = orjson.loads(unpack(row.payloads)) if row.payloads is not None else None
-        for table, table_rows in payload_rows(payloads, ctx).items():
-            waiting += _gather(rows, table, columns(table, table_rows))
-        if waiting >= CHUNK_ROWS:
+            del record  # the rows hold what the tables need
+        if row.payloads is not None:
+            for table, table_rows in payload_rows(orjson.loads(unpack(row.payloads)), ctx).items():
+                _gather(rows, table, columns(table, table_rows))
+        if sum(len(cols["snapshot_id"]) for cols in rows.values()) >= CHUNK_ROWS:
             _convert(rows, converted, spec.parquet)
-            waiting = 0
-    if spec.ndjson:
-        out.lines = {"articles.ndjson": articles, "stats.ndjson": stats}
     _convert(rows, converted, spec.parquet)
     out.tables = {t: pa.concat_tables(pieces) for t, pieces in converted.items()}
     return out
 
 
-def _gather(rows: dict[str, Columns], table: str, cols: Columns) -> int:
-    """Append a piece's columns to its table's waiting columns; returns the piece's rows."""
+def _gather(rows: dict[str, Columns], table: str, cols: Columns) -> None:
+    """Append a piece's columns to its table's waiting columns."""
     waiting = rows.setdefault(table, {name: [] for name in SCHEMAS[table].names})
     for name, values in cols.items():
         waiting[name] += values
-    return len(cols["snapshot_id"])
 
 
 def _convert(rows: dict[str, Columns], into: dict[str, list[pa.Table]], parquet: bool) -> None:
-    """Move the waiting columns into Arrow pieces (dropped when no Parquet is written)."""
+    """Move the waiting columns into Arrow pieces (dropped when no Parquet is written); their
+    snapshot_id is spec's by construction, so not checked."""
     for table, cols in rows.items():
         if parquet and cols["snapshot_id"]:
-            # every row's snapshot_id is spec.snapshot_id by construction (ctx): not checked
             into.setdefault(table, []).append(columns_to_table(table, cols))
     rows.clear()
 
@@ -143,13 +124,10 @@ def series_rows(payload: dict[str, Any], ctx: RowContext) -> dict[str, list[dict
     return {"stats_timeline": timeline_rows(payload, ctx)}
 
 
-def payload_rows(payloads: dict[str, Any] | None,
-                 ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
+def payload_rows(payloads: dict[str, Any], ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
     """Table rows of the optional per-item payloads kept in Outcome.payloads."""
-    rows: dict[str, list[dict[str, Any]]] = {}
-    if not payloads:
-        return rows
     aid = int(payloads["article_id"])
+    rows: dict[str, list[dict[str, Any]]] = {}
     for key in ("timeline", "breakdown"):
         if key in payloads:
             rows.update(series_rows(payloads[key], ctx))

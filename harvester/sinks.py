@@ -46,8 +46,8 @@ ERROR_KEYS = ("id", "source", "url", "status", "reason", "message", "attempts", 
 NDJSON_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 _OWN_METHOD = {"articles": "add_article", "stats": "add_stats"}
 
-# Rows waiting for their row group are copied into one piece once this many are queued, so
-# many small buffers do not pin memory while their row group fills.
+# Small pieces waiting for their row group are copied into one once this many wait, so many
+# small buffers do not pin memory while the group fills.
 PENDING_PIECES = 8
 PENDING_COPY = 4 << 20  # bytes
 GROUP_BYTES = 16 << 20  # rows this large make a row group of their own, however few
@@ -58,9 +58,6 @@ def _mkdir(path: Path, *, parents: bool = False) -> None:
     """A new directory; with `parents`, those above it too, and it may be there already."""
     try:
         path.mkdir(parents=parents, exist_ok=parents)
-    except FileExistsError as e:
-        problem = "a file is in the way" if parents else "it already exists"
-        raise OutputError(f"cannot create directory {path}: {problem}") from e
     except OSError as e:
         raise fail("create directory", path, e) from e
 
@@ -109,8 +106,8 @@ def _lock(path: Path) -> int:
 
 class SnapshotWriter:
     """open -> add_* -> publish, or abort (also on leaving a `with` block unpublished). Memory
-    is bounded by a row group, not by the records; work in progress is in local `staging_dir`
-    (default ROOT/NAME/.staging, publishing is a rename; an s3:// root uploads it)."""
+    is bounded by a row group; work in progress is in a local `staging_dir` (ROOT/NAME/.staging
+    by default, published by a rename; an s3:// root uploads it)."""
 
     def __init__(
         self,
@@ -209,16 +206,10 @@ class SnapshotWriter:
         files = {name: _describe(path) for name, path in list_files(self.staging).items()}
         tables = {t: {"rows": sum(files[f]["rows"] for f in parts), "files": parts}
                   for t in SCHEMAS if (parts := table_files(files, t))}
-        doc = {
-            **manifest,
-            "snapshot_id": self.snapshot_id,
-            "schema_version": SCHEMA_VERSION,
-            "tables": tables,
-            "files": files,
-        }
+        doc = {**manifest, "snapshot_id": self.snapshot_id, "schema_version": SCHEMA_VERSION,
+               "tables": tables, "files": files}
         opts = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | NDJSON_OPTS
-        body = orjson.dumps(doc, option=opts, default=str)
-        write_atomic(self.staging / MANIFEST, body + b"\n")
+        write_atomic(self.staging / MANIFEST, orjson.dumps(doc, option=opts, default=str) + b"\n")
         self.store.publish(self.staging, self.name, self.snapshot_id)
         if self.store.remote:
             shutil.rmtree(self.staging, ignore_errors=True)  # uploaded: the local copy is done
@@ -268,25 +259,18 @@ class SnapshotWriter:
         self._add(table, list(rows))
 
     def add_rendered(self, chunk: Any) -> None:
-        """A chunk from render.render: its NDJSON lines and its tables, after what came before.
-
-        `chunk` has `lines` (NDJSON file name -> its lines without newlines) and `tables`
-        (table name -> Arrow table with exactly that table's schema, rows of this snapshot)."""
+        """A render.Rendered chunk (NDJSON lines without newlines, Arrow tables of exactly
+        SCHEMAS' schemas), after what came before."""
         self._require_open()
         for name, lines in chunk.lines.items():
-            if name not in ("articles.ndjson", "stats.ndjson"):
-                raise ValueError(f"unknown NDJSON file {name!r}")
             for line in lines:
                 self._write(name, line)
                 self._write(name, b"\n")
         _known(chunk.tables)
         for table, arrow in chunk.tables.items():
-            if table not in self._parquet or not arrow.num_rows:
-                continue
-            if not arrow.schema.equals(SCHEMAS[table]):
-                raise ValueError(f"a rendered {table!r} table does not have the table's schema")
-            self._convert(table)  # rows added one by one before it come first
-            self._append(table, arrow)
+            if table in self._parquet and arrow.num_rows:
+                self._convert(table)  # rows added one by one before it come first
+                self._append(table, arrow)
 
     def add_error(self, error: Mapping[str, Any]) -> None:
         """One errors.ndjson line: id, source, url, status, reason, message, attempts, at."""
@@ -395,12 +379,6 @@ class SnapshotWriter:
             raise fail("write", self._part_path(table), e) from e
 
     def _close_writers(self) -> None:
-        for table in self._parquet:
-            self._convert(table)
-        for table, pending in self._pending.items():
-            if pending and table in self._parquet:
-                self._write_groups(table, pa.concat_tables(pending))
-        self._pending = {t: [] for t in SCHEMAS}
         for name, f in list(self._lines.items()):
             try:
                 f.close()
@@ -408,6 +386,9 @@ class SnapshotWriter:
                 raise fail("write", self.staging / name, e) from e
         self._lines.clear()
         for table in self._parquet:
+            self._convert(table)
+            if pending := self._pending[table]:
+                self._write_groups(table, pa.concat_tables(pending))
             self._close_part(table)
         self._parquet.clear()
 

@@ -46,13 +46,12 @@ def is_remote(root: Path | str) -> bool:
 
 
 def table_part(table: str, number: int) -> str:
-    """A part file's name in a snapshot: `articles/part-00000.parquet`."""
     return f"{table}/part-{number:05d}.parquet"
 
 
 def table_files(files: Collection[str], table: str) -> list[str]:
-    """A table's Parquet files among a snapshot's file names (its manifest's `files`), in
-    order: its part files, or `TABLE.parquet` in snapshots before schema version 2."""
+    """A table's Parquet files among a snapshot's file names, in order: its part files, or
+    `TABLE.parquet` in snapshots before schema version 2."""
     if f"{table}.parquet" in files:
         return [f"{table}.parquet"]
     prefix = f"{table}/"
@@ -72,16 +71,13 @@ def split_harvest(path: Path | str) -> tuple[str, str]:
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
-    """pyarrow's S3 filesystem from the standard AWS environment: the SDK's credential chain,
-    AWS_REGION or AWS_DEFAULT_REGION, and AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL for another
-    S3 API (MinIO, moto), which pyarrow does not read by itself."""
+    """pyarrow's S3 filesystem from the standard AWS environment, including the endpoint
+    variables (MinIO, moto) that pyarrow does not read by itself."""
     kw: dict[str, Any] = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
+    if endpoint := os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
         kw["endpoint_override"] = endpoint
         kw["scheme"] = urlsplit(endpoint).scheme or "https"
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
+    if region := os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
         kw["region"] = region
     try:
         # delayed open: a small object is one PutObject, so manifest.json and LATEST each
@@ -102,7 +98,7 @@ def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
     return doc
 
 
-def hash_copy(src: IO[bytes] | Any, dst: IO[bytes] | Any | None) -> str:
+def _hash_copy(src: IO[bytes] | Any, dst: IO[bytes] | Any | None) -> str:
     """sha256 of a stream, copied to `dst` on the way when given."""
     digest = hashlib.sha256()
     while chunk := src.read(BUFFER):
@@ -112,7 +108,7 @@ def hash_copy(src: IO[bytes] | Any, dst: IO[bytes] | Any | None) -> str:
     return digest.hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -135,12 +131,12 @@ def write_atomic(path: Path, data: bytes) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise fail("write", path, e) from e
-    fsync_dir(path.parent)
+    _fsync_dir(path.parent)
 
 
 def list_files(path: Path) -> dict[str, Path]:
-    """Every file under a local directory by its name within it
-    (`articles/part-00000.parquet`: the manifest's and the object store's), in name order."""
+    """Every file under a local directory by its relative name (`articles/part-00000.parquet`),
+    in name order."""
     try:
         return {p.relative_to(path).as_posix(): p
                 for p in sorted(path.rglob("*")) if p.is_file()}
@@ -176,28 +172,25 @@ class Store:
         return "/".join((self.root, *parts)) if self.remote else \
             str(Path(self.root).joinpath(*parts))
 
-    def _info(self, *parts: str) -> pafs.FileInfo:
+    def _type(self, *parts: str) -> pafs.FileType:
         try:
-            return self.fs.get_file_info(self._path(*parts))
+            return self.fs.get_file_info(self._path(*parts)).type
         except OSError as e:
             raise fail("look up", self.url(*parts), e) from e
 
     def exists(self, name: str) -> bool:
-        found = self._info(name).type
+        found = self._type(name)
         return found != pafs.FileType.NotFound if self.remote else \
             found == pafs.FileType.Directory
 
     def is_complete(self, name: str, folder: str) -> bool:
-        """This snapshot folder holds its manifest."""
-        return self._info(name, folder, MANIFEST).type == pafs.FileType.File
+        return self._type(name, folder, MANIFEST) == pafs.FileType.File
 
     def published(self, name: str, folder: str) -> bool:
         """Out already: renamed into place locally, or uploaded up to its manifest."""
-        return self.is_complete(name, folder) if self.remote else self.taken(name, folder)
-
-    def taken(self, name: str, folder: str) -> bool:
-        """Anything under this snapshot folder (complete or not)."""
-        return self._info(name, folder).type != pafs.FileType.NotFound
+        if self.remote:
+            return self.is_complete(name, folder)
+        return self._type(name, folder) != pafs.FileType.NotFound
 
     def snapshots(self, name: str) -> list[str]:
         """Folder names (`snapshot=<id>`) of the complete snapshots, oldest first."""
@@ -221,12 +214,14 @@ class Store:
         return found[-1] if found else None
 
     def new_snapshot_id(self, name: str, now: datetime | None = None) -> str:
-        """UTC time as YYYYMMDDTHHMMSSZ, bumped a second at a time past any id already used."""
+        """UTC time as YYYYMMDDTHHMMSSZ, bumped a second at a time past any id already used
+        (published, or staged locally)."""
         t = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
         while True:
             sid = t.strftime(ID_FORMAT)
-            if not self.taken(name, f"{PREFIX}{sid}") and \
-                    (self.remote or self._info(name, STAGING, sid).type == pafs.FileType.NotFound):
+            taken = self._type(name, f"{PREFIX}{sid}") != pafs.FileType.NotFound or (
+                not self.remote and self._type(name, STAGING, sid) != pafs.FileType.NotFound)
+            if not taken:
                 return sid
             t += timedelta(seconds=1)
 
@@ -243,10 +238,10 @@ class Store:
         try:
             with self.fs.open_input_stream(self._path(name, folder, file)) as src:
                 if not self.remote:
-                    return dest, hash_copy(src, None)
+                    return dest, _hash_copy(src, None)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with open(dest, "wb") as dst:
-                    return dest, hash_copy(src, dst)
+                    return dest, _hash_copy(src, dst)
         except OSError as e:
             raise fail("download" if self.remote else "read", self.url(name, folder, file),
                        e) from e
@@ -259,39 +254,38 @@ class Store:
         folder = f"{PREFIX}{snapshot_id}"
         if self.published(name, folder):
             raise OutputError(f"cannot publish {self.url(name, folder)}: it already exists")
-        if self.remote:
-            files = list_files(staging)
-            for file in sorted(files, key=lambda f: f == MANIFEST):  # the manifest last
-                try:
-                    with open(files[file], "rb") as src, \
-                            self.fs.open_output_stream(self._path(name, folder, file)) as dst:
-                        hash_copy(src, dst)
-                except OSError as e:
-                    raise fail("upload", self.url(name, folder, file), e) from e
+        pointer = f"{folder}\n".encode()
+        if not self.remote:
+            dest = Path(self._path(name, folder))
             try:
-                with self.fs.open_output_stream(self._path(name, LATEST)) as dst:
-                    dst.write(f"{folder}\n".encode())
+                os.rename(staging, dest)
             except OSError as e:
-                raise fail("write", self.url(name, LATEST), e) from e
+                raise fail(f"rename {staging} to", dest, e) from e
+            _fsync_dir(dest.parent)
+            _fsync_dir(staging.parent)
+            write_atomic(dest.parent / LATEST, pointer)
             return self.url(name, folder)
-        dest = Path(self._path(name, folder))
+        files = list_files(staging)
+        for file in sorted(files, key=lambda f: f == MANIFEST):  # the manifest last
+            try:
+                with open(files[file], "rb") as src, \
+                        self.fs.open_output_stream(self._path(name, folder, file)) as dst:
+                    _hash_copy(src, dst)
+            except OSError as e:
+                raise fail("upload", self.url(name, folder, file), e) from e
         try:
-            os.rename(staging, dest)
+            with self.fs.open_output_stream(self._path(name, LATEST)) as dst:
+                dst.write(pointer)
         except OSError as e:
-            raise fail(f"rename {staging} to", dest, e) from e
-        fsync_dir(dest.parent)
-        fsync_dir(staging.parent)
-        write_atomic(dest.parent / LATEST, f"{folder}\n".encode())
+            raise fail("write", self.url(name, LATEST), e) from e
         return self.url(name, folder)
 
 
 def open_store(root: Path | str) -> Store:
-    """The store of an output location: a local directory or `s3://bucket/prefix`."""
     return Store(root)
 
 
 def _is_folder(name: str) -> bool:
-    """A snapshot folder's name: `snapshot=<id>`."""
     return name.startswith(PREFIX) and bool(SAFE_NAME.match(name[len(PREFIX):]))
 
 
