@@ -47,8 +47,7 @@ class Budget:
     said: str = ""  # as the user gave it, for messages and the manifest
 
     def allowance(self, rate: RateLimit, records: int = 0) -> int:
-        """Requests the fetching may send: the budget's time at the paced rate, less the time
-        to write a snapshot of `records` records."""
+        """Requests the fetching may send, leaving time to write `records` records."""
         if self.requests is not None:
             return self.requests
         return max(0, math.floor((self.fetch_seconds(records) or 0) / rate.interval))
@@ -87,13 +86,12 @@ def parse_until(text: str, now: dt.datetime | None = None) -> float:
     return (end - here).total_seconds()
 
 
-def budget_of(budget: str | None, until: str | None, configured: str | None,
-              now: dt.datetime | None = None) -> Budget | None:
+def budget_of(budget: str | None, until: str | None, configured: str | None) -> Budget | None:
     """The run's budget: --budget or --until (not both), else incremental.budget."""
     if budget and until:
         raise ValueError("give --budget or --until, not both")
     if until:
-        return Budget(seconds=parse_until(until, now), said=f"until {until}")
+        return Budget(seconds=parse_until(until), said=f"until {until}")
     text = budget or configured
     return Budget(seconds=parse_duration(text), said=text) if text else None
 
@@ -107,8 +105,7 @@ _ITEM: ContextVar[_InFlight | None] = ContextVar("budget_item", default=None)
 
 
 def count_estimated(requests: Counter[str], kind: str) -> None:
-    """Count a request that `Costs` estimates: the item this task fetches no longer expects
-    it, since the client's counter holds it now (so Spend counts it once)."""
+    """Count a request `Costs` estimates, and take it off what this task's item has left."""
     requests[kind] += 1
     item = _ITEM.get()
     if item is not None:
@@ -147,11 +144,10 @@ class Spend:
             self._flying.remove(item)
 
 
-def series_requests(cfg: Config, today: dt.date | None = None) -> int:
-    """Timeline and breakdown requests one article costs: one per counter for a timeline,
-    one per allowed window per counter for a breakdown (long ranges are split)."""
+def series_requests(cfg: Config) -> int:
+    """Timeline and breakdown requests one article costs (long breakdowns are split)."""
     series = 0
-    today = today or utc_now().date()
+    today = utc_now().date()
     for kind, s in (("timeline", cfg.stats.timeline), ("breakdown", cfg.stats.breakdown)):
         if s is None or "article" not in s.items:
             continue
@@ -171,8 +167,8 @@ class Costs:
     once: int = 0  # per run, not per item: the tops rankings
 
     @classmethod
-    def of(cls, cfg: Config, today: dt.date | None = None) -> Costs:
-        series = series_requests(cfg, today)
+    def of(cls, cfg: Config) -> Costs:
+        series = series_requests(cfg)
         counters = len(cfg.stats.counters)
         tops = cfg.stats.method == "tops"
         totals = 0 if tops else counters  # tops: a ranking per counter serves every item
@@ -209,7 +205,6 @@ class Schedule:
     settle_age: int | None  # nights: the oldest totals once the schedule settles
 
     def __str__(self) -> str:
-        """One log line: what tonight holds and what waits for the next night."""
         held = "no budget" if self.allowance is None else f"budget {self.allowance:,} requests"
         return (f"{self.requests:,} requests ({held}): {self.records:,} records "
                 f"({self.records_deferred:,} deferred), {self.stats:,} stats refreshes "
@@ -223,8 +218,7 @@ def schedule(work: Workload, allowance: int | None, rate: RateLimit) -> Schedule
     records = work.records if left is None else max(0, min(work.records, left // c.record))
     if left is not None:
         left -= records * c.record
-    wanted = work.stats
-    stats = wanted if left is None else max(0, min(wanted, left // c.stats))
+    stats = work.stats if left is None else max(0, min(work.stats, left // c.stats))
     requests = work.listing + c.once + records * c.record + stats * c.stats
     per_night = stats if left is None else max(0, left // c.stats)
     if work.full:  # a full run refreshes every item's stats with its record
@@ -237,7 +231,7 @@ def schedule(work: Workload, allowance: int | None, rate: RateLimit) -> Schedule
     return Schedule(
         allowance=allowance, requests=requests, seconds=requests * rate.interval,
         records=records, records_deferred=work.records - records,
-        stats=stats, stats_deferred=wanted - stats, per_night=per_night,
+        stats=stats, stats_deferred=work.stats - stats, per_night=per_night,
         nights_to_full=math.ceil(work.known / refreshed) if refreshed else None,
         settle_age=settle_age(work.known, per_night, records),
     )
@@ -259,9 +253,6 @@ def settle_age(known: int, stale_per_night: int, changed_per_night: int) -> int 
         if covered >= known - 1e-9:
             return age
     return None
-
-
-# -- which run tonight ---------------------------------------------------------------------
 
 
 def choose_kind(inc: Incremental, sources: Sequence[Source], now: dt.datetime,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -153,7 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE
     console.setup_logging(getattr(args, "json_logs", False), getattr(args, "quiet", False))
-    _system_allocator()
+    import pyarrow as pa
+
+    # snapshots are rendered in this process: the system allocator hands freed buffers back
+    # to the OS, where Arrow's default pool keeps them (benchmarks/README.md has the figures)
+    pa.set_memory_pool(pa.system_memory_pool())
     report = getattr(args, "report", None)
     if report:
         try:
@@ -167,14 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report:
         _write_report(Path(report), args, code, started)
     return code
-
-
-def _system_allocator() -> None:
-    """Snapshots are rendered in this process: Arrow's system allocator hands freed buffers back
-    to the OS, where its default pool keeps them (benchmarks/README.md has the figures)."""
-    import pyarrow as pa
-
-    pa.set_memory_pool(pa.system_memory_pool())
 
 
 # a failure's exit code and how it is said; the first class that matches wins
@@ -220,8 +215,7 @@ def _report_view(manifest: dict[str, Any]) -> dict[str, Any]:
             "ids", "errors", "errors_by_reason", "sources", "runs")
     out = {k: manifest[k] for k in keys if k in manifest}
     http = manifest.get("http", {})
-    out["requests"] = http.get("requests", {})
-    out["retries"] = http.get("retries", {})
+    out.update(requests=http.get("requests", {}), retries=http.get("retries", {}))
     downloads = manifest.get("fetch", {}).get("downloads")
     if downloads:
         out["downloads"] = downloads  # files by status, "failed" among them
@@ -319,18 +313,12 @@ async def run_harvest(cfg: config.Config, *, full: bool = False,
                       budget=budget)
     harvest.limits.windows.update(learned_windows(cfg))  # what `doctor` measured
     log.info("harvest %s: %d sources -> %s", cfg.name, len(cfg.sources), cfg.output.dir)
-    reporter = asyncio.create_task(console.report_progress(progress))
     try:
-        result = await harvest.run()
+        async with console.showing(progress):
+            result = await harvest.run()
     except PublishGuarded as exc:
-        console.end_status_line()
         _fail(exc)
         return PARTIAL
-    finally:
-        reporter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reporter
-        console.end_status_line()
     if not result.published:  # a budgeted full run: resumes next time, nothing published
         ids = result.manifest["ids"]
         print(f"not published: {ids['fetched']:,} of {ids['total']:,} records in; the budget "
@@ -456,8 +444,6 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     from harvester.simulator.settings import SimSettings
 
     demo_config = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-    if not demo_config.exists():
-        raise ConfigError(f"{demo_config}: the demo config is missing from this checkout")
     try:
         settings = SimSettings(items=args.items, seed=42)
     except ValueError as exc:

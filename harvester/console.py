@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +71,20 @@ def _tty() -> bool:
     return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
 
 
-async def report_progress(p: Progress) -> None:
+@contextlib.asynccontextmanager
+async def showing(progress: Progress) -> AsyncIterator[None]:
+    """Progress shown while the block runs; the status line is gone after it."""
+    task = asyncio.create_task(_report_progress(progress))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        end_status_line()
+
+
+async def _report_progress(p: Progress) -> None:
     """A live status line on a terminal; a plain log line every 30 s otherwise (cron)."""
     global _status_shown
     interval = 0.5 if _tty() else 30.0
@@ -127,12 +142,9 @@ def print_summary(manifest: dict[str, Any], snapshot: Path | str | None,
              if incomplete else ""))
     for s in manifest.get("sources", []):
         print(f"  source  {s['name']:<20} {s['ids']:>9,} ids  {s['requests']:>6,} list requests")
-    requests = http.get("requests", {})
-    if requests:
-        print("requests " + ", ".join(f"{k}: {v:,}" for k, v in requests.items()))
-    retries = http.get("retries", {})
-    if retries:
-        print("retries  " + ", ".join(f"{k}: {v:,}" for k, v in retries.items()))
+    for key in ("requests", "retries"):
+        if http.get(key):
+            print(f"{key:<9}" + ", ".join(f"{k}: {v:,}" for k, v in http[key].items()))
     tables = [f"{t} {info['rows']:,}" for t, info in manifest.get("tables", {}).items()
               if info.get("rows")]
     if tables:

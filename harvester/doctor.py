@@ -153,13 +153,10 @@ def list_queries(cfg: Config) -> list[ListQuery]:
 
 
 def _window_cost(page_size: int, first: bool) -> int:
-    """The window's last page and the page past it, a bisection if the last is refused, and
-    for the first endpoint page 1 too (its items serve the later probes)."""
+    """The window's last page, the page past it, a bisection if the last is refused, and for
+    the first endpoint page 1 (its items serve the later probes)."""
     edge = max(WINDOW // page_size, 2)
     return 2 + first + (math.ceil(math.log2(edge - 1)) if edge > 2 else 0)
-
-
-Step = tuple[str, int, Callable[[], Awaitable[list[Finding]]]]
 
 
 class Doctor:
@@ -173,10 +170,12 @@ class Doctor:
         self.limits = Limits(page_size=self.page_size)
         self.first: tuple[ListQuery, Answer] | None = None  # page 1 of the first endpoint
         self.oai_id: int | None = None  # an id OAI-PMH listed, for configs without a list
-        self.steps, self.skipped = self._plan()
-        self.report = Report(budget=sum(cost for _, cost, _ in self.steps))
+        self.probes: list[Callable[[], Awaitable[list[Finding]]]] = []
+        self.skipped: list[Finding] = []
+        self.report = Report(budget=self._plan())
 
-    def _plan(self) -> tuple[list[Step], list[Finding]]:
+    def _plan(self) -> int:
+        """Choose the probes that fit in BUDGET; the requests they may send."""
         s, full = self.cfg.stats, not self.quick
         # the first endpoint's page 1 feeds the cursor and date probes: one that offers both
         queries = sorted(list_queries(self.cfg), key=lambda q: (not q.cursor, q.bound is None))
@@ -196,20 +195,19 @@ class Doctor:
                 s.institution and s.user and (s.method == "tops" or s.timeline or s.breakdown))),
             ("token scope", len(token) + admin, self._token, full and bool(token)),
         ]
-        steps: list[Step] = []
-        skipped, spent = [], 0
+        spent = 0
         # the other endpoints' windows come after every other probe
         for name, cost, probe, wanted in [*windows[:1], *probes, *windows[1:]]:
             if wanted and spent + cost <= BUDGET:
-                steps.append((name, cost, probe))
+                self.probes.append(probe)
                 spent += cost
             elif wanted:
-                skipped.append(Finding(name, UNKNOWN, "not probed",
-                                       f"over the budget of {BUDGET} requests"))
-        return steps, skipped
+                self.skipped.append(Finding(name, UNKNOWN, "not probed",
+                                            f"over the budget of {BUDGET} requests"))
+        return spent
 
     async def run(self) -> Report:
-        for _, _, probe in self.steps:
+        for probe in self.probes:
             self.report.findings += await probe()
         self.report.findings += self.skipped
         self.report.learned = dict(self.limits.windows)
@@ -426,9 +424,8 @@ class Doctor:
                       "stats.password and stats.institution")]
 
     def _token_queries(self) -> tuple[bool, list[ListQuery]]:
-        """Whether admin sources read institution items, and the listings the token must
-        answer: its own items, the admin sources' (and under api.admin_read: documented the
-        reviews, which name a private item's owner)."""
+        """Whether admin sources read institution items, and the listings the token must answer
+        (the reviews too under api.admin_read: documented: they name a private item's owner)."""
         if not self.cfg.api.token:
             return False, []
         kinds = {src.kind for src in self.cfg.sources}
@@ -522,21 +519,18 @@ class Doctor:
                       "sources may end truncated")]
 
 
-def announce(cfg: Config, budget: int, quick: bool) -> str:
-    rate = cfg.http.rate
-    return (f"{'quick checks' if quick else 'doctor'}: at most {budget} requests to "
-            f"{cfg.api.url} at {rate.requests} per {rate.per:g} s "
-            f"(about {budget * rate.per / rate.requests:.0f} s)")
-
-
 async def run_doctor(cfg: Config, *, quick: bool = False,
                      said: Callable[[str], None] = print) -> Report:
     """Probe, then store the windows learned in the catalog; `said` gets the budget first."""
     Catalog(cfg.state_path() / "catalog.sqlite").close()  # unwritable: stop before a request
     settings = dataclasses.replace(client_settings(cfg), retry=RetryPolicy(attempts=1))
+    rate = cfg.http.rate
     async with Client(settings) as client:
         doctor = Doctor(cfg, client, quick=quick)
-        said(announce(cfg, doctor.report.budget, quick))
+        budget = doctor.report.budget
+        said(f"{'quick checks' if quick else 'doctor'}: at most {budget} requests to "
+             f"{cfg.api.url} at {rate.requests} per {rate.per:g} s "
+             f"(about {budget * rate.per / rate.requests:.0f} s)")
         report = await doctor.run()
     if report.learned:
         with closing(Catalog(cfg.state_path() / "catalog.sqlite")) as catalog:

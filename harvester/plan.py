@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import tempfile
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from harvester import config
 from harvester.budget import series_requests
 from harvester.client import Client
-from harvester.console import duration, end_status_line, report_progress
+from harvester.console import duration, showing
 from harvester.doctor import learned_windows
 from harvester.journal import Journal
 from harvester.partition import Limits
@@ -20,35 +19,24 @@ from harvester.sources import SourceReport, enumerate_source
 
 
 async def plan(cfg: config.Config, budget: Any) -> bool:
-    """List every source, then print the requests and time the run would take, and with a
-    budget or incremental runs the schedule; True when a source cannot be listed completely."""
+    """List every source, then print what the run would cost (and with a budget or
+    incremental runs, the schedule); True when a source cannot be listed completely."""
     reports: list[SourceReport] = []
-    with tempfile.TemporaryDirectory(prefix="harvester-plan-") as tmp:
-        journal = Journal(Path(tmp) / "plan.sqlite")
+    limits = Limits(page_size=cfg.http.page_size)  # windows learned serve every source
+    limits.windows.update(learned_windows(cfg))  # what `doctor` measured
+    progress = Progress(phase="listing")  # listing can take minutes: say so
+    with (tempfile.TemporaryDirectory(prefix="harvester-plan-") as tmp,
+          closing(Journal(Path(tmp) / "plan.sqlite")) as journal):
         journal.open()
-        try:
-            limits = Limits(page_size=cfg.http.page_size)  # windows learned serve every source
-            limits.windows.update(learned_windows(cfg))  # what `doctor` measured
-            progress = Progress(phase="listing")  # listing can take minutes: say so
-            shown = asyncio.create_task(report_progress(progress))
-            try:
-                async with Client(client_settings(cfg)) as client:
-                    for idx, source in enumerate(cfg.sources):
-                        report = SourceReport(source.name, source.kind)
-                        reports.append(report)
-                        async for batch in enumerate_source(client, cfg.api.url, source, report,
-                                                            limits):
-                            progress.listed += len(batch)
-                            await journal.call(journal.add_ids, idx, batch)
-            finally:
-                shown.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await shown
-                end_status_line()
-            per_source = await journal.call(journal.ids_per_source, len(cfg.sources))
-            total = sum((await journal.call(journal.counts)).values())
-        finally:
-            journal.close()
+        async with Client(client_settings(cfg)) as client, showing(progress):
+            for idx, source in enumerate(cfg.sources):
+                report = SourceReport(source.name, source.kind)
+                reports.append(report)
+                async for batch in enumerate_source(client, cfg.api.url, source, report, limits):
+                    progress.listed += len(batch)
+                    await journal.call(journal.add_ids, idx, batch)
+        per_source = await journal.call(journal.ids_per_source, len(cfg.sources))
+        total = sum((await journal.call(journal.counts)).values())
     stats = total * len(cfg.stats.counters)
     series = total * series_requests(cfg)
     rate = cfg.http.rate.requests / cfg.http.rate.per
