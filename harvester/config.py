@@ -32,9 +32,6 @@ FORMATS = ("ndjson", "parquet")
 S3_SCHEME = "s3://"
 
 
-# ---------------------------------------------------------------- checks of one string each
-
-
 def check_url(value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
         raise ValueError(f"{value!r} is not an http(s) URL")
@@ -114,9 +111,6 @@ def parse_duration(text: str) -> float:
 def _duration(value: str) -> str:
     parse_duration(value)
     return value
-
-
-# ---------------------------------------------------------------- the configuration
 
 
 @dataclass(frozen=True)
@@ -322,8 +316,7 @@ class Source:
     params: Mapping[str, Any]
 
 
-# ---------------------------------------------------------------- the sources' parameter grammar
-# A parameter is "int", "str", "date", "ids" (a non-empty list), or a tuple of its values.
+# A source parameter is "int", "str", "date", "ids" (a non-empty list), or a tuple of its values.
 
 _FILTERS: dict[str, Any] = {  # accepted by GET /articles and POST /articles/search (NOTES 4.1)
     "institution": "int", "group": "int", "item_type": "int", "published_since": "date",
@@ -509,8 +502,7 @@ class Config:
         return hashlib.sha256(orjson.dumps(view, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def state_path(self) -> Path:
-        """Local home of the run journal and lock: output.state_dir if given, else
-        OUTPUT/NAME/.state, or .harvester-state/NAME in the working directory for s3:// output."""
+        """Local home of the journal and lock (for s3:// output: .harvester-state/NAME here)."""
         if self.output.state_dir:
             return Path(self.output.state_dir)
         if self.output.dir.startswith(S3_SCHEME):
@@ -518,8 +510,7 @@ class Config:
         return Path(self.output.dir) / self.name / ".state"
 
     def files_path(self) -> Path:
-        """Root of the downloaded files: files.dir, else OUTPUT/NAME/files (kept across
-        snapshots: files are large and stable, each snapshot's `downloads` table lists them)."""
+        """Root of the downloaded files, kept across snapshots (large and stable)."""
         if self.files.dir:
             return Path(self.files.dir)
         return Path(self.output.dir) / self.name / "files"
@@ -548,7 +539,7 @@ def load(path: str | Path, env: Mapping[str, str] | None = None, **overrides: st
         raise ConfigError(f"{p}: no such config file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read config: {exc}") from None
-    return parse(text, str(p), os.environ if env is None else env, **overrides)
+    return parse(text, str(p), env, **overrides)
 
 
 def parse(text: str, where: str = "<config>", env: Mapping[str, str] | None = None, *,

@@ -27,12 +27,10 @@ def portal_set(institution: int) -> str:
     return f"portal_{institution}"
 
 
-def _seconds(value: str | None, *, until: bool) -> str | None:
-    """A from/until argument at second granularity, so a restart can use the same granularity."""
-    if value is None:
-        return None
-    if _DAY.fullmatch(value):
-        return f"{value}T23:59:59Z" if until else f"{value}T00:00:00Z"
+def _seconds(value: str | None, time: str) -> str | None:
+    """A from/until day at second granularity, the granularity a restart uses."""
+    if value is not None and _DAY.fullmatch(value):
+        return f"{value}T{time}Z"
     return value
 
 
@@ -42,7 +40,6 @@ class _Pass:
 
     last: int | None = None  # the latest datestamp seen
     expired: bool = False
-    ended: bool = False  # given up: a resumption token repeated, or pages stopped listing new ids
 
 
 class OaiLister(Lister):
@@ -58,8 +55,8 @@ class OaiLister(Lister):
         self.client = client
         self.base_url = base_url
         self.set_spec = set_spec
-        self.from_ = _seconds(from_, until=False)
-        self.until = _seconds(until, until=True)
+        self.from_ = _seconds(from_, "00:00:00")
+        self.until = _seconds(until, "23:59:59")
         self.deleted = 0  # headers marked deleted (skipped)
         self.restarts = 0
         self.unordered = False  # a datestamp went backwards: restarts go back to `from`
@@ -80,15 +77,15 @@ class OaiLister(Lister):
             run = _Pass()
             async for batch in self._pass(start, part, run):
                 yield batch
-            if run.ended:
+            if part.truncated:  # given up: the list would never end
                 return
             if not run.expired:
-                if self.unordered and skipped:
-                    part.note = ("datestamps out of order: listed again from the source's "
-                                 "`from`, for ids a restart from a datestamp skipped")
-                    start, skipped = self.from_, False
-                    continue
-                return
+                if not (self.unordered and skipped):
+                    return
+                part.note = ("datestamps out of order: listed again from the source's `from`, "
+                             "for ids a restart from a datestamp skipped")
+                start, skipped = self.from_, False
+                continue
             self.restarts += 1
             stalled = 0 if part.new else stalled + 1
             if stalled >= MAX_STALLED:
@@ -148,9 +145,10 @@ class OaiLister(Lister):
                 if header.get("status") == "deleted":
                     self.deleted += 1
                     continue
-                aid = _article_id(header.findtext(f"{NS}identifier"))
-                if aid is None:
+                m = _ARTICLE.fullmatch((header.findtext(f"{NS}identifier") or "").strip())
+                if m is None:
                     continue
+                aid = int(m.group(1))
                 stamp = parse_stamp(header.findtext(f"{NS}datestamp"))
                 if stamp is not None:
                     if run.last is not None and stamp < run.last:
@@ -171,7 +169,6 @@ class OaiLister(Lister):
                 why = ("the server sent a resumption token again" if token in tokens else
                        f"{MAX_IDLE_PAGES} pages in a row listed no new id")
                 self._give_up(part, f"truncated: {why}, so the list would never end")
-                run.ended = True
                 return
             tokens.add(token)
             params = {"verb": "ListIdentifiers", "resumptionToken": token}
@@ -182,8 +179,3 @@ def _parse(body: bytes, url: str) -> ET.Element:
         return ET.fromstring(body)
     except ET.ParseError as exc:
         raise BadResponse(f"OAI-PMH {url} -> not XML: {exc}", url=url, reason="bad-xml") from None
-
-
-def _article_id(identifier: str | None) -> int | None:
-    m = _ARTICLE.fullmatch((identifier or "").strip())
-    return int(m.group(1)) if m else None

@@ -16,6 +16,7 @@ from typing import Any
 from harvester.client import Client
 from harvester.errors import BadResponse, Blocked, RequestError, Unreachable, WindowExhausted
 from harvester.figshare import ITEM_TYPES, PAGE_SIZE, SPLITS, WINDOW, ListQuery, Pager, valid_id
+from harvester.periods import STAMP
 
 log = logging.getLogger("harvester")
 
@@ -24,13 +25,12 @@ DAY = 86_400
 # answers a form unexpectedly moves the enumeration one step down this ladder.
 FORMS = ("second", "day", "day before")
 SKIPPED_SAMPLE = 20  # skipped list entries quoted in the manifest (the count is exact)
-UNBOUNDED = "the server does not honour the date bound: cannot continue"
 
 
 @dataclass
 class Limits:
-    """The run's paging limits, shared by its sources: the page size, the windows servers
-    revealed by refusing a page (per endpoint), and the item types to split by."""
+    """The run's paging limits, shared by its sources: page size, the windows servers revealed
+    by refusing a page (per endpoint), and the item types to split by."""
 
     page_size: int = PAGE_SIZE
     windows: dict[str, int] = field(default_factory=dict)
@@ -38,12 +38,11 @@ class Limits:
 
     @staticmethod
     def endpoint(query: ListQuery) -> str:
-        """The key a window is learned under: method and path, ids in the path ignored."""
+        """Method and path, ids in the path ignored: what a window is learned under."""
         return f"{query.method} {re.sub(r'/[0-9]+', '/{id}', query.path)}"
 
     def window(self, query: ListQuery) -> int:
-        """Items one walk of `query` may page through: the learned window, the documented one,
-        and the operation's declared maximum offset, whichever is smallest."""
+        """Items one walk may page through: the learned, documented or declared window."""
         window = self.windows.get(self.endpoint(query), WINDOW)
         if query.max_offset is not None and query.paging == "offset":
             window = min(window, query.max_offset + 1)  # the last offset sent is max_offset
@@ -66,10 +65,7 @@ class Partition:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        if not self.note:
-            del out["note"]
-        return out
+        return {k: v for k, v in asdict(self).items() if v or k != "note"}
 
 
 class IdSet:
@@ -118,7 +114,7 @@ class IdSet:
 
 
 def parse_stamp(value: Any) -> int | None:
-    """Epoch seconds of an ISO date or date-time (no zone: UTC); None when absent or unreadable."""
+    """Epoch seconds of an ISO date or date-time (no zone: UTC); None if absent or unreadable."""
     if not isinstance(value, str) or len(value) < 10:
         return None
     try:
@@ -131,11 +127,7 @@ def parse_stamp(value: Any) -> int | None:
 
 
 def iso_second(stamp: int) -> str:
-    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def iso_day(stamp: int) -> str:
-    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime(STAMP)
 
 
 class Lister:
@@ -178,11 +170,8 @@ class _Window:
 
 
 class Exhauster(Lister):
-    """Enumerates list queries for one source; keeps its partitions and its distinct ids.
-
-    Any 400 or 422 on a page after a query's first is a window refusal, whatever its wording:
-    the offset refused becomes that endpoint's window for the run (`Limits`).
-    """
+    """Enumerates list queries for one source; a refused page's offset becomes that endpoint's
+    window for the run (`Limits`)."""
 
     def __init__(self, client: Client, api_url: str, *, limits: Limits | None = None) -> None:
         super().__init__()
@@ -241,7 +230,8 @@ class Exhauster(Lister):
                 async for batch in self._walk(bounded, part, seen, floor, hi, overlap):
                     yield batch
                 if seen.ignored or (seen.gap and self.form + 1 == len(FORMS)):
-                    self._give_up(part, UNBOUNDED)
+                    self._give_up(part, "the server does not honour the date bound: cannot "
+                                        "continue")
                     return
                 if seen.retry:
                     continue
@@ -264,7 +254,7 @@ class Exhauster(Lister):
             # else: the server reads the bound as a day, so the same request would list the
             # same window again; take the rest of that day apart instead
             assert floor is not None
-            end = floor + 1 if self.form == 0 else _end_of_day(floor + 1)
+            end = floor + 1 if self.form == 0 else _start_of_day(floor + 1) + DAY - 1
             if hi is not None:
                 end = min(end, hi)
             async for batch in self._split(query, floor, end, last):
@@ -436,7 +426,7 @@ class Exhauster(Lister):
             since = iso_second(at)
         else:
             at = _start_of_day(floor + 1) - (DAY if FORMS[self.form] == "day before" else 0)
-            since = iso_day(at)
+            since = iso_second(at)[:10]
         own = query.filters.get(query.bound.param)
         own_at = parse_stamp(own)
         return str(own) if own_at is not None and at <= own_at else since
@@ -452,7 +442,3 @@ def _refusal(exc: RequestError, *, first: bool) -> bool:
 
 def _start_of_day(stamp: int) -> int:
     return stamp - stamp % DAY
-
-
-def _end_of_day(stamp: int) -> int:
-    return _start_of_day(stamp) + DAY - 1

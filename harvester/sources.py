@@ -60,7 +60,7 @@ class SourceReport:
     @property
     def minimum_requests(self) -> int | None:
         """The fewest list requests any enumeration could use: one per page, plus the last
-        (None for kinds that page no REST list, ids, ids_file, oai, or several: collections)."""
+        (None for kinds that page no single REST list)."""
         if self.kind in ("ids", "ids_file", "oai", "collections"):
             return None
         return self.distinct // self.page_size + 1
@@ -103,7 +103,7 @@ async def enumerate_source(
 ) -> AsyncIterator[list[int]]:
     """Yield batches of ids for one source, filling `report` as it goes. `limits`: the run's
     page size and learned windows, shared by its sources (default: the documented ones)."""
-    limits = limits if limits is not None else Limits()
+    limits = limits or Limits()
     report.page_size = limits.page_size
     walk = {"ids": _ids, "ids_file": _ids_file, "oai": _oai, "collection": _container,
             "project": _container, "collections": _collections}.get(source.kind, _listed)

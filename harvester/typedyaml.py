@@ -13,7 +13,6 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, Field, field, fields, is_dataclass
-from functools import cache
 from typing import Any
 
 import yaml
@@ -115,10 +114,11 @@ class Reader:
         m = self.mapping(raw, key)
         keys = [f for f in fields(cls) if not f.metadata.get("internal")]
         self.known(m, key, tuple(f.name for f in keys))
+        hints = typing.get_type_hints(cls)
         for f in keys:
             at = _join(key, f.name)
             if f.name in m:
-                values[f.name] = self.value(_hints(cls)[f.name], m[f.name], at, f.metadata)
+                values[f.name] = self.value(hints[f.name], m[f.name], at, f.metadata)
             elif f.default is MISSING and f.default_factory is MISSING:
                 choices = f.metadata.get("choices")
                 raise self.fail(at, f"required: one of {list(choices)}" if choices else
@@ -203,11 +203,6 @@ class Reader:
         return _ENV.sub(sub, value) if isinstance(value, str) else value
 
 
-@cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _optional(tp: Any) -> Any:
     """X for `X | None`, else None."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -221,17 +216,17 @@ def _join(key: str, sub: str) -> str:
 
 
 def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", str: f"the string {value!r}", bool: f"{value}"}.get(
-        type(value), f"{type(value).__name__} {value!r}")
+    names = {type(None): "nothing", dict: "a mapping", list: "a list", bool: f"{value}",
+             str: f"the string {value!r}"}
+    return names.get(type(value), f"{type(value).__name__} {value!r}")
 
 
 def keys(cls: type, prefix: str = "") -> Iterator[tuple[str, Field[Any], Any]]:
     """Every key as (dotted name, field, type without `| None`), each section before its keys."""
+    hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if not f.metadata.get("internal"):
-            tp = _optional(_hints(cls)[f.name]) or _hints(cls)[f.name]
+            tp = _optional(hints[f.name]) or hints[f.name]
             yield _join(prefix, f.name), f, tp
             if is_dataclass(tp):
                 yield from keys(typing.cast(type, tp), _join(prefix, f.name))
