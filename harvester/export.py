@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,24 +101,20 @@ def export(target: str, snapshot: str | None = None, csv_dir: str | None = None,
     """Write the tables as CSV files into `csv_dir` and/or one workbook `xlsx`; rows per table."""
     if not csv_dir and not xlsx:
         raise ConfigError("export: give --csv DIR, --xlsx FILE or both")
-    db = open_target(target, snapshot)
-    try:
+    with closing(open_target(target, snapshot)) as db:
         queries = {t: _select(db, t) for t in TABLES}
         counts = {t: db.one(f"SELECT count(*) FROM ({q})") for t, q in queries.items()}
         # DuckDB's COPY lets go of the GIL: the CSV files are written while Python fills the
         # workbook, on a cursor of their own
         with ThreadPoolExecutor(1) as pool:
-            csv: Future[None] | None = None
-            if csv_dir:
-                csv = pool.submit(_write_csv, db.con.cursor(), Path(csv_dir), queries)
+            csv = (pool.submit(_write_csv, db.con.cursor(), Path(csv_dir), queries)
+                   if csv_dir else None)
             try:
                 if xlsx:
                     _write_xlsx(db, Path(xlsx), max_rows)
             finally:
                 if csv is not None:
                     csv.result()
-    finally:
-        db.close()
     return counts
 
 

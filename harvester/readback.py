@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from harvester.errors import ConfigError, HarvesterError
 from harvester.schema import SCHEMAS
@@ -109,14 +108,9 @@ def _views(con: duckdb.DuckDBPyConnection, snap: Path, manifest: dict[str, Any],
         if parts:
             con.execute(f'CREATE VIEW "{prefix}{table}" AS SELECT * FROM {read_parquet(parts)}')
         else:  # an older snapshot without the table: empty, with every column and its type
-            _empty(con, prefix + table, schema)
+            # (a table, not a registered Arrow object: the export's CSV cursor sees tables)
+            con.from_arrow(schema.empty_table()).create(prefix + table)
     _item_stats(con, prefix)
-
-
-def _empty(con: duckdb.DuckDBPyConnection, name: str, schema: pa.Schema) -> None:
-    """A table with every column and no row: not a registered Arrow object, which a cursor (the
-    export's CSV thread) would not see."""
-    con.from_arrow(schema.empty_table()).create(name)
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
@@ -141,11 +135,10 @@ def _open_snapshot(base: Path, snap: Path) -> Opened:
                     _views(con, candidate, prev_manifest, prefix="prev_")
                     previous = candidate.name[len(PREFIX):]
                     break
-    except duckdb.Error as exc:
+    except BaseException as exc:
         con.close()
-        raise ConfigError(f"{snap}: cannot read its tables: {why(exc)}") from None
-    except ConfigError:
-        con.close()
+        if isinstance(exc, duckdb.Error):
+            raise ConfigError(f"{snap}: cannot read its tables: {why(exc)}") from None
         raise
     return Opened(con, label=str(manifest.get("name") or base.name),
                   snapshot_id=snap.name[len(PREFIX):], previous_id=previous,
@@ -164,7 +157,7 @@ def _open_warehouse(path: Path) -> Opened:
             raise ConfigError(f"{path}: not a harvester warehouse (no loaded_snapshots table)")
         for table, schema in SCHEMAS.items():
             if f"{table}_current" not in have:
-                _empty(con, table, schema)
+                con.from_arrow(schema.empty_table()).create(table)
                 continue
             cols = ", ".join(f'"{c}"' for c in schema.names)
             live = " WHERE NOT withdrawn" if KEYS[table] == ("article_id",) else ""
@@ -177,11 +170,10 @@ def _open_warehouse(path: Path) -> Opened:
         if not loaded:
             raise ConfigError(f"{path}: the warehouse holds no snapshot yet "
                               "(run 'harvester load')")
-    except duckdb.Error as exc:
+    except BaseException as exc:
         con.close()
-        raise ConfigError(f"{path}: cannot read the warehouse: {why(exc)}") from None
-    except ConfigError:
-        con.close()
+        if isinstance(exc, duckdb.Error):
+            raise ConfigError(f"{path}: cannot read the warehouse: {why(exc)}") from None
         raise
     return Opened(con, label=loaded[0][1], snapshot_id=loaded[0][0],
                   previous_id=loaded[1][0] if len(loaded) > 1 else None,

@@ -1,7 +1,7 @@
 """`harvester report`: one self-contained HTML page summarizing a snapshot or a warehouse.
 
-Every figure is a DuckDB query over the tables (readback.py); charts are inline static SVG
-(charts.py) and a Content-Security-Policy forbids every fetch, so the page opens offline.
+Every figure is a DuckDB query over readback's views; charts are inline SVG and a
+Content-Security-Policy forbids every fetch, so the page opens offline.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import os
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,15 +46,11 @@ _INCREMENTAL = ('<p class="note">An incremental snapshot: it holds only the item
 
 def write_report(target: str, snapshot: str | None = None, out: str | None = None) -> Path:
     """Write the report of `target` (see readback.open_target) to `out`; returns its path."""
-    opened = open_target(target, snapshot)
-    try:
+    with closing(open_target(target, snapshot)) as opened:
         page = build(opened)
-    finally:
-        opened.close()
     source = Path(opened.source)  # by default beside the warehouse file, or in the harvest
-    default = (source.with_name(source.stem + "-report.html") if opened.history
-               else source.parent / "report.html")
-    path = Path(out) if out else default
+    path = Path(out) if out else (source.with_name(source.stem + "-report.html")
+                                  if opened.history else source.parent / "report.html")
     if path.is_dir():
         raise ConfigError(f"--out {path}: is a directory, not a file")
     try:
@@ -357,11 +354,10 @@ def _id(value: int | None) -> str:  # ids are names, not amounts: no digit group
 
 
 def _bytes(value: int) -> str:
-    size, unit = float(value), 0
-    while size >= 1000 and unit < 4:
-        size /= 1000
-        unit += 1
-    return f"{value:,} bytes" if unit == 0 else f"{size:,.1f} {('KB', 'MB', 'GB', 'TB')[unit - 1]}"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:,.1f} {unit}"
+    return f"{value:,} bytes"
 
 
 def _link(text: str, url: str | None) -> str:

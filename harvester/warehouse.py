@@ -13,7 +13,6 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import duckdb
@@ -133,17 +132,11 @@ class Warehouse:
     def __enter__(self) -> Warehouse:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
         self.con.close()
-
-    def _rollback(self) -> None:
-        # An interrupt may come just after the commit: the snapshot is loaded, nothing to undo.
-        with contextlib.suppress(duckdb.TransactionException):
-            self.con.rollback()
 
     def current_columns(self, table: str) -> list[tuple[str, str, bool]]:
         """(name, DuckDB type, nullable) of `<table>_current`, derived from the Arrow schema."""
@@ -256,7 +249,10 @@ class Warehouse:
         kind, status = str(manifest.get("kind", "unknown")), str(manifest.get("status", "unknown"))
         # Only a complete full harvest says "everything that exists": absence means withdrawn.
         full = kind == "full" and status == "complete"
-        day = _snapshot_date(sid, where)
+        try:  # the UTC day a snapshot stands for: its id's date (the run's start)
+            day = datetime.strptime(sid, ID_FORMAT).date()
+        except ValueError:
+            raise OutputError(f"{where}: cannot tell the snapshot's date from its id") from None
         con = self.con
         try:
             con.begin()
@@ -269,14 +265,12 @@ class Warehouse:
                 [sid]).fetchall())
             con.commit()
         except BaseException as e:  # an interrupt (SIGINT/SIGTERM) among them
-            self._rollback()
+            # it may come just after the commit: the snapshot is loaded, nothing to undo
+            with contextlib.suppress(duckdb.TransactionException):
+                con.rollback()
             if isinstance(e, duckdb.Error):
                 raise OutputError(f"{where}: cannot load into {self.path}: {why(e)}") from e
             raise
-        finally:
-            for temp in ("_present", "_gone"):
-                with contextlib.suppress(duckdb.Error):  # not a new error on the way out
-                    con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
         loaded = Loaded(sid, kind, status, articles, {c: counts.get(c, 0) for c in CHANGES})
         log.info("loaded snapshot %s (%s, %s): %d articles; %s", sid, kind, status,
                  loaded.articles, ", ".join(f"{n} {c}" for c, n in loaded.changes.items()))
@@ -371,12 +365,3 @@ class Warehouse:
 
 def _default(column: str) -> str:
     return " DEFAULT false" if column == "withdrawn" else ""
-
-
-def _snapshot_date(sid: str, where: str) -> date:
-    """The UTC day a snapshot stands for: its id's date (the run's start)."""
-    try:
-        return datetime.strptime(sid, ID_FORMAT).date()
-    except ValueError:
-        raise OutputError(f"{where}: cannot tell the snapshot's date from its id") from None
-
