@@ -22,14 +22,7 @@ from yarl import URL
 
 from harvester.client import Client
 from harvester.config import DEFAULT_DOWNLOAD_URL, Config
-from harvester.errors import (
-    Abort,
-    AuthError,
-    NotFound,
-    OutputError,
-    RequestError,
-    RetryableError,
-)
+from harvester.errors import Abort, AuthError, NotFound, OutputError, RequestError, RetryableError
 from harvester.periods import stamp_now
 from harvester.urls import origin_of, sanitize_url
 
@@ -38,7 +31,6 @@ _DISCARD = frozenset({"size-mismatch", "max_size", "max_total_bytes"})
 NAME_MAX_BYTES = 200
 EXT_MAX_BYTES = 16
 SIDECAR = ".harvester.json"  # per file-id directory: what was verified (names never start with .)
-WRITE_BATCH = 1 << 20  # bytes buffered before one write+hash on a worker thread
 
 _RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)),
              *(f"LPT{i}" for i in range(10))}
@@ -47,12 +39,8 @@ _MD5 = re.compile(r"[0-9a-f]{32}")
 
 
 def safe_name(name: Any, file_id: int) -> str:
-    """A file name that is one plain path component on any OS, never empty, `.` or `..`.
-
-    Keeps the last component of a `/` or `\\` path, drops control and format characters
-    (NUL, bidi overrides), replaces characters Windows forbids, never starts with a dot,
-    avoids reserved device names, and keeps at most NAME_MAX_BYTES of UTF-8 (extension kept).
-    """
+    """A file name that is one plain path component on any OS: no control or bidi characters,
+    none Windows forbids, no leading dot or device name, at most NAME_MAX_BYTES (extension kept)."""
     text = unicodedata.normalize("NFC", name) if isinstance(name, str) else ""
     text = text.replace("\\", "/").rsplit("/", 1)[-1]
     text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf", "Cs"))
@@ -119,10 +107,7 @@ class Downloader:
     async def item(self, article_id: int, files: list[Any], *, private: bool = False
                    ) -> list[dict[str, Any]]:
         """One result per file dict (see records.download_rows); never raises for one file.
-
-        A file id listed twice (real records do, under two names) is stored once, under its
-        first name: the repeat is a `duplicate` row naming that path, with no request.
-        """
+        A file id listed twice (under two names) is stored once: the repeat is a `duplicate`."""
         out = []
         first: dict[int, dict[str, Any]] = {}
         for f in files:
@@ -134,7 +119,7 @@ class Downloader:
                           "reason": f"file id listed again; stored once as {first[fid]['name']!r}",
                           "attempts": 0}
             else:
-                result = first[fid] = await self._one(article_id, f, private)
+                result = first[fid] = await self._one(article_id, fid, f, private)
             self.summary[result["status"]] += 1
             out.append(result)
         return out
@@ -155,9 +140,8 @@ class Downloader:
             return download_url
         return self.files.url + url.raw_path_qs
 
-    async def _one(self, article_id: int, f: Mapping[str, Any], private: bool) -> dict[str, Any]:
-        fid = _as_id(f.get("id"))
-        assert fid is not None
+    async def _one(self, article_id: int, fid: int, f: Mapping[str, Any], private: bool
+                   ) -> dict[str, Any]:
         md5, source = expected_md5(f)
         size = f.get("size") if isinstance(f.get("size"), int) else None
         link_only = f.get("is_link_only") is True
@@ -170,8 +154,7 @@ class Downloader:
             url, bad_url, shown = "", True, None
         result: dict[str, Any] = {
             "file_id": fid, "name": f.get("name"), "size": size, "is_link_only": link_only,
-            "download_url": shown,
-            "md5_expected": md5, "md5_source": source, "attempts": 0,
+            "download_url": shown, "md5_expected": md5, "md5_source": source, "attempts": 0,
         }
 
         def done(status: str, reason: str | None = None, **more: Any) -> dict[str, Any]:
@@ -251,28 +234,22 @@ class Downloader:
                 have = 0
             if size and have == size:
                 return await asyncio.to_thread(_hash_file, part), have  # finished earlier
-            hdrs = dict(headers)
-            if have:
-                hdrs["Range"] = f"bytes={have}-"
+            hdrs = {**headers, "Range": f"bytes={have}-"} if have else headers
             result["attempts"] += 1
             self.requests["download"] += 1
             try:
                 async with self.client.stream(url, headers=hdrs) as stream:
                     start = _resume_offset(stream.status, stream.headers, have)
                     if start is not None:
-                        return await self._write(stream, part, start, size, result)
+                        return await self._write(stream, part, start, size)
                 # a range we did not ask for: drop the partial file, ask for everything
                 await asyncio.to_thread(part.unlink, missing_ok=True)
-                resumes += 1
-                if resumes >= self.cfg.http.retry.attempts:
-                    raise _Failed("bad-range")
+                reason = "bad-range"
             except RetryableError:
-                resumes += 1  # cut off mid-body: go on from what arrived
-                if resumes >= self.cfg.http.retry.attempts:
-                    raise _Failed("interrupted") from None
-            except Abort as exc:
-                if isinstance(exc, AuthError):
-                    raise _Failed(f"forbidden ({exc.status})") from None
+                reason = "interrupted"  # cut off mid-body: go on from what arrived
+            except AuthError as exc:
+                raise _Failed(f"forbidden ({exc.status})") from None
+            except Abort:
                 raise  # blocked: stop the run, like any other host that blocks us
             except NotFound:
                 raise _Failed("not-found") from None
@@ -280,25 +257,25 @@ class Downloader:
                 if exc.status != 416 or not have:
                     raise _Failed(exc.reason) from None
                 await asyncio.to_thread(part.unlink, missing_ok=True)  # no prefix the host knows
+                continue
+            resumes += 1
+            if resumes >= self.cfg.http.retry.attempts:
+                raise _Failed(reason)
 
-    async def _write(self, stream: Any, part: Path, start: int, size: int | None,
-                     result: dict[str, Any]) -> tuple[str, int]:
+    async def _write(self, stream: Any, part: Path, start: int, size: int | None
+                     ) -> tuple[str, int]:
         limit = size if size else self.files.max_size
         sink = await asyncio.to_thread(_Sink, part, start)
-        buf = bytearray()
         try:
             async for chunk in stream:
-                if limit is not None and sink.written + len(buf) + len(chunk) > limit:
+                if limit is not None and sink.written + len(chunk) > limit:
                     raise _Failed("size-mismatch" if size else "max_size")
                 if not size and not self._take(len(chunk)):
                     raise _Failed("max_total_bytes")
-                buf += chunk
-                if len(buf) >= WRITE_BATCH:
-                    await asyncio.to_thread(sink.write, bytes(buf))
-                    buf.clear()
+                await asyncio.to_thread(sink.write, chunk)
         finally:
             # what arrived before a cut is a good prefix: keep it for the Range request
-            await asyncio.to_thread(sink.finish, bytes(buf))
+            await asyncio.to_thread(sink.close)
         return sink.md5.hexdigest(), sink.written
 
 
@@ -319,7 +296,7 @@ class _Sink:
         if start:  # resuming: the md5 goes on from the bytes already there
             with open(part, "rb") as f:
                 self.md5 = hashlib.file_digest(f, "md5")
-        self.f: BinaryIO = open(part, "r+b" if start else "wb")  # noqa: SIM115 - finish() closes
+        self.f: BinaryIO = open(part, "r+b" if start else "wb")  # noqa: SIM115 - close() closes
         self.f.seek(start)
         self.written = start
 
@@ -328,9 +305,7 @@ class _Sink:
         self.md5.update(data)
         self.written += len(data)
 
-    def finish(self, rest: bytes) -> None:
-        if rest:
-            self.write(rest)
+    def close(self) -> None:
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()
@@ -341,10 +316,7 @@ def _as_id(value: Any) -> int | None:
 
 
 def _size_of(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
+    return path.stat().st_size if path.exists() else 0
 
 
 def _hash_file(path: Path) -> str:
@@ -369,11 +341,8 @@ def _write_sidecar(path: Path, md5: str) -> None:
 
 
 def _verified_copy(path: Path, size: int | None, md5: str | None) -> tuple[str, int] | None:
-    """(md5, bytes) of the stored file if it is the right one, else None.
-
-    The sidecar written when the file was verified saves hashing it again while its size and
-    mtime are unchanged; a file stored under an older name of the same file id is renamed.
-    """
+    """(md5, bytes) of the stored file if it is the right one, else None. The sidecar saves
+    hashing it again while size and mtime hold; a file stored under an older name is renamed."""
     side = _read_sidecar(path.parent)
     old = side.get("name")
     if not path.exists() and isinstance(old, str) and old != path.name \
@@ -388,16 +357,13 @@ def _verified_copy(path: Path, size: int | None, md5: str | None) -> tuple[str, 
     reference = md5 or stored  # no md5 in the record: what we verified when we stored it
     if reference is None:
         return None  # nothing to check it against: fetch it again
-    if stored == reference and side.get("size") == st.st_size \
-            and side.get("mtime_ns") == st.st_mtime_ns:
-        if side.get("name") != path.name:
-            _write_sidecar(path, stored)
-        return stored, st.st_size
-    got = _hash_file(path)
-    if got != reference:
+    fresh = stored == reference and side.get("size") == st.st_size \
+        and side.get("mtime_ns") == st.st_mtime_ns
+    if not fresh and _hash_file(path) != reference:
         return None
-    _write_sidecar(path, got)
-    return got, st.st_size
+    if not fresh or side.get("name") != path.name:
+        _write_sidecar(path, reference)
+    return reference, st.st_size
 
 
 def _publish(part: Path, path: Path, md5: str) -> None:

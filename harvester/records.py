@@ -6,6 +6,7 @@ A column is read from the record at the `source` its schema documents and made t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,8 +21,7 @@ from harvester import served
 from harvester.periods import periods
 from harvester.schema import SCHEMAS
 
-Columns = dict[str, list[Any]]
-"""One table's values column by column: a child row costs a few pointers, not a dict."""
+Columns = dict[str, list[Any]]  # one table's values, column by column
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,6 @@ class RowContext:
         # A naive fetch time is taken as UTC so rows never depend on the machine's zone.
         object.__setattr__(self, "fetched_at", parse_timestamp(self.fetched_at))
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
-
-
-# --- one coercion per column type: every value is made to fit, so a row group never fails ---
 
 
 def _str(v: Any) -> str | None:
@@ -56,12 +53,10 @@ def _int(v: Any, bits: int = 64) -> int | None:
     """An integral number or numeric text that fits `bits`, else None."""
     if isinstance(v, str):
         try:
-            v = int(v.strip())
+            v = int(v)
         except ValueError:
-            try:
+            with contextlib.suppress(ValueError):
                 v = float(v)
-            except ValueError:
-                return None
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, int):
@@ -75,13 +70,9 @@ def _id(v: Any, bits: int = 64) -> int | None:
 
 
 def _bool(v: Any) -> bool | None:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, int) and v in (0, 1):
-        return bool(v)
-    if isinstance(v, str):
-        return {"true": True, "1": True, "false": False, "0": False}.get(v.strip().lower())
-    return None
+    if not isinstance(v, int | str):  # a bool is an int: str(True) is "True"
+        return None
+    return {"true": True, "1": True, "false": False, "0": False}.get(str(v).strip().lower())
 
 
 def parse_timestamp(v: Any) -> datetime | None:
@@ -93,12 +84,8 @@ def parse_timestamp(v: Any) -> datetime | None:
             v = datetime.fromisoformat(s)
         except ValueError:
             # Timeline values have no fixed precision: "2021-07" and "2021" occur too.
-            for fmt in ("%Y-%m", "%Y"):
-                try:
-                    v = datetime.strptime(s, fmt)
-                    break
-                except ValueError:
-                    continue
+            with contextlib.suppress(ValueError):
+                v = datetime.strptime(s, "%Y-%m" if "-" in s else "%Y")
     if not isinstance(v, datetime):
         return None
     return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
@@ -113,8 +100,6 @@ def _coercion(field: pa.Field) -> Callable[[Any], Any]:
     # list and date columns are never read from a record: always given
     return {pa.string(): _str, pa.bool_(): _bool}.get(typ, parse_timestamp)
 
-
-# --- the table-driven core ---
 
 _PATH = re.compile(r"\w+(\.\w+)?")  # a source that is a key (path) of the record
 _Reader = tuple[str, tuple[str, ...] | None, Callable[[Any], Any]]
@@ -150,8 +135,8 @@ def _get(item: Any, keys: tuple[str, ...]) -> Any:
 
 
 def _columns(table: str, items: Sequence[Any], given: Mapping[str, Any]) -> Columns:
-    """`table`'s columns, one row per item: `given` columns as they are (a list, or one value
-    for every row), every other one read from the item at its source and coerced."""
+    """`table`'s columns, one row per item: `given` ones as they are (a list, or one value for
+    every row), the others read from the item at their source and coerced."""
     cols: Columns = {}
     for name, keys, coerce in _READERS[table]:
         if name not in given:
@@ -167,8 +152,7 @@ def _columns(table: str, items: Sequence[Any], given: Mapping[str, Any]) -> Colu
 
 def to_rows(columns: Columns) -> list[dict[str, Any]]:
     """Row dicts of columns (the inverse of `columns`)."""
-    names = list(columns)
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
 def columns(table: str, rows: Sequence[Mapping[str, Any]]) -> Columns:
@@ -177,17 +161,16 @@ def columns(table: str, rows: Sequence[Mapping[str, Any]]) -> Columns:
 
 
 def _elements(v: Any) -> list[tuple[int, Mapping[str, Any]]]:
-    """(position, element) for the mapping elements of a list; anything else is no elements."""
-    if not isinstance(v, list):
-        return []
-    return [(i, d) for i, d in enumerate(v) if isinstance(d, Mapping)]
+    """(position, element) for the mapping elements of a list; anything else has none."""
+    items = v if isinstance(v, list) else ()
+    return [(i, d) for i, d in enumerate(items) if isinstance(d, Mapping)]
 
 
 def content_hash(record: Mapping[str, Any], text: bytes | None = None) -> str:
     """sha256 hex of the record's canonical JSON (keys sorted at every level), or of `text`,
-    its JSON as served, when the caller knows no canonical form holds every value."""
-    return hashlib.sha256(text if text is not None else served.dumps(record, sort_keys=True)
-                          ).hexdigest()
+    its JSON as served, when no canonical form holds every value."""
+    data = text if text is not None else served.dumps(record, sort_keys=True)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _entity_id(record: Any, kind: str) -> int:
@@ -206,8 +189,8 @@ def _full(table: str, records: Sequence[Mapping[str, Any]], ctx: RowContext,
     texts = [text if text is not None else served.dumps(r) for r in records]
     return _columns(table, records, {
         "snapshot_id": ctx.snapshot_id,
-        "content_hash": [content_hash(r, None if canonical else t) for r, t in zip(records, texts,
-                                                                                  strict=True)],
+        "content_hash": [content_hash(r, None if canonical else t)
+                         for r, t in zip(records, texts, strict=True)],
         "fetched_at": ctx.fetched_at,
         "raw": texts,
         **given,
@@ -216,11 +199,10 @@ def _full(table: str, records: Sequence[Mapping[str, Any]], ctx: RowContext,
 
 def _articles(table: str, records: Sequence[Mapping[str, Any]], ctx: RowContext,
               text: bytes | None = None, canonical: bool = True) -> Columns:
-    ids = [_entity_id(r, "article") for r in records]
-    files = [r.get("files") for r in records]
     return _full(table, records, ctx, {
-        "article_id": ids,
-        "file_count": [len(f) if isinstance(f, list) else None for f in files],
+        "article_id": [_entity_id(r, "article") for r in records],
+        "file_count": [len(r["files"]) if isinstance(r.get("files"), list) else None
+                       for r in records],
         "sources": [list(ctx.sources) for _ in records],
     }, text, canonical)
 
@@ -232,7 +214,7 @@ def _children(table: str, record: Mapping[str, Any], key: Mapping[str, Any]) -> 
 
 def _texts(record: Mapping[str, Any], column: str, kinds: Mapping[str, str]) -> Columns:
     """Position, text (as `column`) and kind of the strings in the record's lists `kinds` (list
-    -> kind); null and "" skipped. Built by appending: a record may hold 100,000 tags."""
+    -> kind); null and "" skipped."""
     cols: Columns = {"position": [], column: [], "kind": []}
     for field, kind in kinds.items():
         values = record.get(field)
@@ -250,10 +232,8 @@ def _custom_fields(record: Mapping[str, Any], key: Mapping[str, Any]) -> Columns
         value = f.get("value")
         if not isinstance(value, list):
             rows.append((i, f, 0, value, False))
-        elif not value:  # keep the field visible: an empty list is one row with no value
-            rows.append((i, f, None, None, True))
-        else:
-            rows += [(i, f, j, v, True) for j, v in enumerate(value)]
+        else:  # an empty list is one row with no value: the field stays visible
+            rows += [(i, f, j, v, True) for j, v in enumerate(value)] or [(i, f, None, None, True)]
     positions, fields, indexes, values, lists = zip(*rows, strict=True) if rows else ((),) * 5
     return _columns("custom_fields", fields, {
         **key, "position": list(positions), "value_index": list(indexes),
@@ -271,21 +251,14 @@ def version_rows(article_id: int, versions: Sequence[Mapping[str, Any]],
     return to_rows(_versions(article_id, versions, ctx))
 
 
-def article_columns(
-    record: Mapping[str, Any],
-    ctx: RowContext,
-    *,
-    versions: Sequence[Mapping[str, Any]] | None = None,
-    text: bytes | None = None,
-    canonical: bool = True,
-) -> dict[str, Columns]:
-    """Every table's columns for one full article record (all ARTICLE_TABLES keys, maybe empty).
+def article_columns(record: Mapping[str, Any], ctx: RowContext, *,
+                    versions: Sequence[Mapping[str, Any]] | None = None,
+                    text: bytes | None = None, canonical: bool = True) -> dict[str, Columns]:
+    """Every table's columns for one full article record (all ARTICLE_TABLES, maybe empty).
 
-    `record["files"]` should already hold the complete file list when the pipeline paged
-    /articles/{id}/files; `versions` is the /articles/{id}/versions answer when fetched.
-    `text` is the record's JSON as served (`raw`); unless `canonical` (served.parse), orjson's
-    reading would change it, so it is hashed instead of the canonical form.
-    Raises ValueError when the record is not an object or has no usable `id`.
+    `versions` is the /articles/{id}/versions answer when fetched; `text` is the record's JSON
+    as served (`raw`), hashed instead of the canonical form unless `canonical` (served.parse).
+    ValueError when the record is not an object or has no usable `id`.
     """
     articles = _articles("articles", [record], ctx, text, canonical)
     key = {"snapshot_id": ctx.snapshot_id, "article_id": articles["article_id"][0],
@@ -306,30 +279,22 @@ def article_columns(
 
 def article_rows(record: Mapping[str, Any], ctx: RowContext, *,
                  versions: Sequence[Mapping[str, Any]] | None = None,
-                 text: bytes | None = None, canonical: bool = True,
                  ) -> dict[str, list[dict[str, Any]]]:
     """article_columns as row dicts."""
-    columns = article_columns(record, ctx, versions=versions, text=text, canonical=canonical)
+    columns = article_columns(record, ctx, versions=versions)
     return {table: to_rows(cols) for table, cols in columns.items()}
 
 
-def stats_rows(
-    article_id: int, totals: Mapping[str, Any], ctx: RowContext, scope: str = "public"
-) -> list[dict[str, Any]]:
+def stats_rows(article_id: int, totals: Mapping[str, Any], ctx: RowContext,
+               scope: str = "public") -> list[dict[str, Any]]:
     """One `stats` row per counter: `totals` maps counter ("views", ...) to its total."""
-    return [{
-        "snapshot_id": ctx.snapshot_id,
-        "article_id": article_id,
-        "counter": str(counter),
-        "scope": scope,
-        "total": _int(total),
-        "fetched_at": ctx.fetched_at,
-    } for counter, total in totals.items()]
+    return [{"snapshot_id": ctx.snapshot_id, "article_id": article_id, "counter": str(counter),
+             "scope": scope, "total": _int(total), "fetched_at": ctx.fetched_at}
+            for counter, total in totals.items()]
 
 
-def article_version_rows(
-    records: Iterable[Mapping[str, Any]], ctx: RowContext
-) -> list[dict[str, Any]]:
+def article_version_rows(records: Iterable[Mapping[str, Any]],
+                         ctx: RowContext) -> list[dict[str, Any]]:
     """`article_versions` rows: older full records (GET /articles/{id}/versions/{v})."""
     return to_rows(_articles("article_versions", list(records), ctx))
 
@@ -356,12 +321,9 @@ def _series_row(payload: Mapping[str, Any], ctx: RowContext, counter: str, perio
 
 
 def timeline_rows(payload: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
-    """`stats_timeline` rows: every period of the range (zeros included), counter by counter,
-    plus any other period the host answered.
-
-    `payload`: item, item_id, scope, granularity, start, end (ISO dates) and
-    counters {counter: {period: n}} (statsdepth.StatsFetcher builds it).
-    """
+    """`stats_timeline` rows: every period of the range (zeros included) and any other the host
+    answered. `payload` (statsdepth builds it): item, item_id, scope, granularity, start, end
+    (ISO dates), counters {counter: {period: n}}."""
     span = periods(date.fromisoformat(payload["start"]), date.fromisoformat(payload["end"]),
                    payload["granularity"])
     keys = [k for k, _ in span]
@@ -371,11 +333,8 @@ def timeline_rows(payload: Mapping[str, Any], ctx: RowContext) -> list[dict[str,
 
 
 def breakdown_rows(payload: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
-    """`stats_breakdown` rows: per counter, period and country one row with city null (the
-    country's total) and one per listed city.
-
-    `payload` as for timeline_rows, with counters {counter: {period: {country: {city: n}}}}.
-    """
+    """`stats_breakdown` rows: per counter, period and country one with city null (the country's
+    total) and one per listed city; counters {counter: {period: {country: {city: n}}}}."""
     rows = []
     for counter, by_period in payload["counters"].items():
         for period in sorted(by_period):
@@ -390,9 +349,8 @@ def breakdown_rows(payload: Mapping[str, Any], ctx: RowContext) -> list[dict[str
     return rows
 
 
-def download_rows(
-    article_id: int, results: Iterable[Mapping[str, Any]], ctx: RowContext
-) -> list[dict[str, Any]]:
+def download_rows(article_id: int, results: Iterable[Mapping[str, Any]],
+                  ctx: RowContext) -> list[dict[str, Any]]:
     """`downloads` rows from the downloader's per-file results (see harvester.downloads)."""
     results = list(results)
     return to_rows(_columns("downloads", results, {

@@ -296,10 +296,8 @@ _COLUMNS["article_versions"] = list(_COLUMNS["articles"])
 
 
 def _schema(table: str, cols: list[_Col]) -> pa.Schema:
-    fields = [
-        pa.field(name, typ, nullable=nullable, metadata={"source": src, "description": doc})
-        for name, typ, nullable, src, doc in cols
-    ]
+    fields = [pa.field(name, typ, nullable, {"source": src, "description": doc})
+              for name, typ, nullable, src, doc in cols]
     meta = {"harvester.table": table, "harvester.schema_version": str(SCHEMA_VERSION)}
     return pa.schema(fields, metadata=meta)
 
