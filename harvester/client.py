@@ -245,7 +245,7 @@ class Client:
                 hop = replace(call)
                 async with AsyncExitStack() as stack:
                     resp = await stack.enter_async_context(
-                        self._exchange(hop, headers, None, self._stream_timeout))
+                        self._exchange(hop, headers, None, self._stream_timeout, scoped=False))
                     if 200 <= resp.status < 300:
                         outer.push_async_exit(stack.pop_all())
                         chunks = self._chunks(hop, resp.content.iter_chunked(1 << 16))
@@ -319,14 +319,16 @@ class Client:
 
     @asynccontextmanager
     async def _exchange(self, call: _Call, headers: Mapping[str, str] | None,
-                        json: Any, timeout: aiohttp.ClientTimeout,
+                        json: Any, timeout: aiohttp.ClientTimeout, *, scoped: bool = True,
                         ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One attempt up to its final response head, body unread, in a concurrency slot.
         aiohttp follows redirects (and drops the caller's secrets once they leave the origin);
-        each later hop is admitted by its own budget and given the credential of its scope."""
+        each later hop is admitted by its own budget. A credential goes only with the operation
+        asked for: the scope of the first URL, to hops it still covers; never with a stream."""
         session = self._session
         if session is None:
             raise call.fail(Abort, "closed", "the client was closed")
+        scope = next((s for s in self._scopes if s.covers(call.url)), None) if scoped else None
         await self._hold(call, self._host(call.url))  # waited out without a slot
         hops = 0
 
@@ -337,8 +339,7 @@ class Client:
             if hops:  # the first was admitted before aiohttp's total timeout started
                 await self._admit(call, host)
             hops += 1
-            scope = next((s for s in self._scopes if s.covers(req.url)), None)
-            if scope is not None and "Authorization" not in req.headers:
+            if scope is not None and scope.covers(req.url) and "Authorization" not in req.headers:
                 req.headers["Authorization"] = scope.value
             resp = await send(req)
             host.unreached = 0  # it answers

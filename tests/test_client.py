@@ -692,21 +692,30 @@ async def test_credentials_go_only_to_the_operations_they_are_scoped_to(
             raise web.HTTPFound(f"{third.url}/landed")
         if request.path == "/v2/articles/moved":
             raise web.HTTPFound("/v2/account/articles/2")  # same origin, into the scope
+        if request.path == "/v2/account/moved":
+            raise web.HTTPFound("/v2/account/articles/3")  # within the scope
         return ok()
 
     api = await serve(api_handler)
     token = "token SECRETTOKEN123"
     async with Client(settings(credentials={f"{api.url}/v2/account/": token})) as client:
         for path in ("/v2/articles/1", "/v2/account/articles/1", "/v2/accountant",
-                     "/v2/account", "/v2/articles/moved", "/v2/account/away"):
+                     "/v2/account", "/v2/articles/moved", "/v2/account/away",
+                     "/v2/account/moved"):
             await client.get(f"{api.url}{path}")
         await client.post(f"{api.url}/v2/articles/search", json={"q": 1})
         await client.get(f"{third.url}/direct")
+        # a stream (a file download) is no operation of the token's, whatever its URL says
+        async with client.stream(f"{api.url}/v2/account/articles/4") as stream:
+            assert [chunk async for chunk in stream]
     assert api.auth("/v2/articles/1") == [None]  # public: no credential
     assert api.auth("/v2/account/articles/1") == [token]
     assert api.auth("/v2/accountant") == [None]
     assert api.auth("/v2/account") == [token]
-    assert api.auth("/v2/account/articles/2") == [token]  # reached by a redirect, in scope
+    # a public operation redirected into the scope did not ask for the token: none is sent
+    assert api.auth("/v2/account/articles/2") == [None]
+    assert api.auth("/v2/account/articles/3") == [token]  # asked in scope, still in scope
+    assert api.auth("/v2/account/articles/4") == [None]
     assert api.auth("/v2/articles/search") == [None]
     assert third.auth() == [None, None]  # never on another origin, redirects included
 
