@@ -5,23 +5,24 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import re
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from harvester.budget import count_estimated
 from harvester.client import Client
 from harvester.config import Config, Series
-from harvester.errors import BadResponse
+from harvester.errors import Abort, BadResponse, RequestError
 from harvester.figshare import stats_total_path
 from harvester.periods import (
     Breakdown,
     breakdown_windows,
     merge_breakdowns,
-    merge_counts,
     parse_date,
+    periods,
     utc_now,
 )
 
@@ -33,10 +34,21 @@ def _bad(url: str, what: str, method: str = "GET") -> BadResponse:
                        reason="bad-stats")
 
 
-def _count(value: Any, url: str, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(url, f"with a non-integer {what}: {value!r}")
+def _count(value: Any, url: str, what: str, method: str = "GET") -> int:
+    """A count is an integer in [0, 2**63): past int64 the tables would hold a null or a 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise _bad(url, f"with a {what} that is not a count: {value!r}", method)
     return value
+
+
+def _period(key: str, url: str, asked: Container[str]) -> str:
+    """A period key of the range asked for; any other would be filed under a wrong period."""
+    if key not in asked:
+        raise _bad(url, f"with a period outside the range asked for: {key!r}")
+    return key
+
+
+_ARTICLE_ID = re.compile(r"[1-9][0-9]{0,18}")  # ASCII, canonical: one spelling per id
 
 
 def _object(body: Any, key: str, url: str) -> dict[Any, Any]:
@@ -49,22 +61,24 @@ def _object(body: Any, key: str, url: str) -> dict[Any, Any]:
     return value
 
 
-def timeline_answer(body: Any, url: str) -> dict[str, int]:
-    """{"timeline": {period: n}} -> {period: n}."""
-    return {str(k): _count(n, url, "timeline count")
+def timeline_answer(body: Any, url: str, asked: Container[str]) -> dict[str, int]:
+    """{"timeline": {period: n}} -> {period: n}, every period one of `asked`."""
+    return {_period(k, url, asked): _count(n, url, "timeline count")
             for k, n in _object(body, "timeline", url).items()}
 
 
-def breakdown_answer(body: Any, url: str) -> Breakdown:
-    """{"breakdown": {period: {country: {city: n, "total": n}}}} checked and copied."""
+def breakdown_answer(body: Any, url: str, asked: Container[str]) -> Breakdown:
+    """{"breakdown": {period: {country: {city: n, "total": n}}}} checked and copied, every
+    period one of `asked`."""
     out: Breakdown = {}
     for period, countries in _object(body, "breakdown", url).items():
         if not isinstance(countries, dict):
             raise _bad(url, "with a malformed breakdown period")
-        out[str(period)] = {
-            str(country): {str(c): _count(n, url, "breakdown count") for c, n in cities.items()}
-            for country, cities in countries.items() if isinstance(cities, dict)
-        }
+        places = out[_period(period, url, asked)] = {}
+        for country, cities in countries.items():
+            if not country or not isinstance(cities, dict):
+                raise _bad(url, f"with a malformed breakdown country {country!r}: {cities!r}")
+            places[country] = {c: _count(n, url, "breakdown count") for c, n in cities.items()}
     return out
 
 
@@ -122,7 +136,7 @@ class StatsFetcher:
         self.requests = requests
         self.scope = cfg.stats.institution or "public"
         self.today = utc_now().date()
-        self._tops: dict[str, Tops] | None = None
+        self._tops: dict[str, Tops | None] | None = None
         self._tops_lock = asyncio.Lock()
 
     async def totals(self, aid: int) -> dict[str, int]:
@@ -148,17 +162,27 @@ class StatsFetcher:
         count_estimated(self.requests, "stats_total")
         body = (await self.client.get(url)).data
         total = body.get("totals") if isinstance(body, dict) else None
-        # a total past int64 would be a silent null in the stats table: the part fails instead
-        if isinstance(total, bool) or not isinstance(total, int) or not -(2**63) <= total < 2**63:
-            raise _bad(url, "without an integer 'totals' in int64")
-        return total
+        return _count(total, url, "'totals'")
 
-    async def _rankings(self) -> dict[str, Tops]:
-        """GET /{institution}/top/{counter}/article?count=N once per counter, on first use."""
+    async def _rankings(self) -> dict[str, Tops | None]:
+        """GET /{institution}/top/{counter}/article?count=N once per counter, on first use. A
+        failed one fails the item that asked; the rest get per-item totals for that counter."""
         async with self._tops_lock:
             if self._tops is None:
-                self._tops = {counter: await self._top(counter)
-                              for counter in self.cfg.stats.counters}
+                tops: dict[str, Tops | None] = {}
+                failed: RequestError | None = None
+                for counter in self.cfg.stats.counters:
+                    try:
+                        tops[counter] = await self._top(counter)
+                    except Abort:
+                        raise
+                    except RequestError as exc:
+                        tops[counter], failed = None, failed or exc
+                        log.warning("stats: the %s ranking failed (%s); every item gets "
+                                    "per-item totals instead", counter, exc)
+                self._tops = tops
+                if failed is not None:
+                    raise failed
         return self._tops
 
     async def _top(self, counter: str) -> Tops:
@@ -169,8 +193,10 @@ class StatsFetcher:
         top = body.get("top") if isinstance(body, dict) else None
         if not isinstance(top, dict):
             raise _bad(url, "without a 'top' object")
-        pairs = sorted((int(k), _count(v, url, "top count")) for k, v in top.items()
-                       if str(k).isdigit())
+        for k in top:
+            if not _ARTICLE_ID.fullmatch(k) or int(k) >= 2**63:
+                raise _bad(url, f"with a ranking key that is not an article id: {k!r}")
+        pairs = sorted((int(k), _count(v, url, "top count")) for k, v in top.items())
         return Tops(array("q", (k for k, _ in pairs)), array("q", (v for _, v in pairs)),
                     short=len(pairs) < n, verify=self.cfg.stats.top_verify)
 
@@ -192,27 +218,25 @@ class StatsFetcher:
         for counter in series.counters:
             url = self.cfg.stats.url + series_path(kind, g, counter, item, item_id,
                                                    self.cfg.stats.institution)
-            bodies = []
+            answers: list[Breakdown] = []
             for s, e in windows:
                 count_estimated(self.requests, f"stats_{kind}")
                 params = {"start_date": s.isoformat(), "end_date": e.isoformat()}
-                bodies.append((await self.client.get(url, params=params)).data)
-            if kind == "timeline":
-                counters[counter] = merge_counts(timeline_answer(b, url) for b in bodies)
-            else:
-                counters[counter] = merge_breakdowns(breakdown_answer(b, url) for b in bodies)
+                body = (await self.client.get(url, params=params)).data
+                asked = {key for key, _ in periods(s, e, g)}
+                if kind == "timeline":  # one window: timelines have no range limit
+                    counters[counter] = timeline_answer(body, url, asked)
+                else:
+                    answers.append(breakdown_answer(body, url, asked))
+            if kind == "breakdown":
+                counters[counter] = merged = merge_breakdowns(answers)
+                # a country's total (its cities summed when unserved), windows summed: int64
+                if any(sum(c.values()) >= 2**63 for p in merged.values() for c in p.values()):
+                    raise _bad(url, "whose counts sum past int64")
         return {
             "kind": kind, "item": item, "item_id": item_id, "scope": self.scope, "granularity": g,
             "start": start.isoformat(), "end": end.isoformat(), "counters": counters,
         }
-
-    async def entities(self, wanted: dict[str, list[int]]) -> list[dict[str, Any]]:
-        """Series payloads of the entities `entity_ids` names, in (item, id) order."""
-        out: list[dict[str, Any]] = []
-        for item, ids in wanted.items():
-            for item_id in ids:
-                out.extend((await self.item_series(item, item_id)).values())
-        return out
 
     def entity_ids(self, discovered_groups: Iterable[int]) -> dict[str, list[int]]:
         """Ids per entity kind the series ask for; groups default to `discovered_groups`."""
@@ -235,4 +259,7 @@ class StatsFetcher:
         body = (await self.client.post(url, json={"groups": [{"id": g} for g in ids]})).data
         if not isinstance(body, dict):
             raise _bad(url, "without an object", "POST")
-        return {str(k): _count(v, url, "article count") for k, v in sorted(body.items())}
+        asked = {str(g) for g in ids}
+        if not set(body) <= asked:
+            raise _bad(url, f"with groups not asked for: {sorted(set(body) - asked)[:5]}", "POST")
+        return {k: _count(v, url, "article count", "POST") for k, v in sorted(body.items())}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import itertools
 import re
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,9 @@ import duckdb
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from aiohttp import web
 
+from harvester import cli
 from harvester.errors import AuthError, ConfigError
 from harvester.periods import (
     BREAKDOWN_MAX_YEARS,
@@ -28,7 +32,7 @@ from harvester.periods import (
     periods,
 )
 from harvester.pipeline import Harvest
-from harvester.simulator import Simulator
+from harvester.simulator import Simulator, SimulatorThread, ThreadedApp
 from harvester.simulator.settings import SimSettings
 from harvester.store import list_snapshots
 from tests.conftest import write_config
@@ -381,3 +385,212 @@ async def test_an_incremental_stats_refresh_keeps_the_series(
 
     assert series(second.snapshot) == series(first.snapshot)
     assert len(series(second.snapshot)) == len(members) * 6
+
+
+# --- hostile stats answers -------------------------------------------------------------------
+
+
+class StatsProxy:
+    """The simulator's stats host behind rules: a request whose path and query contain a rule's
+    text is answered (status, JSON text) by the rule instead; `hits` counts rule answers."""
+
+    def __init__(self, sim: Any, rules: dict[str, tuple[int, str]]) -> None:
+        self.sim, self.rules = sim, rules
+        self.hits: collections.Counter[str] = collections.Counter()
+        self.api_url, self.stats_url = sim.api_url, ""
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        for match, (status, text) in self.rules.items():
+            if match in request.path_qs:
+                self.hits[match] += 1
+                kind = "text/html" if text.startswith("<") else "application/json"
+                return web.Response(status=status, text=text, content_type=kind)
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() in ("authorization", "content-type")}
+        async with aiohttp.ClientSession() as http, http.request(
+            request.method, self.sim.stats_url + request.path_qs,
+            data=await request.read() or None, headers=headers,
+        ) as resp:
+            return web.Response(status=resp.status, body=await resp.read(),
+                                content_type="application/json")
+
+
+@contextlib.contextmanager
+def proxied(sim: Any, rules: dict[str, tuple[int, str]]) -> Iterator[StatsProxy]:
+    proxy = StatsProxy(sim, rules)
+    with ThreadedApp(proxy.routes) as server:
+        proxy.stats_url = server.url
+        yield proxy
+
+
+def snapshot_errors(snap: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in (snap / "errors.ndjson").read_bytes().splitlines()]
+
+
+U64 = 2**63 + 5  # fits uint64, not int64
+MONTHS = {"granularity": "month", "start": "2023-01-01", "end": "2023-06-30",
+          "counters": ["views"]}
+WINDOWS = {**MONTHS, "start": "2021-01-01", "end": "2024-12-31"}  # windows 2021-22, 2023-24
+TOTALS = {**MONTHS, "granularity": "total", "start": "2021-01-01", "end": "2022-12-31"}
+TL, BD = "/timeline/month/views/article/{}", "/breakdown/month/views/article/{}"
+BD2 = BD + "?start_date=2023-01-01"  # the second window only
+
+
+@pytest.mark.parametrize("rule,answer", [
+    (TL, {"timeline": {"2023-01": 1, "2019-05": 500}}),
+    (TL, {"timeline": {"banana": 40}}),
+    (TL, {"timeline": {"total": 1000}}),
+    (TL, {"timeline": {"2031": 9}}),
+    (TL, {"timeline": {"2023-03-15": 7}}),  # a day in a month series
+    (TL, {"timeline": {"2023-02": U64}}),
+    (TL, {"timeline": {"2023-03": -7}}),
+    # a server ignoring the window's dates: its 2023 would be added to 2021-2022's answer
+    (BD, {"breakdown": {"2023-05": {"France": {"Paris": 3}}}}),
+    (BD2, {"breakdown": {"2023-05": {"France": 42}}}),
+    (BD2, {"breakdown": {"2023-05": {"Norway": [1, 2]}}}),
+    (BD2, {"breakdown": {"2023-05": {"Japan": None}}}),
+    (BD2, {"breakdown": {"2023-05": {"": {"total": 6}}}}),
+    (BD2, {"breakdown": {"2023-05": {"Chile": {"Santiago": U64}}}}),
+    (BD2, {"breakdown": {"2023-05": {"Peru": {"Lima": -4}}}}),
+    # each window's count fits int64, their sum does not (nor cities summed for a total)
+    ("/breakdown/total/views/article/{}", {"breakdown": {"total": {"FR": {"total": 5 * 10**18}}}}),
+    ("/breakdown/total/views/article/{}", {"breakdown": {"total": {"PE": {"A": 5 * 10**18,
+                                                                          "B": 5 * 10**18}}}}),
+    ("/total/views/article/{}", {"totals": -5}),
+])
+async def test_a_wrong_stats_answer_fails_the_items_stats_and_keeps_its_record(
+    sim: Simulator, tmp_path: Path, rule: str, answer: Any
+) -> None:
+    ids = popular(sim, 3)
+    bad = ids[1]
+    kind = rule.split("/")[1]
+    series = {"timeline": {"timeline": MONTHS}, "total": {},
+              "breakdown": {"breakdown": TOTALS if "/total/" in rule else WINDOWS}}[kind]
+    rule = rule.format(bad)
+    with proxied(sim, {rule: (200, orjson.dumps(answer).decode())}) as proxy:
+        cfg = write_config(tmp_path, proxy, [{"kind": "ids", "ids": ids}],
+                           stats={"counters": ["views"], **series})
+        result = await Harvest(cfg).run()
+    assert proxy.hits[rule] >= 1
+    snap = result.snapshot
+    assert sorted(r["article_id"] for r in table(snap, "articles")) == sorted(ids)  # all kept
+    [error] = snapshot_errors(snap)
+    assert error["id"] == bad and error["reason"] == "stats-failed"
+    assert f"{rule.split('?')[0]}" in error["url"] and "-> 200 " in error["message"]
+    manifest = orjson.loads((snap / "manifest.json").read_bytes())
+    assert manifest["errors_by_reason"] == {"stats-failed": 1} and result.errors == 1
+    if kind == "total":
+        assert {r["article_id"] for r in table(snap, "stats")} == set(ids) - {bad}
+        return
+    rows = table(snap, f"stats_{kind}")  # none of the bad answer, under any period
+    assert {r["item_id"] for r in rows} <= set(ids) - {bad}
+    assert all(0 <= r["count"] < 2**63 for r in rows)
+    if kind == "timeline":
+        assert len(rows) == 2 * 6 and all(r["period"] >= "2023-01" for r in rows)
+
+
+def fullwidth(digits: str) -> str:
+    return "".join(chr(0xFF10 + int(d)) for d in digits)
+
+
+@pytest.mark.parametrize("bad", ["500", "fullwidth", "leading zero", "superscript", "junk",
+                                 "past int64", "negative"])
+async def test_a_bad_or_failed_ranking_is_asked_once_and_the_rest_get_per_item_totals(
+    sim: Simulator, tmp_path: Path, bad: str
+) -> None:
+    """A wrong /top answer (or none) fails the one item that asked for it, never the run; every
+    later item gets its per-item total, and /top is not asked again."""
+    inst = sim.corpus.institutions[1]
+    source = [{"kind": "institution", "institution": inst.id}]
+    stats = {"institution": inst.string_id, **CREDS, "counters": ["views"]}
+    truth = write_config(tmp_path / "truth", sim, source, env=ENV,
+                         stats={**stats, "method": "per-item"})
+    expected = {r["article_id"]: r["total"]
+                for r in table((await Harvest(truth).run()).snapshot, "stats")}
+    a = str(max(expected, key=lambda i: (expected[i], i)))
+    top = {"fullwidth": {fullwidth(a): 7}, "leading zero": {a: 5, f"0{a}": 6},
+           "superscript": {a: 5, "1\u00b2": 5}, "junk": {a: 5, "abc": 1},
+           "past int64": {a: 2**63 + 2}, "negative": {a: -32}}.get(bad)
+    rule = f"/{inst.string_id}/top/views/article"
+    reply = (500, "") if top is None else (200, orjson.dumps({"top": top}).decode())
+    with proxied(sim, {rule: reply}) as proxy:
+        cfg = write_config(tmp_path, proxy, source, env=ENV,
+                           stats={**stats, "method": "tops", "top_count": 1_000})
+        result = await Harvest(cfg).run()
+    assert proxy.hits[rule] == (4 if top is None else 1)  # one request (and its retries)
+    [error] = snapshot_errors(result.snapshot)
+    assert error["reason"] == "stats-failed" and rule in error["url"]
+    got = {r["article_id"]: r["total"] for r in table(result.snapshot, "stats")}
+    assert got == {i: n for i, n in expected.items() if i != error["id"]}
+    requests = orjson.loads((result.snapshot / "manifest.json").read_bytes())["fetch"]["requests"]
+    assert requests["stats_total"] == len(expected) - 1
+
+
+@pytest.mark.parametrize("rule,reply,item", [
+    ("/timeline/year/views/group/", (500, ""), "group"),
+    ("/count/articles", (500, ""), None),
+    ("/count/articles", (200, '{"G": -3}'), None),
+    ("/count/articles", (200, '{"G": 4, "99999": 50}'), None),  # a group never asked for
+    ("/count/articles", (200, '{"G": 4, "abc": 7}'), None),
+])
+def test_a_failed_entity_fails_only_its_stats_and_the_snapshot_is_published(
+    tmp_path: Path, rule: str, reply: tuple[int, str], item: str | None
+) -> None:
+    with SimulatorThread(SimSettings(items=400, seed=11)) as sim:
+        counts = collections.Counter(sim.corpus.group_of(i) for i in sim.corpus.ids)
+        group = max((g for g in counts if g), key=lambda g: (counts[g], g))
+        reply = (reply[0], reply[1].replace('"G"', f'"{group}"'))
+        with proxied(sim, {rule: reply}) as proxy:
+            write_config(tmp_path, proxy, [{"kind": "group", "group": group}], stats={
+                "counters": [], "timeline": {**MONTHS, "granularity": "year",
+                                             "items": ["article", "group"]}})
+            code = cli.main(["run", str(tmp_path / "harvest.yaml"), "--quiet"])
+    assert code == cli.PARTIAL and proxy.hits[rule] >= 1
+    [snap] = list_snapshots(tmp_path / "out", "t")
+    [error] = snapshot_errors(snap)
+    what = f"group {group} stats" if item else "group article counts"
+    assert error["reason"] == "stats-failed" and error["message"].startswith(f"{what}: ")
+    assert error["id"] is None  # the id column holds articles' ids; the message names the group
+    manifest = orjson.loads((snap / "manifest.json").read_bytes())
+    assert manifest["errors_by_reason"] == {"stats-failed": 1} and manifest["errors"] == 1
+    assert manifest["status"] == "partial"
+    rows = table(snap, "stats_timeline")
+    assert {r["item"] for r in rows} == ({"article"} if item else {"article", "group"})
+    assert ("group_articles" in manifest["fetch"]) == bool(item)
+    assert len(table(snap, "articles")) == counts[group]
+
+
+def test_a_blocked_stats_host_still_aborts_the_run(tmp_path: Path) -> None:
+    """An HTML 403 on an entity's stats is the host blocking us: the run stops, unpublished."""
+    rule = "/timeline/year/views/group/"
+    with SimulatorThread(SimSettings(items=400, seed=11)) as sim:
+        group = next(g for i in sorted(sim.corpus.ids) if (g := sim.corpus.group_of(i)))
+        with proxied(sim, {rule: (403, "<html><body>Blocked</body></html>")}) as proxy:
+            write_config(tmp_path, proxy, [{"kind": "group", "group": group}], stats={
+                "counters": [], "timeline": {**MONTHS, "granularity": "year",
+                                             "items": ["article", "group"]}})
+            code = cli.main(["run", str(tmp_path / "harvest.yaml"), "--quiet"])
+    assert code == cli.ABORTED and proxy.hits[rule] >= 1
+    assert list_snapshots(tmp_path / "out", "t") == []
+
+
+async def test_a_stats_refresh_failing_is_labelled_as_in_a_full_run(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    ids = popular(sim, 3)
+    rule = f"/total/views/article/{ids[0]}"
+    with proxied(sim, {}) as proxy:
+        cfg = write_config(tmp_path, proxy, [{"kind": "ids", "ids": ids}],
+                           incremental={"overlap_hours": 1, "stats": "all"},
+                           stats={"counters": ["views"]})
+        await Harvest(cfg).run()
+        proxy.rules[rule] = (500, "")
+        second = await Harvest(cfg).run()  # every item a stats-only refresh
+    assert second.manifest["kind"] == "incremental" and proxy.hits[rule] >= 1
+    [error] = snapshot_errors(second.snapshot)
+    assert error["id"] == ids[0] and error["reason"] == "stats-failed"
+    assert error["message"].startswith(f"stats: GET {proxy.stats_url}{rule} -> 500")
+    assert second.manifest["errors_by_reason"] == {"stats-failed": 1}
