@@ -22,12 +22,21 @@ from yarl import URL
 
 from harvester.client import Client
 from harvester.config import DEFAULT_DOWNLOAD_URL, Config
-from harvester.errors import Abort, AuthError, NotFound, OutputError, RequestError, RetryableError
+from harvester.errors import (
+    Abort,
+    AuthError,
+    Blocked,
+    NotFound,
+    OutputError,
+    RequestError,
+    RetryableError,
+)
+from harvester.figshare import valid_id
 from harvester.periods import stamp_now
 from harvester.urls import origin_of, sanitize_url
 
 MD5_ATTEMPTS = 3  # whole-file attempts when the bytes do not match the record's md5
-_DISCARD = frozenset({"size-mismatch", "max_size", "max_total_bytes"})
+_DISCARD = frozenset({"size-mismatch", "max_size", "too-large", "max_total_bytes"})
 NAME_MAX_BYTES = 200
 EXT_MAX_BYTES = 16
 SIDECAR = ".harvester.json"  # per file-id directory: what was verified (names never start with .)
@@ -143,8 +152,11 @@ class Downloader:
     async def _one(self, article_id: int, fid: int, f: Mapping[str, Any], private: bool
                    ) -> dict[str, Any]:
         md5, source = expected_md5(f)
-        size = f.get("size") if isinstance(f.get("size"), int) else None
+        size = f.get("size")
+        size = size if type(size) is int and 0 <= size < 2**63 else None  # not true, not -1
         link_only = f.get("is_link_only") is True
+        # the bytes the file must have: a link-only file's size (0) says nothing, see _write
+        known = None if link_only else size
         raw_url = f.get("download_url") if isinstance(f.get("download_url"), str) else ""
         try:  # a URL no client can send is that file's failure, never the run's
             url = self._url_for(raw_url) if raw_url else ""
@@ -178,21 +190,21 @@ class Downloader:
             return done("failed", "unsafe-path")
         rel = path.relative_to(self.root).as_posix()
         try:
-            present = await asyncio.to_thread(_verified_copy, path, size, md5)
+            present = await asyncio.to_thread(_verified_copy, path, known, md5)
         except OSError as exc:
             return done("failed", f"disk: {exc.strerror or exc}")
         if present is not None:
             return done("present", path=rel, bytes=present[1], md5=present[0])
-        if size and not self._take(size):
+        if known and not self._take(known):
             return done("budget", "max_total_bytes")
         headers = {}
         if private and self.files.private_token and self.cfg.api.token \
                 and origin_of(url) == self._download_host:  # never a link-only file's host
             headers["Authorization"] = f"token {self.cfg.api.token}"
         try:
-            got_md5, nbytes = await self._download(url, path, size, md5, headers, result)
+            got_md5, nbytes = await self._download(url, path, known, md5, headers, result)
         except _Failed as exc:
-            self.bytes_taken -= size or 0
+            self.bytes_taken -= known or 0
             return done("failed", str(exc))
         except OSError as exc:  # a full or read-only disk fails every file: stop the run
             raise OutputError(f"cannot store {path}: {exc.strerror or exc}") from None
@@ -212,7 +224,7 @@ class Downloader:
                 if str(exc) in _DISCARD:  # what arrived is no prefix of the right file
                     await asyncio.to_thread(part.unlink, missing_ok=True)
                 raise
-            if size and not result["is_link_only"] and nbytes != size:
+            if size is not None and nbytes != size:
                 reason = "size-mismatch"
             elif md5 is not None and got != md5:
                 reason = "md5-mismatch"
@@ -229,7 +241,7 @@ class Downloader:
         resumes = 0
         while True:
             have = await asyncio.to_thread(_size_of, part)
-            if size and have > size:
+            if size is not None and have > size:
                 await asyncio.to_thread(part.unlink, missing_ok=True)
                 have = 0
             if size and have == size:
@@ -247,10 +259,10 @@ class Downloader:
                 reason = "bad-range"
             except RetryableError:
                 reason = "interrupted"  # cut off mid-body: go on from what arrived
-            except AuthError as exc:
+            except (AuthError, Blocked) as exc:  # a file's host blocks it: the API goes on
                 raise _Failed(f"forbidden ({exc.status})") from None
-            except Abort:
-                raise  # blocked: stop the run, like any other host that blocks us
+            except Abort as exc:  # its host is unreachable: that file fails
+                raise _Failed(exc.reason) from None
             except NotFound:
                 raise _Failed("not-found") from None
             except RequestError as exc:
@@ -264,12 +276,14 @@ class Downloader:
 
     async def _write(self, stream: Any, part: Path, start: int, size: int | None
                      ) -> tuple[str, int]:
-        limit = size if size else self.files.max_size
+        cap = self.files.max_size or self.cfg.http.max_body  # an unknown size: still bounded
+        limit = size if size is not None else cap
         sink = await asyncio.to_thread(_Sink, part, start)
         try:
             async for chunk in stream:
-                if limit is not None and sink.written + len(chunk) > limit:
-                    raise _Failed("size-mismatch" if size else "max_size")
+                if sink.written + len(chunk) > limit:
+                    raise _Failed("size-mismatch" if size is not None
+                                  else "max_size" if self.files.max_size else "too-large")
                 if not size and not self._take(len(chunk)):
                     raise _Failed("max_total_bytes")
                 await asyncio.to_thread(sink.write, chunk)
@@ -312,7 +326,7 @@ class _Sink:
 
 
 def _as_id(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return value if valid_id(value) else None
 
 
 def _size_of(path: Path) -> int:
@@ -351,7 +365,7 @@ def _verified_copy(path: Path, size: int | None, md5: str | None) -> tuple[str, 
     if not path.is_file():
         return None
     st = path.stat()
-    if size and st.st_size != size:
+    if size is not None and st.st_size != size:
         return None
     stored = side.get("md5") if isinstance(side.get("md5"), str) else None
     reference = md5 or stored  # no md5 in the record: what we verified when we stored it

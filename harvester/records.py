@@ -65,8 +65,9 @@ def _int(v: Any, bits: int = 64) -> int | None:
 
 
 def _id(v: Any, bits: int = 64) -> int | None:
-    """An identifier: 0 means "none" in Figshare's listings, so it becomes null."""
-    return _int(v, bits) or None
+    """An identifier: positive; 0 means "none" in Figshare's listings, so it becomes null."""
+    n = _int(v, bits)
+    return n if n is not None and n > 0 else None
 
 
 def _bool(v: Any) -> bool | None:
@@ -88,7 +89,10 @@ def parse_timestamp(v: Any) -> datetime | None:
                 v = datetime.strptime(s, "%Y-%m" if "-" in s else "%Y")
     if not isinstance(v, datetime):
         return None
-    return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+    try:  # 9999-12-31T23:59-12:00 is past year 9999 in UTC
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+    except OverflowError:
+        return None
 
 
 def _coercion(field: pa.Field) -> Callable[[Any], Any]:
@@ -299,11 +303,14 @@ def article_version_rows(records: Iterable[Mapping[str, Any]],
     return to_rows(_articles("article_versions", list(records), ctx))
 
 
+def _span(payload: Mapping[str, Any]) -> dict[str, date]:
+    """Period key -> its first day inside the range: the only keys statsdepth lets through."""
+    return dict(periods(date.fromisoformat(payload["start"]), date.fromisoformat(payload["end"]),
+                        payload["granularity"]))
+
+
 def _series_row(payload: Mapping[str, Any], ctx: RowContext, counter: str, period: str,
-                **values: Any) -> dict[str, Any]:
-    first = date.fromisoformat(payload["start"])
-    # the first day of a period key inside the range (keys the host may add are parsed)
-    ts = None if period == "total" else parse_timestamp(period)
+                start: date, **values: Any) -> dict[str, Any]:
     return {
         "snapshot_id": ctx.snapshot_id,
         "item": str(payload["item"]),
@@ -312,39 +319,37 @@ def _series_row(payload: Mapping[str, Any], ctx: RowContext, counter: str, perio
         "scope": str(payload["scope"]),
         "granularity": str(payload["granularity"]),
         "period": period,
-        "period_start": max(first, ts.date()) if ts is not None else first,
+        "period_start": start,
         **values,
-        "range_start": first,
+        "range_start": date.fromisoformat(payload["start"]),
         "range_end": date.fromisoformat(payload["end"]),
         "fetched_at": ctx.fetched_at,
     }
 
 
 def timeline_rows(payload: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
-    """`stats_timeline` rows: every period of the range (zeros included) and any other the host
-    answered. `payload` (statsdepth builds it): item, item_id, scope, granularity, start, end
-    (ISO dates), counters {counter: {period: n}}."""
-    span = periods(date.fromisoformat(payload["start"]), date.fromisoformat(payload["end"]),
-                   payload["granularity"])
-    keys = [k for k, _ in span]
-    return [_series_row(payload, ctx, counter, key, count=_int(counts.get(key, 0)) or 0)
-            for counter, counts in payload["counters"].items()
-            for key in keys + sorted(set(counts) - set(keys))]
+    """`stats_timeline` rows: every period of the range, zeros included. `payload` (statsdepth
+    builds it): item, item_id, scope, granularity, start, end (ISO dates), counters
+    {counter: {period: n}}."""
+    span = _span(payload)
+    return [_series_row(payload, ctx, counter, key, start, count=_int(counts.get(key, 0)) or 0)
+            for counter, counts in payload["counters"].items() for key, start in span.items()]
 
 
 def breakdown_rows(payload: Mapping[str, Any], ctx: RowContext) -> list[dict[str, Any]]:
     """`stats_breakdown` rows: per counter, period and country one with city null (the country's
     total) and one per listed city; counters {counter: {period: {country: {city: n}}}}."""
     rows = []
+    span = _span(payload)
     for counter, by_period in payload["counters"].items():
-        for period in sorted(by_period):
+        for period in sorted(by_period.keys() & span.keys()):
             for country in sorted(by_period[period]):
                 cities = dict(by_period[period][country])
                 total = cities.pop("total", None)
                 if total is None:  # not served: the listed cities are all there is
                     total = sum(cities.values())
-                rows += [_series_row(payload, ctx, counter, period, country=country, city=city,
-                                     count=_int(n) or 0)
+                rows += [_series_row(payload, ctx, counter, period, span[period],
+                                     country=country, city=city, count=_int(n) or 0)
                          for city, n in [(None, total), *sorted(cities.items())]]
     return rows
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -527,3 +528,111 @@ files: {{download: true, link_only: true}}
         rows = await Downloader(cfg, client, collections.Counter()).item(5, files)
     assert [r["status"] for r in rows] == ["failed"] * len(urls)
     assert all(r["reason"] for r in rows)
+
+
+async def test_a_file_host_blocking_us_or_an_id_past_int64_fails_that_file_only(
+    tmp_path: Path,
+) -> None:
+    """A 403 HTML page from a link-only file's host or from the download host fails those files
+    (the run goes on); a file id past 2^63-1 is no id: nothing fetched, no downloads row."""
+    asked: list[str] = []
+    hosts: dict[str, str] = {}
+
+    async def forbidden(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response(status=403, text="<html><body>Access denied</body></html>",
+                            content_type="text/html")
+
+    async def article(request: web.Request) -> web.Response:
+        aid, third = int(request.match_info["id"]), hosts["third"]
+        files = {1: [{"id": 11, "name": "page.html", "size": 0, "is_link_only": True,
+                      "download_url": f"{third}/paper"}],
+                 2: [{"id": 12, "name": "data.csv", "size": 5, "is_link_only": False,
+                      "download_url": f"{third}/files/12"}],
+                 3: [{"id": 2**63 + 5, "name": "a.txt", "size": 5, "is_link_only": False,
+                      "download_url": f"{third}/files/big"},
+                     {"id": 2**64 - 1, "name": "b.txt", "size": 5, "is_link_only": False,
+                      "download_url": f"{third}/files/big"}]}[aid]
+        return web.json_response({"id": aid, "title": f"t{aid}", "is_public": True,
+                                  "files": files})
+
+    runners = []
+    for routes in ([("/v2/articles/{id}", article)], [("/{tail:.*}", forbidden)]):
+        app = web.Application()
+        for path, handler in routes:
+            app.router.add_get(path, handler)
+        runners.append(web.AppRunner(app, access_log=None))
+        await runners[-1].setup()
+        await web.TCPSite(runners[-1], "127.0.0.1", 0).start()
+    api, third = (f"http://127.0.0.1:{r.addresses[0][1]}" for r in runners)
+    hosts["third"] = third
+    try:
+        cfg = parse(f"""
+name: t
+api: {{url: "{api}/v2"}}
+stats: {{url: "{api}", counters: []}}
+sources: [{{kind: ids, ids: [1, 2, 3]}}]
+output: {{dir: "{tmp_path / 'out'}"}}
+http: {{rate: {{requests: 10000, per: 1}}}}
+files: {{download: true, link_only: true, url: "{third}", max_failures: 2}}
+""", env={})
+        result = await Harvest(cfg).run()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    assert result.manifest["ids"]["fetched"] == 3
+    rows = downloads(result.snapshot)
+    assert [(r["article_id"], r["file_id"], r["status"], r["reason"]) for r in rows] == [
+        (1, 11, "failed", "forbidden (403)"), (2, 12, "failed", "forbidden (403)")]
+    assert result.manifest["fetch"]["downloads"]["failed"] == 2
+    assert "/files/big" not in asked and not (tmp_path / "out" / "t" / "files" / "3").exists()
+    files = pq.read_table(result.snapshot / "files").to_pylist()
+    assert [r["file_id"] for r in files if r["article_id"] == 3] == [None, None]
+
+
+@pytest.mark.parametrize(("file", "files", "reason"), [
+    ({"size": 0, "is_link_only": False}, {}, "size-mismatch"),  # 0 bytes means 0 bytes
+    ({"is_link_only": False}, {}, "too-large"),  # no size: http.max_body bounds it
+    ({"size": 0, "is_link_only": True}, {"max_size": 100_000}, "max_size"),
+    ({"size": 0, "is_link_only": True}, {}, "too-large"),
+])
+async def test_a_body_without_end_stops_at_the_files_bound(
+    tmp_path: Path, file: dict[str, Any], files: dict[str, Any], reason: str
+) -> None:
+    """Without a size to hold the bytes to, the stream is cut at files.max_size, else at
+    http.max_body: never a full disk, never a run that does not end."""
+    sent = [0]
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while sent[0] < 256 << 20:  # the test's own guard: the client must stop first
+                await resp.write(b"A" * 65536)
+                sent[0] += 65536
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/endless", endless)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    extra = "".join(f", {k}: {v}" for k, v in files.items())
+    cfg = parse(f"""
+name: t
+sources: [{{kind: ids, ids: [1]}}]
+output: {{dir: {tmp_path}}}
+http: {{max_body: 1000000}}
+files: {{download: true, link_only: true{extra}}}
+""", env={})
+    f = {"id": 9, "name": "big.bin", "computed_md5": "",
+         "download_url": f"http://127.0.0.1:{runner.addresses[0][1]}/endless", **file}
+    settings = ClientSettings(user_agent="t", retry=RetryPolicy(attempts=1))
+    try:
+        async with Client(settings) as client:
+            (row,) = await Downloader(cfg, client, collections.Counter()).item(5, [f])
+    finally:
+        await runner.cleanup()
+    assert (row["status"], row["reason"]) == ("failed", reason)
+    assert sent[0] < 64 << 20
+    assert not list((tmp_path / "t" / "files").rglob("big.bin*"))  # nor a .part left

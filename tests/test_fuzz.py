@@ -115,7 +115,7 @@ class Case:
         return text
 
     def files_page(self) -> bytes:
-        listed = CORPUS.article(self.aid)["files"][:9]
+        listed = CORPUS.article(self.aid)["files"]  # every file the record lists, then more
         text = orjson.dumps(listed)
         if self.files is not None:
             text = text[:-1] + (b"," if listed else b"") + self.files + b"]"

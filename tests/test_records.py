@@ -585,6 +585,8 @@ def test_non_ascii_and_html_are_kept_exactly():
         ("not a date", None),
         (1466000000, None),
         ({"posted": "2020"}, None),
+        ("9999-12-31T23:59:59-12:00", None),  # past year 9999 in UTC
+        ("0001-01-01T00:00:00+14:00", None),  # before year 1 in UTC
     ],
 )
 def test_parse_timestamp(value, expected):

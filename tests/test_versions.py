@@ -9,7 +9,9 @@ import duckdb
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from aiohttp import web
 
+from harvester.config import parse
 from harvester.errors import ConfigError
 from harvester.pipeline import Harvest
 from harvester.simulator import Simulator
@@ -121,3 +123,67 @@ async def test_an_older_versions_capped_file_list_is_paged_from_its_own_files(
         == sorted(wanted)
     pages = sum(len(c.files(i, v)) // 7 + 1 for i, v in wanted)
     assert len(paged) == pages == result.manifest["fetch"]["requests"]["version_files"]
+
+
+async def test_a_version_served_wrong_fails_the_versions_part_only(tmp_path: Path) -> None:
+    """/versions/1 answering version 2, an id of true, a list naming version -5: each fails
+    that item's versions (nothing asked for -5); the records and a sound item are kept."""
+    lists = {1: [1, 2, 3], 2: [1, 2], 3: [True, -5, 2], 4: [1, 2]}
+    served = {(1, 1): {"id": 1, "version": 2}, (2, 1): {"id": True, "version": 1}}
+    asked: list[str] = []
+
+    async def article(request: web.Request) -> web.Response:
+        aid = int(request.match_info["id"])
+        return web.json_response({"id": aid, "title": f"t{aid}", "version": lists[aid][-1],
+                                  "files": []})
+
+    async def versions(request: web.Request) -> web.Response:
+        aid = int(request.match_info["id"])
+        return web.json_response([{"version": v, "url": "x"} for v in lists[aid]])
+
+    async def version(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        aid, v = int(request.match_info["id"]), int(request.match_info["v"])
+        body = {"title": f"t{aid} v{v}", "files": [], **served.get((aid, v), {"id": aid,
+                                                                               "version": v})}
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_get("/v2/articles/{id}", article)
+    app.router.add_get("/v2/articles/{id}/versions", versions)
+    app.router.add_get("/v2/articles/{id}/versions/{v}", version)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        cfg = parse(f"""
+name: t
+api: {{url: "{url}/v2"}}
+stats: {{url: "{url}", counters: []}}
+sources: [{{kind: ids, ids: [1, 2, 3, 4]}}]
+output: {{dir: "{tmp_path / 'out'}"}}
+versions: all
+max_errors: 3
+http: {{rate: {{requests: 10000, per: 1}}}}
+""", env={})
+        result = await Harvest(cfg).run()
+    finally:
+        await runner.cleanup()
+    snap = result.snapshot
+    assert sorted(r["article_id"] for r in pq.read_table(snap / "articles").to_pylist()) == \
+        [1, 2, 3, 4]
+    older = [(r["article_id"], r["version"], r["title"])
+             for r in pq.read_table(snap / "article_versions").to_pylist()]
+    assert older == [(4, 1, "t4 v1")]
+    listed = [(r["article_id"], r["version"]) for r in pq.read_table(snap / "versions").to_pylist()]
+    assert listed == [(4, 1), (4, 2)]
+    errors = {e["id"]: e for e in map(orjson.loads,
+                                      (snap / "errors.ndjson").read_bytes().splitlines())}
+    assert {i: e["reason"] for i, e in errors.items()} == {
+        1: "versions-failed", 2: "versions-failed", 3: "versions-failed"}
+    assert "is not version 1 of 1" in errors[1]["message"]
+    assert "is not version 1 of 2" in errors[2]["message"]
+    assert "2 entries without a valid version number (the first: True)" in errors[3]["message"]
+    assert sorted(asked) == ["/v2/articles/1/versions/1", "/v2/articles/2/versions/1",
+                             "/v2/articles/4/versions/1"]
