@@ -8,7 +8,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from harvester.errors import HarvesterError, LockedError, OutputError
 from harvester.store import MANIFEST, open_store, parse_manifest
@@ -143,9 +143,8 @@ def read_validators(path: Path, aid: int) -> Validators | None:
     return Validators(*row)
 
 
-def last_complete_full(root: Path | str, name: str) -> tuple[str, int] | None:
-    """(snapshot id, records) of the newest complete full snapshot: the publish guard's
-    reference."""
+def last_complete_full(root: Path | str, name: str) -> dict[str, Any] | None:
+    """The manifest of the newest complete full snapshot: the publish guard's reference."""
     store = open_store(root)
     if not store.exists(name):
         return None
@@ -155,10 +154,9 @@ def last_complete_full(root: Path | str, name: str) -> tuple[str, int] | None:
             manifest = parse_manifest(store.read_bytes(name, folder, MANIFEST), where)
         except (HarvesterError, OSError):
             continue  # unreadable: not a snapshot to compare with
-        if manifest.get("kind") == "full" and manifest.get("status") == "complete":
-            fetched = manifest.get("ids", {}).get("fetched")
-            if isinstance(fetched, int):
-                return str(manifest.get("snapshot_id", folder)), fetched
+        if manifest.get("kind") == "full" and manifest.get("status") == "complete" and \
+                isinstance(manifest.get("ids", {}).get("fetched"), int):
+            return manifest
     return None
 
 

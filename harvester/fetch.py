@@ -60,6 +60,7 @@ class ItemFetcher:
         self.stats = StatsFetcher(cfg, client, self.requests)
         self.downloader = Downloader(cfg, client, self.requests) if cfg.files.download else None
         self.entities: list[dict[str, Any]] = []  # series of groups, collections, ...: run-wide
+        self.entity_errors: list[dict[str, Any]] = []  # errors.ndjson lines of failed entities
         self.entities_at = utc_now()
         self._group_counts: dict[str, int] = {}
 
@@ -86,7 +87,8 @@ class ItemFetcher:
         except Abort:
             raise
         except RequestError as exc:  # stats never say an item is gone
-            error = self._error(aid, sources, exc, f"stats: {exc.reason}")
+            error = self._error(aid, sources, exc, "stats-failed")  # as a full run's part
+            error["message"] = f"stats: {error['message']}"
             return Outcome(aid, FAILED, error=error, not_modified=not_modified)
         return Outcome(aid, DONE, stats=totals, fetched_at=stamp_now(),
                        payloads={"article_id": aid, **series} if series else None,
@@ -116,7 +118,7 @@ class ItemFetcher:
         files = None
         if files_may_be_truncated(record):
             url = self.cfg.api.url + files_path(aid, account=account)
-            files = await part("files", self._all_files(url, as_owner))
+            files = await part("files", self._all_files(url, as_owner, record["files"]))
         stats = await part("stats", self.stats.totals(aid))
         payloads: dict[str, Any] = await part("stats", self.stats.item_series("article", aid)) or {}
         if self.cfg.versions == "all":
@@ -187,7 +189,7 @@ class ItemFetcher:
         if reply.status == 304 and ask:
             return reply
         record = reply.data
-        if not isinstance(record, dict) or record.get("id") != aid:
+        if not isinstance(record, dict) or not _is_id(record.get("id"), aid):
             raise _bad(f"GET {url} -> 200 but the body is not the record of article {aid}",
                        url, "bad-record", reply.status)
         return reply
@@ -203,12 +205,15 @@ class ItemFetcher:
                         and valid_id(r.get("account_id"))) if isinstance(listed, list) else []
         return owners[-1][1] if owners else None
 
-    async def _all_files(self, url: str, params: dict[str, int], kind: str = "files") -> bytes:
-        """Every page of /files, the served JSON arrays joined (never re-serialized); `kind`:
-        what the manifest counts the requests as."""
+    async def _all_files(self, url: str, params: dict[str, int], listed: list[Any],
+                         kind: str = "files") -> bytes:
+        """Every page of /files, the served JSON arrays joined (never re-serialized), holding
+        every file id of `listed`, the record's own list; `kind`: what the manifest counts."""
         size = self.cfg.http.page_size
         chunks: list[bytes] = []
         previous: list[Any] | None = None
+        missing: set[int] = {f["id"] for f in listed if isinstance(f, dict)
+                             and valid_id(f.get("id"))}
         for page in range(1, MAX_FILE_PAGES + 1):
             self.requests[kind] += 1
             reply = await self.client.get(url, params={**params, "page": page,
@@ -221,8 +226,12 @@ class ItemFetcher:
                 raise _bad(f"GET {url} page {page} repeats page {page - 1}: the server ignores "
                            "paging", url, "bad-files", reply.status)
             previous = ids
+            missing.difference_update(i for i in ids if valid_id(i))
             if inner := reply.body.strip()[1:-1].strip():
                 chunks.append(inner)
+            if len(reply.data) < size and missing:
+                raise _bad(f"GET {url} -> the list lacks {len(missing)} file ids the record "
+                           f"lists (one: {min(missing)})", url, "bad-files", reply.status)
             if len(reply.data) < size:
                 return b"[" + b",".join(chunks) + b"]"
         raise _bad(f"GET {url} -> more than {MAX_FILE_PAGES} pages of files", url, "bad-files")
@@ -240,24 +249,28 @@ class ItemFetcher:
             return {"list": [], "records": []}
         if not isinstance(listed, list):
             raise _bad(f"GET {base} -> expected a list of versions", base, "bad-versions")
-        numbers = sorted({v["version"] for v in listed if isinstance(v, dict)
-                          and isinstance(v.get("version"), int)})
+        given: list[Any] = [v.get("version") if isinstance(v, dict) else v for v in listed]
+        if wrong := [n for n in given if not valid_id(n)]:  # true, -5: a wrong list, not kept
+            raise _bad(f"GET {base} -> {len(wrong)} entries without a valid version number "
+                       f"(the first: {str(wrong[0])[:40]})", base, "bad-versions")
+        numbers = sorted(set(given))
         if len(numbers) > MAX_VERSIONS:
             raise _bad(f"GET {base} -> {len(numbers)} versions, more than the {MAX_VERSIONS} "
                        "fetched at most", base, "bad-versions")
         older = []
         for n in numbers:
-            if n == record.get("version"):
+            if _is_id(record.get("version"), n):
                 continue  # the record in hand is this version
             url = f"{base}/{n}"
             self.requests["version_record"] += 1
             body = (await self.client.get(url)).data
-            if not isinstance(body, dict) or body.get("id") != aid:
+            if not isinstance(body, dict) or not _is_id(body.get("id"), aid) \
+                    or not _is_id(body.get("version", n), n):
                 raise _bad(f"GET {url} -> 200 but the body is not version {n} of {aid}", url,
                            "bad-record")
             if files_may_be_truncated(body):  # its own capped list: page that version's files
-                body["files"] = orjson.loads(await self._all_files(f"{url}/files", {},
-                                                                   "version_files"))
+                body["files"] = orjson.loads(await self._all_files(
+                    f"{url}/files", {}, body["files"], "version_files"))
             older.append(body)
         return {"list": listed, "records": older}
 
@@ -270,9 +283,28 @@ class ItemFetcher:
         if not wanted:
             return
         self.entities_at = utc_now()
-        self.entities = await self.stats.entities(wanted)
+        for item, ids in wanted.items():
+            for item_id in ids:
+                series = await self._entity(f"{item} {item_id} stats", item_id,
+                                            self.stats.item_series(item, item_id))
+                self.entities.extend((series or {}).values())
         if "group" in wanted:
-            self._group_counts = await self.stats.group_counts(wanted["group"])
+            self._group_counts = await self._entity("group article counts", None,
+                                                    self.stats.group_counts(wanted["group"])) or {}
+
+    async def _entity(self, what: str, entity_id: int | None, work: Awaitable[T]) -> T | None:
+        """A failed entity request fails that entity's stats (an errors.ndjson line naming it);
+        only an Abort stops the run."""
+        try:
+            return await work
+        except Abort:
+            raise
+        except RequestError as exc:
+            error = self._error(0, 0, exc, "stats-failed")
+            # `id` is an article's in errors.ndjson: a group's failure is named by the message
+            self.entity_errors.append({**error, "id": None,
+                                       "message": f"{what}: {error['message']}"})
+            return None
 
     def report(self) -> dict[str, Any]:
         """The manifest's `fetch` entry: requests by kind and per item, downloads, counts."""
@@ -308,6 +340,11 @@ class ItemFetcher:
 
 def _bad(message: str, url: str, reason: str, status: int = 200) -> BadResponse:
     return BadResponse(message, url=url, status=status, reason=reason)
+
+
+def _is_id(value: Any, expected: int) -> bool:
+    """`value` is the integer `expected` itself: true, 1.0 and "1" are not 1."""
+    return valid_id(value) and value == expected
 
 
 def _with_query(url: str, params: dict[str, int]) -> str:

@@ -26,6 +26,7 @@ T = TypeVar("T")
 
 QUEUED_BYTES = 8 << 20  # record bytes fetched, not yet stored, past which no item starts
 LARGE_BLOB = 1 << 20  # a journal blob this big is written and read through a blob handle
+UNLISTED = 1 << 62  # in ids.sources: known from the last full run, no source listed it tonight
 
 
 class ItemState(IntEnum):
@@ -301,6 +302,20 @@ class Journal:
             return dict(self.db.execute(
                 "SELECT reason, count(*) FROM cat.queue GROUP BY reason").fetchall())
 
+    def add_unlisted(self, catalog: Path) -> int:
+        """Known ids no source listed tonight, to fetch by id (marked UNLISTED)."""
+        with self._attached(catalog), transaction(self.db):
+            return self.db.execute(
+                "INSERT INTO ids(article_id, sources, mode, priority) SELECT article_id, "
+                "sources | ?, ?, ? FROM cat.known WHERE article_id NOT IN "
+                "(SELECT article_id FROM ids)", (UNLISTED, FetchMode.FULL, Priority.LISTED),
+            ).rowcount
+
+    def unlisted(self) -> int:
+        """Ids fetched by id because no listing showed them, that still exist."""
+        return self.db.execute("SELECT count(*) FROM ids WHERE sources & ? AND state=?",
+                               (UNLISTED, ItemState.DONE)).fetchone()[0]
+
     def finish_source(self, idx: int, info: dict[str, Any]) -> None:
         self.db.execute("UPDATE sources SET done=1, info=? WHERE idx=?",
                         (orjson.dumps(info).decode(), idx))
@@ -458,9 +473,10 @@ class Journal:
         fetched and drops what 404ed. A failed stats part keeps the last totals; deferred or
         failed records are queued for the next run, first."""
         with self._attached(catalog), transaction(self.db):
-            if full:
-                self.db.execute("DELETE FROM cat.known WHERE article_id NOT IN "
-                                "(SELECT article_id FROM ids WHERE state<>?)", (ItemState.GONE,))
+            if full:  # an item fetched only by id is not known: unlisted again, it is absent
+                self.db.execute("DELETE FROM cat.known WHERE article_id NOT IN (SELECT "
+                                "article_id FROM ids WHERE state<>? AND NOT sources & ?)",
+                                (ItemState.GONE, UNLISTED))
                 self.db.execute("DELETE FROM cat.queue")
             self.db.execute(
                 "INSERT INTO cat.known(article_id, sources, published, last_snapshot, stats, "
@@ -468,13 +484,14 @@ class Journal:
                 "r.published, ?, r.stats, CASE WHEN r.stats IS NULL THEN NULL ELSE "
                 "r.fetched_at END, r.record_url, r.etag, r.last_modified FROM ids i "
                 "JOIN records r USING(article_id) WHERE i.state=? AND i.mode=? "
-                "ON CONFLICT(article_id) DO UPDATE SET sources=excluded.sources, "
+                "AND NOT i.sources & ? ON CONFLICT(article_id) DO UPDATE SET "
+                "sources=excluded.sources, "
                 "published=excluded.published, last_snapshot=excluded.last_snapshot, "
                 "record_url=excluded.record_url, etag=excluded.etag, "
                 "last_modified=excluded.last_modified, "
                 "stats=coalesce(excluded.stats, stats), "
                 "stats_at=coalesce(excluded.stats_at, stats_at)",
-                (snapshot_id, ItemState.DONE, FetchMode.FULL),
+                (snapshot_id, ItemState.DONE, FetchMode.FULL, UNLISTED),
             )
             self.db.execute(
                 "UPDATE cat.known AS k SET stats=r.stats, stats_at=r.fetched_at FROM records r "

@@ -13,6 +13,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,6 +282,18 @@ class Harvest:
             await journal.call(journal.finish_source, idx, report.as_dict())
             log.info("source %s: %d ids listed in %d requests%s", source.name, report.listed,
                      report.requests, " (TRUNCATED)" if report.truncated else "")
+        if meta["kind"] == "full" and "unlisted_queued" not in meta:
+            # a known item no listing showed is asked for by id: only the record endpoint may
+            # say it is gone, not a page that shifted while items were deleted or edited
+            last = await asyncio.to_thread(last_complete_full, self.root, self.cfg.name)
+            same = last is not None and last.get("config", {}).get("sources") == \
+                public_view(self.cfg.sources)
+            queued = await journal.call(journal.add_unlisted, self.catalog_path) if same else 0
+            if queued:
+                log.warning("%d items of the last full snapshot were not listed: each is asked "
+                            "for by id, so none is taken for deleted without a 404", queued)
+            meta["unlisted_queued"] = str(queued)
+            await journal.call(journal.set_meta, meta)
         inc = self.cfg.incremental
         if meta["kind"] == "incremental" and inc and "stats_queued" not in meta:
             # last night's deferred records first, then its failures, then stalest stats
@@ -407,7 +420,10 @@ class Harvest:
                 log.warning("%d new or changed records did not fit the budget: the next run "
                             "fetches them first", deferred["full"])
         per_source = await journal.call(journal.ids_per_source, len(self.cfg.sources))
-        failed = counts.get(FAILED, 0) + counts.incomplete
+        entity_errors = self.fetcher.entity_errors  # group/collection/... stats that failed
+        failed = counts.get(FAILED, 0) + counts.incomplete + len(entity_errors)
+        by_reason = Counter({r: n for r, n, _ in await journal.call(journal.failure_reasons)})
+        by_reason.update(e["reason"] for e in entity_errors)
         refreshed = await journal.call(journal.refreshed)
         truncated = any(r.truncated for r in self.reports)
         manifest: dict[str, Any] = {
@@ -427,7 +443,9 @@ class Harvest:
                                                                    strict=True)],
             "ids": {"total": sum(counts.values()), "fetched": counts.get(DONE, 0),
                     "failed": counts.get(FAILED, 0), "gone": counts.get(GONE, 0),
-                    "incomplete": counts.incomplete},  # records kept while a part of them failed
+                    "incomplete": counts.incomplete,  # records kept while a part failed
+                    # not listed tonight, fetched by id and still there: kept, not deleted
+                    "unlisted": await journal.call(journal.unlisted)},
             "budget": self._budget_view({
                 "refreshed": refreshed,
                 "deferred": {"records": deferred.get("full", 0),
@@ -436,7 +454,7 @@ class Harvest:
                 **bud.stats_age(await journal.call(journal.oldest_stats), utc_now()),
             }),
             "errors": failed,
-            "errors_by_reason": {r: n for r, n, _ in await journal.call(journal.failure_reasons)},
+            "errors_by_reason": dict(sorted(by_reason.items(), key=lambda rn: (-rn[1], rn[0]))),
             # this run's requests; requests_total adds the interrupted runs it resumed
             "http": {**metrics, "requests_total": bud.requests_total(meta, metrics)},
             "fetch": self.fetcher.report(),  # requests per item, downloads
@@ -481,7 +499,8 @@ class Harvest:
         fetched, listed = counts.get(DONE, 0), sum(counts.values())
         if listed and not fetched:
             return f"this full run fetched 0 records of the {listed:,} ids listed"
-        sid, before = last_complete_full(self.root, self.cfg.name) or ("", 0)
+        last = last_complete_full(self.root, self.cfg.name) or {"ids": {"fetched": 0}}
+        sid, before = last.get("snapshot_id", ""), last["ids"]["fetched"]
         ratio = self.cfg.guard.min_ratio
         if fetched < ratio * before:
             return (f"this full run fetched {fetched:,} records, fewer than {ratio:g} x the "
@@ -529,7 +548,7 @@ class Harvest:
         spec = RenderSpec(snapshot_id=snapshot_id, sources=tuple(s.name for s in self.cfg.sources),
                           scope=self.cfg.stats.institution or "public",
                           ndjson="ndjson" in writer.formats, parquet="parquet" in writer.formats)
-        duplicate_keys = 0
+        duplicate_keys, left_out = 0, []
         with writer:  # aborted unless published
             for rows in chunks(journal.db, CHUNK_RECORDS, CHUNK_BYTES):
                 self._check_stop()
@@ -537,6 +556,7 @@ class Harvest:
                 writer.add_rendered(chunk)
                 self.progress.written += chunk.articles
                 duplicate_keys += chunk.duplicate_keys
+                left_out += chunk.left_out
                 del rows, chunk  # one may be a record near http.max_body: not kept for the next
             ctx = RowContext(snapshot_id=snapshot_id, fetched_at=self.fetcher.entities_at)
             for payload in self.fetcher.entities:  # group/collection/... series, once each
@@ -546,8 +566,12 @@ class Harvest:
                 ctx = RowContext(snapshot_id=snapshot_id, fetched_at=parse_stamp(side.fetched_at))
                 for table, shaped in side_rows(side.kind, side.body, ctx).items():
                     writer.add_rows(table, shaped)
-            for error in journal.errors():
+            for error in [*journal.errors(), *self.fetcher.entity_errors, *left_out]:
                 writer.add_error(error)
+            if left_out:  # a record the tables cannot hold: absent, so never "complete"
+                manifest.update(status="partial", errors=manifest["errors"] + len(left_out))
+                manifest["errors_by_reason"]["bad-record"] = \
+                    manifest["errors_by_reason"].get("bad-record", 0) + len(left_out)
             if duplicate_keys:  # kept as served in articles.ndjson and `raw`; columns: the last
                 log.warning("%d records give a JSON key twice; the tables keep the last value",
                             duplicate_keys)

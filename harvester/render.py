@@ -6,6 +6,7 @@ snapshot is the same byte for byte however the journal was chunked.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ from harvester.records import (
 )
 from harvester.schema import SCHEMAS
 from harvester.sinks import NDJSON_OPTS, columns_to_table
+
+log = logging.getLogger(__name__)
 
 # A chunk ends at whichever comes first, so a few huge records do not multiply memory (a record
 # past CHUNK_BYTES is rendered alone). Rows wait as columns, converted once CHUNK_ROWS wait.
@@ -58,6 +61,7 @@ class Rendered:
     lines: dict[str, list[bytes]] = field(default_factory=dict)
     articles: int = 0  # full records in the chunk (stats-only refreshes excluded)
     duplicate_keys: int = 0  # records whose served JSON gives a key twice
+    left_out: list[dict[str, Any]] = field(default_factory=list)  # errors.ndjson lines
 
 
 def render(spec: RenderSpec, chunk: list[JournalRow]) -> Rendered:
@@ -68,23 +72,31 @@ def render(spec: RenderSpec, chunk: list[JournalRow]) -> Rendered:
     for row in chunk:
         provenance = tuple(s for i, s in enumerate(spec.sources) if row.sources & (1 << i))
         ctx = RowContext(spec.snapshot_id, parse_stamp(row.fetched_at), provenance)
-        if row.stats is not None:
-            shaped = stats_rows(row.article_id, orjson.loads(row.stats), ctx, scope=spec.scope)
-            _gather(rows, "stats", columns("stats", shaped))
-            if spec.ndjson:
-                out.lines["stats.ndjson"] += (orjson.dumps(r, option=NDJSON_OPTS) for r in shaped)
-        if row.body:  # else a stats-only refresh of an unchanged item
-            record = served.parse(row.body)
-            for table, cols in _record_columns(record, row.files, ctx).items():
-                _gather(rows, table, cols)
+        record = served.parse(row.body) if row.body else None  # None: a stats-only refresh
+        try:  # a journal kept by an older release, whose checks were looser, may hold bad rows
+            shaped = _record_columns(record, row.files, ctx) if record is not None else {}
+            extra = (payload_rows(orjson.loads(unpack(row.payloads)), ctx)
+                     if row.payloads is not None else {})
+        except ValueError as exc:
+            log.warning("article %d left out of the snapshot: %s", row.article_id, exc)
+            out.left_out.append({"id": row.article_id, "reason": "bad-record",
+                                 "message": f"left out of the snapshot: {exc}"})
+            continue
+        for table, cols in shaped.items():
+            _gather(rows, table, cols)
+        if record is not None:
             if spec.ndjson:  # the record as served (its own, possibly capped, file list)
                 out.lines["articles.ndjson"].append(record.text)
             out.duplicate_keys += bool(record.duplicate_keys)
             out.articles += 1
-            del record  # the rows hold what the tables need
-        if row.payloads is not None:
-            for table, table_rows in payload_rows(orjson.loads(unpack(row.payloads)), ctx).items():
-                _gather(rows, table, columns(table, table_rows))
+            del record, shaped  # the rows hold what the tables need
+        if row.stats is not None:
+            totals = stats_rows(row.article_id, orjson.loads(row.stats), ctx, scope=spec.scope)
+            _gather(rows, "stats", columns("stats", totals))
+            if spec.ndjson:
+                out.lines["stats.ndjson"] += (orjson.dumps(r, option=NDJSON_OPTS) for r in totals)
+        for table, table_rows in extra.items():
+            _gather(rows, table, columns(table, table_rows))
         if sum(len(cols["snapshot_id"]) for cols in rows.values()) >= CHUNK_ROWS:
             _convert(rows, converted, spec.parquet)
     _convert(rows, converted, spec.parquet)

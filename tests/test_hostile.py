@@ -48,6 +48,7 @@ class Repo:
         self.gone: set[int] = set()
         self.files = 0  # files in every record (10 or more: /files is paged)
         self.max_page_size = 1_000
+        self.extra: dict[int, dict[str, Any]] = {}  # keys served over a record's own
         self.hits: Counter[str] = Counter()
 
     def routes(self, app: web.Application) -> None:
@@ -64,7 +65,7 @@ class Repo:
                                      status=400)
         chunk = self.listed[(page - 1) * size: page * size]
         return web.json_response([{"id": i, "published_date": published(n)}
-                                  for n, i in enumerate(chunk)])
+                                  for n, i in enumerate(chunk, (page - 1) * size)])
 
     async def article(self, request: web.Request) -> web.Response:
         self.hits["record"] += 1
@@ -81,12 +82,15 @@ class Repo:
             return web.json_response(MISSING, status=404)
         files = [{"id": aid * 1000 + k, "name": f"f{k}.csv", "size": 1} for k in range(self.files)]
         return web.json_response({"id": aid, "title": f"Item {aid}",
-                                  "published_date": published(aid), "files": files[:10]})
+                                  "published_date": published(aid), "files": files[:10],
+                                  **self.extra.get(aid, {})})
 
     async def article_files(self, request: web.Request) -> web.Response:
         """Ignores `page`: every page is the first one."""
         self.hits["files"] += 1
         aid, size = int(request.match_info["id"]), int(request.query.get("page_size", 10))
+        if self.mode == "no-files":
+            return web.json_response([])
         return web.json_response([{"id": aid * 1000 + k, "name": f"f{k}.csv", "size": 1}
                                   for k in range(min(size, self.files))])
 
@@ -224,7 +228,8 @@ def test_an_api_url_without_v2_is_named_and_never_moves_latest(
     assert f"GET {server.url}/articles?" in line and "-> 404 Not Found" in line
     assert line.endswith("(no such listing: is api.url the API's base, as Figshare's "
                          "https://api.figshare.com/v2?)")
-    assert latest(tmp_path) == before and repo.hits["list"] == 1  # the healthy run's only
+    # the healthy run's only: its one short page, and the empty one that proves it the end
+    assert latest(tmp_path) == before and repo.hits["list"] == 2
 
 
 def test_a_closed_port_never_moves_latest(tmp_path: Path,
@@ -295,7 +300,8 @@ def test_a_stats_404_keeps_the_record_and_fails_the_item(
     assert report["manifest"]["errors_by_reason"] == {"stats-failed": 4}
     assert snapshot_ids(tmp_path) == repo.ids
     m = manifest(tmp_path)
-    assert m["ids"] == {"total": 4, "fetched": 4, "failed": 0, "gone": 0, "incomplete": 4}
+    assert m["ids"] == {"total": 4, "fetched": 4, "failed": 0, "gone": 0, "incomplete": 4,
+                        "unlisted": 0}
     assert m["status"] == "partial" and m["errors"] == 4
     assert m["errors_by_reason"] == {"stats-failed": 4}
     assert {e["reason"] for e in errors(tmp_path).values()} == {"stats-failed"}
@@ -318,6 +324,61 @@ def test_files_that_ignore_page_end_in_two_requests(tmp_path: Path) -> None:
     assert {e["reason"] for e in errors(tmp_path).values()} == {"files-failed"}
 
 
+def test_a_files_list_without_the_records_own_files_fails_the_files_part(
+        tmp_path: Path) -> None:
+    repo = Repo(2)
+    repo.files, repo.mode = 12, "no-files"  # /files answers [] for records listing 10 files
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, [{"kind": "ids", "ids": repo.ids}])
+        assert cli.main(["run", path]) == cli.PARTIAL
+    assert snapshot_ids(tmp_path) == repo.ids  # the records are kept ...
+    assert {e["reason"] for e in errors(tmp_path).values()} == {"files-failed"}
+    assert "the list lacks 10 file ids the record lists" in errors(tmp_path)[1]["message"]
+    snap = list_snapshots(tmp_path / "out", "t")[-1]
+    with duckdb.connect() as con:  # ... with their own (capped) file lists, never an empty one
+        assert con.execute(f"SELECT article_id, file_count FROM '{snap}/articles/*.parquet' "
+                           "ORDER BY 1").fetchall() == [(1, 10), (2, 10)]
+        assert con.execute(f"SELECT count(*) FROM '{snap}/files/*.parquet'").fetchone() == (20,)
+
+
+# ---- values a record cannot mean --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrong", [True, 1.0])
+def test_a_record_whose_id_is_not_the_integer_asked_for_fails_and_never_blocks_a_rerun(
+        tmp_path: Path, wrong: Any) -> None:
+    repo = Repo(3)
+    repo.extra[1] = {"id": wrong}  # true == 1 and 1.0 == 1 in Python: not the record of 1
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, [{"kind": "ids", "ids": repo.ids}], max_errors=5)
+        assert cli.main(["run", path]) == cli.OK
+        assert snapshot_ids(tmp_path) == [2, 3]
+        assert errors(tmp_path)[1]["reason"] == "bad-record"
+        repo.extra.clear()  # the server is right again: the next run publishes every id
+        assert cli.main(["run", path]) == cli.OK
+    assert snapshot_ids(tmp_path) == [1, 2, 3]
+
+
+def test_dates_past_the_calendar_and_negative_ids_are_null(tmp_path: Path) -> None:
+    repo = Repo(3)
+    repo.extra[1] = {"modified_date": "9999-12-31T23:59:59-12:00", "group_id": -5,
+                     "authors": [{"id": -3, "full_name": "A"}]}
+    repo.extra[2] = {"timeline": {"posted": "0001-01-01T00:00:00+14:00"}}
+    repo.extra[3] = {"modified_date": "2020-01-01T00:00:00+01:00", "group_id": 7}
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, [{"kind": "ids", "ids": repo.ids}])
+        assert cli.main(["run", path]) == cli.OK
+    snap = list_snapshots(tmp_path / "out", "t")[-1]
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        rows = con.execute(f"SELECT article_id, modified_date::VARCHAR, timeline_posted, "
+                           f"group_id FROM '{snap}/articles/*.parquet' ORDER BY 1").fetchall()
+        authors = con.execute(f"SELECT author_id FROM '{snap}/authors/*.parquet'").fetchall()
+    assert rows == [(1, None, None, None), (2, None, None, None),
+                    (3, "2019-12-31 23:00:00+00", None, 7)]
+    assert authors == [(None,)]
+
+
 # ---- listings ---------------------------------------------------------------------------------
 
 
@@ -328,10 +389,11 @@ def test_bad_ids_in_a_list_page_are_skipped_and_reported(
     repo.listed = [1, "abc", 2, -1, 3, 2**70, 4, None, 5]
     with ThreadedApp(repo.routes) as server:
         path = write(tmp_path, server.url, [{"kind": "articles"}])
-        assert cli.main(["run", path]) == cli.OK
+        assert cli.main(["run", path]) == cli.PARTIAL  # an item may hide behind a bad entry
     assert snapshot_ids(tmp_path) == [1, 2, 3, 4, 5]
+    assert manifest(tmp_path)["status"] == "partial"
     source = manifest(tmp_path)["sources"][0]
-    assert source["skipped"] == 4
+    assert source["skipped"] == 4 and source["truncated"]
     sample = source["skipped_sample"]  # 2^70 is quoted as the client read it
     assert len(sample) == 4 and sample[:2] == ["id=abc", "id=-1"] and sample[3] == "id=None"
     assert "4 listed entries without a valid article id skipped" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import datetime as dt
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -14,14 +15,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import orjson
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from aiohttp import web
 
-from harvester import cli
+from harvester import cli, warehouse
 from harvester.catalog import Catalog
 from harvester.client import Client
 from harvester.errors import GiveUp
@@ -342,3 +346,57 @@ def test_config_written_to_disk_for_cli(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "sources": [{"kind": "ids", "ids": [1]}]}))
     assert cli.main(["validate", str(path)]) == 0
+
+
+@contextlib.asynccontextmanager
+async def _listing_without(sim: Simulator, hidden: set[int]) -> Any:
+    """The simulator behind a loopback proxy whose GET /articles pages leave out `hidden`
+    (as a page that shifted under a deletion does); records themselves are served as they are."""
+    origin, path = re.match(r"(https?://[^/]+)(.*)", sim.api_url).groups()  # type: ignore[union-attr]
+    async with aiohttp.ClientSession(auto_decompress=True) as session:
+        async def proxy(request: web.Request) -> web.Response:
+            async with session.get(f"{origin}{request.path_qs}") as resp:
+                body = await resp.read()
+                if resp.status == 200 and request.path == f"{path}/articles":
+                    body = orjson.dumps([i for i in orjson.loads(body) if i["id"] not in hidden])
+                headers = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-")}
+                return web.Response(body=body, status=resp.status, headers=headers,
+                                    content_type=resp.content_type)
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", proxy)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            yield SimpleNamespace(api_url=f"http://127.0.0.1:{runner.addresses[0][1]}{path}",
+                                  stats_url=sim.stats_url)
+        finally:
+            await runner.cleanup()
+
+
+async def test_an_item_a_listing_skips_is_asked_for_by_id_never_taken_for_deleted(
+        tmp_path: Path) -> None:
+    """Only the record endpoint says an item is gone: one the listing skipped stays in the
+    snapshot (and current in the warehouse); skipped two full runs running, it is withdrawn."""
+    async with Simulator(SimSettings(items=60, seed=5)) as sim:
+        ids = sorted(sim.corpus.ids)
+        skipped, deleted = {ids[3], ids[40]}, ids[7]
+        first = write_config(tmp_path, sim, [{"kind": "articles"}])
+        assert (await Harvest(first).run()).manifest["status"] == "complete"
+        sim.corpus.withdraw(deleted)
+        async with _listing_without(sim, skipped) as shifted:
+            cfg = write_config(tmp_path, shifted, [{"kind": "articles"}])
+            second = await Harvest(cfg).run()
+            third = await Harvest(cfg).run()
+    assert second.manifest["status"] == "complete"
+    assert second.manifest["ids"]["unlisted"] == 2
+    assert second.manifest["ids"]["gone"] == 1
+    assert set(table_ids(second.snapshot)) == set(ids) - {deleted}  # type: ignore[arg-type]
+    assert third.manifest["ids"]["unlisted"] == 0  # unlisted twice: not known any more
+    assert set(table_ids(third.snapshot)) == set(ids) - {deleted} - skipped  # type: ignore[arg-type]
+
+    report = warehouse.load(tmp_path / "out", "t", tmp_path / "wh.duckdb")
+    assert [r.changes for r in report.loaded][1:] == [
+        {"added": 0, "changed": 0, "withdrawn": 0, "tombstone": 1},
+        {"added": 0, "changed": 0, "withdrawn": 2, "tombstone": 0}]

@@ -85,7 +85,8 @@ async def test_group_harvest_every_id_once_lossless_ndjson_typed_parquet(
     manifest = orjson.loads((snap / "manifest.json").read_bytes())
     assert manifest["status"] == "complete"
     assert manifest["sources"][0]["ids"] == len(expected)
-    assert manifest["ids"] == {"total": n, "fetched": n, "failed": 0, "gone": 0, "incomplete": 0}
+    assert manifest["ids"] == {"total": n, "fetched": n, "failed": 0, "gone": 0, "incomplete": 0,
+                               "unlisted": 0}
     assert manifest["tables"]["articles"]["rows"] == n
 
 

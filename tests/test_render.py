@@ -21,6 +21,7 @@ from harvester.errors import OutputError
 from harvester.journal import DONE, FAILED, GONE, LARGE_BLOB, Journal, Outcome, pack, unpack
 from harvester.journalrows import chunks
 from harvester.pipeline import Harvest
+from harvester.render import RenderSpec, render
 from harvester.schema import SCHEMAS
 from harvester.simulator import Simulator
 from harvester.store import list_snapshots
@@ -227,3 +228,31 @@ async def test_records_come_out_exactly_as_served(tmp_path: Path) -> None:
     manifest = orjson.loads((snapshot / "manifest.json").read_bytes())
     assert manifest["served_json"]["records_with_duplicate_keys"] == 1
     assert len({row["content_hash"] for row in articles}) == len(bodies)
+
+
+def test_a_record_an_older_release_kept_is_left_out_never_fatal(tmp_path: Path) -> None:
+    """A journal written before the id checks were exact may hold `"id": true` (in the record
+    or an older version's): that item is left out of the snapshot; the others are written."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.open()
+    at = "2026-11-27T05:00:00Z"
+    try:
+        journal.run(journal.add_ids, 0, [1, 2, 3])
+        journal.run(journal.store, [
+            Outcome(1, DONE, body=b'{"id":true,"title":"t1"}', stats={"views": 1},
+                    fetched_at=at),
+            Outcome(2, DONE, body=b'{"id":2,"title":"t2"}', stats={"views": 2}, fetched_at=at),
+            Outcome(3, DONE, body=b'{"id":3,"title":"t3","version":2}', fetched_at=at,
+                    payloads={"article_id": 3, "versions": {
+                        "list": [{"version": 1}, {"version": 2}],
+                        "records": [{"id": True, "version": 1}]}})])
+        spec = RenderSpec("20261127T050000Z", ("ids",), "public", ndjson=True, parquet=True)
+        (out,) = journal.run(lambda: [render(spec, c) for c in chunks(journal.db, 100, 1 << 20)])
+    finally:
+        journal.close()
+    assert out.tables["articles"].column("article_id").to_pylist() == [2]
+    assert out.tables["stats"].column("article_id").to_pylist() == [2]
+    assert "versions" not in out.tables and out.articles == 1
+    assert out.lines["articles.ndjson"] == [b'{"id":2,"title":"t2"}']
+    # each named for errors.ndjson: the pipeline then publishes the snapshot as partial
+    assert [(e["id"], e["reason"]) for e in out.left_out] == [(1, "bad-record"), (3, "bad-record")]
