@@ -93,6 +93,9 @@ class Pager:
     requests: int = 0
     done: bool = False
     truncated: bool = False  # the window filled and the cursor could not carry on
+    most: int = 0  # the most items the endpoint served in one page (here or before)
+    short: int | None = None  # a short page not yet trusted as the end: its item count
+    capped: int | None = None  # the page after a short one was not empty: the server's cap
 
     def request(self) -> tuple[dict[str, int], dict[str, str]] | None:
         """The next page's (params, headers), or None when done."""
@@ -107,9 +110,22 @@ class Pager:
     def advance(self, count: int, cursor: str | None) -> None:
         self.requests += 1
         self.items += count
-        if count < self.page_size:
+        # A page shorter than asked may be a silent page_size cap, not the end. It is the end if
+        # the endpoint once served more in one page (no cap is that low); otherwise the next
+        # page decides: empty is the end, anything else reveals the cap. Cost: one request for
+        # a listing whose last page is the largest the endpoint has served yet.
+        if self.short is not None:
             self.done = True
-        elif self.requests >= MAX_PAGES:  # a loop guard, not an end: what is left is unlisted
+            self.capped = self.short if count else None
+            return
+        maybe_cap = 0 < count < self.page_size and count >= self.most
+        self.most = max(self.most, count)
+        if count < self.page_size and not maybe_cap:
+            self.done = True
+            return
+        if maybe_cap:
+            self.short = count
+        if self.requests >= MAX_PAGES:  # a loop guard, not an end: what is left is unlisted
             self.refused()
         elif self.cursor is None and self.page * self.page_size < self.window:
             self.page += 1

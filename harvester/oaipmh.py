@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from xml.etree import ElementTree as ET
 
 from harvester.client import Client
@@ -39,6 +39,7 @@ class _Pass:
     """What one list from one `from` ended with."""
 
     last: int | None = None  # the latest datestamp seen
+    at_last: set[int] = field(default_factory=set)  # the ids listed at `last`
     expired: bool = False
 
 
@@ -71,12 +72,14 @@ class OaiLister(Lister):
         start = self.from_
         stalled = 0
         skipped = False  # a restart began after `from`: an unordered list may have lost ids
+        expect: set[int] = set()  # ids a restart's first page must list again (`from` is inclusive)
         while True:
             shown = ", ".join(f"{k}={v}" for k, v in self._params(start).items() if k != "verb")
             part = self._partition(f"OAI-PMH ListIdentifiers [{shown}]")
             run = _Pass()
-            async for batch in self._pass(start, part, run):
+            async for batch in self._pass(start, part, run, expect):
                 yield batch
+            expect = set()
             if part.truncated:  # given up: the list would never end
                 return
             if not run.expired:
@@ -109,18 +112,20 @@ class OaiLister(Lister):
             else:
                 part.note = "resumption token expired: restarted from the last datestamp seen"
                 if run.last is not None:
-                    start = iso_second(run.last)
+                    start, expect = iso_second(run.last), run.at_last
                     skipped = skipped or start != self.from_
 
     def _stalled(self, part: Partition, why: str) -> None:
         self._give_up(part, f"truncated after {MAX_STALLED} restarts that listed no new id: {why}")
 
-    async def _pass(self, start: str | None, part: Partition,
-                    run: _Pass) -> AsyncIterator[list[int]]:
-        """One list from `start` until it ends or its token expires (run.expired)."""
+    async def _pass(self, start: str | None, part: Partition, run: _Pass,
+                    expect: set[int]) -> AsyncIterator[list[int]]:
+        """One list from `start` until it ends or its token expires (run.expired). A first
+        page without any of `expect` means the restart datestamp misled: the list is unordered."""
         params = self._params(start)
         tokens: set[str] = set()
         idle = 0  # pages in a row without a new id
+        headers = 0  # headers this list sent, deleted and foreign ones included
         while True:
             reply = await self.client.get(self.base_url, params=params, expect="bytes")
             part.requests += 1
@@ -128,7 +133,12 @@ class OaiLister(Lister):
             error = root.find(f"{NS}error")
             if error is not None:
                 code = error.get("code", "")
+                if code == "noRecordsMatch" and "resumptionToken" in params:
+                    self._give_up(part, "truncated: the server answered a resumption token "
+                                        "with noRecordsMatch, which only a first request may")
+                    return
                 if code == "noRecordsMatch":
+                    self.unordered = self.unordered or bool(expect)
                     return
                 if code == "badResumptionToken" and "resumptionToken" in params:
                     run.expired = True
@@ -141,7 +151,9 @@ class OaiLister(Lister):
                 raise BadResponse(f"OAI-PMH {self.base_url} -> no ListIdentifiers element",
                                   url=self.base_url, status=reply.status)
             batch: list[int] = []
+            listed: set[int] = set()
             for header in body.iterfind(f"{NS}header"):
+                headers += 1
                 if header.get("status") == "deleted":
                     self.deleted += 1
                     continue
@@ -153,17 +165,28 @@ class OaiLister(Lister):
                 if stamp is not None:
                     if run.last is not None and stamp < run.last:
                         self.unordered = True
-                    run.last = stamp if run.last is None else max(run.last, stamp)
+                    if run.last is None or stamp > run.last:
+                        run.last, run.at_last = stamp, set()
+                    if stamp == run.last:
+                        run.at_last.add(aid)
+                listed.add(aid)
                 part.ids += 1
                 self.listed += 1
                 if self.seen.add(aid):
                     batch.append(aid)
+            if expect and "resumptionToken" not in params and not expect & listed:
+                self.unordered = True
             part.new += len(batch)
             idle = 0 if batch else idle + 1
             if batch:
                 yield batch
-            token = (body.findtext(f"{NS}resumptionToken") or "").strip()
+            element = body.find(f"{NS}resumptionToken")
+            token = (element.text or "").strip() if element is not None else ""
             if not token:
+                size = element.get("completeListSize", "") if element is not None else ""
+                if size.isdigit() and headers < int(size):
+                    self._give_up(part, f"truncated: the list ended after {headers} of the "
+                                        f"{size} headers its completeListSize announced")
                 return
             if token in tokens or idle >= MAX_IDLE_PAGES:
                 why = ("the server sent a resumption token again" if token in tokens else

@@ -34,7 +34,9 @@ class Limits:
 
     page_size: int = PAGE_SIZE
     windows: dict[str, int] = field(default_factory=dict)
-    item_types: tuple[int, ...] | None = None  # None: GET /item_types not asked yet
+    item_types: tuple[int, ...] | None = None  # None: not asked yet; (): unreadable
+    served: dict[str, int] = field(default_factory=dict)  # the most items one page held
+    capped: bool = False  # page_size was lowered to what a server served: once a run at most
 
     @staticmethod
     def endpoint(query: ListQuery) -> str:
@@ -165,8 +167,9 @@ class _Window:
     gap: bool = False  # the first page did not overlap the window before: the bound misread
     ignored: bool = False  # items from before the bound's day: the server ignores the bound
     retry: bool = False  # the first page showed how the bound reads: ask again, more narrowly
+    broken: str = ""  # why the walk cannot have listed everything (then given up)
     values: dict[str, set[Any]] = field(default_factory=dict)
-    unsplittable: int = 0  # items without a value for the next split key
+    unsplittable: dict[str, int] = field(default_factory=dict)  # items without a split value
 
 
 class Exhauster(Lister):
@@ -189,6 +192,9 @@ class Exhauster(Lister):
         seen = _Window()
         async for batch in self._walk(query, part, seen, None, None, None):
             yield batch
+        if seen.broken:
+            self._give_up(part, seen.broken)
+            return
         if not part.truncated:
             return
         part.truncated = False
@@ -229,6 +235,9 @@ class Exhauster(Lister):
                 seen = _Window()
                 async for batch in self._walk(bounded, part, seen, floor, hi, overlap):
                     yield batch
+                if seen.broken:
+                    self._give_up(part, seen.broken)
+                    return
                 if seen.ignored or (seen.gap and self.form + 1 == len(FORMS)):
                     self._give_up(part, "the server does not honour the date bound: cannot "
                                         "continue")
@@ -274,16 +283,23 @@ class Exhauster(Lister):
                           "more than a window of items and nothing left to split by")
             return
         item_key, known = SPLITS[key]
-        if key == "item_type":
-            known = await self._item_types()
+        listed = await self._item_types() if key == "item_type" else None
+        known = listed or known
         observed = seen.values.get(item_key, set())
         values = list(known or ()) + sorted(v for v in observed if v not in (known or ()))
+        lacking = seen.unsplittable.get(item_key, 0)
+        # No count says what the pieces must add up to: the split is complete only if its values
+        # are all there are (a confirmed list, no value seen outside it, no item without one).
+        doubt = ""
         if known is None:
-            # The values come from the items seen: pieces with other values (or none, which no
-            # filter selects) may exist beyond the window, so completeness cannot be proven.
-            self._give_up(self._partition(where), (
-                f"split by the {len(values)} {key} values seen in the window "
-                f"({seen.unsplittable} items without one): items beyond it may be missing"))
+            doubt = f"split by the {len(values)} {key} values seen in the window"
+        elif listed == ():
+            doubt = f"split by {key}, but GET /item_types could not be read"
+        elif len(values) > len(known) or lacking:
+            doubt = f"split by {key}, but the window held items outside its {len(known)} values"
+        if doubt:
+            self._give_up(self._partition(where), f"{doubt} ({lacking} items without one): "
+                                                  "items beyond it may be missing")
         for value in values:
             piece = query.narrowed(**{key: value})
             walk = self.ids(piece) if query.bound is None else self._range(piece, floor, hi, None)
@@ -294,8 +310,10 @@ class Exhauster(Lister):
                     hi: int | None, overlap: int | None) -> AsyncIterator[list[int]]:
         """One query through its pages (and cursor), items past `hi` cut off. With `overlap`,
         the first page must reach back to that date, or the walk stops there (`seen.gap`)."""
+        endpoint = self.limits.endpoint(query)
         pager = Pager(page_size=self.limits.page_size, window=self.limits.window(query),
-                      use_cursor=query.cursor and self.cursor, style=query.paging)
+                      use_cursor=query.cursor and self.cursor, style=query.paging,
+                      most=self.limits.served.get(endpoint, 0))
         url = self.api_url + query.path
         split_keys = [SPLITS[k][0] for k in query.splits if k not in query.filters]
         date_key = query.bound.key if query.bound is not None else None
@@ -304,6 +322,10 @@ class Exhauster(Lister):
             if query.bound is not None and floor is not None else None
         inclusive = self.inclusive
         previous: list[Any] | None = None  # the ids of the page before: a repeat is a loop
+        # the date of the last new id: an ascending walk never steps back (repeats aside, as
+        # search repeats records), or the moving bound would jump past unlisted items
+        ordered = query.is_ascending()
+        last: int | None = None
         while (req := pager.request()) is not None:
             params, headers = req
             part.requests += 1
@@ -316,6 +338,10 @@ class Exhauster(Lister):
             except RequestError as exc:
                 if not _refusal(exc, first=pager.requests == 0):
                     raise
+                if pager.short is not None:
+                    seen.broken = ("the server refused the page after a short one: the end of "
+                                   "the list is unproven")
+                    return
                 if pager.cursor is not None:
                     self.cursor = False
                 elif pager.requests:
@@ -332,11 +358,15 @@ class Exhauster(Lister):
                     f"got {type(items).__name__}", url=url, status=reply.status)
             ids = [i.get(query.id_key) if isinstance(i, Mapping) else i for i in items]
             if items and ids == previous:
+                if pager.short is not None:
+                    seen.broken = "the page after a short one repeats it: the end is unproven"
+                    return
                 pager.refused()
                 part.note = f"page {pager.requests + 1} repeats the page before: paging stopped"
                 break
             previous = ids
             pager.advance(len(items), reply.headers.get("X-Cursor"))
+            self.limits.served[endpoint] = pager.most
             kept = []
             for item in items:
                 if not isinstance(item, Mapping) or not valid_id(item.get(query.id_key)):
@@ -345,6 +375,12 @@ class Exhauster(Lister):
                 if date_key is not None:
                     stamp = parse_stamp(item.get(date_key))
                     if stamp is not None:
+                        if ordered and item[query.id_key] not in self.seen:
+                            if last is not None and stamp < last:
+                                seen.broken = (f"the server does not list in {date_key} order "
+                                               f"(id {item[query.id_key]} steps back)")
+                                break
+                            last = stamp
                         if hi is not None and stamp > hi:
                             seen.beyond = True
                             continue
@@ -361,19 +397,19 @@ class Exhauster(Lister):
                 for k in split_keys:
                     value = item.get(k)
                     if value in (None, 0, ""):
-                        seen.unsplittable += 1
+                        seen.unsplittable[k] = seen.unsplittable.get(k, 0) + 1
                     else:
                         seen.values.setdefault(k, set()).add(value)
                 kept.append(item)
+                part.new += self.seen.add(item[query.id_key])
             if self.on_items is not None and kept:
                 self.on_items(kept)
             batch = [item[query.id_key] for item in kept]
-            part.new += sum(self.seen.add(aid) for aid in batch)
             part.ids += len(batch)
             self.listed += len(batch)
             if batch:
                 yield batch
-            if seen.beyond or seen.ignored:
+            if seen.beyond or seen.ignored or seen.broken:
                 return  # ascending order: everything after this is past the slice
             if pager.requests == 1 and overlap is not None and (
                     seen.low is None or seen.low > overlap):
@@ -382,11 +418,22 @@ class Exhauster(Lister):
             if pager.requests == 1 and sent is not None and self.inclusive and not inclusive:
                 seen.retry = True  # the bound is inclusive: floor + 1 s lists less again
                 return
+        if pager.capped is not None:
+            if self.limits.capped:
+                seen.broken = (f"the server served {pager.capped} items where "
+                               f"{pager.page_size} were asked, again: pages are unreliable")
+                return
+            self.limits.page_size, self.limits.capped = pager.capped, True
+            part.note = (f"the server serves at most {pager.capped} items a page: listed again "
+                         "at that size")
+            async for batch in self._walk(query, part, seen, floor, hi, overlap):
+                yield batch
+            return
         part.truncated = pager.truncated
 
     async def _item_types(self) -> tuple[int, ...]:
-        """The item type ids GET /item_types lists, asked once per run; the documented codes
-        when it fails or lists none (a split by them is then only as complete as they are)."""
+        """The item type ids GET /item_types lists, asked once per run; () when it fails or
+        lists none (the documented codes then serve, and the split cannot be proven complete)."""
         if self.limits.item_types is not None:
             return self.limits.item_types
         url = self.api_url + "/item_types"
@@ -405,12 +452,14 @@ class Exhauster(Lister):
             part.note = f"unreadable ({problem[:200]}): the documented codes serve instead"
             log.warning("GET %s failed (%s): splitting by the %d documented item types",
                         url, problem[:200], len(ITEM_TYPES))
-        self.limits.item_types = tuple(codes) or ITEM_TYPES
+        self.limits.item_types = tuple(codes)
         return self.limits.item_types
 
     def _skip(self, item: Any, query: ListQuery) -> None:
-        """A listed entry with no usable id: counted, and the first few quoted."""
+        """A listed entry with no usable id: counted, the first few quoted, and the source
+        truncated (an item may hide behind it)."""
         self.skipped += 1
+        self.truncated = True
         if len(self.skipped_sample) < SKIPPED_SAMPLE:
             shown = item.get(query.id_key) if isinstance(item, Mapping) else item
             self.skipped_sample.append(f"{query.id_key}={str(shown)[:60]}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ DOI_LOOKUPS_AT_ONCE = 16  # DOI -> id lookups in flight (the client's limits sti
 SAMPLE = 1_000  # unresolved lines, or ids only one side listed, quoted (the counts are exact)
 # the GET /articles filters a DOI line is looked up by, in order (doi_match: any); NOTES §4.1
 DOI_FIELDS = ("doi", "resource_doi", "handle")
+DOI_PAGE_SIZE = 10  # hits of one DOI asked a page: most name one item
+DOI_MAX_PAGES = 100  # pages of one DOI's hits followed at most (items sharing a resource_doi)
 COUNTS = ("listed", "distinct", "requests", "truncated")
 # manifest key -> SourceReport attribute, written only when it holds something
 OPTIONAL = {"unresolved": "unresolved_count", "unresolved_lines": "unresolved",
@@ -93,8 +96,8 @@ class SourceReport:
             room = SKIPPED_SAMPLE - len(self.skipped_sample)
             self.skipped_sample.extend(walker.skipped_sample[:room])
             log.warning("source %s: %d listed entries without a valid article id skipped "
-                        "(e.g. %s); see the manifest's sources", self.name, walker.skipped,
-                        ", ".join(walker.skipped_sample[:3]))
+                        "(e.g. %s), so it is truncated; see the manifest's sources", self.name,
+                        walker.skipped, ", ".join(walker.skipped_sample[:3]))
 
 
 async def enumerate_source(
@@ -253,9 +256,10 @@ async def _ids_file(client: Client, api_url: str, source: Source, report: Source
     for start in range(0, len(dois), DOI_LOOKUPS_AT_ONCE):
         chunk = dois[start : start + DOI_LOOKUPS_AT_ONCE]
         found = await asyncio.gather(*(_resolve(client, api_url, d, fields) for d in chunk))
-        report.requests += sum(asked for _, asked in found)
+        report.requests += sum(asked for _, asked, _ in found)
+        report.truncated = report.truncated or not all(whole for _, _, whole in found)
         batch: list[int] = []
-        for doi, (hits, _) in zip(chunk, found, strict=True):
+        for doi, (hits, _, _) in zip(chunk, found, strict=True):
             if not hits:
                 report.unresolved_count += 1
                 if len(report.unresolved) < SAMPLE:
@@ -269,15 +273,42 @@ async def _ids_file(client: Client, api_url: str, source: Source, report: Source
     if report.unresolved_count:
         log.warning("%s: %d DOIs resolve to no public article (listed in the manifest)",
                     path, report.unresolved_count)
+    if report.truncated:
+        log.warning("%s: the server listed items without the DOI asked for (or over %d pages "
+                    "of one), so some DOIs may have more items than were found", path,
+                    DOI_MAX_PAGES)
 
 
 async def _resolve(client: Client, api_url: str, doi: str,
-                   fields: tuple[str, ...]) -> tuple[list[int], int]:
-    """The ids the first field in `fields` that knows `doi` gives, and the requests it took."""
-    for n, name in enumerate(fields, 1):
-        reply = await client.get(api_url + "/articles", params={name: doi, "page_size": 10})
-        items = reply.data if isinstance(reply.data, list) else []
-        hits = [i["id"] for i in items if isinstance(i, Mapping) and valid_id(i.get("id"))]
+                   fields: tuple[str, ...]) -> tuple[list[int], int, bool]:
+    """The ids the first field in `fields` that knows `doi` gives, the requests it took, and
+    whether the lookup could list them all: a hit must carry the DOI, and a server listing one
+    that does not ignores the filter, so the DOI's other items cannot be found there."""
+    asked, whole = 0, True
+    for name in fields:
+        hits: list[int] = []
+        for page in range(1, DOI_MAX_PAGES + 1):
+            reply = await client.get(api_url + "/articles",
+                                     params={name: doi, "page": page, "page_size": DOI_PAGE_SIZE})
+            asked += 1
+            items = reply.data if isinstance(reply.data, list) else []
+            matched = [i["id"] for i in items if isinstance(i, Mapping)
+                       and valid_id(i.get("id")) and _same_doi(i.get(name), doi)]
+            hits.extend(matched)
+            whole = whole and len(matched) == len(items)
+            if len(items) < DOI_PAGE_SIZE or not whole:
+                break
+        else:
+            whole = False  # more pages than DOI_MAX_PAGES: the rest unlisted
         if hits:
-            return hits, n
-    return [], len(fields)
+            break
+    return hits, asked, whole
+
+
+_VERSION = re.compile(r"\.v[0-9]+$")
+
+
+def _same_doi(listed: Any, doi: str) -> bool:
+    """DOIs match case-insensitively, either one with or without a version suffix (.vN)."""
+    return isinstance(listed, str) and (_VERSION.sub("", listed.strip().lower())
+                                        == _VERSION.sub("", doi.strip().lower()))

@@ -26,6 +26,21 @@ def test_short_page_ends_the_query() -> None:
     assert p.request() is None
 
 
+def test_a_short_page_is_the_end_only_when_no_cap_can_explain_it() -> None:
+    """Asked 30, served 25: a silent page_size cap or the end. The next page decides, unless
+    the endpoint once served more than this in one page (no cap is that low)."""
+    ended = Pager(page_size=30)
+    assert [r[0]["page"] for r in drive(ended, [25, 0], [None, None])] == [1, 2]
+    assert ended.done and not ended.truncated and ended.capped is None
+    capped = Pager(page_size=30)
+    drive(capped, [25, 15], [None, None])
+    assert capped.done and capped.capped == 25 and capped.requests == 2
+    for most, count, requests in [(30, 25, 1), (26, 25, 1), (25, 25, 2), (0, 25, 2)]:
+        p = Pager(page_size=30, most=most)
+        drive(p, [count, 0], [None, None])
+        assert p.requests == requests and p.done and p.capped is None
+
+
 def test_window_then_cursor() -> None:
     p = Pager()
     reqs = drive(p, [1000] * 11 + [5], [f"c{i}" for i in range(12)])

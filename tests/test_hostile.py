@@ -48,6 +48,7 @@ class Repo:
         self.gone: set[int] = set()
         self.files = 0  # files in every record (10 or more: /files is paged)
         self.max_page_size = 1_000
+        self.cap = 0  # page_size silently served at most this (0: as asked)
         self.extra: dict[int, dict[str, Any]] = {}  # keys served over a record's own
         self.hits: Counter[str] = Counter()
 
@@ -63,6 +64,7 @@ class Repo:
         if size > self.max_page_size:
             return web.json_response({"message": f"page_size must be <= {self.max_page_size}"},
                                      status=400)
+        size = min(size, self.cap or size)
         chunk = self.listed[(page - 1) * size: page * size]
         return web.json_response([{"id": i, "published_date": published(n)}
                                   for n, i in enumerate(chunk, (page - 1) * size)])
@@ -397,6 +399,20 @@ def test_bad_ids_in_a_list_page_are_skipped_and_reported(
     sample = source["skipped_sample"]  # 2^70 is quoted as the client read it
     assert len(sample) == 4 and sample[:2] == ["id=abc", "id=-1"] and sample[3] == "id=None"
     assert "4 listed entries without a valid article id skipped" in capsys.readouterr().err
+
+
+def test_a_silent_page_size_cap_is_never_taken_for_the_end(tmp_path: Path) -> None:
+    repo = Repo(40)
+    repo.cap = 25  # asked 30 a page, served 25
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, [{"kind": "articles"}], http={"page_size": 30},
+                     stats={"counters": []})
+        assert cli.main(["run", path]) == cli.OK
+    assert snapshot_ids(tmp_path) == repo.ids
+    source = manifest(tmp_path)["sources"][0]
+    assert source["distinct"] == 40 and not source["truncated"]
+    assert "serves at most 25 items a page" in source["partitions"][0]["note"]
+    assert repo.hits["list"] == 4  # 25 and the 15 after them show the cap; then 25 and 15
 
 
 def test_page_size_follows_the_config(tmp_path: Path) -> None:

@@ -248,3 +248,50 @@ async def test_a_list_that_never_ends_is_truncated_not_followed_forever(fresh_to
     expected = MAX_IDLE_PAGES + 1 if fresh_tokens else 2
     assert lister.requests == expected == next(calls) - 1
     assert "never end" in lister.partitions[-1].note
+
+
+def oai_page(ids: range, token: str | None, size: int = 40, bogus: int = 0) -> str:
+    """A ListIdentifiers page: id n stamped minute n (id `bogus` stamped 2030)."""
+    stamps = {i: "2030-01-01T00:00:00Z" if i == bogus else f"2021-01-01T00:{i:02d}:00Z"
+              for i in ids}
+    heads = "".join(f"<header><identifier>oai:figshare.com:article/{i}</identifier>"
+                    f"<datestamp>{stamps[i]}</datestamp></header>" for i in ids)
+    tok = "" if token is None else (f'<resumptionToken completeListSize="{size}" cursor="0">'
+                                    f"{token}</resumptionToken>")
+    return ('<?xml version="1.0"?><OAI-PMH xmlns="http://www.openarchives.org/OAI/2.0/">'
+            f"<ListIdentifiers>{heads}{tok}</ListIdentifiers></OAI-PMH>")
+
+
+def oai_error(code: str) -> str:
+    return ('<?xml version="1.0"?><OAI-PMH xmlns="http://www.openarchives.org/OAI/2.0/">'
+            f'<error code="{code}">x</error></OAI-PMH>')
+
+
+@pytest.mark.parametrize(("cut", "note"), [
+    ("no-records-for-a-token", "answered a resumption token with noRecordsMatch"),
+    ("ends-before-its-size", "ended after 30 of the 40 headers its completeListSize announced"),
+    ("restart-from-a-bogus-datestamp", "datestamps are not in order"),
+])
+async def test_a_list_the_server_cuts_short_is_truncated_never_complete(cut: str,
+                                                                         note: str) -> None:
+    """Ids 1..40 in four pages; the server loses the last ten (or twenty) in three ways."""
+    pages = {"first": oai_page(range(1, 11), "t1"), "t1": oai_page(range(11, 21), "t2"),
+             "t2": oai_page(range(21, 31), "t3"), "t3": oai_page(range(31, 41), "")}
+    if cut == "no-records-for-a-token":  # only a first request may answer noRecordsMatch
+        pages["t2"] = oai_error("noRecordsMatch")
+    if cut == "ends-before-its-size":  # an empty token while completeListSize says 40
+        pages["t2"] = oai_page(range(21, 31), "")
+    if cut == "restart-from-a-bogus-datestamp":  # id 30 stamped 2030; then the token expires
+        pages["t2"] = oai_page(range(21, 31), "t3", bogus=30)
+        pages["t3"] = oai_error("badResumptionToken")
+        pages["from"] = oai_error("noRecordsMatch")  # nothing from 2030 on
+
+    async def handler(request: web.Request) -> web.Response:
+        q = request.query
+        key = q.get("resumptionToken") or ("from" if "from" in q else "first")
+        return web.Response(body=pages[key].encode(), content_type="text/xml")
+
+    got, lister = await listed_from(handler)
+    assert lister.truncated and set(got) < set(range(1, 41))
+    assert note in lister.partitions[-1].note
+    assert lister.requests < 40  # given up, not followed forever

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import random
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from harvester import config
+from harvester import config, figshare
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.config import Source
 from harvester.errors import AuthError, ConfigError, NotFound
@@ -24,7 +25,7 @@ from harvester.partition import Exhauster, IdSet, Limits, parse_stamp
 from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
 from harvester.simulator.vocab import ITEM_TYPES
-from harvester.sources import SourceReport, enumerate_source
+from harvester.sources import DOI_FIELDS, SourceReport, enumerate_source
 
 BASE = int(dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp())
 DAY = 86_400
@@ -42,6 +43,10 @@ class ListServer:
     window: int = 9_000
     refuse: int = 400  # status past the window: 400 "Max page reached" or 422
     duplicates: int = 0  # every n-th item of a page is served twice
+    cap: int = 0  # page_size silently served at most this (0: as asked)
+    reverse: bool = False  # `order_direction` ignored: newest first
+    shown: dict[int, str] = field(default_factory=dict)  # id -> published_date listed instead
+    item_types: tuple[int, ...] = figshare.ITEM_TYPES  # what GET /item_types lists
     requests: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -72,6 +77,7 @@ class ListServer:
         self.requests.append(q)
         assert q.get("order") == "published_date" and q.get("order_direction") == "asc"
         page, size = int(q.get("page", 1)), int(q.get("page_size", 10))
+        size = min(size, self.cap or size)
         if page * size > self.window:
             body = ({"message": "Max page reached. Please narrow down your search"}
                     if self.refuse == 400
@@ -81,8 +87,14 @@ class ListServer:
         if self.duplicates:  # like Figshare's search: some records come twice in a row
             served = [x for n, i in enumerate(served, 1)
                       for x in ([i, i] if n % self.duplicates == 0 else [i])]
-        chunk = served[(page - 1) * size : page * size]
+        served = served[::-1] if self.reverse else served
+        chunk = [{**i, "published_date": self.shown.get(i["id"], i["published_date"])}
+                 for i in served[(page - 1) * size : page * size]]
         return web.Response(body=orjson.dumps(chunk), content_type="application/json")
+
+    async def handle_item_types(self, request: web.Request) -> web.Response:
+        """GET /item_types: the item types the service has (`item_types`; default documented)."""
+        return web.json_response([{"id": t} for t in self.item_types])
 
     async def handle_project(self, request: web.Request) -> web.Response:
         """GET /projects/{id}/articles: paging only, no order, no filters (SPEC26)."""
@@ -121,6 +133,7 @@ async def serve() -> AsyncIterator[Any]:
         app.router.add_get("/v2/articles", server.handle)
         app.router.add_post("/v2/articles/search", server.handle)
         app.router.add_get("/v2/projects/7/articles", server.handle_project)
+        app.router.add_get("/v2/item_types", server.handle_item_types)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -198,6 +211,23 @@ async def test_more_than_a_window_in_one_second_is_split_by_item_type(
     assert all(not p.truncated for p in walker.partitions)
 
 
+@pytest.mark.parametrize(("types", "why"), [
+    ((), "GET /item_types could not be read"),  # answered no type: the documented codes serve
+    ((1, 3, 9), "the window held items outside its 3 values"),  # type 6 is in the window
+])
+async def test_a_split_by_item_types_not_confirmed_is_truncated(
+    serve: Any, types: tuple[int, ...], why: str
+) -> None:
+    """No count says what the pieces of a busy second add up to: types never asked for
+    would be lost silently, so a list that cannot be confirmed makes the source truncated."""
+    items = corpus(BUSY_SECOND)
+    server = ListServer(items, item_types=types)
+    got, walker = await exhaust(await serve(server), GET_ALL)
+    assert walker.truncated
+    assert any(why in p.note and p.truncated for p in walker.partitions)
+    assert set(got) == {i["id"] for i in items}  # the values seen were split by all the same
+
+
 @pytest.mark.parametrize("semantics", ["day", "day-exclusive"])
 async def test_a_day_over_the_window_on_a_server_that_reads_dates_only(
     serve: Any, semantics: str
@@ -230,6 +260,30 @@ async def test_a_server_that_ignores_the_bound_is_reported_truncated(serve: Any)
     assert walker.truncated  # loudly incomplete, not silently short
     assert len(walker.seen) < len(items)
     assert "does not honour the date bound" in walker.partitions[-1].note
+
+
+async def test_a_silent_page_size_cap_is_learned_not_taken_for_the_end(serve: Any) -> None:
+    items = corpus([(2_500, BASE, 100 * DAY, 0)])
+    server = ListServer(items, cap=100)  # asked 1,000 a page, serves 100 (Figshare in 2017)
+    got, walker = await exhaust(await serve(server), GET_ALL)
+    assert sorted(set(got)) == [i["id"] for i in items] and not walker.truncated
+    assert walker.limits.page_size == 100
+    assert "serves at most 100 items a page" in walker.partitions[0].note
+    # the short page and the one after it that shows the cap; then 25 full pages and the end
+    assert len(server.requests) == 2 + 26
+
+
+@pytest.mark.parametrize("disorder", ["order-ignored", "one-date-out-of-place"])
+async def test_dates_out_of_order_stop_the_moving_bound_as_truncated(
+    serve: Any, disorder: str
+) -> None:
+    items = corpus([(3_000, BASE, 100 * DAY, 0)])
+    server = ListServer(items, window=1_000, reverse=disorder == "order-ignored")
+    if disorder == "one-date-out-of-place":  # listed at its place with a later item's date
+        server.shown[items[500]["id"]] = items[1_500]["published_date"]
+    got, walker = await exhaust(await serve(server), GET_ALL)
+    assert walker.truncated and len(set(got)) < len(items)  # never a jump past unlisted items
+    assert "does not list in published_date order" in walker.partitions[-1].note
 
 
 async def test_a_project_over_the_window_falls_back_to_a_partitioned_search(serve: Any) -> None:
@@ -284,7 +338,8 @@ async def test_author_by_name_and_by_orcid(sim: Simulator) -> None:
     got, _ = await run_source(sim, "author", orcid=author["orcid_id"])
     assert sorted(set(got)) == ids_of(sim, c.match_orcid(author["orcid_id"])) and got
     search = [e for e in sim.log.entries if e.route == "/v2/articles/search"]
-    assert len(search) == 2 and report.partitions[0].query.startswith("POST /articles/search")
+    # each: one short page, and the empty page after it that proves it the end (not a cap)
+    assert len(search) == 4 and report.partitions[0].query.startswith("POST /articles/search")
     assert f'search_for=:author: "{author["full_name"]}"' in report.partitions[0].query
 
 
@@ -339,13 +394,16 @@ async def test_item_types_are_asked_once_per_run_and_fall_back_when_refused() ->
         asked = [e for e in small.log.entries if e.route == "/v2/item_types"]
         assert len(asked) == 1 and asked[0].status == 200 and asked[0].authorization
         assert limits.item_types == tuple(sorted(ITEM_TYPES))
-        # refused (no token): the documented codes serve, the run goes on, the manifest says so
+        # refused (no token): the documented codes serve and the run goes on, but a split by
+        # a list not confirmed cannot be proven complete: the source is truncated and says why
         small.log.clear()
         got, report = await run_source(small, "articles", limits=Limits(page_size=50))
-        assert set(got) == set(c.ids) and not report.truncated
+        assert set(got) == set(c.ids) and report.truncated
         assert small.log.count("api", "/v2/item_types") == 1
         (part,) = [p for p in report.partitions if p.query == "GET /item_types"]
         assert "401" in part.note and "documented codes serve instead" in part.note
+        assert any("GET /item_types could not be read" in p.note and p.truncated
+                   for p in report.partitions)
 
 
 async def test_institution_articles_for_an_admin_include_drafts(sim: Simulator) -> None:
@@ -395,7 +453,8 @@ async def test_collections_and_projects_yield_their_record_and_articles(
     (side,) = report.side
     assert side.kind == kind and side.key == key
     assert side.body["record"]["id"] == key and sorted(side.body["articles"]) == sorted(members)
-    assert report.requests == 2  # the record and one page of articles
+    # the record, one page of articles, and the empty page that proves it the end
+    assert report.requests == 3
 
 
 @pytest.mark.parametrize("by", ["institution", "group"])
@@ -456,6 +515,50 @@ async def test_ids_file_dois_resolve_as_a_supplemented_paper_with_doi_match_any(
     # doi first; resource_doi when doi knows nothing; handle last
     assert len(asked) == report.requests == 1 + 2 + 3
     assert sum("resource_doi=" in q for q in asked) == 2 and sum("handle=" in q for q in asked) == 1
+
+
+@pytest.mark.parametrize("server", ["ignores-the-filter", "pages-the-hits"])
+async def test_ids_file_dois_take_only_hits_that_carry_them_and_every_page(
+        server: str, tmp_path: Path) -> None:
+    """40 items; 5..19 supplement one paper. A server ignoring `doi` resolves nothing (each
+    hit is checked); 15 items sharing a resource_doi take two pages of 10, all read."""
+    paper = "10.1371/journal.pone.1"
+    items = [{"id": i, "doi": f"10.6084/m9.figshare.{i}.v1", "handle": "",
+              "resource_doi": paper if 5 <= i <= 19 else ""} for i in range(1, 41)]
+
+    def bare(doi: str) -> str:
+        return re.sub(r"\.v[0-9]+$", "", doi.lower())
+
+    async def handle(request: web.Request) -> web.Response:
+        q = request.query
+        chosen = items if server == "ignores-the-filter" else [
+            i for i in items if all(bare(i[k]) == bare(q[k]) for k in DOI_FIELDS if k in q)]
+        page, size = int(q.get("page", 1)), int(q.get("page_size", 10))
+        return web.json_response(chosen[(page - 1) * size: page * size])
+
+    app = web.Application()
+    app.router.add_get("/v2/articles", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    path = tmp_path / "ids.txt"
+    path.write_text(f"10.6084/m9.figshare.999\n{paper}\n10.6084/M9.FIGSHARE.7\n")
+    report = SourceReport("f", "ids_file")
+    try:
+        async with fast_client() as client:
+            source = Source("ids_file", "f", {"path": str(path), "doi_match": "any"})
+            got = [i async for b in enumerate_source(
+                client, f"http://127.0.0.1:{runner.addresses[0][1]}/v2", source, report)
+                for i in b]
+    finally:
+        await runner.cleanup()
+    assert report.unresolved == ["10.6084/m9.figshare.999"]  # never "resolved" to others
+    if server == "ignores-the-filter":  # hits that carry the DOI, found by chance: not all
+        assert sorted(set(got)) == [5, 6, 7, 8, 9, 10] and report.truncated
+    else:  # the paper's 15 supplements in two pages (and item 7 by its unversioned DOI)
+        assert sorted(set(got)) == list(range(5, 20)) and not report.truncated
+        # 999 by each field; the paper by doi, then two pages by resource_doi; 7 by doi
+        assert report.requests == 3 + 3 + 1
 
 
 async def test_oai_source_by_set_and_dates(sim: Simulator) -> None:
