@@ -453,3 +453,13 @@ async def test_institution_admin(api: Api) -> None:
     )
     assert detail["item"]["id"] == reviews[0]["article_id"] and detail["request_number"] >= 1
     assert (await api.call("GET", "/v2/account/institution/review/1", headers=ADMIN))[0] == 404
+
+
+async def test_item_types_without_a_token_are_figshares_with_a_bad_one_refused(api: Api) -> None:
+    """The spec declares OAuth2 but says an anonymous caller gets Figshare's own item types."""
+    anonymous = await api.ok("GET", "/v2/item_types")
+    assert anonymous == await api.ok("GET", "/v2/item_types", headers=USER)
+    assert {t["id"] for t in anonymous} >= {3, 9}  # dataset, software
+    status, _, _ = await api.call("GET", "/v2/item_types",
+                                  headers={"Authorization": "token nobody"})
+    assert status == 401

@@ -394,10 +394,14 @@ async def test_item_types_are_asked_once_per_run_and_fall_back_when_refused() ->
         asked = [e for e in small.log.entries if e.route == "/v2/item_types"]
         assert len(asked) == 1 and asked[0].status == 200 and asked[0].authorization
         assert limits.item_types == tuple(sorted(ITEM_TYPES))
-        # refused (no token): the documented codes serve and the run goes on, but a split by
-        # a list not confirmed cannot be proven complete: the source is truncated and says why
+        # refused (a token the service does not know): the documented codes serve and the run
+        # goes on, but a split by a list not confirmed cannot be proven complete: the source
+        # is truncated and says why
         small.log.clear()
-        got, report = await run_source(small, "articles", limits=Limits(page_size=50))
+        report = SourceReport("articles", "articles")
+        async with fast_client(**{api + "/item_types": "token wrong-token"}) as client:
+            got = [i async for b in enumerate_source(client, api, Source("articles", "s", {}),
+                                                     report, Limits(page_size=50)) for i in b]
         assert set(got) == set(c.ids) and report.truncated
         assert small.log.count("api", "/v2/item_types") == 1
         (part,) = [p for p in report.partitions if p.query == "GET /item_types"]
