@@ -71,8 +71,12 @@ def parse_until(text: str, now: dt.datetime | None = None) -> float:
     zone: dt.tzinfo | None = None  # None: the machine's local time
     if zone_text.upper() in ("Z", "UTC"):
         zone = dt.UTC
-    elif re.fullmatch(r"[+-]\d{2}:?\d{2}", zone_text):
-        zone = dt.datetime.strptime(zone_text, "%z").tzinfo
+    elif offset := re.fullmatch(r"([+-])(\d{2}):?(\d{2})", zone_text):
+        hours, minutes = int(offset[2]), int(offset[3])
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"{text!r}: {zone_text!r} is not a UTC offset (-23:59 to +23:59)")
+        sign = -1 if offset[1] == "-" else 1
+        zone = dt.timezone(sign * dt.timedelta(hours=hours, minutes=minutes))
     elif zone_text:
         try:
             zone = zoneinfo.ZoneInfo(zone_text)

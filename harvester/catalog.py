@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,10 @@ def open_state(path: Path, schema: str, what: str, then: str) -> sqlite3.Connect
             db.executescript(f"BEGIN; {schema} PRAGMA user_version={STATE_VERSION}; COMMIT;")
         elif db.execute("PRAGMA user_version").fetchone()[0] != STATE_VERSION:
             raise sqlite3.DatabaseError("written by another version of the harvester")
+        # the other state file (one copied over this one) has the version but not the tables
+        tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if missing := sorted(set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema)) - tables):
+            raise sqlite3.DatabaseError(f"not a {what}: no table {', '.join(missing)}")
         return db
     except (OSError, sqlite3.Error) as exc:
         if db is not None:
@@ -154,8 +159,11 @@ def last_complete_full(root: Path | str, name: str) -> dict[str, Any] | None:
             manifest = parse_manifest(store.read_bytes(name, folder, MANIFEST), where)
         except (HarvesterError, OSError):
             continue  # unreadable: not a snapshot to compare with
+        ids = manifest.get("ids")  # of another shape: not a snapshot to compare with either
+        fetched = ids.get("fetched") if isinstance(ids, dict) else None
         if manifest.get("kind") == "full" and manifest.get("status") == "complete" and \
-                isinstance(manifest.get("ids", {}).get("fetched"), int):
+                type(fetched) is int and fetched >= 0 and \
+                isinstance(manifest.get("config", {}), dict):
             return manifest
     return None
 

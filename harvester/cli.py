@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from harvester import __version__, config, console
-from harvester.errors import Abort, ConfigError, HarvesterError, LockedError
+from harvester.errors import Abort, ConfigError, HarvesterError, LockedError, OutputError
 
 log = logging.getLogger("harvester")
 
@@ -43,10 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
     logs.add_argument("--quiet", action="store_true", help="warnings and errors only")
     budget = _ArgumentParser(add_help=False)
-    budget.add_argument("--budget", metavar="DURATION", help="stop fetching after this long (8h, "
-                        "90m) and publish; the stalest stats wait (overrides incremental.budget)")
-    budget.add_argument("--until", metavar="HH:MM", help="stop fetching in time to publish by "
-                        "then: local time, or with a zone (06:00 Europe/Berlin, 06:00+02:00)")
+    budget.add_argument("--budget", metavar="DURATION", type=_nonempty, help="stop fetching "
+                        "after this long (8h, 90m) and publish; the stalest stats wait "
+                        "(overrides incremental.budget)")
+    budget.add_argument("--until", metavar="HH:MM", type=_nonempty, help="stop fetching in "
+                        "time to publish by then: local time, or with a zone (06:00 "
+                        "Europe/Berlin, 06:00+02:00)")
     configured = _ArgumentParser(add_help=False, parents=[logs])
     configured.add_argument("config", help="path to the harvest's YAML config")
     configured.add_argument("--api-url", type=_nonempty,
@@ -296,9 +298,9 @@ def _load(args: argparse.Namespace) -> config.Config:
 
 async def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    budget = _budget(args, cfg)
     _check_output_dir(cfg, args.output)
-    return await run_harvest(cfg, full=args.full, accept_drop=args.accept_drop,
-                             budget=_budget(args, cfg))
+    return await run_harvest(cfg, full=args.full, accept_drop=args.accept_drop, budget=budget)
 
 
 async def run_harvest(cfg: config.Config, *, full: bool = False,
@@ -416,7 +418,7 @@ async def _cmd_doctor(args: argparse.Namespace) -> int:
     cfg = _load(args)
     said = (lambda line: log.info("%s", line)) if args.json else print
     report = await run_doctor(cfg, said=said)
-    code = PARTIAL if report.failed else OK
+    code = ABORTED if report.unsaved else PARTIAL if report.failed else OK
     _REPORT["doctor"] = report.as_dict()
     if args.json:
         print(orjson.dumps({"harvest": cfg.name, **report.as_dict(), "exit_code": code},
@@ -424,6 +426,8 @@ async def _cmd_doctor(args: argparse.Namespace) -> int:
     else:
         print("\n".join(report.lines()))
         print(report.summary())
+    if report.unsaved:
+        raise OutputError(report.unsaved)
     return code
 
 
@@ -437,6 +441,8 @@ async def _quick_doctor(cfg: config.Config) -> None:
         (log.warning if line.startswith("differs") else log.info)("doctor %s", line)
     (log.warning if report.failed else log.info)("%s", report.summary())
     _REPORT["doctor"] = report.as_dict()
+    if report.unsaved:  # the run could not record itself either: stop before it fetches
+        raise OutputError(report.unsaved)
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import os
 import re
+import stat
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass, replace
@@ -54,6 +55,13 @@ def check_output_dir(value: str) -> str:
             raise ValueError(f"{value!r} is not s3://bucket[/prefix]")
     elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
         raise ValueError(f"{value!r}: only a local directory or an s3://bucket/prefix URL")
+    elif typo := re.match(r"([A-Za-z][A-Za-z0-9+.-]+):/(?!/)", value):
+        raise ValueError(f"{value!r} looks like a URL with one slash: did you mean "
+                         f"{typo[1]}://{value[typo.end():]} (or ./{value} for a folder)?")
+    if inside := [p for p in os.path.normpath(value).split("/") if p.startswith("snapshot=")
+                  or p in (".state", ".staging", ".harvester-state")]:
+        raise ValueError(f"{value!r} is inside a harvest's {inside[0]} folder, which runs "
+                         "replace or delete: choose a folder of its own")
     return value
 
 
@@ -94,6 +102,7 @@ def _day(value: str) -> str:
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+MAX_DURATION = 366 * 86400
 
 
 def parse_duration(text: str) -> float:
@@ -105,6 +114,8 @@ def parse_duration(text: str) -> float:
     seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise ValueError(f"{text!r} is not a duration longer than 0")
+    if seconds > MAX_DURATION:  # a typo, not a budget: it would overflow the manifest
+        raise ValueError(f"{text!r} is longer than {MAX_DURATION // 86400} days")
     return seconds
 
 
@@ -433,14 +444,31 @@ def _check_source(ctx: Reader, kind: str, params: dict[str, Any]) -> None:
 
 
 _DOI = re.compile(r"10\.\d{4,9}/\S+")
+MAX_CONFIG_BYTES = 1 << 20
+MAX_IDS_FILE_BYTES = 256 << 20  # millions of ids or DOIs
+
+
+def read_text(path: Path, cap: int, what: str) -> str:
+    """A regular file's UTF-8 text of at most `cap` bytes: a device, a pipe or a huge file
+    named by mistake is refused, never read whole."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: cannot read {what}: not a regular file")
+        with path.open("rb") as f:  # /proc's files say size 0: what is read is capped too
+            data = f.read(cap + 1) if info.st_size <= cap else b""
+        if info.st_size > cap or len(data) > cap:
+            raise ConfigError(f"{path}: cannot read {what}: larger than {cap >> 20} MiB")
+        return data.decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
 
 
 def read_ids_file(path: Path) -> tuple[list[int], list[str]]:
     """An ids_file's article ids and DOIs, one a line ('#' comments); errors name file:line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the ids file: {exc}") from None
+    text = read_text(path, MAX_IDS_FILE_BYTES, "ids file")
     ids: list[int] = []
     dois: list[str] = []
     for n, raw in enumerate(text.splitlines(), 1):
@@ -532,14 +560,8 @@ def public_view(value: Any) -> Any:
 
 def load(path: str | Path, env: Mapping[str, str] | None = None, **overrides: str | None) -> Config:
     """Read and validate a YAML config file. `overrides`: api_url, stats_url, output_dir."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read config: {exc}") from None
-    return parse(text, str(p), env, **overrides)
+    text = read_text(Path(path), MAX_CONFIG_BYTES, "config file")
+    return parse(text, str(path), env, **overrides)
 
 
 def parse(text: str, where: str = "<config>", env: Mapping[str, str] | None = None, *,

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from harvester import figshare
 from harvester.catalog import Catalog
 from harvester.client import Client, RetryPolicy
 from harvester.config import Config
-from harvester.errors import Blocked, NotFound, RequestError, Unreachable
+from harvester.errors import Blocked, NotFound, OutputError, RequestError, Unreachable
 from harvester.fetch import is_missing_entity
 from harvester.figshare import WINDOW, ListQuery, article_path, list_query
 from harvester.oaipmh import NS, portal_set
@@ -61,6 +62,7 @@ class Report:
     requests: int = 0
     findings: list[Finding] = field(default_factory=list)
     learned: dict[str, int] = field(default_factory=dict)  # endpoint -> page window stored
+    unsaved: str = ""  # why `learned` could not be stored (said after the findings)
 
     @property
     def differs(self) -> list[Finding]:
@@ -88,7 +90,8 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "requests": self.requests,
                 "findings": [f.as_dict() for f in self.findings], "learned": self.learned,
-                "differs": len(self.differs), "unknown": self.unknown}
+                "differs": len(self.differs), "unknown": self.unknown,
+                **({"unsaved": self.unsaved} if self.unsaved else {})}
 
     def lines(self) -> list[str]:
         out = []
@@ -532,9 +535,14 @@ async def run_doctor(cfg: Config, *, quick: bool = False,
              f"{cfg.api.url} at {rate.requests} per {rate.per:g} s "
              f"(about {budget * rate.per / rate.requests:.0f} s)")
         report = await doctor.run()
-    if report.learned:
-        with closing(Catalog(cfg.state_path() / "catalog.sqlite")) as catalog:
-            catalog.set_windows(report.learned, stamp_now())
+    path = cfg.state_path() / "catalog.sqlite"
+    try:
+        if report.learned:
+            with closing(Catalog(path)) as catalog:
+                catalog.set_windows(report.learned, stamp_now())
+    except (OutputError, sqlite3.Error) as exc:  # read-only, locked: the findings still count
+        report.unsaved = str(exc) if isinstance(exc, OutputError) else \
+            f"{path}: cannot store the page windows learned: {exc}"
     return report
 
 

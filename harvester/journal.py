@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -19,8 +21,10 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 import pyarrow as pa
 
+from harvester import periods
 from harvester.catalog import Catalog, Validators, open_state, transaction
 from harvester.errors import OutputError
+from harvester.store import ID_FORMAT
 
 T = TypeVar("T")
 
@@ -100,6 +104,21 @@ CREATE TABLE IF NOT EXISTS source_records (
     fetched_at TEXT NOT NULL, PRIMARY KEY (kind, key));
 """
 _EMPTY = pack(b"")  # the body of a row that carries only stats
+
+
+def _stamps(value: Any) -> bool:
+    return all(periods.stamp(periods.parse_stamp(v)) == v for v in value)
+
+
+_META: dict[str, Callable[[str], bool]] = {  # what a run keeps in meta, as it writes it
+    "snapshot_id": lambda v: datetime.strptime(v, ID_FORMAT).strftime(ID_FORMAT) == v,
+    "runs": lambda v: re.fullmatch(r"[1-9][0-9]{0,8}", v) is not None,
+    "kind": lambda v: v in ("full", "incremental"),
+    "started_at": lambda v: _stamps([v]),
+    "since": lambda v: _stamps(orjson.loads(v).values()),
+    "requests_earlier": lambda v: all(type(n) is int and n >= 0
+                                      for n in orjson.loads(v).values()),
+}
 
 
 @dataclass(frozen=True)
@@ -255,6 +274,20 @@ class Journal:
 
     def get_meta(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+
+    def check_meta(self, meta: dict[str, str]) -> None:
+        """An interrupted run's meta, damaged, stops the run in one line before it fetches:
+        never a crash after it, a snapshot id naming another folder, a wrong kind published."""
+        for key, good in _META.items():
+            value = meta.get(key, "{}" if key == "requests_earlier" else None)
+            try:
+                ok = value is not None and good(value)
+            except (ValueError, TypeError, AttributeError):
+                ok = False
+            if not ok:
+                raise OutputError(f"{self.path}: cannot resume the interrupted run: its {key} "
+                                  f"is {str(value)[:60]!r} (move {self.path.name}* aside and the "
+                                  "run starts over; published snapshots are not affected)")
 
     def set_meta(self, values: dict[str, str]) -> None:
         with transaction(self.db):

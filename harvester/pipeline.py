@@ -228,6 +228,11 @@ class Harvest:
             journal.open()
             meta = {}
         if meta:
+            try:
+                journal.check_meta(meta)
+            except OutputError:
+                journal.close()
+                raise
             meta["runs"] = str(int(meta["runs"]) + 1)
             retried = await journal.call(journal.retry_failed)
             log.info("resuming snapshot %s (run %s; %d failed ids get another try)",
@@ -475,9 +480,15 @@ class Harvest:
                 self._stop_write.set()  # journal.close() then waits for the thread to give up
                 raise
         published = read_manifest(path)
-        await journal.call(journal.update_catalog, self.catalog_path, meta["snapshot_id"],
-                           kind == "full")
-        self._remember(meta, published, advance=not failed and not truncated)
+        try:  # a full disk, a lock held by another process: the journal is kept
+            await journal.call(journal.update_catalog, self.catalog_path, meta["snapshot_id"],
+                               kind == "full")
+            self._remember(meta, published, advance=not failed and not truncated)
+        except (OutputError, sqlite3.OperationalError) as exc:
+            what = exc if isinstance(exc, OutputError) else \
+                f"{self.catalog_path}: cannot record the run: {exc}"
+            raise OutputError(f"{what} (snapshot {meta['snapshot_id']} is published; the next "
+                              "run finishes recording it)") from None
         self._prune()
         return RunResult(path, published, failed, truncated)
 
@@ -513,14 +524,9 @@ class Harvest:
         marks = {s.name: (bud.source_fp(s), meta["started_at"])
                  for s in self.cfg.sources if s.kind in INCREMENTAL_KINDS}
         with contextlib.closing(Catalog(self.catalog_path)) as catalog:
-            try:
-                catalog.record_run(meta["snapshot_id"], manifest["kind"], manifest["status"],
-                                   meta["started_at"], manifest["finished_at"],
-                                   marks if advance else None)
-            except sqlite3.OperationalError as exc:  # a full disk: the journal is kept
-                raise OutputError(f"{self.catalog_path}: cannot record the run: {exc} "
-                                  f"(snapshot {meta['snapshot_id']} is published; the next run "
-                                  "finishes recording it)") from None
+            catalog.record_run(meta["snapshot_id"], manifest["kind"], manifest["status"],
+                               meta["started_at"], manifest["finished_at"],
+                               marks if advance else None)
 
     def _prune(self) -> None:
         """Keep the newest `output.keep` complete snapshots; never the one LATEST names."""

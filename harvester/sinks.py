@@ -20,6 +20,7 @@ from typing import IO, Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from harvester.config import FORMATS
@@ -69,6 +70,12 @@ def _open(path: Path) -> IO[bytes]:
         raise fail("create", path, e) from e
 
 
+def _local(path: Path) -> dict[str, Any]:
+    """Arrow's arguments for a local file: it reads a relative 'nightly:2026/...' or 's3:/x'
+    as a URI, so the path is made absolute and the filesystem given."""
+    return {"where": str(path.absolute()), "filesystem": pafs.LocalFileSystem()}
+
+
 def _describe(path: Path) -> dict[str, Any]:
     """rows, sha256 and bytes of one finished file; fsynced on the way."""
     digest, size, lines = hashlib.sha256(), 0, 0
@@ -79,7 +86,7 @@ def _describe(path: Path) -> dict[str, Any]:
                 size += len(chunk)
                 lines += chunk.count(b"\n")
             os.fsync(f.fileno())
-        rows = pq.read_metadata(path).num_rows if path.suffix == ".parquet" else lines
+        rows = pq.read_metadata(**_local(path)).num_rows if path.suffix == ".parquet" else lines
     except OSError as e:
         raise fail("read back", path, e) from e
     return {"rows": rows, "sha256": digest.hexdigest(), "bytes": size}
@@ -346,7 +353,7 @@ class SnapshotWriter:
         schema = SCHEMAS[table]
         try:
             self._parquet[table] = pq.ParquetWriter(
-                path, schema, compression="zstd",
+                **_local(path), schema=schema, compression="zstd",
                 # min/max of long text prunes nothing and doubles every row group's footer
                 # entry (held in memory until the file closes)
                 write_statistics=[n for n in schema.names if n not in NO_STATISTICS])

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import pty
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import yaml
 from aiohttp import web
 
 from harvester import cli, console
+from harvester.journal import Journal
 from harvester.simulator import SimulatorThread, ThreadedApp
 from harvester.simulator.settings import SimSettings
 from harvester.store import list_snapshots
@@ -323,6 +325,48 @@ def test_a_damaged_state_file_stops_the_run_before_it_fetches(
     damaged.rename(damaged.with_name(name + ".damaged"))  # as the message says
     assert cli.main(["run", path]) == cli.OK
     assert len(list_snapshots(out, "t")) == len(published) + 1
+
+
+@pytest.mark.parametrize(("name", "other", "what", "missing"), [
+    ("catalog.sqlite", "journal.sqlite", "harvest catalog", "known, marks, queue, runs, windows"),
+    ("journal.sqlite", "catalog.sqlite", "run journal", "errors, ids, meta, records"),
+])
+def test_a_state_file_holding_the_other_ones_tables_stops_the_run_naming_it(
+    sim: SimulatorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    name: str, other: str, what: str, missing: str,
+) -> None:
+    """The journal copied over the catalog once ended in "no such table: windows", exit 1."""
+    ids = sorted(sim.corpus.ids)[:3]
+    path = config_file(tmp_path, sim.api_url, sim.stats_url, [{"kind": "ids", "ids": ids}])
+    assert cli.main(["run", path]) == cli.OK
+    state = tmp_path / "out" / "t" / ".state"
+    journal = Journal(state / "journal.sqlite")  # as an interrupted run leaves it
+    journal.open()
+    journal.close()
+    shutil.copy(state / other, state / name)
+    capsys.readouterr()
+    sent = len(sim.log.entries)
+    assert cli.main(["run", path]) == cli.ABORTED
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{state / name}: cannot open the {what}: not a {what}: no table {missing}" in line
+    assert f"move {name}* aside" in line
+    assert len(sim.log.entries) == sent
+
+
+def test_an_output_folder_with_a_colon_in_its_name_is_a_folder(
+    sim: SimulatorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Arrow read a relative 'nightly:2026' as a URI: every run crashed once all was fetched."""
+    ids = sorted(sim.corpus.ids)[:5]
+    path = config_file(tmp_path, sim.api_url, sim.stats_url, [{"kind": "ids", "ids": ids}])
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", path, "--output", "nightly:2026"]) == cli.OK
+    [snapshot] = list_snapshots(tmp_path / "nightly:2026", "t")
+    assert sorted(pq.read_table(snapshot / "articles").column("article_id").to_pylist()) == ids
+    manifest = orjson.loads((snapshot / "manifest.json").read_bytes())
+    assert manifest["files"]["articles/part-00000.parquet"]["rows"] == 5
+    assert not (tmp_path / "nightly:2026" / "t" / ".staging").exists()
 
 
 # ------------------------------------------------------------------ plan, simulate, demo

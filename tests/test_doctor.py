@@ -3,6 +3,8 @@ counted from the simulator's log, never timed."""
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,6 +15,7 @@ import yaml
 from aiohttp import web
 
 from harvester import cli
+from harvester.catalog import Catalog
 from harvester.doctor import BUDGET, Report
 from harvester.simulator import SimulatorThread, ThreadedApp
 from harvester.simulator.settings import SimSettings
@@ -235,3 +238,31 @@ def test_doctor_key_takes_quick_or_off_only(tmp_path: Path, value: str,
     assert cli.main(["validate", str(path)]) == cli.USAGE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "doctor" in err[0] and "quick" in err[0]
+
+
+def test_a_catalog_that_cannot_store_what_was_learned_still_shows_the_findings(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only or locked catalog once made doctor end in an internal error after its
+    requests: the findings are shown, then one line names the file (exit 5)."""
+    with SimulatorThread(SimSettings(items=300, seed=3)) as sim:
+        path = config(tmp_path, sim, ARTICLES)
+        catalog = tmp_path / "out" / "t" / ".state" / "catalog.sqlite"
+        Catalog(catalog).close()
+        holder = sqlite3.connect(catalog, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another writer: doctor may read, not write
+        try:
+            code = cli.main(["doctor", path, "--json"])
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        out, err = capsys.readouterr()
+        report = orjson.loads(out)
+        assert code == report["exit_code"] == cli.ABORTED
+        assert report["learned"] and verdicts(report)["page window GET /articles"] == "ok"
+        said = f"{catalog}: cannot store the page windows learned: database is locked"
+        assert report["unsaved"] == said
+        assert next(line for line in err.splitlines() if " ERROR " in line).endswith(said)
+        assert "internal error" not in err
+        assert doctor(path, capsys)[0] == cli.OK  # unlocked: stored
+    with closing(Catalog(catalog)) as stored:
+        assert stored.windows() == report["learned"]

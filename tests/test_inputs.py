@@ -98,6 +98,37 @@ CASES: list[tuple[str, str | None, list[str], str]] = [
     ("report: a file without warehouse:", None, ["report", "TMP/ids.txt"],
      "TMP/ids.txt: is a file, not a harvest folder (a DuckDB warehouse reads as "
      "warehouse:TMP/ids.txt)"),
+    # each of these passed validate, then crashed once the whole harvest was fetched
+    ("output.dir s3: with one slash", "name: t\n" + GROUP + "output: {dir: 's3:/x'}\n",
+     ["run", "CONFIG"], "CONFIG: output.dir: 's3:/x' looks like a URL with one slash: did you "
+     "mean s3://x (or ./s3:/x for a folder)?"),
+    ("--output gs: with one slash", "name: t\n" + GROUP, ["run", "CONFIG", "--output", "gs:/b/x"],
+     "--output: 'gs:/b/x' looks like a URL with one slash: did you mean gs://b/x"),
+    ("--budget past a year", "name: t\n" + GROUP,
+     ["run", "CONFIG", "--budget", "9999999999999999h"],
+     "--budget: '9999999999999999h' is longer than 366 days"),
+    ("incremental.budget past a year", "name: t\n" + GROUP + "incremental: {budget: 367d}\n",
+     ["validate", "CONFIG"], "CONFIG: incremental.budget: '367d' is longer than 366 days"),
+    # a device or a huge file is refused, never read whole
+    ("config is a device", None, ["validate", "/dev/zero"],
+     "/dev/zero: cannot read config file: not a regular file"),
+    ("config too large", None, ["validate", "TMP/huge.yaml"],
+     "TMP/huge.yaml: cannot read config file: larger than 1 MiB"),
+    ("ids_file too large", "name: t\nsources:\n  - {kind: ids_file, path: huge.txt}\n",
+     ["validate", "CONFIG"], "TMP/huge.txt: cannot read ids file: larger than 256 MiB"),
+    # an empty --until was a run without a budget; an offset past a day, Python's own words
+    ("--until empty", "name: t\n" + GROUP, ["run", "CONFIG", "--until", ""],
+     "argument --until: must not be empty"),
+    ("--budget empty", "name: t\n" + GROUP, ["plan", "CONFIG", "--budget", ""],
+     "argument --budget: must not be empty"),
+    ("--until offset past a day", "name: t\n" + GROUP, ["run", "CONFIG", "--until", "06:00+99:00"],
+     "--until: '06:00+99:00': '+99:00' is not a UTC offset (-23:59 to +23:59)"),
+    # a run there would be replaced or deleted with the folder it sits in
+    ("--output inside a snapshot", "name: t\n" + GROUP,
+     ["run", "CONFIG", "--output", "TMP/h/t/snapshot=20260101T000000Z"],
+     "is inside a harvest's snapshot=20260101T000000Z folder, which runs replace or delete"),
+    ("output.dir inside the state", "name: t\n" + GROUP + "output: {dir: h/t/.state}\n",
+     ["run", "CONFIG"], "CONFIG: output.dir: 'h/t/.state' is inside a harvest's .state folder"),
 ]
 
 
@@ -107,6 +138,9 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "zero.txt").write_text("0\n")
     (tmp_path / "garbage.txt").write_text("12\n10.6084/m9.figshare.1\nnot an id\n")
     (tmp_path / "h" / "t").mkdir(parents=True)  # a harvest folder, empty
+    for name, size in (("huge.yaml", 2 << 20), ("huge.txt", 257 << 20)):  # sparse: no disk
+        with open(tmp_path / name, "wb") as f:
+            f.truncate(size)
     monkeypatch.chdir(tmp_path)
     for var in ("FIGSHARE_API_URL", "FIGSHARE_STATS_URL", "FIGSHARE_DOWNLOAD_URL"):
         monkeypatch.delenv(var, raising=False)

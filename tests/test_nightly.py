@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import datetime as dt
@@ -25,10 +26,11 @@ import pytest
 import yaml
 from aiohttp import web
 
+from harvester import budget as bud
 from harvester import cli, warehouse
 from harvester.catalog import Catalog
 from harvester.client import Client
-from harvester.errors import GiveUp
+from harvester.errors import GiveUp, OutputError
 from harvester.pipeline import Harvest
 from harvester.schema import SCHEMAS
 from harvester.simulator import Simulator, SimulatorThread
@@ -400,3 +402,78 @@ async def test_an_item_a_listing_skips_is_asked_for_by_id_never_taken_for_delete
     assert [r.changes for r in report.loaded][1:] == [
         {"added": 0, "changed": 0, "withdrawn": 0, "tombstone": 1},
         {"added": 0, "changed": 0, "withdrawn": 2, "tombstone": 0}]
+
+
+@pytest.mark.parametrize(("key", "value"), [("ids", "x"), ("ids", {"fetched": True}),
+                                            ("config", "x")])
+async def test_a_last_manifest_of_another_shape_is_not_compared_with_and_never_crashes(
+    sim: Simulator, tmp_path: Path, key: str, value: Any
+) -> None:
+    """The publish guard read the last full manifest's ids.fetched: `"ids": "x"` crashed
+    every later run once it had fetched everything."""
+    ids = sorted(sim.corpus.ids)[:12]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}])
+    first = await Harvest(cfg).run()
+    manifest = orjson.loads((first.snapshot / "manifest.json").read_bytes())
+    (first.snapshot / "manifest.json").write_bytes(orjson.dumps({**manifest, key: value}))
+    second = await Harvest(cfg).run()
+    assert second.published and second.manifest["status"] == "complete"
+    assert table_ids(second.snapshot) == ids
+    assert list_snapshots(tmp_path / "out", "t")[-1] == second.snapshot
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("runs", "abc"), ("since", "{not json"), ("since", '{"a": "yesterday"}'),
+    ("snapshot_id", "../.."), ("started_at", "x"), ("kind", "weird"),
+    ("requests_earlier", "[1]")])
+async def test_damaged_journal_meta_stops_the_run_naming_the_journal(
+    sim: Simulator, tmp_path: Path, key: str, value: str
+) -> None:
+    """Each once crashed (exit 1) or published a wrong kind, started_at or folder."""
+    ids = sorted(sim.corpus.ids)[:12]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}])
+    unfinished = await Harvest(cfg, budget=bud.Budget(requests=8)).run()
+    assert not unfinished.published
+    journal = tmp_path / "out" / "t" / ".state" / "journal.sqlite"
+    with contextlib.closing(sqlite3.connect(journal)) as db, db:
+        db.execute("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, value))
+    sim.log.clear()
+    with pytest.raises(OutputError, match=rf"^{re.escape(str(journal))}: cannot resume the "
+                       rf"interrupted run: its {key} is .* \(move journal\.sqlite\* aside"):
+        await Harvest(cfg).run()
+    assert sim.log.count() == 0 and list_snapshots(tmp_path / "out", "t") == []
+    for f in journal.parent.glob("journal.sqlite*"):  # as the message says
+        f.rename(f.with_name(f.name + ".damaged"))
+    result = await Harvest(cfg).run()
+    assert result.manifest["kind"] == "full" and table_ids(result.snapshot) == ids
+
+
+async def test_a_catalog_locked_by_another_process_says_the_snapshot_is_published(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The run published, then could not record it: it says so, and the next run finishes
+    recording that snapshot without fetching it again."""
+    ids = sorted(sim.corpus.ids)[:12]
+    cfg = write_config(tmp_path, sim, [{"kind": "ids", "ids": ids}])
+    catalog = tmp_path / "out" / "t" / ".state" / "catalog.sqlite"
+    harvest = Harvest(cfg)
+    run = asyncio.create_task(harvest.run())
+    while harvest.progress.phase not in ("fetching", "writing"):  # the catalog is read first
+        await asyncio.sleep(0)
+    holder = sqlite3.connect(catalog, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(OutputError, match=r"catalog\.sqlite: cannot open the harvest "
+                           r"catalog: database is locked \(snapshot (\S+) is published; the "
+                           "next run finishes recording it"):
+            await run
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    [published] = list_snapshots(tmp_path / "out", "t")
+    sim.log.clear()
+    again = await Harvest(cfg).run()
+    assert again.snapshot == published and sim.log.count() == 0
+    with contextlib.closing(Catalog(catalog)) as recorded:
+        assert recorded.last_run()["snapshot_id"] == published.name.removeprefix("snapshot=")
+        assert recorded.known_count() == len(ids)
