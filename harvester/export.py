@@ -6,8 +6,10 @@ CSV files; xlsxwriter streams the workbook in constant memory, split at Excel's 
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import xlsxwriter
 
 from harvester.errors import ConfigError
 from harvester.readback import Opened, open_target
-from harvester.store import why
+from harvester.store import check_written, why
 
 # name in the export -> the table (readback's view) it is made from
 TABLES = {"items": "articles", "authors": "authors", "categories": "categories", "tags": "tags",
@@ -101,6 +103,10 @@ def export(target: str, snapshot: str | None = None, csv_dir: str | None = None,
     """Write the tables as CSV files into `csv_dir` and/or one workbook `xlsx`; rows per table."""
     if not csv_dir and not xlsx:
         raise ConfigError("export: give --csv DIR, --xlsx FILE or both")
+    if csv_dir:
+        check_written(Path(csv_dir), "--csv", ".csv", folder=True)
+    if xlsx:
+        check_written(Path(xlsx), "--xlsx", ".xlsx")
     with closing(open_target(target, snapshot)) as db:
         queries = {t: _select(db, t) for t in TABLES}
         counts = {t: db.one(f"SELECT count(*) FROM ({q})") for t, q in queries.items()}
@@ -144,25 +150,53 @@ def _write_xlsx(db: Opened, path: Path, max_rows: int) -> None:
     if path.is_dir():
         raise ConfigError(f"--xlsx {path}: is a folder, not a file")
     tmp = path.with_name(path.name + ".tmp")
+    sink = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        book = xlsxwriter.Workbook(str(tmp), {
-            "constant_memory": True,
-            "strings_to_formulas": False,  # text is text, whatever it starts with
-            "strings_to_urls": False,  # Excel caps a sheet at 65,530 links
-            "strings_to_numbers": False,
-        })
-        try:
+        with tempfile.TemporaryDirectory(prefix="harvester-xlsx-") as work:
+            sink = _Sink(tmp, "w")
+            book = xlsxwriter.Workbook(sink, {
+                "constant_memory": True,
+                "tmpdir": work,  # its parts, removed whatever happens
+                "strings_to_formulas": False,  # text is text, whatever it starts with
+                "strings_to_urls": False,  # Excel caps a sheet at 65,530 links
+                "strings_to_numbers": False,
+            })
             for table in TABLES:
                 cols = _columns(db, table, sheet=True)  # before the reader holds the connection
                 reader = db.con.sql(_select(db, table, sheet=True)).to_arrow_reader(10_000)
                 _sheets(book, table, cols, reader, max_rows)
-        finally:
             book.close()
+        sink.close()
         os.replace(tmp, path)
-    except (OSError, xlsxwriter.exceptions.FileCreateError) as exc:
+    except BaseException as exc:
+        if sink is not None:
+            sink.quiet = True
+            sink.close()
         tmp.unlink(missing_ok=True)
-        raise ConfigError(f"--xlsx {path}: cannot write: {exc}") from None
+        if isinstance(exc, OSError | xlsxwriter.exceptions.XlsxWriterException):
+            raise ConfigError(f"--xlsx {path}: cannot write: {exc}") from None
+        raise
+
+
+class _Sink(io.FileIO):
+    """The workbook's file, quiet once the export failed: xlsxwriter leaves its zip writer
+    open then, and that writer's close when collected must not fail a second time."""
+
+    quiet = False
+
+    def write(self, data: Any) -> int:
+        return len(data) if self.quiet else super().write(data)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return 0 if self.quiet else super().seek(pos, whence)
+
+    def tell(self) -> int:
+        return 0 if self.quiet else super().tell()
+
+    def flush(self) -> None:
+        if not self.quiet:
+            super().flush()
 
 
 def _sheets(book: Any, table: str, cols: list[_Column], reader: pa.RecordBatchReader,

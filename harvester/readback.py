@@ -6,11 +6,14 @@ The report and the export query `articles`, `stats`, ..., `item_stats` wherever 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from harvester.errors import ConfigError, HarvesterError
 from harvester.schema import SCHEMAS
@@ -23,7 +26,7 @@ from harvester.store import (
     table_files,
     why,
 )
-from harvester.warehouse import KEYS, read_parquet
+from harvester.warehouse import KEYS, OFFLINE, check_duckdb_file, read_parquet
 
 WAREHOUSE = "warehouse:"
 
@@ -102,9 +105,12 @@ def _manifest(snap: Path) -> dict[str, Any]:
 
 def _views(con: duckdb.DuckDBPyConnection, snap: Path, manifest: dict[str, Any],
            prefix: str = "") -> None:
-    files = manifest.get("files") or {}
+    files = manifest["files"]  # an object: store.parse_manifest checked it
+    if not table_files(files, "articles"):
+        raise ConfigError(f"{snap}: no articles table in Parquet (written without the parquet "
+                          "format); reports and exports read the Parquet tables")
     for table, schema in SCHEMAS.items():
-        parts = [snap / f for f in table_files(files, table) if (snap / f).is_file()]
+        parts = [_checked(snap, f, files[f]) for f in table_files(files, table)]
         if parts:
             con.execute(f'CREATE VIEW "{prefix}{table}" AS SELECT * FROM {read_parquet(parts)}')
         else:  # an older snapshot without the table: empty, with every column and its type
@@ -113,8 +119,28 @@ def _views(con: duckdb.DuckDBPyConnection, snap: Path, manifest: dict[str, Any],
     _item_stats(con, prefix)
 
 
+def _checked(snap: Path, name: str, entry: dict[str, Any]) -> Path:
+    """A table file the manifest lists, as it lists it: there, same sha256, same rows (a
+    missing or damaged part would make the figures wrong, not empty)."""
+    path = snap / name
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        rows = pq.read_metadata(path).num_rows
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing, though the manifest lists it") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise ConfigError(f"{path}: cannot read it: {why(exc)}") from None
+    if digest != entry["sha256"]:
+        raise ConfigError(f"{path}: sha256 {digest[:16]}... does not match the manifest's "
+                          f"{entry['sha256'][:16]}...; the file changed after it was published")
+    if rows != entry["rows"]:
+        raise ConfigError(f"{path}: {rows:,} rows, the manifest says {entry['rows']:,}")
+    return path
+
+
 def _connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(":memory:")
+    con = duckdb.connect(":memory:", config=OFFLINE)
     con.execute("SET TimeZone = 'UTC'")
     return con
 
@@ -131,7 +157,8 @@ def _open_snapshot(base: Path, snap: Path) -> Opened:
             earlier = [s for s in list_snapshots(base.parent, base.name) if s.name < snap.name]
             for candidate in reversed(earlier):
                 prev_manifest = _manifest(candidate)
-                if prev_manifest.get("kind") != "incremental":
+                if prev_manifest.get("kind") != "incremental" and \
+                        table_files(prev_manifest["files"], "articles"):
                     _views(con, candidate, prev_manifest, prefix="prev_")
                     previous = candidate.name[len(PREFIX):]
                     break
@@ -148,13 +175,18 @@ def _open_snapshot(base: Path, snap: Path) -> Opened:
 def _open_warehouse(path: Path) -> Opened:
     if not path.is_file():
         raise ConfigError(f"{path}: no such warehouse file")
+    try:
+        check_duckdb_file(path)
+    except HarvesterError as exc:
+        raise ConfigError(str(exc)) from None
     con = _connect()
     try:
         con.execute(f"ATTACH '{str(path).replace(chr(39), chr(39) * 2)}' AS w (READ_ONLY)")
         have = {r[0] for r in con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = 'w'").fetchall()}
-        if "loaded_snapshots" not in have:
-            raise ConfigError(f"{path}: not a harvester warehouse (no loaded_snapshots table)")
+        if not {"_meta", "loaded_snapshots"} <= have:
+            raise ConfigError(f"{path}: not a harvester warehouse (no _meta and "
+                              "loaded_snapshots tables)")
         for table, schema in SCHEMAS.items():
             if f"{table}_current" not in have:
                 con.from_arrow(schema.empty_table()).create(table)

@@ -17,6 +17,7 @@ from typing import Any
 from harvester import charts
 from harvester.errors import ConfigError
 from harvester.readback import Opened, one_scope, open_target
+from harvester.store import check_written
 
 _TITLE = "regexp_replace(coalesce({0}, '(untitled)'), '<[^>]+>', '', 'g')"
 _LINK = "coalesce(a.url_public_html, a.figshare_url)"
@@ -46,6 +47,8 @@ _INCREMENTAL = ('<p class="note">An incremental snapshot: it holds only the item
 
 def write_report(target: str, snapshot: str | None = None, out: str | None = None) -> Path:
     """Write the report of `target` (see readback.open_target) to `out`; returns its path."""
+    if out:
+        check_written(Path(out), "--out", ".html")
     with closing(open_target(target, snapshot)) as opened:
         page = build(opened)
     source = Path(opened.source)  # by default beside the warehouse file, or in the harvest
@@ -53,6 +56,8 @@ def write_report(target: str, snapshot: str | None = None, out: str | None = Non
                                   if opened.history else source.parent / "report.html")
     if path.is_dir():
         raise ConfigError(f"--out {path}: is a directory, not a file")
+    if not out:  # beside the warehouse file, which might be anywhere
+        check_written(path, "--out", ".html")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -292,10 +297,12 @@ def _files(db: Opened) -> str | None:
 
 def _author_report(db: Opened) -> str | None:
     parts = []
-    for source in (db.manifest.get("config") or {}).get("sources") or []:
+    sources = (db.manifest.get("config") or {}).get("sources")  # parse_manifest checked config
+    for source in sources if isinstance(sources, list) else []:
         if not isinstance(source, dict) or source.get("kind") != "author":
             continue
-        params = source.get("params") or {}
+        params = source.get("params")
+        params = params if isinstance(params, dict) else {}
         who = params.get("full_name") or params.get("orcid") or source.get("name")
         rows = db.rows(f"""
             SELECT {_TITLE.format('a.title')}, {_LINK}, a.doi,

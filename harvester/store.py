@@ -19,7 +19,7 @@ import orjson
 import pyarrow.fs as pafs
 
 from harvester.config import S3_SCHEME
-from harvester.errors import OutputError
+from harvester.errors import ConfigError, OutputError
 
 ID_FORMAT = "%Y%m%dT%H%M%SZ"
 MANIFEST = "manifest.json"
@@ -29,6 +29,8 @@ PREFIX = "snapshot="
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 BUFFER = 1 << 20
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
+# manifest keys that hold an object; `files` (every snapshot lists errors.ndjson) is required
+_OBJECTS = ("files", "tables", "config", "ids", "http", "fetch", "budget", "errors_by_reason")
 
 
 def why(e: BaseException) -> str:
@@ -95,7 +97,20 @@ def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
         raise OutputError(f"malformed manifest {where}: {why(e)}") from e
     if not isinstance(doc, dict):
         raise OutputError(f"malformed manifest {where}: expected a JSON object")
+    # checked once here, so that no reader takes a string or a list for a mapping
+    for key in _OBJECTS:
+        if not isinstance(doc.get(key, None if key == "files" else {}), dict):
+            raise OutputError(f"malformed manifest {where}: {key} is not an object")
+    for file, entry in doc["files"].items():
+        if not isinstance(entry, dict) or not _is_count(entry.get("rows")) or \
+                not isinstance(entry.get("sha256"), str):
+            raise OutputError(f"malformed manifest {where}: files[{file!r}] is not an object "
+                              "with integer rows and a sha256")
     return doc
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _hash_copy(src: IO[bytes] | Any, dst: IO[bytes] | Any | None) -> str:
@@ -132,6 +147,26 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise fail("write", path, e) from e
     _fsync_dir(path.parent)
+
+
+def check_written(path: Path, flag: str, suffix: str, folder: bool = False) -> None:
+    """Before a report or an export writes `path` (a `suffix` file, or a `folder` of them): a
+    typo must not overwrite a snapshot, the harvester's state or a file of another kind."""
+    if any(p.startswith(PREFIX) or p in (STAGING, ".state") for p in path.resolve().parts):
+        raise ConfigError(f"{flag} {path}: inside a snapshot or the harvester's state; "
+                          "write it elsewhere")
+    own = (suffix, f"{suffix}.body", f"{suffix}.tmp")  # and what an interrupted export left
+    try:
+        other = next((p.name for p in sorted(path.iterdir())
+                      if not p.is_file() or not p.name.lower().endswith(own)), None) \
+            if folder and path.is_dir() else None
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot list it: {why(e)}") from None
+    if other is not None:
+        raise ConfigError(f"{flag} {path}: holds {other!r}, not only {suffix} files; "
+                          "write into a new or empty folder")
+    if not folder and path.is_file() and path.suffix.lower() != suffix:
+        raise ConfigError(f"{flag} {path}: exists and is not a {suffix} file; not overwritten")
 
 
 def list_files(path: Path) -> dict[str, Path]:

@@ -75,6 +75,10 @@ FIXED = {
         previous_hash VARCHAR, content_hash VARCHAR""",
 }
 WITHDRAWN_COLUMNS = [("withdrawn", "BOOLEAN", False), ("withdrawn_at", "VARCHAR", True)]
+# DuckDB fetches extensions it knows from the network on demand (sqlite_scanner for a SQLite
+# file): every connection the harvester opens stays offline
+OFFLINE: dict[str, str | bool | int | float | list[str]] = {
+    "autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
 
 @dataclass
@@ -111,14 +115,29 @@ def _quote(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
+def check_duckdb_file(path: Path) -> None:
+    """Refuse an existing file that is not a DuckDB database (one reads "DUCK" at byte 8)
+    before DuckDB opens it as another format or says less clearly why it cannot."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise OutputError(f"cannot read {path}: {why(e)}") from e
+    if head[8:12] != b"DUCK":
+        raise ConfigError(f"{path}: not a DuckDB file")
+
+
 class Warehouse:
     """One DuckDB connection; tables created or migrated on open."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        check_duckdb_file(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.con = duckdb.connect(str(self.path))
+            self.con = duckdb.connect(str(self.path), config=OFFLINE)
         except (duckdb.Error, OSError) as e:
             if isinstance(e, duckdb.IOException) and "lock" in str(e).lower():
                 raise LockedError(f"{self.path}: another process is using this DuckDB file") from e
@@ -148,13 +167,24 @@ class Warehouse:
 
     def _migrate(self) -> None:
         con = self.con
+        # a DuckDB file of other tables is someone else's database: never added to or altered
+        tables = {t for (t,) in con.execute("SELECT table_name FROM information_schema.tables "
+                                            "WHERE table_catalog = current_database()").fetchall()}
+        try:
+            meta = dict(con.execute("SELECT key, value FROM _meta").fetchall()) \
+                if "_meta" in tables else {}
+        except duckdb.Error:
+            meta = {}
+        if tables - {"_meta"} and "warehouse_version" not in meta:
+            raise ConfigError(f"{self.path}: a DuckDB file of other tables, not a harvester "
+                              "warehouse (no _meta warehouse_version); load into a new file")
         con.execute("CREATE TABLE IF NOT EXISTS _meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-        meta = dict(con.execute("SELECT key, value FROM _meta").fetchall())
         for key, ours in (("schema_version", SCHEMA_VERSION),
                           ("warehouse_version", WAREHOUSE_VERSION)):
-            if int(meta.get(key, 0)) > ours:
+            theirs = str(meta.get(key, 0))
+            if not theirs.isdigit() or int(theirs) > ours:
                 raise OutputError(f"{self.path}: written by a newer harvester ({key} "
-                                  f"{meta[key]}, this one knows {ours}); upgrade the harvester")
+                                  f"{theirs}, this one knows {ours}); upgrade the harvester")
         try:
             con.begin()
             for table, ddl in FIXED.items():
@@ -196,6 +226,10 @@ class Warehouse:
         report = LoadReport()
         for folder in store.snapshots(name):
             sid = folder[len(PREFIX):]
+            if not _is_id(sid):  # not one the harvester wrote: never ordered among them
+                log.warning("%s: not a snapshot id (YYYYMMDDTHHMMSSZ); skipped",
+                            store.url(name, folder))
+                continue
             raw = store.read_bytes(name, folder, MANIFEST)
             sha = hashlib.sha256(raw).hexdigest()
             if sid in done:
@@ -205,11 +239,11 @@ class Warehouse:
                                 store.url(name, folder, MANIFEST))
                 report.already += 1
                 continue
+            manifest = parse_manifest(raw, store.url(name, folder, MANIFEST))
             if newest is not None and sid < newest:
                 raise OutputError(
                     f"{store.url(name, folder)} is older than snapshot {newest}, already loaded "
                     f"into {self.path}; load the harvest into a new file to include it")
-            manifest = parse_manifest(raw, store.url(name, folder, MANIFEST))
             with tempfile.TemporaryDirectory(prefix="harvester-load-") as tmp:
                 report.loaded.append(
                     self._load_snapshot(store, name, folder, manifest, sha, Path(tmp)))
@@ -361,6 +395,13 @@ class Warehouse:
               AND h.counter = s.counter AND h.scope = s.scope""", [day])
         con.execute("INSERT INTO stats_history SELECT article_id, counter, scope, ?, ?, total "
                     f"FROM {stats} ORDER BY article_id, counter, scope", [day, sid])
+
+
+def _is_id(sid: str) -> bool:
+    try:
+        return datetime.strptime(sid, ID_FORMAT).strftime(ID_FORMAT) == sid
+    except ValueError:
+        return False
 
 
 def _default(column: str) -> str:

@@ -6,12 +6,14 @@ import asyncio
 import io
 import re
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import duckdb
+import orjson
 import pytest
 from aiohttp import web
 
@@ -122,6 +124,94 @@ def test_a_warehouse_report_counts_its_current_rows(
     assert items is not None
     assert f'data-metric="items" data-value="{items[0]}"' in page
     assert '<span data-change="changed">1 changed</span>' in page
+
+
+# ---- a damaged snapshot, a mistaken path: one line, exit 2, nothing read wrong or overwritten --
+
+PART, MANIFEST = "articles/part-00000.parquet", r"manifest\.json: "
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+# how one snapshot ("snap", or the "first" it is compared with) is damaged -> the error line
+DAMAGE: dict[str, tuple[str, Callable[[Path, dict[str, Any]], Any], str]] = {
+    "a listed part is missing": ("snap", lambda s, m: (s / PART).unlink(),
+                                 f"{PART}: missing, though the manifest lists it"),
+    "the compared snapshot's part is missing": (
+        "first", lambda s, m: (s / PART).unlink(), f"{PART}: missing"),
+    "a bit flipped in a part": ("snap", lambda s, m: _flip(s / PART),
+                                rf"{PART}: sha256 \w+\.\.\. does not match the manifest's"),
+    "rows not as listed": ("snap", lambda s, m: m["files"][PART].update(rows=1),
+                           rf"{PART}: [\d,]+ rows, the manifest says 1$"),
+    "no Parquet tables": ("snap", lambda s, m: m.update(
+        files={"errors.ndjson": m["files"]["errors.ndjson"]}), "no articles table in Parquet"),
+    **{f"files {what}": ("snap", lambda s, m, v=value: m.update(files=v),
+                         rf"{MANIFEST}files is not an object")
+       for what, value in (("null", None), ("a string", "x"), ("a list", [1, 2]))},
+    "an empty manifest": ("snap", lambda s, m: m.clear(), rf"{MANIFEST}files is not an object"),
+    "config a string": ("snap", lambda s, m: m.update(config="x"),
+                        rf"{MANIFEST}config is not an object"),
+}
+
+
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_a_damaged_snapshot_is_refused_naming_what_is_wrong(
+    how: str, harvest: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = tmp_path / "h"
+    shutil.copytree(harvest["harvest"], base)
+    which, damage, message = DAMAGE[how]
+    snap = base / harvest[which].name
+    manifest = orjson.loads((snap / "manifest.json").read_bytes())
+    damage(snap, manifest)
+    (snap / "manifest.json").write_bytes(orjson.dumps(manifest))
+    capsys.readouterr()
+    assert main(["report", str(base), "--out", str(tmp_path / "r.html")]) == 2
+    assert main(["export", str(base), "--csv", str(tmp_path / "csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(re.search(message, line) for line in err), err
+    assert all(str(snap) in line for line in err)  # the snapshot, and the file if one is
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "csv").exists()
+
+
+def test_report_and_export_never_write_over_what_they_read(
+    harvest: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = tmp_path / "h"
+    shutil.copytree(harvest["harvest"], base)
+    snap, db, mine = base / harvest["snap"].name, tmp_path / "w.duckdb", tmp_path / "mine"
+    warehouse.load(tmp_path, "h", db)
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    kept = [p for p in (*base.rglob("*"), db, mine / "notes.txt") if p.is_file()]
+    before = {p: p.read_bytes() for p in kept}
+    for argv in (["report", str(base), "--out", str(snap / "manifest.json")],
+                 ["report", str(base), "--out", str(db)],
+                 ["report", f"warehouse:{db}", "--out", str(base / ".state" / "r.html")],
+                 ["export", str(base), "--xlsx", str(snap / PART)],
+                 ["export", str(base), "--xlsx", str(db)],
+                 ["export", str(base), "--csv", str(base)],
+                 ["export", str(base), "--csv", str(snap / "articles")],
+                 ["export", str(base), "--csv", str(mine)]):
+        assert main(argv) == 2, argv
+    err = [e for e in capsys.readouterr().err.splitlines() if " INFO " not in e]
+    assert len(err) == 8 and "Traceback" not in "".join(err)
+    inside = "inside a snapshot or the harvester's state; write it elsewhere"
+    assert [line.split(": ", 2)[-1] for line in err] == [
+        inside, "exists and is not a .html file; not overwritten", inside, inside,
+        "exists and is not a .xlsx file; not overwritten",
+        "holds '.state', not only .csv files; write into a new or empty folder", inside,
+        "holds 'notes.txt', not only .csv files; write into a new or empty folder"]
+    assert {p: p.read_bytes() for p in kept} == before
+    assert not (base / ".state" / "r.html").exists()
+    for _ in range(2):  # what they write, they write again
+        assert main(["report", str(base), "--out", str(tmp_path / "r.html")]) == 0
+        assert main(["export", str(base), "--xlsx", str(tmp_path / "x.xlsx"),
+                     "--csv", str(tmp_path / "csv")]) == 0
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (.ci/run installs it)")

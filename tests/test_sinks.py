@@ -608,6 +608,14 @@ def test_read_manifest_errors_name_the_file(tmp_path):
     (path / "manifest.json").write_text("[1, 2]")
     with pytest.raises(OutputError, match="expected a JSON object"):
         read_manifest(path)
+    # the keys readers take as mappings, checked once for all of them
+    for doc, says in (({}, "files is not an object"), ({"files": [1]}, "files is not an object"),
+                      ({"files": {}, "ids": "x"}, "ids is not an object"),
+                      ({"files": {"a": 5}}, r"files\['a'\] is not an object with integer rows"),
+                      ({"files": {"a": {"rows": "9", "sha256": ""}}}, r"files\[.a.\] .*rows")):
+        (path / "manifest.json").write_bytes(orjson.dumps(doc))
+        with pytest.raises(OutputError, match=rf"malformed manifest .*manifest\.json: {says}"):
+            read_manifest(path)
     with pytest.raises(OutputError, match=r"cannot read manifest .*nowhere"):
         read_manifest(tmp_path / "nowhere")
 

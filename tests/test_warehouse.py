@@ -8,6 +8,7 @@ import logging
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ import yaml
 
 from harvester import cli
 from harvester.errors import ConfigError, OutputError
+from harvester.readback import open_target
 from harvester.records import RowContext, article_rows, stats_rows
 from harvester.schema import SCHEMA_VERSION, SCHEMAS
 from harvester.simulator import SimulatorThread
@@ -422,6 +424,62 @@ def test_one_file_holds_one_harvest(two, tmp_path):
     with pytest.raises(ConfigError, match="holds harvest 'nightly', and one DuckDB file holds "
                        r"one harvest \(.*\): load 'other' into another file"):
         load(two, "other", db)
+
+
+def test_a_file_that_is_not_a_warehouse_is_refused_untouched_and_offline(two, tmp_path,
+                                                                        capsys):
+    other = tmp_path / "other.duckdb"  # someone else's DuckDB database
+    con = duckdb.connect(str(other))
+    con.execute("CREATE TABLE articles_current (x INTEGER)")
+    con.execute("CREATE TABLE loaded_snapshots (a INTEGER, b VARCHAR)")
+    con.close()
+    lite = tmp_path / "lite.duckdb"  # a SQLite file: DuckDB would fetch sqlite_scanner for it
+    sqlite = sqlite3.connect(lite)
+    sqlite.execute("CREATE TABLE t (x)")
+    sqlite.commit()
+    sqlite.close()
+    before = dump(other), lite.read_bytes()
+    capsys.readouterr()
+    for argv, says in ((["load", str(two / NAME), "--duckdb", str(other)],
+                        "a DuckDB file of other tables, not a harvester warehouse"),
+                       (["report", f"warehouse:{other}"], "not a harvester warehouse"),
+                       (["load", str(two / NAME), "--duckdb", str(lite)], "not a DuckDB file"),
+                       (["report", f"warehouse:{lite}"], "not a DuckDB file"),
+                       (["export", f"warehouse:{lite}", "--csv", str(tmp_path / "c")],
+                        "not a DuckDB file")):
+        assert cli.main(argv) == cli.USAGE, argv
+        assert says in one_line(capsys.readouterr().err)
+    assert (dump(other), lite.read_bytes()) == before
+    offline = ("SELECT current_setting('autoinstall_known_extensions') OR "
+               "current_setting('autoload_known_extensions')")
+    load(two, NAME, tmp_path / "wh.duckdb")
+    with Warehouse(tmp_path / "wh.duckdb") as wh:
+        assert wh.con.execute(offline).fetchone() == (False,)
+    opened = open_target(f"warehouse:{tmp_path / 'wh.duckdb'}")
+    assert opened.one(offline) is False
+    opened.close()
+
+
+def test_a_stray_folder_is_skipped_and_a_malformed_manifest_named(two, tmp_path, capsys):
+    db = tmp_path / "wh.duckdb"
+    load(two, NAME, db)
+    stray = two / NAME / "snapshot=2026"  # not an id the harvester writes, sorted first
+    stray.mkdir()
+    (stray / "manifest.json").write_text("not JSON")
+    publish(two, "20240503T020000Z", [record(1)], kind="incremental")
+    capsys.readouterr()
+    assert cli.main(["load", str(two / NAME), "--duckdb", str(db)]) == cli.OK
+    assert "snapshot=2026: not a snapshot id (YYYYMMDDTHHMMSSZ); skipped" in \
+        capsys.readouterr().err
+    bad = two / NAME / "snapshot=20240504T020000Z"
+    shutil.copytree(two / NAME / f"snapshot={S2}", bad)
+    (bad / "manifest.json").write_text('{"files": null}')
+    assert cli.main(["load", str(two / NAME), "--duckdb", str(db)]) == cli.ABORTED
+    assert f"malformed manifest {bad / 'manifest.json'}: files is not an object" in \
+        one_line(capsys.readouterr().err)
+    con = duckdb.connect(str(db), read_only=True)
+    assert q(con, "SELECT max(snapshot_id) FROM loaded_snapshots") == [("20240503T020000Z",)]
+    con.close()
 
 
 def test_cli_load_errors_are_one_line_with_documented_exit_codes(two, tmp_path, capsys):
