@@ -15,7 +15,7 @@ from harvester.errors import HarvesterError, LockedError, OutputError
 from harvester.store import MANIFEST, open_store, parse_manifest
 
 # Bumped whenever a state file's tables change: another version is refused, never migrated.
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 _CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS known (
@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TEXT NOT NULL, finished_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS windows (
     endpoint TEXT PRIMARY KEY, items INTEGER NOT NULL, learned_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bits (idx INTEGER PRIMARY KEY, source TEXT NOT NULL);
 """
 
 
@@ -110,6 +111,25 @@ class Catalog:
 
     def known_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM known").fetchone()[0])
+
+    def adopt_sources(self, identities: list[str]) -> None:
+        """Known and queued ids keep their sources as bits by position in the config: when
+        the sources change, the bits follow them, and a removed source's ids are forgotten."""
+        before = dict(self.db.execute("SELECT idx, source FROM bits").fetchall())
+        now = dict(enumerate(identities))
+        if before == now:
+            return
+        position = {source: idx for idx, source in reversed(now.items())}  # the first wins
+        moves = [(old, position[s]) for old, s in before.items() if s in position]
+        bits = " | ".join(f"(CASE WHEN sources & {1 << old} THEN {1 << new} ELSE 0 END)"
+                          for old, new in moves) or "0"
+        with transaction(self.db):
+            if before:  # else a catalog that never said: its bits are taken as they are
+                for table in ("known", "queue"):
+                    self.db.execute(f"UPDATE {table} SET sources = {bits}")
+                    self.db.execute(f"DELETE FROM {table} WHERE sources = 0")
+            self.db.execute("DELETE FROM bits")
+            self.db.executemany("INSERT INTO bits VALUES(?, ?)", list(now.items()))
 
     def record_run(self, snapshot_id: str, kind: str, status: str, started_at: str,
                    finished_at: str, marks: dict[str, tuple[str, str]] | None) -> None:

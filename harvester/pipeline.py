@@ -152,7 +152,8 @@ class Harvest:
     async def run(self) -> RunResult:
         with run_lock(self.state_dir / "lock"):
             # unreadable, it stops the run before it fetches, not after it published
-            Catalog(self.catalog_path).close()
+            with contextlib.closing(Catalog(self.catalog_path)) as catalog:
+                catalog.adopt_sources([bud.source_fp(s) for s in self.cfg.sources])
             started = time.monotonic()
             journal, meta = await self._open_journal()
             full = meta["kind"] == "full"

@@ -477,3 +477,26 @@ async def test_a_catalog_locked_by_another_process_says_the_snapshot_is_publishe
     with contextlib.closing(Catalog(catalog)) as recorded:
         assert recorded.last_run()["snapshot_id"] == published.name.removeprefix("snapshot=")
         assert recorded.known_count() == len(ids)
+
+
+def test_known_and_queued_ids_keep_their_sources_when_the_config_reorders_them(
+        tmp_path: Path) -> None:
+    """Bits by config position: reordered sources move them, a removed source's ids are
+    forgotten (a public id read as the account's own was asked at /account/ and tombstoned)."""
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    try:
+        catalog.db.executemany(
+            "INSERT INTO known(article_id, sources, last_snapshot) VALUES(?, ?, 's')",
+            [(1, 0b001), (2, 0b010), (3, 0b100), (4, 0b011)])
+        catalog.db.executemany("INSERT INTO queue VALUES(?, ?, 'deferred')",
+                               [(1, 0b001), (2, 0b010), (5, 0b110)])
+        catalog.adopt_sources(["ids", "institution", "account"])  # a catalog that never said
+        catalog.adopt_sources(["ids", "institution", "account"])  # the same: nothing moves
+        known = "SELECT article_id, sources FROM known ORDER BY 1"
+        assert catalog.db.execute(known).fetchall() == [(1, 1), (2, 2), (3, 4), (4, 3)]
+        catalog.adopt_sources(["account", "ids"])  # institution removed, the rest reordered
+        assert catalog.db.execute(known).fetchall() == [(1, 0b10), (3, 0b01), (4, 0b10)]
+        assert catalog.db.execute("SELECT article_id, sources FROM queue ORDER BY 1"
+                                  ).fetchall() == [(1, 0b10), (5, 0b01)]
+    finally:
+        catalog.close()
