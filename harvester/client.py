@@ -7,8 +7,9 @@ import errno
 import logging
 import math
 import random
+import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from contextvars import ContextVar
@@ -206,6 +207,7 @@ class Client:
         self._bytes = self._mended = 0  # mended: JSON kept with U+FFFD for text not Unicode
         self._held = 0.0
         self._circuits: list[str] = []
+        self._behind: dict[str, deque[float]] = {}  # our clock minus each host's Date header
 
     async def __aenter__(self) -> Client:
         self._session = aiohttp.ClientSession(
@@ -262,7 +264,9 @@ class Client:
         return {"requests": dict(self._started), "responses": dict(self._statuses),
                 "retries": dict(self._retries), "bytes": self._bytes,
                 "retry_after_wait_s": round(self._held, 3),
-                "circuits_opened": list(self._circuits), "json_mended": self._mended}
+                "circuits_opened": list(self._circuits), "json_mended": self._mended,
+                "clock_behind_s": {h: round(statistics.median(seen))
+                                   for h, seen in self._behind.items()}}
 
     async def _request(self, method: str, url: str, params: Mapping[str, Any] | None,
                        headers: Mapping[str, str] | None, json: Any, expect: str) -> Reply:
@@ -343,6 +347,8 @@ class Client:
                 req.headers["Authorization"] = scope.value
             resp = await send(req)
             host.unreached = 0  # it answers
+            if (date := http_date(resp.headers.get("Date", ""))) is not None:
+                self._behind.setdefault(host.name, deque(maxlen=999)).append(time.time() - date)
             self._statuses[str(resp.status)] += 1
             return resp
 

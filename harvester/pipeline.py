@@ -522,7 +522,13 @@ class Harvest:
     def _remember(self, meta: dict[str, str], manifest: dict[str, Any], *, advance: bool) -> None:
         """Record the run; move the high-water marks only when nothing was lost, so a run
         with failed ids is asked again (from the old marks) next night."""
-        marks = {s.name: (bud.source_fp(s), meta["started_at"])
+        mark, behind = meta["started_at"], manifest.get("http", {}).get(
+            "clock_behind_s", {}).get(origin_of(self.cfg.api.url), 0)
+        if advance and behind > 60:  # modified dates are stamped on the API's clock
+            log.warning("the API's clock is %d s behind this machine's: the high-water marks "
+                        "move back as much", behind)
+            mark = stamp(parse_stamp(mark) - dt.timedelta(seconds=behind))
+        marks = {s.name: (bud.source_fp(s), mark)
                  for s in self.cfg.sources if s.kind in INCREMENTAL_KINDS}
         with contextlib.closing(Catalog(self.catalog_path)) as catalog:
             catalog.record_run(meta["snapshot_id"], manifest["kind"], manifest["status"],

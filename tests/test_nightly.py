@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import email.utils
 import os
 import re
 import shutil
@@ -500,3 +501,28 @@ def test_known_and_queued_ids_keep_their_sources_when_the_config_reorders_them(
                                   ).fetchall() == [(1, 0b10), (5, 0b01)]
     finally:
         catalog.close()
+
+
+async def test_the_marks_follow_the_apis_clock_when_it_runs_behind(tmp_path: Path) -> None:
+    """Modified dates are the API's: an edit made just after a run started, on a server three
+    hours behind, must still be after the next run's bound (overlap: 1 h)."""
+    @web.middleware
+    async def three_hours_behind(request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        response.headers["Date"] = email.utils.formatdate(time.time() - 3 * 3600, usegmt=True)
+        return response
+
+    sim = Simulator(SimSettings(items=30, seed=3))
+    sim.api_app.middlewares.append(three_hours_behind)
+    async with sim:
+        cfg = write_config(tmp_path, sim, [{"kind": "articles"}],
+                           incremental={"overlap_hours": 1})
+        result = await Harvest(cfg).run()
+        api, stats = sim.api_url.split("/v2")[0], sim.stats_url
+    behind = result.manifest["http"]["clock_behind_s"]
+    assert abs(behind[api] - 3 * 3600) <= 2
+    assert abs(behind[stats]) <= 2  # the stats host's clock is right
+    with contextlib.closing(Catalog(cfg.state_path() / "catalog.sqlite")) as catalog:
+        [(_, mark)] = catalog.marks().values()
+    started = dt.datetime.fromisoformat(result.manifest["started_at"])
+    assert abs((started - dt.datetime.fromisoformat(mark)).total_seconds() - 3 * 3600) <= 2
