@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -31,7 +32,9 @@ from harvester.figshare import (
 )
 from harvester.journal import DONE, FAILED, FULL, GONE, STATS_ONLY, Journal, Outcome
 from harvester.journalrows import bodies
+from harvester.partition import parse_stamp
 from harvester.periods import stamp_now, utc_now
+from harvester.sources import SourceReport
 from harvester.statsdepth import StatsFetcher
 
 T = TypeVar("T")
@@ -50,6 +53,9 @@ class ItemFetcher:
         # an incremental run's catalog: known records are asked for conditionally
         self.catalog = catalog if cfg.incremental and cfg.incremental.conditional else None
         self.not_modified = 0  # records that answered 304
+        self.refused = 0  # 304s the evidence contradicted: asked for again unconditionally
+        self.listed: dict[int, int] = {}  # tonight's listed modified_date per id (note_listing)
+        self.undated = 0  # sources whose listing dates were not kept: no 304 of theirs trusted
         # account sources list the token owner's items; admin sources others' (see _record)
         self.account_mask = sum(1 << i for i, s in enumerate(cfg.sources) if s.kind == "account")
         self.admin_mask = sum(
@@ -63,6 +69,19 @@ class ItemFetcher:
         self.entity_errors: list[dict[str, Any]] = []  # errors.ndjson lines of failed entities
         self.entities_at = utc_now()
         self._group_counts: dict[str, int] = {}
+
+    def note_listing(self, reports: Sequence[SourceReport]) -> None:
+        """Tonight's listed modified dates (reports in source order): a 304 must not say a
+        record listed as changed is the one held. Kept only when records are asked for
+        conditionally; an incremental run's date-bounded listings are small."""
+        if self.catalog is None:
+            return
+        for idx, report in enumerate(reports):
+            if report.modified is None:
+                self.undated |= 1 << idx
+                continue
+            for aid, at in report.modified.items():
+                self.listed[aid] = max(at, self.listed.get(aid, at))
 
     async def fetch(self, aid: int, sources: int, mode: int = FULL) -> Outcome:
         self.items += 1
@@ -138,6 +157,9 @@ class ItemFetcher:
         if parts:  # the record is kept; the item still counts as failed
             error = {**parts[0], "message": "; ".join(p["message"] for p in parts)}
         etag, modified = reply.headers.get("ETag"), reply.headers.get("Last-Modified")
+        lm, changed = _http_stamp(modified), parse_stamp(record.get("modified_date"))
+        if lm is None or (changed is not None and lm < changed):
+            modified = None  # older than the record it came with: no evidence of "unchanged"
         url = _with_query(self.cfg.api.url + article_path(aid, account=account), as_owner)
         return Outcome(aid, DONE, body=reply.body, files=files, stats=stats,
                        fetched_at=stamp_now(), error=error,
@@ -155,16 +177,16 @@ class ItemFetcher:
         own = bool(sources & self.account_mask)
         if own or not sources & self.admin_mask or self.cfg.api.admin_read == "account":
             account = own or bool(sources & self.admin_mask)
-            return await self._get_record(aid, account, {}, held), account, {}
+            return await self._get_record(aid, sources, account, {}, held), account, {}
         try:
-            return await self._get_record(aid, False, {}, held), False, {}
+            return await self._get_record(aid, sources, False, {}, held), False, {}
         except NotFound as exc:
             if not is_missing_entity(exc):
                 raise
         owner = await self._owner(aid)
         as_owner = {"impersonate": owner} if owner is not None else {}
         try:
-            return await self._get_record(aid, True, as_owner, held), True, as_owner
+            return await self._get_record(aid, sources, True, as_owner, held), True, as_owner
         except NotFound as exc:
             if owner is not None or not is_missing_entity(exc):
                 raise
@@ -175,7 +197,7 @@ class ItemFetcher:
                 "it -> 404 (api.admin_read: account reads it where the service allows)",
                 url=exc.url, status=404, reason="private-unreadable") from None
 
-    async def _get_record(self, aid: int, account: bool, params: dict[str, int],
+    async def _get_record(self, aid: int, sources: int, account: bool, params: dict[str, int],
                           held: Validators | None) -> Reply:
         """The record, or a 304 Reply when `held` is this URL's and the record is unchanged
         (If-None-Match when an ETag is held: exact; else If-Modified-Since: to the second)."""
@@ -186,13 +208,32 @@ class ItemFetcher:
                    else {"If-Modified-Since": held.last_modified or ""})
         count_estimated(self.requests, "record")
         reply = await self.client.get(url, params=params or None, headers=ask or None)
-        if reply.status == 304 and ask:
-            return reply
+        if reply.status == 304 and held is not None and ask:
+            if not self._contradicted(aid, sources, held, reply):
+                return reply
+            self.refused += 1  # the evidence says it changed: ask for it whole
+            count_estimated(self.requests, "record")
+            reply = await self.client.get(url, params=params or None)
+        if reply.status == 304:
+            raise _bad(f"GET {url} -> 304 Not Modified to a request that was not conditional",
+                       url, "bad-record", 304)
         record = reply.data
         if not isinstance(record, dict) or not _is_id(record.get("id"), aid):
-            raise _bad(f"GET {url} -> 200 but the body is not the record of article {aid}",
-                       url, "bad-record", reply.status)
+            raise _bad(f"GET {url} -> {reply.status} but the body is not the record of article "
+                       f"{aid}", url, "bad-record", reply.status)
         return reply
+
+    def _contradicted(self, aid: int, sources: int, held: Validators, reply: Reply) -> bool:
+        """A 304 is not the held record when its Last-Modified is not the held one's, or the
+        listing shows the item modified after the Last-Modified the record was held with."""
+        if sources & self.undated:
+            return True  # its listing's dates were not kept: nothing shows it unchanged
+        held_at, sent = _http_stamp(held.last_modified), reply.headers.get("Last-Modified")
+        shown = _http_stamp(sent) if sent else held_at
+        if sent and held_at is not None and shown != held_at:
+            return True
+        listed = self.listed.get(aid)
+        return listed is not None and (shown is None or shown < listed)
 
     async def _owner(self, aid: int) -> int | None:
         """The account owning a private institution item, from its latest curation review."""
@@ -313,6 +354,7 @@ class ItemFetcher:
             "items": self.items,
             "requests": dict(sorted(self.requests.items())),
             "not_modified": self.not_modified,  # records that answered 304: stats only
+            "not_modified_refused": self.refused,  # 304s that contradicted the evidence
             "requests_per_item": round(total / self.items, 3) if self.items else None,
         }
         if self.downloader is not None:
@@ -345,6 +387,15 @@ def _bad(message: str, url: str, reason: str, status: int = 200) -> BadResponse:
 def _is_id(value: Any, expected: int) -> bool:
     """`value` is the integer `expected` itself: true, 1.0 and "1" are not 1."""
     return valid_id(value) and value == expected
+
+
+def _http_stamp(value: str | None) -> int | None:
+    """Epoch seconds of an HTTP date (Last-Modified); None if absent or unreadable."""
+    try:
+        moment = email.utils.parsedate_to_datetime(value or "")
+    except (TypeError, ValueError):
+        return None
+    return int(moment.timestamp()) if moment.tzinfo is not None else None
 
 
 def _with_query(url: str, params: dict[str, int]) -> str:

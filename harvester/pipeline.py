@@ -164,6 +164,7 @@ class Harvest:
                     self.fetcher = ItemFetcher(self.cfg, client,
                                                catalog=None if full else self.catalog_path)
                     await self._enumerate(client, journal, meta)
+                    self.fetcher.note_listing(self.reports)  # what a 304 must not contradict
                     self.schedule = await self._schedule(journal, full)
                     await self._fan_out(client, journal, started)
                     counts = await journal.call(journal.counts)

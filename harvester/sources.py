@@ -15,13 +15,24 @@ from harvester.config import DEFAULT_API_URL, Source, read_ids_file
 from harvester.errors import AuthError, BadResponse, NotFound
 from harvester.figshare import PAGE_SIZE, list_query, valid_id
 from harvester.oaipmh import OaiLister, portal_set
-from harvester.partition import SKIPPED_SAMPLE, Exhauster, IdSet, Limits, Lister, Partition
+from harvester.partition import (
+    SKIPPED_SAMPLE,
+    Exhauster,
+    IdSet,
+    Limits,
+    Lister,
+    Partition,
+    parse_stamp,
+)
 
 log = logging.getLogger("harvester")
 
 ADMIN_KINDS = frozenset({"institution_articles", "reviews"})
 DOI_LOOKUPS_AT_ONCE = 16  # DOI -> id lookups in flight (the client's limits still apply)
 SAMPLE = 1_000  # unresolved lines, or ids only one side listed, quoted (the counts are exact)
+# listed modified dates one date-bounded listing keeps for the fetcher (~10 MB); beyond, none
+MAX_LISTED_DATES = 100_000
+UNDATED = 1 << 62  # a listed item without a readable modified_date: it may have changed anytime
 # the GET /articles filters a DOI line is looked up by, in order (doi_match: any); NOTES §4.1
 DOI_FIELDS = ("doi", "resource_doi", "handle")
 DOI_PAGE_SIZE = 10  # hits of one DOI asked a page: most name one item
@@ -59,6 +70,9 @@ class SourceReport:
     skipped_sample: list[str] = field(default_factory=list)
     page_size: int = PAGE_SIZE  # items asked per list page
     side: list[SideRecord] = field(default_factory=list, repr=False)  # not in the manifest
+    # a modified_since listing's modified_date (epoch s) per id: what a 304 must not contradict
+    # (ItemFetcher.note_listing); None: a dated listing whose dates are not all here
+    modified: dict[int, int] | None = field(default_factory=dict, repr=False)
 
     @property
     def minimum_requests(self) -> int | None:
@@ -84,6 +98,7 @@ class SourceReport:
             if key in info:
                 setattr(self, attr, info[key])
         self.partitions = [Partition(**p) for p in info.get("partitions", ())]
+        self.modified = None  # listed by an earlier run: its dates are gone
 
     def absorb(self, walker: Lister) -> None:
         self.listed += walker.listed
@@ -145,6 +160,8 @@ async def _listed(client: Client, api_url: str, source: Source, report: SourceRe
     if kind == "reviews":
         walker.on_items = lambda items: report.side.extend(
             SideRecord("review", r["id"], dict(r)) for r in items if isinstance(r.get("id"), int))
+    elif "modified_since" in params:
+        walker.on_items = lambda items: _keep_dates(report, items)
     try:
         async for batch in walker.ids(list_query(kind, params)):
             yield batch
@@ -159,6 +176,19 @@ async def _listed(client: Client, api_url: str, source: Source, report: SourceRe
         else:
             async for batch in _reconcile_oai(client, api_url, source, walker.seen, report):
                 yield batch
+
+
+def _keep_dates(report: SourceReport, items: list[Mapping[str, Any]]) -> None:
+    """Each listed id's modified_date, the latest if listed twice; too many: none kept."""
+    if report.modified is None:
+        return
+    for item in items:
+        aid, at = item.get("id"), parse_stamp(item.get("modified_date"))
+        if isinstance(aid, int) and valid_id(aid):
+            at = UNDATED if at is None else at
+            report.modified[aid] = max(at, report.modified.get(aid, at))
+    if len(report.modified) > MAX_LISTED_DATES:
+        report.modified = None
 
 
 async def _container(

@@ -328,7 +328,8 @@ def test_a_damaged_state_file_stops_the_run_before_it_fetches(
 
 
 @pytest.mark.parametrize(("name", "other", "what", "missing"), [
-    ("catalog.sqlite", "journal.sqlite", "harvest catalog", "bits, known, marks, queue, runs, windows"),
+    ("catalog.sqlite", "journal.sqlite", "harvest catalog",
+     "bits, known, marks, queue, runs, windows"),
     ("journal.sqlite", "catalog.sqlite", "run journal", "errors, ids, meta, records"),
 ])
 def test_a_state_file_holding_the_other_ones_tables_stops_the_run_naming_it(

@@ -8,14 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow.parquet as pq
+import pytest
+from aiohttp import web
 
 from harvester import warehouse
 from harvester.config import Config
+from harvester.fetch import ItemFetcher
 from harvester.pipeline import Harvest, RunResult
 from harvester.simulator import Simulator
+from harvester.simulator.settings import SimSettings
+from harvester.sources import SourceReport
 from tests.conftest import write_config
 from tests.test_nightly import biggest_group, table_ids
+from tests.test_sources import fast_client
 
 RECORD = "/v2/articles/{article_id}"
 
@@ -191,3 +198,129 @@ async def test_an_ids_source_is_fetched_every_night_and_unchanged_ids_cost_one_3
     assert second.manifest["fetch"]["not_modified"] == len(ids) - 1
     assert table_ids(second.snapshot) == [ids[0]]
     assert second.manifest["status"] == "complete"
+
+
+FROZEN = "Wed, 01 Jan 2020 00:00:00 GMT"
+
+
+def lying_validators(mode: str, target: list[int]) -> Any:
+    """Record validators that lie: `etag`, an ETag that never changes; `last-modified`, no
+    ETag and a Last-Modified frozen in 2020 (any If-Modified-Since answers 304); `unasked`,
+    a 304 for the ids in `target` to a request that asked nothing."""
+    @web.middleware
+    async def lie(request: web.Request, handler: Any) -> web.StreamResponse:
+        head, _, tail = request.path.rpartition("/")
+        if head != "/v2/articles" or not tail.isdigit():
+            return await handler(request)
+        stuck = f'"stuck-{tail}"'
+        if mode == "etag" and request.headers.get("If-None-Match") == stuck:
+            return web.Response(status=304, headers={"ETag": stuck})
+        if mode == "last-modified" and request.headers.get("If-Modified-Since"):
+            return web.Response(status=304)
+        if mode == "unasked" and int(tail) in target:
+            return web.Response(status=304)
+        response = await handler(request)
+        if mode == "etag":
+            response.headers["ETag"] = stuck
+        elif mode == "last-modified":
+            response.headers.pop("ETag", None)
+            response.headers["Last-Modified"] = FROZEN
+        return response
+    return lie
+
+
+def before_2020(sim: Simulator, ids: list[int], n: int) -> list[int]:
+    """`n` of `ids` last modified before the frozen Last-Modified: it looks current for them."""
+    frozen = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    return [a for a in ids if sim.corpus.modified(a) < frozen][:n]
+
+
+def modified_dates(snapshot: Path, ids: list[int]) -> dict[int, str]:
+    rows = pq.read_table(snapshot / "articles").to_pylist()
+    return {r["article_id"]: r["modified_date"].strftime("%Y-%m-%dT%H:%M:%SZ")
+            for r in rows if r["article_id"] in ids}
+
+
+@pytest.mark.parametrize("mode", ["etag", "last-modified"])
+async def test_a_304_never_keeps_a_record_the_listing_shows_edited(
+    tmp_path: Path, mode: str
+) -> None:
+    """A server whose ETag never changes, or whose Last-Modified is frozen, answers 304 for
+    edited records: the listing's modified_date is later than the record held, so each is
+    asked for again whole (counted); an overlap re-listing of a record held current still
+    costs one 304."""
+    sim = Simulator(SimSettings(items=400, seed=11))
+    sim.api_app.middlewares.append(lying_validators(mode, []))
+    async with sim:
+        members = members_of(sim)
+        unchanged = overlapped(sim, members, 3)
+        changed = before_2020(sim, [a for a in members if a not in unchanged], 3)
+        assert len(changed) == 3
+        cfg = nightly_config(tmp_path, sim)
+        _, second, _ = await full_then_nightly(sim, tmp_path, cfg, unchanged, changed)
+        served = {a: sim.corpus.modified(a).strftime("%Y-%m-%dT%H:%M:%SZ") for a in changed}
+    assert modified_dates(second.snapshot, changed) == served
+    fetch = second.manifest["fetch"]
+    assert fetch["not_modified_refused"] == len(changed)
+    if mode == "etag":  # held with the Last-Modified the listing shows: the 304 is kept
+        assert table_ids(second.snapshot) == changed
+        assert fetch["not_modified"] == len(unchanged)
+    else:  # a Last-Modified older than its record's modified_date is no validator: asked whole
+        assert table_ids(second.snapshot) == sorted(changed + unchanged)
+        assert fetch["not_modified"] == 0
+        with sqlite3.connect(cfg.state_path() / "catalog.sqlite") as db:
+            kept = dict(db.execute("SELECT article_id, last_modified FROM known"))
+        assert {kept[a] for a in unchanged} == {None}
+
+
+async def test_the_listed_date_and_lost_dates_decide_which_304s_the_fetcher_keeps(
+    tmp_path: Path,
+) -> None:
+    """With the stuck ETag, the fetcher keeps a 304 only for an id whose listed date is not
+    after the Last-Modified it holds; a listing whose dates are lost (a resumed run) keeps
+    none of its ids' 304s."""
+    sim = Simulator(SimSettings(items=400, seed=11))
+    sim.api_app.middlewares.append(lying_validators("etag", []))
+    async with sim:
+        members = members_of(sim)
+        cfg = nightly_config(tmp_path, sim)
+        await Harvest(cfg).run()
+        edited, same, other = members[:2], members[2], members[3]
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        for aid in edited:
+            sim.corpus.modify(aid, now)
+        listing = SourceReport("g", "group")
+        listing.modified = {edited[0]: int(now.timestamp()), edited[1]: 1 << 62,
+                            same: int(sim.corpus.modified(same).timestamp())}
+        lost = SourceReport("lost", "group")
+        lost.modified = None
+        async with fast_client() as client:
+            fetcher = ItemFetcher(cfg, client, catalog=cfg.state_path() / "catalog.sqlite")
+            fetcher.note_listing([listing, lost])
+            got = {aid: await fetcher.fetch(aid, 1) for aid in [*edited, same]}
+            unproven = await fetcher.fetch(other, 0b10)
+    for aid in edited:
+        assert not got[aid].not_modified
+        assert orjson.loads(got[aid].body)["modified_date"] == now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert got[same].not_modified and not got[same].body
+    assert not unproven.not_modified and orjson.loads(unproven.body)["id"] == other
+    assert fetcher.report()["not_modified_refused"] == 3
+    assert fetcher.report()["requests"]["record"] == 4 + 3
+
+
+async def test_a_304_to_a_request_that_asked_nothing_fails_the_item_saying_so(
+    tmp_path: Path,
+) -> None:
+    sim = Simulator(SimSettings(items=400, seed=11))
+    target: list[int] = []
+    sim.api_app.middlewares.append(lying_validators("unasked", target))
+    async with sim:
+        members = members_of(sim)
+        target.append(members[4])
+        result = await Harvest(nightly_config(tmp_path, sim)).run()
+    [error] = [orjson.loads(line) for line in
+               (result.snapshot / "errors.ndjson").read_bytes().splitlines()]
+    assert (error["id"], error["status"], error["reason"]) == (members[4], 304, "bad-record")
+    assert error["message"].endswith(
+        f"/articles/{members[4]} -> 304 Not Modified to a request that was not conditional")
+    assert members[4] not in table_ids(result.snapshot)

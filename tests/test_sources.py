@@ -16,7 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from harvester import config, figshare
+from harvester import config, figshare, sources
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.config import Source
 from harvester.errors import AuthError, ConfigError, NotFound
@@ -341,6 +341,24 @@ async def test_author_by_name_and_by_orcid(sim: Simulator) -> None:
     # each: one short page, and the empty page after it that proves it the end (not a cap)
     assert len(search) == 4 and report.partitions[0].query.startswith("POST /articles/search")
     assert f'search_for=:author: "{author["full_name"]}"' in report.partitions[0].query
+
+
+async def test_a_modified_since_listing_keeps_each_ids_listed_date_for_the_fetcher(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a 304 must not contradict (fetch.ItemFetcher.note_listing); only a date-bounded
+    listing keeps dates, and one over the cap or restored keeps none (None: dates lost)."""
+    since = "2023-01-01T00:00:00Z"
+    got, report = await run_source(sim, "articles", modified_since=since)
+    assert got and report.modified == {
+        a: int(sim.corpus.modified(a).timestamp()) for a in got}
+    _, whole = await run_source(sim, "group", group=sim.corpus.groups[0].id)
+    assert whole.modified == {}
+    monkeypatch.setattr(sources, "MAX_LISTED_DATES", len(set(got)) - 1)
+    _, over = await run_source(sim, "articles", modified_since=since)
+    assert over.modified is None
+    report.restore(report.as_dict())
+    assert report.modified is None
 
 
 async def test_account_items_with_the_users_token(sim: Simulator) -> None:
