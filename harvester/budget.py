@@ -29,6 +29,7 @@ from harvester.config import (
     parse_duration,
     public_view,
 )
+from harvester.errors import BudgetSpent
 from harvester.periods import breakdown_windows, parse_date, parse_stamp, stamp, utc_now
 from harvester.policy import RateLimit
 
@@ -119,13 +120,23 @@ def count_estimated(requests: Counter[str], kind: str) -> None:
 class Spend:
     """The fetching's side of a budget: an item starts only if its estimated cost fits beside
     the requests sent and those the items in flight have yet to send; from the first that does
-    not fit, or once the clock says stop, none starts (spending order is kept)."""
+    not fit, once the clock says stop, or once an item's wait would pass the stop (BudgetSpent,
+    the client's deadline), none starts (spending order is kept)."""
 
     def __init__(self, allowance: int | None, stop_at: float | None,
                  sent: Callable[[], int], clock: Callable[[], float] = time.monotonic) -> None:
         self.allowance, self.stop_at, self.sent, self.clock = allowance, stop_at, sent, clock
         self.spent = False
+        self.cut = ""  # why the first item cut short by the stop was (BudgetSpent), if one was
         self._flying: list[_InFlight] = []
+
+    @classmethod
+    def of(cls, budget: Budget | None, rate: RateLimit, records: int, started: float,
+           sent: Callable[[], int]) -> Spend:
+        """A run's spend of `budget` (None: unlimited), its clock counted from `started`."""
+        stop = budget.fetch_seconds(records) if budget else None
+        return cls(budget.allowance(rate, records) if budget else None,
+                   None if stop is None else started + stop, sent)
 
     def admit(self, cost: int) -> bool:
         if not self.spent:
@@ -143,9 +154,25 @@ class Spend:
         token = _ITEM.set(item)
         try:
             yield
+        except BudgetSpent as exc:
+            self.spent, self.cut = True, self.cut or str(exc)
+            raise
         finally:
             _ITEM.reset(token)
             self._flying.remove(item)
+
+    def view(self, budget: Budget | None, plan: Schedule | None,
+             spent: dict[str, Any]) -> dict[str, Any]:
+        """The manifest's `budget`: what was allowed, what tonight's schedule held, how it went."""
+        return {
+            "said": budget.said if budget else None,
+            "requests": self.allowance,
+            "stopped_fetching": self.spent,  # the budget ran out before the work did
+            "predicted_requests": plan.requests if plan else None,
+            "nights_to_full_refresh": plan.nights_to_full if plan else None,
+            "settles_at_age_nights": plan.settle_age if plan else None,
+            **spent,
+        }
 
 
 def series_requests(cfg: Config) -> int:

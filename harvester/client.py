@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import ContentEncodingError
 from aiolimiter import AsyncLimiter
 from yarl import URL
 
@@ -26,8 +27,10 @@ from harvester.errors import (
     AuthError,
     BadResponse,
     Blocked,
+    BudgetSpent,
     ConfigError,
     GiveUp,
+    HeldOff,
     NotFound,
     RequestError,
     RetryableError,
@@ -171,6 +174,7 @@ class _Budget:
         cap = 1 + margin / 2 / rate.interval  # in starts
         self.limiter = AsyncLimiter(cap, cap * rate.interval)
         self.not_before = -math.inf
+        self.asked = ""  # the host whose Retry-After set `not_before`, and for how long
 
 
 @dataclass
@@ -208,6 +212,8 @@ class Client:
         self._held = 0.0
         self._circuits: list[str] = []
         self._behind: dict[str, deque[float]] = {}  # our clock minus each host's Date header
+        # a budget's stop time (on `clock`): no request waits, retries or starts past it
+        self.deadline: float | None = None
 
     async def __aenter__(self) -> Client:
         self._session = aiohttp.ClientSession(
@@ -306,16 +312,15 @@ class Client:
             try:
                 return await attempt_once()
             except RetryableError as exc:
-                if exc.retry_after is not None and exc.retry_after > policy.retry_after_max:
-                    raise _final(GiveUp, exc, attempt, f"Retry-After {exc.retry_after:.0f}s > "
-                                 f"{policy.retry_after_max:.0f}s: not retried") from None
                 if attempt == policy.attempts:
                     if exc.reason == "connect":
                         self._unreached(exc, attempt)
-                    cls = BadResponse if exc.reason == "bad-json" else GiveUp
+                    cls = BadResponse if exc.reason in ("bad-json", "bad-encoding") else GiveUp
                     raise _final(cls, exc, attempt, f"gave up after {attempt} attempts") from None
+                delay = backoff_delay(attempt, policy, self._rand)
+                self._in_time(delay, f"{exc} (a retry would end past the budget's stop)")
                 self._retries[exc.reason] += 1
-                await self._sleep(backoff_delay(attempt, policy, self._rand))
+                await self._sleep(delay)
                 attempt += 1
             except RequestError as exc:
                 exc.attempts = attempt
@@ -347,7 +352,8 @@ class Client:
                 req.headers["Authorization"] = scope.value
             resp = await send(req)
             host.unreached = 0  # it answers
-            if (date := http_date(resp.headers.get("Date", ""))) is not None:
+            date = http_date(resp.headers.get("Date", ""))
+            if date is not None and abs(time.time() - date) < 86_400:  # else no clock's Date
                 self._behind.setdefault(host.name, deque(maxlen=999)).append(time.time() - date)
             self._statuses[str(resp.status)] += 1
             return resp
@@ -364,7 +370,8 @@ class Client:
                 yield resp
 
     async def _hold(self, call: _Call, host: _Host) -> None:
-        """Wait out the budget's Retry-After hold; refuse when the host's circuit is open."""
+        """Wait out the budget's Retry-After hold; refuse when the host's circuit is open, the
+        hold is past retry_after_max (HeldOff) or would end past the deadline (BudgetSpent)."""
         limit = self.settings.retry.retry_after_max
         while True:
             if host.circuit is not None:
@@ -372,11 +379,13 @@ class Client:
                 raise call.fail(cls, reason, f"not sent: {host.name} {why}",
                                 status=403 if cls is Blocked else None)
             wait = host.budget.not_before - self._clock()
+            if wait > limit:
+                raise call.fail(HeldOff, "retry-after", f"not sent: {host.budget.asked}, "
+                                f"longer than the {limit:g} s a run waits at most")
+            self._in_time(max(wait, 0.0), f"{call.method} {call.safe_url}: not sent: " + (
+                f"{host.budget.asked}, past the budget's stop" if wait > 0 else "budget spent"))
             if wait <= 0:
                 return
-            if wait > limit:
-                raise call.fail(GiveUp, "retry-after", f"{host.name} held by Retry-After for "
-                                f"{wait:.0f}s (> {limit:.0f}s)")
             self._held += wait
             await self._sleep(wait)
 
@@ -385,9 +394,16 @@ class Client:
         while True:
             await self._hold(call, host)
             await host.budget.limiter.acquire()
-            if host.circuit is None and self._clock() >= host.budget.not_before:
-                break  # else a hold began while we queued: wait it out and queue again
+            now = self._clock()
+            if host.circuit is None and now >= host.budget.not_before and \
+                    (self.deadline is None or now < self.deadline):
+                break  # else a hold began or the stop came while we queued: _hold says which
         self._started[host.name] += 1
+
+    def _in_time(self, wait: float, why: str) -> None:
+        """A wait that would end at or past the deadline is not waited: BudgetSpent."""
+        if self.deadline is not None and self._clock() + wait >= self.deadline:
+            raise BudgetSpent(why)
 
     def _host(self, url: URL) -> _Host:
         name = origin_of(url)
@@ -444,8 +460,13 @@ class Client:
         if status in self.settings.retry.statuses:
             now = http_date(headers.get("Date", "")) or time.time()  # an HTTP-date is on its clock
             wait = parse_retry_after(headers.get("Retry-After"), now)
-            if wait is not None:  # the whole budget waits, not only this request
-                host.budget.not_before = max(host.budget.not_before, self._clock() + wait)
+            if wait is not None and self._clock() + wait > host.budget.not_before:
+                # the whole budget waits, not only this request; too long a wait stops the run
+                host.budget.not_before = self._clock() + wait
+                host.budget.asked = f"{host.name} asked by Retry-After to wait {wait:.0f} s"
+            if wait is not None and wait > (limit := self.settings.retry.retry_after_max):
+                raise fail(HeldOff, f"Retry-After {wait:.0f} s, longer than the {limit:g} s "
+                           "a run waits at most", reason="retry-after")
             raise fail(RetryableError, reason=str(status), retry_after=wait)
         if status == 404:
             raise fail(NotFound)
@@ -457,6 +478,12 @@ class Client:
             raise fail(Blocked)
         if status in (401, 403):
             hint = next((h.value for h in self._hints if h.covers(call.url)), None)
+            first = resp.history[0].url if resp.history else call.url  # before any redirect
+            scope = next((s for s in self._scopes if s.covers(first)), None)
+            if scope is not None and not scope.covers(call.url):  # withheld there on purpose
+                asked = next((h.value for h in self._hints if h.covers(first)), "the credential")
+                raise fail(AuthError, f"{summary} (redirected to {call.safe_url}, outside "
+                           f"{asked}'s scope: the token was not sent there)")
             raise fail(AuthError, f"{summary} (check {hint})" if hint else f"{summary} (a "
                        "public operation, sent without credentials: is this the right host?)")
         raise fail(RequestError)
@@ -486,6 +513,10 @@ class Client:
         os_error = getattr(exc, "os_error", None)
         refused = os_error is not None and (os_error.errno == errno.ECONNREFUSED
                                             or "refused" in str(os_error).lower())
+        if isinstance(exc.__cause__, ContentEncodingError):  # the body is bad, not the connection
+            coding = (str(exc.__cause__.message).rsplit(":", 1)[-1].split() or ["encoded"])[0]
+            return call.fail(RetryableError, "bad-encoding", f"the body is not valid {coding} "
+                             "as its Content-Encoding says")
         for kind, reason, words in (
             (aiohttp.ConnectionTimeoutError, "connect",
              f"timed out after {s.connect_timeout:g} s connecting to {where}"),

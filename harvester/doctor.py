@@ -53,7 +53,7 @@ class Finding:
 def judge(probe: str, holds: bool | None, evidence: str, note: str = "") -> Finding:
     """ok when the assumption `holds`; else differs (unknown when None), with `note`."""
     verdict = UNKNOWN if holds is None else OK if holds else DIFFERS
-    return Finding(probe, verdict, evidence, "" if holds else note)
+    return Finding(probe, verdict, evidence, note if holds is False else "")
 
 
 @dataclass
@@ -137,11 +137,16 @@ class Answer:
         return [i for i in self.data if isinstance(i, dict)] if isinstance(self.data, list) else []
 
     def shown(self, detail: str = "") -> str:
-        if self.error is not None:
-            summary = self.error.body or self.error.reason
-            return f"{self.status or self.error.reason} {summary[:100]}".strip()
+        if self.error is not None:  # its one-line message, less the request it repeats
+            return str(self.error).split(" -> ", 1)[-1][:240]
         kind = self.headers.get("Content-Type", "").split(";")[0]
         return f"{self.status} {kind}" + (f": {detail}" if detail else "")
+
+
+def served(answer: Answer, *refusals: int) -> bool | None:
+    """True if served, False if refused with one of `refusals`; None (unknown) otherwise: a
+    5xx, a lost connection or a request never sent says nothing about the credentials."""
+    return True if answer.ok else False if answer.status in refusals else None
 
 
 def list_queries(cfg: Config) -> list[ListQuery]:
@@ -445,7 +450,7 @@ class Doctor:
             one = {"offset": 0, "limit": 1} if q.paging == "offset" else {"page": 1,
                                                                           "page_size": 1}
             ans = await self.send(q.path, params=one)
-            out.append(judge(f"token scope {q.path}", ans.ok, ans.shown(),
+            out.append(judge(f"token scope {q.path}", served(ans, 401, 403), ans.shown(),
                              "sources reading it fail: check api.token and its rights"))
             if q.path != "/account/articles":  # the token's own items are no institution's
                 listed += [(q, i) for i in ans.items[:1] if figshare.valid_id(i.get(q.id_key))]
@@ -462,7 +467,8 @@ class Doctor:
         owner = {"impersonate": item["account_id"]} if documented else None
         ans = await self.send(article_path(item[q.id_key], account=True), params=owner)
         shown = "GET /account/articles/{id}" + ("?impersonate={owner}" if documented else "")
-        return [*out, judge("admin reads institution items", ans.ok, f"{shown} -> {ans.shown()}",
+        return [*out, judge("admin reads institution items", served(ans, 401, 403, 404),
+                            f"{shown} -> {ans.shown()}",
                             "private items of admin sources cannot be read as their owner: they "
                             "fail" if documented else "the service refuses api.admin_read: "
                             "account: use documented")]

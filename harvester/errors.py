@@ -4,6 +4,8 @@
     ├── ConfigError                 fix the config or the command line (exit 2)
     ├── OutputError                 the output location cannot be written or read back
     ├── LockedError                 another run holds this harvest's lock (exit 4)
+    ├── BudgetSpent                 a wait or retry would end past the budget's stop time: the
+    │                               item is not sent, it stays pending for the next run
     └── RequestError                one HTTP exchange went wrong; carries status, sanitized url,
         │                           reason and attempts (too-large, bad-redirect: not retried)
         ├── RetryableError          429, 5xx, connection reset, timeout, truncated body: retry
@@ -15,8 +17,10 @@
         └── Abort                   stop talking to this host or source
             ├── AuthError           401, or 403 with a JSON body: credentials missing or refused
             ├── Blocked             403 with an HTML body: the host is blocking us; circuit open
-            └── Unreachable         the host took no connection for several requests in a row,
-                                    each retried to its last attempt; circuit open
+            ├── Unreachable         the host took no connection for several requests in a row,
+            │                       each retried to its last attempt; circuit open
+            └── HeldOff             a Retry-After longer than RetryPolicy.retry_after_max: every
+                                    host of its rate budget would wait that long; stop, resume
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ class OutputError(HarvesterError):
 
 
 class LockedError(HarvesterError):
+    pass
+
+
+class BudgetSpent(HarvesterError):
     pass
 
 
@@ -83,4 +91,8 @@ class Blocked(Abort):
 
 
 class Unreachable(Abort):
+    pass
+
+
+class HeldOff(Abort):
     pass

@@ -22,7 +22,7 @@ def utc_now() -> dt.datetime:
 
 
 def stamp(t: dt.datetime) -> str:
-    return t.strftime(STAMP)
+    return f"{t.year:04d}{t.strftime(STAMP[2:])}"  # strftime's %Y does not pad years < 1000
 
 
 def stamp_now() -> str:

@@ -26,7 +26,7 @@ from harvester import budget as bud
 from harvester.catalog import Catalog, last_complete_full, run_lock
 from harvester.client import Client, ClientSettings, large_body_turn
 from harvester.config import INCREMENTAL_KINDS, Config, parse_duration, public_view
-from harvester.errors import HarvesterError, OutputError
+from harvester.errors import BudgetSpent, HarvesterError, OutputError
 from harvester.fetch import ItemFetcher
 from harvester.journal import DONE, FAILED, FULL, GONE, PENDING, Counts, Journal, Outcomes
 from harvester.journalrows import chunks
@@ -184,13 +184,14 @@ class Harvest:
 
     def _unfinished(self, meta: dict[str, str], counts: Counts) -> RunResult:
         """A budgeted full run publishes only once every record is in: the next run resumes."""
-        total, left = sum(counts.values()), counts.get(PENDING, 0)
-        log.warning("budget spent: %d of %d records of the full run are in; not published "
-                    "(LATEST unchanged), the next run resumes", total - left, total)
-        ids = {"total": total, "fetched": counts.get(DONE, 0), "pending": left}
+        ids = {"total": sum(counts.values()), "fetched": counts.get(DONE, 0),
+               "failed": counts.get(FAILED, 0), "pending": counts.get(PENDING, 0)}
+        log.warning("budget spent: %(fetched)d of %(total)d records fetched, %(failed)d failed "
+                    "(asked again), %(pending)d pending; not published (LATEST unchanged), the "
+                    "next run resumes", ids)
         manifest = {"name": self.cfg.name, "snapshot_id": meta["snapshot_id"], "kind": "full",
                     "status": "unpublished", "runs": int(meta["runs"]), "ids": ids,
-                    "budget": self._budget_view({})}
+                    "budget": self.spend.view(self.budget, self.schedule, {})}
         return RunResult(None, manifest, counts.get(FAILED, 0), False, published=False)
 
     def _keep_requests(self, journal: Journal, meta: dict[str, str]) -> None:
@@ -340,11 +341,10 @@ class Harvest:
         return plan
 
     async def _fan_out(self, client: Client, journal: Journal, started: float) -> None:
-        if self.budget is not None:
-            stop = self.budget.fetch_seconds(self._writing)
-            self.spend = bud.Spend(self.budget.allowance(self.rate, self._writing),
-                                   None if stop is None else started + stop,
-                                   lambda: sum(client.metrics()["requests"].values()))
+        """Pending items fetched until done or the budget is spent; a budget spent with no
+        record fetched, items failed or cut short, is no night to publish (PublishGuarded)."""
+        self.spend = bud.Spend.of(self.budget, self.rate, self._writing, started,
+                                  lambda: sum(client.metrics()["requests"].values()))
         counts = await journal.call(journal.counts)
         p = self.progress
         p.phase = "fetching"
@@ -357,6 +357,7 @@ class Harvest:
         todo: asyncio.Queue[tuple[int, int, int] | None] = asyncio.Queue(maxsize=workers * 2)
         results = Outcomes(workers * 2)  # small: a kill loses what sits here uncommitted
         committer = asyncio.create_task(journal.store_from(results))
+        client.deadline = self.spend.stop_at  # no wait or retry ends past the budget's stop
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._produce(journal, todo, workers))
@@ -365,8 +366,15 @@ class Harvest:
         except BaseExceptionGroup as group:  # the first error (an Abort, usually), not the group
             raise group.exceptions[0] from None
         finally:
+            client.deadline = None
             await asyncio.shield(results.put(None))
             await asyncio.shield(committer)
+        counts = await journal.call(journal.counts)
+        if counts.get(PENDING) and not counts.get(DONE) and (counts.get(FAILED) or self.spend.cut):
+            why = await journal.call(journal.failure_summary) or f"cut short: {self.spend.cut}"
+            raise PublishGuarded(f"the budget ran out with no record fetched ({why}); "
+                                 f"{counts[PENDING]:,} pending: not published (LATEST not moved), "
+                                 "the journal is kept and the next run resumes")
 
     async def _produce(self, journal: Journal, todo: asyncio.Queue[Any], workers: int) -> None:
         """Pending ids in spending order (journal.Priority), until the budget is spent."""
@@ -389,9 +397,14 @@ class Harvest:
                 continue  # spent: the rest stays pending (deferred), in order
             async with results.item(item.article_id) as turn:
                 token = large_body_turn.set(turn)
-                with self.spend.fetching(cost):
-                    outcome = await self.fetcher.fetch(item.article_id, item.sources, item.mode)
-                large_body_turn.reset(token)
+                try:
+                    with self.spend.fetching(cost):
+                        outcome = await self.fetcher.fetch(item.article_id, item.sources,
+                                                           item.mode)
+                except BudgetSpent:
+                    continue  # a wait would end past the stop: pending, asked first next run
+                finally:
+                    large_body_turn.reset(token)
                 p = self.progress
                 if outcome.state == DONE:
                     p.done += 1
@@ -453,7 +466,7 @@ class Harvest:
                     "incomplete": counts.incomplete,  # records kept while a part failed
                     # not listed tonight, fetched by id and still there: kept, not deleted
                     "unlisted": await journal.call(journal.unlisted)},
-            "budget": self._budget_view({
+            "budget": self.spend.view(self.budget, self.schedule, {
                 "refreshed": refreshed,
                 "deferred": {"records": deferred.get("full", 0),
                              "stats": deferred.get("stats_only", 0)},
@@ -493,19 +506,6 @@ class Harvest:
                               "run finishes recording it)") from None
         self._prune()
         return RunResult(path, published, failed, truncated)
-
-    def _budget_view(self, spent: dict[str, Any]) -> dict[str, Any]:
-        """The manifest's `budget`: what was allowed, what tonight's schedule held, how it went."""
-        plan = self.schedule
-        return {
-            "said": self.budget.said if self.budget else None,
-            "requests": self.spend.allowance,
-            "stopped_fetching": self.spend.spent,  # the budget ran out before the work did
-            "predicted_requests": plan.requests if plan else None,
-            "nights_to_full_refresh": plan.nights_to_full if plan else None,
-            "settles_at_age_nights": plan.settle_age if plan else None,
-            **spent,
-        }
 
     def _guard(self, counts: Counts) -> str:
         """Why this full run must not be published, or "" (a thread: reads manifests)."""

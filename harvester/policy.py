@@ -36,7 +36,7 @@ class RetryPolicy:
     attempts: int = 6
     backoff_base: float = 1.0
     backoff_max: float = 60.0
-    retry_after_max: float = 900.0  # a longer Retry-After -> give up rather than sleep for hours
+    retry_after_max: float = 900.0  # a longer Retry-After stops the run (HeldOff): resume later
     statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
 
 

@@ -16,11 +16,14 @@ from aiohttp import web
 
 from harvester.client import UNREACHABLE_AFTER, Client, ClientSettings
 from harvester.errors import (
+    Abort,
     AuthError,
     BadResponse,
     Blocked,
+    BudgetSpent,
     ConfigError,
     GiveUp,
+    HeldOff,
     NotFound,
     RequestError,
     Unreachable,
@@ -280,23 +283,66 @@ async def test_http_date_retry_after_is_on_the_servers_clock(
     assert sum(fake.sleeps) == pytest.approx(30, abs=1)
 
 
-async def test_retry_after_beyond_max_gives_up_without_sending_more(
+async def test_retry_after_beyond_max_aborts_naming_the_host_that_asked(
     serve: Callable[..., Awaitable[Server]],
 ) -> None:
+    """A hold past retry_after_max stops the run (HeldOff, an Abort): every host of the budget
+    is refused without a send, in words naming the host that asked and for how long."""
     fake = FakeTime()
 
     async def handler(request: web.Request, n: int) -> web.Response:
-        return web.Response(status=429, headers={"Retry-After": "3600"})
+        return web.Response(status=503, headers={"Retry-After": "3600"})
+
+    stats, api = await serve(handler), await serve(answer)
+    policy = RetryPolicy(retry_after_max=900.0)
+    shared = settings(retry=policy, shared_origins=(api.url, stats.url))
+    async with Client(shared, clock=fake.clock, sleep=fake.sleep) as client:
+        with pytest.raises(HeldOff, match="-> 503 Service Unavailable: Retry-After 3600 s, "
+                           "longer than the 900 s a run waits at most") as first:
+            await client.get(f"{stats.url}/a")
+        with pytest.raises(HeldOff, match=f"not sent: {stats.origin} asked by Retry-After "
+                           "to wait 3600 s, longer than the 900 s"):
+            await client.get(f"{api.url}/b")
+    assert isinstance(first.value, Abort) and first.value.reason == "retry-after"
+    assert len(stats.seen) == 1 and api.seen == []
+    assert fake.sleeps == []
+
+
+async def test_no_wait_or_retry_ends_past_the_deadline(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    """A budget's stop: a backoff or a Retry-After hold that would end past it is not waited
+    (BudgetSpent, nothing more sent); within it, waited as ever; past it, nothing starts."""
+    fake, jitter = FakeTime(), [1.0]
+
+    async def handler(request: web.Request, n: int) -> web.Response:
+        tries = sum(s.path_qs == request.path_qs for s in server.seen)
+        if request.path == "/held" or (request.path == "/brief" and tries == 1):
+            return web.Response(status=429, headers={"Retry-After": request.query["wait"]})
+        return web.Response(status=503) if request.path == "/flaky" else ok()
 
     server = await serve(handler)
-    policy = RetryPolicy(retry_after_max=900.0)
-    async with Client(settings(retry=policy), clock=fake.clock, sleep=fake.sleep) as client:
-        with pytest.raises(GiveUp, match="Retry-After 3600s"):
-            await client.get(f"{server.url}/a")
-        with pytest.raises(GiveUp, match="held by Retry-After"):
-            await client.get(f"{server.url}/b")
-    assert len(server.seen) == 1
-    assert fake.sleeps == []
+    slow = RetryPolicy(attempts=4, backoff_base=100.0, backoff_max=100.0)
+    async with Client(settings(retry=slow), clock=fake.clock, sleep=fake.sleep,
+                      rand=lambda: jitter[0]) as client:
+        client.deadline = fake.now + 20
+        with pytest.raises(BudgetSpent, match=r"503 Service Unavailable.*past the budget's stop"):
+            await client.get(f"{server.url}/flaky")  # its backoff: 100 s
+        jitter[0] = 0.0
+        with pytest.raises(BudgetSpent, match="asked by Retry-After to wait 30 s, past the "
+                           "budget's stop"):
+            await client.get(f"{server.url}/held?wait=30")
+        fake.now += 30  # that hold is over; 10 s are left, a hold of 5 s fits
+        client.deadline = fake.now + 10
+        assert (await client.get(f"{server.url}/brief?wait=5")).data == {"ok": True}
+        fake.now = client.deadline
+        with pytest.raises(BudgetSpent, match="not sent: budget spent"):
+            await client.get(f"{server.url}/late")
+        client.deadline = None  # no budget: no stop
+        assert (await client.get(f"{server.url}/free")).data == {"ok": True}
+    assert [s.path_qs for s in server.seen] == ["/flaky", "/held?wait=30", "/brief?wait=5",
+                                                "/brief?wait=5", "/free"]
+    assert fake.sleeps == [0.0, 0.0, 5.0]  # no wait but the 5 s hold that fit
 
 
 # ---- retries and give-up ------------------------------------------------------------------------
@@ -429,6 +475,47 @@ async def test_read_and_total_timeouts(serve: Callable[..., Awaitable[Server]]) 
     async with Client(settings(read_timeout=read, retry=RetryPolicy(attempts=1))) as client:
         with pytest.raises(GiveUp, match=r"timed out after 0\.3 s with nothing received"):
             await client.get(f"{server.url}/silent")
+
+
+async def test_a_body_not_in_its_content_encoding_is_bad_encoding_not_truncated(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    """Plain JSON sent as gzip or deflate, or gzip with junk after it, is a bad body (retried
+    like bad JSON), not a connection closed inside it; a gzip body cut short still is."""
+    body = b'{"id": 1}'
+    served = {"/gzip": ("gzip", body), "/deflate": ("deflate", body),
+              "/junk": ("gzip", gzip.compress(body) + b"junk"), "/once": ("gzip", body)}
+
+    async def handler(request: web.Request, n: int) -> web.StreamResponse:
+        if request.path == "/cut":
+            packed = gzip.compress(body * 200)
+            resp = web.StreamResponse(headers={"Content-Encoding": "gzip",
+                                               "Content-Length": str(len(packed))})
+            await resp.prepare(request)
+            await resp.write(packed[: len(packed) // 2])
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        coding, raw = served[request.path]
+        if request.path == "/once" and sum(s.path_qs == "/once" for s in server.seen) > 1:
+            raw = gzip.compress(body)  # the second answer is gzip indeed
+        return web.Response(body=raw, headers={"Content-Encoding": coding,
+                                               "Content-Type": "application/json"})
+
+    server = await serve(handler)
+    async with Client(settings(retry=RetryPolicy(attempts=2, backoff_base=0.01))) as client:
+        for path in ("/gzip", "/deflate", "/junk", "/cut"):
+            with pytest.raises(RequestError) as info:
+                await client.get(f"{server.url}{path}")
+            if path == "/cut":
+                assert info.value.reason == "truncated", str(info.value)
+                continue
+            assert info.value.reason == "bad-encoding" and info.value.attempts == 2
+            assert str(info.value).startswith(
+                f"GET {server.url}{path} -> bad-encoding: the body is not valid "
+                f"{served[path][0]} as its Content-Encoding says")
+        assert (await client.get(f"{server.url}/once")).data == {"id": 1}
+        assert client.metrics()["retries"] == {"bad-encoding": 4, "truncated": 1}
 
 
 async def test_invalid_json_retried_then_bad_response(
@@ -773,6 +860,47 @@ async def test_redirects_anywhere_but_http_are_refused_not_crashed_on(
             await client.get(f"{server.url}/loop")
         assert client.metrics()["retries"] == {}
     assert len(server.seen) == 4 + 11
+
+
+async def test_a_401_after_a_redirect_out_of_the_tokens_scope_says_so(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    """The token, withheld on purpose where a redirect leads out of its scope (another path, or
+    the same server by another name), is not called a public operation or a wrong host."""
+    token = "token SECRETTOKEN123"
+
+    async def handler(request: web.Request, n: int) -> web.Response:
+        if request.path == "/v2/account/articles/search":
+            raise web.HTTPTemporaryRedirect("/v2/r/account/articles/search")  # 307 keeps POST
+        if request.path == "/v2/account/articles/1" and request.host.startswith("127.0.0.1"):
+            raise web.HTTPFound(f"http://localhost:{request.url.port}{request.path}")
+        if request.headers.get("Authorization") != token:
+            return web.json_response({"message": "Missing or invalid OAuth token"}, status=401)
+        return ok()
+
+    api = await serve(handler)
+    scoped = f"{api.url}/v2/account/"
+    s = settings(credentials={scoped: token}, auth_hints={scoped: "api.token"})
+    async with Client(s) as client:
+        with pytest.raises(AuthError) as moved:
+            await client.post(f"{api.url}/v2/account/articles/search", json={"page": 1})
+        with pytest.raises(AuthError) as alias:
+            await client.get(f"{api.url}/v2/account/articles/1")
+        with pytest.raises(AuthError) as public:  # the first URL was never in scope
+            await client.get(f"{api.url}/v2/articles/1")
+        assert (await client.get(f"{api.url}/v2/account/articles/2")).data == {"ok": True}
+    port = api.url.rsplit(":", 1)[1]
+    for err, final in ((moved, f"{api.url}/v2/r/account/articles/search"),
+                       (alias, f"http://localhost:{port}/v2/account/articles/1")):
+        assert str(err.value).startswith(f"{'POST' if err is moved else 'GET'} {final} -> 401 ")
+        assert str(err.value).endswith(f"(redirected to {final}, outside api.token's scope: the "
+                                       "token was not sent there)")
+    assert str(public.value).endswith("(a public operation, sent without credentials: is this "
+                                      "the right host?)")
+    assert api.auth("/v2/account/articles/search") == [token]  # sent where it belongs
+    assert api.auth("/v2/r/account/articles/search") == [None]  # and withheld where it does not
+    assert [s.headers.get("Authorization") for s in api.seen
+            if s.headers.get("Host", "").startswith("localhost")] == [None]
 
 
 async def test_errors_never_show_credentials_and_name_the_settings_to_check(

@@ -266,3 +266,36 @@ def test_a_catalog_that_cannot_store_what_was_learned_still_shows_the_findings(
         assert doctor(path, capsys)[0] == cli.OK  # unlocked: stored
     with closing(Catalog(catalog)) as stored:
         assert stored.windows() == report["learned"]
+
+
+@pytest.mark.parametrize("token", ["user", "wrong"])
+def test_the_token_is_judged_only_by_a_refusal_and_evidence_is_the_errors_own_words(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        token: str) -> None:
+    """A stats host holding the shared budget by Retry-After keeps the token-scope request from
+    being sent: that says nothing of the token (unknown, in the error's words, not "retry-after
+    retry-after ... check api.token"); a 401 still says the token is refused."""
+    def routes(app: web.Application) -> None:
+        async def slow(request: web.Request) -> web.Response:
+            return web.json_response({"message": "slow down"}, status=503,
+                                     headers={"Retry-After": "100000"})
+        app.router.add_route("*", "/{tail:.*}", slow)
+
+    settings = SimSettings(items=300, seed=3)
+    monkeypatch.setenv("TOKEN", settings.user_token if token == "user" else "not-a-token")
+    with SimulatorThread(settings) as sim, ThreadedApp(routes) as stats:
+        path = config(tmp_path, SimpleNamespace(api_url=sim.api_url, stats_url=stats.url),
+                      [{"kind": "account"}], api={"token": "${TOKEN}"},
+                      stats={"counters": ["views"]})
+        code, report = doctor(path, capsys)
+    found = {f["probe"]: f for f in report["findings"]}
+    scope = found["token scope /account/articles"]
+    assert code == cli.PARTIAL
+    if token == "wrong":  # refused before any stats request: the token is what differs
+        assert scope["verdict"] == "differs" and scope["evidence"].startswith("401 ")
+        assert "check api.token" in scope["note"]
+        return
+    assert "-> 503 Service Unavailable: " in found["stats totals"]["evidence"]
+    assert scope["verdict"] == "unknown" and "note" not in scope  # no word on the token
+    assert scope["evidence"].startswith("retry-after: ") and "by Retry-After" in \
+        scope["evidence"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
+import sqlite3
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ class Repo:
         self.max_page_size = 1_000
         self.cap = 0  # page_size silently served at most this (0: as asked)
         self.extra: dict[int, dict[str, Any]] = {}  # keys served over a record's own
+        self.held = (0, "")  # (n, Retry-After): records after the n-th answer 429 with it
         self.hits: Counter[str] = Counter()
 
     def routes(self, app: web.Application) -> None:
@@ -80,6 +83,9 @@ class Repo:
             return web.Response(status=500, text="Internal Server Error")
         if self.mode == "html200":
             return web.Response(text=HTML, content_type="text/html")
+        if self.held[1] and self.hits["record"] > self.held[0]:
+            return web.json_response({"message": "slow down"}, status=429,
+                                     headers={"Retry-After": self.held[1]})
         if self.mode == "json404" or aid in self.gone:
             return web.json_response(MISSING, status=404)
         files = [{"id": aid * 1000 + k, "name": f"f{k}.csv", "size": 1} for k in range(self.files)]
@@ -98,6 +104,9 @@ class Repo:
 
     async def total(self, request: web.Request) -> web.Response:
         self.hits["stats"] += 1
+        if self.mode == "stats-held":
+            return web.json_response({"message": "come back tomorrow"}, status=503,
+                                     headers={"Retry-After": "100000"})
         if self.mode == "stats404" and request.match_info["counter"] == "downloads":
             return web.json_response({"message": "Not found"}, status=404)
         return web.json_response({"totals": 7})
@@ -283,6 +292,73 @@ def test_a_guarded_run_leaves_the_warehouse_unchanged(tmp_path: Path) -> None:
         assert cli.main(["run", write(tmp_path, server.url, IDS)]) == cli.PARTIAL
     assert cli.main(["load", harvest, "--duckdb", db]) == cli.OK
     assert current() == loaded
+
+
+# ---- Retry-After: a budget's stop and retry_after_max hold ------------------------------------
+
+
+def journal_states(tmp_path: Path) -> Counter[str]:
+    with sqlite3.connect(tmp_path / "out" / "t" / ".state" / "journal.sqlite") as db:
+        rows = db.execute("SELECT state, count(*) FROM ids GROUP BY state").fetchall()
+    return Counter({ItemState(state).name: n for state, n in rows})
+
+
+def test_a_budget_never_waits_past_its_stop_and_keeps_the_rest_pending(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Records past the 5th answer 429 with Retry-After 30 within a 3 s budget: the run stops
+    in time, the rest pending (none failed), and log and stdout count alike."""
+    repo = Repo()
+    repo.held = (5, "30")
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, IDS, http={"concurrency": 1})
+        started = time.monotonic()
+        assert cli.main(["run", path, "--budget", "3s"]) == cli.OK  # not published, resumes
+        assert time.monotonic() - started < 3
+        assert repo.hits["record"] == 6  # the 6th waits for no Retry-After past the stop
+        assert journal_states(tmp_path) == {"DONE": 5, "PENDING": 15}
+        out, err = capsys.readouterr()
+        assert "not published: 5 of 20 records in" in out
+        assert "budget spent: 5 of 20 records fetched, 0 failed (asked again), 15 pending" in err
+        assert latest(tmp_path) is None
+        repo.held = (0, "")
+        assert cli.main(["run", path]) == cli.OK  # the same command resumes
+    assert snapshot_ids(tmp_path) == repo.ids and manifest(tmp_path)["status"] == "complete"
+    assert manifest(tmp_path)["runs"] == 2
+
+
+def test_a_budgeted_night_the_server_refuses_throughout_exits_3(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = Repo()
+    repo.held = (0, "1")  # every record: 429, Retry-After 1; two attempts each
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, IDS)
+        assert cli.main(["run", path, "--budget", "2s"]) == cli.PARTIAL
+    line = one_error_line(capsys.readouterr().err)
+    assert "the budget ran out with no record fetched (failed: 4 429, such as GET" in line
+    assert "16 pending: not published (LATEST not moved)" in line
+    assert journal_states(tmp_path) == {"FAILED": 4, "PENDING": 16} and latest(tmp_path) is None
+
+
+def test_a_retry_after_past_the_max_stops_the_run_and_names_its_host(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The stats host asks for 100000 s (> retry_after_max): the run aborts (exit 5), the API
+    host's records neither sent nor failed for it, and the message names the stats host."""
+    repo, stats = Repo(), Repo()
+    before = publish_good(tmp_path, repo, IDS)
+    stats.mode = "stats-held"
+    capsys.readouterr()
+    with ThreadedApp(repo.routes) as api, ThreadedApp(stats.routes) as held:
+        path = write(tmp_path, api.url, IDS, stats={"url": held.url})
+        assert cli.main(["run", path]) == cli.ABORTED
+        line = one_error_line(capsys.readouterr().err)
+        assert f"GET {held.url}/total/" in line and "-> 503 Service Unavailable: " \
+            "Retry-After 100000 s, longer than the 900 s a run waits at most" in line
+        assert stats.hits["stats"] <= FAST["concurrency"]  # those in flight: none after
+        assert journal_states(tmp_path)["FAILED"] == 0
+        assert latest(tmp_path) == before
+        stats.mode = "ok"
+        assert cli.main(["run", path]) == cli.OK  # the same command resumes
+    assert snapshot_ids(tmp_path) == repo.ids and manifest(tmp_path)["status"] == "complete"
 
 
 # ---- a failing part keeps the record ---------------------------------------------------------

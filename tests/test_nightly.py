@@ -526,3 +526,26 @@ async def test_the_marks_follow_the_apis_clock_when_it_runs_behind(tmp_path: Pat
         [(_, mark)] = catalog.marks().values()
     started = dt.datetime.fromisoformat(result.manifest["started_at"])
     assert abs((started - dt.datetime.fromisoformat(mark)).total_seconds() - 3 * 3600) <= 2
+
+
+async def test_a_date_header_no_clock_could_show_moves_no_mark(tmp_path: Path) -> None:
+    """A Date from the year 100 is a broken header, not a slow clock: the marks stay the run's
+    start, and the next night reads them back (a mark stamped '99-12-31...' stopped every run)."""
+    @web.middleware
+    async def year_100(request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        response.headers["Date"] = "Mon, 01 Jan 0100 00:00:00 GMT"
+        return response
+
+    sim = Simulator(SimSettings(items=30, seed=3))
+    sim.api_app.middlewares.append(year_100)
+    async with sim:
+        cfg = write_config(tmp_path, sim, [{"kind": "articles"}],
+                           incremental={"overlap_hours": 1})
+        first = await Harvest(cfg).run()
+        second = await Harvest(cfg).run()
+        api = sim.api_url.split("/v2")[0]
+    assert api not in first.manifest["http"]["clock_behind_s"]  # the stats host's is there
+    assert second.manifest["kind"] == "incremental"
+    with contextlib.closing(Catalog(cfg.state_path() / "catalog.sqlite")) as catalog:
+        assert [m for _, m in catalog.marks().values()] == [second.manifest["started_at"]]
