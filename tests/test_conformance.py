@@ -28,7 +28,7 @@ from harvester.simulator.behaviour import LogEntry
 from harvester.simulator.settings import SimSettings
 from harvester.sources import SourceReport, enumerate_source
 from tests import spec
-from tests.conftest import write_config
+from tests.conftest import serving, write_config
 
 pytestmark = pytest.mark.skipif(not spec.SWAGGER.is_file(),
                                 reason=f"the Figshare spec is not at {spec.SWAGGER}")
@@ -179,17 +179,6 @@ async def incremental(sim: Simulator, tmp_path: Path) -> set[tuple[str, str, str
                            stats=stats, incremental=inc)
     assert second["kind"] == "incremental"
     return {("api", "GET", "/articles")}
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

