@@ -152,6 +152,15 @@ class Lister:
         self.partitions.append(part)
         return part
 
+    def skip(self, item: Any, key: str) -> None:
+        """A listed entry with no usable `key` id: counted, the first few quoted, and the source
+        truncated (an item may hide behind it)."""
+        self.skipped += 1
+        self.truncated = True
+        if len(self.skipped_sample) < SKIPPED_SAMPLE:
+            shown = item.get(key) if isinstance(item, Mapping) else item
+            self.skipped_sample.append(f"{key}={str(shown)[:60]}")
+
     def _give_up(self, part: Partition, note: str) -> None:
         part.truncated = self.truncated = True
         part.note = note
@@ -190,7 +199,10 @@ class Exhauster(Lister):
         """Every id of `query` (batches; an id may repeat, the journal deduplicates)."""
         part = self._partition(query.describe())
         seen = _Window()
+        shown: set[int] = set()  # what the window listed: a fallback must list it all again
         async for batch in self._walk(query, part, seen, None, None, None):
+            if query.fallback is not None:
+                shown.update(batch)
             yield batch
         if seen.broken:
             self._give_up(part, seen.broken)
@@ -213,9 +225,14 @@ class Exhauster(Lister):
         elif query.fallback is not None:
             part.note = "window full: listed by the fallback query instead"
             async for batch in self.ids(query.fallback):
+                shown.difference_update(batch)
                 yield batch
-        else:
-            self._give_up(part, "window full and the endpoint offers no way to narrow it")
+            if shown:
+                self._give_up(part, f"window full, and the fallback query missed {len(shown)} "
+                                    "ids the window listed: it cannot be trusted to list all")
+        else:  # a note already there (a repeated or refused page) is the first, true reason
+            self._give_up(part, (part.note + "; " if part.note else "window full and ")
+                          + "the endpoint offers no way to narrow it")
 
     async def _range(self, query: ListQuery, floor: int | None, hi: int | None,
                      overlap: int | None) -> AsyncIterator[list[int]]:
@@ -370,7 +387,7 @@ class Exhauster(Lister):
             kept = []
             for item in items:
                 if not isinstance(item, Mapping) or not valid_id(item.get(query.id_key)):
-                    self._skip(item, query)
+                    self.skip(item, query.id_key)
                     continue
                 if date_key is not None:
                     stamp = parse_stamp(item.get(date_key))
@@ -454,15 +471,6 @@ class Exhauster(Lister):
                         url, problem[:200], len(ITEM_TYPES))
         self.limits.item_types = tuple(codes)
         return self.limits.item_types
-
-    def _skip(self, item: Any, query: ListQuery) -> None:
-        """A listed entry with no usable id: counted, the first few quoted, and the source
-        truncated (an item may hide behind it)."""
-        self.skipped += 1
-        self.truncated = True
-        if len(self.skipped_sample) < SKIPPED_SAMPLE:
-            shown = item.get(query.id_key) if isinstance(item, Mapping) else item
-            self.skipped_sample.append(f"{query.id_key}={str(shown)[:60]}")
 
     def _since(self, query: ListQuery, floor: int | None) -> str | None:
         """The lower bound that selects at least every item dated after `floor`; never

@@ -12,7 +12,7 @@ from typing import Any
 
 from harvester.client import Client
 from harvester.config import DEFAULT_API_URL, Source, read_ids_file
-from harvester.errors import AuthError, BadResponse, NotFound
+from harvester.errors import Abort, AuthError, BadResponse, NotFound, RequestError
 from harvester.figshare import PAGE_SIZE, list_query, valid_id
 from harvester.oaipmh import OaiLister, portal_set
 from harvester.partition import (
@@ -158,8 +158,7 @@ async def _listed(client: Client, api_url: str, source: Source, report: SourceRe
     kind, params = source.kind, source.params
     walker = Exhauster(client, api_url, limits=limits)
     if kind == "reviews":
-        walker.on_items = lambda items: report.side.extend(
-            SideRecord("review", r["id"], dict(r)) for r in items if isinstance(r.get("id"), int))
+        walker.on_items = lambda items: _keep_reviews(report, walker, items)
     elif "modified_since" in params:
         walker.on_items = lambda items: _keep_dates(report, items)
     try:
@@ -176,6 +175,16 @@ async def _listed(client: Client, api_url: str, source: Source, report: SourceRe
         else:
             async for batch in _reconcile_oai(client, api_url, source, walker.seen, report):
                 yield batch
+
+
+def _keep_reviews(report: SourceReport, walker: Lister,
+                  items: list[Mapping[str, Any]]) -> None:
+    """Each listed review as a side record; one without a valid id is skipped and counted."""
+    for review in items:
+        if valid_id(review.get("id")):
+            report.side.append(SideRecord("review", review["id"], dict(review)))
+        else:
+            walker.skip(review, "id")
 
 
 def _keep_dates(report: SourceReport, items: list[Mapping[str, Any]]) -> None:
@@ -205,7 +214,7 @@ async def _container(
     except NotFound:
         raise NotFound(f"source {source.name!r}: {kind} {key} does not exist or is not public "
                        f"(GET {url} -> 404)", url=url, status=404) from None
-    if not isinstance(record, dict) or record.get("id") != key:
+    if not isinstance(record, dict) or not valid_id(record.get("id")) or record["id"] != key:
         raise BadResponse(f"GET {url} -> 200 but the body is not the record of {kind} {key}",
                           url=url, status=200)
     walker = Exhauster(client, api_url, limits=limits)
@@ -213,6 +222,13 @@ async def _container(
     async for batch in walker.ids(list_query(kind, {kind: key})):
         members.extend(batch)
         yield batch
+    # a short page is not the membership: the record says how many articles it holds
+    count = record.get("articles_count") if kind == "collection" else None
+    if isinstance(count, int) and valid_id(count) and len(walker.seen) < count:
+        part = walker.partitions[0]
+        part.truncated = walker.truncated = True
+        part.note = "; ".join(filter(None, [part.note, f"lists {len(walker.seen)} of the "
+                                            f"{count} articles its record counts"]))
     report.absorb(walker)
     report.requests += 1  # the record itself
     report.side.append(SideRecord(kind, key, {"record": record,
@@ -233,7 +249,21 @@ async def _collections(
     report.truncated = report.truncated or lister.truncated
     seen = IdSet()
     for key in dict.fromkeys(keys):
-        async for batch in _container(client, api_url, source, report, limits, key):
+        # one collection's bad answer fails it alone (its members held back until it is whole)
+        held: list[list[int]] = []
+        try:
+            async for batch in _container(client, api_url, source, report, limits, key):
+                held.append(batch)
+        except Abort:
+            raise
+        except RequestError as exc:
+            report.truncated = True
+            report.partitions.append(Partition(f"GET /collections/{key}", truncated=True,
+                                               note=f"collection {key} failed: {exc}"[:300]))
+            log.warning("source %s: collection %d failed, the rest go on: %s",
+                        source.name, key, exc)
+            continue
+        for batch in held:
             seen.update(batch)
             yield batch
     report.distinct = len(seen)

@@ -47,6 +47,7 @@ class ListServer:
     reverse: bool = False  # `order_direction` ignored: newest first
     shown: dict[int, str] = field(default_factory=dict)  # id -> published_date listed instead
     item_types: tuple[int, ...] = figshare.ITEM_TYPES  # what GET /item_types lists
+    project: list[dict[str, Any]] | None = None  # what project 7 lists (None: `items`)
     requests: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -103,7 +104,8 @@ class ListServer:
         if page * size > self.window:
             return web.json_response({"message": "Max page reached. Please narrow down your "
                                                  "search"}, status=400)
-        chunk = self.items[(page - 1) * size : page * size]
+        listed = self.items if self.project is None else self.project
+        chunk = listed[(page - 1) * size : page * size]
         return web.Response(body=orjson.dumps(chunk), content_type="application/json")
 
 
@@ -294,6 +296,34 @@ async def test_a_project_over_the_window_falls_back_to_a_partitioned_search(serv
     assert walker.partitions[0].note == "window full: listed by the fallback query instead"
     assert all(q.get("project_id") == "7" for q in server.requests if "project" not in q)
     assert walker.partitions[1].query.startswith("POST /articles/search [order=published_date")
+
+
+async def test_a_fallback_search_missing_ids_the_window_listed_is_truncated(serve: Any) -> None:
+    items = corpus([(9_500, BASE, 200 * DAY, 0)])
+    server = ListServer(items[:37], project=items)  # the search knows 37 of the project's
+    got, walker = await exhaust(await serve(server), list_query("project", {"project": 7}))
+    assert len(set(got)) == 9_000 and walker.truncated  # was trusted: 500 silently missing
+    assert "the fallback query missed 8963 ids the window listed" in walker.partitions[0].note
+
+
+async def test_a_repeated_page_is_the_reason_given_when_nothing_narrows(serve: Any) -> None:
+    async def repeat(request: web.Request) -> web.Response:
+        size = int(request.query["page_size"])  # every page the same full page: a loop
+        return web.json_response([{"id": i} for i in range(1, size + 1)])
+
+    app = web.Application()
+    app.router.add_get("/v2/collections/3/articles", repeat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        api = f"http://127.0.0.1:{runner.addresses[0][1]}/v2"
+        got, walker = await exhaust(api, list_query("collection", {"collection": 3}))
+    finally:
+        await runner.cleanup()
+    assert got == list(range(1, 1_001)) and walker.truncated
+    assert walker.partitions[0].note == ("page 2 repeats the page before: paging stopped; "
+                                         "the endpoint offers no way to narrow it")
 
 
 def test_id_set_is_a_compact_bitmap() -> None:
@@ -675,6 +705,29 @@ async def test_collection_project_and_review_records_reach_the_snapshot(
     by_name = {s["name"]: s for s in result.manifest["sources"]}
     assert by_name["reviews-3"]["partitions"][0]["query"].startswith(
         "GET /account/institution/reviews")
+
+
+async def test_reviews_without_a_valid_id_are_skipped_counted_and_publish_the_rest(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from harvester.pipeline import Harvest
+    from tests.conftest import write_config
+
+    reviews = sim.corpus.reviews
+    for review, bad in zip(reviews, [True, "900009", -5], strict=False):
+        review["id"] = bad
+    cfg = write_config(tmp_path, sim, [{"kind": "reviews"}], stats={"counters": []},
+                       env={"FIGSHARE_TOKEN": sim.settings.admin_token},
+                       api={"token": "${FIGSHARE_TOKEN}"})
+    result = await Harvest(cfg).run()  # a bool id crashed the publish, and every resume
+    assert result.snapshot is not None
+    got = pq.read_table(result.snapshot / "reviews").column("review_id").to_pylist()
+    assert sorted(got) == sorted(r["id"] for r in reviews[3:])
+    (source,) = result.manifest["sources"]
+    assert source["truncated"] and source["skipped"] == 3
+    assert source["skipped_sample"] == ["id=True", "id=900009", "id=-5"]
 
 
 async def test_reconcile_is_skipped_when_an_incremental_run_narrows_the_source(
