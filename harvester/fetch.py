@@ -21,7 +21,7 @@ from harvester.catalog import Validators, read_validators
 from harvester.client import Client, Reply
 from harvester.config import ACCOUNT_KINDS, Config
 from harvester.downloads import Downloader
-from harvester.errors import Abort, BadResponse, GiveUp, NotFound, RequestError
+from harvester.errors import Abort, AuthError, BadResponse, GiveUp, NotFound, RequestError
 from harvester.figshare import (
     MAX_FILE_PAGES,
     MAX_VERSIONS,
@@ -38,6 +38,7 @@ from harvester.sources import SourceReport
 from harvester.statsdepth import StatsFetcher
 
 T = TypeVar("T")
+REFUSED_IN_A_ROW = 20  # record reads refused with no success between: the token was revoked
 
 
 class ItemFetcher:
@@ -69,6 +70,10 @@ class ItemFetcher:
         self.entity_errors: list[dict[str, Any]] = []  # errors.ndjson lines of failed entities
         self.entities_at = utc_now()
         self._group_counts: dict[str, int] = {}
+        self._token_ok = False  # something read with the token in this run
+        self._probed = False
+        self._refused_row = 0  # token-bearing record reads refused since the last success
+        self._probe_lock = asyncio.Lock()
 
     def note_listing(self, reports: Sequence[SourceReport]) -> None:
         """Tonight's listed modified dates (reports in source order): a 304 must not say a
@@ -89,6 +94,11 @@ class ItemFetcher:
             if mode == STATS_ONLY:  # incremental runs: an unchanged known item's new numbers
                 return await self._stats_only(aid, sources)
             return await self._fetch(aid, sources)
+        except AuthError as exc:
+            if not await self._token_proven(exc):
+                raise
+            reason = "unauthorized" if exc.status == 401 else "forbidden"
+            return Outcome(aid, FAILED, error=self._error(aid, sources, exc, reason))
         except Abort:
             raise
         except NotFound as exc:
@@ -208,6 +218,8 @@ class ItemFetcher:
                    else {"If-Modified-Since": held.last_modified or ""})
         count_estimated(self.requests, "record")
         reply = await self.client.get(url, params=params or None, headers=ask or None)
+        if account:  # the token was taken
+            self._token_ok, self._refused_row = True, 0
         if reply.status == 304 and held is not None and ask:
             if not self._contradicted(aid, sources, held, reply):
                 return reply
@@ -222,6 +234,30 @@ class ItemFetcher:
             raise _bad(f"GET {url} -> {reply.status} but the body is not the record of article "
                        f"{aid}", url, "bad-record", reply.status)
         return reply
+
+    async def _token_proven(self, exc: AuthError) -> bool:
+        """A /account/ read refused (401, 403 JSON) fails only its item once the token read
+        something in this run (else one listing request probes it); 20 refusals in a row abort."""
+        if not exc.url.startswith(self.cfg.api.url + "/account/"):
+            return False  # a public operation refused, or another credential's
+        self._refused_row += 1
+        if self._refused_row >= REFUSED_IN_A_ROW:
+            return False
+        async with self._probe_lock:
+            if not self._token_ok and not self._probed:
+                self._probed = True
+                self.requests["token_check"] += 1
+                try:
+                    await self.client.get(self.cfg.api.url + "/account/articles",
+                                          params={"page": 1, "page_size": 1})
+                except AuthError:
+                    return False
+                except Abort:
+                    raise
+                except RequestError:
+                    return False
+                self._token_ok = True
+        return self._token_ok
 
     def _contradicted(self, aid: int, sources: int, held: Validators, reply: Reply) -> bool:
         """A 304 is not the held record when its Last-Modified is not the held one's, or the

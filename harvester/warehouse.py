@@ -290,7 +290,7 @@ class Warehouse:
         con = self.con
         try:
             con.begin()
-            self._apply(sid, files, errors, full, day)
+            self._apply(sid, files, errors, full, day, status == "complete")
             (articles,) = con.execute("SELECT count(*) FROM _present").fetchone() or (0,)
             con.execute("INSERT INTO loaded_snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 sid, name, kind, status, version, sha, articles, where, datetime.now(UTC)])
@@ -311,12 +311,15 @@ class Warehouse:
         return loaded
 
     def _replace(self, table: str, paths: list[Path], files: dict[str, list[Path]],
-                 sid: str) -> None:
-        """The snapshot's rows replace those of the entities it holds in `<table>_current`."""
+                 sid: str, complete: bool = True) -> None:
+        """The snapshot's rows replace those of the entities it holds in `<table>_current`;
+        a snapshot not complete (a member list may be truncated) only adds members."""
         key = KEYS[table]
+        if not complete and table in ("collection_articles", "project_articles"):
+            key = (*key, "article_id")  # its own rows replaced, no other member removed
         if table in FROM_RECORD:
             held = "SELECT article_id FROM _present"
-        elif table in _OWNED:
+        elif table in _OWNED and len(key) == 1:  # whole member lists: by their owner
             owner = files.get(_OWNED[table][0])
             if owner is None:
                 return
@@ -352,7 +355,7 @@ class Warehouse:
         return tables, fetch("errors.ndjson") if "errors.ndjson" in listed else None
 
     def _apply(self, sid: str, files: dict[str, list[Path]], errors: Path | None,
-               full: bool, day: date) -> None:
+               full: bool, day: date, complete: bool = True) -> None:
         """The snapshot's effect on every table; runs inside the caller's transaction."""
         con = self.con
         con.execute("CREATE OR REPLACE TEMP TABLE _present AS SELECT article_id, content_hash "
@@ -384,7 +387,7 @@ class Warehouse:
         for table in SCHEMAS:
             paths = files.get(table)
             if paths is not None:
-                self._replace(table, paths, files, sid)
+                self._replace(table, paths, files, sid, complete)
         if "stats" not in files:
             return
         stats = read_parquet(files["stats"])

@@ -20,9 +20,13 @@ from aiohttp import web
 
 from harvester import cli
 from harvester.client import LARGE_BODY, Client, large_body_turn
+from harvester.config import load as load_config
+from harvester.errors import AuthError
+from harvester.fetch import ItemFetcher
 from harvester.figshare import list_query
 from harvester.journal import ItemState, Outcome, Outcomes
 from harvester.partition import Exhauster, Limits
+from harvester.pipeline import client_settings
 from harvester.simulator import ThreadedApp
 from harvester.store import list_snapshots
 from tests.test_cli import one_error_line
@@ -636,3 +640,148 @@ async def test_the_review_queue_pages_within_its_declared_offset() -> None:
         await runner.cleanup()
     assert got == {r["article_id"] for r in server.reviews} and not walker.truncated
     assert max(server.offsets) <= 5_000
+
+
+# ---- a record refused to a token that works --------------------------------------------------
+
+
+class AccountRepo(Repo):
+    """The account listing works; `refused(id)` says which /account/articles/{id} answer
+    403 JSON (or `status`), as a token without rights to some items gets."""
+
+    def __init__(self, n: int = 30, status: int = 403) -> None:
+        super().__init__(n)
+        self.status = status
+        self.refused = lambda aid: aid % 3 == 0
+
+    def routes(self, app: web.Application) -> None:
+        super().routes(app)
+        app.router.add_get("/v2/account/articles", self.listing)
+        app.router.add_get("/v2/account/articles/{id}", self.own)
+
+    async def own(self, request: web.Request) -> web.Response:
+        if self.refused(int(request.match_info["id"])):
+            self.hits["refused"] += 1
+            return web.json_response({"message": "forbidden"}, status=self.status)
+        return await self.article(request)
+
+
+@pytest.mark.parametrize(("status", "reason"), [(403, "forbidden"), (401, "unauthorized")])
+def test_a_record_refused_after_the_token_worked_fails_only_that_item(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int, reason: str) -> None:
+    """The listing proved the token: every third record refused fails that item (exit 3,
+    published), never aborting the run and every resume at the same id."""
+    monkeypatch.setenv("TOK", "t0ken")
+    repo = AccountRepo(status=status)
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, [{"kind": "account", "listing": "list"}],
+                     api={"url": server.url + "/v2", "token": "${TOK}"})
+        assert cli.main(["run", path]) == cli.PARTIAL
+    refused = [i for i in repo.ids if i % 3 == 0]
+    assert snapshot_ids(tmp_path) == [i for i in repo.ids if i % 3]
+    got = errors(tmp_path)
+    assert sorted(got) == refused and {e["reason"] for e in got.values()} == {reason}
+    assert manifest(tmp_path)["errors_by_reason"] == {reason: len(refused)}
+
+
+def test_records_refused_twenty_in_a_row_abort_as_a_revoked_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOK", "t0ken")
+    repo = AccountRepo(n=60)
+    repo.refused = lambda aid: True
+    with ThreadedApp(repo.routes) as server:
+        path = write(tmp_path, server.url, [{"kind": "account", "listing": "list"}],
+                     api={"url": server.url + "/v2", "token": "${TOK}"})
+        assert cli.main(["run", path]) == cli.ABORTED
+    assert latest(tmp_path) is None and repo.hits["refused"] < 20 + 4  # 4: FAST concurrency
+
+
+# ---- collections: one bad collection fails alone -----------------------------------------------
+
+COLLS = {101: [1, 2, 3, 4, 5], 102: [6, 7, 8, 9, 10], 103: [11, 12, 13, 14, 15]}
+
+
+def collection_routes(repo: Repo, mode: str) -> Any:
+    """`repo` plus three collections; collection 102 goes wrong as `mode` says."""
+
+    async def listing(request: web.Request) -> web.Response:
+        first = int(request.query.get("page", 1)) == 1
+        return web.json_response([{"id": k, "published_date": published(n)}
+                                  for n, k in enumerate(COLLS)] if first else [])
+
+    async def record(request: web.Request) -> web.Response:
+        key = int(request.match_info["id"])
+        body: Any = {"id": key, "title": f"c{key}", "articles_count": len(COLLS[key])}
+        if key == 102 and mode in ("rec404", "notobj", "wrongid"):
+            body = {"rec404": MISSING, "notobj": [1, 2], "wrongid": {**body, "id": 103}}[mode]
+            return web.json_response(body, status=404 if mode == "rec404" else 200)
+        return web.json_response(body)
+
+    async def articles(request: web.Request) -> web.Response:
+        key, page = int(request.match_info["id"]), int(request.query.get("page", 1))
+        members = COLLS[key] if page == 1 else []
+        if key == 102 and mode == "art404":
+            return web.json_response(MISSING, status=404)
+        if key == 102 and mode == "listobj":
+            return web.json_response({"items": [{"id": i} for i in members]})
+        if key == 102 and mode == "short":
+            members = members[:2]
+        return web.json_response([{"id": i} for i in members])
+
+    def routes(app: web.Application) -> None:
+        repo.routes(app)
+        app.router.add_get("/v2/collections", listing)
+        app.router.add_get("/v2/collections/{id}", record)
+        app.router.add_get("/v2/collections/{id}/articles", articles)
+
+    return routes
+
+
+@pytest.mark.parametrize("mode", ["rec404", "art404", "notobj", "wrongid", "listobj", "short"])
+def test_one_bad_collection_fails_alone_and_the_rest_publish(tmp_path: Path, mode: str) -> None:
+    repo = Repo(15)
+    with ThreadedApp(collection_routes(repo, mode)) as server:
+        path = write(tmp_path, server.url, [{"kind": "collections", "institution": 11}])
+        assert cli.main(["run", path]) == cli.PARTIAL  # was exit 5, nothing published
+    (source,) = manifest(tmp_path)["sources"]
+    assert source["truncated"]
+    snap = list_snapshots(tmp_path / "out", "t")[-1]
+    rows = duckdb.sql("select collection_id, article_id from "
+                      f"'{snap}/collection_articles/*.parquet' order by 1, 2").fetchall()
+    short = mode == "short"  # listed, but fewer than its articles_count: truncated, said so
+    kept = {k: v[:2] if k == 102 else v for k, v in COLLS.items() if k != 102 or short}
+    assert rows == [(k, i) for k, v in kept.items() for i in v]
+    assert snapshot_ids(tmp_path) == sorted(i for v in kept.values() for i in v)
+    notes = [p.get("note", "") for p in source["partitions"] if p["truncated"]]
+    assert len(notes) == 1
+    assert ("lists 2 of the 5 articles" if short else "collection 102 failed") in notes[0]
+
+
+@pytest.mark.parametrize("listing_works", [True, False])
+async def test_a_record_refused_before_the_token_read_anything_checks_the_token_once(
+        tmp_path: Path, listing_works: bool) -> None:
+    """A resumed run lists nothing: the first refusal asks the listing once; a token that works
+    there fails only the item, one refused there stops the run (AuthError) as before."""
+    repo = AccountRepo()
+    if not listing_works:  # the token is refused everywhere
+        async def refuse(request: web.Request) -> web.Response:
+            return web.json_response({"message": "forbidden"}, status=403)
+        repo.listing = refuse  # type: ignore[method-assign]
+        repo.refused = lambda aid: True
+    runner, url = await serve(repo.routes)
+    try:
+        cfg = load_config(write(tmp_path, url.removesuffix("/v2"),
+                                [{"kind": "account", "listing": "list"}],
+                                api={"url": url, "token": "${TOK}"}), env={"TOK": "t0ken"})
+        async with Client(client_settings(cfg)) as client:
+            fetcher = ItemFetcher(cfg, client)
+            if listing_works:
+                outcome = await fetcher.fetch(3, 1)
+                assert outcome.error is not None and outcome.error["reason"] == "forbidden"
+                assert (await fetcher.fetch(4, 1)).error is None
+            else:
+                with pytest.raises(AuthError, match="articles/3 -> 403"):
+                    await fetcher.fetch(3, 1)
+    finally:
+        await runner.cleanup()
+    assert fetcher.requests["token_check"] == 1

@@ -658,3 +658,46 @@ def test_readme_one_line_reads_see_every_snapshot(two, monkeypatch):
     assert sorted(set(table.column("snapshot").to_pylist())) == [S1, S2]
     assert table.num_rows == 8 and table.column("snapshot").to_pylist() == table.column(
         "snapshot_id").to_pylist()
+
+
+def test_a_partial_snapshot_adds_members_and_never_removes_them(tmp_path):
+    """A truncated member list (status partial) may add a collection's or project's members,
+    never drop the ones it did not list; a complete snapshot replaces the list whole."""
+    root = tmp_path / "out"
+
+    def night(sid: str, members: list[int], status: str) -> None:
+        ctx = RowContext(sid, datetime.strptime(sid, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC),
+                         ("collections",))
+        with SnapshotWriter(root, NAME, snapshot_id=sid) as w:
+            for aid in members:
+                w.add_article(record(aid), article_rows(record(aid), ctx))
+            w.add_rows("collections", [{**dict.fromkeys(SCHEMAS["collections"].names),
+                                        "snapshot_id": sid, "collection_id": 7, "raw": b"{}",
+                                        "content_hash": "h", "fetched_at": ctx.fetched_at}])
+            w.add_rows("collection_articles", [{"snapshot_id": sid, "collection_id": 7,
+                                                "article_id": a} for a in members])
+            w.add_rows("projects", [{**dict.fromkeys(SCHEMAS["projects"].names),
+                                     "snapshot_id": sid, "project_id": 8, "raw": b"{}",
+                                     "content_hash": "h", "fetched_at": ctx.fetched_at}])
+            w.add_rows("project_articles", [{"snapshot_id": sid, "project_id": 8,
+                                             "article_id": a} for a in members])
+            w.publish({"name": NAME, "kind": "full", "status": status})
+
+    db = tmp_path / "wh.duckdb"
+
+    def members() -> list[tuple[Any, ...]]:
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            return q(con, "SELECT 'c', article_id, snapshot_id FROM collection_articles_current "
+                          "UNION ALL SELECT 'p', article_id, snapshot_id "
+                          "FROM project_articles_current ORDER BY ALL")
+        finally:
+            con.close()
+
+    night(S1, [1, 2, 3, 4], "complete")
+    night(S2, [2, 5], "partial")  # the list was cut short: 1, 3, 4 are still members
+    load(root, NAME, db)
+    assert members() == [(t, a, S2 if a in (2, 5) else S1) for t in "cp" for a in (1, 2, 3, 4, 5)]
+    night("20240503T020000Z", [2, 5], "complete")  # a whole list: the others left
+    load(root, NAME, db)
+    assert members() == [(t, a, "20240503T020000Z") for t in "cp" for a in (2, 5)]
