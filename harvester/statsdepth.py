@@ -48,6 +48,13 @@ def _period(key: str, url: str, asked: Container[str]) -> str:
     return key
 
 
+def _past_int64(places: dict[str, int]) -> bool:
+    """A row of a country would not fit int64: a city, or its total (the cities summed when
+    the total is not served), windows summed."""
+    cities = [n for city, n in places.items() if city != "total"]
+    return max([places.get("total", sum(cities)), *cities]) >= 2**63
+
+
 _ARTICLE_ID = re.compile(r"[1-9][0-9]{0,18}")  # ASCII, canonical: one spelling per id
 
 
@@ -230,8 +237,7 @@ class StatsFetcher:
                     answers.append(breakdown_answer(body, url, asked))
             if kind == "breakdown":
                 counters[counter] = merged = merge_breakdowns(answers)
-                # a country's total (its cities summed when unserved), windows summed: int64
-                if any(sum(c.values()) >= 2**63 for p in merged.values() for c in p.values()):
+                if any(_past_int64(c) for p in merged.values() for c in p.values()):
                     raise _bad(url, "whose counts sum past int64")
         return {
             "kind": kind, "item": item, "item_id": item_id, "scope": self.scope, "granularity": g,

@@ -492,6 +492,22 @@ async def test_a_wrong_stats_answer_fails_the_items_stats_and_keeps_its_record(
         assert len(rows) == 2 * 6 and all(r["period"] >= "2023-01" for r in rows)
 
 
+async def test_a_served_country_total_is_not_counted_twice_against_int64(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    [aid] = popular(sim, 1)
+    rule = f"/breakdown/total/views/article/{aid}"  # both windows: 8e18 each summed, in int64
+    answer = {"breakdown": {"total": {"FR": {"total": 4 * 10**18, "Paris": 4 * 10**18}}}}
+    with proxied(sim, {rule: (200, orjson.dumps(answer).decode())}) as proxy:
+        cfg = write_config(tmp_path, proxy, [{"kind": "ids", "ids": [aid]}],
+                           stats={"counters": ["views"], "breakdown": TOTALS})
+        result = await Harvest(cfg).run()
+    assert proxy.hits[rule] == 2 and result.errors == 0
+    rows = table(result.snapshot, "stats_breakdown")
+    assert sorted((r["city"] or "", r["count"]) for r in rows) == [("", 8 * 10**18),
+                                                                   ("Paris", 8 * 10**18)]
+
+
 def fullwidth(digits: str) -> str:
     return "".join(chr(0xFF10 + int(d)) for d in digits)
 
