@@ -19,6 +19,7 @@ NS = "{http://www.openarchives.org/OAI/2.0/}"
 _ARTICLE = re.compile(r"oai:figshare\.com:article/([0-9]+)")
 MAX_STALLED = 5  # restarts in a row that list no new id before a start is given up
 MAX_IDLE_PAGES = 100  # pages in a row that list no new id before a list is given up
+AT_LAST_MAX = 10_000  # ids kept at the latest datestamp for a restart to meet again
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -40,6 +41,7 @@ class _Pass:
 
     last: int | None = None  # the latest datestamp seen
     at_last: set[int] = field(default_factory=set)  # the ids listed at `last`
+    crowded: bool = False  # more than AT_LAST_MAX at `last` (a bulk import): not kept, unchecked
     expired: bool = False
 
 
@@ -166,9 +168,11 @@ class OaiLister(Lister):
                     if run.last is not None and stamp < run.last:
                         self.unordered = True
                     if run.last is None or stamp > run.last:
-                        run.last, run.at_last = stamp, set()
-                    if stamp == run.last:
+                        run.last, run.at_last, run.crowded = stamp, set(), False
+                    if stamp == run.last and not run.crowded:
                         run.at_last.add(aid)
+                        if len(run.at_last) > AT_LAST_MAX:  # memory stays bounded
+                            run.at_last, run.crowded = set(), True
                 listed.add(aid)
                 part.ids += 1
                 self.listed += 1

@@ -98,7 +98,10 @@ class SourceReport:
             if key in info:
                 setattr(self, attr, info[key])
         self.partitions = [Partition(**p) for p in info.get("partitions", ())]
-        self.modified = None  # listed by an earlier run: its dates are gone
+        # listed by an earlier run: a date-bounded listing's dates are gone (and its 304s
+        # untrusted); the others never had any
+        dated = any("modified_since" in p.query for p in self.partitions)
+        self.modified = None if dated else {}
 
     def absorb(self, walker: Lister) -> None:
         self.listed += walker.listed

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from harvester import cli
+from harvester import cli, oaipmh
 from harvester.client import Client, ClientSettings, RateLimit, RetryPolicy
 from harvester.errors import BadResponse
 from harvester.figshare import list_query
@@ -295,3 +295,15 @@ async def test_a_list_the_server_cuts_short_is_truncated_never_complete(cut: str
     assert lister.truncated and set(got) < set(range(1, 41))
     assert note in lister.partitions[-1].note
     assert lister.requests < 40  # given up, not followed forever
+
+
+async def test_a_bulk_second_too_crowded_to_keep_is_still_listed_exactly(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past AT_LAST_MAX ids on one datestamp the restart check is skipped (memory stays
+    bounded on a bulk import of a million): the list still comes out whole."""
+    monkeypatch.setattr(oaipmh, "AT_LAST_MAX", 5)
+    sim.update(oai_bulk_items=25, oai_token_pages=3)
+    got, lister = await listed(sim)
+    assert sorted(got) == sorted(sim.corpus.ids) and not lister.truncated
+    assert lister.restarts > 10 and not lister.unordered
