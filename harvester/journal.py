@@ -344,6 +344,13 @@ class Journal:
                 "(SELECT article_id FROM ids)", (UNLISTED, FetchMode.FULL, Priority.LISTED),
             ).rowcount
 
+    def fail_left_out(self, ids: list[int]) -> None:
+        """Records the snapshot could not hold fail: queued for the next run, never known
+        with the validators of a body it lacks (a 304 would keep them out for good)."""
+        with transaction(self.db):
+            self.db.executemany("UPDATE ids SET state=? WHERE article_id=?",
+                                [(ItemState.FAILED, aid) for aid in ids])
+
     def unlisted(self) -> int:
         """Ids fetched by id because no listing showed them, that still exist."""
         return self.db.execute("SELECT count(*) FROM ids WHERE sources & ? AND state=?",

@@ -498,14 +498,14 @@ class Harvest:
         try:  # a full disk, a lock held by another process: the journal is kept
             await journal.call(journal.update_catalog, self.catalog_path, meta["snapshot_id"],
                                kind == "full")
-            self._remember(meta, published, advance=not failed and not truncated)
+            self._remember(meta, published, advance=published["status"] == "complete")
         except (OutputError, sqlite3.OperationalError) as exc:
             what = exc if isinstance(exc, OutputError) else \
                 f"{self.catalog_path}: cannot record the run: {exc}"
             raise OutputError(f"{what} (snapshot {meta['snapshot_id']} is published; the next "
                               "run finishes recording it)") from None
         self._prune()
-        return RunResult(path, published, failed, truncated)
+        return RunResult(path, published, published["errors"], truncated)  # left-out records too
 
     def _guard(self, counts: Counts) -> str:
         """Why this full run must not be published, or "" (a thread: reads manifests)."""
@@ -513,11 +513,10 @@ class Harvest:
         if listed and not fetched:
             return f"this full run fetched 0 records of the {listed:,} ids listed"
         last = last_complete_full(self.root, self.cfg.name) or {"ids": {"fetched": 0}}
-        sid, before = last.get("snapshot_id", ""), last["ids"]["fetched"]
-        ratio = self.cfg.guard.min_ratio
+        before, ratio = last["ids"]["fetched"], self.cfg.guard.min_ratio
         if fetched < ratio * before:
             return (f"this full run fetched {fetched:,} records, fewer than {ratio:g} x the "
-                    f"{before:,} of snapshot {sid}, the last complete one")
+                    f"{before:,} of snapshot {last.get('snapshot_id')}, the last complete one")
         return ""
 
     def _remember(self, meta: dict[str, str], manifest: dict[str, Any], *, advance: bool) -> None:
@@ -583,9 +582,10 @@ class Harvest:
             for error in [*journal.errors(), *self.fetcher.entity_errors, *left_out]:
                 writer.add_error(error)
             if left_out:  # a record the tables cannot hold: absent, so never "complete"
+                journal.fail_left_out([e["id"] for e in left_out])  # asked again next run
                 manifest.update(status="partial", errors=manifest["errors"] + len(left_out))
-                manifest["errors_by_reason"]["bad-record"] = \
-                    manifest["errors_by_reason"].get("bad-record", 0) + len(left_out)
+                reasons = manifest["errors_by_reason"]
+                reasons["bad-record"] = reasons.get("bad-record", 0) + len(left_out)
             if duplicate_keys:  # kept as served in articles.ndjson and `raw`; columns: the last
                 log.warning("%d records give a JSON key twice; the tables keep the last value",
                             duplicate_keys)

@@ -33,6 +33,7 @@ from harvester.catalog import Catalog
 from harvester.client import Client
 from harvester.errors import GiveUp, OutputError
 from harvester.pipeline import Harvest
+from harvester.render import render
 from harvester.schema import SCHEMAS
 from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
@@ -118,6 +119,32 @@ async def test_a_run_with_failures_does_not_advance_the_marks(
     assert again.manifest["covers"]["modified_since"] == mark
     assert table_ids(again.snapshot) == [members[0]]
     assert first.manifest["kind"] == "full"
+
+
+async def test_a_record_left_out_of_the_snapshot_does_not_advance_the_marks(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record the tables cannot hold (a journal row from an older release) makes the
+    snapshot partial: like a failed id, it keeps the marks, so the next night asks again."""
+    group = biggest_group(sim.corpus)
+    members = sorted(i for i in sim.corpus.ids if sim.corpus.group_of(i) == group)
+    cfg = write_config(tmp_path, sim, [{"kind": "group", "group": group}],
+                       incremental={"overlap_hours": 0, "stats": "none"})
+    await Harvest(cfg).run()
+    sim.corpus.modify(members[0], dt.datetime.now(dt.UTC).replace(microsecond=0))
+
+    def older_row(spec: Any, rows: list[Any]) -> Any:
+        return render(spec, [r._replace(body=b'{"id": true}') if r.article_id == members[0]
+                             else r for r in rows])
+
+    monkeypatch.setattr("harvester.pipeline.render", older_row)
+    partial = await Harvest(cfg).run()
+    monkeypatch.undo()
+    assert partial.manifest["status"] == "partial" and partial.errors == 1
+    again = await Harvest(cfg).run()  # asks from the same mark, so the item is not lost
+    assert again.manifest["covers"]["modified_since"] == \
+        partial.manifest["covers"]["modified_since"]
+    assert members[0] in table_ids(again.snapshot)
 
 
 def test_retention_keeps_the_newest_and_never_latest(tmp_path: Path) -> None:
