@@ -124,9 +124,9 @@ def _checked(snap: Path, name: str, entry: dict[str, Any]) -> Path:
     missing or damaged part would make the figures wrong, not empty)."""
     path = snap / name
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f:  # a file object: Arrow takes 'nightly:2026/...' for a URI
             digest = hashlib.file_digest(f, "sha256").hexdigest()
-        rows = pq.read_metadata(path).num_rows
+            rows = pq.read_metadata(f).num_rows
     except FileNotFoundError:
         raise ConfigError(f"{path}: missing, though the manifest lists it") from None
     except (OSError, pa.ArrowException) as exc:

@@ -353,3 +353,14 @@ def test_markup_in_records_is_shown_as_text_in_a_real_browser(tmp_path: Path) ->
                     "<iframe src=javascript:alert(2)>"):
         assert literal in text  # other text as its author wrote it, in letters
     assert not any(h.startswith("javascript:") for h in hrefs)
+
+
+def test_a_harvest_folder_with_a_colon_in_its_name_reads_as_a_folder(
+    harvest: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run may write to 'nightly:2026' (sinks give Arrow local paths); reading it back must
+    not take the relative path for a URI either."""
+    shutil.copytree(harvest["harvest"], tmp_path / "nightly:2026" / "h")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "nightly:2026/h", "--out", "r.html"]) == 0
+    assert '<section id="headline">' in (tmp_path / "r.html").read_text()
