@@ -353,8 +353,8 @@ class Client:
             resp = await send(req)
             host.unreached = 0  # it answers
             date = http_date(resp.headers.get("Date", ""))
-            if date is not None and abs(time.time() - date) < 86_400:  # else no clock's Date
-                self._behind.setdefault(host.name, deque(maxlen=999)).append(time.time() - date)
+            if date is not None and abs(behind := time.time() - date) < 86_400:  # else no clock
+                self._behind.setdefault(host.name, deque(maxlen=999)).append(behind)
             self._statuses[str(resp.status)] += 1
             return resp
 

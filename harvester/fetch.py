@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 from collections import Counter
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from harvester.journal import DONE, FAILED, FULL, GONE, STATS_ONLY, Journal, Out
 from harvester.journalrows import bodies
 from harvester.partition import parse_stamp
 from harvester.periods import stamp_now, utc_now
+from harvester.policy import http_date
 from harvester.sources import SourceReport
 from harvester.statsdepth import StatsFetcher
 
@@ -426,12 +426,9 @@ def _is_id(value: Any, expected: int) -> bool:
 
 
 def _http_stamp(value: str | None) -> int | None:
-    """Epoch seconds of an HTTP date (Last-Modified); None if absent or unreadable."""
-    try:
-        moment = email.utils.parsedate_to_datetime(value or "")
-    except (TypeError, ValueError):
-        return None
-    return int(moment.timestamp()) if moment.tzinfo is not None else None
+    """Epoch seconds of an HTTP date (Last-Modified), read as the client reads Date headers."""
+    moment = http_date(value or "")
+    return None if moment is None else int(moment)
 
 
 def _with_query(url: str, params: dict[str, int]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from harvester.typedyaml import MAX_ID
 
@@ -140,7 +140,7 @@ class Pager:
         self.done = self.truncated = True
 
 
-def valid_id(value: object) -> bool:
+def valid_id(value: object) -> TypeGuard[int]:
     """An article id as the API defines it: an integer from 1 to 2^63-1 (never a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
 

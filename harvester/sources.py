@@ -196,7 +196,7 @@ def _keep_dates(report: SourceReport, items: list[Mapping[str, Any]]) -> None:
         return
     for item in items:
         aid, at = item.get("id"), parse_stamp(item.get("modified_date"))
-        if isinstance(aid, int) and valid_id(aid):
+        if valid_id(aid):
             at = UNDATED if at is None else at
             report.modified[aid] = max(at, report.modified.get(aid, at))
     if len(report.modified) > MAX_LISTED_DATES:
@@ -227,7 +227,7 @@ async def _container(
         yield batch
     # a short page is not the membership: the record says how many articles it holds
     count = record.get("articles_count") if kind == "collection" else None
-    if isinstance(count, int) and valid_id(count) and len(walker.seen) < count:
+    if valid_id(count) and len(walker.seen) < count:
         part = walker.partitions[0]
         part.truncated = walker.truncated = True
         part.note = "; ".join(filter(None, [part.note, f"lists {len(walker.seen)} of the "

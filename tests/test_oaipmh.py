@@ -20,7 +20,7 @@ from harvester.oaipmh import MAX_IDLE_PAGES, MAX_STALLED, OaiLister, portal_set
 from harvester.partition import Exhauster
 from harvester.simulator import Simulator
 from harvester.simulator.settings import SimSettings
-from tests.conftest import write_config
+from tests.conftest import serving, write_config
 
 
 @pytest.fixture
@@ -102,15 +102,9 @@ async def listed_from(
     """What an OaiLister lists from an inline server answering /v2/oai with `handler`."""
     app = web.Application()
     app.router.add_get("/v2/oai", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        async with client() as c:
-            lister = OaiLister(c, f"http://127.0.0.1:{runner.addresses[0][1]}/v2/oai")
-            return [i async for b in lister.ids() for i in b], lister
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url, client() as c:
+        lister = OaiLister(c, f"{url}/v2/oai")
+        return [i async for b in lister.ids() for i in b], lister
 
 
 async def test_deleted_headers_and_foreign_identifiers_are_skipped() -> None:

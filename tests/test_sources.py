@@ -26,6 +26,7 @@ from harvester.simulator import Simulator, SimulatorThread
 from harvester.simulator.settings import SimSettings
 from harvester.simulator.vocab import ITEM_TYPES
 from harvester.sources import DOI_FIELDS, SourceReport, enumerate_source
+from tests.conftest import serving
 
 BASE = int(dt.datetime(2020, 1, 1, tzinfo=dt.UTC).timestamp())
 DAY = 86_400
@@ -306,21 +307,15 @@ async def test_a_fallback_search_missing_ids_the_window_listed_is_truncated(serv
     assert "the fallback query missed 8963 ids the window listed" in walker.partitions[0].note
 
 
-async def test_a_repeated_page_is_the_reason_given_when_nothing_narrows(serve: Any) -> None:
+async def test_a_repeated_page_is_the_reason_given_when_nothing_narrows() -> None:
     async def repeat(request: web.Request) -> web.Response:
         size = int(request.query["page_size"])  # every page the same full page: a loop
         return web.json_response([{"id": i} for i in range(1, size + 1)])
 
     app = web.Application()
     app.router.add_get("/v2/collections/3/articles", repeat)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        api = f"http://127.0.0.1:{runner.addresses[0][1]}/v2"
-        got, walker = await exhaust(api, list_query("collection", {"collection": 3}))
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        got, walker = await exhaust(f"{url}/v2", list_query("collection", {"collection": 3}))
     assert got == list(range(1, 1_001)) and walker.truncated
     assert walker.partitions[0].note == ("page 2 repeats the page before: paging stopped; "
                                          "the endpoint offers no way to narrow it")
